@@ -1,0 +1,185 @@
+//! The HTTP protocol between clients and the enclave service: routes, bodies, and the
+//! signed-request and sealed-result formats. Both sides use these types, so they cannot drift.
+//!
+//! Every call except `GET /v1/evidence` is a [`SignedRequest`]: the party signs a body that
+//! names the contract, the enclave key it attested, a fresh nonce and the action. The service
+//! accepts a request only from a party of the contract, only for this enclave instance, and
+//! only once.
+
+use kura_attestation::Evidence;
+use kura_crypto::{PublicIdentity, Sealed, SecretIdentity, b64};
+use kura_ledger::LogEntry;
+use serde::{Deserialize, Serialize};
+
+pub const REQUEST_DOMAIN: &str = "request-v1";
+pub const RESULT_DOMAIN: &str = "result-v1";
+
+pub mod routes {
+    pub const EVIDENCE: &str = "/v1/evidence";
+    pub const UPLOAD: &str = "/v1/upload";
+    pub const RUN: &str = "/v1/run";
+    pub const RESULTS: &str = "/v1/results";
+    pub const AUDIT: &str = "/v1/audit";
+}
+
+/// Largest signed header accepted in front of an upload stream.
+pub const MAX_UPLOAD_HEADER: usize = 64 * 1024;
+
+/// What `GET /v1/evidence` returns.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnclaveInfo {
+    pub contract_id: String,
+    /// The enclave's public identity (text form); bound by the evidence's report data.
+    pub enclave_key: String,
+    pub evidence: Evidence,
+    pub kura_version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    Upload(UploadHeader),
+    Run { analysis: String },
+    Results { run_id: Option<String> },
+    Audit,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadHeader {
+    pub dataset: String,
+    /// `csv` or `parquet`.
+    pub format: String,
+    /// The per-upload data key, HPKE-sealed to the enclave with [`upload_context`] as info.
+    pub wrapped_key: Sealed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBody {
+    pub contract_id: String,
+    /// Fingerprint of the enclave key the client attested: a request is valid for one
+    /// enclave instance only.
+    pub enclave: String,
+    /// 16 random bytes, hex; the service refuses a nonce it has seen.
+    pub nonce: String,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedRequest {
+    pub party: String,
+    /// Exact JSON text of a [`RequestBody`] (what is signed).
+    pub body: String,
+    pub signature: String,
+}
+
+impl SignedRequest {
+    pub fn new(party: &str, key: &SecretIdentity, body: &RequestBody) -> Self {
+        let body = serde_json::to_string(body).expect("request body serialises");
+        let signature = b64::encode(key.sign(REQUEST_DOMAIN, body.as_bytes()));
+        Self {
+            party: party.to_string(),
+            body,
+            signature,
+        }
+    }
+
+    /// Checks the signature with the party's key and parses the body.
+    pub fn open(&self, key: &PublicIdentity) -> Result<RequestBody, ApiError> {
+        let sig = b64::decode(&self.signature).map_err(|_| ApiError::BadSignature)?;
+        key.verify(REQUEST_DOMAIN, self.body.as_bytes(), &sig)
+            .map_err(|_| ApiError::BadSignature)?;
+        serde_json::from_str(&self.body).map_err(|e| ApiError::Malformed(e.to_string()))
+    }
+}
+
+/// Fresh request nonce.
+pub fn nonce() -> String {
+    let mut n = [0u8; 16];
+    kura_crypto::random_bytes(&mut n);
+    hex::encode(n)
+}
+
+/// The context an upload is bound to: HPKE `info` for the data key and AAD of every chunk.
+pub fn upload_context(contract_id: &str, dataset: &str, enclave: &str, nonce: &str) -> Vec<u8> {
+    format!("kura-upload-v1\0{contract_id}\0{dataset}\0{enclave}\0{nonce}").into_bytes()
+}
+
+/// HPKE `info` of a result sealed to `receiver`.
+pub fn result_context(contract_id: &str, run_id: &str, receiver: &str) -> Vec<u8> {
+    format!("kura-result-v1\0{contract_id}\0{run_id}\0{receiver}").into_bytes()
+}
+
+/// A rule-checked result, as receivers see it (the stable JSON shape of DESIGN.md §5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultTable {
+    pub run_id: String,
+    pub analysis: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+    pub suppressed_groups: u64,
+}
+
+/// The plaintext inside a sealed result: the table's exact JSON and the enclave's signature.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedResult {
+    pub table: String,
+    pub signature: String,
+}
+
+/// A result sealed to one receiver.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SealedResult {
+    pub run_id: String,
+    pub analysis: String,
+    pub receiver: String,
+    pub sealed: Sealed,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadResponse {
+    pub dataset: String,
+    pub rows: u64,
+    pub ciphertext_bytes: u64,
+    /// The log entry recording the upload, signed by the enclave.
+    pub receipt: LogEntry,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunResponse {
+    pub run_id: String,
+    pub analysis: String,
+    pub receivers: Vec<String>,
+    /// Datasets deleted after this run under `delete_after = "run"`.
+    pub deleted: Vec<String>,
+    pub receipt: LogEntry,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResultsResponse {
+    pub results: Vec<SealedResult>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditResponse {
+    pub entries: Vec<LogEntry>,
+}
+
+/// Error body of every non-2xx answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("request signature does not verify")]
+    BadSignature,
+    #[error("malformed request: {0}")]
+    Malformed(String),
+}

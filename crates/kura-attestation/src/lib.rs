@@ -1,0 +1,142 @@
+//! Attestation evidence: what the enclave presents, how a client verifies it, and how the
+//! result is appraised against a contract's `[enclave]` policy.
+//!
+//! One [`Verifier`] per platform returns typed [`Claims`]; [`appraise`] then checks the claims
+//! against the contract (platform listed, measurement accepted, debug refused unless allowed)
+//! and [`check_binding`] checks that the report data binds the contract id and the enclave's
+//! public keys. Real hardware platforms plug in behind the same trait; the simulated platform
+//! is always compiled so that everything can be tested without a TEE, and it protects nothing.
+//!
+//! This crate never touches the engine or the network.
+
+mod error;
+pub mod simulated;
+
+use kura_contract::{ContractId, EnclavePolicy, Platform};
+use kura_crypto::PublicIdentity;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+pub use error::AttestationError;
+
+/// Evidence as it travels: the platform and its native encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub platform: Platform,
+    #[serde(with = "kura_crypto::b64::serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// What verified evidence says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Claims {
+    pub platform: Platform,
+    /// SEV-SNP measurement, TDX MRTD, SGX MRENCLAVE, Nitro PCR0, or the simulated measurement.
+    #[serde(with = "hex_bytes")]
+    pub measurement: Vec<u8>,
+    #[serde(with = "hex_bytes")]
+    pub report_data: Vec<u8>,
+    pub debug: bool,
+    /// Who signed the evidence, in words (e.g. the chip's VCEK, or the simulated key).
+    pub signer: String,
+}
+
+mod hex_bytes {
+    pub fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+}
+
+/// Verifies one platform's evidence offline.
+pub trait Verifier: Send + Sync {
+    fn platform(&self) -> Platform;
+    /// Checks signatures and structure; returns the claims. Does not apply any policy.
+    fn verify(&self, evidence: &Evidence) -> Result<Claims, AttestationError>;
+}
+
+/// The verifier for `platform`, if this build supports it.
+pub fn verifier_for(platform: Platform) -> Result<Box<dyn Verifier>, AttestationError> {
+    match platform {
+        Platform::Simulated => Ok(Box::new(simulated::SimulatedVerifier)),
+        other => Err(AttestationError::Unsupported(other)),
+    }
+}
+
+/// The 64 bytes of report data an enclave of `contract` with keys `enclave` must present:
+/// SHA-512 over a domain label, the contract id and the enclave's public identity.
+pub fn report_data_for(contract: &ContractId, enclave: &PublicIdentity) -> [u8; 64] {
+    let mut h = sha2::Sha512::new();
+    h.update(b"kura-report-data-v1\0");
+    h.update(contract.as_str().as_bytes());
+    h.update([0]);
+    h.update(enclave.to_bytes());
+    h.finalize().into()
+}
+
+/// Checks that the claims' report data binds this contract and these enclave keys.
+pub fn check_binding(
+    claims: &Claims,
+    contract: &ContractId,
+    enclave: &PublicIdentity,
+) -> Result<(), AttestationError> {
+    if claims.report_data != report_data_for(contract, enclave) {
+        return Err(AttestationError::Binding);
+    }
+    Ok(())
+}
+
+/// Applies the contract's `[enclave]` policy to verified claims.
+pub fn appraise(policy: &EnclavePolicy, claims: &Claims) -> Result<(), AttestationError> {
+    if !policy.allows(claims.platform) {
+        return Err(AttestationError::PlatformNotAccepted(claims.platform));
+    }
+    let entries: Vec<_> = policy.accept_entries(claims.platform).collect();
+    if entries.is_empty() {
+        // A real platform without pinned measurements would accept any code: refuse.
+        if claims.platform != Platform::Simulated {
+            return Err(AttestationError::NoMeasurementPinned(claims.platform));
+        }
+        if claims.debug {
+            return Err(AttestationError::Debug);
+        }
+        return Ok(());
+    }
+    let measurement = hex::encode(&claims.measurement);
+    let mut reason = AttestationError::MeasurementNotAccepted(measurement.clone());
+    for entry in entries {
+        let measured_ok = entry.measurements.is_empty() && claims.platform == Platform::Simulated
+            || entry
+                .measurements
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(&measurement));
+        if !measured_ok {
+            continue;
+        }
+        if claims.debug && !entry.allow_debug {
+            reason = AttestationError::Debug;
+            continue;
+        }
+        return Ok(());
+    }
+    Err(reason)
+}
+
+/// Verifies `evidence`, appraises it against `policy` and checks its binding: everything a
+/// client must do before it trusts `enclave` with data.
+pub fn verify_enclave(
+    evidence: &Evidence,
+    policy: &EnclavePolicy,
+    contract: &ContractId,
+    enclave: &PublicIdentity,
+) -> Result<Claims, AttestationError> {
+    if !policy.allows(evidence.platform) {
+        return Err(AttestationError::PlatformNotAccepted(evidence.platform));
+    }
+    let claims = verifier_for(evidence.platform)?.verify(evidence)?;
+    appraise(policy, &claims)?;
+    check_binding(&claims, contract, enclave)?;
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,148 @@
+use kura_contract::{AcceptEntry, ContractId, EnclavePolicy, Platform};
+use kura_crypto::SecretIdentity;
+
+use super::*;
+use crate::simulated::SimulatedHardware;
+
+fn policy(accept: Vec<AcceptEntry>) -> EnclavePolicy {
+    EnclavePolicy {
+        platforms: vec![Platform::Simulated],
+        accept,
+    }
+}
+
+fn setup(debug: bool) -> (ContractId, SecretIdentity, Evidence) {
+    let contract = ContractId::of(b"contract bytes");
+    let enclave = SecretIdentity::generate();
+    let hw = SimulatedHardware::new();
+    let ev = hw.issue(
+        &[7u8; 48],
+        &report_data_for(&contract, enclave.public()),
+        debug,
+    );
+    (contract, enclave, ev)
+}
+
+#[test]
+fn simulated_evidence_verifies_and_binds() {
+    let (contract, enclave, ev) = setup(false);
+    let claims = verify_enclave(&ev, &policy(vec![]), &contract, enclave.public()).unwrap();
+    assert_eq!(claims.measurement, vec![7u8; 48]);
+    assert!(claims.signer.contains("NOT a hardware root of trust"));
+}
+
+#[test]
+fn simulated_evidence_is_refused_unless_the_contract_lists_it() {
+    let (contract, enclave, ev) = setup(false);
+    let p = EnclavePolicy {
+        platforms: vec![Platform::SevSnp],
+        accept: vec![],
+    };
+    assert_eq!(
+        verify_enclave(&ev, &p, &contract, enclave.public()),
+        Err(AttestationError::PlatformNotAccepted(Platform::Simulated))
+    );
+}
+
+#[test]
+fn wrong_contract_or_substituted_keys_are_refused() {
+    let (contract, enclave, ev) = setup(false);
+    let other = ContractId::of(b"another contract");
+    assert_eq!(
+        verify_enclave(&ev, &policy(vec![]), &other, enclave.public()),
+        Err(AttestationError::Binding)
+    );
+    let mallory = SecretIdentity::generate();
+    assert_eq!(
+        verify_enclave(&ev, &policy(vec![]), &contract, mallory.public()),
+        Err(AttestationError::Binding)
+    );
+}
+
+#[test]
+fn tampered_evidence_is_refused() {
+    let (contract, enclave, ev) = setup(false);
+    let text = String::from_utf8(ev.data.clone()).unwrap();
+    // Change one measurement digit inside the signed report.
+    let tampered = Evidence {
+        platform: Platform::Simulated,
+        data: text.replacen("0707", "0708", 1).into_bytes(),
+    };
+    assert!(matches!(
+        verify_enclave(&tampered, &policy(vec![]), &contract, enclave.public()),
+        Err(AttestationError::Signature(_))
+    ));
+    let truncated = Evidence {
+        platform: Platform::Simulated,
+        data: ev.data[..ev.data.len() / 2].to_vec(),
+    };
+    assert!(matches!(
+        verify_enclave(&truncated, &policy(vec![]), &contract, enclave.public()),
+        Err(AttestationError::Malformed(_))
+    ));
+}
+
+#[test]
+fn pinned_measurements_and_debug_are_enforced() {
+    let (contract, enclave, ev) = setup(false);
+    let wrong = AcceptEntry {
+        platform: "simulated".into(),
+        measurements: vec!["aa".repeat(48)],
+        allow_debug: false,
+    };
+    assert!(matches!(
+        verify_enclave(&ev, &policy(vec![wrong]), &contract, enclave.public()),
+        Err(AttestationError::MeasurementNotAccepted(_))
+    ));
+    let right = AcceptEntry {
+        platform: "simulated".into(),
+        measurements: vec!["07".repeat(48)],
+        allow_debug: false,
+    };
+    verify_enclave(
+        &ev,
+        &policy(vec![right.clone()]),
+        &contract,
+        enclave.public(),
+    )
+    .unwrap();
+
+    let (contract, enclave, debug_ev) = setup(true);
+    assert_eq!(
+        verify_enclave(
+            &debug_ev,
+            &policy(vec![right.clone()]),
+            &contract,
+            enclave.public()
+        ),
+        Err(AttestationError::Debug)
+    );
+    assert_eq!(
+        verify_enclave(&debug_ev, &policy(vec![]), &contract, enclave.public()),
+        Err(AttestationError::Debug)
+    );
+    let allow = AcceptEntry {
+        allow_debug: true,
+        ..right
+    };
+    verify_enclave(&debug_ev, &policy(vec![allow]), &contract, enclave.public()).unwrap();
+}
+
+#[test]
+fn real_platforms_need_a_pinned_measurement() {
+    let claims = Claims {
+        platform: Platform::SevSnp,
+        measurement: vec![1; 48],
+        report_data: vec![0; 64],
+        debug: false,
+        signer: "test".into(),
+    };
+    let p = EnclavePolicy {
+        platforms: vec![Platform::SevSnp],
+        accept: vec![],
+    };
+    assert_eq!(
+        appraise(&p, &claims),
+        Err(AttestationError::NoMeasurementPinned(Platform::SevSnp))
+    );
+}

@@ -1,0 +1,533 @@
+//! Argument parsing and the commands themselves.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use kura_client::Client;
+use kura_contract::{Platform, SignatureStatus};
+use kura_crypto::SecretIdentity;
+
+use crate::{files, render};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kura",
+    version,
+    about = "Confidential data clean rooms on trusted execution environments"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Args {
+    pub fn json_output(&self) -> bool {
+        match &self.command {
+            Command::Contract(ContractCmd::Verify { json, .. }) => *json,
+            Command::Run(a) => a.json,
+            Command::Query(a) => a.json,
+            Command::Audit(AuditCmd::Verify { json, .. }) => *json,
+            Command::Attest(AttestCmd::Verify(a)) => a.json,
+            Command::Demo(a) => a.json,
+            Command::Results(a) => a.format == Format::Json,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create identities.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Sign and verify contracts.
+    #[command(subcommand)]
+    Contract(ContractCmd),
+    /// Run the enclave service.
+    Serve(ServeArgs),
+    /// Encrypt a dataset on this machine and upload it to the enclave.
+    Upload(UploadArgs),
+    /// Run an analysis of the contract.
+    Run(RunArgs),
+    /// Run an ad-hoc query under the contract's analysis rules.
+    Query(QueryArgs),
+    /// Fetch, decrypt and verify your results.
+    Results(ResultsArgs),
+    /// Verify the enclave's audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Verify attestation evidence offline.
+    #[command(subcommand)]
+    Attest(AttestCmd),
+    /// Run a complete two-party collaboration on synthetic data, on loopback.
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Make a signing key and an encryption key: DIR/NAME.key (0600) and DIR/NAME.pub.
+    New {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContractCmd {
+    /// Sign the contract's exact bytes; writes FILE.<party>.sig.
+    Sign {
+        #[arg(long)]
+        contract: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check the contract and that every party signed these exact bytes.
+    Verify {
+        #[arg(long)]
+        contract: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlatformArg {
+    Simulated,
+    #[value(name = "sev-snp")]
+    SevSnp,
+    Tdx,
+    Sgx,
+    Nitro,
+}
+
+impl From<PlatformArg> for Platform {
+    fn from(p: PlatformArg) -> Self {
+        match p {
+            PlatformArg::Simulated => Platform::Simulated,
+            PlatformArg::SevSnp => Platform::SevSnp,
+            PlatformArg::Tdx => Platform::Tdx,
+            PlatformArg::Sgx => Platform::Sgx,
+            PlatformArg::Nitro => Platform::Nitro,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[arg(long)]
+    contract: PathBuf,
+    #[arg(long, value_enum)]
+    platform: PlatformArg,
+    #[arg(long, default_value = "127.0.0.1:8700")]
+    listen: SocketAddr,
+    #[arg(long)]
+    state: PathBuf,
+    /// Largest accepted upload in bytes.
+    #[arg(long, default_value_t = kura_server::Config::DEFAULT_MAX_UPLOAD)]
+    max_upload_bytes: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Party {
+    /// Base URL of the enclave service, e.g. http://127.0.0.1:8700
+    #[arg(long)]
+    enclave: String,
+    #[arg(long)]
+    contract: PathBuf,
+    /// Your secret key file.
+    #[arg(long)]
+    key: PathBuf,
+}
+
+impl Party {
+    fn client(&self) -> Result<Client> {
+        let contract = files::read_signed_contract(&self.contract)?;
+        let key = files::read_identity(&self.key)?;
+        Ok(Client::new(&self.enclave, contract, key)?)
+    }
+}
+
+/// Attests and warns loudly when the platform is simulated.
+async fn attested(party: &Party) -> Result<Client> {
+    let mut client = party.client()?;
+    let enclave = client.attest().await?;
+    if enclave.is_simulated() {
+        eprintln!("WARNING: {}", kura_attestation::simulated::WARNING);
+    }
+    Ok(client)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UploadArgs {
+    #[command(flatten)]
+    party: Party,
+    #[arg(long)]
+    dataset: String,
+    /// CSV (with a header line) or Parquet (.parquet).
+    #[arg(long)]
+    file: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    party: Party,
+    #[arg(long)]
+    analysis: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    party: Party,
+    #[arg(long)]
+    sql: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ResultsArgs {
+    #[command(flatten)]
+    party: Party,
+    #[arg(long)]
+    run: Option<String>,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Fetch the log and verify chain, signatures and enclave evidence.
+    Verify {
+        #[command(flatten)]
+        party: Party,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AttestCmd {
+    Verify(AttestArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AttestArgs {
+    #[arg(long, value_enum)]
+    platform: PlatformArg,
+    #[arg(long)]
+    evidence: PathBuf,
+    #[arg(long)]
+    certs: Vec<PathBuf>,
+    #[arg(long)]
+    collateral: Option<PathBuf>,
+    /// Verification time (RFC 3339); default now.
+    #[arg(long)]
+    at: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Patients in the hospital's data set.
+    #[arg(long, default_value_t = 5000)]
+    pub rows: usize,
+    #[arg(long)]
+    pub json: bool,
+    /// Seed of the synthetic data generator.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+pub async fn dispatch(args: Args) -> Result<ExitCode> {
+    match args.command {
+        Command::Keys(KeysCmd::New { name, out }) => {
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                || name.is_empty()
+            {
+                bail!("name {name:?} is invalid: use a-z, 0-9 and '-' (it becomes the party name)");
+            }
+            let id = SecretIdentity::generate();
+            let (key, public) = files::write_identity(&out, &name, &id)?;
+            println!(
+                "wrote {} (secret, mode 0600) and {}",
+                key.display(),
+                public.display()
+            );
+            println!("fingerprint {}", id.public().fingerprint());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Contract(ContractCmd::Sign { contract, key }) => {
+            let c = files::read_contract(&contract)?;
+            kura_engine::check_analyses(&c)
+                .await
+                .context("the contract's analyses are invalid")?;
+            let id = files::read_identity(&key)?;
+            let (party, text) = kura_contract::sign(&c, &id)?;
+            let path = files::signature_path(&contract, &party);
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("signed contract {} as {party}: {}", c.id(), path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Contract(ContractCmd::Verify { contract, json }) => {
+            verify_contract(&contract, json).await
+        }
+        Command::Serve(a) => serve(a).await,
+        Command::Upload(a) => {
+            let mut client = attested(&a.party).await?;
+            let size = std::fs::metadata(&a.file)
+                .with_context(|| format!("cannot read {}", a.file.display()))?
+                .len();
+            let bar = render::progress(size, &format!("encrypting and uploading {}", a.dataset));
+            let b = bar.clone();
+            let resp = client
+                .upload(&a.dataset, &a.file, move |n| b.set_position(n))
+                .await;
+            bar.finish_and_clear();
+            let resp = resp?;
+            println!(
+                "uploaded {}: {} rows, {} encrypted bytes; receipt {}",
+                resp.dataset,
+                resp.rows,
+                resp.ciphertext_bytes,
+                resp.receipt.hash()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(a) => {
+            let mut client = attested(&a.party).await?;
+            let resp = client.run(&a.analysis).await?;
+            let receiver = resp.receivers.iter().any(|r| r == client.party());
+            if receiver {
+                let table = client
+                    .results(Some(&resp.run_id))
+                    .await?
+                    .into_iter()
+                    .next()
+                    .context("the enclave returned no result for this run")?;
+                if a.json {
+                    println!("{}", render::result_json(&table));
+                } else {
+                    print!("{}", render::table(&table));
+                }
+            } else if a.json {
+                println!("{}", serde_json::to_string(&resp)?);
+            } else {
+                println!(
+                    "run {} started; results go to {}",
+                    resp.run_id,
+                    resp.receivers.join(", ")
+                );
+            }
+            if !a.json && !resp.deleted.is_empty() {
+                eprintln!("deleted after the run: {}", resp.deleted.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Query(a) => {
+            let client = a.party.client()?;
+            bail!(
+                "ad-hoc queries are refused: contract {} has no [adhoc] section, and this version of kura runs only the contract's analyses (use kura run --analysis NAME); SQL was {:?}",
+                client.contract().id(),
+                a.sql
+            )
+        }
+        Command::Results(a) => {
+            let mut client = attested(&a.party).await?;
+            let tables = client.results(a.run.as_deref()).await?;
+            if tables.is_empty() {
+                bail!(
+                    "there are no results for party {} on this enclave instance",
+                    client.party()
+                );
+            }
+            let text = match a.format {
+                Format::Table => tables.iter().map(render::table).collect::<String>(),
+                Format::Csv => tables.iter().map(render::csv).collect::<String>(),
+                Format::Json if tables.len() == 1 => {
+                    format!("{}\n", render::result_json(&tables[0]))
+                }
+                Format::Json => format!("{}\n", serde_json::to_string(&tables)?),
+            };
+            match a.out {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCmd::Verify { party, json }) => {
+            let mut client = attested(&party).await?;
+            let report = client.audit().await?;
+            if json {
+                let events: Vec<_> = report
+                    .entries
+                    .iter()
+                    .filter_map(|e| e.parse_body().ok())
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": true, "entries": report.chain.entries, "enclave_starts": report.chain.enclave_starts, "head": report.chain.head, "events": events})
+                );
+            } else {
+                print!("{}", render::audit(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Attest(AttestCmd::Verify(a)) => attest_verify(a),
+        Command::Demo(a) => crate::demo::run(a).await,
+    }
+}
+
+async fn verify_contract(path: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let contract = files::read_contract(path)?;
+    let analyses = kura_engine::check_analyses(&contract)
+        .await
+        .map_err(|e| e.to_string());
+    let checks = files::check_signatures(&contract, path);
+    let signed = checks.iter().all(|c| c.status == SignatureStatus::Valid);
+    let valid = signed && analyses.is_ok();
+    let reason = match (&analyses, signed) {
+        (Err(e), _) => Some(format!("the contract's analyses are invalid: {e}")),
+        (Ok(()), false) => Some(
+            checks
+                .iter()
+                .filter_map(|c| c.reason.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        _ => None,
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"valid": valid, "contract_id": contract.id(), "name": contract.name, "signatures": checks, "reason": reason})
+        );
+    } else {
+        println!("contract {} ({})", contract.name, contract.id());
+        for c in &checks {
+            let status = match c.status {
+                SignatureStatus::Valid => "signed",
+                SignatureStatus::Missing => "NOT SIGNED",
+                SignatureStatus::Invalid => "INVALID SIGNATURE",
+            };
+            println!("  {:<24} {status}", c.party);
+        }
+    }
+    if valid {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if let Some(r) = reason {
+            eprintln!("error: {r}");
+        }
+        Ok(ExitCode::from(1))
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<ExitCode> {
+    let contract = files::read_signed_contract(&a.contract)?;
+    kura_engine::check_analyses(&contract)
+        .await
+        .context("the contract's analyses are invalid")?;
+    let platform: Platform = a.platform.into();
+    if !contract.enclave.allows(platform) {
+        bail!(
+            "the contract does not list platform {platform} in enclave.platforms; clients would refuse this enclave"
+        );
+    }
+    if platform == Platform::Simulated {
+        eprintln!("\n*** {} ***\n", kura_attestation::simulated::WARNING);
+    }
+    let running = kura_server::start(kura_server::Config {
+        contract,
+        platform,
+        listen: a.listen,
+        state_dir: a.state,
+        max_upload_bytes: a.max_upload_bytes,
+    })
+    .await?;
+    tracing::info!(url = %running.url(), contract = %running.service.contract().id(), "enclave service listening");
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    tracing::info!("shutting down");
+    running.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
+    let platform: Platform = a.platform.into();
+    let data = std::fs::read(&a.evidence)
+        .with_context(|| format!("cannot read {}", a.evidence.display()))?;
+    let evidence = kura_attestation::Evidence { platform, data };
+    let result = kura_attestation::verifier_for(platform).and_then(|v| v.verify(&evidence));
+    let (verdict, claims, reason) = match result {
+        Ok(c) => {
+            let reason = c
+                .debug
+                .then(|| "debug enclave: refused unless a policy allows it".to_string());
+            (if c.debug { "invalid" } else { "valid" }, Some(c), reason)
+        }
+        Err(e) => ("invalid", None, Some(e.to_string())),
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "verdict": verdict,
+                "platform": platform.as_str(),
+                "measurement": claims.as_ref().map(|c| kura_crypto_hex(&c.measurement)),
+                "report_data": claims.as_ref().map(|c| kura_crypto_hex(&c.report_data)),
+                "debug": claims.as_ref().map(|c| c.debug),
+                "signer": claims.as_ref().map(|c| c.signer.clone()),
+                "reason": reason,
+            })
+        );
+    } else {
+        println!("verdict: {verdict}");
+        if let Some(c) = &claims {
+            println!(
+                "platform: {}\nmeasurement: {}\nreport_data: {}\ndebug: {}\nsigner: {}",
+                platform,
+                kura_crypto_hex(&c.measurement),
+                kura_crypto_hex(&c.report_data),
+                c.debug,
+                c.signer
+            );
+        }
+        if let Some(r) = &reason {
+            eprintln!("reason: {r}");
+        }
+    }
+    let _ = (&a.certs, &a.collateral, &a.at);
+    Ok(if verdict == "valid" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn kura_crypto_hex(b: &[u8]) -> String {
+    hex::encode(b)
+}

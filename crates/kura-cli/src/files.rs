@@ -1,0 +1,91 @@
+//! Reading and writing the files the CLI deals with: keys, contracts, signatures.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use kura_contract::{Contract, SignatureStatus};
+use kura_crypto::SecretIdentity;
+
+/// Writes `DIR/NAME.key` (mode 0600, never overwritten) and `DIR/NAME.pub`.
+pub fn write_identity(dir: &Path, name: &str, id: &SecretIdentity) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let key_path = dir.join(format!("{name}.key"));
+    let pub_path = dir.join(format!("{name}.pub"));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&key_path).with_context(|| {
+        format!(
+            "cannot create {} (an existing key is never overwritten)",
+            key_path.display()
+        )
+    })?;
+    f.write_all(id.to_text().as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::write(&pub_path, format!("{}\n", id.public().to_text()))
+        .with_context(|| format!("cannot write {}", pub_path.display()))?;
+    Ok((key_path, pub_path))
+}
+
+pub fn read_identity(path: &Path) -> Result<SecretIdentity> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("cannot read key {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "key {} is readable by other users (mode {:o}); run chmod 600 on it",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read key {}", path.display()))?,
+    );
+    SecretIdentity::parse(&text)
+        .with_context(|| format!("{} is not a kura secret key", path.display()))
+}
+
+pub fn signature_path(contract: &Path, party: &str) -> PathBuf {
+    let mut name = contract.as_os_str().to_owned();
+    name.push(format!(".{party}.sig"));
+    PathBuf::from(name)
+}
+
+pub fn read_contract(path: &Path) -> Result<Contract> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read contract {}", path.display()))?;
+    Contract::parse(&bytes).with_context(|| format!("contract {} is invalid", path.display()))
+}
+
+pub fn check_signatures(contract: &Contract, path: &Path) -> Vec<kura_contract::SignatureCheck> {
+    kura_contract::verify_all(contract, |party| {
+        std::fs::read_to_string(signature_path(path, party)).ok()
+    })
+}
+
+/// Reads a contract and refuses it unless every party signed these exact bytes.
+pub fn read_signed_contract(path: &Path) -> Result<Contract> {
+    let contract = read_contract(path)?;
+    let problems: Vec<String> = check_signatures(&contract, path)
+        .into_iter()
+        .filter(|c| c.status != SignatureStatus::Valid)
+        .filter_map(|c| c.reason)
+        .collect();
+    if !problems.is_empty() {
+        bail!(
+            "contract {} is not signed by all parties: {}",
+            path.display(),
+            problems.join("; ")
+        );
+    }
+    Ok(contract)
+}

@@ -1,0 +1,52 @@
+//! `kura`: the command line of the kura clean room. Thin: it parses arguments, reads and
+//! writes files, and calls the library crates. See `kura --help`.
+
+mod cli;
+mod demo;
+mod files;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    let json = args.json_output();
+    let level = if matches!(args.command, cli::Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cli::dispatch(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            let reason = format!("{e:#}");
+            eprintln!("error: {reason}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "refused": true, "reason": reason })
+                );
+            }
+            ExitCode::from(1)
+        }
+    }
+}

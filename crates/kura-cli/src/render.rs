@@ -1,0 +1,188 @@
+//! Human and machine renderings of results and reports.
+
+use kura_api::ResultTable;
+use kura_client::AuditReport;
+use serde_json::Value;
+
+pub fn progress(total: u64, message: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(message.to_string());
+    bar
+}
+
+/// The stable JSON shape of a result (DESIGN.md §5).
+pub fn result_json(t: &ResultTable) -> Value {
+    serde_json::json!({
+        "run_id": t.run_id,
+        "analysis": t.analysis,
+        "columns": t.columns,
+        "rows": t.rows,
+        "suppressed_groups": t.suppressed_groups,
+    })
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.4}"),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+pub fn table(t: &ResultTable) -> String {
+    let cells: Vec<Vec<String>> = t
+        .rows
+        .iter()
+        .map(|r| r.iter().map(cell).collect())
+        .collect();
+    let widths: Vec<usize> = (0..t.columns.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .chain([t.columns[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: &[String]| {
+        values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = format!("{} ({})\n", t.analysis, t.run_id);
+    out += &line(&t.columns);
+    out.push('\n');
+    out += &widths
+        .iter()
+        .map(|w| "-".repeat(*w))
+        .collect::<Vec<_>>()
+        .join("  ");
+    out.push('\n');
+    for r in &cells {
+        out += &line(r);
+        out.push('\n');
+    }
+    out += &format!(
+        "{} group(s) suppressed (fewer people than the contract's minimum)\n",
+        t.suppressed_groups
+    );
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn csv(t: &ResultTable) -> String {
+    let mut out = t
+        .columns
+        .iter()
+        .map(|c| csv_field(c))
+        .collect::<Vec<_>>()
+        .join(",");
+    out.push('\n');
+    for r in &t.rows {
+        let line: Vec<String> = r
+            .iter()
+            .map(|v| match v {
+                Value::Null => String::new(),
+                Value::String(s) => csv_field(s),
+                other => other.to_string(),
+            })
+            .collect();
+        out += &line.join(",");
+        out.push('\n');
+    }
+    out
+}
+
+pub fn audit(report: &AuditReport) -> String {
+    let mut out = format!(
+        "audit log verified: {} entries, {} attested enclave start(s), head {}\n",
+        report.chain.entries, report.chain.enclave_starts, report.chain.head
+    );
+    for e in &report.entries {
+        if let Ok(body) = e.parse_body() {
+            out += &format!(
+                "  #{:<4} {}  {}\n",
+                body.seq,
+                body.time,
+                describe(&body.event)
+            );
+        }
+    }
+    out
+}
+
+pub fn describe(event: &kura_ledger::Event) -> String {
+    use kura_ledger::Event as E;
+    match event {
+        E::EnclaveStarted {
+            evidence,
+            enclave_key,
+            ..
+        } => format!(
+            "enclave started on {} (key {})",
+            evidence.platform,
+            kura_crypto::PublicIdentity::parse(enclave_key)
+                .map(|k| k.fingerprint())
+                .unwrap_or_default()
+        ),
+        E::Upload {
+            dataset,
+            provider,
+            rows,
+            ..
+        } => format!("upload of {dataset} by {provider}: {rows} rows"),
+        E::UploadRefused {
+            dataset,
+            party,
+            reason,
+        } => format!("upload of {dataset} by {party} REFUSED: {reason}"),
+        E::Run {
+            run_id,
+            analysis,
+            by,
+            rows,
+            suppressed_groups,
+            ..
+        } => {
+            format!(
+                "{run_id}: {analysis} run by {by}: {rows} rows out, {suppressed_groups} suppressed"
+            )
+        }
+        E::RunRefused {
+            analysis,
+            party,
+            reason,
+        } => format!("run of {analysis} by {party} REFUSED: {reason}"),
+        E::Release {
+            run_id, receiver, ..
+        } => format!("{run_id}: result sealed to {receiver}"),
+        E::Deletion { dataset, reason } => format!("deleted {dataset}: {reason}"),
+    }
+}

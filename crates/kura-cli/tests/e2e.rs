@@ -1,0 +1,779 @@
+//! End to end: the real service on loopback, driven through the client SDK and, for attacks the
+//! SDK would never produce, through raw HTTP. One test binary for everything that links
+//! DataFusion, to keep build time down.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use kura_api::{Action, RequestBody, SignedRequest, UploadHeader, routes};
+use kura_client::{Client, ClientError};
+use kura_contract::{Contract, Platform};
+use kura_crypto::{DataKey, SecretIdentity, StreamEncoder};
+use kura_ledger::Event;
+
+struct Party {
+    name: &'static str,
+    key: SecretIdentity,
+}
+
+struct Room {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    contract: Contract,
+    parties: Vec<Party>,
+    server: kura_server::Running,
+}
+
+fn contract_text(parties: &[Party], three: bool, receivers: &str) -> String {
+    let mut t = String::from("version = 1\nname = \"e2e\"\npurpose = \"tests\"\n");
+    for p in parties {
+        let roles = match p.name {
+            "insurer-c" if !three => "[\"receiver\"]",
+            "auditor-d" => "[\"auditor\"]",
+            _ => "[\"provider\", \"receiver\"]",
+        };
+        write!(
+            t,
+            "\n[[parties]]\nname = \"{}\"\npublic_key = \"{}\"\nroles = {roles}\n",
+            p.name,
+            p.key.public().to_text()
+        )
+        .unwrap();
+    }
+    t += r#"
+[[datasets]]
+name = "ehr"
+provider = "hospital-a"
+privacy_unit = "patient_id"
+columns = [
+  { name = "patient_id", type = "utf8", role = "identifier" },
+  { name = "age_band", type = "utf8", role = "dimension" },
+  { name = "diabetes", type = "boolean", role = "measure" },
+]
+
+[[datasets]]
+name = "activity"
+provider = "fitness-b"
+privacy_unit = "patient_id"
+columns = [
+  { name = "patient_id", type = "utf8", role = "identifier" },
+  { name = "steps_band", type = "utf8", role = "dimension" },
+]
+"#;
+    let sql = if three {
+        t += r#"
+[[datasets]]
+name = "claims"
+provider = "insurer-c"
+privacy_unit = "member_id"
+columns = [
+  { name = "member_id", type = "utf8", role = "identifier" },
+  { name = "cost", type = "float64", role = "measure" },
+]
+"#;
+        "SELECT a.steps_band, COUNT(*) AS people, SUM(c.cost) AS cost FROM ehr e JOIN activity a ON e.patient_id = a.patient_id JOIN claims c ON c.member_id = e.patient_id GROUP BY a.steps_band ORDER BY a.steps_band"
+    } else {
+        "SELECT a.steps_band, COUNT(*) AS people, AVG(CAST(e.diabetes AS DOUBLE)) AS rate FROM ehr e JOIN activity a ON e.patient_id = a.patient_id GROUP BY a.steps_band ORDER BY a.steps_band"
+    };
+    write!(
+        t,
+        "\n[[analyses]]\nname = \"by_activity\"\nsql = \"{sql}\"\nreceivers = {receivers}\n\n[output]\nmin_group_size = 10\n\n[retention]\ndelete_after = \"run\"\n\n[enclave]\nplatforms = [\"simulated\"]\n"
+    )
+    .unwrap();
+    t
+}
+
+async fn room_with(names: &[&'static str], three: bool, receivers: &str) -> Room {
+    let dir = tempfile::tempdir().unwrap();
+    let parties: Vec<Party> = names
+        .iter()
+        .map(|n| Party {
+            name: n,
+            key: SecretIdentity::generate(),
+        })
+        .collect();
+    let text = contract_text(&parties, three, receivers);
+    let contract = Contract::parse(text.as_bytes()).unwrap();
+    let path = dir.path().to_path_buf();
+    write_data(&path);
+    let server = kura_server::start(kura_server::Config {
+        contract: contract.clone(),
+        platform: Platform::Simulated,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: path.join("state"),
+        max_upload_bytes: 1 << 30,
+    })
+    .await
+    .unwrap();
+    Room {
+        dir: path,
+        _dir: dir,
+        contract,
+        parties,
+        server,
+    }
+}
+
+async fn room() -> Room {
+    room_with(
+        &["hospital-a", "fitness-b"],
+        false,
+        "[\"hospital-a\", \"fitness-b\"]",
+    )
+    .await
+}
+
+/// 40 people in "high", 25 in "mid", 3 in "low" (suppressed at 10); insurer covers all.
+fn write_data(dir: &Path) {
+    let mut ehr = String::from("patient_id,age_band,diabetes\n");
+    let mut act = String::from("patient_id,steps_band\n");
+    let mut claims = String::from("member_id,cost\n");
+    for (band, n, start) in [("high", 40, 0), ("mid", 25, 100), ("low", 3, 200)] {
+        for i in start..start + n {
+            writeln!(
+                ehr,
+                "p{i},{},{}",
+                if i % 2 == 0 { "young" } else { "old" },
+                i % 4 == 0
+            )
+            .unwrap();
+            writeln!(act, "p{i},{band}").unwrap();
+            writeln!(claims, "p{i},{}.5", i % 7).unwrap();
+        }
+    }
+    std::fs::write(dir.join("ehr.csv"), ehr).unwrap();
+    std::fs::write(dir.join("activity.csv"), act).unwrap();
+    std::fs::write(dir.join("claims.csv"), claims).unwrap();
+}
+
+impl Room {
+    fn key(&self, name: &str) -> SecretIdentity {
+        let p = self.parties.iter().find(|p| p.name == name).unwrap();
+        SecretIdentity::parse(&p.key.to_text()).unwrap()
+    }
+
+    async fn client(&self, name: &str) -> Client {
+        let mut c = Client::new(&self.server.url(), self.contract.clone(), self.key(name)).unwrap();
+        c.attest().await.unwrap();
+        c
+    }
+
+    async fn upload(
+        &self,
+        name: &str,
+        dataset: &str,
+    ) -> Result<kura_api::UploadResponse, ClientError> {
+        self.client(name)
+            .await
+            .upload(dataset, &self.dir.join(format!("{dataset}.csv")), |_| {})
+            .await
+    }
+
+    async fn events(&self) -> Vec<Event> {
+        let report = self
+            .client(self.parties[0].name)
+            .await
+            .audit()
+            .await
+            .unwrap();
+        report
+            .entries
+            .iter()
+            .map(|e| e.parse_body().unwrap().event)
+            .collect()
+    }
+}
+
+fn refused(r: Result<impl std::fmt::Debug, ClientError>) -> (u16, String) {
+    match r {
+        Err(ClientError::Refused { status, reason, .. }) => (status, reason),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_parties_end_to_end() {
+    let room = room().await;
+    let up = room.upload("hospital-a", "ehr").await.unwrap();
+    assert_eq!(up.rows, 68);
+    room.upload("fitness-b", "activity").await.unwrap();
+
+    let mut h = room.client("hospital-a").await;
+    let run = h.run("by_activity").await.unwrap();
+    assert_eq!(run.deleted, vec!["activity", "ehr"]);
+    let mine = h.results(Some(&run.run_id)).await.unwrap();
+    let theirs = room.client("fitness-b").await.results(None).await.unwrap();
+    assert_eq!(mine, theirs);
+    let t = &mine[0];
+    assert_eq!(t.columns, vec!["steps_band", "people", "rate"]);
+    assert_eq!(t.suppressed_groups, 1);
+    assert_eq!(t.rows.len(), 2);
+    assert_eq!(t.rows[0][0], "high");
+    assert_eq!(t.rows[0][1], 40);
+    assert_eq!(t.rows[0][2], 0.25);
+    assert_eq!(t.rows[1][0], "mid");
+    // No identifier value ever appears in the output.
+    let identifier = |v: &serde_json::Value| {
+        v.as_str()
+            .is_some_and(|s| s.starts_with('p') && s[1..].parse::<u32>().is_ok())
+    };
+    assert!(!t.rows.iter().flatten().any(identifier), "{t:?}");
+
+    // The log shows the whole story and verifies.
+    let kinds: Vec<&str> = room.events().await.iter().map(Event::kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            "enclave_started",
+            "upload",
+            "upload",
+            "run",
+            "release",
+            "release",
+            "deletion",
+            "deletion"
+        ]
+    );
+
+    // Deleted data cannot be used or provided again.
+    let (status, reason) = refused(h.run("by_activity").await);
+    assert_eq!(status, 409);
+    assert!(
+        reason.contains("deleted under the contract's retention rule"),
+        "{reason}"
+    );
+    let (_, reason) = refused(room.upload("hospital-a", "ehr").await);
+    assert!(reason.contains("was deleted"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_parties_end_to_end() {
+    let room = room_with(
+        &["hospital-a", "fitness-b", "insurer-c"],
+        true,
+        "[\"insurer-c\"]",
+    )
+    .await;
+    for (p, d) in [
+        ("hospital-a", "ehr"),
+        ("fitness-b", "activity"),
+        ("insurer-c", "claims"),
+    ] {
+        room.upload(p, d).await.unwrap();
+    }
+    // The hospital may start the run only if it is an analyst or receiver: it is neither here.
+    let (status, reason) = refused(room.client("hospital-a").await.run("by_activity").await);
+    assert_eq!(status, 403);
+    assert!(reason.contains("may not start analysis"), "{reason}");
+    let mut insurer = room.client("insurer-c").await;
+    let run = insurer.run("by_activity").await.unwrap();
+    let t = insurer
+        .results(Some(&run.run_id))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(t.rows.len(), 2);
+    assert_eq!(t.suppressed_groups, 1);
+    let expected_high: f64 = (0..40).map(|i| (i % 7) as f64 + 0.5).sum();
+    assert_eq!(t.rows[0][2], expected_high);
+    // A party that is not a receiver of the analysis gets nothing.
+    let (status, reason) = refused(
+        room.client("hospital-a")
+            .await
+            .results(Some(&run.run_id))
+            .await,
+    );
+    assert_eq!(status, 403);
+    assert!(reason.contains("is not a receiver of analysis"), "{reason}");
+    assert!(
+        room.client("fitness-b")
+            .await
+            .results(None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_of_the_contract_rules() {
+    let room = room().await;
+    // Wrong provider.
+    let (status, reason) = refused(
+        room.client("fitness-b")
+            .await
+            .upload("ehr", &room.dir.join("ehr.csv"), |_| {})
+            .await,
+    );
+    assert_eq!(status, 403);
+    assert!(
+        reason.contains("is not the provider of dataset \"ehr\""),
+        "{reason}"
+    );
+    // Unknown dataset.
+    let (status, _) = refused(room.upload("hospital-a", "claims").await);
+    assert_eq!(status, 404);
+    // Schema mismatch: the activity file offered as ehr.
+    let (status, reason) = refused(
+        room.client("hospital-a")
+            .await
+            .upload("ehr", &room.dir.join("activity.csv"), |_| {})
+            .await,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        reason.contains("column \"steps_band\" is not declared"),
+        "{reason}"
+    );
+    // Run before all data is present.
+    room.upload("hospital-a", "ehr").await.unwrap();
+    let (status, reason) = refused(room.client("hospital-a").await.run("by_activity").await);
+    assert_eq!(status, 409);
+    assert!(
+        reason.contains("waiting for dataset(s) activity"),
+        "{reason}"
+    );
+    // Analysis not in the contract.
+    let (status, reason) = refused(room.client("hospital-a").await.run("everything").await);
+    assert_eq!(status, 404);
+    assert!(reason.contains("not in the contract"), "{reason}");
+    // A key outside the contract cannot even build a client.
+    assert!(matches!(
+        Client::new(
+            &room.server.url(),
+            room.contract.clone(),
+            SecretIdentity::generate()
+        ),
+        Err(ClientError::NotAParty)
+    ));
+    // Every refusal is in the log, and the log still verifies.
+    let kinds: Vec<&str> = room.events().await.iter().map(Event::kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            "enclave_started",
+            "upload_refused",
+            "upload_refused",
+            "upload_refused",
+            "upload",
+            "run_refused",
+            "run_refused"
+        ]
+    );
+}
+
+/// Builds an upload body by hand so that the stream can be attacked.
+async fn raw_upload(
+    room: &Room,
+    party: &str,
+    dataset: &str,
+    csv: &[u8],
+    attack: impl FnOnce(&mut Vec<Vec<u8>>),
+) -> (u16, String) {
+    let info: kura_api::EnclaveInfo =
+        reqwest::get(format!("{}{}", room.server.url(), routes::EVIDENCE))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let enclave = kura_crypto::PublicIdentity::parse(&info.enclave_key).unwrap();
+    let me = room.key(party);
+    let mut body = RequestBody {
+        contract_id: room.contract.id().to_string(),
+        enclave: enclave.fingerprint(),
+        nonce: kura_api::nonce(),
+        action: Action::Audit,
+    };
+    let context = kura_api::upload_context(&body.contract_id, dataset, &body.enclave, &body.nonce);
+    let key = DataKey::generate();
+    body.action = Action::Upload(UploadHeader {
+        dataset: dataset.into(),
+        format: "csv".into(),
+        wrapped_key: kura_crypto::seal(&enclave, &context, b"", key.as_bytes()).unwrap(),
+    });
+    let header = serde_json::to_vec(&SignedRequest::new(party, &me, &body)).unwrap();
+    let mut enc = StreamEncoder::new(&key, &context);
+    let pieces: Vec<&[u8]> = csv.chunks(16).collect();
+    let mut frames: Vec<Vec<u8>> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut f = vec![];
+            enc.seal_chunk(p, i + 1 == pieces.len(), &mut f).unwrap();
+            f
+        })
+        .collect();
+    attack(&mut frames);
+    let mut wire = (header.len() as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&header);
+    frames.iter().for_each(|f| wire.extend_from_slice(f));
+    let resp = reqwest::Client::new()
+        .post(format!("{}{}", room.server.url(), routes::UPLOAD))
+        .body(wire)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_truncated_and_reordered_streams_store_nothing() {
+    let room = room().await;
+    let csv = std::fs::read(room.dir.join("ehr.csv")).unwrap();
+    let attacks: Vec<(&str, Box<dyn FnOnce(&mut Vec<Vec<u8>>)>, &str)> = vec![
+        (
+            "tampered",
+            Box::new(|f: &mut Vec<Vec<u8>>| f[3][9] ^= 1),
+            "decryption failed",
+        ),
+        (
+            "truncated",
+            Box::new(|f: &mut Vec<Vec<u8>>| {
+                f.pop();
+            }),
+            "ended before its final chunk",
+        ),
+        (
+            "reordered",
+            Box::new(|f: &mut Vec<Vec<u8>>| f.swap(1, 2)),
+            "decryption failed",
+        ),
+        (
+            "dropped",
+            Box::new(|f: &mut Vec<Vec<u8>>| {
+                f.remove(4);
+            }),
+            "decryption failed",
+        ),
+    ];
+    for (name, attack, expected) in attacks {
+        let (status, text) = raw_upload(&room, "hospital-a", "ehr", &csv, attack).await;
+        assert_eq!(status, 400, "{name}: {text}");
+        assert!(text.contains(expected), "{name}: {text}");
+    }
+    // Nothing was stored: the honest upload is still accepted as the first one.
+    let (status, text) = raw_upload(&room, "hospital-a", "ehr", &csv, |_| {}).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = raw_upload(&room, "hospital-a", "ehr", &csv, |_| {}).await;
+    assert_eq!(status, 409, "{text}");
+    let events = room.events().await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind() == "upload_refused")
+            .count(),
+        5
+    );
+    assert_eq!(events.iter().filter(|e| e.kind() == "upload").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_and_misdirected_requests_are_refused() {
+    let room = room().await;
+    let url = room.server.url();
+    let info: kura_api::EnclaveInfo = reqwest::get(format!("{url}{}", routes::EVIDENCE))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let enclave = kura_crypto::PublicIdentity::parse(&info.enclave_key)
+        .unwrap()
+        .fingerprint();
+    let body = |enclave: &str| RequestBody {
+        contract_id: room.contract.id().to_string(),
+        enclave: enclave.to_string(),
+        nonce: kura_api::nonce(),
+        action: Action::Audit,
+    };
+    let post = |req: SignedRequest| {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}{}", routes::AUDIT))
+                .json(&req)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let hospital = room.key("hospital-a");
+    // A stranger claiming to be a party.
+    let forged = SignedRequest::new("hospital-a", &SecretIdentity::generate(), &body(&enclave));
+    let (status, text) = post(forged).await;
+    assert_eq!(status, 401);
+    assert!(text.contains("signature does not verify"), "{text}");
+    // A name that is not a party.
+    let (status, text) = post(SignedRequest::new("mallory", &hospital, &body(&enclave))).await;
+    assert_eq!(status, 401);
+    assert!(text.contains("not a party"), "{text}");
+    // Meant for another enclave instance.
+    let (status, text) = post(SignedRequest::new(
+        "hospital-a",
+        &hospital,
+        &body("0011223344556677"),
+    ))
+    .await;
+    assert_eq!(status, 401);
+    assert!(text.contains("another enclave instance"), "{text}");
+    // Replayed.
+    let once = SignedRequest::new("hospital-a", &hospital, &body(&enclave));
+    assert_eq!(post(once.clone()).await.0, 200);
+    let (status, text) = post(once).await;
+    assert_eq!(status, 401);
+    assert!(text.contains("replayed"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_results_open_only_for_their_receiver() {
+    let room = room_with(&["hospital-a", "fitness-b"], false, "[\"hospital-a\"]").await;
+    room.upload("hospital-a", "ehr").await.unwrap();
+    room.upload("fitness-b", "activity").await.unwrap();
+    let run = room.client("fitness-b").await.run("by_activity").await;
+    // fitness-b is neither analyst nor receiver of this analysis.
+    assert_eq!(refused(run).0, 403);
+    let run = room
+        .client("hospital-a")
+        .await
+        .run("by_activity")
+        .await
+        .unwrap();
+    assert_eq!(run.receivers, vec!["hospital-a"]);
+    let (status, reason) = refused(
+        room.client("fitness-b")
+            .await
+            .results(Some(&run.run_id))
+            .await,
+    );
+    assert_eq!(status, 403, "{reason}");
+    // Even with the ciphertext in hand, another party's key does not open it.
+    let events = room.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Release { receiver, .. } if receiver == "hospital-a"))
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Release { receiver, .. } if receiver == "fitness-b"))
+    );
+}
+
+// ---- the command line ------------------------------------------------------------------------
+
+fn kura(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kura"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_keys_contract_sign_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ds = d.to_str().unwrap();
+    for name in ["hospital-a", "fitness-b"] {
+        let out = kura(&["keys", "new", "--name", name, "--out", ds]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join("hospital-a.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // A second `keys new` never overwrites a key.
+    assert_eq!(
+        kura(&["keys", "new", "--name", "hospital-a", "--out", ds])
+            .status
+            .code(),
+        Some(1)
+    );
+
+    let public = |n: &str| {
+        std::fs::read_to_string(d.join(format!("{n}.pub")))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let hospital =
+        SecretIdentity::parse(&std::fs::read_to_string(d.join("hospital-a.key")).unwrap()).unwrap();
+    assert_eq!(hospital.public().to_text(), public("hospital-a"));
+    let text = contract_text(
+        &[
+            Party {
+                name: "hospital-a",
+                key: hospital,
+            },
+            Party {
+                name: "fitness-b",
+                key: SecretIdentity::parse(
+                    &std::fs::read_to_string(d.join("fitness-b.key")).unwrap(),
+                )
+                .unwrap(),
+            },
+        ],
+        false,
+        "[\"hospital-a\"]",
+    );
+    let contract = d.join("contract.toml");
+    std::fs::write(&contract, &text).unwrap();
+    let c = contract.to_str().unwrap();
+
+    let out = kura(&["contract", "verify", "--contract", c, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert!(v["reason"].as_str().unwrap().contains("has not signed"));
+
+    // Serving an unsigned contract is refused.
+    let state = d.join("state");
+    let out = kura(&[
+        "serve",
+        "--contract",
+        c,
+        "--platform",
+        "simulated",
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not signed by all parties"));
+    assert!(
+        !state.exists(),
+        "nothing may be created for an unsigned contract"
+    );
+
+    for name in ["hospital-a", "fitness-b"] {
+        let key = d.join(format!("{name}.key"));
+        let out = kura(&[
+            "contract",
+            "sign",
+            "--contract",
+            c,
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = kura(&["contract", "verify", "--contract", c, "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["valid"],
+        true
+    );
+
+    // Change one byte: every signature is void.
+    std::fs::write(
+        &contract,
+        text.replace("min_group_size = 10", "min_group_size = 2"),
+    )
+    .unwrap();
+    let out = kura(&["contract", "verify", "--contract", c]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("INVALID SIGNATURE"));
+
+    // Usage errors exit with 2.
+    assert_eq!(kura(&["contract", "verify"]).status.code(), Some(2));
+}
+
+#[test]
+fn cli_demo_json() {
+    let out = kura(&["demo", "--rows", "3000", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SIMULATED PLATFORM"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["result"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{v}");
+    // The planted relationship shows: diabetes falls as activity rises.
+    let rates: Vec<f64> = rows.iter().map(|r| r[2].as_f64().unwrap()).collect();
+    assert!(rates.windows(2).all(|w| w[0] > w[1]), "{rates:?}");
+    assert_eq!(v["result"]["suppressed_groups"], 1);
+    assert_eq!(v["deleted"], serde_json::json!(["activity", "ehr"]));
+    assert_eq!(v["audit"]["valid"], true);
+}
+
+#[test]
+fn cli_attest_verify_simulated_evidence() {
+    let dir = tempfile::tempdir().unwrap();
+    let hw = kura_attestation::simulated::SimulatedHardware::new();
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, hw.issue(&[1; 48], &[2; 64], false).data).unwrap();
+    let out = kura(&[
+        "attest",
+        "verify",
+        "--platform",
+        "simulated",
+        "--evidence",
+        good.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "valid");
+    assert_eq!(v["measurement"], "01".repeat(48));
+    assert_eq!(v["report_data"], "02".repeat(64));
+    assert_eq!(v["debug"], false);
+    assert!(v["reason"].is_null());
+
+    let debug = dir.path().join("debug.json");
+    std::fs::write(&debug, hw.issue(&[1; 48], &[2; 64], true).data).unwrap();
+    let out = kura(&[
+        "attest",
+        "verify",
+        "--platform",
+        "simulated",
+        "--evidence",
+        debug.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["verdict"],
+        "invalid"
+    );
+
+    let mut bytes = std::fs::read(&good).unwrap();
+    let i = bytes.len() / 3;
+    bytes[i] ^= 1;
+    std::fs::write(&good, bytes).unwrap();
+    let out = kura(&[
+        "attest",
+        "verify",
+        "--platform",
+        "simulated",
+        "--evidence",
+        good.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}

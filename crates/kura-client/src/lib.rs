@@ -1,0 +1,399 @@
+//! The client side of kura: what a party runs on its own machine.
+//!
+//! A [`Client`] first verifies the enclave's evidence against the contract ([`Client::attest`]);
+//! nothing is sent before that succeeds. Uploads are encrypted here, chunk by chunk, so
+//! plaintext never leaves the provider's machine; results are decrypted here and their enclave
+//! signature checked against the attested key.
+
+use std::io::Read;
+use std::path::Path;
+
+use kura_api::{
+    Action, AuditResponse, EnclaveInfo, ErrorBody, RequestBody, ResultTable, ResultsResponse,
+    RunResponse, SignedRequest, SignedResult, UploadHeader, UploadResponse, routes,
+};
+use kura_attestation::Claims;
+use kura_contract::Contract;
+use kura_crypto::{
+    DEFAULT_CHUNK_SIZE, DataKey, PublicIdentity, SecretIdentity, StreamEncoder, b64,
+};
+use kura_ledger::{ChainReport, LogEntry};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("this key belongs to no party of the contract")]
+    NotAParty,
+    #[error("cannot reach the enclave at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("enclave evidence refused: {0}")]
+    Attestation(#[from] kura_attestation::AttestationError),
+    #[error("the enclave serves contract {served}, not this contract ({expected})")]
+    WrongContract { served: String, expected: String },
+    /// The service refused the request; `reason` is its explanation.
+    #[error("{reason}")]
+    Refused {
+        status: u16,
+        code: String,
+        reason: String,
+    },
+    #[error("the enclave's answer is invalid: {0}")]
+    Protocol(String),
+    #[error("cannot read {path}: {reason}")]
+    Input { path: String, reason: String },
+    #[error("audit log does not verify: {0}")]
+    Audit(String),
+}
+
+/// The enclave as verified by [`Client::attest`].
+#[derive(Clone, Debug)]
+pub struct VerifiedEnclave {
+    pub key: PublicIdentity,
+    pub claims: Claims,
+    pub info: EnclaveInfo,
+}
+
+impl VerifiedEnclave {
+    pub fn is_simulated(&self) -> bool {
+        self.claims.platform == kura_contract::Platform::Simulated
+    }
+}
+
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    contract: Contract,
+    me: SecretIdentity,
+    party: String,
+    enclave: Option<VerifiedEnclave>,
+}
+
+/// Result of an audit verification.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AuditReport {
+    pub chain: ChainReport,
+    pub entries: Vec<LogEntry>,
+}
+
+impl Client {
+    pub fn new(
+        base_url: &str,
+        contract: Contract,
+        me: SecretIdentity,
+    ) -> Result<Self, ClientError> {
+        let party = contract
+            .party_by_key(me.public())
+            .ok_or(ClientError::NotAParty)?
+            .name
+            .clone();
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base: base_url.trim_end_matches('/').to_string(),
+            contract,
+            me,
+            party,
+            enclave: None,
+        })
+    }
+
+    pub fn party(&self) -> &str {
+        &self.party
+    }
+
+    pub fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    fn url(&self, route: &str) -> String {
+        format!("{}{route}", self.base)
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Fetches and verifies the enclave's evidence against the contract: platform accepted,
+    /// measurement and debug policy, and the binding of the contract id and enclave keys.
+    pub async fn attest(&mut self) -> Result<&VerifiedEnclave, ClientError> {
+        let resp = self
+            .http
+            .get(self.url(routes::EVIDENCE))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let info: EnclaveInfo = decode(resp).await?;
+        if info.contract_id != self.contract.id().as_str() {
+            return Err(ClientError::WrongContract {
+                served: info.contract_id,
+                expected: self.contract.id().to_string(),
+            });
+        }
+        let key = PublicIdentity::parse(&info.enclave_key)
+            .map_err(|e| ClientError::Protocol(format!("enclave key: {e}")))?;
+        let claims = kura_attestation::verify_enclave(
+            &info.evidence,
+            &self.contract.enclave,
+            self.contract.id(),
+            &key,
+        )?;
+        self.enclave = Some(VerifiedEnclave { key, claims, info });
+        Ok(self.enclave.as_ref().expect("just set"))
+    }
+
+    async fn enclave(&mut self) -> Result<VerifiedEnclave, ClientError> {
+        if self.enclave.is_none() {
+            self.attest().await?;
+        }
+        Ok(self.enclave.clone().expect("attested"))
+    }
+
+    fn request(&self, enclave: &VerifiedEnclave, action: Action) -> (RequestBody, SignedRequest) {
+        let body = RequestBody {
+            contract_id: self.contract.id().to_string(),
+            enclave: enclave.key.fingerprint(),
+            nonce: kura_api::nonce(),
+            action,
+        };
+        let signed = SignedRequest::new(&self.party, &self.me, &body);
+        (body, signed)
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &mut self,
+        route: &str,
+        action: Action,
+    ) -> Result<T, ClientError> {
+        let enclave = self.enclave().await?;
+        let (_, req) = self.request(&enclave, action);
+        let resp = self
+            .http
+            .post(self.url(route))
+            .json(&req)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        decode(resp).await
+    }
+
+    /// Encrypts `path` on this machine and streams it to the enclave as `dataset`.
+    /// `progress` is called with the number of plaintext bytes read so far.
+    pub async fn upload(
+        &mut self,
+        dataset: &str,
+        path: &Path,
+        progress: impl Fn(u64) + Send + 'static,
+    ) -> Result<UploadResponse, ClientError> {
+        let input_err = |e: std::io::Error| ClientError::Input {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let file = std::fs::File::open(path).map_err(input_err)?;
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("parquet" | "pq") => "parquet",
+            _ => "csv",
+        };
+        self.upload_reader(dataset, format, file, progress).await
+    }
+
+    /// Like [`Client::upload`], from any reader.
+    pub async fn upload_reader(
+        &mut self,
+        dataset: &str,
+        format: &str,
+        reader: impl Read + Send + 'static,
+        progress: impl Fn(u64) + Send + 'static,
+    ) -> Result<UploadResponse, ClientError> {
+        let enclave = self.enclave().await?;
+        // The header is signed before the key is wrapped because the wrap's context includes
+        // the request nonce; build the body, then fill in the wrapped key and sign.
+        let (mut body, _) = self.request(&enclave, Action::Audit);
+        let context =
+            kura_api::upload_context(&body.contract_id, dataset, &body.enclave, &body.nonce);
+        let key = DataKey::generate();
+        let wrapped = kura_crypto::seal(&enclave.key, &context, b"", key.as_bytes())
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        body.action = Action::Upload(UploadHeader {
+            dataset: dataset.to_string(),
+            format: format.to_string(),
+            wrapped_key: wrapped,
+        });
+        let signed = SignedRequest::new(&self.party, &self.me, &body);
+        let header = serde_json::to_vec(&signed).expect("request serialises");
+        let mut first = (header.len() as u32).to_be_bytes().to_vec();
+        first.extend_from_slice(&header);
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+        let _ = tx.send(Ok(bytes::Bytes::from(first))).await;
+        let encoder = StreamEncoder::new(&key, &context);
+        drop(key);
+        std::thread::spawn(move || encrypt_file(reader, encoder, tx, progress));
+        let body =
+            reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            }));
+        let resp = self
+            .http
+            .post(self.url(routes::UPLOAD))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        decode(resp).await
+    }
+
+    /// Starts an analysis of the contract.
+    pub async fn run(&mut self, analysis: &str) -> Result<RunResponse, ClientError> {
+        self.call(
+            routes::RUN,
+            Action::Run {
+                analysis: analysis.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// Fetches, decrypts and verifies this party's results (all runs, or one).
+    pub async fn results(&mut self, run_id: Option<&str>) -> Result<Vec<ResultTable>, ClientError> {
+        let resp: ResultsResponse = self
+            .call(
+                routes::RESULTS,
+                Action::Results {
+                    run_id: run_id.map(str::to_string),
+                },
+            )
+            .await?;
+        let enclave = self.enclave().await?;
+        resp.results
+            .iter()
+            .map(|sealed| {
+                if sealed.receiver != self.party {
+                    return Err(ClientError::Protocol(
+                        "result addressed to another party".into(),
+                    ));
+                }
+                let info = kura_api::result_context(
+                    self.contract.id().as_str(),
+                    &sealed.run_id,
+                    &self.party,
+                );
+                let plain = kura_crypto::open(&self.me, &info, b"", &sealed.sealed)
+                    .map_err(|e| ClientError::Protocol(format!("result does not decrypt: {e}")))?;
+                let signed: SignedResult = serde_json::from_slice(&plain)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let sig = b64::decode(&signed.signature)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                enclave
+                    .key
+                    .verify(kura_api::RESULT_DOMAIN, signed.table.as_bytes(), &sig)
+                    .map_err(|_| {
+                        ClientError::Protocol("result is not signed by the attested enclave".into())
+                    })?;
+                let table: ResultTable = serde_json::from_str(&signed.table)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                if table.run_id != sealed.run_id {
+                    return Err(ClientError::Protocol(
+                        "result carries another run id".into(),
+                    ));
+                }
+                Ok(table)
+            })
+            .collect()
+    }
+
+    /// Fetches the whole log and verifies it: chain, signatures, and the evidence of every
+    /// enclave start against this contract.
+    pub async fn audit(&mut self) -> Result<AuditReport, ClientError> {
+        let resp: AuditResponse = self.call(routes::AUDIT, Action::Audit).await?;
+        let contract = &self.contract;
+        let chain = kura_ledger::verify_chain(&resp.entries, |contract_id, key, evidence| {
+            if contract_id != contract.id().as_str() {
+                return Err(format!(
+                    "enclave started for another contract {contract_id}"
+                ));
+            }
+            kura_attestation::verify_enclave(evidence, &contract.enclave, contract.id(), key)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| ClientError::Audit(e.to_string()))?;
+        Ok(AuditReport {
+            chain,
+            entries: resp.entries,
+        })
+    }
+}
+
+/// Reads, encrypts and sends; runs on its own thread so file reads never block the runtime.
+fn encrypt_file(
+    mut reader: impl Read,
+    mut encoder: StreamEncoder,
+    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    progress: impl Fn(u64),
+) {
+    let mut read_total = 0u64;
+    let mut current = vec![0u8; DEFAULT_CHUNK_SIZE];
+    let mut next = vec![0u8; DEFAULT_CHUNK_SIZE];
+    let fill = |buf: &mut Vec<u8>, r: &mut dyn Read| -> std::io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match r.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(n)
+    };
+    let result = (|| -> std::io::Result<()> {
+        let mut len = fill(&mut current, &mut reader)?;
+        loop {
+            let next_len = if len == current.len() {
+                fill(&mut next, &mut reader)?
+            } else {
+                0
+            };
+            let last = next_len == 0;
+            let mut frame = Vec::with_capacity(len + 32);
+            encoder
+                .seal_chunk(&current[..len], last, &mut frame)
+                .map_err(std::io::Error::other)?;
+            read_total += len as u64;
+            progress(read_total);
+            if tx.blocking_send(Ok(bytes::Bytes::from(frame))).is_err() {
+                return Ok(()); // the request ended early; its error is reported there
+            }
+            if last {
+                return Ok(());
+            }
+            std::mem::swap(&mut current, &mut next);
+            len = next_len;
+        }
+    })();
+    if let Err(e) = result {
+        let _ = tx.blocking_send(Err(e));
+    }
+}
+
+async fn decode<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| ClientError::Protocol(format!("reading the answer: {e}")))?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()));
+    }
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(err) => Err(ClientError::Refused {
+            status: status.as_u16(),
+            code: err.code,
+            reason: err.reason,
+        }),
+        Err(_) => Err(ClientError::Protocol(format!(
+            "HTTP {status} without an error body"
+        ))),
+    }
+}

@@ -1,0 +1,17 @@
+//! The contract: who takes part, which data, which analyses, who receives what, under which
+//! output rules, for how long, and on which enclave builds.
+//!
+//! A contract is identified by the SHA-256 of its exact bytes and never changes. Every party
+//! signs those bytes; nothing may run on a contract that is not signed by all of them. This
+//! crate parses and validates (no I/O); SQL is checked against the schemas by `kura-engine`.
+
+mod error;
+mod model;
+mod signature;
+
+pub use error::ContractError;
+pub use model::{
+    AcceptEntry, Analysis, Column, ColumnRole, ColumnType, Contract, ContractId, Dataset,
+    DeleteAfter, EnclavePolicy, OutputRules, Party, Platform, Retention, Role,
+};
+pub use signature::{SIGNATURE_DOMAIN, SignatureCheck, SignatureStatus, sign, verify_all};

@@ -1,0 +1,575 @@
+//! The contract model, parsed strictly: unknown fields are errors, so a typo such as
+//! `min_grup_size` is refused instead of silently ignored.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use kura_crypto::PublicIdentity;
+use serde::{Deserialize, Serialize};
+
+use crate::ContractError;
+
+/// Hex SHA-256 of the contract's exact bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ContractId(String);
+
+impl ContractId {
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(hex::encode(kura_crypto::sha256(bytes)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ContractId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Provider,
+    Analyst,
+    Receiver,
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Provider => "provider",
+            Role::Analyst => "analyst",
+            Role::Receiver => "receiver",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    Utf8,
+    Int64,
+    Float64,
+    Boolean,
+    Date,
+}
+
+impl ColumnType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColumnType::Utf8 => "utf8",
+            ColumnType::Int64 => "int64",
+            ColumnType::Float64 => "float64",
+            ColumnType::Boolean => "boolean",
+            ColumnType::Date => "date",
+        }
+    }
+}
+
+/// What a column may be used for in outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnRole {
+    /// Identifies a person or entity: join keys only, never output.
+    Identifier,
+    /// May be grouped by and output.
+    Dimension,
+    /// May only be aggregated.
+    Measure,
+}
+
+/// An enclave platform whose evidence a contract may accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Platform {
+    #[serde(rename = "simulated")]
+    Simulated,
+    #[serde(rename = "sev-snp")]
+    SevSnp,
+    #[serde(rename = "tdx")]
+    Tdx,
+    #[serde(rename = "sgx")]
+    Sgx,
+    #[serde(rename = "nitro")]
+    Nitro,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Simulated => "simulated",
+            Platform::SevSnp => "sev-snp",
+            Platform::Tdx => "tdx",
+            Platform::Sgx => "sgx",
+            Platform::Nitro => "nitro",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Platform::Simulated,
+            Platform::SevSnp,
+            Platform::Tdx,
+            Platform::Sgx,
+            Platform::Nitro,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == text)
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Party {
+    pub name: String,
+    pub public_key: PublicIdentity,
+    pub roles: Vec<Role>,
+}
+
+impl Party {
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    pub role: ColumnRole,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dataset {
+    pub name: String,
+    pub provider: String,
+    pub privacy_unit: String,
+    pub columns: Vec<Column>,
+}
+
+impl Dataset {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Analysis {
+    pub name: String,
+    pub sql: String,
+    pub receivers: Vec<String>,
+    /// Parties that may start this analysis. When absent: every party with the `analyst` role
+    /// and every receiver of the analysis.
+    #[serde(default)]
+    pub analysts: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputRules {
+    /// Groups covering fewer distinct privacy units (of any contributing dataset) are
+    /// suppressed.
+    pub min_group_size: u64,
+}
+
+/// When uploaded data is deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeleteAfter {
+    /// Right after the first run that uses it.
+    Run,
+    /// At this time, whether or not the data was used.
+    Deadline(time::OffsetDateTime),
+    Never,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub delete_after: DeleteAfter,
+}
+
+/// Appraisal policy for one platform (measurements, debug, minimum TCB). The fields beyond
+/// `platform` and `measurement` are interpreted by the attestation verifiers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptEntry {
+    pub platform: String,
+    /// Accepted measurements (hex). Empty means any measurement, which is allowed only for
+    /// the simulated platform.
+    #[serde(default)]
+    pub measurements: Vec<String>,
+    #[serde(default)]
+    pub allow_debug: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnclavePolicy {
+    pub platforms: Vec<Platform>,
+    pub accept: Vec<AcceptEntry>,
+}
+
+impl EnclavePolicy {
+    pub fn allows(&self, platform: Platform) -> bool {
+        self.platforms.contains(&platform)
+    }
+
+    pub fn accept_entries(&self, platform: Platform) -> impl Iterator<Item = &AcceptEntry> {
+        self.accept
+            .iter()
+            .filter(move |a| a.platform == platform.as_str())
+    }
+}
+
+/// A parsed, validated contract together with its exact bytes and id.
+#[derive(Clone, Debug)]
+pub struct Contract {
+    bytes: Vec<u8>,
+    id: ContractId,
+    pub name: String,
+    pub purpose: String,
+    pub parties: Vec<Party>,
+    pub datasets: Vec<Dataset>,
+    pub analyses: Vec<Analysis>,
+    pub output: OutputRules,
+    pub retention: Retention,
+    pub enclave: EnclavePolicy,
+}
+
+// ---- raw serde shapes -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContract {
+    version: u32,
+    name: String,
+    #[serde(default)]
+    purpose: String,
+    #[serde(default)]
+    parties: Vec<RawParty>,
+    #[serde(default)]
+    datasets: Vec<Dataset>,
+    #[serde(default)]
+    analyses: Vec<Analysis>,
+    output: OutputRules,
+    retention: RawRetention,
+    enclave: RawEnclave,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParty {
+    name: String,
+    public_key: String,
+    roles: Vec<Role>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    delete_after: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnclave {
+    platforms: Vec<String>,
+    #[serde(default)]
+    accept: Vec<AcceptEntry>,
+}
+
+// ---- parsing and validation ---------------------------------------------------------------
+
+fn check_name(
+    kind: &'static str,
+    name: &str,
+    allowed: fn(char) -> bool,
+    rule: &'static str,
+) -> Result<(), ContractError> {
+    let starts_ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    if name.is_empty() || name.len() > 63 || !starts_ok || !name.chars().all(allowed) {
+        return Err(ContractError::BadName {
+            kind,
+            name: name.to_string(),
+            rule,
+        });
+    }
+    Ok(())
+}
+
+fn party_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+}
+
+fn sql_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
+}
+
+const PARTY_RULE: &str = "use 1-63 characters a-z, 0-9 and '-', starting with a letter";
+const SQL_RULE: &str =
+    "use 1-63 characters a-z, 0-9 and '_', starting with a letter (it is a SQL name)";
+
+fn unique<'a>(
+    kind: &'static str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), ContractError> {
+    let mut seen = BTreeSet::new();
+    for n in names {
+        if !seen.insert(n) {
+            return Err(ContractError::Duplicate {
+                kind,
+                name: n.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Contract {
+    /// Parses and validates a contract from its exact bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ContractError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| ContractError::Syntax("the file is not UTF-8 text".into()))?;
+        let raw: RawContract =
+            toml::from_str(text).map_err(|e| ContractError::Syntax(e.to_string()))?;
+        if raw.version != 1 {
+            return Err(ContractError::Version(raw.version));
+        }
+
+        let mut parties = Vec::with_capacity(raw.parties.len());
+        for p in raw.parties {
+            check_name("party", &p.name, party_char, PARTY_RULE)?;
+            let public_key =
+                PublicIdentity::parse(&p.public_key).map_err(|e| ContractError::BadKey {
+                    party: p.name.clone(),
+                    reason: e.to_string(),
+                })?;
+            if p.roles.is_empty() {
+                return Err(ContractError::NoRoles { party: p.name });
+            }
+            parties.push(Party {
+                name: p.name,
+                public_key,
+                roles: p.roles,
+            });
+        }
+
+        let delete_after = match raw.retention.delete_after.as_str() {
+            "run" => DeleteAfter::Run,
+            "never" => DeleteAfter::Never,
+            other => DeleteAfter::Deadline(
+                time::OffsetDateTime::parse(other, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| ContractError::Retention(other.to_string()))?,
+            ),
+        };
+
+        let mut platforms = Vec::new();
+        for p in &raw.enclave.platforms {
+            let platform = Platform::parse(p).ok_or_else(|| ContractError::BadAccept {
+                platform: p.clone(),
+                reason: "unknown platform (known: simulated, sev-snp, tdx, sgx, nitro)".into(),
+            })?;
+            if platforms.contains(&platform) {
+                return Err(ContractError::Duplicate {
+                    kind: "enclave platform",
+                    name: p.clone(),
+                });
+            }
+            platforms.push(platform);
+        }
+
+        let contract = Contract {
+            id: ContractId::of(bytes),
+            bytes: bytes.to_vec(),
+            name: raw.name,
+            purpose: raw.purpose,
+            parties,
+            datasets: raw.datasets,
+            analyses: raw.analyses,
+            output: raw.output,
+            retention: Retention { delete_after },
+            enclave: EnclavePolicy {
+                platforms,
+                accept: raw.enclave.accept,
+            },
+        };
+        contract.validate()?;
+        Ok(contract)
+    }
+
+    fn validate(&self) -> Result<(), ContractError> {
+        if self.parties.is_empty() {
+            return Err(ContractError::Missing("[[parties]]"));
+        }
+        if self.datasets.is_empty() {
+            return Err(ContractError::Missing("[[datasets]]"));
+        }
+        unique("party", self.parties.iter().map(|p| p.name.as_str()))?;
+        unique("dataset", self.datasets.iter().map(|d| d.name.as_str()))?;
+        unique("analysis", self.analyses.iter().map(|a| a.name.as_str()))?;
+        let mut keys: HashMap<[u8; 64], &str> = HashMap::new();
+        for p in &self.parties {
+            if let Some(other) = keys.insert(p.public_key.to_bytes(), &p.name) {
+                return Err(ContractError::SharedKey(other.to_string(), p.name.clone()));
+            }
+        }
+
+        for d in &self.datasets {
+            check_name("dataset", &d.name, sql_char, SQL_RULE)?;
+            let context = format!("dataset {:?}", d.name);
+            self.require_role(&context, &d.provider, Role::Provider)?;
+            if d.columns.is_empty() {
+                return Err(ContractError::NoColumns {
+                    dataset: d.name.clone(),
+                });
+            }
+            for c in &d.columns {
+                check_name("column", &c.name, sql_char, SQL_RULE)?;
+            }
+            unique("column", d.columns.iter().map(|c| c.name.as_str())).map_err(|e| match e {
+                ContractError::Duplicate { name, .. } => ContractError::Duplicate {
+                    kind: "column",
+                    name: format!("{}.{}", d.name, name),
+                },
+                other => other,
+            })?;
+            match d.column(&d.privacy_unit) {
+                None => {
+                    return Err(ContractError::PrivacyUnit {
+                        dataset: d.name.clone(),
+                        column: d.privacy_unit.clone(),
+                        problem: "is not one of the dataset's columns",
+                    });
+                }
+                Some(c) if c.role != ColumnRole::Identifier => {
+                    return Err(ContractError::PrivacyUnit {
+                        dataset: d.name.clone(),
+                        column: d.privacy_unit.clone(),
+                        problem: "must have role = \"identifier\"",
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+
+        for a in &self.analyses {
+            check_name("analysis", &a.name, party_char_or_underscore, NAME_RULE)?;
+            if a.receivers.is_empty() {
+                return Err(ContractError::NoReceivers {
+                    analysis: a.name.clone(),
+                });
+            }
+            let context = format!("analysis {:?}", a.name);
+            unique("receiver", a.receivers.iter().map(String::as_str))?;
+            for r in &a.receivers {
+                self.require_role(&context, r, Role::Receiver)?;
+            }
+            for r in a.analysts.iter().flatten() {
+                self.party(r).ok_or_else(|| ContractError::UnknownParty {
+                    context: context.clone(),
+                    party: r.clone(),
+                })?;
+            }
+        }
+
+        if self.output.min_group_size == 0 {
+            return Err(ContractError::MinGroupSize);
+        }
+        if self.enclave.platforms.is_empty() {
+            return Err(ContractError::NoPlatforms);
+        }
+        for a in &self.enclave.accept {
+            let platform =
+                Platform::parse(&a.platform).ok_or_else(|| ContractError::BadAccept {
+                    platform: a.platform.clone(),
+                    reason: "unknown platform".into(),
+                })?;
+            if !self.enclave.allows(platform) {
+                return Err(ContractError::AcceptUnlisted(a.platform.clone()));
+            }
+            for m in &a.measurements {
+                if hex::decode(m).is_err() {
+                    return Err(ContractError::BadAccept {
+                        platform: a.platform.clone(),
+                        reason: format!("measurement {m:?} is not hex"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn require_role(&self, context: &str, party: &str, role: Role) -> Result<(), ContractError> {
+        let p = self
+            .party(party)
+            .ok_or_else(|| ContractError::UnknownParty {
+                context: context.to_string(),
+                party: party.to_string(),
+            })?;
+        if !p.has_role(role) {
+            return Err(ContractError::MissingRole {
+                context: context.to_string(),
+                party: party.to_string(),
+                role: role.as_str(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn id(&self) -> &ContractId {
+        &self.id
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn party(&self, name: &str) -> Option<&Party> {
+        self.parties.iter().find(|p| p.name == name)
+    }
+
+    /// The party that owns `key`, if any.
+    pub fn party_by_key(&self, key: &PublicIdentity) -> Option<&Party> {
+        self.parties.iter().find(|p| &p.public_key == key)
+    }
+
+    pub fn dataset(&self, name: &str) -> Option<&Dataset> {
+        self.datasets.iter().find(|d| d.name == name)
+    }
+
+    pub fn analysis(&self, name: &str) -> Option<&Analysis> {
+        self.analyses.iter().find(|a| a.name == name)
+    }
+
+    /// May `party` start `analysis`?
+    pub fn may_run(&self, party: &str, analysis: &Analysis) -> bool {
+        match &analysis.analysts {
+            Some(list) => list.iter().any(|p| p == party),
+            None => {
+                analysis.receivers.iter().any(|r| r == party)
+                    || self.party(party).is_some_and(|p| p.has_role(Role::Analyst))
+            }
+        }
+    }
+}
+
+fn party_char_or_underscore(c: char) -> bool {
+    party_char(c) || c == '_'
+}
+
+const NAME_RULE: &str = "use 1-63 characters a-z, 0-9, '-' and '_', starting with a letter";
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,271 @@
+use kura_crypto::SecretIdentity;
+
+use super::*;
+use crate::{SignatureStatus, sign, verify_all};
+
+struct Fixture {
+    hospital: SecretIdentity,
+    fitness: SecretIdentity,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            hospital: SecretIdentity::generate(),
+            fitness: SecretIdentity::generate(),
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            r#"version = 1
+name = "activity-and-diabetes"
+purpose = "How daily activity relates to diabetes diagnoses"
+
+[[parties]]
+name = "hospital-a"
+public_key = "{}"
+roles = ["provider", "receiver"]
+
+[[parties]]
+name = "fitness-b"
+public_key = "{}"
+roles = ["provider", "receiver"]
+
+[[datasets]]
+name = "ehr"
+provider = "hospital-a"
+privacy_unit = "patient_id"
+columns = [
+  {{ name = "patient_id", type = "utf8", role = "identifier" }},
+  {{ name = "age_band", type = "utf8", role = "dimension" }},
+  {{ name = "diabetes", type = "boolean", role = "measure" }},
+]
+
+[[datasets]]
+name = "activity"
+provider = "fitness-b"
+privacy_unit = "patient_id"
+columns = [
+  {{ name = "patient_id", type = "utf8", role = "identifier" }},
+  {{ name = "steps_band", type = "utf8", role = "dimension" }},
+]
+
+[[analyses]]
+name = "diabetes_by_activity"
+sql = "SELECT a.steps_band, COUNT(*) AS people FROM ehr e JOIN activity a ON e.patient_id = a.patient_id GROUP BY a.steps_band"
+receivers = ["hospital-a", "fitness-b"]
+
+[output]
+min_group_size = 10
+
+[retention]
+delete_after = "run"
+
+[enclave]
+platforms = ["simulated"]
+"#,
+            self.hospital.public().to_text(),
+            self.fitness.public().to_text()
+        )
+    }
+
+    fn parse_with(&self, from: &str, to: &str) -> Result<Contract, ContractError> {
+        let text = self.text();
+        assert!(text.contains(from), "fixture lacks {from:?}");
+        Contract::parse(text.replacen(from, to, 1).as_bytes())
+    }
+}
+
+#[test]
+fn the_design_example_parses() {
+    let f = Fixture::new();
+    let c = Contract::parse(f.text().as_bytes()).unwrap();
+    assert_eq!(c.parties.len(), 2);
+    assert_eq!(c.datasets[0].privacy_unit, "patient_id");
+    assert_eq!(c.retention.delete_after, DeleteAfter::Run);
+    assert_eq!(c.enclave.platforms, vec![Platform::Simulated]);
+    assert_eq!(c.id(), &ContractId::of(f.text().as_bytes()));
+    assert!(c.may_run("fitness-b", &c.analyses[0]));
+}
+
+#[test]
+fn the_id_changes_with_any_byte() {
+    let f = Fixture::new();
+    let a = Contract::parse(f.text().as_bytes()).unwrap();
+    let b = Contract::parse(format!("{}\n", f.text()).as_bytes()).unwrap();
+    assert_ne!(a.id(), b.id());
+}
+
+#[test]
+fn refusals_name_the_problem() {
+    let f = Fixture::new();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "provider = \"hospital-a\"",
+            "provider = \"clinic-z\"",
+            "names party \"clinic-z\", which is not in [[parties]]",
+        ),
+        (
+            "receivers = [\"hospital-a\", \"fitness-b\"]",
+            "receivers = [\"hospital-a\", \"nobody\"]",
+            "party \"nobody\"",
+        ),
+        (
+            "roles = [\"provider\", \"receiver\"]\n\n[[parties]]\nname = \"fitness-b\"",
+            "roles = [\"provider\"]\n\n[[parties]]\nname = \"fitness-b\"",
+            "party \"hospital-a\" must have the receiver role",
+        ),
+        (
+            "name = \"activity\"",
+            "name = \"ehr\"",
+            "dataset \"ehr\" is declared more than once",
+        ),
+        (
+            "name = \"fitness-b\"\npublic",
+            "name = \"hospital-a\"\npublic",
+            "party \"hospital-a\" is declared more than once",
+        ),
+        (
+            "privacy_unit = \"patient_id\"",
+            "privacy_unit = \"age_band\"",
+            "must have role = \"identifier\"",
+        ),
+        (
+            "privacy_unit = \"patient_id\"",
+            "privacy_unit = \"pid\"",
+            "is not one of the dataset's columns",
+        ),
+        (
+            "min_group_size = 10",
+            "min_grup_size = 10",
+            "unknown field `min_grup_size`",
+        ),
+        ("min_group_size = 10", "min_group_size = 0", "at least 1"),
+        (
+            "delete_after = \"run\"",
+            "delete_after = \"tomorrow\"",
+            "RFC 3339",
+        ),
+        (
+            "platforms = [\"simulated\"]",
+            "platforms = []",
+            "enclave.platforms is empty",
+        ),
+        (
+            "platforms = [\"simulated\"]",
+            "platforms = [\"sev-snp-ish\"]",
+            "unknown platform",
+        ),
+        ("version = 1", "version = 2", "version 2 is not supported"),
+        (
+            "name = \"hospital-a\"",
+            "name = \"Hospital A\"",
+            "party name \"Hospital A\" is invalid",
+        ),
+        (
+            "{ name = \"age_band\",",
+            "{ name = \"patient_id\",",
+            "column \"ehr.patient_id\" is declared more than once",
+        ),
+        (
+            "type = \"boolean\"",
+            "type = \"bool\"",
+            "unknown variant `bool`",
+        ),
+        (
+            "receivers = [\"hospital-a\", \"fitness-b\"]",
+            "receivers = []",
+            "has no receivers",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        let err = f.parse_with(from, to).unwrap_err().to_string();
+        assert!(
+            err.contains(expected),
+            "replacing {from:?} with {to:?}: got {err:?}, expected {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_public_key_is_refused() {
+    let f = Fixture::new();
+    let key = f.hospital.public().to_text();
+    let err = f.parse_with(&key, "kura-pub-v1:AAAA").unwrap_err();
+    assert!(
+        matches!(err, ContractError::BadKey { ref party, .. } if party == "hospital-a"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_same_key_for_two_parties_is_refused() {
+    let f = Fixture::new();
+    let text = f.text().replace(
+        &f.fitness.public().to_text(),
+        &f.hospital.public().to_text(),
+    );
+    let err = Contract::parse(text.as_bytes()).unwrap_err();
+    assert_eq!(
+        err,
+        ContractError::SharedKey("hospital-a".into(), "fitness-b".into())
+    );
+}
+
+#[test]
+fn deadlines_parse() {
+    let f = Fixture::new();
+    let c = f
+        .parse_with(
+            "delete_after = \"run\"",
+            "delete_after = \"2027-01-31T00:00:00Z\"",
+        )
+        .unwrap();
+    assert!(matches!(c.retention.delete_after, DeleteAfter::Deadline(t) if t.year() == 2027));
+}
+
+#[test]
+fn signatures_cover_the_exact_bytes() {
+    let f = Fixture::new();
+    let c = Contract::parse(f.text().as_bytes()).unwrap();
+    let (party, sig_h) = sign(&c, &f.hospital).unwrap();
+    assert_eq!(party, "hospital-a");
+    let (_, sig_f) = sign(&c, &f.fitness).unwrap();
+
+    let all = verify_all(&c, |p| {
+        Some(if p == "hospital-a" {
+            sig_h.clone()
+        } else {
+            sig_f.clone()
+        })
+    });
+    assert!(
+        all.iter().all(|s| s.status == SignatureStatus::Valid),
+        "{all:?}"
+    );
+
+    let missing = verify_all(&c, |p| (p == "hospital-a").then(|| sig_h.clone()));
+    assert_eq!(missing[1].status, SignatureStatus::Missing);
+
+    // A signature swapped into the other party's file does not verify.
+    let swapped = verify_all(&c, |_| Some(sig_h.clone()));
+    assert_eq!(swapped[1].status, SignatureStatus::Invalid);
+
+    // A signature over other bytes (one added space) does not verify.
+    let c2 = Contract::parse(format!("{} ", f.text()).as_bytes()).unwrap();
+    let changed = verify_all(&c2, |p| {
+        Some(if p == "hospital-a" {
+            sig_h.clone()
+        } else {
+            sig_f.clone()
+        })
+    });
+    assert!(changed.iter().all(|s| s.status == SignatureStatus::Invalid));
+
+    // A stranger's key cannot sign.
+    assert_eq!(
+        sign(&c, &SecretIdentity::generate()).unwrap_err(),
+        ContractError::NotAParty
+    );
+}

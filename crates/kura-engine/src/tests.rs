@@ -1,0 +1,387 @@
+use std::fmt::Write as _;
+
+use datafusion::prelude::SessionContext;
+use kura_contract::Contract;
+use kura_crypto::SecretIdentity;
+
+use super::*;
+
+fn contract(extra_analysis_sql: Option<&str>) -> Contract {
+    let h = SecretIdentity::generate();
+    let f = SecretIdentity::generate();
+    let analysis = extra_analysis_sql.map_or(String::new(), |sql| {
+        format!("[[analyses]]\nname = \"extra\"\nsql = \"{sql}\"\nreceivers = [\"hospital-a\"]\n")
+    });
+    let text = format!(
+        r#"version = 1
+name = "t"
+[[parties]]
+name = "hospital-a"
+public_key = "{}"
+roles = ["provider", "receiver"]
+[[parties]]
+name = "fitness-b"
+public_key = "{}"
+roles = ["provider", "receiver"]
+[[datasets]]
+name = "ehr"
+provider = "hospital-a"
+privacy_unit = "patient_id"
+columns = [
+  {{ name = "patient_id", type = "utf8", role = "identifier" }},
+  {{ name = "age_band", type = "utf8", role = "dimension" }},
+  {{ name = "diabetes", type = "boolean", role = "measure" }},
+]
+[[datasets]]
+name = "activity"
+provider = "fitness-b"
+privacy_unit = "patient_id"
+columns = [
+  {{ name = "patient_id", type = "utf8", role = "identifier" }},
+  {{ name = "steps_band", type = "utf8", role = "dimension" }},
+]
+{analysis}
+[output]
+min_group_size = 10
+[retention]
+delete_after = "run"
+[enclave]
+platforms = ["simulated"]
+"#,
+        h.public().to_text(),
+        f.public().to_text()
+    );
+    Contract::parse(text.as_bytes()).unwrap()
+}
+
+/// 30 people with steps band "high", 4 with "low"; in "low", 2 rows each (8 rows, 4 people).
+fn tables(c: &Contract) -> Tables {
+    let mut ehr = String::from("patient_id,age_band,diabetes\n");
+    let mut act = String::from("steps_band,patient_id\n"); // column order differs on purpose
+    for i in 0..30 {
+        writeln!(
+            ehr,
+            "p{i},{},{}",
+            if i % 2 == 0 { "young" } else { "old" },
+            i % 3 == 0
+        )
+        .unwrap();
+        writeln!(act, "high,p{i}").unwrap();
+    }
+    for i in 30..34 {
+        writeln!(ehr, "p{i},old,true").unwrap();
+        writeln!(act, "low,p{i}").unwrap();
+        writeln!(act, "low,p{i}").unwrap();
+    }
+    let mut t = Tables::new();
+    t.insert(
+        "ehr".into(),
+        load::load(c.dataset("ehr").unwrap(), InputFormat::Csv, ehr.as_bytes()).unwrap(),
+    );
+    t.insert(
+        "activity".into(),
+        load::load(
+            c.dataset("activity").unwrap(),
+            InputFormat::Csv,
+            act.as_bytes(),
+        )
+        .unwrap(),
+    );
+    t
+}
+
+/// The same SQL on plain DataFusion, rendered the same way, without any rule.
+async fn plain(t: &Tables, sql: &str) -> Vec<Vec<serde_json::Value>> {
+    let ctx = SessionContext::new();
+    for (name, batches) in t {
+        ctx.register_batch(
+            name,
+            datafusion::arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap(),
+        )
+        .unwrap();
+    }
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let visible = batches[0].num_columns();
+    // Reuse the renderer with a threshold of zero (nothing suppressed) by appending a count.
+    let mut rows = vec![];
+    for b in &batches {
+        let ones = std::sync::Arc::new(datafusion::arrow::array::Int64Array::from(vec![
+            i64::MAX;
+            b.num_rows(
+            )
+        ]));
+        let mut cols = b.columns().to_vec();
+        cols.push(ones);
+        let mut fields: Vec<_> = b.schema().fields().iter().cloned().collect();
+        fields.push(std::sync::Arc::new(
+            datafusion::arrow::datatypes::Field::new(
+                "k",
+                datafusion::arrow::datatypes::DataType::Int64,
+                false,
+            ),
+        ));
+        let b = RecordBatch::try_new(
+            std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+            cols,
+        )
+        .unwrap();
+        rows.extend(
+            output::suppress_and_render(&[b], visible, 0, vec![])
+                .unwrap()
+                .rows,
+        );
+    }
+    rows
+}
+
+const JOIN: &str = "SELECT a.steps_band, COUNT(*) AS n, AVG(CAST(e.diabetes AS DOUBLE)) AS rate FROM ehr e JOIN activity a ON e.patient_id = a.patient_id GROUP BY a.steps_band ORDER BY a.steps_band";
+
+#[tokio::test]
+async fn small_groups_are_suppressed_and_the_rest_matches_plain_datafusion() {
+    let c = contract(None);
+    let t = tables(&c);
+    let out = run_analysis(&c, JOIN, &t).await.unwrap();
+    assert_eq!(out.columns, vec!["steps_band", "n", "rate"]);
+    assert_eq!(
+        out.suppressed_groups, 1,
+        "the 'low' band has 4 people (8 rows)"
+    );
+    assert_eq!(out.datasets, vec!["activity", "ehr"]);
+    let expected: Vec<_> = plain(&t, JOIN)
+        .await
+        .into_iter()
+        .filter(|r| r[0] != "low")
+        .collect();
+    assert_eq!(out.rows, expected);
+    assert_eq!(out.rows[0][1], serde_json::json!(30));
+}
+
+#[tokio::test]
+async fn rows_count_people_not_rows() {
+    // 8 rows but 4 people in "low": with min 5 it must still be suppressed.
+    let c = contract(None);
+    let t = tables(&c);
+    let sql = "SELECT a.steps_band, COUNT(*) AS n FROM activity a GROUP BY a.steps_band HAVING COUNT(*) > 5";
+    let out = run_analysis(&c, sql, &t).await.unwrap();
+    assert_eq!(
+        out.rows,
+        vec![vec![serde_json::json!("high"), serde_json::json!(30)]]
+    );
+    assert_eq!(out.suppressed_groups, 1);
+}
+
+#[tokio::test]
+async fn a_global_aggregate_and_limits_above_the_aggregate_work() {
+    let c = contract(None);
+    let t = tables(&c);
+    let out = run_analysis(&c, "SELECT COUNT(*) AS n FROM ehr", &t)
+        .await
+        .unwrap();
+    assert_eq!(out.rows, vec![vec![serde_json::json!(34)]]);
+    let out = run_analysis(
+        &c,
+        "SELECT age_band, COUNT(*) AS n FROM ehr GROUP BY age_band ORDER BY n DESC LIMIT 1",
+        &t,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.rows.len(), 1);
+    // Filters run before the counts: a WHERE that narrows a group to one person suppresses it.
+    let out = run_analysis(
+        &c,
+        "SELECT age_band, COUNT(*) FROM ehr WHERE patient_id = 'p1' GROUP BY age_band",
+        &t,
+    )
+    .await
+    .unwrap();
+    assert!(out.rows.is_empty());
+    assert_eq!(out.suppressed_groups, 1);
+}
+
+#[tokio::test]
+async fn self_joins_count_both_sides() {
+    let c = contract(None);
+    let t = tables(&c);
+    let sql = "SELECT x.age_band, COUNT(*) FROM ehr x JOIN ehr y ON x.age_band = y.age_band GROUP BY x.age_band";
+    let guarded = {
+        let ctx = session(&c, &t).unwrap();
+        plan(&ctx, &c, sql).await.unwrap()
+    };
+    assert_eq!(
+        guarded.plan.schema().fields().len(),
+        guarded.visible_columns + 2
+    );
+}
+
+#[tokio::test]
+async fn row_level_output_is_refused() {
+    let c = contract(None);
+    let t = tables(&c);
+    for sql in [
+        "SELECT patient_id FROM ehr",
+        "SELECT * FROM ehr e JOIN activity a ON e.patient_id = a.patient_id",
+        "SELECT DISTINCT age_band FROM ehr",
+        "SELECT 1",
+        "SELECT age_band, COUNT(*) FROM ehr GROUP BY age_band UNION ALL SELECT patient_id, 1 FROM ehr",
+        "SELECT patient_id, ROW_NUMBER() OVER () FROM ehr",
+    ] {
+        let err = run_analysis(&c, sql, &t).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EngineError::Refused {
+                    rule: "min-group-size",
+                    ..
+                }
+            ),
+            "{sql}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_subquery_that_hides_the_privacy_unit_is_refused() {
+    let c = contract(None);
+    let t = tables(&c);
+    let sql = "SELECT s.age_band, COUNT(*) FROM (SELECT age_band FROM ehr) s GROUP BY s.age_band";
+    let err = run_analysis(&c, sql, &t).await.unwrap_err().to_string();
+    assert!(
+        err.contains("privacy unit ehr.patient_id does not reach the aggregation"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn statements_other_than_queries_are_refused() {
+    let c = contract(None);
+    let t = tables(&c);
+    for sql in [
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+        "SET datafusion.execution.batch_size = 1",
+        "INSERT INTO ehr VALUES ('x', 'y', true)",
+    ] {
+        let err = run_analysis(&c, sql, &t).await.unwrap_err();
+        assert!(
+            matches!(err, EngineError::Refused { .. } | EngineError::Sql(_)),
+            "{sql}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn missing_data_is_named() {
+    let c = contract(None);
+    let mut t = tables(&c);
+    t.remove("activity");
+    match run_analysis(&c, JOIN, &t).await.unwrap_err() {
+        EngineError::MissingData(m) => assert_eq!(m, vec!["activity"]),
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test]
+async fn contract_analyses_are_checked_against_the_schemas() {
+    check_analyses(&contract(Some(
+        "SELECT age_band, COUNT(*) FROM ehr GROUP BY age_band",
+    )))
+    .await
+    .unwrap();
+    let err = check_analyses(&contract(Some("SELECT COUNT(*) FROM claims")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("analysis \"extra\"") && err.contains("claims"),
+        "{err}"
+    );
+    let err = check_analyses(&contract(Some(
+        "SELECT bmi, COUNT(*) FROM ehr GROUP BY bmi",
+    )))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("bmi"), "{err}");
+    let err = check_analyses(&contract(Some("SELECT patient_id FROM ehr")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only aggregated statistics"), "{err}");
+}
+
+#[test]
+fn uploads_must_match_the_declared_schema() {
+    let c = contract(None);
+    let ehr = c.dataset("ehr").unwrap();
+    let cases = [
+        (
+            "patient_id,age_band\np1,x\n",
+            "column \"diabetes\" is missing",
+        ),
+        (
+            "patient_id,age_band,diabetes,ssn\np1,x,true,123\n",
+            "column \"ssn\" is not declared",
+        ),
+        (
+            "patient_id,age_band,diabetes\np1,x,maybe\n",
+            "bad CSV value",
+        ),
+        ("patient_id,patient_id,diabetes\n", "is not declared"),
+        ("", "no header line"),
+    ];
+    for (csv, expected) in cases {
+        let err = load::load(ehr, InputFormat::Csv, csv.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{csv:?}: {err}");
+    }
+    let err = load::load(ehr, InputFormat::Parquet, b"PAR1 not really")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a readable Parquet file"), "{err}");
+}
+
+#[test]
+fn parquet_uploads_load_and_are_type_checked() {
+    use datafusion::arrow::array::{BooleanArray, Int32Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use std::sync::Arc;
+
+    let c = contract(None);
+    let ehr = c.dataset("ehr").unwrap();
+    let write = |age: Arc<dyn datafusion::arrow::array::Array>, ty: DataType| {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("diabetes", DataType::Boolean, true),
+            Field::new("patient_id", DataType::Utf8, true),
+            Field::new("age_band", ty, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(BooleanArray::from(vec![true, false])),
+                Arc::new(StringArray::from(vec!["p1", "p2"])),
+                age,
+            ],
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut buf, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        buf
+    };
+    let good = write(Arc::new(StringArray::from(vec!["a", "b"])), DataType::Utf8);
+    let batches = load::load(ehr, InputFormat::Parquet, &good).unwrap();
+    assert_eq!(batches[0].schema(), arrow_schema(ehr));
+    assert_eq!(batches[0].num_rows(), 2);
+    let bad = write(Arc::new(Int32Array::from(vec![1, 2])), DataType::Int32);
+    let err = load::load(ehr, InputFormat::Parquet, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "column \"age_band\" has type Int32 in the file, but the contract declares utf8"
+        ),
+        "{err}"
+    );
+}

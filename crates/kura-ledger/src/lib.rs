@@ -1,0 +1,49 @@
+//! The tamper-evident log of everything that happens to a contract's data.
+//!
+//! Each entry's body is kept as the exact JSON text that was signed, so verification never
+//! depends on re-serialising. Bodies chain by hash (`prev` is the SHA-256 of the previous
+//! body), and each is signed by the enclave key current at the time: an `enclave_started`
+//! event carries the attestation evidence that binds a new key, and signs itself with that key.
+//! A verifier therefore needs only the entries, a way to check evidence, and no trust in the
+//! storage that kept them.
+//!
+//! First version: a hash chain in an append-only file, fsynced before an append is
+//! acknowledged. Merkle proofs and receipts come with the audit-log issue.
+
+mod error;
+mod event;
+mod store;
+mod verify;
+
+pub use error::LedgerError;
+pub use event::{EntryBody, Event};
+pub use store::Ledger;
+pub use verify::{ChainReport, verify_chain};
+
+use serde::{Deserialize, Serialize};
+
+/// Signature domain of log entries.
+pub const ENTRY_DOMAIN: &str = "log-entry-v1";
+
+/// One log entry as stored and served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogEntry {
+    /// The exact JSON text of an [`EntryBody`].
+    pub body: String,
+    /// Ed25519 signature by the enclave key over `body` (base64).
+    pub signature: String,
+}
+
+impl LogEntry {
+    pub fn hash(&self) -> String {
+        hex::encode(kura_crypto::sha256(self.body.as_bytes()))
+    }
+
+    pub fn parse_body(&self) -> Result<EntryBody, LedgerError> {
+        serde_json::from_str(&self.body).map_err(|e| LedgerError::Malformed(e.to_string()))
+    }
+}
+
+/// `prev` of the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

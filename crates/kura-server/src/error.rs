@@ -1,0 +1,60 @@
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use kura_api::ErrorBody;
+
+/// Everything the service can answer with other than success. Mapped to HTTP once, here.
+/// Reasons are for the caller; internal details (paths, I/O errors) are logged, not returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    #[error("cannot start: {0}")]
+    Start(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is valid but the contract's rules or the current state refuse it.
+    #[error("{0}")]
+    Refused(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ServiceError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ServiceError::Start(_) | ServiceError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+            ServiceError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ServiceError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ServiceError::Refused(_) => (StatusCode::CONFLICT, "refused"),
+        }
+    }
+}
+
+impl From<kura_ledger::LedgerError> for ServiceError {
+    fn from(e: kura_ledger::LedgerError) -> Self {
+        ServiceError::Internal(format!("log: {e}"))
+    }
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        if let ServiceError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let body = ErrorBody {
+            code: code.to_string(),
+            reason: self.to_string(),
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,99 @@
+//! The enclave service (`kura serve`): holds the decrypted data, runs the analyses, seals the
+//! results, and keeps the log.
+//!
+//! It starts only on a contract signed by every party; creates fresh keys at every start;
+//! obtains evidence binding those keys to the contract; accepts uploads only from each
+//! dataset's provider; and lets nothing out but rule-checked results sealed to their
+//! receivers. All I/O of the service lives here (HTTP in [`http`], the state directory in
+//! [`Service`]); the crates below it do none.
+
+mod error;
+mod evidence;
+mod http;
+mod service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kura_contract::{Contract, Platform};
+
+pub use error::ServiceError;
+pub use service::Service;
+
+/// How to start the service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub contract: Contract,
+    pub platform: Platform,
+    pub listen: SocketAddr,
+    /// Holds the audit log. Created if absent.
+    pub state_dir: PathBuf,
+    /// Largest accepted upload (ciphertext bytes).
+    pub max_upload_bytes: u64,
+}
+
+impl Config {
+    pub const DEFAULT_MAX_UPLOAD: u64 = 16 << 30;
+}
+
+/// A running service; dropping it (or calling [`Running::shutdown`]) stops it.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub service: Arc<Service>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting connections and waits for the server task to end.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Creates the service (keys, evidence, log) and starts serving HTTP on `config.listen`.
+pub async fn start(config: Config) -> Result<Running, ServiceError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServiceError::Start(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServiceError::Start(e.to_string()))?;
+    let service = Arc::new(Service::create(&config)?);
+    service.spawn_retention_timer();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = http::router(service.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(Running {
+        addr,
+        service,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}

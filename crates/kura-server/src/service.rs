@@ -1,0 +1,548 @@
+//! The service's state and the rules applied to every request.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use kura_api::{
+    Action, EnclaveInfo, RequestBody, ResultTable, RunResponse, SealedResult, SignedRequest,
+    SignedResult, UploadHeader, UploadResponse,
+};
+use kura_contract::{Contract, DeleteAfter, Party, Role};
+use kura_crypto::{DataKey, SecretIdentity, StreamDecoder, b64};
+use kura_engine::{InputFormat, Tables};
+use kura_ledger::{Event, Ledger, LogEntry};
+use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+use crate::{Config, ServiceError};
+
+/// A dataset held in enclave memory.
+struct Held {
+    batches: Vec<kura_engine::RecordBatch>,
+}
+
+#[derive(Default)]
+struct State {
+    datasets: BTreeMap<String, Held>,
+    /// Datasets that were deleted, with the reason; they cannot be uploaded or used again.
+    deleted: BTreeMap<String, String>,
+    results: BTreeMap<String, Vec<SealedResult>>,
+    nonces: HashSet<String>,
+    runs: u64,
+}
+
+/// One enclave instance serving one contract.
+pub struct Service {
+    contract: Contract,
+    identity: Arc<SecretIdentity>,
+    info: EnclaveInfo,
+    max_upload_bytes: u64,
+    state: Mutex<State>,
+    ledger: Mutex<Ledger>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("contract", &self.contract.id())
+            .field("enclave", &self.identity.public().fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    pub(crate) fn create(config: &Config) -> Result<Self, ServiceError> {
+        let contract = config.contract.clone();
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|e| ServiceError::Start(format!("cannot create state directory: {e}")))?;
+        let identity = Arc::new(SecretIdentity::generate());
+        let report_data = kura_attestation::report_data_for(contract.id(), identity.public());
+        let evidence = crate::evidence::collect(config.platform, &report_data)?;
+        let info = EnclaveInfo {
+            contract_id: contract.id().to_string(),
+            enclave_key: identity.public().to_text(),
+            evidence: evidence.clone(),
+            kura_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let mut ledger = Ledger::open(&config.state_dir.join("log.jsonl"), identity.clone())
+            .map_err(|e| ServiceError::Start(e.to_string()))?;
+        ledger
+            .append(Event::EnclaveStarted {
+                contract_id: contract.id().to_string(),
+                enclave_key: identity.public().to_text(),
+                evidence,
+            })
+            .map_err(|e| ServiceError::Start(e.to_string()))?;
+        Ok(Self {
+            contract,
+            identity,
+            info,
+            max_upload_bytes: config.max_upload_bytes,
+            state: Mutex::new(State::default()),
+            ledger: Mutex::new(ledger),
+        })
+    }
+
+    pub fn info(&self) -> &EnclaveInfo {
+        &self.info
+    }
+
+    pub fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    async fn log(&self, event: Event) -> Result<LogEntry, ServiceError> {
+        Ok(self.ledger.lock().await.append(event)?)
+    }
+
+    /// Verifies who sent `req`, that it is meant for this contract and instance, and that it
+    /// was not seen before. Returns the party and the body.
+    pub(crate) async fn authenticate(
+        &self,
+        req: &SignedRequest,
+    ) -> Result<(&Party, RequestBody), ServiceError> {
+        let party = self.contract.party(&req.party).ok_or_else(|| {
+            ServiceError::Unauthorized(format!("{:?} is not a party of this contract", req.party))
+        })?;
+        let body = req
+            .open(&party.public_key)
+            .map_err(|e| ServiceError::Unauthorized(format!("party {:?}: {e}", party.name)))?;
+        if body.contract_id != self.contract.id().as_str() {
+            return Err(ServiceError::Unauthorized(
+                "request is for another contract".into(),
+            ));
+        }
+        if body.enclave != self.identity.public().fingerprint() {
+            return Err(ServiceError::Unauthorized(
+                "request is for another enclave instance (it restarted?): attest again".into(),
+            ));
+        }
+        if !self.state.lock().await.nonces.insert(body.nonce.clone()) {
+            return Err(ServiceError::Unauthorized(
+                "request replayed (nonce already used)".into(),
+            ));
+        }
+        Ok((party, body))
+    }
+
+    fn deadline_passed(&self) -> bool {
+        matches!(self.contract.retention.delete_after, DeleteAfter::Deadline(t) if time::OffsetDateTime::now_utc() >= t)
+    }
+
+    /// Receives one upload. `frames` yields the encrypted stream as it arrives. Nothing is kept
+    /// unless every check passes; every refusal is logged.
+    pub(crate) async fn upload<S, E>(
+        &self,
+        req: SignedRequest,
+        frames: S,
+    ) -> Result<UploadResponse, ServiceError>
+    where
+        S: futures_util::Stream<Item = Result<bytes_like::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let (party, body) = self.authenticate(&req).await?;
+        let Action::Upload(header) = &body.action else {
+            return Err(ServiceError::BadRequest(
+                "upload needs an upload action".into(),
+            ));
+        };
+        let party = party.name.clone();
+        match self.receive(&party, &body, header, frames).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                if !matches!(e, ServiceError::Internal(_)) {
+                    self.log(Event::UploadRefused {
+                        dataset: header.dataset.clone(),
+                        party,
+                        reason: e.to_string(),
+                    })
+                    .await?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn receive<S, E>(
+        &self,
+        party: &str,
+        body: &RequestBody,
+        header: &UploadHeader,
+        mut frames: S,
+    ) -> Result<UploadResponse, ServiceError>
+    where
+        S: futures_util::Stream<Item = Result<bytes_like::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt;
+
+        let dataset = self.contract.dataset(&header.dataset).ok_or_else(|| {
+            ServiceError::NotFound(format!(
+                "dataset {:?} is not in the contract",
+                header.dataset
+            ))
+        })?;
+        if dataset.provider != party {
+            return Err(ServiceError::Forbidden(format!(
+                "party {party:?} is not the provider of dataset {:?} (its provider is {:?})",
+                dataset.name, dataset.provider
+            )));
+        }
+        let format = match header.format.as_str() {
+            "csv" => InputFormat::Csv,
+            "parquet" => InputFormat::Parquet,
+            other => {
+                return Err(ServiceError::BadRequest(format!(
+                    "unknown format {other:?}"
+                )));
+            }
+        };
+        {
+            let state = self.state.lock().await;
+            if let Some(why) = state.deleted.get(&dataset.name) {
+                return Err(ServiceError::Refused(format!(
+                    "dataset {:?} was deleted ({why}); the contract does not allow it to be provided again",
+                    dataset.name
+                )));
+            }
+            if state.datasets.contains_key(&dataset.name) {
+                return Err(ServiceError::Refused(format!(
+                    "dataset {:?} was already uploaded",
+                    dataset.name
+                )));
+            }
+        }
+        if self.deadline_passed() {
+            return Err(ServiceError::Refused(
+                "the contract's retention deadline has passed".into(),
+            ));
+        }
+
+        let context =
+            kura_api::upload_context(&body.contract_id, &dataset.name, &body.enclave, &body.nonce);
+        let key_bytes = kura_crypto::open(&self.identity, &context, b"", &header.wrapped_key).map_err(|_| {
+            ServiceError::BadRequest("the data key cannot be unwrapped: it was not sealed to this enclave for this upload".into())
+        })?;
+        let key = DataKey::from_bytes(&key_bytes)
+            .map_err(|_| ServiceError::BadRequest("the data key has the wrong length".into()))?;
+        drop(key_bytes);
+
+        let mut decoder = StreamDecoder::new(&key, &context);
+        let mut plaintext = Zeroizing::new(Vec::new());
+        let mut received = 0u64;
+        let mut digest = <sha2::Sha256 as sha2::Digest>::new();
+        while let Some(piece) = frames.next().await {
+            let piece =
+                piece.map_err(|e| ServiceError::BadRequest(format!("upload interrupted: {e}")))?;
+            received += piece.len() as u64;
+            if received > self.max_upload_bytes {
+                return Err(ServiceError::Refused(format!(
+                    "upload exceeds the service's limit of {} bytes",
+                    self.max_upload_bytes
+                )));
+            }
+            sha2::Digest::update(&mut digest, &piece);
+            decoder
+                .push(&piece, &mut plaintext)
+                .map_err(|e| ServiceError::BadRequest(format!("encrypted stream refused: {e}")))?;
+        }
+        decoder
+            .finish()
+            .map_err(|e| ServiceError::BadRequest(format!("encrypted stream refused: {e}")))?;
+        drop(key);
+
+        let ds = dataset.clone();
+        let batches = tokio::task::spawn_blocking(move || {
+            let parsed = kura_engine::load::load(&ds, format, &plaintext);
+            drop(plaintext);
+            parsed
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?
+        .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+
+        let mut state = self.state.lock().await;
+        if state.datasets.contains_key(&dataset.name) || state.deleted.contains_key(&dataset.name) {
+            return Err(ServiceError::Refused(format!(
+                "dataset {:?} was uploaded concurrently",
+                dataset.name
+            )));
+        }
+        let receipt = self
+            .log(Event::Upload {
+                dataset: dataset.name.clone(),
+                provider: party.to_string(),
+                rows,
+                ciphertext_bytes: received,
+                ciphertext_sha256: hex::encode(sha2::Digest::finalize(digest)),
+            })
+            .await?;
+        state
+            .datasets
+            .insert(dataset.name.clone(), Held { batches });
+        Ok(UploadResponse {
+            dataset: dataset.name.clone(),
+            rows,
+            ciphertext_bytes: received,
+            receipt,
+        })
+    }
+
+    /// Runs an analysis of the contract for `party`.
+    pub(crate) async fn run(&self, req: SignedRequest) -> Result<RunResponse, ServiceError> {
+        let (party, body) = self.authenticate(&req).await?;
+        let Action::Run { analysis } = &body.action else {
+            return Err(ServiceError::BadRequest("run needs a run action".into()));
+        };
+        let party = party.name.clone();
+        let result = self.run_checked(&party, analysis).await;
+        if let Err(e) = &result
+            && !matches!(e, ServiceError::Internal(_))
+        {
+            self.log(Event::RunRefused {
+                analysis: analysis.clone(),
+                party,
+                reason: e.to_string(),
+            })
+            .await?;
+        }
+        result
+    }
+
+    async fn run_checked(
+        &self,
+        party: &str,
+        analysis_name: &str,
+    ) -> Result<RunResponse, ServiceError> {
+        let analysis = self.contract.analysis(analysis_name).ok_or_else(|| {
+            ServiceError::NotFound(format!(
+                "analysis {analysis_name:?} is not in the contract (ad-hoc SQL is not allowed by it)"
+            ))
+        })?;
+        if !self.contract.may_run(party, analysis) {
+            return Err(ServiceError::Forbidden(format!(
+                "party {party:?} may not start analysis {:?}",
+                analysis.name
+            )));
+        }
+        // Hold the state lock for the whole run: retention deletes what the run used, and no
+        // upload or second run may interleave with that.
+        let mut state = self.state.lock().await;
+        let tables: Tables = state
+            .datasets
+            .iter()
+            .map(|(name, held)| (name.clone(), held.batches.clone()))
+            .collect();
+        let output = match kura_engine::run_analysis(&self.contract, &analysis.sql, &tables).await {
+            Ok(o) => o,
+            Err(kura_engine::EngineError::MissingData(missing)) => {
+                let gone: Vec<_> = missing
+                    .iter()
+                    .filter(|m| state.deleted.contains_key(*m))
+                    .collect();
+                return Err(ServiceError::Refused(if gone.is_empty() {
+                    format!(
+                        "not all data is present: waiting for dataset(s) {}",
+                        missing.join(", ")
+                    )
+                } else {
+                    format!("dataset(s) {gone:?} were deleted under the contract's retention rule")
+                }));
+            }
+            Err(e) => return Err(ServiceError::Refused(e.to_string())),
+        };
+        drop(tables);
+
+        state.runs += 1;
+        let run_id = format!("run-{}-{}", state.runs, &kura_api::nonce()[..8]);
+        let table = ResultTable {
+            run_id: run_id.clone(),
+            analysis: analysis.name.clone(),
+            columns: output.columns,
+            rows: output.rows,
+            suppressed_groups: output.suppressed_groups,
+        };
+        let table_json =
+            serde_json::to_string(&table).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let signed = SignedResult {
+            signature: b64::encode(
+                self.identity
+                    .sign(kura_api::RESULT_DOMAIN, table_json.as_bytes()),
+            ),
+            table: table_json,
+        };
+        let plaintext = Zeroizing::new(
+            serde_json::to_vec(&signed).map_err(|e| ServiceError::Internal(e.to_string()))?,
+        );
+        let mut sealed = Vec::new();
+        for receiver in &analysis.receivers {
+            let key = &self
+                .contract
+                .party(receiver)
+                .expect("validated receiver")
+                .public_key;
+            let info = kura_api::result_context(self.contract.id().as_str(), &run_id, receiver);
+            let s = kura_crypto::seal(key, &info, b"", &plaintext)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            sealed.push(SealedResult {
+                run_id: run_id.clone(),
+                analysis: analysis.name.clone(),
+                receiver: receiver.clone(),
+                sealed: s,
+            });
+        }
+
+        let receipt = self
+            .log(Event::Run {
+                run_id: run_id.clone(),
+                analysis: analysis.name.clone(),
+                by: party.to_string(),
+                datasets: output.datasets.clone(),
+                rows: table.rows.len() as u64,
+                suppressed_groups: table.suppressed_groups,
+            })
+            .await?;
+        for s in &sealed {
+            self.log(Event::Release {
+                run_id: run_id.clone(),
+                receiver: s.receiver.clone(),
+                result_sha256: hex::encode(kura_crypto::sha256(&s.sealed.ct)),
+            })
+            .await?;
+        }
+        state.results.insert(run_id.clone(), sealed);
+
+        let mut deleted = Vec::new();
+        if self.contract.retention.delete_after == DeleteAfter::Run {
+            for name in &output.datasets {
+                self.delete(
+                    &mut state,
+                    name,
+                    "delete_after = \"run\": used by ".to_string() + &run_id,
+                )
+                .await?;
+                deleted.push(name.clone());
+            }
+        }
+        Ok(RunResponse {
+            run_id,
+            analysis: analysis.name.clone(),
+            receivers: analysis.receivers.clone(),
+            deleted,
+            receipt,
+        })
+    }
+
+    /// Destroys a dataset's plaintext and records it.
+    async fn delete(
+        &self,
+        state: &mut State,
+        name: &str,
+        reason: String,
+    ) -> Result<(), ServiceError> {
+        if let Some(held) = state.datasets.remove(name) {
+            // The Arrow buffers are freed here; the data key and the decrypted file bytes were
+            // zeroized right after parsing (see `receive`).
+            drop(held);
+        }
+        state.deleted.insert(name.to_string(), reason.clone());
+        self.log(Event::Deletion {
+            dataset: name.to_string(),
+            reason,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sealed results for the requesting receiver.
+    pub(crate) async fn results(
+        &self,
+        req: SignedRequest,
+    ) -> Result<Vec<SealedResult>, ServiceError> {
+        let (party, body) = self.authenticate(&req).await?;
+        let Action::Results { run_id } = &body.action else {
+            return Err(ServiceError::BadRequest(
+                "results needs a results action".into(),
+            ));
+        };
+        if !party.has_role(Role::Receiver) {
+            return Err(ServiceError::Forbidden(format!(
+                "party {:?} does not have the receiver role",
+                party.name
+            )));
+        }
+        let state = self.state.lock().await;
+        let runs: Vec<&Vec<SealedResult>> = match run_id {
+            Some(id) => vec![state.results.get(id).ok_or_else(|| {
+                ServiceError::NotFound(format!("no run {id:?} on this enclave instance"))
+            })?],
+            None => state.results.values().collect(),
+        };
+        let mut mine = Vec::new();
+        for run in runs {
+            match run.iter().find(|s| s.receiver == party.name) {
+                Some(s) => mine.push(s.clone()),
+                None if run_id.is_some() => {
+                    return Err(ServiceError::Forbidden(format!(
+                        "party {:?} is not a receiver of analysis {:?}",
+                        party.name, run[0].analysis
+                    )));
+                }
+                None => {}
+            }
+        }
+        Ok(mine)
+    }
+
+    pub(crate) async fn audit(&self, req: SignedRequest) -> Result<Vec<LogEntry>, ServiceError> {
+        let (_, body) = self.authenticate(&req).await?;
+        if body.action != Action::Audit {
+            return Err(ServiceError::BadRequest(
+                "audit needs an audit action".into(),
+            ));
+        }
+        Ok(self.ledger.lock().await.entries().to_vec())
+    }
+
+    /// Deletes everything at the contract's retention deadline, without anyone asking.
+    pub(crate) fn spawn_retention_timer(self: &Arc<Self>) {
+        let DeleteAfter::Deadline(deadline) = self.contract.retention.delete_after else {
+            return;
+        };
+        let service = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let now = time::OffsetDateTime::now_utc();
+                if now >= deadline {
+                    break;
+                }
+                let wait = (deadline - now).whole_milliseconds().clamp(1, 1000) as u64;
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+            }
+            let Some(service) = service.upgrade() else {
+                return;
+            };
+            let mut state = service.state.lock().await;
+            let names: Vec<String> = service
+                .contract
+                .datasets
+                .iter()
+                .map(|d| d.name.clone())
+                .collect();
+            for name in names {
+                if !state.deleted.contains_key(&name)
+                    && let Err(e) = service
+                        .delete(&mut state, &name, "retention deadline reached".into())
+                        .await
+                {
+                    tracing::error!(%e, "retention deletion failed");
+                }
+            }
+        });
+    }
+}
+
+mod bytes_like {
+    pub use axum::body::Bytes;
+}
