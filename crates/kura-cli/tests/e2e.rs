@@ -424,7 +424,8 @@ async fn raw_upload(
 async fn tampered_truncated_and_reordered_streams_store_nothing() {
     let room = room().await;
     let csv = std::fs::read(room.dir.join("ehr.csv")).unwrap();
-    let attacks: Vec<(&str, Box<dyn FnOnce(&mut Vec<Vec<u8>>)>, &str)> = vec![
+    type Attack = Box<dyn FnOnce(&mut Vec<Vec<u8>>)>;
+    let attacks: Vec<(&str, Attack, &str)> = vec![
         (
             "tampered",
             Box::new(|f: &mut Vec<Vec<u8>>| f[3][9] ^= 1),

@@ -325,7 +325,10 @@ fn uploads_must_match_the_declared_schema() {
             "patient_id,age_band,diabetes\np1,x,maybe\n",
             "bad CSV value",
         ),
-        ("patient_id,patient_id,diabetes\n", "is not declared"),
+        (
+            "patient_id,patient_id,diabetes\n",
+            "column \"patient_id\" appears more than once",
+        ),
         ("", "no header line"),
     ];
     for (csv, expected) in cases {
