@@ -16,14 +16,27 @@ pub const RESULT_DOMAIN: &str = "result-v1";
 
 pub mod routes {
     pub const EVIDENCE: &str = "/v1/evidence";
+    /// Signed upload header: every check that needs no data; answers an [`super::UploadTicket`].
     pub const UPLOAD: &str = "/v1/upload";
+    /// The encrypted stream for a ticket: `/v1/upload/{ticket}`.
+    pub const UPLOAD_STREAM: &str = "/v1/upload/{ticket}";
+
+    pub fn upload_stream(ticket: &str) -> String {
+        format!("/v1/upload/{ticket}")
+    }
     pub const RUN: &str = "/v1/run";
     pub const RESULTS: &str = "/v1/results";
     pub const AUDIT: &str = "/v1/audit";
 }
 
-/// Largest signed header accepted in front of an upload stream.
-pub const MAX_UPLOAD_HEADER: usize = 64 * 1024;
+/// Largest request body other than an upload stream.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Answer to an accepted upload header: where to send the stream. Single use.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadTicket {
+    pub ticket: String,
+}
 
 /// What `GET /v1/evidence` returns.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -478,6 +478,13 @@ async fn serve(a: ServeArgs) -> Result<ExitCode> {
 
 fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
     let platform: Platform = a.platform.into();
+    if let Some(at) = &a.at {
+        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .with_context(|| format!("--at {at:?} is not an RFC 3339 time"))?;
+    }
+    if platform == Platform::Simulated && (!a.certs.is_empty() || a.collateral.is_some()) {
+        eprintln!("note: --certs and --collateral do not apply to simulated evidence");
+    }
     let data = std::fs::read(&a.evidence)
         .with_context(|| format!("cannot read {}", a.evidence.display()))?;
     let evidence = kura_attestation::Evidence { platform, data };
@@ -520,7 +527,6 @@ fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
             eprintln!("reason: {r}");
         }
     }
-    let _ = (&a.certs, &a.collateral, &a.at);
     Ok(if verdict == "valid" {
         ExitCode::SUCCESS
     } else {

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use kura_contract::{Contract, SignatureStatus};
+use kura_contract::{Contract, SignedContract};
 use kura_crypto::SecretIdentity;
 
 /// Writes `DIR/NAME.key` (mode 0600, never overwritten) and `DIR/NAME.pub`.
@@ -73,19 +73,10 @@ pub fn check_signatures(contract: &Contract, path: &Path) -> Vec<kura_contract::
 }
 
 /// Reads a contract and refuses it unless every party signed these exact bytes.
-pub fn read_signed_contract(path: &Path) -> Result<Contract> {
+pub fn read_signed_contract(path: &Path) -> Result<SignedContract> {
     let contract = read_contract(path)?;
-    let problems: Vec<String> = check_signatures(&contract, path)
-        .into_iter()
-        .filter(|c| c.status != SignatureStatus::Valid)
-        .filter_map(|c| c.reason)
-        .collect();
-    if !problems.is_empty() {
-        bail!(
-            "contract {} is not signed by all parties: {}",
-            path.display(),
-            problems.join("; ")
-        );
-    }
-    Ok(contract)
+    SignedContract::verify(contract, |party| {
+        std::fs::read_to_string(signature_path(path, party)).ok()
+    })
+    .with_context(|| format!("contract {} cannot be used", path.display()))
 }

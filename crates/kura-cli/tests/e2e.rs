@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use kura_api::{Action, RequestBody, SignedRequest, UploadHeader, routes};
 use kura_client::{Client, ClientError};
-use kura_contract::{Contract, Platform};
+use kura_contract::{Contract, Platform, SignedContract};
 use kura_crypto::{DataKey, SecretIdentity, StreamEncoder};
 use kura_ledger::Event;
 
@@ -19,7 +19,7 @@ struct Party {
 struct Room {
     _dir: tempfile::TempDir,
     dir: PathBuf,
-    contract: Contract,
+    contract: SignedContract,
     parties: Vec<Party>,
     server: kura_server::Running,
 }
@@ -94,6 +94,17 @@ async fn room_with(names: &[&'static str], three: bool, receivers: &str) -> Room
         .collect();
     let text = contract_text(&parties, three, receivers);
     let contract = Contract::parse(text.as_bytes()).unwrap();
+    let signatures: Vec<(String, String)> = parties
+        .iter()
+        .map(|p| kura_contract::sign(&contract, &p.key).unwrap())
+        .collect();
+    let contract = SignedContract::verify(contract, |party| {
+        signatures
+            .iter()
+            .find(|(p, _)| p == party)
+            .map(|(_, s)| s.clone())
+    })
+    .unwrap();
     let path = dir.path().to_path_buf();
     write_data(&path);
     let server = kura_server::start(kura_server::Config {
@@ -299,20 +310,30 @@ async fn three_parties_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_of_the_contract_rules() {
     let room = room().await;
-    // Wrong provider.
-    let (status, reason) = refused(
-        room.client("fitness-b")
-            .await
-            .upload("ehr", &room.dir.join("ehr.csv"), |_| {})
-            .await,
+    // Wrong provider and unknown dataset: the client refuses before sending, and so does the
+    // enclave when a request is made by hand.
+    let local = room
+        .client("fitness-b")
+        .await
+        .upload("ehr", &room.dir.join("ehr.csv"), |_| {})
+        .await;
+    assert!(
+        matches!(&local, Err(ClientError::Local(r)) if r.contains("is not the provider of dataset \"ehr\"")),
+        "{local:?}"
     );
+    let local = room.upload("hospital-a", "claims").await;
+    assert!(
+        matches!(&local, Err(ClientError::Local(r)) if r.contains("not in the contract")),
+        "{local:?}"
+    );
+    let csv = std::fs::read(room.dir.join("ehr.csv")).unwrap();
+    let (status, reason) = raw_upload(&room, "fitness-b", "ehr", &csv, |_| {}).await;
     assert_eq!(status, 403);
     assert!(
         reason.contains("is not the provider of dataset \"ehr\""),
         "{reason}"
     );
-    // Unknown dataset.
-    let (status, _) = refused(room.upload("hospital-a", "claims").await);
+    let (status, _) = raw_upload(&room, "hospital-a", "claims", &csv, |_| {}).await;
     assert_eq!(status, 404);
     // Schema mismatch: the activity file offered as ehr.
     let (status, reason) = refused(
@@ -363,6 +384,82 @@ async fn refusals_of_the_contract_rules() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_uploads_and_large_refused_uploads_get_a_reason() {
+    let room = room().await;
+    room.upload("hospital-a", "ehr").await.unwrap();
+    let path = room.dir.join("activity.parquet");
+    write_activity_parquet(&path, &room.dir.join("activity.csv"));
+    let up = room
+        .client("fitness-b")
+        .await
+        .upload("activity", &path, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(up.rows, 68);
+    let run = room
+        .client("hospital-a")
+        .await
+        .run("by_activity")
+        .await
+        .unwrap();
+    let t = room
+        .client("hospital-a")
+        .await
+        .results(Some(&run.run_id))
+        .await
+        .unwrap();
+    assert_eq!(t[0].rows.len(), 2);
+
+    // A 24 MiB upload of a deleted dataset: the enclave refuses right after the header, and the
+    // client still gets the reason rather than a broken connection.
+    let big = room.dir.join("big.csv");
+    let mut text = String::from("patient_id,age_band,diabetes\n");
+    while text.len() < 24 << 20 {
+        text.push_str("p1234567,young,false\n");
+    }
+    std::fs::write(&big, text).unwrap();
+    let (status, reason) = refused(
+        room.client("hospital-a")
+            .await
+            .upload("ehr", &big, |_| {})
+            .await,
+    );
+    assert_eq!(status, 409);
+    assert!(reason.contains("was deleted"), "{reason}");
+}
+
+/// Writes the activity CSV as Parquet, columns in another order than the contract's.
+fn write_activity_parquet(out: &Path, csv: &Path) {
+    use kura_engine::datafusion::arrow::array::StringArray;
+    use kura_engine::datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use kura_engine::datafusion::parquet::arrow::ArrowWriter;
+    use std::sync::Arc;
+
+    let text = std::fs::read_to_string(csv).unwrap();
+    let (mut ids, mut bands) = (vec![], vec![]);
+    for line in text.lines().skip(1) {
+        let (id, band) = line.split_once(',').unwrap();
+        ids.push(id.to_string());
+        bands.push(band.to_string());
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("steps_band", DataType::Utf8, false),
+        Field::new("patient_id", DataType::Utf8, false),
+    ]));
+    let batch = kura_engine::RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(bands)),
+            Arc::new(StringArray::from(ids)),
+        ],
+    )
+    .unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(out).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
 /// Builds an upload body by hand so that the stream can be attacked.
 async fn raw_upload(
     room: &Room,
@@ -393,9 +490,26 @@ async fn raw_upload(
         format: "csv".into(),
         wrapped_key: kura_crypto::seal(&enclave, &context, b"", key.as_bytes()).unwrap(),
     });
-    let header = serde_json::to_vec(&SignedRequest::new(party, &me, &body)).unwrap();
+    let http = reqwest::Client::new();
+    let url = room.server.url();
+    let answer = |resp: reqwest::Response| async move {
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let reason = serde_json::from_str::<kura_api::ErrorBody>(&text).map_or(text, |e| e.reason);
+        (status, reason)
+    };
+    let begin = http
+        .post(format!("{url}{}", routes::UPLOAD))
+        .json(&SignedRequest::new(party, &me, &body))
+        .send()
+        .await
+        .unwrap();
+    if !begin.status().is_success() {
+        return answer(begin).await;
+    }
+    let ticket: kura_api::UploadTicket = begin.json().await.unwrap();
     let mut enc = StreamEncoder::new(&key, &context);
-    let pieces: Vec<&[u8]> = csv.chunks(16).collect();
+    let pieces: Vec<&[u8]> = csv.chunks((csv.len() / 64).max(16)).collect();
     let mut frames: Vec<Vec<u8>> = pieces
         .iter()
         .enumerate()
@@ -406,18 +520,22 @@ async fn raw_upload(
         })
         .collect();
     attack(&mut frames);
-    let mut wire = (header.len() as u32).to_be_bytes().to_vec();
-    wire.extend_from_slice(&header);
-    frames.iter().for_each(|f| wire.extend_from_slice(f));
-    let resp = reqwest::Client::new()
-        .post(format!("{}{}", room.server.url(), routes::UPLOAD))
-        .body(wire)
+    let resp = http
+        .post(format!("{url}{}", routes::upload_stream(&ticket.ticket)))
+        .body(frames.concat())
         .send()
         .await
         .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, text)
+    let result = answer(resp).await;
+    // A ticket is single use.
+    let again = http
+        .post(format!("{url}{}", routes::upload_stream(&ticket.ticket)))
+        .body(vec![])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 404);
+    result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,6 +574,17 @@ async fn tampered_truncated_and_reordered_streams_store_nothing() {
         assert_eq!(status, 400, "{name}: {text}");
         assert!(text.contains(expected), "{name}: {text}");
     }
+    // A large stream with an early bad chunk: the enclave reads to the end and gives the reason.
+    let mut big = String::from("patient_id,age_band,diabetes\n");
+    while big.len() < 24 << 20 {
+        big.push_str("p1234567,young,false\n");
+    }
+    let (status, reason) = raw_upload(&room, "hospital-a", "ehr", big.as_bytes(), |f| {
+        f[1][20] ^= 1
+    })
+    .await;
+    assert_eq!(status, 400);
+    assert!(reason.contains("decryption failed"), "{reason}");
     // Nothing was stored: the honest upload is still accepted as the first one.
     let (status, text) = raw_upload(&room, "hospital-a", "ehr", &csv, |_| {}).await;
     assert_eq!(status, 200, "{text}");
@@ -467,7 +596,7 @@ async fn tampered_truncated_and_reordered_streams_store_nothing() {
             .iter()
             .filter(|e| e.kind() == "upload_refused")
             .count(),
-        5
+        6
     );
     assert_eq!(events.iter().filter(|e| e.kind() == "upload").count(), 1);
 }

@@ -10,10 +10,10 @@ use std::path::Path;
 
 use kura_api::{
     Action, AuditResponse, EnclaveInfo, ErrorBody, RequestBody, ResultTable, ResultsResponse,
-    RunResponse, SignedRequest, SignedResult, UploadHeader, UploadResponse, routes,
+    RunResponse, SignedRequest, SignedResult, UploadHeader, UploadResponse, UploadTicket, routes,
 };
 use kura_attestation::Claims;
-use kura_contract::Contract;
+use kura_contract::{Contract, SignedContract};
 use kura_crypto::{
     DEFAULT_CHUNK_SIZE, DataKey, PublicIdentity, SecretIdentity, StreamEncoder, b64,
 };
@@ -41,6 +41,9 @@ pub enum ClientError {
     Protocol(String),
     #[error("cannot read {path}: {reason}")]
     Input { path: String, reason: String },
+    /// Refused on this machine, before anything was sent.
+    #[error("{0}")]
+    Local(String),
     #[error("audit log does not verify: {0}")]
     Audit(String),
 }
@@ -77,11 +80,13 @@ pub struct AuditReport {
 }
 
 impl Client {
+    /// A client acts only on a contract signed by every party.
     pub fn new(
         base_url: &str,
-        contract: Contract,
+        contract: SignedContract,
         me: SecretIdentity,
     ) -> Result<Self, ClientError> {
+        let contract = contract.contract().clone();
         let party = contract
             .party_by_key(me.public())
             .ok_or(ClientError::NotAParty)?
@@ -207,6 +212,19 @@ impl Client {
         reader: impl Read + Send + 'static,
         progress: impl Fn(u64) + Send + 'static,
     ) -> Result<UploadResponse, ClientError> {
+        // Refuse locally what the enclave would refuse after the first bytes: it stops reading
+        // then, and a large upload would end in a broken connection instead of a reason.
+        let Some(declared) = self.contract.dataset(dataset) else {
+            return Err(ClientError::Local(format!(
+                "dataset {dataset:?} is not in the contract"
+            )));
+        };
+        if declared.provider != self.party {
+            return Err(ClientError::Local(format!(
+                "party {:?} is not the provider of dataset {dataset:?} (its provider is {:?})",
+                self.party, declared.provider
+            )));
+        }
         let enclave = self.enclave().await?;
         // The header is signed before the key is wrapped because the wrap's context includes
         // the request nonce; build the body, then fill in the wrapped key and sign.
@@ -222,23 +240,26 @@ impl Client {
             wrapped_key: wrapped,
         });
         let signed = SignedRequest::new(&self.party, &self.me, &body);
-        let header = serde_json::to_vec(&signed).expect("request serialises");
-        let mut first = (header.len() as u32).to_be_bytes().to_vec();
-        first.extend_from_slice(&header);
-
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
-        let _ = tx.send(Ok(bytes::Bytes::from(first))).await;
-        let encoder = StreamEncoder::new(&key, &context);
-        drop(key);
-        std::thread::spawn(move || encrypt_file(reader, encoder, tx, progress));
-        let body =
-            reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            }));
         let resp = self
             .http
             .post(self.url(routes::UPLOAD))
-            .body(body)
+            .json(&signed)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let ticket: UploadTicket = decode(resp).await?;
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+        let encoder = StreamEncoder::new(&key, &context);
+        drop(key);
+        std::thread::spawn(move || encrypt_file(reader, encoder, tx, progress));
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let resp = self
+            .http
+            .post(self.url(&routes::upload_stream(&ticket.ticket)))
+            .body(reqwest::Body::wrap_stream(stream))
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;

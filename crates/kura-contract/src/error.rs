@@ -54,6 +54,8 @@ pub enum ContractError {
     BadAccept { platform: String, reason: String },
     #[error("signature file for party {party:?} is malformed: {reason}")]
     BadSignatureFile { party: String, reason: String },
+    #[error("the contract is not signed by all parties: {0}")]
+    Unsigned(String),
     #[error("the key does not belong to any party of this contract")]
     NotAParty,
 }

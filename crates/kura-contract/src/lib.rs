@@ -14,4 +14,6 @@ pub use model::{
     AcceptEntry, Analysis, Column, ColumnRole, ColumnType, Contract, ContractId, Dataset,
     DeleteAfter, EnclavePolicy, OutputRules, Party, Platform, Retention, Role,
 };
-pub use signature::{SIGNATURE_DOMAIN, SignatureCheck, SignatureStatus, sign, verify_all};
+pub use signature::{
+    SIGNATURE_DOMAIN, SignatureCheck, SignatureStatus, SignedContract, sign, verify_all,
+};

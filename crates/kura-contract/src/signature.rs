@@ -3,6 +3,8 @@
 //! Format (one line): `kura-sig-v1:<party>:<base64 Ed25519 signature>`. The signed message is
 //! the contract's bytes under the domain [`SIGNATURE_DOMAIN`].
 
+use std::collections::BTreeMap;
+
 use kura_crypto::{SecretIdentity, b64};
 use serde::Serialize;
 
@@ -89,4 +91,59 @@ fn check_one(contract: &Contract, party: &str, text: &str) -> Result<(), String>
         .map_err(|_| {
             format!("signature of party {party:?} does not match these exact contract bytes")
         })
+}
+
+/// A contract that every party has signed. The only way to make one is
+/// [`SignedContract::verify`], so code that takes it cannot run on an unsigned contract.
+#[derive(Clone, Debug)]
+pub struct SignedContract {
+    contract: Contract,
+    signatures: BTreeMap<String, String>,
+}
+
+impl SignedContract {
+    /// Checks every party's signature (`signature_text(party)` returns the text of its
+    /// signature file, or `None`); refuses with every problem named.
+    pub fn verify(
+        contract: Contract,
+        mut signature_text: impl FnMut(&str) -> Option<String>,
+    ) -> Result<Self, ContractError> {
+        let mut texts = BTreeMap::new();
+        let checks = verify_all(&contract, |party| {
+            let text = signature_text(party);
+            if let Some(t) = &text {
+                texts.insert(party.to_string(), t.clone());
+            }
+            text
+        });
+        let problems: Vec<String> = checks
+            .into_iter()
+            .filter(|c| c.status != SignatureStatus::Valid)
+            .filter_map(|c| c.reason)
+            .collect();
+        if !problems.is_empty() {
+            return Err(ContractError::Unsigned(problems.join("; ")));
+        }
+        Ok(Self {
+            contract,
+            signatures: texts,
+        })
+    }
+
+    pub fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    /// Signature file texts by party.
+    pub fn signatures(&self) -> &BTreeMap<String, String> {
+        &self.signatures
+    }
+}
+
+impl std::ops::Deref for SignedContract {
+    type Target = Contract;
+
+    fn deref(&self) -> &Contract {
+        &self.contract
+    }
 }

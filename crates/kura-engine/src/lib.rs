@@ -20,6 +20,7 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use kura_contract::Contract;
 
+pub use datafusion;
 pub use datafusion::arrow::record_batch::RecordBatch;
 pub use error::EngineError;
 pub use load::{InputFormat, arrow_schema};

@@ -3,13 +3,12 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::StreamExt;
 use kura_api::{
-    AuditResponse, EnclaveInfo, MAX_UPLOAD_HEADER, ResultsResponse, RunResponse, SignedRequest,
-    UploadResponse, routes,
+    AuditResponse, EnclaveInfo, MAX_REQUEST, ResultsResponse, RunResponse, SignedRequest,
+    UploadResponse, UploadTicket, routes,
 };
 
 use crate::{Service, ServiceError};
@@ -18,6 +17,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route(routes::EVIDENCE, get(evidence))
         .route(routes::UPLOAD, post(upload))
+        .route(routes::UPLOAD_STREAM, post(upload_stream))
         .route(routes::RUN, post(run))
         .route(routes::RESULTS, post(results))
         .route(routes::AUDIT, post(audit))
@@ -36,46 +36,30 @@ fn parse_request(bytes: &[u8]) -> Result<SignedRequest, ServiceError> {
 }
 
 async fn small_body(body: Body) -> Result<axum::body::Bytes, ServiceError> {
-    axum::body::to_bytes(body, MAX_UPLOAD_HEADER)
+    axum::body::to_bytes(body, MAX_REQUEST)
         .await
         .map_err(|e| ServiceError::BadRequest(format!("cannot read request: {e}")))
 }
 
-/// Body: `u32 BE header length || SignedRequest JSON || encrypted stream frames`.
 async fn upload(
     State(s): State<Arc<Service>>,
     body: Body,
+) -> Result<Json<UploadTicket>, ServiceError> {
+    let req = parse_request(&small_body(body).await?)?;
+    Ok(Json(UploadTicket {
+        ticket: s.begin_upload(req).await?,
+    }))
+}
+
+/// The body is the encrypted stream, read as it arrives.
+async fn upload_stream(
+    State(s): State<Arc<Service>>,
+    Path(ticket): Path<String>,
+    body: Body,
 ) -> Result<Json<UploadResponse>, ServiceError> {
-    let mut stream = body.into_data_stream();
-    let mut head = Vec::new();
-    let mut need: Option<usize> = None;
-    // Read until the signed header is complete; the rest of the piece starts the stream.
-    let rest = loop {
-        let Some(piece) = stream.next().await else {
-            return Err(ServiceError::BadRequest(
-                "upload ended before its header".into(),
-            ));
-        };
-        let piece =
-            piece.map_err(|e| ServiceError::BadRequest(format!("upload interrupted: {e}")))?;
-        head.extend_from_slice(&piece);
-        if need.is_none() && head.len() >= 4 {
-            let n = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-            if n > MAX_UPLOAD_HEADER {
-                return Err(ServiceError::BadRequest("upload header too large".into()));
-            }
-            need = Some(4 + n);
-        }
-        if let Some(n) = need
-            && head.len() >= n
-        {
-            break head.split_off(n);
-        }
-    };
-    let req = parse_request(&head[4..])?;
-    let first = futures_util::stream::iter([Ok::<_, axum::Error>(axum::body::Bytes::from(rest))]);
-    let frames = first.chain(stream);
-    Ok(Json(s.upload(req, Box::pin(frames)).await?))
+    Ok(Json(
+        s.upload_stream(&ticket, body.into_data_stream()).await?,
+    ))
 }
 
 async fn run(State(s): State<Arc<Service>>, body: Body) -> Result<Json<RunResponse>, ServiceError> {

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kura_contract::{Contract, Platform};
+use kura_contract::{Platform, SignedContract};
 
 pub use error::ServiceError;
 pub use service::Service;
@@ -24,7 +24,8 @@ pub use service::Service;
 /// How to start the service.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub contract: Contract,
+    /// Only a contract signed by every party can be served.
+    pub contract: SignedContract,
     pub platform: Platform,
     pub listen: SocketAddr,
     /// Holds the audit log. Created if absent.

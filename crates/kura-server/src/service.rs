@@ -21,8 +21,23 @@ struct Held {
     batches: Vec<kura_engine::RecordBatch>,
 }
 
+/// An accepted upload header waiting for its stream.
+struct Pending {
+    party: String,
+    dataset: kura_contract::Dataset,
+    format: InputFormat,
+    key: DataKey,
+    context: Vec<u8>,
+    created: std::time::Instant,
+}
+
+/// How long a ticket stays valid, and how many may wait at once.
+const TICKET_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
+const MAX_PENDING_UPLOADS: usize = 64;
+
 #[derive(Default)]
 struct State {
+    pending: std::collections::HashMap<String, Pending>,
     datasets: BTreeMap<String, Held>,
     /// Datasets that were deleted, with the reason; they cannot be uploaded or used again.
     deleted: BTreeMap<String, String>,
@@ -52,7 +67,7 @@ impl std::fmt::Debug for Service {
 
 impl Service {
     pub(crate) fn create(config: &Config) -> Result<Self, ServiceError> {
-        let contract = config.contract.clone();
+        let contract = config.contract.contract().clone();
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| ServiceError::Start(format!("cannot create state directory: {e}")))?;
         let identity = Arc::new(SecretIdentity::generate());
@@ -129,17 +144,10 @@ impl Service {
         matches!(self.contract.retention.delete_after, DeleteAfter::Deadline(t) if time::OffsetDateTime::now_utc() >= t)
     }
 
-    /// Receives one upload. `frames` yields the encrypted stream as it arrives. Nothing is kept
-    /// unless every check passes; every refusal is logged.
-    pub(crate) async fn upload<S, E>(
-        &self,
-        req: SignedRequest,
-        frames: S,
-    ) -> Result<UploadResponse, ServiceError>
-    where
-        S: futures_util::Stream<Item = Result<bytes_like::Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
+    /// Checks an upload header: party, dataset, format, state, and that the data key was
+    /// sealed to this enclave for this upload. Returns a single-use ticket for the stream.
+    /// Every refusal is logged.
+    pub(crate) async fn begin_upload(&self, req: SignedRequest) -> Result<String, ServiceError> {
         let (party, body) = self.authenticate(&req).await?;
         let Action::Upload(header) = &body.action else {
             return Err(ServiceError::BadRequest(
@@ -147,35 +155,69 @@ impl Service {
             ));
         };
         let party = party.name.clone();
-        match self.receive(&party, &body, header, frames).await {
-            Ok(resp) => Ok(resp),
-            Err(e) => {
-                if !matches!(e, ServiceError::Internal(_)) {
-                    self.log(Event::UploadRefused {
-                        dataset: header.dataset.clone(),
-                        party,
-                        reason: e.to_string(),
-                    })
-                    .await?;
+        match self.check_upload(&party, &body, header).await {
+            Ok(pending) => {
+                let ticket = kura_api::nonce();
+                let mut state = self.state.lock().await;
+                let now = std::time::Instant::now();
+                state
+                    .pending
+                    .retain(|_, p| now.duration_since(p.created) < TICKET_LIFETIME);
+                if state.pending.len() >= MAX_PENDING_UPLOADS {
+                    return Err(ServiceError::Refused(
+                        "too many uploads in progress; try again later".into(),
+                    ));
                 }
-                Err(e)
+                state.pending.insert(ticket.clone(), pending);
+                Ok(ticket)
             }
+            Err(e) => Err(self.refuse_upload(&header.dataset, &party, e).await),
         }
     }
 
-    async fn receive<S, E>(
+    async fn refuse_upload(&self, dataset: &str, party: &str, e: ServiceError) -> ServiceError {
+        if matches!(e, ServiceError::Internal(_)) {
+            return e;
+        }
+        let logged = self
+            .log(Event::UploadRefused {
+                dataset: dataset.to_string(),
+                party: party.to_string(),
+                reason: e.to_string(),
+            })
+            .await;
+        match logged {
+            Ok(_) => e,
+            Err(log_error) => log_error,
+        }
+    }
+
+    /// What a new upload must satisfy before its first byte of data (again at its end).
+    fn check_state(&self, state: &State, dataset: &str) -> Result<(), ServiceError> {
+        if let Some(why) = state.deleted.get(dataset) {
+            return Err(ServiceError::Refused(format!(
+                "dataset {dataset:?} was deleted ({why}); the contract does not allow it to be provided again"
+            )));
+        }
+        if state.datasets.contains_key(dataset) {
+            return Err(ServiceError::Refused(format!(
+                "dataset {dataset:?} was already uploaded"
+            )));
+        }
+        if self.deadline_passed() {
+            return Err(ServiceError::Refused(
+                "the contract's retention deadline has passed".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn check_upload(
         &self,
         party: &str,
         body: &RequestBody,
         header: &UploadHeader,
-        mut frames: S,
-    ) -> Result<UploadResponse, ServiceError>
-    where
-        S: futures_util::Stream<Item = Result<bytes_like::Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
-        use futures_util::StreamExt;
-
+    ) -> Result<Pending, ServiceError> {
         let dataset = self.contract.dataset(&header.dataset).ok_or_else(|| {
             ServiceError::NotFound(format!(
                 "dataset {:?} is not in the contract",
@@ -193,31 +235,11 @@ impl Service {
             "parquet" => InputFormat::Parquet,
             other => {
                 return Err(ServiceError::BadRequest(format!(
-                    "unknown format {other:?}"
+                    "unknown format {other:?} (csv or parquet)"
                 )));
             }
         };
-        {
-            let state = self.state.lock().await;
-            if let Some(why) = state.deleted.get(&dataset.name) {
-                return Err(ServiceError::Refused(format!(
-                    "dataset {:?} was deleted ({why}); the contract does not allow it to be provided again",
-                    dataset.name
-                )));
-            }
-            if state.datasets.contains_key(&dataset.name) {
-                return Err(ServiceError::Refused(format!(
-                    "dataset {:?} was already uploaded",
-                    dataset.name
-                )));
-            }
-        }
-        if self.deadline_passed() {
-            return Err(ServiceError::Refused(
-                "the contract's retention deadline has passed".into(),
-            ));
-        }
-
+        self.check_state(&*self.state.lock().await, &dataset.name)?;
         let context =
             kura_api::upload_context(&body.contract_id, &dataset.name, &body.enclave, &body.nonce);
         let key_bytes = kura_crypto::open(&self.identity, &context, b"", &header.wrapped_key).map_err(|_| {
@@ -225,31 +247,98 @@ impl Service {
         })?;
         let key = DataKey::from_bytes(&key_bytes)
             .map_err(|_| ServiceError::BadRequest("the data key has the wrong length".into()))?;
-        drop(key_bytes);
+        Ok(Pending {
+            party: party.to_string(),
+            dataset: dataset.clone(),
+            format,
+            key,
+            context,
+            created: std::time::Instant::now(),
+        })
+    }
 
+    /// Receives the encrypted stream of a ticket. The whole body is read even after a failure,
+    /// so that the sender gets the reason instead of a broken connection; nothing is kept unless
+    /// every check passes.
+    pub(crate) async fn upload_stream<S, E>(
+        &self,
+        ticket: &str,
+        frames: S,
+    ) -> Result<UploadResponse, ServiceError>
+    where
+        S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let pending = self
+            .state
+            .lock()
+            .await
+            .pending
+            .remove(ticket)
+            .ok_or_else(|| {
+                ServiceError::NotFound("unknown or already used upload ticket".into())
+            })?;
+        let (dataset, party) = (pending.dataset.name.clone(), pending.party.clone());
+        match self.receive(pending, frames).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => Err(self.refuse_upload(&dataset, &party, e).await),
+        }
+    }
+
+    async fn receive<S, E>(
+        &self,
+        pending: Pending,
+        mut frames: S,
+    ) -> Result<UploadResponse, ServiceError>
+    where
+        S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt;
+
+        let Pending {
+            party,
+            dataset,
+            format,
+            key,
+            context,
+            ..
+        } = pending;
         let mut decoder = StreamDecoder::new(&key, &context);
+        drop(key);
         let mut plaintext = Zeroizing::new(Vec::new());
         let mut received = 0u64;
         let mut digest = <sha2::Sha256 as sha2::Digest>::new();
+        let mut failure = None;
         while let Some(piece) = frames.next().await {
             let piece =
                 piece.map_err(|e| ServiceError::BadRequest(format!("upload interrupted: {e}")))?;
             received += piece.len() as u64;
             if received > self.max_upload_bytes {
+                // Past the limit, stop reading: the sender is beyond what we agreed to drain.
                 return Err(ServiceError::Refused(format!(
                     "upload exceeds the service's limit of {} bytes",
                     self.max_upload_bytes
                 )));
             }
+            if failure.is_some() {
+                continue;
+            }
             sha2::Digest::update(&mut digest, &piece);
-            decoder
-                .push(&piece, &mut plaintext)
-                .map_err(|e| ServiceError::BadRequest(format!("encrypted stream refused: {e}")))?;
+            if let Err(e) = decoder.push(&piece, &mut plaintext) {
+                failure = Some(ServiceError::BadRequest(format!(
+                    "encrypted stream refused: {e}"
+                )));
+                plaintext.clear();
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         decoder
             .finish()
             .map_err(|e| ServiceError::BadRequest(format!("encrypted stream refused: {e}")))?;
-        drop(key);
+        drop(decoder);
 
         let ds = dataset.clone();
         let batches = tokio::task::spawn_blocking(move || {
@@ -263,16 +352,11 @@ impl Service {
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
 
         let mut state = self.state.lock().await;
-        if state.datasets.contains_key(&dataset.name) || state.deleted.contains_key(&dataset.name) {
-            return Err(ServiceError::Refused(format!(
-                "dataset {:?} was uploaded concurrently",
-                dataset.name
-            )));
-        }
+        self.check_state(&state, &dataset.name)?;
         let receipt = self
             .log(Event::Upload {
                 dataset: dataset.name.clone(),
-                provider: party.to_string(),
+                provider: party,
                 rows,
                 ciphertext_bytes: received,
                 ciphertext_sha256: hex::encode(sha2::Digest::finalize(digest)),
@@ -541,8 +625,4 @@ impl Service {
             }
         });
     }
-}
-
-mod bytes_like {
-    pub use axum::body::Bytes;
 }

@@ -1,7 +1,7 @@
 use kura_crypto::SecretIdentity;
 
 use super::*;
-use crate::{SignatureStatus, sign, verify_all};
+use crate::{SignatureStatus, SignedContract, sign, verify_all};
 
 struct Fixture {
     hospital: SecretIdentity,
@@ -268,4 +268,28 @@ fn signatures_cover_the_exact_bytes() {
         sign(&c, &SecretIdentity::generate()).unwrap_err(),
         ContractError::NotAParty
     );
+}
+
+#[test]
+fn a_signed_contract_needs_every_signature() {
+    let f = Fixture::new();
+    let c = Contract::parse(f.text().as_bytes()).unwrap();
+    let (_, sig_h) = sign(&c, &f.hospital).unwrap();
+    let (_, sig_f) = sign(&c, &f.fitness).unwrap();
+    let err = SignedContract::verify(c.clone(), |p| (p == "hospital-a").then(|| sig_h.clone()))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the contract is not signed by all parties: party \"fitness-b\" has not signed"
+    );
+    let signed = SignedContract::verify(c, |p| {
+        Some(if p == "hospital-a" {
+            sig_h.clone()
+        } else {
+            sig_f.clone()
+        })
+    })
+    .unwrap();
+    assert_eq!(signed.signatures().len(), 2);
+    assert_eq!(signed.name, "activity-and-diabetes");
 }
