@@ -285,8 +285,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
             let id = files::read_identity(&key)?;
             let (party, text) = kura_contract::sign(&c, &id)?;
             let path = files::signature_path(&contract, &party);
-            std::fs::write(&path, text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            files::write_atomic(&path, text.as_bytes())?;
             println!("signed contract {} as {party}: {}", c.id(), path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -371,8 +370,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
                 Format::Json => format!("{}\n", serde_json::to_string(&tables)?),
             };
             match a.out {
-                Some(path) => std::fs::write(&path, text)
-                    .with_context(|| format!("cannot write {}", path.display()))?,
+                Some(path) => files::write_atomic(&path, text.as_bytes())?,
                 None => print!("{text}"),
             }
             Ok(ExitCode::SUCCESS)
@@ -467,6 +465,9 @@ async fn serve(a: ServeArgs) -> Result<ExitCode> {
         max_upload_bytes: a.max_upload_bytes,
     })
     .await?;
+    // On stdout, flushed: scripts and tests read the address (the port may be chosen at run time).
+    println!("kura enclave service listening on {}", running.url());
+    std::io::Write::flush(&mut std::io::stdout())?;
     tracing::info!(url = %running.url(), contract = %running.service.contract().id(), "enclave service listening");
     tokio::signal::ctrl_c()
         .await

@@ -22,12 +22,34 @@ pub fn write_identity(dir: &Path, name: &str, id: &SecretIdentity) -> Result<(Pa
             key_path.display()
         )
     })?;
-    f.write_all(id.to_text().as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    std::fs::write(&pub_path, format!("{}\n", id.public().to_text()))
-        .with_context(|| format!("cannot write {}", pub_path.display()))?;
+    let written = (|| -> std::io::Result<()> {
+        f.write_all(id.to_text().as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&key_path);
+        return Err(e).with_context(|| format!("cannot write {}", key_path.display()));
+    }
+    write_atomic(&pub_path, format!("{}\n", id.public().to_text()).as_bytes())?;
     Ok((key_path, pub_path))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
+/// that a failure never leaves a half-written file behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 pub fn read_identity(path: &Path) -> Result<SecretIdentity> {

@@ -907,3 +907,235 @@ fn cli_attest_verify_simulated_evidence() {
     ]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// A `kura serve` child process, killed when dropped.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn cli_drives_a_served_enclave() {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ds = d.to_str().unwrap();
+    for name in ["hospital-a", "fitness-b"] {
+        assert!(
+            kura(&["keys", "new", "--name", name, "--out", ds])
+                .status
+                .success()
+        );
+    }
+    let key = |n: &str| {
+        SecretIdentity::parse(&std::fs::read_to_string(d.join(format!("{n}.key"))).unwrap())
+            .unwrap()
+    };
+    let parties = [
+        Party {
+            name: "hospital-a",
+            key: key("hospital-a"),
+        },
+        Party {
+            name: "fitness-b",
+            key: key("fitness-b"),
+        },
+    ];
+    let contract = d.join("contract.toml");
+    std::fs::write(
+        &contract,
+        contract_text(&parties, false, "[\"hospital-a\"]"),
+    )
+    .unwrap();
+    let c = contract.to_str().unwrap();
+    for name in ["hospital-a", "fitness-b"] {
+        let k = d.join(format!("{name}.key"));
+        assert!(
+            kura(&[
+                "contract",
+                "sign",
+                "--contract",
+                c,
+                "--key",
+                k.to_str().unwrap()
+            ])
+            .status
+            .success()
+        );
+    }
+    write_data(d);
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kura"))
+        .args([
+            "serve",
+            "--contract",
+            c,
+            "--platform",
+            "simulated",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+        ])
+        .arg(d.join("state"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let served = Served(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+
+    let as_party = |name: &str, args: &[&str]| {
+        let k = d.join(format!("{name}.key"));
+        let words = args.iter().take_while(|a| !a.starts_with("--")).count();
+        let mut all = args[..words].to_vec();
+        all.extend_from_slice(&[
+            "--enclave",
+            &url,
+            "--contract",
+            c,
+            "--key",
+            k.to_str().unwrap(),
+        ]);
+        all.extend_from_slice(&args[words..]);
+        let out = kura(&all);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    let ehr = d.join("ehr.csv");
+    let (code, out, err) = as_party(
+        "hospital-a",
+        &[
+            "upload",
+            "--dataset",
+            "ehr",
+            "--file",
+            ehr.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("uploaded ehr: 68 rows"), "{out}");
+    assert!(err.contains("SIMULATED PLATFORM"), "{err}");
+
+    // Before all data is present: refused, with the reason in JSON.
+    let (code, out, _) = as_party(
+        "hospital-a",
+        &["run", "--analysis", "by_activity", "--json"],
+    );
+    assert_eq!(code, Some(1));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["refused"], true);
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for dataset(s) activity"),
+        "{v}"
+    );
+
+    let act = d.join("activity.csv");
+    assert_eq!(
+        as_party(
+            "fitness-b",
+            &[
+                "upload",
+                "--dataset",
+                "activity",
+                "--file",
+                act.to_str().unwrap()
+            ]
+        )
+        .0,
+        Some(0)
+    );
+
+    // Ad-hoc queries are refused by this version.
+    let (code, out, _) = as_party(
+        "hospital-a",
+        &["query", "--sql", "SELECT COUNT(*) FROM ehr", "--json"],
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["refused"],
+        true
+    );
+
+    // The receiver runs and gets the result in the stable JSON shape.
+    let (code, out, err) = as_party(
+        "hospital-a",
+        &["run", "--analysis", "by_activity", "--json"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["columns"],
+        serde_json::json!(["steps_band", "people", "rate"])
+    );
+    assert_eq!(v["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(v["suppressed_groups"], 1);
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+
+    let csv = d.join("out.csv");
+    let (code, _, err) = as_party(
+        "hospital-a",
+        &[
+            "results",
+            "--run",
+            &run_id,
+            "--format",
+            "csv",
+            "--out",
+            csv.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(
+        text.starts_with("steps_band,people,rate\nhigh,40,0.25\nmid,25,"),
+        "{text}"
+    );
+
+    // fitness-b is not a receiver of this analysis.
+    let (code, _, err) = as_party("fitness-b", &["results", "--run", &run_id]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not a receiver of analysis"), "{err}");
+
+    let (code, out, err) = as_party("fitness-b", &["audit", "verify", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["valid"], true);
+    let kinds: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "enclave_started",
+            "upload",
+            "run_refused",
+            "upload",
+            "run",
+            "release",
+            "deletion",
+            "deletion"
+        ]
+    );
+    drop(served);
+}
