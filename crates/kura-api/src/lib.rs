@@ -8,7 +8,7 @@
 
 use kura_attestation::Evidence;
 use kura_crypto::{PublicIdentity, Sealed, SecretIdentity, b64};
-use kura_ledger::LogEntry;
+use kura_ledger::{LogEntry, Receipt, SignedTreeHead};
 use serde::{Deserialize, Serialize};
 
 pub const REQUEST_DOMAIN: &str = "request-v1";
@@ -27,6 +27,7 @@ pub mod routes {
     pub const RUN: &str = "/v1/run";
     pub const RESULTS: &str = "/v1/results";
     pub const AUDIT: &str = "/v1/audit";
+    pub const CONSISTENCY: &str = "/v1/consistency";
 }
 
 /// Largest request body other than an upload stream.
@@ -45,6 +46,8 @@ pub struct EnclaveInfo {
     /// The enclave's public identity (text form); bound by the evidence's report data.
     pub enclave_key: String,
     pub evidence: Evidence,
+    /// The log's current head, signed by the enclave key.
+    pub tree_head: SignedTreeHead,
     pub kura_version: String,
 }
 
@@ -52,9 +55,17 @@ pub struct EnclaveInfo {
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     Upload(UploadHeader),
-    Run { analysis: String },
-    Results { run_id: Option<String> },
+    Run {
+        analysis: String,
+    },
+    Results {
+        run_id: Option<String>,
+    },
     Audit,
+    /// A consistency proof from the tree of the first `from` entries to the current head.
+    Consistency {
+        from: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +161,8 @@ pub struct SealedResult {
     pub analysis: String,
     pub receiver: String,
     pub sealed: Sealed,
+    /// Receipt of the log entry that released this result to its receiver.
+    pub receipt: Receipt,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -157,8 +170,8 @@ pub struct UploadResponse {
     pub dataset: String,
     pub rows: u64,
     pub ciphertext_bytes: u64,
-    /// The log entry recording the upload, signed by the enclave.
-    pub receipt: LogEntry,
+    /// Proof that the upload is in the log.
+    pub receipt: Receipt,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -168,7 +181,9 @@ pub struct RunResponse {
     pub receivers: Vec<String>,
     /// Datasets deleted after this run under `delete_after = "run"`.
     pub deleted: Vec<String>,
-    pub receipt: LogEntry,
+    pub receipt: Receipt,
+    /// Receipts of the deletions.
+    pub deletions: Vec<Receipt>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -179,6 +194,14 @@ pub struct ResultsResponse {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuditResponse {
     pub entries: Vec<LogEntry>,
+    pub tree_head: SignedTreeHead,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConsistencyResponse {
+    pub tree_head: SignedTreeHead,
+    /// Base64 consistency proof (empty when trivial).
+    pub proof: String,
 }
 
 /// Error body of every non-2xx answer.

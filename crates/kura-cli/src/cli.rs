@@ -152,14 +152,25 @@ impl Party {
     }
 }
 
-/// Attests and warns loudly when the platform is simulated.
+/// Attests, checks that the log extends the tree head this party saw last time, and warns
+/// loudly when the platform is simulated.
 async fn attested(party: &Party) -> Result<Client> {
-    let mut client = party.client()?;
+    let client = party.client()?;
+    let known = files::load_head(client.contract().id().as_str(), client.party())?;
+    let mut client = client.with_known_head(known);
     let enclave = client.attest().await?;
     if enclave.is_simulated() {
         eprintln!("WARNING: {}", kura_attestation::simulated::WARNING);
     }
+    save_head(&client)?;
     Ok(client)
+}
+
+fn save_head(client: &Client) -> Result<()> {
+    match client.known_head() {
+        Some(head) => files::save_head(client.contract().id().as_str(), client.party(), head),
+        None => Ok(()),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -214,13 +225,28 @@ pub struct ResultsArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
-    /// Fetch the log and verify chain, signatures and enclave evidence.
+    /// Fetch the log and verify chain, signatures, enclave evidence, the signed Merkle root,
+    /// consistency with what you saw before, and that every event was allowed by the contract.
     Verify {
         #[command(flatten)]
         party: Party,
         #[arg(long)]
         json: bool,
     },
+    /// The transparency report: who provided and received what, for which purpose, which
+    /// analyses ran when, and when the data was deleted; built from the verified log.
+    Report {
+        #[command(flatten)]
+        party: Party,
+        #[arg(long, value_enum, default_value = "md")]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Md,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -310,7 +336,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
                 resp.dataset,
                 resp.rows,
                 resp.ciphertext_bytes,
-                resp.receipt.hash()
+                resp.receipt.entry.hash()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -375,9 +401,21 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit(AuditCmd::Report { party, format }) => {
+            let mut client = attested(&party).await?;
+            let report = client.audit().await?;
+            save_head(&client)?;
+            let transparency = crate::report::build(client.contract(), &report)?;
+            match format {
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&transparency)?),
+                ReportFormat::Md => print!("{}", crate::report::markdown(&transparency)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit(AuditCmd::Verify { party, json }) => {
             let mut client = attested(&party).await?;
             let report = client.audit().await?;
+            save_head(&client)?;
             if json {
                 let events: Vec<_> = report
                     .entries
@@ -386,7 +424,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
                     .collect();
                 println!(
                     "{}",
-                    serde_json::json!({"valid": true, "entries": report.chain.entries, "enclave_starts": report.chain.enclave_starts, "head": report.chain.head, "events": events})
+                    serde_json::json!({"valid": true, "entries": report.chain.entries, "enclave_starts": report.chain.enclave_starts, "head": report.chain.head, "root": report.chain.root, "events": events})
                 );
             } else {
                 print!("{}", render::audit(&report));

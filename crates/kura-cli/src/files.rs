@@ -102,3 +102,39 @@ pub fn read_signed_contract(path: &Path) -> Result<SignedContract> {
     })
     .with_context(|| format!("contract {} cannot be used", path.display()))
 }
+
+/// Where kura keeps per-user state: `$KURA_HOME`, or `~/.kura`.
+fn kura_home() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("KURA_HOME") {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME").context("neither KURA_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".kura"))
+}
+
+fn head_path(contract_id: &str, party: &str) -> Result<PathBuf> {
+    Ok(kura_home()?
+        .join("heads")
+        .join(format!("{contract_id}.{party}.json")))
+}
+
+/// The last tree head this party verified for this contract, if any.
+pub fn load_head(contract_id: &str, party: &str) -> Result<Option<kura_ledger::SignedTreeHead>> {
+    let path = head_path(contract_id, party)?;
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is corrupt", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+pub fn save_head(contract_id: &str, party: &str, head: &kura_ledger::SignedTreeHead) -> Result<()> {
+    let path = head_path(contract_id, party)?;
+    let dir = path.parent().expect("has a parent");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_atomic(&path, &serde_json::to_vec(head)?)
+}

@@ -5,6 +5,7 @@ mod cli;
 mod demo;
 mod files;
 mod render;
+mod report;
 
 use std::process::ExitCode;
 

@@ -697,8 +697,15 @@ async fn sealed_results_open_only_for_their_receiver() {
 
 // ---- the command line ------------------------------------------------------------------------
 
+/// A private KURA_HOME for this test process, so tests never touch the user's ~/.kura.
+fn kura_home() -> &'static Path {
+    static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
 fn kura(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_kura"))
+        .env("KURA_HOME", kura_home())
         .args(args)
         .output()
         .unwrap()
@@ -971,6 +978,7 @@ fn cli_drives_a_served_enclave() {
     write_data(d);
 
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kura"))
+        .env("KURA_HOME", kura_home())
         .args([
             "serve",
             "--contract",

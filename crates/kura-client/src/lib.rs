@@ -17,7 +17,9 @@ use kura_contract::{Contract, SignedContract};
 use kura_crypto::{
     DEFAULT_CHUNK_SIZE, DataKey, PublicIdentity, SecretIdentity, StreamEncoder, b64,
 };
-use kura_ledger::{ChainReport, LogEntry};
+use kura_ledger::{ChainReport, LogEntry, Receipt, SignedTreeHead, TreeHead};
+
+pub mod audit;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -46,6 +48,9 @@ pub enum ClientError {
     Local(String),
     #[error("audit log does not verify: {0}")]
     Audit(String),
+    /// The log contradicts a tree head this party saw before, or a receipt does not verify.
+    #[error("the enclave's log cannot be trusted: {0}")]
+    Log(String),
 }
 
 /// The enclave as verified by [`Client::attest`].
@@ -70,6 +75,8 @@ pub struct Client {
     me: SecretIdentity,
     party: String,
     enclave: Option<VerifiedEnclave>,
+    /// The latest tree head this party verified; every contact must extend it.
+    known_head: Option<SignedTreeHead>,
 }
 
 /// Result of an audit verification.
@@ -77,6 +84,8 @@ pub struct Client {
 pub struct AuditReport {
     pub chain: ChainReport,
     pub entries: Vec<LogEntry>,
+    /// The verified, signed tree head that covers `entries`.
+    pub head: TreeHead,
 }
 
 impl Client {
@@ -99,7 +108,19 @@ impl Client {
             me,
             party,
             enclave: None,
+            known_head: None,
         })
+    }
+
+    /// Starts from a tree head seen in an earlier session (persisted by the caller).
+    pub fn with_known_head(mut self, head: Option<SignedTreeHead>) -> Self {
+        self.known_head = head;
+        self
+    }
+
+    /// The latest verified tree head, for the caller to persist.
+    pub fn known_head(&self) -> Option<&SignedTreeHead> {
+        self.known_head.as_ref()
     }
 
     pub fn party(&self) -> &str {
@@ -145,8 +166,69 @@ impl Client {
             self.contract.id(),
             &key,
         )?;
+        let head = info.tree_head.clone();
         self.enclave = Some(VerifiedEnclave { key, claims, info });
+        self.advance_head(head, None).await?;
         Ok(self.enclave.as_ref().expect("just set"))
+    }
+
+    /// Accepts `head` (signed by the attested key) as the latest, after checking that it extends
+    /// the head this party saw before. Fetches a consistency proof unless `entries` (the whole
+    /// log) are at hand.
+    async fn advance_head(
+        &mut self,
+        head: SignedTreeHead,
+        entries: Option<&[LogEntry]>,
+    ) -> Result<(), ClientError> {
+        let enclave = self.enclave.clone().expect("attested");
+        let log_err = |e: kura_ledger::LedgerError| ClientError::Log(e.to_string());
+        let mut new = head.verify(&enclave.key).map_err(log_err)?;
+        let mut head = head;
+        if let Some(old) = self
+            .known_head
+            .as_ref()
+            .map(SignedTreeHead::unverified)
+            .transpose()
+            .map_err(log_err)?
+        {
+            match entries {
+                Some(entries) => {
+                    let prefix = entries.get(..old.size as usize).ok_or_else(|| {
+                        ClientError::Log(
+                            "the log is shorter than one seen before: it was rolled back".into(),
+                        )
+                    })?;
+                    if kura_ledger::root_of(prefix) != old.root {
+                        return Err(ClientError::Log(
+                            "the log's history differs from the one seen before: it was rewritten or forked".into(),
+                        ));
+                    }
+                }
+                None => {
+                    let resp: kura_api::ConsistencyResponse = self
+                        .call_with(
+                            &enclave,
+                            routes::CONSISTENCY,
+                            Action::Consistency { from: old.size },
+                        )
+                        .await?;
+                    new = resp.tree_head.verify(&enclave.key).map_err(log_err)?;
+                    kura_ledger::verify_consistency(&old, &new, &resp.proof).map_err(log_err)?;
+                    head = resp.tree_head;
+                }
+            }
+        }
+        drop(new);
+        self.known_head = Some(head);
+        Ok(())
+    }
+
+    fn check_receipt(&self, receipt: &Receipt) -> Result<(), ClientError> {
+        let enclave = self.enclave.as_ref().expect("attested");
+        receipt
+            .verify(&enclave.key)
+            .map(|_| ())
+            .map_err(|e| ClientError::Log(format!("receipt refused: {e}")))
     }
 
     async fn enclave(&mut self) -> Result<VerifiedEnclave, ClientError> {
@@ -173,7 +255,16 @@ impl Client {
         action: Action,
     ) -> Result<T, ClientError> {
         let enclave = self.enclave().await?;
-        let (_, req) = self.request(&enclave, action);
+        self.call_with(&enclave, route, action).await
+    }
+
+    async fn call_with<T: serde::de::DeserializeOwned>(
+        &self,
+        enclave: &VerifiedEnclave,
+        route: &str,
+        action: Action,
+    ) -> Result<T, ClientError> {
+        let (_, req) = self.request(enclave, action);
         let resp = self
             .http
             .post(self.url(route))
@@ -263,18 +354,25 @@ impl Client {
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        decode(resp).await
+        let resp: UploadResponse = decode(resp).await?;
+        self.check_receipt(&resp.receipt)?;
+        Ok(resp)
     }
 
     /// Starts an analysis of the contract.
     pub async fn run(&mut self, analysis: &str) -> Result<RunResponse, ClientError> {
-        self.call(
-            routes::RUN,
-            Action::Run {
-                analysis: analysis.to_string(),
-            },
-        )
-        .await
+        let resp: RunResponse = self
+            .call(
+                routes::RUN,
+                Action::Run {
+                    analysis: analysis.to_string(),
+                },
+            )
+            .await?;
+        for receipt in std::iter::once(&resp.receipt).chain(&resp.deletions) {
+            self.check_receipt(receipt)?;
+        }
+        Ok(resp)
     }
 
     /// Fetches, decrypts and verifies this party's results (all runs, or one).
@@ -294,6 +392,19 @@ impl Client {
                 if sealed.receiver != self.party {
                     return Err(ClientError::Protocol(
                         "result addressed to another party".into(),
+                    ));
+                }
+                // The release must be on the record, for this receiver and this ciphertext.
+                self.check_receipt(&sealed.receipt)?;
+                let released = matches!(
+                    sealed.receipt.entry.parse_body().map(|b| b.event),
+                    Ok(kura_ledger::Event::Release { ref run_id, ref receiver, ref result_sha256 })
+                        if run_id == &sealed.run_id && receiver == &self.party
+                            && result_sha256 == &hex::encode(kura_crypto::sha256(&sealed.sealed.ct))
+                );
+                if !released {
+                    return Err(ClientError::Log(
+                        "the result's release is not what the log records".into(),
                     ));
                 }
                 let info = kura_api::result_context(
@@ -325,8 +436,9 @@ impl Client {
             .collect()
     }
 
-    /// Fetches the whole log and verifies it: chain, signatures, and the evidence of every
-    /// enclave start against this contract.
+    /// Fetches the whole log and verifies it: chain, signatures, the evidence of every enclave
+    /// start against this contract, the signed Merkle root, consistency with the head this
+    /// party saw before, and that every event was allowed by the contract.
     pub async fn audit(&mut self) -> Result<AuditReport, ClientError> {
         let resp: AuditResponse = self.call(routes::AUDIT, Action::Audit).await?;
         let contract = &self.contract;
@@ -341,9 +453,29 @@ impl Client {
                 .map_err(|e| e.to_string())
         })
         .map_err(|e| ClientError::Audit(e.to_string()))?;
+        let enclave = self.enclave().await?;
+        let head = resp
+            .tree_head
+            .verify(&enclave.key)
+            .map_err(|e| ClientError::Audit(e.to_string()))?;
+        if head.size != chain.entries || head.root != chain.root {
+            return Err(ClientError::Audit(
+                "the entries served are not the ones the signed tree head commits to".into(),
+            ));
+        }
+        let bodies = resp
+            .entries
+            .iter()
+            .map(LogEntry::parse_body)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::Audit(e.to_string()))?;
+        audit::check_events(&self.contract, &bodies).map_err(ClientError::Audit)?;
+        self.advance_head(resp.tree_head, Some(&resp.entries))
+            .await?;
         Ok(AuditReport {
             chain,
             entries: resp.entries,
+            head,
         })
     }
 }

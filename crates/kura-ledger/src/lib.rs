@@ -7,16 +7,21 @@
 //! A verifier therefore needs only the entries, a way to check evidence, and no trust in the
 //! storage that kept them.
 //!
-//! First version: a hash chain in an append-only file, fsynced before an append is
-//! acknowledged. Merkle proofs and receipts come with the audit-log issue.
+//! On top of the chain, the bodies are the leaves of a Merkle tree (RFC 9162 hashing, see
+//! [`merkle`]): signed tree heads, receipts proving that one entry is in the log, and
+//! consistency proofs that a later log extends an earlier one, so a service that rewrites or
+//! forks its history is caught by any client that kept an earlier head. Storage is an embedded
+//! database with durable commits ([`Ledger`]).
 
 mod error;
 mod event;
+pub mod merkle;
 mod store;
 mod verify;
 
 pub use error::LedgerError;
 pub use event::{EntryBody, Event};
+pub use merkle::{Receipt, SignedTreeHead, TreeHead, root_of, verify_consistency};
 pub use store::Ledger;
 pub use verify::{ChainReport, verify_chain};
 

@@ -1,64 +1,75 @@
-//! Append-only file storage: one JSON line per entry, fsynced before an append returns.
+//! Durable storage of the log in an embedded database (redb). An append is acknowledged only
+//! after its transaction committed with immediate durability, so a crash at any point leaves
+//! either the whole entry or none of it, and never loses an acknowledged one.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
+use ct_merkle::mem_backed_tree::MemoryBackedTree;
 use kura_crypto::{SecretIdentity, b64};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use sha2::Sha256;
 use time::format_description::well_known::Rfc3339;
 
+use crate::merkle::{HEAD_DOMAIN, Receipt, SignedTreeHead, TreeHead};
 use crate::{ENTRY_DOMAIN, EntryBody, Event, GENESIS, LedgerError, LogEntry};
 
+/// seq → the entry's JSON (body text and signature).
+const ENTRIES: TableDefinition<u64, &str> = TableDefinition::new("entries");
+
 /// The log of one state directory, written by the current enclave key.
-#[derive(Debug)]
 pub struct Ledger {
-    path: PathBuf,
-    file: File,
+    db: Database,
     entries: Vec<LogEntry>,
+    tree: MemoryBackedTree<Sha256, Vec<u8>>,
     signer: Arc<SecretIdentity>,
 }
 
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("entries", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .expect("RFC 3339 formatting of now")
+}
+
 impl Ledger {
-    /// Opens (or creates) the log at `path`. Existing entries are loaded and their chain
-    /// checked (signatures are checked by [`crate::verify_chain`], which needs the evidence
-    /// verifier). A partial last line, left by a crash during an append that was therefore
-    /// never acknowledged, is cut off.
+    /// Opens (or creates) the log database at `path` and checks that the stored entries chain.
+    /// Signatures are checked by [`crate::verify_chain`], which needs the evidence verifier.
+    /// The database is locked: a second service cannot open the same log.
     pub fn open(path: &Path, signer: Arc<SecretIdentity>) -> Result<Self, LedgerError> {
+        let db = Database::create(path)?;
         let mut entries = Vec::new();
-        let mut good_len = 0u64;
-        if path.exists() {
-            let reader = BufReader::new(File::open(path)?);
-            let mut offset = 0u64;
-            for line in reader.split(b'\n') {
-                let line = line?;
-                let len = line.len() as u64 + 1;
-                let Ok(entry) = serde_json::from_slice::<LogEntry>(&line) else {
-                    break;
-                };
-                entries.push(entry);
-                offset += len;
-                good_len = offset;
+        {
+            let read = db.begin_read()?;
+            match read.open_table(ENTRIES) {
+                Ok(table) => {
+                    for row in table.iter()? {
+                        let (seq, json) = row?;
+                        let entry: LogEntry = serde_json::from_str(json.value())
+                            .map_err(|e| LedgerError::Malformed(e.to_string()))?;
+                        if seq.value() != entries.len() as u64 {
+                            return Err(LedgerError::Broken {
+                                seq: seq.value(),
+                                reason: "stored log has a gap".into(),
+                            });
+                        }
+                        entries.push(entry);
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        if file.metadata()?.len() > good_len {
-            file.set_len(good_len)?;
-            file.sync_all()?;
-        }
-        let mut ledger = Self {
-            path: path.to_path_buf(),
-            file,
-            entries,
-            signer,
-        };
-        ledger.check_links()?;
-        Ok(ledger)
-    }
-
-    fn check_links(&mut self) -> Result<(), LedgerError> {
+        let mut tree = MemoryBackedTree::new();
         let mut prev = GENESIS.to_string();
-        for (i, e) in self.entries.iter().enumerate() {
+        for (i, e) in entries.iter().enumerate() {
             let body = e.parse_body()?;
             if body.seq != i as u64 || body.prev != prev {
                 return Err(LedgerError::Broken {
@@ -67,39 +78,84 @@ impl Ledger {
                 });
             }
             prev = e.hash();
+            tree.push(e.body.as_bytes().to_vec());
         }
-        Ok(())
+        Ok(Self {
+            db,
+            entries,
+            tree,
+            signer,
+        })
     }
 
-    /// Appends `event`, durably, and returns the stored entry.
-    pub fn append(&mut self, event: Event) -> Result<LogEntry, LedgerError> {
+    /// Appends `event` durably and returns its receipt.
+    pub fn append(&mut self, event: Event) -> Result<Receipt, LedgerError> {
+        let seq = self.entries.len() as u64;
         let body = EntryBody {
-            seq: self.entries.len() as u64,
+            seq,
             prev: self
                 .entries
                 .last()
                 .map_or_else(|| GENESIS.to_string(), LogEntry::hash),
-            time: time::OffsetDateTime::now_utc()
-                .format(&Rfc3339)
-                .expect("RFC 3339 formatting of now"),
+            time: now(),
             event,
         };
         let body = serde_json::to_string(&body).expect("entry serialises");
         let signature = b64::encode(self.signer.sign(ENTRY_DOMAIN, body.as_bytes()));
         let entry = LogEntry { body, signature };
-        let mut line = serde_json::to_vec(&entry).expect("entry serialises");
-        line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_data()?;
-        self.entries.push(entry.clone());
-        Ok(entry)
+        let json = serde_json::to_string(&entry).expect("entry serialises");
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(ENTRIES)?;
+            table.insert(seq, json.as_str())?;
+        }
+        txn.commit()?;
+        self.tree.push(entry.body.as_bytes().to_vec());
+        self.entries.push(entry);
+        Ok(self.receipt(seq).expect("just appended"))
     }
 
     pub fn entries(&self) -> &[LogEntry] {
         &self.entries
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The current tree head, signed now by this instance's key.
+    pub fn tree_head(&self) -> SignedTreeHead {
+        let head = TreeHead {
+            size: self.tree.len(),
+            root: hex::encode(self.tree.root().as_bytes()),
+            time: now(),
+            enclave_key: self.signer.public().to_text(),
+        };
+        let body = serde_json::to_string(&head).expect("head serialises");
+        let signature = b64::encode(self.signer.sign(HEAD_DOMAIN, body.as_bytes()));
+        SignedTreeHead { body, signature }
+    }
+
+    /// A receipt for entry `seq` under the current tree head.
+    pub fn receipt(&self, seq: u64) -> Option<Receipt> {
+        let entry = self.entries.get(seq as usize)?.clone();
+        let proof = self.tree.prove_inclusion(seq as usize);
+        Some(Receipt {
+            entry,
+            index: seq,
+            tree_head: self.tree_head(),
+            inclusion: b64::encode(proof.as_bytes()),
+        })
+    }
+
+    /// A consistency proof (base64) from the tree of the first `old_size` entries to now.
+    pub fn consistency(&self, old_size: u64) -> Result<String, LedgerError> {
+        let size = self.tree.len();
+        if old_size > size {
+            return Err(LedgerError::Proof(format!(
+                "this log has {size} entries, fewer than the {old_size} you saw: it was rolled back or forked"
+            )));
+        }
+        if old_size == 0 || old_size == size {
+            return Ok(String::new());
+        }
+        let proof = self.tree.prove_consistency((size - old_size) as usize);
+        Ok(b64::encode(proof.as_bytes()))
     }
 }

@@ -11,7 +11,10 @@ use crate::{ENTRY_DOMAIN, Event, GENESIS, LedgerError, LogEntry};
 pub struct ChainReport {
     pub entries: u64,
     pub enclave_starts: u64,
+    /// SHA-256 of the last entry's body (the end of the hash chain).
     pub head: String,
+    /// Merkle tree hash (hex) of all entries: must equal the root of a signed tree head.
+    pub root: String,
 }
 
 /// Verifies chain links, sequence numbers, and every signature. `check_start` is called for
@@ -60,6 +63,7 @@ pub fn verify_chain(
         entries: entries.len() as u64,
         enclave_starts: starts,
         head: prev,
+        root: crate::root_of(entries),
     })
 }
 
@@ -72,7 +76,7 @@ mod tests {
     use kura_crypto::SecretIdentity;
 
     use super::*;
-    use crate::Ledger;
+    use crate::{Ledger, verify_consistency};
 
     fn start(key: &SecretIdentity) -> Event {
         Event::EnclaveStarted {
@@ -164,15 +168,96 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_last_line_is_cut_off_on_open() {
-        let (dir, _) = sample();
+    fn receipts_verify_for_every_entry_and_fail_when_altered() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(SecretIdentity::generate());
+        let mut l = Ledger::open(&dir.path().join("log"), key.clone()).unwrap();
+        l.append(start(&key)).unwrap();
+        for n in 0..20 {
+            let r = l.append(deletion(n)).unwrap();
+            r.verify(key.public()).unwrap();
+        }
+        for seq in 0..21 {
+            let r = l.receipt(seq).unwrap();
+            let head = r.verify(key.public()).unwrap();
+            assert_eq!(
+                (head.size, head.root.as_str()),
+                (21, crate::root_of(l.entries()).as_str())
+            );
+        }
+        let good = l.receipt(7).unwrap();
+        let mut edited = good.clone();
+        edited.entry.body = edited.entry.body.replace("d6", "dX");
+        let mut moved = good.clone();
+        moved.index = 8;
+        let mut other_proof = good.clone();
+        other_proof.inclusion = l.receipt(8).unwrap().inclusion;
+        let mut forged_head = good.clone();
+        forged_head.tree_head.body = forged_head
+            .tree_head
+            .body
+            .replace("\"size\":21", "\"size\":22");
+        for (name, r) in [
+            ("edited", edited),
+            ("moved", moved),
+            ("other proof", other_proof),
+            ("forged head", forged_head),
+        ] {
+            assert!(r.verify(key.public()).is_err(), "{name}");
+        }
+        // A head signed by another key is refused.
+        assert!(good.verify(SecretIdentity::generate().public()).is_err());
+    }
+
+    #[test]
+    fn consistency_holds_between_every_pair_of_heads_and_forks_are_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(SecretIdentity::generate());
         let path = dir.path().join("log");
-        let mut bytes = std::fs::read(&path).unwrap();
-        let full = bytes.len();
-        bytes.extend_from_slice(b"{\"body\":\"{\\\"seq\\\":5,");
-        std::fs::write(&path, &bytes).unwrap();
-        let l = Ledger::open(&path, Arc::new(SecretIdentity::generate())).unwrap();
-        assert_eq!(l.entries().len(), 5);
-        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, full);
+        let mut heads = vec![];
+        {
+            let mut l = Ledger::open(&path, key.clone()).unwrap();
+            l.append(start(&key)).unwrap();
+            heads.push(l.tree_head().verify(key.public()).unwrap());
+            for n in 0..12 {
+                l.append(deletion(n)).unwrap();
+                heads.push(l.tree_head().verify(key.public()).unwrap());
+            }
+            for old in &heads {
+                let proof = l.consistency(old.size).unwrap();
+                verify_consistency(old, heads.last().unwrap(), &proof).unwrap();
+            }
+            assert!(l.consistency(100).is_err());
+        }
+        // Fork: copy the stored log after 13 entries, let both copies grow differently.
+        let fork_path = dir.path().join("fork");
+        std::fs::copy(&path, &fork_path).unwrap();
+        let mut a = Ledger::open(&path, key.clone()).unwrap();
+        let mut b = Ledger::open(&fork_path, key.clone()).unwrap();
+        a.append(deletion(100)).unwrap();
+        b.append(deletion(200)).unwrap();
+        b.append(deletion(201)).unwrap();
+        let seen = a.tree_head().verify(key.public()).unwrap();
+        let b_head = b.tree_head().verify(key.public()).unwrap();
+        let err =
+            verify_consistency(&seen, &b_head, &b.consistency(seen.size).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("rewritten or forked"), "{err}");
+        // Both still extend the common prefix.
+        verify_consistency(&heads[12], &b_head, &b.consistency(13).unwrap()).unwrap();
+        // Rolling back (a shorter log than seen) is caught too.
+        let earlier = Ledger::open(&dir.path().join("empty"), key.clone()).unwrap();
+        assert!(earlier.consistency(seen.size).is_err());
+    }
+
+    #[test]
+    fn the_chain_root_equals_the_signed_root() {
+        let (dir, entries) = sample();
+        let l = Ledger::open(
+            &dir.path().join("log"),
+            Arc::new(SecretIdentity::generate()),
+        )
+        .unwrap();
+        let report = verify_chain(&entries, accept).unwrap();
+        assert_eq!(report.root, l.tree_head().unverified().unwrap().root);
     }
 }

@@ -7,8 +7,8 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kura_api::{
-    AuditResponse, EnclaveInfo, MAX_REQUEST, ResultsResponse, RunResponse, SignedRequest,
-    UploadResponse, UploadTicket, routes,
+    AuditResponse, ConsistencyResponse, EnclaveInfo, MAX_REQUEST, ResultsResponse, RunResponse,
+    SignedRequest, UploadResponse, UploadTicket, routes,
 };
 
 use crate::{Service, ServiceError};
@@ -21,13 +21,14 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route(routes::RUN, post(run))
         .route(routes::RESULTS, post(results))
         .route(routes::AUDIT, post(audit))
+        .route(routes::CONSISTENCY, post(consistency))
         // Uploads stream; their size is limited by the service itself.
         .layer(DefaultBodyLimit::disable())
         .with_state(service)
 }
 
 async fn evidence(State(s): State<Arc<Service>>) -> Json<EnclaveInfo> {
-    Json(s.info().clone())
+    Json(s.info().await)
 }
 
 fn parse_request(bytes: &[u8]) -> Result<SignedRequest, ServiceError> {
@@ -82,7 +83,13 @@ async fn audit(
     body: Body,
 ) -> Result<Json<AuditResponse>, ServiceError> {
     let req = parse_request(&small_body(body).await?)?;
-    Ok(Json(AuditResponse {
-        entries: s.audit(req).await?,
-    }))
+    Ok(Json(s.audit(req).await?))
+}
+
+async fn consistency(
+    State(s): State<Arc<Service>>,
+    body: Body,
+) -> Result<Json<ConsistencyResponse>, ServiceError> {
+    let req = parse_request(&small_body(body).await?)?;
+    Ok(Json(s.consistency(req).await?))
 }

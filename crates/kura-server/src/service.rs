@@ -4,13 +4,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use kura_api::{
-    Action, EnclaveInfo, RequestBody, ResultTable, RunResponse, SealedResult, SignedRequest,
-    SignedResult, UploadHeader, UploadResponse,
+    Action, AuditResponse, ConsistencyResponse, EnclaveInfo, RequestBody, ResultTable, RunResponse,
+    SealedResult, SignedRequest, SignedResult, UploadHeader, UploadResponse,
 };
 use kura_contract::{Contract, DeleteAfter, Party, Role};
 use kura_crypto::{DataKey, SecretIdentity, StreamDecoder, b64};
 use kura_engine::{InputFormat, Tables};
-use kura_ledger::{Event, Ledger, LogEntry};
+use kura_ledger::{Event, Ledger, LogEntry, Receipt};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
@@ -46,6 +46,39 @@ struct State {
     runs: u64,
 }
 
+/// Rebuilds what must survive a restart from the log: which datasets were deleted (they stay
+/// deleted) and how many runs there were. Returns the datasets the previous instance held,
+/// which are lost now. Refuses a log that belongs to another contract.
+fn recover(
+    contract: &Contract,
+    entries: &[LogEntry],
+    state: &mut State,
+) -> Result<Vec<String>, ServiceError> {
+    let mut held = std::collections::BTreeSet::new();
+    for entry in entries {
+        let body = entry
+            .parse_body()
+            .map_err(|e| ServiceError::Start(format!("stored log: {e}")))?;
+        match body.event {
+            Event::EnclaveStarted { contract_id, .. } if contract_id != contract.id().as_str() => {
+                return Err(ServiceError::Start(format!(
+                    "the state directory holds the log of another contract ({contract_id}); use a new directory per contract"
+                )));
+            }
+            Event::Upload { dataset, .. } => {
+                held.insert(dataset);
+            }
+            Event::Deletion { dataset, reason } => {
+                held.remove(&dataset);
+                state.deleted.insert(dataset, reason);
+            }
+            Event::Run { .. } => state.runs += 1,
+            _ => {}
+        }
+    }
+    Ok(held.into_iter().collect())
+}
+
 /// One enclave instance serving one contract.
 pub struct Service {
     contract: Contract,
@@ -73,40 +106,58 @@ impl Service {
         let identity = Arc::new(SecretIdentity::generate());
         let report_data = kura_attestation::report_data_for(contract.id(), identity.public());
         let evidence = crate::evidence::collect(config.platform, &report_data)?;
-        let info = EnclaveInfo {
-            contract_id: contract.id().to_string(),
-            enclave_key: identity.public().to_text(),
-            evidence: evidence.clone(),
-            kura_version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        let mut ledger = Ledger::open(&config.state_dir.join("log.jsonl"), identity.clone())
+        let mut ledger = Ledger::open(&config.state_dir.join("log.redb"), identity.clone())
             .map_err(|e| ServiceError::Start(e.to_string()))?;
+        let mut state = State::default();
+        let lost = recover(&contract, ledger.entries(), &mut state)?;
         ledger
             .append(Event::EnclaveStarted {
                 contract_id: contract.id().to_string(),
                 enclave_key: identity.public().to_text(),
-                evidence,
+                evidence: evidence.clone(),
             })
             .map_err(|e| ServiceError::Start(e.to_string()))?;
+        // The previous instance's keys died with it: what it held can no longer be read.
+        for dataset in lost {
+            let reason = "enclave restarted: the previous instance's keys and plaintext are gone"
+                .to_string();
+            ledger
+                .append(Event::Deletion {
+                    dataset: dataset.clone(),
+                    reason: reason.clone(),
+                })
+                .map_err(|e| ServiceError::Start(e.to_string()))?;
+            state.deleted.insert(dataset, reason);
+        }
+        let info = EnclaveInfo {
+            contract_id: contract.id().to_string(),
+            enclave_key: identity.public().to_text(),
+            evidence,
+            tree_head: ledger.tree_head(),
+            kura_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
         Ok(Self {
             contract,
             identity,
             info,
             max_upload_bytes: config.max_upload_bytes,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             ledger: Mutex::new(ledger),
         })
     }
 
-    pub fn info(&self) -> &EnclaveInfo {
-        &self.info
+    /// The evidence and keys of this instance, with the log's current head.
+    pub async fn info(&self) -> EnclaveInfo {
+        let mut info = self.info.clone();
+        info.tree_head = self.ledger.lock().await.tree_head();
+        info
     }
 
     pub fn contract(&self) -> &Contract {
         &self.contract
     }
 
-    async fn log(&self, event: Event) -> Result<LogEntry, ServiceError> {
+    async fn log(&self, event: Event) -> Result<Receipt, ServiceError> {
         Ok(self.ledger.lock().await.append(event)?)
     }
 
@@ -459,7 +510,7 @@ impl Service {
         let plaintext = Zeroizing::new(
             serde_json::to_vec(&signed).map_err(|e| ServiceError::Internal(e.to_string()))?,
         );
-        let mut sealed = Vec::new();
+        let mut sealed_to = Vec::new();
         for receiver in &analysis.receivers {
             let key = &self
                 .contract
@@ -469,12 +520,7 @@ impl Service {
             let info = kura_api::result_context(self.contract.id().as_str(), &run_id, receiver);
             let s = kura_crypto::seal(key, &info, b"", &plaintext)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
-            sealed.push(SealedResult {
-                run_id: run_id.clone(),
-                analysis: analysis.name.clone(),
-                receiver: receiver.clone(),
-                sealed: s,
-            });
+            sealed_to.push((receiver.clone(), s));
         }
 
         let receipt = self
@@ -487,25 +533,37 @@ impl Service {
                 suppressed_groups: table.suppressed_groups,
             })
             .await?;
-        for s in &sealed {
-            self.log(Event::Release {
+        let mut sealed = Vec::new();
+        for (receiver, s) in sealed_to {
+            let receipt = self
+                .log(Event::Release {
+                    run_id: run_id.clone(),
+                    receiver: receiver.clone(),
+                    result_sha256: hex::encode(kura_crypto::sha256(&s.ct)),
+                })
+                .await?;
+            sealed.push(SealedResult {
                 run_id: run_id.clone(),
-                receiver: s.receiver.clone(),
-                result_sha256: hex::encode(kura_crypto::sha256(&s.sealed.ct)),
-            })
-            .await?;
+                analysis: analysis.name.clone(),
+                receiver,
+                sealed: s,
+                receipt,
+            });
         }
         state.results.insert(run_id.clone(), sealed);
 
         let mut deleted = Vec::new();
+        let mut deletions = Vec::new();
         if self.contract.retention.delete_after == DeleteAfter::Run {
             for name in &output.datasets {
-                self.delete(
-                    &mut state,
-                    name,
-                    "delete_after = \"run\": used by ".to_string() + &run_id,
-                )
-                .await?;
+                deletions.push(
+                    self.delete(
+                        &mut state,
+                        name,
+                        "delete_after = \"run\": used by ".to_string() + &run_id,
+                    )
+                    .await?,
+                );
                 deleted.push(name.clone());
             }
         }
@@ -515,6 +573,7 @@ impl Service {
             receivers: analysis.receivers.clone(),
             deleted,
             receipt,
+            deletions,
         })
     }
 
@@ -524,7 +583,7 @@ impl Service {
         state: &mut State,
         name: &str,
         reason: String,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Receipt, ServiceError> {
         if let Some(held) = state.datasets.remove(name) {
             // The Arrow buffers are freed here; the data key and the decrypted file bytes were
             // zeroized right after parsing (see `receive`).
@@ -535,8 +594,7 @@ impl Service {
             dataset: name.to_string(),
             reason,
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     /// Sealed results for the requesting receiver.
@@ -579,14 +637,39 @@ impl Service {
         Ok(mine)
     }
 
-    pub(crate) async fn audit(&self, req: SignedRequest) -> Result<Vec<LogEntry>, ServiceError> {
+    pub(crate) async fn audit(&self, req: SignedRequest) -> Result<AuditResponse, ServiceError> {
         let (_, body) = self.authenticate(&req).await?;
         if body.action != Action::Audit {
             return Err(ServiceError::BadRequest(
                 "audit needs an audit action".into(),
             ));
         }
-        Ok(self.ledger.lock().await.entries().to_vec())
+        let ledger = self.ledger.lock().await;
+        Ok(AuditResponse {
+            entries: ledger.entries().to_vec(),
+            tree_head: ledger.tree_head(),
+        })
+    }
+
+    /// Proves that the current log extends the first `from` entries a client saw.
+    pub(crate) async fn consistency(
+        &self,
+        req: SignedRequest,
+    ) -> Result<ConsistencyResponse, ServiceError> {
+        let (_, body) = self.authenticate(&req).await?;
+        let Action::Consistency { from } = body.action else {
+            return Err(ServiceError::BadRequest(
+                "consistency needs a consistency action".into(),
+            ));
+        };
+        let ledger = self.ledger.lock().await;
+        let proof = ledger
+            .consistency(from)
+            .map_err(|e| ServiceError::Refused(e.to_string()))?;
+        Ok(ConsistencyResponse {
+            tree_head: ledger.tree_head(),
+            proof,
+        })
     }
 
     /// Deletes everything at the contract's retention deadline, without anyone asking.

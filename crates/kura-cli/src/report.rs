@@ -1,0 +1,316 @@
+//! The transparency report: the disclosure a statistics-only provision asks for (who provided
+//! and who received what, for which purpose, which analyses ran and when, when the data was
+//! deleted), generated only from a log that has just been verified.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use kura_client::AuditReport;
+use kura_contract::{Contract, DeleteAfter};
+use kura_ledger::Event;
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct Transparency {
+    pub contract: ContractInfo,
+    pub log: LogInfo,
+    pub parties: Vec<PartyInfo>,
+    pub datasets: Vec<DatasetInfo>,
+    pub analyses: Vec<AnalysisInfo>,
+    pub enclave_starts: Vec<StartInfo>,
+    pub refused_uploads: u64,
+    pub refused_runs: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContractInfo {
+    pub name: String,
+    pub id: String,
+    pub purpose: String,
+    pub min_group_size: u64,
+    pub retention: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogInfo {
+    pub entries: u64,
+    pub merkle_root: String,
+    pub signed_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PartyInfo {
+    pub name: String,
+    pub roles: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DatasetInfo {
+    pub name: String,
+    pub provider: String,
+    pub columns: Vec<String>,
+    pub uploads: Vec<Dated<u64>>,
+    pub deleted: Option<Dated<String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Dated<T> {
+    pub time: String,
+    pub value: T,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AnalysisInfo {
+    pub name: String,
+    pub receivers: Vec<String>,
+    pub runs: Vec<RunInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunInfo {
+    pub run_id: String,
+    pub time: String,
+    pub by: String,
+    pub datasets: Vec<String>,
+    pub rows: u64,
+    pub suppressed_groups: u64,
+    pub released_to: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StartInfo {
+    pub time: String,
+    pub platform: String,
+    pub measurement: String,
+}
+
+pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
+    let bodies = audit
+        .entries
+        .iter()
+        .map(|e| e.parse_body())
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut datasets: Vec<DatasetInfo> = contract
+        .datasets
+        .iter()
+        .map(|d| DatasetInfo {
+            name: d.name.clone(),
+            provider: d.provider.clone(),
+            columns: d
+                .columns
+                .iter()
+                .map(|c| format!("{} ({:?})", c.name, c.role).to_lowercase())
+                .collect(),
+            uploads: vec![],
+            deleted: None,
+        })
+        .collect();
+    let mut analyses: Vec<AnalysisInfo> = contract
+        .analyses
+        .iter()
+        .map(|a| AnalysisInfo {
+            name: a.name.clone(),
+            receivers: a.receivers.clone(),
+            runs: vec![],
+        })
+        .collect();
+    let mut starts = vec![];
+    let (mut refused_uploads, mut refused_runs) = (0, 0);
+    for b in &bodies {
+        let time = b.time.clone();
+        match &b.event {
+            Event::EnclaveStarted { evidence, .. } => {
+                let measurement = kura_attestation::verifier_for(evidence.platform)
+                    .and_then(|v| v.verify(evidence))
+                    .map(|c| hex::encode(c.measurement))
+                    .unwrap_or_default();
+                starts.push(StartInfo {
+                    time,
+                    platform: evidence.platform.to_string(),
+                    measurement,
+                });
+            }
+            Event::Upload { dataset, rows, .. } => {
+                if let Some(d) = datasets.iter_mut().find(|d| &d.name == dataset) {
+                    d.uploads.push(Dated { time, value: *rows });
+                }
+            }
+            Event::Deletion { dataset, reason } => {
+                if let Some(d) = datasets.iter_mut().find(|d| &d.name == dataset) {
+                    d.deleted.get_or_insert(Dated {
+                        time,
+                        value: reason.clone(),
+                    });
+                }
+            }
+            Event::Run {
+                run_id,
+                analysis,
+                by,
+                datasets,
+                rows,
+                suppressed_groups,
+            } => {
+                if let Some(a) = analyses.iter_mut().find(|a| &a.name == analysis) {
+                    a.runs.push(RunInfo {
+                        run_id: run_id.clone(),
+                        time,
+                        by: by.clone(),
+                        datasets: datasets.clone(),
+                        rows: *rows,
+                        suppressed_groups: *suppressed_groups,
+                        released_to: vec![],
+                    });
+                }
+            }
+            Event::Release {
+                run_id, receiver, ..
+            } => {
+                if let Some(r) = analyses
+                    .iter_mut()
+                    .flat_map(|a| a.runs.iter_mut())
+                    .find(|r| &r.run_id == run_id)
+                {
+                    r.released_to.push(receiver.clone());
+                }
+            }
+            Event::UploadRefused { .. } => refused_uploads += 1,
+            Event::RunRefused { .. } => refused_runs += 1,
+        }
+    }
+    Ok(Transparency {
+        contract: ContractInfo {
+            name: contract.name.clone(),
+            id: contract.id().to_string(),
+            purpose: contract.purpose.clone(),
+            min_group_size: contract.output.min_group_size,
+            retention: match &contract.retention.delete_after {
+                DeleteAfter::Run => "deleted after the run that uses it".into(),
+                DeleteAfter::Never => "kept while the service runs".into(),
+                DeleteAfter::Deadline(t) => format!("deleted at {t}"),
+            },
+        },
+        log: LogInfo {
+            entries: audit.chain.entries,
+            merkle_root: audit.chain.root.clone(),
+            signed_at: audit.head.time.clone(),
+        },
+        parties: contract
+            .parties
+            .iter()
+            .map(|p| PartyInfo {
+                name: p.name.clone(),
+                roles: p.roles.iter().map(|r| r.as_str()).collect(),
+            })
+            .collect(),
+        datasets,
+        analyses,
+        enclave_starts: starts,
+        refused_uploads,
+        refused_runs,
+    })
+}
+
+pub fn markdown(t: &Transparency) -> String {
+    let mut o = String::new();
+    let c = &t.contract;
+    let _ = writeln!(o, "# Transparency report: {}\n", c.name);
+    let _ = writeln!(
+        o,
+        "- Purpose: {}",
+        if c.purpose.is_empty() {
+            "(not stated)"
+        } else {
+            &c.purpose
+        }
+    );
+    let _ = writeln!(o, "- Contract id: `{}`", c.id);
+    let _ = writeln!(
+        o,
+        "- Output rule: every released group covers at least {} distinct people",
+        c.min_group_size
+    );
+    let _ = writeln!(o, "- Retention: {}", c.retention);
+    let _ = writeln!(
+        o,
+        "- Verified log: {} entries, Merkle root `{}`, head signed at {}\n",
+        t.log.entries, t.log.merkle_root, t.log.signed_at
+    );
+    let _ = writeln!(o, "## Parties\n\n| party | roles |\n| --- | --- |");
+    for p in &t.parties {
+        let _ = writeln!(o, "| {} | {} |", p.name, p.roles.join(", "));
+    }
+    let _ = writeln!(
+        o,
+        "\n## Data provided\n\n| dataset | provider | uploaded | rows | deleted | reason |\n| --- | --- | --- | --- | --- | --- |"
+    );
+    for d in &t.datasets {
+        let (up, rows) = d
+            .uploads
+            .last()
+            .map_or(("not uploaded".to_string(), String::new()), |u| {
+                (u.time.clone(), u.value.to_string())
+            });
+        let (del, why) = d
+            .deleted
+            .as_ref()
+            .map_or(("no".to_string(), String::new()), |x| {
+                (x.time.clone(), x.value.clone())
+            });
+        let _ = writeln!(
+            o,
+            "| {} | {} | {up} | {rows} | {del} | {why} |",
+            d.name, d.provider
+        );
+    }
+    let _ = writeln!(o, "\n## Analyses and recipients\n");
+    for a in &t.analyses {
+        let _ = writeln!(
+            o,
+            "### {}\n\nReceivers: {}\n",
+            a.name,
+            a.receivers.join(", ")
+        );
+        if a.runs.is_empty() {
+            let _ = writeln!(o, "Not run.\n");
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "| run | time | started by | datasets | rows | suppressed | released to |\n| --- | --- | --- | --- | --- | --- | --- |"
+        );
+        for r in &a.runs {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                r.run_id,
+                r.time,
+                r.by,
+                r.datasets.join(", "),
+                r.rows,
+                r.suppressed_groups,
+                r.released_to.join(", ")
+            );
+        }
+        o.push('\n');
+    }
+    let _ = writeln!(
+        o,
+        "## Enclave\n\n| started | platform | measurement |\n| --- | --- | --- |"
+    );
+    for s in &t.enclave_starts {
+        let _ = writeln!(o, "| {} | {} | `{}` |", s.time, s.platform, s.measurement);
+    }
+    if t.enclave_starts.iter().any(|s| s.platform == "simulated") {
+        let _ = writeln!(
+            o,
+            "\n**The simulated platform offers no protection; this collaboration ran without a TEE.**"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nRefused requests: {} upload(s), {} run(s).",
+        t.refused_uploads, t.refused_runs
+    );
+    o
+}
