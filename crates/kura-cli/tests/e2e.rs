@@ -84,6 +84,27 @@ columns = [
 }
 
 async fn room_with(names: &[&'static str], three: bool, receivers: &str) -> Room {
+    room_custom(names, three, receivers, |t| t).await
+}
+
+async fn start(contract: &SignedContract, state: &Path) -> kura_server::Running {
+    kura_server::start(kura_server::Config {
+        contract: contract.clone(),
+        platform: Platform::Simulated,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.to_path_buf(),
+        max_upload_bytes: 1 << 30,
+    })
+    .await
+    .unwrap()
+}
+
+async fn room_custom(
+    names: &[&'static str],
+    three: bool,
+    receivers: &str,
+    edit: impl Fn(String) -> String,
+) -> Room {
     let dir = tempfile::tempdir().unwrap();
     let parties: Vec<Party> = names
         .iter()
@@ -92,7 +113,7 @@ async fn room_with(names: &[&'static str], three: bool, receivers: &str) -> Room
             key: SecretIdentity::generate(),
         })
         .collect();
-    let text = contract_text(&parties, three, receivers);
+    let text = edit(contract_text(&parties, three, receivers));
     let contract = Contract::parse(text.as_bytes()).unwrap();
     let signatures: Vec<(String, String)> = parties
         .iter()
@@ -925,12 +946,8 @@ impl Drop for Served {
     }
 }
 
-#[test]
-fn cli_drives_a_served_enclave() {
-    use std::io::BufRead;
-
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// Keys and a contract signed through the command line, and the data files, in `d`.
+fn cli_setup(d: &Path) -> PathBuf {
     let ds = d.to_str().unwrap();
     for name in ["hospital-a", "fitness-b"] {
         assert!(
@@ -959,39 +976,47 @@ fn cli_drives_a_served_enclave() {
         contract_text(&parties, false, "[\"hospital-a\"]"),
     )
     .unwrap();
-    let c = contract.to_str().unwrap();
     for name in ["hospital-a", "fitness-b"] {
         let k = d.join(format!("{name}.key"));
-        assert!(
-            kura(&[
-                "contract",
-                "sign",
-                "--contract",
-                c,
-                "--key",
-                k.to_str().unwrap()
-            ])
-            .status
-            .success()
-        );
+        let out = kura(&[
+            "contract",
+            "sign",
+            "--contract",
+            contract.to_str().unwrap(),
+            "--key",
+            k.to_str().unwrap(),
+        ]);
+        assert!(out.status.success());
     }
     write_data(d);
+    contract
+}
+
+/// Starts `kura serve` on a port chosen at run time; returns the child and its URL.
+fn serve(d: &Path, contract: &Path) -> (Served, String) {
+    use std::io::BufRead;
 
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kura"))
         .env("KURA_HOME", kura_home())
         .args([
             "serve",
-            "--contract",
-            c,
             "--platform",
             "simulated",
             "--listen",
             "127.0.0.1:0",
-            "--state",
+            "--contract",
         ])
+        .arg(contract)
+        .arg("--state")
         .arg(d.join("state"))
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(
+            std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(d.join("serve.log"))
+                .unwrap(),
+        )
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -1001,7 +1026,21 @@ fn cli_drives_a_served_enclave() {
         .read_line(&mut line)
         .unwrap();
     let url = line.trim().rsplit(' ').next().unwrap().to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "{line:?}: {}",
+        std::fs::read_to_string(d.join("serve.log")).unwrap_or_default()
+    );
+    (served, url)
+}
+
+#[test]
+fn cli_drives_a_served_enclave() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let contract = cli_setup(d);
+    let c = contract.to_str().unwrap();
+    let (served, url) = serve(d, &contract);
 
     let as_party = |name: &str, args: &[&str]| {
         let k = d.join(format!("{name}.key"));
@@ -1145,5 +1184,268 @@ fn cli_drives_a_served_enclave() {
             "deletion"
         ]
     );
+
+    // The transparency report, from the verified log.
+    let (code, out, err) = as_party("fitness-b", &["audit", "report", "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["contract"]["purpose"], "tests");
+    assert_eq!(r["log"]["entries"], 8);
+    let ehr = &r["datasets"][0];
+    assert_eq!(
+        (ehr["name"].as_str(), ehr["provider"].as_str()),
+        (Some("ehr"), Some("hospital-a"))
+    );
+    assert_eq!(ehr["uploads"][0]["value"], 68);
+    assert!(ehr["deleted"]["value"].as_str().unwrap().contains(&run_id));
+    let run = &r["analyses"][0]["runs"][0];
+    assert_eq!(run["run_id"], run_id.as_str());
+    assert_eq!(run["by"], "hospital-a");
+    assert_eq!(run["released_to"], serde_json::json!(["hospital-a"]));
+    assert_eq!(run["suppressed_groups"], 1);
+    assert_eq!(r["refused_runs"], 1);
+    assert_eq!(r["enclave_starts"][0]["platform"], "simulated");
+    let (code, md, _) = as_party("hospital-a", &["audit", "report"]);
+    assert_eq!(code, Some(0));
+    assert!(md.starts_with("# Transparency report: e2e"), "{md}");
+    assert!(
+        md.contains("The simulated platform offers no protection"),
+        "{md}"
+    );
     drop(served);
+}
+
+#[test]
+fn a_killed_service_restarts_with_a_log_that_verifies_and_loses_no_acknowledged_entry() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let path = cli_setup(d);
+    let contract = SignedContract::verify(
+        Contract::parse(&std::fs::read(&path).unwrap()).unwrap(),
+        |p| std::fs::read_to_string(format!("{}.{p}.sig", path.display())).ok(),
+    )
+    .unwrap();
+    let key = || {
+        SecretIdentity::parse(&std::fs::read_to_string(d.join("hospital-a.key")).unwrap()).unwrap()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    for round in 0..4u64 {
+        let (mut served, url) = serve(d, &path);
+        rt.block_on(async {
+            let mut hammers = vec![];
+            for _ in 0..2 {
+                let mut client = Client::new(&url, contract.clone(), key()).unwrap();
+                client.attest().await.unwrap();
+                let acked = acknowledged.clone();
+                hammers.push(tokio::spawn(async move {
+                    // Each refused run appends a `run_refused` entry before it is answered.
+                    while let Err(ClientError::Refused { status: 404, .. }) =
+                        client.run("no-such-analysis").await
+                    {
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                }));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(150 + 70 * round)).await;
+            served.0.kill().unwrap(); // SIGKILL, in the middle of appends
+            for h in hammers {
+                h.await.unwrap();
+            }
+        });
+        drop(served);
+    }
+    let acked = acknowledged.load(Ordering::SeqCst);
+    assert!(
+        acked > 20,
+        "the service acknowledged only {acked} entries before being killed"
+    );
+
+    let (_served, url) = serve(d, &path);
+    let report = rt.block_on(async {
+        let mut client = Client::new(&url, contract.clone(), key()).unwrap();
+        client.audit().await.unwrap()
+    });
+    let kinds: Vec<String> = report
+        .entries
+        .iter()
+        .map(|e| e.parse_body().unwrap().event.kind().to_string())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "enclave_started").count(), 5);
+    let refused = kinds.iter().filter(|k| *k == "run_refused").count() as u64;
+    assert!(
+        refused >= acked,
+        "{acked} acknowledged, {refused} in the log"
+    );
+    eprintln!(
+        "killed 4 times: {acked} acknowledged appends, {refused} in the restarted log, which verifies"
+    );
+}
+
+// ---- the audit log ----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forks_and_rollbacks_of_the_log_are_caught_by_a_client_that_saw_it() {
+    let room = room().await;
+    room.upload("hospital-a", "ehr").await.unwrap();
+    let state = room.dir.join("state");
+    let Room {
+        server,
+        contract,
+        parties,
+        dir,
+        _dir,
+        ..
+    } = room;
+    server.shutdown().await.unwrap();
+    // The host keeps an old copy of the state, and later a second copy to fork from.
+    let old = dir.join("state-old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::copy(state.join("log.redb"), old.join("log.redb")).unwrap();
+
+    let a = start(&contract, &state).await;
+    let key = |n: &str| {
+        SecretIdentity::parse(&parties.iter().find(|p| p.name == n).unwrap().key.to_text()).unwrap()
+    };
+    let mut client = Client::new(&a.url(), contract.clone(), key("fitness-b")).unwrap();
+    client.audit().await.unwrap();
+    let seen = client.known_head().unwrap().clone();
+    a.shutdown().await.unwrap();
+
+    let fork = dir.join("state-fork");
+    std::fs::create_dir_all(&fork).unwrap();
+    std::fs::copy(state.join("log.redb"), fork.join("log.redb")).unwrap();
+    // The honest continuation extends what the client saw.
+    let honest = start(&contract, &state).await;
+    let mut c = Client::new(&honest.url(), contract.clone(), key("fitness-b"))
+        .unwrap()
+        .with_known_head(Some(seen.clone()));
+    c.attest().await.unwrap();
+    c.audit().await.unwrap();
+    let later = c.known_head().unwrap().clone();
+    honest.shutdown().await.unwrap();
+
+    // A fork made from the same prefix does not extend the later head.
+    let forked = start(&contract, &fork).await;
+    let mut c = Client::new(&forked.url(), contract.clone(), key("fitness-b"))
+        .unwrap()
+        .with_known_head(Some(later.clone()));
+    let err = c.attest().await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Log(r) if r.contains("rewritten or forked")),
+        "{err}"
+    );
+    forked.shutdown().await.unwrap();
+
+    // The old copy is shorter than what the client saw: a rollback.
+    let rolled_back = start(&contract, &old).await;
+    let mut c = Client::new(&rolled_back.url(), contract.clone(), key("fitness-b"))
+        .unwrap()
+        .with_known_head(Some(later));
+    let err = c.attest().await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Refused { reason, .. } if reason.contains("rolled back or forked")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_deletions_and_records_what_was_lost() {
+    let room = room().await;
+    room.upload("hospital-a", "ehr").await.unwrap();
+    let state = room.dir.join("state");
+    let Room {
+        server,
+        contract,
+        parties,
+        _dir,
+        ..
+    } = room;
+    server.shutdown().await.unwrap();
+    let again = start(&contract, &state).await;
+    let key = |n: &str| {
+        SecretIdentity::parse(&parties.iter().find(|p| p.name == n).unwrap().key.to_text()).unwrap()
+    };
+    let mut h = Client::new(&again.url(), contract.clone(), key("hospital-a")).unwrap();
+    let report = h.audit().await.unwrap();
+    let events: Vec<Event> = report
+        .entries
+        .iter()
+        .map(|e| e.parse_body().unwrap().event)
+        .collect();
+    assert_eq!(
+        events.iter().map(Event::kind).collect::<Vec<_>>(),
+        ["enclave_started", "upload", "enclave_started", "deletion"]
+    );
+    assert!(
+        matches!(&events[3], Event::Deletion { dataset, reason } if dataset == "ehr" && reason.contains("restarted"))
+    );
+    let (status, reason) = refused(h.upload("ehr", &_dir.path().join("ehr.csv"), |_| {}).await);
+    assert_eq!(status, 409, "{reason}");
+    assert!(reason.contains("was deleted"), "{reason}");
+    // A state directory of another contract is refused.
+    again.shutdown().await.unwrap();
+    let other = room_with(&["hospital-a", "fitness-b"], false, "[\"hospital-a\"]").await;
+    let err = kura_server::start(kura_server::Config {
+        contract: other.contract.clone(),
+        platform: Platform::Simulated,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.clone(),
+        max_upload_bytes: 1 << 20,
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("holds the log of another contract"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_is_deleted_at_the_deadline_without_anyone_asking() {
+    let deadline = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    let deadline = deadline
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let room = room_custom(
+        &["hospital-a", "fitness-b"],
+        false,
+        "[\"hospital-a\"]",
+        |t| {
+            t.replace(
+                "delete_after = \"run\"",
+                &format!("delete_after = \"{deadline}\""),
+            )
+        },
+    )
+    .await;
+    room.upload("hospital-a", "ehr").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    let events = room.events().await;
+    let deleted: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Deletion { dataset, reason } if reason == "retention deadline reached" => {
+                Some(dataset.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, ["ehr", "activity"]);
+    let (status, reason) = refused(room.upload("fitness-b", "activity").await);
+    assert_eq!(status, 409);
+    assert!(
+        reason.contains("was deleted (retention deadline reached)"),
+        "{reason}"
+    );
+    let (_, reason) = refused(room.client("hospital-a").await.run("by_activity").await);
+    assert!(
+        reason.contains("deleted under the contract's retention rule"),
+        "{reason}"
+    );
 }

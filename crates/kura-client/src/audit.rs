@@ -95,3 +95,143 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use kura_crypto::SecretIdentity;
+
+    use super::*;
+
+    fn contract() -> Contract {
+        let (h, f) = (SecretIdentity::generate(), SecretIdentity::generate());
+        let text = format!(
+            r#"version = 1
+name = "t"
+[[parties]]
+name = "hospital-a"
+public_key = "{}"
+roles = ["provider", "receiver"]
+[[parties]]
+name = "fitness-b"
+public_key = "{}"
+roles = ["provider"]
+[[datasets]]
+name = "ehr"
+provider = "hospital-a"
+privacy_unit = "id"
+columns = [{{ name = "id", type = "utf8", role = "identifier" }}]
+[[analyses]]
+name = "count"
+sql = "SELECT COUNT(*) FROM ehr"
+receivers = ["hospital-a"]
+[output]
+min_group_size = 2
+[retention]
+delete_after = "run"
+[enclave]
+platforms = ["simulated"]
+"#,
+            h.public().to_text(),
+            f.public().to_text()
+        );
+        Contract::parse(text.as_bytes()).unwrap()
+    }
+
+    fn bodies(events: Vec<Event>) -> Vec<EntryBody> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| EntryBody {
+                seq: i as u64,
+                prev: String::new(),
+                time: String::new(),
+                event,
+            })
+            .collect()
+    }
+
+    fn upload(provider: &str) -> Event {
+        Event::Upload {
+            dataset: "ehr".into(),
+            provider: provider.into(),
+            rows: 1,
+            ciphertext_bytes: 1,
+            ciphertext_sha256: String::new(),
+        }
+    }
+
+    fn run(analysis: &str, by: &str) -> Event {
+        Event::Run {
+            run_id: "r1".into(),
+            analysis: analysis.into(),
+            by: by.into(),
+            datasets: vec!["ehr".into()],
+            rows: 1,
+            suppressed_groups: 0,
+        }
+    }
+
+    fn release(receiver: &str) -> Event {
+        Event::Release {
+            run_id: "r1".into(),
+            receiver: receiver.into(),
+            result_sha256: String::new(),
+        }
+    }
+
+    fn deletion() -> Event {
+        Event::Deletion {
+            dataset: "ehr".into(),
+            reason: "run".into(),
+        }
+    }
+
+    #[test]
+    fn an_honest_history_passes() {
+        let c = contract();
+        let log = bodies(vec![
+            upload("hospital-a"),
+            run("count", "hospital-a"),
+            release("hospital-a"),
+            deletion(),
+        ]);
+        check_events(&c, &log).unwrap();
+    }
+
+    #[test]
+    fn disallowed_events_are_named() {
+        let c = contract();
+        let cases = [
+            (vec![upload("fitness-b")], "who is not its provider"),
+            (
+                vec![upload("hospital-a"), run("everything", "hospital-a")],
+                "not in the contract",
+            ),
+            (
+                vec![upload("hospital-a"), run("count", "fitness-b")],
+                "who may not start it",
+            ),
+            (
+                vec![
+                    upload("hospital-a"),
+                    run("count", "hospital-a"),
+                    release("fitness-b"),
+                ],
+                "not a receiver",
+            ),
+            (vec![release("hospital-a")], "which did not run"),
+            (
+                vec![upload("hospital-a"), deletion(), run("count", "hospital-a")],
+                "after its deletion",
+            ),
+            (
+                vec![upload("hospital-a"), deletion(), upload("hospital-a")],
+                "after its deletion",
+            ),
+        ];
+        for (events, expected) in cases {
+            let err = check_events(&c, &bodies(events)).unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+}
