@@ -17,7 +17,7 @@ use kura_contract::Platform;
 use crate::cli::DemoArgs;
 use crate::{files, render};
 
-pub const ANALYSIS: &str = "diabetes_by_activity";
+use kura_contract::example::ANALYSIS;
 
 const STEPS_BANDS: [&str; 5] = [
     "1 sedentary (<4k)",
@@ -79,58 +79,6 @@ pub fn generate(dir: &Path, people: usize, seed: u64) -> Result<()> {
     Ok(())
 }
 
-pub fn contract_text(hospital_pub: &str, fitness_pub: &str) -> String {
-    format!(
-        r#"version = 1
-name = "activity-and-diabetes"
-purpose = "How daily activity relates to diabetes diagnoses"
-
-[[parties]]
-name = "hospital-a"
-public_key = "{hospital_pub}"
-roles = ["provider", "receiver"]
-
-[[parties]]
-name = "fitness-b"
-public_key = "{fitness_pub}"
-roles = ["provider", "receiver"]
-
-[[datasets]]
-name = "ehr"
-provider = "hospital-a"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "patient_id", type = "utf8",    role = "identifier" }},
-  {{ name = "age_band",   type = "utf8",    role = "dimension" }},
-  {{ name = "diabetes",   type = "boolean", role = "measure" }},
-]
-
-[[datasets]]
-name = "activity"
-provider = "fitness-b"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "patient_id", type = "utf8", role = "identifier" }},
-  {{ name = "steps_band", type = "utf8", role = "dimension" }},
-]
-
-[[analyses]]
-name = "{ANALYSIS}"
-sql = "SELECT a.steps_band, COUNT(*) AS people, AVG(CAST(e.diabetes AS DOUBLE)) AS diabetes_rate FROM ehr e JOIN activity a ON e.patient_id = a.patient_id GROUP BY a.steps_band ORDER BY a.steps_band"
-receivers = ["hospital-a", "fitness-b"]
-
-[output]
-min_group_size = 10
-
-[retention]
-delete_after = "run"
-
-[enclave]
-platforms = ["simulated"]
-"#
-    )
-}
-
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     ensure!(args.rows >= 1, "--rows must be at least 1");
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
@@ -155,7 +103,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let contract_path = root.join("contract.toml");
     std::fs::write(
         &contract_path,
-        contract_text(&hospital.public().to_text(), &fitness.public().to_text()),
+        kura_contract::example::activity_and_diabetes(
+            &hospital.public().to_text(),
+            &fitness.public().to_text(),
+        ),
     )?;
     for key in ["hospital-a", "fitness-b"] {
         let c = files::read_contract(&contract_path)?;

@@ -178,10 +178,42 @@ fn write_data(dir: &Path) {
     std::fs::write(dir.join("claims.csv"), claims).unwrap();
 }
 
+fn key_of(parties: &[Party], name: &str) -> SecretIdentity {
+    let p = parties.iter().find(|p| p.name == name).unwrap();
+    SecretIdentity::parse(&p.key.to_text()).unwrap()
+}
+
+/// A room whose service was shut down; its state directory stays.
+struct Stopped {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    contract: SignedContract,
+    parties: Vec<Party>,
+}
+
+impl Stopped {
+    fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    fn client(&self, url: &str, name: &str) -> Client {
+        Client::new(url, self.contract.clone(), key_of(&self.parties, name)).unwrap()
+    }
+}
+
 impl Room {
     fn key(&self, name: &str) -> SecretIdentity {
-        let p = self.parties.iter().find(|p| p.name == name).unwrap();
-        SecretIdentity::parse(&p.key.to_text()).unwrap()
+        key_of(&self.parties, name)
+    }
+
+    async fn stop(self) -> Stopped {
+        self.server.shutdown().await.unwrap();
+        Stopped {
+            _dir: self._dir,
+            dir: self.dir,
+            contract: self.contract,
+            parties: self.parties,
+        }
     }
 
     async fn client(&self, name: &str) -> Client {
@@ -884,56 +916,38 @@ fn cli_demo_json() {
 fn cli_attest_verify_simulated_evidence() {
     let dir = tempfile::tempdir().unwrap();
     let hw = kura_attestation::simulated::SimulatedHardware::new();
-    let good = dir.path().join("good.json");
-    std::fs::write(&good, hw.issue(&[1; 48], &[2; 64], false).data).unwrap();
-    let out = kura(&[
-        "attest",
-        "verify",
-        "--platform",
-        "simulated",
-        "--evidence",
-        good.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(out.status.code(), Some(0));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Writes evidence to a file and runs `kura attest verify --json` on it.
+    let verify = |name: &str, data: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, data).unwrap();
+        let out = kura(&[
+            "attest",
+            "verify",
+            "--platform",
+            "simulated",
+            "--evidence",
+            path.to_str().unwrap(),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), v)
+    };
+    let good = hw.issue(&[1; 48], &[2; 64], false).data;
+    let (code, v) = verify("good.json", &good);
+    assert_eq!(code, Some(0));
     assert_eq!(v["verdict"], "valid");
     assert_eq!(v["measurement"], "01".repeat(48));
     assert_eq!(v["report_data"], "02".repeat(64));
     assert_eq!(v["debug"], false);
     assert!(v["reason"].is_null());
 
-    let debug = dir.path().join("debug.json");
-    std::fs::write(&debug, hw.issue(&[1; 48], &[2; 64], true).data).unwrap();
-    let out = kura(&[
-        "attest",
-        "verify",
-        "--platform",
-        "simulated",
-        "--evidence",
-        debug.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["verdict"],
-        "invalid"
-    );
+    let (code, v) = verify("debug.json", &hw.issue(&[1; 48], &[2; 64], true).data);
+    assert_eq!((code, v["verdict"].as_str()), (Some(1), Some("invalid")));
 
-    let mut bytes = std::fs::read(&good).unwrap();
-    let i = bytes.len() / 3;
-    bytes[i] ^= 1;
-    std::fs::write(&good, bytes).unwrap();
-    let out = kura(&[
-        "attest",
-        "verify",
-        "--platform",
-        "simulated",
-        "--evidence",
-        good.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let mut flipped = good.clone();
+    flipped[good.len() / 3] ^= 1;
+    let (code, v) = verify("flipped.json", &flipped);
+    assert_eq!((code, v["verdict"].as_str()), (Some(1), Some("invalid")));
 }
 
 /// A `kura serve` child process, killed when dropped.
@@ -1295,47 +1309,37 @@ fn a_killed_service_restarts_with_a_log_that_verifies_and_loses_no_acknowledged_
 async fn forks_and_rollbacks_of_the_log_are_caught_by_a_client_that_saw_it() {
     let room = room().await;
     room.upload("hospital-a", "ehr").await.unwrap();
-    let state = room.dir.join("state");
-    let Room {
-        server,
-        contract,
-        parties,
-        dir,
-        _dir,
-        ..
-    } = room;
-    server.shutdown().await.unwrap();
-    // The host keeps an old copy of the state, and later a second copy to fork from.
-    let old = dir.join("state-old");
-    std::fs::create_dir_all(&old).unwrap();
-    std::fs::copy(state.join("log.redb"), old.join("log.redb")).unwrap();
-
-    let a = start(&contract, &state).await;
-    let key = |n: &str| {
-        SecretIdentity::parse(&parties.iter().find(|p| p.name == n).unwrap().key.to_text()).unwrap()
+    let room = room.stop().await;
+    let (state, contract) = (room.state(), &room.contract);
+    let copy = |name: &str| {
+        let to = room.dir.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(state.join("log.redb"), to.join("log.redb")).unwrap();
+        to
     };
-    let mut client = Client::new(&a.url(), contract.clone(), key("fitness-b")).unwrap();
+    // The host keeps an old copy of the state, and later a second copy to fork from.
+    let old = copy("state-old");
+    let a = start(contract, &state).await;
+    let mut client = room.client(&a.url(), "fitness-b");
     client.audit().await.unwrap();
     let seen = client.known_head().unwrap().clone();
     a.shutdown().await.unwrap();
+    let fork = copy("state-fork");
 
-    let fork = dir.join("state-fork");
-    std::fs::create_dir_all(&fork).unwrap();
-    std::fs::copy(state.join("log.redb"), fork.join("log.redb")).unwrap();
     // The honest continuation extends what the client saw.
-    let honest = start(&contract, &state).await;
-    let mut c = Client::new(&honest.url(), contract.clone(), key("fitness-b"))
-        .unwrap()
-        .with_known_head(Some(seen.clone()));
+    let honest = start(contract, &state).await;
+    let mut c = room
+        .client(&honest.url(), "fitness-b")
+        .with_known_head(Some(seen));
     c.attest().await.unwrap();
     c.audit().await.unwrap();
     let later = c.known_head().unwrap().clone();
     honest.shutdown().await.unwrap();
 
     // A fork made from the same prefix does not extend the later head.
-    let forked = start(&contract, &fork).await;
-    let mut c = Client::new(&forked.url(), contract.clone(), key("fitness-b"))
-        .unwrap()
+    let forked = start(contract, &fork).await;
+    let mut c = room
+        .client(&forked.url(), "fitness-b")
         .with_known_head(Some(later.clone()));
     let err = c.attest().await.unwrap_err();
     assert!(
@@ -1345,9 +1349,9 @@ async fn forks_and_rollbacks_of_the_log_are_caught_by_a_client_that_saw_it() {
     forked.shutdown().await.unwrap();
 
     // The old copy is shorter than what the client saw: a rollback.
-    let rolled_back = start(&contract, &old).await;
-    let mut c = Client::new(&rolled_back.url(), contract.clone(), key("fitness-b"))
-        .unwrap()
+    let rolled_back = start(contract, &old).await;
+    let mut c = room
+        .client(&rolled_back.url(), "fitness-b")
         .with_known_head(Some(later));
     let err = c.attest().await.unwrap_err();
     assert!(
@@ -1360,34 +1364,25 @@ async fn forks_and_rollbacks_of_the_log_are_caught_by_a_client_that_saw_it() {
 async fn a_restart_keeps_deletions_and_records_what_was_lost() {
     let room = room().await;
     room.upload("hospital-a", "ehr").await.unwrap();
-    let state = room.dir.join("state");
-    let Room {
-        server,
-        contract,
-        parties,
-        _dir,
-        ..
-    } = room;
-    server.shutdown().await.unwrap();
-    let again = start(&contract, &state).await;
-    let key = |n: &str| {
-        SecretIdentity::parse(&parties.iter().find(|p| p.name == n).unwrap().key.to_text()).unwrap()
-    };
-    let mut h = Client::new(&again.url(), contract.clone(), key("hospital-a")).unwrap();
+    let room = room.stop().await;
+    let state = room.state();
+    let again = start(&room.contract, &state).await;
+    let mut h = room.client(&again.url(), "hospital-a");
     let report = h.audit().await.unwrap();
     let events: Vec<Event> = report
         .entries
         .iter()
         .map(|e| e.parse_body().unwrap().event)
         .collect();
+    let kinds: Vec<&str> = events.iter().map(Event::kind).collect();
     assert_eq!(
-        events.iter().map(Event::kind).collect::<Vec<_>>(),
+        kinds,
         ["enclave_started", "upload", "enclave_started", "deletion"]
     );
     assert!(
         matches!(&events[3], Event::Deletion { dataset, reason } if dataset == "ehr" && reason.contains("restarted"))
     );
-    let (status, reason) = refused(h.upload("ehr", &_dir.path().join("ehr.csv"), |_| {}).await);
+    let (status, reason) = refused(h.upload("ehr", &room.dir.join("ehr.csv"), |_| {}).await);
     assert_eq!(status, 409, "{reason}");
     assert!(reason.contains("was deleted"), "{reason}");
     // A state directory of another contract is refused.

@@ -6,6 +6,7 @@
 //! crate parses and validates (no I/O); SQL is checked against the schemas by `kura-engine`.
 
 mod error;
+pub mod example;
 mod model;
 mod signature;
 

@@ -9,48 +9,14 @@ use super::*;
 fn contract(extra_analysis_sql: Option<&str>) -> Contract {
     let h = SecretIdentity::generate();
     let f = SecretIdentity::generate();
-    let analysis = extra_analysis_sql.map_or(String::new(), |sql| {
-        format!("[[analyses]]\nname = \"extra\"\nsql = \"{sql}\"\nreceivers = [\"hospital-a\"]\n")
-    });
-    let text = format!(
-        r#"version = 1
-name = "t"
-[[parties]]
-name = "hospital-a"
-public_key = "{}"
-roles = ["provider", "receiver"]
-[[parties]]
-name = "fitness-b"
-public_key = "{}"
-roles = ["provider", "receiver"]
-[[datasets]]
-name = "ehr"
-provider = "hospital-a"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "patient_id", type = "utf8", role = "identifier" }},
-  {{ name = "age_band", type = "utf8", role = "dimension" }},
-  {{ name = "diabetes", type = "boolean", role = "measure" }},
-]
-[[datasets]]
-name = "activity"
-provider = "fitness-b"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "patient_id", type = "utf8", role = "identifier" }},
-  {{ name = "steps_band", type = "utf8", role = "dimension" }},
-]
-{analysis}
-[output]
-min_group_size = 10
-[retention]
-delete_after = "run"
-[enclave]
-platforms = ["simulated"]
-"#,
-        h.public().to_text(),
-        f.public().to_text()
-    );
+    let mut text =
+        kura_contract::example::activity_and_diabetes(&h.public().to_text(), &f.public().to_text());
+    if let Some(sql) = extra_analysis_sql {
+        let analysis = format!(
+            "[[analyses]]\nname = \"extra\"\nsql = \"{sql}\"\nreceivers = [\"hospital-a\"]\n\n[output]"
+        );
+        text = text.replacen("[output]", &analysis, 1);
+    }
     Contract::parse(text.as_bytes()).unwrap()
 }
 

@@ -17,56 +17,9 @@ impl Fixture {
     }
 
     fn text(&self) -> String {
-        format!(
-            r#"version = 1
-name = "activity-and-diabetes"
-purpose = "How daily activity relates to diabetes diagnoses"
-
-[[parties]]
-name = "hospital-a"
-public_key = "{}"
-roles = ["provider", "receiver"]
-
-[[parties]]
-name = "fitness-b"
-public_key = "{}"
-roles = ["provider", "receiver"]
-
-[[datasets]]
-name = "ehr"
-provider = "hospital-a"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "patient_id", type = "utf8", role = "identifier" }},
-  {{ name = "age_band", type = "utf8", role = "dimension" }},
-  {{ name = "diabetes", type = "boolean", role = "measure" }},
-]
-
-[[datasets]]
-name = "activity"
-provider = "fitness-b"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "patient_id", type = "utf8", role = "identifier" }},
-  {{ name = "steps_band", type = "utf8", role = "dimension" }},
-]
-
-[[analyses]]
-name = "diabetes_by_activity"
-sql = "SELECT a.steps_band, COUNT(*) AS people FROM ehr e JOIN activity a ON e.patient_id = a.patient_id GROUP BY a.steps_band"
-receivers = ["hospital-a", "fitness-b"]
-
-[output]
-min_group_size = 10
-
-[retention]
-delete_after = "run"
-
-[enclave]
-platforms = ["simulated"]
-"#,
-            self.hospital.public().to_text(),
-            self.fitness.public().to_text()
+        crate::example::activity_and_diabetes(
+            &self.hospital.public().to_text(),
+            &self.fitness.public().to_text(),
         )
     }
 

@@ -1,0 +1,58 @@
+//! The example contract of the product brief: a hospital and a fitness company, one analysis.
+//! `kura demo` runs it; tests start from it.
+
+/// The analysis of [`activity_and_diabetes`].
+pub const ANALYSIS: &str = "diabetes_by_activity";
+
+/// The contract text with the two parties' public keys filled in.
+pub fn activity_and_diabetes(hospital_pub: &str, fitness_pub: &str) -> String {
+    format!(
+        r#"version = 1
+name = "activity-and-diabetes"
+purpose = "How daily activity relates to diabetes diagnoses"
+
+[[parties]]
+name = "hospital-a"
+public_key = "{hospital_pub}"
+roles = ["provider", "receiver"]
+
+[[parties]]
+name = "fitness-b"
+public_key = "{fitness_pub}"
+roles = ["provider", "receiver"]
+
+[[datasets]]
+name = "ehr"
+provider = "hospital-a"
+privacy_unit = "patient_id"
+columns = [
+  {{ name = "patient_id", type = "utf8",    role = "identifier" }},
+  {{ name = "age_band",   type = "utf8",    role = "dimension" }},
+  {{ name = "diabetes",   type = "boolean", role = "measure" }},
+]
+
+[[datasets]]
+name = "activity"
+provider = "fitness-b"
+privacy_unit = "patient_id"
+columns = [
+  {{ name = "patient_id", type = "utf8", role = "identifier" }},
+  {{ name = "steps_band", type = "utf8", role = "dimension" }},
+]
+
+[[analyses]]
+name = "{ANALYSIS}"
+sql = "SELECT a.steps_band, COUNT(*) AS people, AVG(CAST(e.diabetes AS DOUBLE)) AS diabetes_rate FROM ehr e JOIN activity a ON e.patient_id = a.patient_id GROUP BY a.steps_band ORDER BY a.steps_band"
+receivers = ["hospital-a", "fitness-b"]
+
+[output]
+min_group_size = 10
+
+[retention]
+delete_after = "run"
+
+[enclave]
+platforms = ["simulated"]
+"#
+    )
+}
