@@ -8,6 +8,12 @@ pub enum AttestationError {
     Malformed(String),
     #[error("evidence signature does not verify: {0}")]
     Signature(String),
+    #[error("certificate chain refused: {0}")]
+    Certificate(String),
+    #[error("certificate or collateral not valid at the verification time: {0}")]
+    Expired(String),
+    #[error("evidence and certificate disagree: {0}")]
+    Mismatch(String),
     #[error("platform {0} is not listed in the contract's enclave.platforms")]
     PlatformNotAccepted(Platform),
     #[error("this build of kura cannot verify {0} evidence yet")]
@@ -18,6 +24,8 @@ pub enum AttestationError {
     MeasurementNotAccepted(String),
     #[error("the enclave runs in debug mode, which the contract does not allow")]
     Debug,
+    #[error("the platform's TCB is below the contract's minimum: {0}")]
+    TcbTooLow(String),
     #[error(
         "report data does not bind this contract and these enclave keys (wrong contract, or keys substituted)"
     )]

@@ -10,7 +10,11 @@
 //! This crate never touches the engine or the network.
 
 mod error;
+#[cfg(feature = "sev-snp")]
+pub mod sev_snp;
 pub mod simulated;
+
+use std::collections::BTreeMap;
 
 use kura_contract::{ContractId, EnclavePolicy, Platform};
 use kura_crypto::PublicIdentity;
@@ -37,8 +41,26 @@ pub struct Claims {
     #[serde(with = "hex_bytes")]
     pub report_data: Vec<u8>,
     pub debug: bool,
+    /// Security version numbers the hardware vouches for (for SEV-SNP: bootloader, tee, snp,
+    /// microcode, and fmc on Turin), certified by the signing key.
+    pub svns: Svns,
     /// Who signed the evidence, in words (e.g. the chip's VCEK, or the simulated key).
     pub signer: String,
+}
+
+/// Named security version numbers.
+pub type Svns = BTreeMap<String, u64>;
+
+/// What a verifier needs besides the evidence.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// The time at which certificates and collateral must be valid; now when absent.
+    pub at: Option<time::OffsetDateTime>,
+    /// Certificates (DER, or PEM with any number of blocks): for SEV-SNP the VCEK or VLEK and
+    /// optionally the ASK/ASVK (and ARK, which must be AMD's).
+    pub certs: Vec<Vec<u8>>,
+    /// Intel DCAP collateral, in the JSON layout of the dcap-qvl crate.
+    pub collateral: Option<Vec<u8>>,
 }
 
 mod hex_bytes {
@@ -55,10 +77,20 @@ pub trait Verifier: Send + Sync {
 }
 
 /// The verifier for `platform`, if this build supports it.
-pub fn verifier_for(platform: Platform) -> Result<Box<dyn Verifier>, AttestationError> {
+pub fn verifier_for(
+    platform: Platform,
+    options: &VerifyOptions,
+) -> Result<Box<dyn Verifier>, AttestationError> {
     match platform {
         Platform::Simulated => Ok(Box::new(simulated::SimulatedVerifier)),
-        other => Err(AttestationError::Unsupported(other)),
+        #[cfg(feature = "sev-snp")]
+        Platform::SevSnp => Ok(Box::new(sev_snp::SevSnpVerifier {
+            options: options.clone(),
+        })),
+        other => {
+            let _ = options;
+            Err(AttestationError::Unsupported(other))
+        }
     }
 }
 
@@ -116,9 +148,35 @@ pub fn appraise(policy: &EnclavePolicy, claims: &Claims) -> Result<(), Attestati
             reason = AttestationError::Debug;
             continue;
         }
+        if let Err(low) = check_min_tcb(&entry.min_tcb, &claims.svns) {
+            reason = low;
+            continue;
+        }
         return Ok(());
     }
     Err(reason)
+}
+
+fn check_min_tcb(
+    min: &std::collections::BTreeMap<String, u64>,
+    svns: &Svns,
+) -> Result<(), AttestationError> {
+    for (name, least) in min {
+        match svns.get(name) {
+            Some(have) if have >= least => {}
+            Some(have) => {
+                return Err(AttestationError::TcbTooLow(format!(
+                    "{name} is {have}, the contract requires at least {least}"
+                )));
+            }
+            None => {
+                return Err(AttestationError::TcbTooLow(format!(
+                    "the evidence reports no {name}, which the contract sets a minimum for"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Verifies `evidence`, appraises it against `policy` and checks its binding: everything a
@@ -132,7 +190,7 @@ pub fn verify_enclave(
     if !policy.allows(evidence.platform) {
         return Err(AttestationError::PlatformNotAccepted(evidence.platform));
     }
-    let claims = verifier_for(evidence.platform)?.verify(evidence)?;
+    let claims = verifier_for(evidence.platform, &VerifyOptions::default())?.verify(evidence)?;
     appraise(policy, &claims)?;
     check_binding(&claims, contract, enclave)?;
     Ok(claims)

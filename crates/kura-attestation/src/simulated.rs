@@ -117,6 +117,7 @@ impl Verifier for SimulatedVerifier {
             measurement,
             report_data,
             debug: report.debug,
+            svns: Default::default(),
             signer: format!(
                 "simulated hardware key {} (self-signed, NOT a hardware root of trust)",
                 key.fingerprint()

@@ -89,6 +89,7 @@ fn pinned_measurements_and_debug_are_enforced() {
         platform: "simulated".into(),
         measurements: vec!["aa".repeat(48)],
         allow_debug: false,
+        min_tcb: Default::default(),
     };
     assert!(matches!(
         verify_enclave(&ev, &policy(vec![wrong]), &contract, enclave.public()),
@@ -98,6 +99,7 @@ fn pinned_measurements_and_debug_are_enforced() {
         platform: "simulated".into(),
         measurements: vec!["07".repeat(48)],
         allow_debug: false,
+        min_tcb: Default::default(),
     };
     verify_enclave(
         &ev,
@@ -135,6 +137,7 @@ fn real_platforms_need_a_pinned_measurement() {
         measurement: vec![1; 48],
         report_data: vec![0; 64],
         debug: false,
+        svns: Default::default(),
         signer: "test".into(),
     };
     let p = EnclavePolicy {

@@ -517,17 +517,29 @@ async fn serve(a: ServeArgs) -> Result<ExitCode> {
 
 fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
     let platform: Platform = a.platform.into();
-    if let Some(at) = &a.at {
-        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-            .with_context(|| format!("--at {at:?} is not an RFC 3339 time"))?;
-    }
+    let at =
+        a.at.as_deref()
+            .map(|at| {
+                time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                    .with_context(|| format!("--at {at:?} is not an RFC 3339 time"))
+            })
+            .transpose()?;
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let options = kura_attestation::VerifyOptions {
+        at,
+        certs: a.certs.iter().map(read).collect::<Result<_>>()?,
+        collateral: a.collateral.as_ref().map(read).transpose()?,
+    };
     if platform == Platform::Simulated && (!a.certs.is_empty() || a.collateral.is_some()) {
         eprintln!("note: --certs and --collateral do not apply to simulated evidence");
     }
     let data = std::fs::read(&a.evidence)
         .with_context(|| format!("cannot read {}", a.evidence.display()))?;
     let evidence = kura_attestation::Evidence { platform, data };
-    let result = kura_attestation::verifier_for(platform).and_then(|v| v.verify(&evidence));
+    let result =
+        kura_attestation::verifier_for(platform, &options).and_then(|v| v.verify(&evidence));
     let (verdict, claims, reason) = match result {
         Ok(c) => {
             let reason = c
@@ -546,6 +558,7 @@ fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
                 "measurement": claims.as_ref().map(|c| kura_crypto_hex(&c.measurement)),
                 "report_data": claims.as_ref().map(|c| kura_crypto_hex(&c.report_data)),
                 "debug": claims.as_ref().map(|c| c.debug),
+                "svns": claims.as_ref().map(|c| &c.svns),
                 "signer": claims.as_ref().map(|c| c.signer.clone()),
                 "reason": reason,
             })

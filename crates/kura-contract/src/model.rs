@@ -213,6 +213,10 @@ pub struct AcceptEntry {
     pub measurements: Vec<String>,
     #[serde(default)]
     pub allow_debug: bool,
+    /// Minimum security version numbers, by name (SEV-SNP: `bootloader`, `tee`, `snp`,
+    /// `microcode`, `fmc`). Evidence below any of them, or without one of them, is refused.
+    #[serde(default)]
+    pub min_tcb: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
