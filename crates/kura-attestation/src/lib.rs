@@ -9,6 +9,8 @@
 //!
 //! This crate never touches the engine or the network.
 
+#[cfg(any(feature = "tdx", feature = "sgx"))]
+pub mod dcap;
 mod error;
 #[cfg(feature = "sev-snp")]
 pub mod sev_snp;
@@ -44,6 +46,12 @@ pub struct Claims {
     /// Security version numbers the hardware vouches for (for SEV-SNP: bootloader, tee, snp,
     /// microcode, and fmc on Turin), certified by the signing key.
     pub svns: Svns,
+    /// Further measurement registers by name, hex (TDX: rtmr0-3, mrconfigid; SGX: mrsigner).
+    pub registers: BTreeMap<String, String>,
+    /// The TCB status Intel's collateral gives the platform (DCAP only), e.g. `UpToDate`.
+    pub tcb_status: Option<String>,
+    /// Security advisories that apply to the platform's TCB level (DCAP only).
+    pub advisories: Vec<String>,
     /// Who signed the evidence, in words (e.g. the chip's VCEK, or the simulated key).
     pub signer: String,
 }
@@ -87,6 +95,17 @@ pub fn verifier_for(
         Platform::SevSnp => Ok(Box::new(sev_snp::SevSnpVerifier {
             options: options.clone(),
         })),
+        #[cfg(feature = "tdx")]
+        Platform::Tdx => Ok(Box::new(dcap::DcapVerifier {
+            platform: Platform::Tdx,
+            options: options.clone(),
+        })),
+        #[cfg(feature = "sgx")]
+        Platform::Sgx => Ok(Box::new(dcap::DcapVerifier {
+            platform: Platform::Sgx,
+            options: options.clone(),
+        })),
+        #[allow(unreachable_patterns)]
         other => {
             let _ = options;
             Err(AttestationError::Unsupported(other))
@@ -151,6 +170,24 @@ pub fn appraise(policy: &EnclavePolicy, claims: &Claims) -> Result<(), Attestati
         if let Err(low) = check_min_tcb(&entry.min_tcb, &claims.svns) {
             reason = low;
             continue;
+        }
+        if let Some(status) = &claims.tcb_status {
+            let accepted = if entry.tcb_statuses.is_empty() {
+                status == "UpToDate"
+            } else {
+                entry.tcb_statuses.iter().any(|s| s == status)
+            };
+            if !accepted {
+                reason = AttestationError::TcbTooLow(format!(
+                    "TCB status {status} (advisories: {}) is not among the contract's accepted statuses",
+                    if claims.advisories.is_empty() {
+                        "none".to_string()
+                    } else {
+                        claims.advisories.join(", ")
+                    }
+                ));
+                continue;
+            }
         }
         return Ok(());
     }

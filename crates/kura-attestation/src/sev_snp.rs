@@ -360,6 +360,9 @@ impl Verifier for SevSnpVerifier {
             report_data: report.report_data.to_vec(),
             debug: report.policy.debug_allowed(),
             svns,
+            registers: Default::default(),
+            tcb_status: None,
+            advisories: vec![],
             signer: format!(
                 "AMD SEV-SNP {} ({}), chain to the pinned ARK-{}",
                 chain.kind, chain.product, chain.product

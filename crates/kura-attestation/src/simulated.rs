@@ -118,6 +118,9 @@ impl Verifier for SimulatedVerifier {
             report_data,
             debug: report.debug,
             svns: Default::default(),
+            registers: Default::default(),
+            tcb_status: None,
+            advisories: vec![],
             signer: format!(
                 "simulated hardware key {} (self-signed, NOT a hardware root of trust)",
                 key.fingerprint()

@@ -90,6 +90,7 @@ fn pinned_measurements_and_debug_are_enforced() {
         measurements: vec!["aa".repeat(48)],
         allow_debug: false,
         min_tcb: Default::default(),
+        tcb_statuses: vec![],
     };
     assert!(matches!(
         verify_enclave(&ev, &policy(vec![wrong]), &contract, enclave.public()),
@@ -100,6 +101,7 @@ fn pinned_measurements_and_debug_are_enforced() {
         measurements: vec!["07".repeat(48)],
         allow_debug: false,
         min_tcb: Default::default(),
+        tcb_statuses: vec![],
     };
     verify_enclave(
         &ev,
@@ -138,6 +140,9 @@ fn real_platforms_need_a_pinned_measurement() {
         report_data: vec![0; 64],
         debug: false,
         svns: Default::default(),
+        registers: Default::default(),
+        tcb_status: None,
+        advisories: vec![],
         signer: "test".into(),
     };
     let p = EnclavePolicy {

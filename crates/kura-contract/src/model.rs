@@ -217,6 +217,10 @@ pub struct AcceptEntry {
     /// `microcode`, `fmc`). Evidence below any of them, or without one of them, is refused.
     #[serde(default)]
     pub min_tcb: std::collections::BTreeMap<String, u64>,
+    /// Intel DCAP TCB statuses accepted (e.g. `UpToDate`, `SWHardeningNeeded`); default
+    /// `UpToDate` only.
+    #[serde(default)]
+    pub tcb_statuses: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

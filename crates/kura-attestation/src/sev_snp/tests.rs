@@ -180,6 +180,7 @@ fn a_debug_guest_verifies_but_a_no_debug_policy_refuses_it() {
         measurements: vec![hex::encode(&c.measurement)],
         allow_debug: false,
         min_tcb: Default::default(),
+        tcb_statuses: vec![],
     };
     let policy = EnclavePolicy {
         platforms: vec![Platform::SevSnp],
@@ -211,6 +212,7 @@ fn minimum_tcb_is_enforced() {
             measurements: vec![hex::encode(&c.measurement)],
             allow_debug: false,
             min_tcb: min.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            tcb_statuses: vec![],
         }],
     };
     appraise(&policy(&[("snp", 8), ("microcode", 115)]), &c).unwrap();
