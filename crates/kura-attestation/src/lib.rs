@@ -12,6 +12,8 @@
 #[cfg(any(feature = "tdx", feature = "sgx"))]
 pub mod dcap;
 mod error;
+#[cfg(feature = "nitro")]
+pub mod nitro;
 #[cfg(feature = "sev-snp")]
 pub mod sev_snp;
 pub mod simulated;
@@ -103,6 +105,10 @@ pub fn verifier_for(
         #[cfg(feature = "sgx")]
         Platform::Sgx => Ok(Box::new(dcap::DcapVerifier {
             platform: Platform::Sgx,
+            options: options.clone(),
+        })),
+        #[cfg(feature = "nitro")]
+        Platform::Nitro => Ok(Box::new(nitro::NitroVerifier {
             options: options.clone(),
         })),
         #[allow(unreachable_patterns)]

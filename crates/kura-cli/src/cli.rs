@@ -559,6 +559,9 @@ fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
                 "report_data": claims.as_ref().map(|c| kura_crypto_hex(&c.report_data)),
                 "debug": claims.as_ref().map(|c| c.debug),
                 "svns": claims.as_ref().map(|c| &c.svns),
+                "registers": claims.as_ref().map(|c| &c.registers),
+                "tcb_status": claims.as_ref().and_then(|c| c.tcb_status.clone()),
+                "advisories": claims.as_ref().map(|c| &c.advisories),
                 "signer": claims.as_ref().map(|c| c.signer.clone()),
                 "reason": reason,
             })

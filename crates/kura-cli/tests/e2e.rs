@@ -944,6 +944,52 @@ fn cli_attest_verify_simulated_evidence() {
     let (code, v) = verify("debug.json", &hw.issue(&[1; 48], &[2; 64], true).data);
     assert_eq!((code, v["verdict"].as_str()), (Some(1), Some("invalid")));
 
+    // Real hardware evidence, from ../shared: an SGX quote whose TCB needs configuration and
+    // software hardening is valid as evidence; the status and advisories are reported.
+    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/attestation-vectors/sgx/dcap-qvl");
+    let out = kura(&[
+        "attest",
+        "verify",
+        "--platform",
+        "sgx",
+        "--evidence",
+        vectors.join("sgx_quote").to_str().unwrap(),
+        "--collateral",
+        vectors.join("sgx_quote_collateral.json").to_str().unwrap(),
+        "--at",
+        "2025-06-19T11:56:00Z",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (out.status.code(), v["verdict"].as_str()),
+        (Some(0), Some("valid")),
+        "{v}"
+    );
+    assert_eq!(
+        v["measurement"],
+        "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb"
+    );
+    assert_eq!(v["tcb_status"], "ConfigurationAndSWHardeningNeeded");
+    assert_eq!(
+        v["advisories"],
+        serde_json::json!(["INTEL-SA-00289", "INTEL-SA-00615"])
+    );
+    // Without a pinned time the collateral has expired.
+    let out = kura(&[
+        "attest",
+        "verify",
+        "--platform",
+        "sgx",
+        "--evidence",
+        vectors.join("sgx_quote").to_str().unwrap(),
+        "--collateral",
+        vectors.join("sgx_quote_collateral.json").to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+
     let mut flipped = good.clone();
     flipped[good.len() / 3] ^= 1;
     let (code, v) = verify("flipped.json", &flipped);

@@ -1,0 +1,220 @@
+//! AWS Nitro Enclaves: attestation documents from the Nitro Security Module, a COSE_Sign1
+//! (ES384) over a CBOR map, signed by a short-lived leaf certificate whose chain (`cabundle`)
+//! must end at the AWS Nitro root pinned here.
+//!
+//! The leaf lives about three hours, so verification happens at [`VerifyOptions::at`] (now
+//! when absent); old documents must be checked with a pinned time.
+//! Claims: PCR0 as the measurement, PCR1/2/8 as registers, `user_data` as report data, and
+//! debug when PCR0 is all zeros (the NSM zeroes PCRs of enclaves started in debug mode).
+
+use std::collections::BTreeMap;
+
+use ciborium::Value;
+use coset::{CborSerializable, CoseSign1, TaggedCborSerializable};
+use kura_contract::Platform;
+use p384::ecdsa::signature::Verifier as _;
+use p384::ecdsa::{Signature, VerifyingKey};
+use x509_cert::Certificate;
+use x509_cert::der::{Decode, DecodePem, Encode};
+
+use crate::{AttestationError, Claims, Evidence, Svns, Verifier, VerifyOptions};
+
+/// The AWS Nitro Enclaves root (CN=aws.nitro-enclaves), as published by AWS.
+pub const AWS_NITRO_ROOT_PEM: &[u8] = include_bytes!("nitro/aws_nitro_root.pem");
+
+fn malformed(what: impl Into<String>) -> AttestationError {
+    AttestationError::Malformed(what.into())
+}
+
+/// Verifies Nitro attestation documents.
+#[derive(Debug)]
+pub struct NitroVerifier {
+    pub(crate) options: VerifyOptions,
+}
+
+/// The document as raw COSE bytes, or base64 text of them.
+fn decode_document(data: &[u8]) -> Vec<u8> {
+    let text: Vec<u8> = data
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    match std::str::from_utf8(&text)
+        .ok()
+        .map(kura_crypto::b64::decode)
+    {
+        Some(Ok(raw)) if !raw.is_empty() => raw,
+        _ => data.to_vec(),
+    }
+}
+
+fn field<'a>(map: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
+    map.iter()
+        .find(|(k, _)| k.as_text() == Some(name))
+        .map(|(_, v)| v)
+}
+
+fn bytes_field(map: &[(Value, Value)], name: &str) -> Result<Option<Vec<u8>>, AttestationError> {
+    match field(map, name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bytes(b)) => Ok(Some(b.clone())),
+        Some(_) => Err(malformed(format!(
+            "Nitro document field {name} is not bytes"
+        ))),
+    }
+}
+
+fn key_of(cert: &Certificate) -> Result<VerifyingKey, AttestationError> {
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes();
+    VerifyingKey::from_sec1_bytes(spki).map_err(|_| {
+        AttestationError::Certificate("a certificate in the chain has no P-384 key".into())
+    })
+}
+
+/// Checks that `issuer` signed `cert` (ecdsa-with-SHA384) and that `cert` is valid at `at`.
+fn check_link(issuer: &Certificate, cert: &Certificate, at: i64) -> Result<(), AttestationError> {
+    let tbs = cert
+        .tbs_certificate
+        .to_der()
+        .map_err(|e| AttestationError::Certificate(e.to_string()))?;
+    let sig = Signature::from_der(cert.signature.raw_bytes()).map_err(|_| {
+        AttestationError::Certificate("certificate signature is not ECDSA P-384".into())
+    })?;
+    key_of(issuer)?.verify(&tbs, &sig).map_err(|_| {
+        AttestationError::Certificate(format!(
+            "{} is not signed by {}",
+            cert.tbs_certificate.subject, issuer.tbs_certificate.subject
+        ))
+    })?;
+    let v = &cert.tbs_certificate.validity;
+    let (from, until) = (
+        v.not_before.to_unix_duration().as_secs() as i64,
+        v.not_after.to_unix_duration().as_secs() as i64,
+    );
+    if at < from || at > until {
+        return Err(AttestationError::Expired(format!(
+            "{} is valid from {} to {} (unix seconds), not at {at}: pin the verification time with --at",
+            cert.tbs_certificate.subject, from, until
+        )));
+    }
+    Ok(())
+}
+
+impl Verifier for NitroVerifier {
+    fn platform(&self) -> Platform {
+        Platform::Nitro
+    }
+
+    fn verify(&self, evidence: &Evidence) -> Result<Claims, AttestationError> {
+        let raw = decode_document(&evidence.data);
+        let sign1 = CoseSign1::from_tagged_slice(&raw)
+            .or_else(|_| CoseSign1::from_slice(&raw))
+            .map_err(|e| malformed(format!("not a COSE_Sign1 document: {e}")))?;
+        if sign1.protected.header.alg
+            != Some(coset::RegisteredLabelWithPrivate::Assigned(
+                coset::iana::Algorithm::ES384,
+            ))
+        {
+            return Err(malformed("the document is not signed with ES384"));
+        }
+        let payload = sign1
+            .payload
+            .as_deref()
+            .ok_or_else(|| malformed("the document has no payload"))?;
+        let doc: Value =
+            ciborium::from_reader(payload).map_err(|e| malformed(format!("payload: {e}")))?;
+        let map = doc
+            .as_map()
+            .ok_or_else(|| malformed("the payload is not a CBOR map"))?;
+
+        let leaf_der =
+            bytes_field(map, "certificate")?.ok_or_else(|| malformed("no certificate"))?;
+        let leaf =
+            Certificate::from_der(&leaf_der).map_err(|e| malformed(format!("certificate: {e}")))?;
+        let bundle: Vec<Certificate> = match field(map, "cabundle") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_bytes()
+                        .ok_or_else(|| malformed("cabundle entry is not bytes"))
+                        .and_then(|b| {
+                            Certificate::from_der(b)
+                                .map_err(|e| malformed(format!("cabundle: {e}")))
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(malformed("no cabundle")),
+        };
+        let timestamp_ms = match field(map, "timestamp") {
+            Some(Value::Integer(i)) => u64::try_from(*i).map_err(|_| malformed("bad timestamp"))?,
+            _ => return Err(malformed("no timestamp")),
+        };
+        let at = self
+            .options
+            .at
+            .map(|t| t.unix_timestamp())
+            .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
+
+        // cabundle = [root, intermediates...]; the root must be AWS's.
+        let root = Certificate::from_pem(AWS_NITRO_ROOT_PEM).expect("pinned root parses");
+        let first = bundle.first().ok_or_else(|| malformed("empty cabundle"))?;
+        if first.to_der().ok() != root.to_der().ok() {
+            return Err(AttestationError::Certificate(
+                "the chain does not start at the pinned AWS Nitro root".into(),
+            ));
+        }
+        let mut issuer = &root;
+        for cert in bundle.iter().skip(1).chain(std::iter::once(&leaf)) {
+            check_link(issuer, cert, at)?;
+            issuer = cert;
+        }
+        let key = key_of(&leaf)?;
+        sign1
+            .verify_signature(b"", |sig, data| {
+                let sig = Signature::from_slice(sig).map_err(|_| ())?;
+                key.verify(data, &sig).map_err(|_| ())
+            })
+            .map_err(|_| {
+                AttestationError::Signature("the document is not signed by its certificate".into())
+            })?;
+
+        let pcrs: BTreeMap<u64, Vec<u8>> = match field(map, "pcrs") {
+            Some(Value::Map(entries)) => entries
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((u64::try_from(k.as_integer()?).ok()?, v.as_bytes()?.clone()))
+                })
+                .collect(),
+            _ => return Err(malformed("no pcrs")),
+        };
+        let pcr0 = pcrs.get(&0).cloned().ok_or_else(|| malformed("no PCR0"))?;
+        let mut registers = BTreeMap::new();
+        for i in [1u64, 2, 8] {
+            if let Some(v) = pcrs.get(&i) {
+                registers.insert(format!("pcr{i}"), hex::encode(v));
+            }
+        }
+        registers.insert("timestamp_ms".into(), timestamp_ms.to_string());
+        Ok(Claims {
+            platform: Platform::Nitro,
+            debug: pcr0.iter().all(|b| *b == 0),
+            measurement: pcr0,
+            report_data: bytes_field(map, "user_data")?.unwrap_or_default(),
+            svns: Svns::new(),
+            registers,
+            tcb_status: None,
+            advisories: vec![],
+            signer: format!(
+                "AWS Nitro Secure Module, chain of {} to the pinned AWS Nitro root",
+                bundle.len()
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,104 @@
+//! Against Nitro attestation documents from real enclaves (../shared/attestation-vectors/nitro),
+//! verified at each document's timestamp.
+
+use std::path::PathBuf;
+
+use super::*;
+
+fn read(name: &str) -> Vec<u8> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/attestation-vectors/nitro/evervault");
+    assert!(
+        dir.is_dir(),
+        "attestation vectors missing at {}: ../shared must sit beside the project",
+        dir.display()
+    );
+    std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn verify(name: &str, at: &str) -> Result<Claims, AttestationError> {
+    verify_bytes(read(name), at)
+}
+
+fn verify_bytes(data: Vec<u8>, at: &str) -> Result<Claims, AttestationError> {
+    let options = VerifyOptions {
+        at: Some(
+            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                .unwrap(),
+        ),
+        ..Default::default()
+    };
+    NitroVerifier { options }.verify(&Evidence {
+        platform: Platform::Nitro,
+        data,
+    })
+}
+
+#[test]
+fn the_pinned_root_is_the_one_aws_publishes() {
+    let root = Certificate::from_pem(AWS_NITRO_ROOT_PEM).unwrap();
+    let fingerprint = hex::encode(kura_crypto::sha256(&root.to_der().unwrap()));
+    assert!(
+        fingerprint.starts_with("641a0321") && fingerprint.ends_with("79bb5b"),
+        "{fingerprint}"
+    );
+    assert_eq!(
+        root.to_der().unwrap(),
+        Certificate::from_pem(read("nitro.pem"))
+            .unwrap()
+            .to_der()
+            .unwrap()
+    );
+}
+
+#[test]
+fn a_production_document_is_valid_at_its_timestamp() {
+    let c = verify("beta_valid-attestation-doc-bytes", "2022-10-13T08:58:03Z").unwrap();
+    assert_eq!(
+        hex::encode(&c.measurement),
+        "f4d48b81a460c9916d1e685119074bf24660afd3e34fae9fca0a0d28d9d5599936332687e6f66fc890ac8cf150142d8b"
+    );
+    assert!(!c.debug);
+    assert!(c.registers.contains_key("pcr1") && c.registers.contains_key("pcr2"));
+}
+
+#[test]
+fn debug_documents_verify_and_say_so() {
+    let c = verify(
+        "beta_debug-mode-attestation-doc-bytes",
+        "2022-10-12T13:50:07Z",
+    )
+    .unwrap();
+    assert!(c.debug);
+    assert_eq!(c.report_data, b"hello, world!");
+    let c = verify("valid-attestation-doc-base64", "2023-09-18T15:03:31Z").unwrap();
+    assert!(c.debug, "PCR0-2 are zero in this document");
+}
+
+#[test]
+fn the_short_lived_leaf_is_refused_outside_its_hours() {
+    let err = verify("beta_valid-attestation-doc-bytes", "2022-10-14T12:00:00Z").unwrap_err();
+    assert!(matches!(err, AttestationError::Expired(_)), "{err}");
+    let err = verify("beta_valid-attestation-doc-bytes", "2026-01-01T00:00:00Z").unwrap_err();
+    assert!(matches!(err, AttestationError::Expired(_)), "{err}");
+}
+
+#[test]
+fn tampered_documents_are_refused() {
+    let doc = read("beta_valid-attestation-doc-bytes");
+    let at = "2022-10-13T08:58:03Z";
+    // Flip bits across the whole document: header, payload (PCRs, certificates), signature.
+    let mut unnoticed = vec![];
+    for i in (0..doc.len()).step_by(17) {
+        let mut bad = doc.clone();
+        bad[i] ^= 0x01;
+        if verify_bytes(bad, at).is_ok() {
+            unnoticed.push(i);
+        }
+    }
+    assert!(
+        unnoticed.is_empty(),
+        "flips at {unnoticed:?} went unnoticed"
+    );
+    assert!(verify_bytes(doc[..doc.len() - 10].to_vec(), at).is_err());
+}
