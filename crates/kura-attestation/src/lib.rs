@@ -9,6 +9,8 @@
 //!
 //! This crate never touches the engine or the network.
 
+#[cfg(any(feature = "sev-snp", feature = "nitro"))]
+mod cache;
 #[cfg(any(feature = "tdx", feature = "sgx"))]
 pub mod dcap;
 mod error;

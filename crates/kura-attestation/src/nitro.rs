@@ -12,8 +12,7 @@ use std::collections::BTreeMap;
 use ciborium::Value;
 use coset::{CborSerializable, CoseSign1, TaggedCborSerializable};
 use kura_contract::Platform;
-use p384::ecdsa::signature::Verifier as _;
-use p384::ecdsa::{Signature, VerifyingKey};
+use ring::signature::{ECDSA_P384_SHA384_ASN1, ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
 use x509_cert::Certificate;
 use x509_cert::der::{Decode, DecodePem, Encode};
 
@@ -64,31 +63,34 @@ fn bytes_field(map: &[(Value, Value)], name: &str) -> Result<Option<Vec<u8>>, At
     }
 }
 
-fn key_of(cert: &Certificate) -> Result<VerifyingKey, AttestationError> {
-    let spki = cert
-        .tbs_certificate
+/// The certificate's public key (SEC1 point); ring checks that it is a valid P-384 point.
+fn key_of(cert: &Certificate) -> &[u8] {
+    cert.tbs_certificate
         .subject_public_key_info
         .subject_public_key
-        .raw_bytes();
-    VerifyingKey::from_sec1_bytes(spki).map_err(|_| {
-        AttestationError::Certificate("a certificate in the chain has no P-384 key".into())
-    })
+        .raw_bytes()
 }
 
 /// Checks that `issuer` signed `cert` (ecdsa-with-SHA384) and that `cert` is valid at `at`.
 fn check_link(issuer: &Certificate, cert: &Certificate, at: i64) -> Result<(), AttestationError> {
-    let tbs = cert
-        .tbs_certificate
-        .to_der()
-        .map_err(|e| AttestationError::Certificate(e.to_string()))?;
-    let sig = Signature::from_der(cert.signature.raw_bytes()).map_err(|_| {
-        AttestationError::Certificate("certificate signature is not ECDSA P-384".into())
-    })?;
-    key_of(issuer)?.verify(&tbs, &sig).map_err(|_| {
-        AttestationError::Certificate(format!(
-            "{} is not signed by {}",
-            cert.tbs_certificate.subject, issuer.tbs_certificate.subject
-        ))
+    let der = |c: &Certificate| {
+        c.to_der()
+            .map_err(|e| AttestationError::Certificate(e.to_string()))
+    };
+    let key = crate::cache::key("x509-link", &[&der(issuer)?, &der(cert)?]);
+    crate::cache::verified(key, || {
+        let tbs = cert
+            .tbs_certificate
+            .to_der()
+            .map_err(|e| AttestationError::Certificate(e.to_string()))?;
+        UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, key_of(issuer))
+            .verify(&tbs, cert.signature.raw_bytes())
+            .map_err(|_| {
+                AttestationError::Certificate(format!(
+                    "{} is not signed by {} with ECDSA P-384",
+                    cert.tbs_certificate.subject, issuer.tbs_certificate.subject
+                ))
+            })
     })?;
     let v = &cert.tbs_certificate.validity;
     let (from, until) = (
@@ -172,12 +174,9 @@ impl Verifier for NitroVerifier {
             check_link(issuer, cert, at)?;
             issuer = cert;
         }
-        let key = key_of(&leaf)?;
+        let leaf_key = UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, key_of(&leaf));
         sign1
-            .verify_signature(b"", |sig, data| {
-                let sig = Signature::from_slice(sig).map_err(|_| ())?;
-                key.verify(data, &sig).map_err(|_| ())
-            })
+            .verify_signature(b"", |sig, data| leaf_key.verify(data, sig))
             .map_err(|_| {
                 AttestationError::Signature("the document is not signed by its certificate".into())
             })?;

@@ -56,7 +56,6 @@ pub struct VerifiedChain {
     pub product: &'static str,
     pub kind: KeyKind,
     pub vek: Certificate,
-    chain: Chain,
 }
 
 fn chain_err(reason: impl Into<String>) -> AttestationError {
@@ -158,12 +157,27 @@ pub fn verify_chain(certs: &[Certificate]) -> Result<VerifiedChain, AttestationE
                 },
                 vek: vek_sev.clone(),
             };
-            if (&chain).verify().is_ok() {
+            let key = crate::cache::key(
+                "snp-chain",
+                &[
+                    &chain
+                        .ca
+                        .ark
+                        .to_der()
+                        .map_err(|e| chain_err(e.to_string()))?,
+                    &chain
+                        .ca
+                        .ask
+                        .to_der()
+                        .map_err(|e| chain_err(e.to_string()))?,
+                    &chain.vek.to_der().map_err(|e| chain_err(e.to_string()))?,
+                ],
+            );
+            if crate::cache::verified(key, || (&chain).verify().map(|_| ())).is_ok() {
                 return Ok(VerifiedChain {
                     product,
                     kind,
                     vek: vek.clone(),
-                    chain,
                 });
             }
         }
@@ -300,12 +314,25 @@ impl Verifier for SevSnpVerifier {
                 kind, chain.kind
             )));
         }
-        (&chain.chain, &report).verify().map_err(|_| {
-            AttestationError::Signature(format!(
-                "the report is not signed by this {:?}",
-                chain.kind
-            ))
-        })?;
+        // The chain verified (or was verified before): only the report signature remains. It is
+        // checked with ring over the received bytes (equal to the canonical encoding, above):
+        // R and S are 72-byte little-endian fields at 0x2A0 and 0x2E8 holding 48-byte scalars.
+        let be = |at: usize| raw[at..at + 48].iter().rev().copied().collect::<Vec<u8>>();
+        let signature = [be(0x2a0), be(0x2e8)].concat();
+        let vek_key = chain
+            .vek
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes();
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_FIXED, vek_key)
+            .verify(&raw[..0x2a0], &signature)
+            .map_err(|_| {
+                AttestationError::Signature(format!(
+                    "the report is not signed by this {}",
+                    chain.kind
+                ))
+            })?;
 
         let at = self
             .options
