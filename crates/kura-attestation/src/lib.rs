@@ -35,6 +35,25 @@ pub struct Evidence {
     pub platform: Platform,
     #[serde(with = "kura_crypto::b64::serde_bytes")]
     pub data: Vec<u8>,
+    /// Certificates the platform hands out with the evidence (SEV-SNP: VCEK or VLEK, ASK, ARK,
+    /// DER). Untrusted: verified against the pinned roots like any other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "b64_list")]
+    pub certs: Vec<Vec<u8>>,
+}
+
+mod b64_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(kura_crypto::b64::encode))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| kura_crypto::b64::decode(t).map_err(serde::de::Error::custom))
+            .collect()
+    }
 }
 
 /// What verified evidence says.
@@ -235,7 +254,11 @@ pub fn verify_enclave(
     if !policy.allows(evidence.platform) {
         return Err(AttestationError::PlatformNotAccepted(evidence.platform));
     }
-    let claims = verifier_for(evidence.platform, &VerifyOptions::default())?.verify(evidence)?;
+    let options = VerifyOptions {
+        certs: evidence.certs.clone(),
+        ..Default::default()
+    };
+    let claims = verifier_for(evidence.platform, &options)?.verify(evidence)?;
     appraise(policy, &claims)?;
     check_binding(&claims, contract, enclave)?;
     Ok(claims)

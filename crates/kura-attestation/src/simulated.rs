@@ -71,6 +71,7 @@ impl SimulatedHardware {
         Evidence {
             platform: Platform::Simulated,
             data: serde_json::to_vec(&signed).expect("evidence serialises"),
+            certs: vec![],
         }
     }
 }

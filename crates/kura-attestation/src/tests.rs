@@ -67,6 +67,7 @@ fn tampered_evidence_is_refused() {
     let tampered = Evidence {
         platform: Platform::Simulated,
         data: text.replacen("0707", "0708", 1).into_bytes(),
+        certs: vec![],
     };
     assert!(matches!(
         verify_enclave(&tampered, &policy(vec![]), &contract, enclave.public()),
@@ -75,6 +76,7 @@ fn tampered_evidence_is_refused() {
     let truncated = Evidence {
         platform: Platform::Simulated,
         data: ev.data[..ev.data.len() / 2].to_vec(),
+        certs: vec![],
     };
     assert!(matches!(
         verify_enclave(&truncated, &policy(vec![]), &contract, enclave.public()),

@@ -85,6 +85,7 @@ mod tests {
             evidence: Evidence {
                 platform: Platform::Simulated,
                 data: b"evidence".to_vec(),
+                certs: vec![],
             },
         }
     }

@@ -11,6 +11,7 @@ mod error;
 mod evidence;
 mod http;
 mod service;
+pub mod tsm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

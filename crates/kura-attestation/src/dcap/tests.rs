@@ -34,6 +34,7 @@ fn verify(
     DcapVerifier { platform, options }.verify(&Evidence {
         platform,
         data: read(quote),
+        certs: vec![],
     })
 }
 
@@ -192,7 +193,8 @@ fn tampered_quotes_and_collateral_are_refused() {
             verifier
                 .verify(&Evidence {
                     platform: Platform::Tdx,
-                    data: bad
+                    data: bad,
+                    certs: vec![]
                 })
                 .is_err(),
             "flip at {i:#x} went unnoticed"
@@ -203,7 +205,8 @@ fn tampered_quotes_and_collateral_are_refused() {
         verifier
             .verify(&Evidence {
                 platform: Platform::Tdx,
-                data: truncated
+                data: truncated,
+                certs: vec![]
             })
             .is_err()
     );
@@ -220,7 +223,8 @@ fn tampered_quotes_and_collateral_are_refused() {
         verifier
             .verify(&Evidence {
                 platform: Platform::Tdx,
-                data: quote.clone()
+                data: quote.clone(),
+                certs: vec![]
             })
             .is_err()
     );
@@ -233,6 +237,7 @@ fn tampered_quotes_and_collateral_are_refused() {
         .verify(&Evidence {
             platform: Platform::Tdx,
             data: quote,
+            certs: vec![],
         })
         .unwrap_err();
     assert!(

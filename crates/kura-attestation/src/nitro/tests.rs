@@ -31,6 +31,7 @@ fn verify_bytes(data: Vec<u8>, at: &str) -> Result<Claims, AttestationError> {
     NitroVerifier { options }.verify(&Evidence {
         platform: Platform::Nitro,
         data,
+        certs: vec![],
     })
 }
 

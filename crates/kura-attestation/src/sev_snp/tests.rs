@@ -40,6 +40,7 @@ fn verify(report: &str, certs: &[&str], when: Option<&str>) -> Result<Claims, At
     verifier.verify(&Evidence {
         platform: Platform::SevSnp,
         data: read(report),
+        certs: vec![],
     })
 }
 
@@ -289,6 +290,7 @@ fn every_bit_flip_in_the_signed_report_is_refused() {
         let result = verifier.verify(&Evidence {
             platform: Platform::SevSnp,
             data: bad,
+            certs: vec![],
         });
         assert!(result.is_err(), "flip in signed byte {i:#x} went unnoticed");
     }
@@ -299,7 +301,8 @@ fn every_bit_flip_in_the_signed_report_is_refused() {
         verifier
             .verify(&Evidence {
                 platform: Platform::SevSnp,
-                data: bad
+                data: bad,
+                certs: vec![]
             })
             .is_err()
     );
@@ -308,6 +311,7 @@ fn every_bit_flip_in_the_signed_report_is_refused() {
         .verify(&Evidence {
             platform: Platform::SevSnp,
             data: raw[..1000].to_vec(),
+            certs: vec![],
         })
         .unwrap_err();
     assert!(matches!(err, AttestationError::Malformed(_)), "{err}");
@@ -319,10 +323,47 @@ fn every_bit_flip_in_the_signed_report_is_refused() {
         .verify(&Evidence {
             platform: Platform::SevSnp,
             data: raw,
+            certs: vec![],
         })
         .unwrap_err();
     assert!(
         matches!(&err, AttestationError::Certificate(r) if r.contains("--certs")),
         "{err}"
     );
+}
+
+#[test]
+fn certificates_carried_in_the_evidence_reach_the_verifier() {
+    let raw = read("virtee-sev/report_milan.hex");
+    let evidence = Evidence {
+        platform: Platform::SevSnp,
+        data: raw,
+        certs: vec![read("virtee-sev/vcek_milan.der")],
+    };
+    let policy = EnclavePolicy {
+        platforms: vec![Platform::SevSnp],
+        accept: vec![AcceptEntry {
+            platform: "sev-snp".into(),
+            measurements: vec!["7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f".into()],
+            allow_debug: false,
+            min_tcb: Default::default(),
+            tcb_statuses: vec![],
+        }],
+    };
+    let contract = kura_contract::ContractId::of(b"contract");
+    let key = kura_crypto::SecretIdentity::generate();
+    // Chain, signature and policy pass; the report's data does not bind our keys.
+    assert_eq!(
+        crate::verify_enclave(&evidence, &policy, &contract, key.public()),
+        Err(AttestationError::Binding)
+    );
+    // Without the certificates the chain cannot be checked at all.
+    let bare = Evidence {
+        certs: vec![],
+        ..evidence
+    };
+    assert!(matches!(
+        crate::verify_enclave(&bare, &policy, &contract, key.public()),
+        Err(AttestationError::Certificate(_))
+    ));
 }
