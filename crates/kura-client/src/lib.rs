@@ -238,15 +238,15 @@ impl Client {
         Ok(self.enclave.clone().expect("attested"))
     }
 
-    fn request(&self, enclave: &VerifiedEnclave, action: Action) -> (RequestBody, SignedRequest) {
+    /// A request for this contract and this enclave instance, with a fresh nonce, signed.
+    fn request(&self, enclave: &VerifiedEnclave, action: Action) -> SignedRequest {
         let body = RequestBody {
             contract_id: self.contract.id().to_string(),
             enclave: enclave.key.fingerprint(),
             nonce: kura_api::nonce(),
             action,
         };
-        let signed = SignedRequest::new(&self.party, &self.me, &body);
-        (body, signed)
+        SignedRequest::new(&self.party, &self.me, &body)
     }
 
     async fn call<T: serde::de::DeserializeOwned>(
@@ -264,7 +264,7 @@ impl Client {
         route: &str,
         action: Action,
     ) -> Result<T, ClientError> {
-        let (_, req) = self.request(enclave, action);
+        let req = self.request(enclave, action);
         let resp = self
             .http
             .post(self.url(route))
@@ -317,19 +317,27 @@ impl Client {
             )));
         }
         let enclave = self.enclave().await?;
-        // The header is signed before the key is wrapped because the wrap's context includes
-        // the request nonce; build the body, then fill in the wrapped key and sign.
-        let (mut body, _) = self.request(&enclave, Action::Audit);
-        let context =
-            kura_api::upload_context(&body.contract_id, dataset, &body.enclave, &body.nonce);
+        // The data key is wrapped under a context that includes the request's nonce, so the
+        // nonce is drawn first and the signed header then carries the wrapped key.
+        let (contract_id, fingerprint, nonce) = (
+            self.contract.id().to_string(),
+            enclave.key.fingerprint(),
+            kura_api::nonce(),
+        );
+        let context = kura_api::upload_context(&contract_id, dataset, &fingerprint, &nonce);
         let key = DataKey::generate();
         let wrapped = kura_crypto::seal(&enclave.key, &context, b"", key.as_bytes())
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        body.action = Action::Upload(UploadHeader {
-            dataset: dataset.to_string(),
-            format: format.to_string(),
-            wrapped_key: wrapped,
-        });
+        let body = RequestBody {
+            contract_id,
+            enclave: fingerprint,
+            nonce,
+            action: Action::Upload(UploadHeader {
+                dataset: dataset.to_string(),
+                format: format.to_string(),
+                wrapped_key: wrapped,
+            }),
+        };
         let signed = SignedRequest::new(&self.party, &self.me, &body);
         let resp = self
             .http
