@@ -194,6 +194,18 @@ pub fn appraise(policy: &EnclavePolicy, claims: &Claims) -> Result<(), Attestati
             reason = AttestationError::Debug;
             continue;
         }
+        if let Some((name, _)) = entry.registers.iter().find(|(name, want)| {
+            claims
+                .registers
+                .get(*name)
+                .is_none_or(|have| !have.eq_ignore_ascii_case(want))
+        }) {
+            reason = AttestationError::MeasurementNotAccepted(format!(
+                "register {name} = {} (the contract requires another value)",
+                claims.registers.get(name).map_or("absent", String::as_str)
+            ));
+            continue;
+        }
         if let Err(low) = check_min_tcb(&entry.min_tcb, &claims.svns) {
             reason = low;
             continue;

@@ -93,6 +93,7 @@ fn pinned_measurements_and_debug_are_enforced() {
         allow_debug: false,
         min_tcb: Default::default(),
         tcb_statuses: vec![],
+        registers: Default::default(),
     };
     assert!(matches!(
         verify_enclave(&ev, &policy(vec![wrong]), &contract, enclave.public()),
@@ -104,6 +105,7 @@ fn pinned_measurements_and_debug_are_enforced() {
         allow_debug: false,
         min_tcb: Default::default(),
         tcb_statuses: vec![],
+        registers: Default::default(),
     };
     verify_enclave(
         &ev,

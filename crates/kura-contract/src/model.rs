@@ -221,6 +221,10 @@ pub struct AcceptEntry {
     /// `UpToDate` only.
     #[serde(default)]
     pub tcb_statuses: Vec<String>,
+    /// Further registers that must have exactly these values (hex), by name: TDX `rtmr0`-`rtmr3`
+    /// and `mrconfigid`, SGX `mrsigner`, Nitro `pcr1`, `pcr2`, `pcr8`.
+    #[serde(default)]
+    pub registers: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -155,6 +155,7 @@ fn sgx_quote_is_valid_with_its_advisories_and_the_contract_decides() {
             allow_debug: false,
             min_tcb: Default::default(),
             tcb_statuses: statuses.iter().map(|s| s.to_string()).collect(),
+            registers: Default::default(),
         }],
     };
     let err = appraise(&entry(&[]), &c).unwrap_err();
@@ -256,4 +257,44 @@ fn go_tdx_guest_2023_quote_has_no_matching_tcb_level() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("No matching TCB level"), "{err}");
+}
+
+#[test]
+fn rtmrs_can_be_pinned_by_the_contract() {
+    let c = verify(
+        Platform::Tdx,
+        "tdx/dcap-qvl/tdx_quote",
+        "tdx/dcap-qvl/tdx_quote_collateral.json",
+        TDX_AT,
+    )
+    .unwrap();
+    let policy = |registers: &[(&str, String)]| EnclavePolicy {
+        platforms: vec![Platform::Tdx],
+        accept: vec![AcceptEntry {
+            platform: "tdx".into(),
+            measurements: vec![hex::encode(&c.measurement)],
+            allow_debug: false,
+            min_tcb: Default::default(),
+            tcb_statuses: vec![],
+            registers: registers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }],
+    };
+    appraise(
+        &policy(&[("rtmr0", c.registers["rtmr0"].to_uppercase())]),
+        &c,
+    )
+    .unwrap();
+    let err = appraise(&policy(&[("rtmr0", "00".repeat(48))]), &c).unwrap_err();
+    assert!(
+        matches!(&err, AttestationError::MeasurementNotAccepted(r) if r.contains("rtmr0")),
+        "{err}"
+    );
+    let err = appraise(&policy(&[("pcr8", "00".repeat(48))]), &c).unwrap_err();
+    assert!(
+        matches!(&err, AttestationError::MeasurementNotAccepted(r) if r.contains("pcr8 = absent")),
+        "{err}"
+    );
 }

@@ -103,3 +103,22 @@ fn tampered_documents_are_refused() {
     );
     assert!(verify_bytes(doc[..doc.len() - 10].to_vec(), at).is_err());
 }
+
+#[test]
+fn pcrs_can_be_pinned_by_the_contract() {
+    use kura_contract::{AcceptEntry, EnclavePolicy};
+    let c = verify("beta_valid-attestation-doc-bytes", "2022-10-13T08:58:03Z").unwrap();
+    let policy = |pcr1: String| EnclavePolicy {
+        platforms: vec![Platform::Nitro],
+        accept: vec![AcceptEntry {
+            platform: "nitro".into(),
+            measurements: vec![hex::encode(&c.measurement)],
+            allow_debug: false,
+            min_tcb: Default::default(),
+            tcb_statuses: vec![],
+            registers: [("pcr1".to_string(), pcr1)].into_iter().collect(),
+        }],
+    };
+    crate::appraise(&policy(c.registers["pcr1"].clone()), &c).unwrap();
+    assert!(crate::appraise(&policy("ab".repeat(48)), &c).is_err());
+}

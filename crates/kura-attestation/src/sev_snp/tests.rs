@@ -182,6 +182,7 @@ fn a_debug_guest_verifies_but_a_no_debug_policy_refuses_it() {
         allow_debug: false,
         min_tcb: Default::default(),
         tcb_statuses: vec![],
+        registers: Default::default(),
     };
     let policy = EnclavePolicy {
         platforms: vec![Platform::SevSnp],
@@ -214,6 +215,7 @@ fn minimum_tcb_is_enforced() {
             allow_debug: false,
             min_tcb: min.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             tcb_statuses: vec![],
+            registers: Default::default(),
         }],
     };
     appraise(&policy(&[("snp", 8), ("microcode", 115)]), &c).unwrap();
@@ -348,6 +350,7 @@ fn certificates_carried_in_the_evidence_reach_the_verifier() {
             allow_debug: false,
             min_tcb: Default::default(),
             tcb_statuses: vec![],
+            registers: Default::default(),
         }],
     };
     let contract = kura_contract::ContractId::of(b"contract");
