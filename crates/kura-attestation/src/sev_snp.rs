@@ -56,6 +56,8 @@ pub struct VerifiedChain {
     pub product: &'static str,
     pub kind: KeyKind,
     pub vek: Certificate,
+    /// The ASK or ASVK that signed the VEK (given, or the pinned ASK).
+    pub ask: Certificate,
 }
 
 fn chain_err(reason: impl Into<String>) -> AttestationError {
@@ -142,14 +144,12 @@ pub fn verify_chain(certs: &[Certificate]) -> Result<VerifiedChain, AttestationE
     let vek_sev = to_sev(vek)?;
     for (product, ark_pem, ask_pem) in PRODUCTS {
         let ark = SevCertificate::from_pem(ark_pem).map_err(|e| chain_err(e.to_string()))?;
-        let mut asks = intermediates
-            .iter()
-            .map(|c| to_sev(c))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut asks: Vec<Certificate> = intermediates.iter().map(|c| (*c).clone()).collect();
         if kind == KeyKind::Vcek {
-            asks.push(SevCertificate::from_pem(ask_pem).map_err(|e| chain_err(e.to_string()))?);
+            asks.push(Certificate::from_pem(ask_pem).map_err(|e| chain_err(e.to_string()))?);
         }
-        for ask in asks {
+        for ask_cert in asks {
+            let ask = to_sev(&ask_cert)?;
             let chain = Chain {
                 ca: ca::Chain {
                     ark: ark.clone(),
@@ -178,6 +178,7 @@ pub fn verify_chain(certs: &[Certificate]) -> Result<VerifiedChain, AttestationE
                     product,
                     kind,
                     vek: vek.clone(),
+                    ask: ask_cert,
                 });
             }
         }
@@ -339,14 +340,11 @@ impl Verifier for SevSnpVerifier {
             .at
             .unwrap_or_else(time::OffsetDateTime::now_utc);
         check_validity(&chain.vek, &format!("{} certificate", chain.kind), at)?;
-        let ask = certs.iter().find(|c| {
-            common_name(c).starts_with("SEV-")
-                && !common_name(c).ends_with("VCEK")
-                && !common_name(c).ends_with("VLEK")
-        });
-        if let Some(ask) = ask {
-            check_validity(ask, "ASK certificate", at)?;
-        }
+        check_validity(
+            &chain.ask,
+            &format!("{} certificate", common_name(&chain.ask)),
+            at,
+        )?;
 
         if chain.kind == KeyKind::Vcek {
             let id = extension(&chain.vek, OID_HWID)

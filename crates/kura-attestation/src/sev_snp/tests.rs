@@ -370,3 +370,16 @@ fn certificates_carried_in_the_evidence_reach_the_verifier() {
         Err(AttestationError::Certificate(_))
     ));
 }
+
+#[test]
+fn the_intermediate_checked_is_the_one_that_signed() {
+    // milan_ask_ark_asvk.pem holds the ASK first, then the ARK, then the ASVK.
+    let bundle = read("trustee/milan_ask_ark_asvk.pem");
+    let vlek =
+        verify_chain(&parse_certs(&[read("trustee/test-vlek.der"), bundle.clone()]).unwrap())
+            .unwrap();
+    assert_eq!(common_name(&vlek.ask), "SEV-VLEK-Milan");
+    let vcek =
+        verify_chain(&parse_certs(&[read("trustee/test-vcek.der"), bundle]).unwrap()).unwrap();
+    assert_eq!(common_name(&vcek.ask), "SEV-Milan");
+}
