@@ -559,8 +559,8 @@ fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
             serde_json::json!({
                 "verdict": verdict,
                 "platform": platform.as_str(),
-                "measurement": claims.as_ref().map(|c| kura_crypto_hex(&c.measurement)),
-                "report_data": claims.as_ref().map(|c| kura_crypto_hex(&c.report_data)),
+                "measurement": claims.as_ref().map(|c| hex::encode(&c.measurement)),
+                "report_data": claims.as_ref().map(|c| hex::encode(&c.report_data)),
                 "debug": claims.as_ref().map(|c| c.debug),
                 "svns": claims.as_ref().map(|c| &c.svns),
                 "registers": claims.as_ref().map(|c| &c.registers),
@@ -576,8 +576,8 @@ fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
             println!(
                 "platform: {}\nmeasurement: {}\nreport_data: {}\ndebug: {}\nsigner: {}",
                 platform,
-                kura_crypto_hex(&c.measurement),
-                kura_crypto_hex(&c.report_data),
+                hex::encode(&c.measurement),
+                hex::encode(&c.report_data),
                 c.debug,
                 c.signer
             );
@@ -591,8 +591,4 @@ fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-fn kura_crypto_hex(b: &[u8]) -> String {
-    hex::encode(b)
 }

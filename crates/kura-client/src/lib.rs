@@ -182,7 +182,8 @@ impl Client {
     ) -> Result<(), ClientError> {
         let enclave = self.enclave.clone().expect("attested");
         let log_err = |e: kura_ledger::LedgerError| ClientError::Log(e.to_string());
-        let mut new = head.verify(&enclave.key).map_err(log_err)?;
+        // The offered head must be signed by the attested key in every case.
+        head.verify(&enclave.key).map_err(log_err)?;
         let mut head = head;
         if let Some(old) = self
             .known_head
@@ -212,13 +213,12 @@ impl Client {
                             Action::Consistency { from: old.size },
                         )
                         .await?;
-                    new = resp.tree_head.verify(&enclave.key).map_err(log_err)?;
+                    let new = resp.tree_head.verify(&enclave.key).map_err(log_err)?;
                     kura_ledger::verify_consistency(&old, &new, &resp.proof).map_err(log_err)?;
                     head = resp.tree_head;
                 }
             }
         }
-        drop(new);
         self.known_head = Some(head);
         Ok(())
     }
