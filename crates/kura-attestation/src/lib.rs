@@ -41,6 +41,18 @@ pub struct Evidence {
     pub certs: Vec<Vec<u8>>,
 }
 
+impl Evidence {
+    /// Verifies this evidence with the certificates it carries, now: the claims it makes, no
+    /// policy applied.
+    pub fn claims(&self) -> Result<Claims, AttestationError> {
+        let options = VerifyOptions {
+            certs: self.certs.clone(),
+            ..Default::default()
+        };
+        verifier_for(self.platform, &options)?.verify(self)
+    }
+}
+
 mod b64_list {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -266,11 +278,7 @@ pub fn verify_enclave(
     if !policy.allows(evidence.platform) {
         return Err(AttestationError::PlatformNotAccepted(evidence.platform));
     }
-    let options = VerifyOptions {
-        certs: evidence.certs.clone(),
-        ..Default::default()
-    };
-    let claims = verifier_for(evidence.platform, &options)?.verify(evidence)?;
+    let claims = evidence.claims()?;
     appraise(policy, &claims)?;
     check_binding(&claims, contract, enclave)?;
     Ok(claims)

@@ -120,11 +120,10 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
         let time = b.time.clone();
         match &b.event {
             Event::EnclaveStarted { evidence, .. } => {
-                let measurement =
-                    kura_attestation::verifier_for(evidence.platform, &Default::default())
-                        .and_then(|v| v.verify(evidence))
-                        .map(|c| hex::encode(c.measurement))
-                        .unwrap_or_default();
+                let measurement = evidence
+                    .claims()
+                    .map(|c| hex::encode(c.measurement))
+                    .unwrap_or_default();
                 starts.push(StartInfo {
                     time,
                     platform: evidence.platform.to_string(),
