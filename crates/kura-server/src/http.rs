@@ -31,22 +31,27 @@ async fn evidence(State(s): State<Arc<Service>>) -> Json<EnclaveInfo> {
     Json(s.info().await)
 }
 
-fn parse_request(bytes: &[u8]) -> Result<SignedRequest, ServiceError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ServiceError::BadRequest(format!("malformed request: {e}")))
-}
+/// A [`SignedRequest`] body (at most [`MAX_REQUEST`] bytes); its signature is checked by the
+/// service, which knows the parties.
+struct Signed(SignedRequest);
 
-async fn small_body(body: Body) -> Result<axum::body::Bytes, ServiceError> {
-    axum::body::to_bytes(body, MAX_REQUEST)
-        .await
-        .map_err(|e| ServiceError::BadRequest(format!("cannot read request: {e}")))
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Signed {
+    type Rejection = ServiceError;
+
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, ServiceError> {
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_REQUEST)
+            .await
+            .map_err(|e| ServiceError::BadRequest(format!("cannot read request: {e}")))?;
+        serde_json::from_slice(&bytes)
+            .map(Signed)
+            .map_err(|e| ServiceError::BadRequest(format!("malformed request: {e}")))
+    }
 }
 
 async fn upload(
     State(s): State<Arc<Service>>,
-    body: Body,
+    Signed(req): Signed,
 ) -> Result<Json<UploadTicket>, ServiceError> {
-    let req = parse_request(&small_body(body).await?)?;
     Ok(Json(UploadTicket {
         ticket: s.begin_upload(req).await?,
     }))
@@ -63,16 +68,17 @@ async fn upload_stream(
     ))
 }
 
-async fn run(State(s): State<Arc<Service>>, body: Body) -> Result<Json<RunResponse>, ServiceError> {
-    let req = parse_request(&small_body(body).await?)?;
+async fn run(
+    State(s): State<Arc<Service>>,
+    Signed(req): Signed,
+) -> Result<Json<RunResponse>, ServiceError> {
     Ok(Json(s.run(req).await?))
 }
 
 async fn results(
     State(s): State<Arc<Service>>,
-    body: Body,
+    Signed(req): Signed,
 ) -> Result<Json<ResultsResponse>, ServiceError> {
-    let req = parse_request(&small_body(body).await?)?;
     Ok(Json(ResultsResponse {
         results: s.results(req).await?,
     }))
@@ -80,16 +86,14 @@ async fn results(
 
 async fn audit(
     State(s): State<Arc<Service>>,
-    body: Body,
+    Signed(req): Signed,
 ) -> Result<Json<AuditResponse>, ServiceError> {
-    let req = parse_request(&small_body(body).await?)?;
     Ok(Json(s.audit(req).await?))
 }
 
 async fn consistency(
     State(s): State<Arc<Service>>,
-    body: Body,
+    Signed(req): Signed,
 ) -> Result<Json<ConsistencyResponse>, ServiceError> {
-    let req = parse_request(&small_body(body).await?)?;
     Ok(Json(s.consistency(req).await?))
 }
