@@ -68,11 +68,10 @@ impl SimulatedHardware {
             hardware_key: self.key.public().to_text(),
             signature: b64::encode(signature),
         };
-        Evidence {
-            platform: Platform::Simulated,
-            data: serde_json::to_vec(&signed).expect("evidence serialises"),
-            certs: vec![],
-        }
+        Evidence::new(
+            Platform::Simulated,
+            serde_json::to_vec(&signed).expect("evidence serialises"),
+        )
     }
 }
 

@@ -64,20 +64,15 @@ fn tampered_evidence_is_refused() {
     let (contract, enclave, ev) = setup(false);
     let text = String::from_utf8(ev.data.clone()).unwrap();
     // Change one measurement digit inside the signed report.
-    let tampered = Evidence {
-        platform: Platform::Simulated,
-        data: text.replacen("0707", "0708", 1).into_bytes(),
-        certs: vec![],
-    };
+    let tampered = Evidence::new(
+        Platform::Simulated,
+        text.replacen("0707", "0708", 1).into_bytes(),
+    );
     assert!(matches!(
         verify_enclave(&tampered, &policy(vec![]), &contract, enclave.public()),
         Err(AttestationError::Signature(_))
     ));
-    let truncated = Evidence {
-        platform: Platform::Simulated,
-        data: ev.data[..ev.data.len() / 2].to_vec(),
-        certs: vec![],
-    };
+    let truncated = Evidence::new(Platform::Simulated, ev.data[..ev.data.len() / 2].to_vec());
     assert!(matches!(
         verify_enclave(&truncated, &policy(vec![]), &contract, enclave.public()),
         Err(AttestationError::Malformed(_))

@@ -537,11 +537,7 @@ fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
     }
     let data = std::fs::read(&a.evidence)
         .with_context(|| format!("cannot read {}", a.evidence.display()))?;
-    let evidence = kura_attestation::Evidence {
-        platform,
-        data,
-        certs: vec![],
-    };
+    let evidence = kura_attestation::Evidence::new(platform, data);
     let result =
         kura_attestation::verifier_for(platform, &options).and_then(|v| v.verify(&evidence));
     let (verdict, claims, reason) = match result {

@@ -82,11 +82,7 @@ mod tests {
         Event::EnclaveStarted {
             contract_id: "c".into(),
             enclave_key: key.public().to_text(),
-            evidence: Evidence {
-                platform: Platform::Simulated,
-                data: b"evidence".to_vec(),
-                certs: vec![],
-            },
+            evidence: Evidence::new(Platform::Simulated, b"evidence".to_vec()),
         }
     }
 

@@ -17,25 +17,25 @@ fn read(path: &str) -> Vec<u8> {
     std::fs::read(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// A verifier for `platform` with `collateral`, at the RFC 3339 time `at`.
+fn dcap_verifier(platform: Platform, collateral: Vec<u8>, at: &str) -> DcapVerifier {
+    let at =
+        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).unwrap();
+    let options = VerifyOptions {
+        at: Some(at),
+        certs: vec![],
+        collateral: Some(collateral),
+    };
+    DcapVerifier { platform, options }
+}
+
 fn verify(
     platform: Platform,
     quote: &str,
     collateral: &str,
     at: &str,
 ) -> Result<Claims, AttestationError> {
-    let options = VerifyOptions {
-        at: Some(
-            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-                .unwrap(),
-        ),
-        certs: vec![],
-        collateral: Some(read(collateral)),
-    };
-    DcapVerifier { platform, options }.verify(&Evidence {
-        platform,
-        data: read(quote),
-        certs: vec![],
-    })
+    dcap_verifier(platform, read(collateral), at).verify(&Evidence::new(platform, read(quote)))
 }
 
 const TDX_AT: &str = "2025-06-19T11:16:00Z";
@@ -174,41 +174,20 @@ fn sgx_quote_is_valid_with_its_advisories_and_the_contract_decides() {
 fn tampered_quotes_and_collateral_are_refused() {
     let quote = read("tdx/dcap-qvl/tdx_quote");
     let collateral = read("tdx/dcap-qvl/tdx_quote_collateral.json");
-    let options = |collateral: Vec<u8>| VerifyOptions {
-        at: Some(
-            time::OffsetDateTime::parse(TDX_AT, &time::format_description::well_known::Rfc3339)
-                .unwrap(),
-        ),
-        certs: vec![],
-        collateral: Some(collateral),
-    };
-    let verifier = DcapVerifier {
-        platform: Platform::Tdx,
-        options: options(collateral.clone()),
-    };
+    let verifier = dcap_verifier(Platform::Tdx, collateral.clone(), TDX_AT);
     // Header, TD report (MRTD at 0xb8, report data at 0x238) and the signature area.
     for i in [0x08, 0x30, 0xb8, 0x100, 0x238, 0x270, 0x2b0, 0x300, 0x400] {
         let mut bad = quote.clone();
         bad[i] ^= 0x01;
         assert!(
-            verifier
-                .verify(&Evidence {
-                    platform: Platform::Tdx,
-                    data: bad,
-                    certs: vec![]
-                })
-                .is_err(),
+            verifier.verify(&Evidence::new(Platform::Tdx, bad)).is_err(),
             "flip at {i:#x} went unnoticed"
         );
     }
     let truncated = quote[..quote.len() / 2].to_vec();
     assert!(
         verifier
-            .verify(&Evidence {
-                platform: Platform::Tdx,
-                data: truncated,
-                certs: vec![]
-            })
+            .verify(&Evidence::new(Platform::Tdx, truncated))
             .is_err()
     );
     // Collateral whose TCB info was edited no longer matches Intel's signature.
@@ -216,17 +195,10 @@ fn tampered_quotes_and_collateral_are_refused() {
         .unwrap()
         .replacen("UpToDate", "UpToDatf", 1)
         .into_bytes();
-    let verifier = DcapVerifier {
-        platform: Platform::Tdx,
-        options: options(edited),
-    };
+    let verifier = dcap_verifier(Platform::Tdx, edited, TDX_AT);
     assert!(
         verifier
-            .verify(&Evidence {
-                platform: Platform::Tdx,
-                data: quote.clone(),
-                certs: vec![]
-            })
+            .verify(&Evidence::new(Platform::Tdx, quote.clone()))
             .is_err()
     );
     // No collateral at all.
@@ -235,11 +207,7 @@ fn tampered_quotes_and_collateral_are_refused() {
         options: VerifyOptions::default(),
     };
     let err = none
-        .verify(&Evidence {
-            platform: Platform::Tdx,
-            data: quote,
-            certs: vec![],
-        })
+        .verify(&Evidence::new(Platform::Tdx, quote))
         .unwrap_err();
     assert!(
         matches!(&err, AttestationError::Certificate(r) if r.contains("--collateral")),

@@ -28,11 +28,7 @@ fn verify_bytes(data: Vec<u8>, at: &str) -> Result<Claims, AttestationError> {
         ),
         ..Default::default()
     };
-    NitroVerifier { options }.verify(&Evidence {
-        platform: Platform::Nitro,
-        data,
-        certs: vec![],
-    })
+    NitroVerifier { options }.verify(&Evidence::new(Platform::Nitro, data))
 }
 
 #[test]
