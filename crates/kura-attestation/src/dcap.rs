@@ -20,7 +20,7 @@ pub struct DcapVerifier {
 }
 
 /// A quote as raw bytes, or as hex text (optionally `0x`-prefixed).
-fn decode_quote(data: &[u8]) -> Vec<u8> {
+pub(crate) fn decode_quote(data: &[u8]) -> Vec<u8> {
     let text: Vec<u8> = data
         .iter()
         .copied()
@@ -43,12 +43,20 @@ impl Verifier for DcapVerifier {
 
     fn verify(&self, evidence: &Evidence) -> Result<Claims, AttestationError> {
         let quote = decode_quote(&evidence.data);
-        let collateral = self.options.collateral.as_ref().ok_or_else(|| {
-            AttestationError::Certificate(
-                "DCAP quotes need Intel's collateral: pass it with --collateral (dcap-qvl JSON)"
-                    .into(),
-            )
-        })?;
+        // Collateral given by the verifier's caller wins over collateral that came with the
+        // evidence; either way it is verified against Intel's pinned root.
+        let collateral = self
+            .options
+            .collateral
+            .as_ref()
+            .or(evidence.collateral.as_ref())
+            .ok_or_else(|| {
+                AttestationError::Unavailable(
+                    "DCAP quotes need Intel's collateral: pass it with --collateral (dcap-qvl \
+                     JSON), or allow fetching it from Intel's PCS with --fetch"
+                        .into(),
+                )
+            })?;
         let collateral: QuoteCollateralV3 = serde_json::from_slice(collateral)
             .map_err(|e| AttestationError::Malformed(format!("collateral: {e}")))?;
         let at = self

@@ -10,6 +10,8 @@ pub enum AttestationError {
     Signature(String),
     #[error("certificate chain refused: {0}")]
     Certificate(String),
+    #[error("certificates or collateral needed for verification are not at hand: {0}")]
+    Unavailable(String),
     #[error("certificate or collateral not valid at the verification time: {0}")]
     Expired(String),
     #[error("evidence and certificate disagree: {0}")]

@@ -14,6 +14,7 @@ mod cache;
 #[cfg(any(feature = "tdx", feature = "sgx"))]
 pub mod dcap;
 mod error;
+pub mod fetch;
 #[cfg(feature = "nitro")]
 pub mod nitro;
 #[cfg(feature = "sev-snp")]
@@ -39,6 +40,14 @@ pub struct Evidence {
     /// DER). Untrusted: verified against the pinned roots like any other.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "b64_list")]
     pub certs: Vec<Vec<u8>>,
+    /// Intel DCAP collateral for a TDX or SGX quote (dcap-qvl JSON), when the enclave's
+    /// operator serves it. Untrusted like the certificates: Intel's root signs it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "kura_crypto::b64::serde_opt_bytes"
+    )]
+    pub collateral: Option<Vec<u8>>,
 }
 
 impl Evidence {
@@ -48,6 +57,7 @@ impl Evidence {
             platform,
             data,
             certs: vec![],
+            collateral: None,
         }
     }
 

@@ -249,7 +249,7 @@ fn hwid(bytes: &[u8]) -> &[u8] {
     }
 }
 
-fn decode_report(data: &[u8]) -> Result<Vec<u8>, AttestationError> {
+pub(crate) fn decode_report(data: &[u8]) -> Result<Vec<u8>, AttestationError> {
     let text: Vec<u8> = data
         .iter()
         .copied()
@@ -265,6 +265,30 @@ fn decode_report(data: &[u8]) -> Result<Vec<u8>, AttestationError> {
         )));
     }
     Ok(data[..REPORT_LEN].to_vec())
+}
+
+/// Whether `certs` hold a VCEK or VLEK (the rest of a chain can come from the pinned set).
+pub(crate) fn has_signing_key(certs: &[Vec<u8>]) -> bool {
+    parse_certs(certs).is_ok_and(|certs| {
+        certs
+            .iter()
+            .any(|c| matches!(common_name(c).as_str(), "SEV-VCEK" | "SEV-VLEK"))
+    })
+}
+
+/// The product lines a report may come from, most likely first: from the CPUID family and
+/// model that reports of version 3 and later carry, otherwise every pinned product.
+pub(crate) fn products_of(report: &AttestationReport) -> Vec<&'static str> {
+    let product = match (report.cpuid_fam_id, report.cpuid_mod_id) {
+        (Some(0x19), Some(0x00..=0x0f)) => Some("Milan"),
+        (Some(0x19), Some(0x10..=0x1f | 0xa0..=0xaf)) => Some("Genoa"),
+        (Some(0x1a), Some(0x00..=0x1f)) => Some("Turin"),
+        _ => None,
+    };
+    match product {
+        Some(p) => vec![p],
+        None => PRODUCTS.iter().map(|(name, _, _)| *name).collect(),
+    }
 }
 
 /// Verifies SNP reports with the certificates of [`VerifyOptions::certs`].

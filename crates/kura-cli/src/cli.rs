@@ -130,6 +130,14 @@ pub struct ServeArgs {
     /// Largest accepted upload in bytes.
     #[arg(long, default_value_t = kura_server::Config::DEFAULT_MAX_UPLOAD)]
     max_upload_bytes: u64,
+    /// Certificates to hand out with the evidence (SEV-SNP: a VLEK from the cloud provider, or
+    /// a VCEK when the host's certificate table is empty), PEM or DER.
+    #[arg(long)]
+    certs: Vec<PathBuf>,
+    /// Intel DCAP collateral (dcap-qvl JSON) to hand out with TDX or SGX evidence, so that
+    /// clients can verify offline.
+    #[arg(long)]
+    collateral: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -142,13 +150,17 @@ pub struct Party {
     /// Your secret key file.
     #[arg(long)]
     key: PathBuf,
+    /// Fetch a VCEK or DCAP collateral the enclave did not send from AMD's or Intel's service
+    /// (cached in $KURA_HOME/cache). Without it only the cache is used: no network.
+    #[arg(long)]
+    fetch: bool,
 }
 
 impl Party {
     fn client(&self) -> Result<Client> {
         let contract = files::read_signed_contract(&self.contract)?;
         let key = files::read_identity(&self.key)?;
-        Ok(Client::new(&self.enclave, contract, key)?)
+        Ok(Client::new(&self.enclave, contract, key)?.with_certs(files::cert_store(self.fetch)?))
     }
 }
 
@@ -267,6 +279,10 @@ pub struct AttestArgs {
     /// Verification time (RFC 3339); default now.
     #[arg(long)]
     at: Option<String>,
+    /// Fetch a missing VCEK (AMD KDS) or DCAP collateral (Intel PCS) into $KURA_HOME/cache.
+    /// Without it only the cache is consulted: no network.
+    #[arg(long)]
+    fetch: bool,
     #[arg(long)]
     json: bool,
 }
@@ -431,7 +447,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Attest(AttestCmd::Verify(a)) => attest_verify(a),
+        Command::Attest(AttestCmd::Verify(a)) => attest_verify(a).await,
         Command::Demo(a) => crate::demo::run(a).await,
     }
 }
@@ -495,12 +511,16 @@ async fn serve(a: ServeArgs) -> Result<ExitCode> {
     if platform == Platform::Simulated {
         eprintln!("\n*** {} ***\n", kura_attestation::simulated::WARNING);
     }
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let running = kura_server::start(kura_server::Config {
         contract,
         platform,
         listen: a.listen,
         state_dir: a.state,
         max_upload_bytes: a.max_upload_bytes,
+        evidence_certs: a.certs.iter().map(read).collect::<Result<_>>()?,
+        evidence_collateral: a.collateral.as_ref().map(read).transpose()?,
     })
     .await?;
     // On stdout, flushed: scripts and tests read the address (the port may be chosen at run time).
@@ -515,7 +535,7 @@ async fn serve(a: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
+async fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
     let platform: Platform = a.platform.into();
     let at =
         a.at.as_deref()
@@ -527,19 +547,28 @@ fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
     let read = |p: &std::path::PathBuf| {
         std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
     };
-    let options = kura_attestation::VerifyOptions {
-        at,
-        certs: a.certs.iter().map(read).collect::<Result<_>>()?,
-        collateral: a.collateral.as_ref().map(read).transpose()?,
-    };
     if platform == Platform::Simulated && (!a.certs.is_empty() || a.collateral.is_some()) {
         eprintln!("note: --certs and --collateral do not apply to simulated evidence");
     }
     let data = std::fs::read(&a.evidence)
         .with_context(|| format!("cannot read {}", a.evidence.display()))?;
-    let evidence = kura_attestation::Evidence::new(platform, data);
-    let result =
-        kura_attestation::verifier_for(platform, &options).and_then(|v| v.verify(&evidence));
+    let mut evidence = kura_attestation::Evidence {
+        certs: a.certs.iter().map(read).collect::<Result<_>>()?,
+        collateral: a.collateral.as_ref().map(read).transpose()?,
+        ..kura_attestation::Evidence::new(platform, data)
+    };
+    // What was not given comes from the cache (or, with --fetch, from AMD or Intel).
+    let result = match files::cert_store(a.fetch)?.complete(&mut evidence).await {
+        Ok(()) => {
+            let options = kura_attestation::VerifyOptions {
+                at,
+                certs: evidence.certs.clone(),
+                collateral: evidence.collateral.clone(),
+            };
+            kura_attestation::verifier_for(platform, &options).and_then(|v| v.verify(&evidence))
+        }
+        Err(e) => Err(e),
+    };
     let (verdict, claims, reason) = match result {
         Ok(c) => {
             let reason = c

@@ -112,6 +112,32 @@ fn kura_home() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".kura"))
 }
 
+/// Where fetched VCEKs and DCAP collateral are kept.
+pub fn cert_cache() -> Result<PathBuf> {
+    Ok(kura_home()?.join("cache"))
+}
+
+/// The certificate store for evidence verification: the cache, and the vendors' services when
+/// `fetch` is set (`KURA_KDS_URL`, `KURA_PCS_URL` and `KURA_INTEL_ROOT_CRL_URL` point it at a
+/// proxy or a PCCS).
+pub fn cert_store(fetch: bool) -> Result<kura_client::certs::Certs> {
+    let dir = cert_cache()?;
+    if !fetch {
+        return Ok(kura_client::certs::Certs::offline(dir));
+    }
+    let mut endpoints = kura_attestation::fetch::Endpoints::default();
+    for (var, field) in [
+        ("KURA_KDS_URL", &mut endpoints.kds),
+        ("KURA_PCS_URL", &mut endpoints.pcs),
+        ("KURA_INTEL_ROOT_CRL_URL", &mut endpoints.intel_root_crl),
+    ] {
+        if let Ok(url) = std::env::var(var) {
+            *field = url;
+        }
+    }
+    kura_client::certs::Certs::online(dir, endpoints).map_err(anyhow::Error::msg)
+}
+
 fn head_path(contract_id: &str, party: &str) -> Result<PathBuf> {
     Ok(kura_home()?
         .join("heads")

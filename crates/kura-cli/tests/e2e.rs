@@ -94,6 +94,8 @@ async fn start(contract: &SignedContract, state: &Path) -> kura_server::Running 
         listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: state.to_path_buf(),
         max_upload_bytes: 1 << 30,
+        evidence_certs: vec![],
+        evidence_collateral: None,
     })
     .await
     .unwrap()
@@ -134,6 +136,8 @@ async fn room_custom(
         listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: path.join("state"),
         max_upload_bytes: 1 << 30,
+        evidence_certs: vec![],
+        evidence_collateral: None,
     })
     .await
     .unwrap();
@@ -996,6 +1000,101 @@ fn cli_attest_verify_simulated_evidence() {
     assert_eq!((code, v["verdict"].as_str()), (Some(1), Some("invalid")));
 }
 
+/// A stand-in for AMD's KDS on loopback: answers every GET under `/vcek/v1/Milan/` with the
+/// vector's VCEK, counts requests, and stops when dropped.
+struct FakeKds {
+    url: String,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeKds {
+    fn start(vcek: Vec<u8>) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (h, st) = (hits.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !st.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                let mut buf = [0u8; 4096];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]);
+                h.fetch_add(1, Ordering::Relaxed);
+                let (status, body) = if request.starts_with("GET /vcek/v1/Milan/") {
+                    ("200 OK", vcek.as_slice())
+                } else {
+                    ("404 Not Found", &[][..])
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(body);
+            }
+        });
+        Self { url, hits, stop }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for FakeKds {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn cli_attest_fetches_a_missing_vcek_once_and_then_verifies_offline() {
+    let home = tempfile::tempdir().unwrap();
+    let snp = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/attestation-vectors/sev-snp/virtee-sev");
+    let report = snp.join("report_milan.hex");
+    let kds = FakeKds::start(std::fs::read(snp.join("vcek_milan.der")).unwrap());
+    let attest = |fetch: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kura"));
+        cmd.env("KURA_HOME", home.path())
+            .env("KURA_KDS_URL", &kds.url)
+            .args(["attest", "verify", "--platform", "sev-snp", "--evidence"])
+            .arg(&report)
+            .args(["--at", "2025-01-01T00:00:00Z", "--json"]);
+        if fetch {
+            cmd.arg("--fetch");
+        }
+        let out = cmd.output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), v)
+    };
+    // Offline by default: the VCEK is not in the cache, and the network is not touched.
+    let (code, v) = attest(false);
+    assert_eq!((code, v["verdict"].as_str()), (Some(1), Some("invalid")));
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("Milan VCEK") && reason.contains("--fetch"), "{reason}");
+    assert_eq!(kds.hits(), 0);
+    // With --fetch: asked once, verified, cached.
+    let (code, v) = attest(true);
+    assert_eq!((code, v["verdict"].as_str()), (Some(0), Some("valid")), "{v}");
+    assert_eq!(kds.hits(), 1);
+    assert!(v["signer"].as_str().unwrap().contains("VCEK"));
+    // From then on the cache serves, online or not.
+    assert_eq!(attest(false).0, Some(0));
+    assert_eq!(attest(true).0, Some(0));
+    assert_eq!(kds.hits(), 1);
+}
+
 /// A `kura serve` child process, killed when dropped.
 struct Served(std::process::Child);
 
@@ -1440,6 +1539,8 @@ async fn a_restart_keeps_deletions_and_records_what_was_lost() {
         listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: state.clone(),
         max_upload_bytes: 1 << 20,
+        evidence_certs: vec![],
+        evidence_collateral: None,
     })
     .await
     .unwrap_err()

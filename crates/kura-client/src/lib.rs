@@ -20,6 +20,12 @@ use kura_crypto::{
 use kura_ledger::{ChainReport, LogEntry, Receipt, SignedTreeHead, TreeHead};
 
 pub mod audit;
+pub mod certs;
+
+/// Installs ring as rustls' crypto provider for this process (once; later calls are no-ops).
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -77,6 +83,8 @@ pub struct Client {
     enclave: Option<VerifiedEnclave>,
     /// The latest tree head this party verified; every contact must extend it.
     known_head: Option<SignedTreeHead>,
+    /// Where certificates and collateral the evidence lacks come from.
+    certs: Option<certs::Certs>,
 }
 
 /// Result of an audit verification.
@@ -101,6 +109,7 @@ impl Client {
             .ok_or(ClientError::NotAParty)?
             .name
             .clone();
+        install_crypto_provider();
         Ok(Self {
             http: reqwest::Client::new(),
             base: base_url.trim_end_matches('/').to_string(),
@@ -109,7 +118,27 @@ impl Client {
             party,
             enclave: None,
             known_head: None,
+            certs: None,
         })
+    }
+
+    /// Completes evidence that lacks a VCEK or DCAP collateral from `certs` before verifying
+    /// it. Without it, evidence is verified with what the enclave sent.
+    pub fn with_certs(mut self, certs: certs::Certs) -> Self {
+        self.certs = Some(certs);
+        self
+    }
+
+    /// The evidence with what verification needs added from the certificate store, if any.
+    async fn completed(
+        &self,
+        evidence: &kura_attestation::Evidence,
+    ) -> Result<kura_attestation::Evidence, ClientError> {
+        let mut evidence = evidence.clone();
+        if let Some(certs) = &self.certs {
+            certs.complete(&mut evidence).await?;
+        }
+        Ok(evidence)
     }
 
     /// Starts from a tree head seen in an earlier session (persisted by the caller).
@@ -160,8 +189,9 @@ impl Client {
         }
         let key = PublicIdentity::parse(&info.enclave_key)
             .map_err(|e| ClientError::Protocol(format!("enclave key: {e}")))?;
+        let evidence = self.completed(&info.evidence).await?;
         let claims = kura_attestation::verify_enclave(
-            &info.evidence,
+            &evidence,
             &self.contract.enclave,
             self.contract.id(),
             &key,
@@ -449,8 +479,20 @@ impl Client {
     /// party saw before, and that every event was allowed by the contract.
     pub async fn audit(&mut self) -> Result<AuditReport, ClientError> {
         let resp: AuditResponse = self.call(routes::AUDIT, Action::Audit).await?;
+        // Every enclave start's evidence, completed from the certificate store up front (the
+        // chain check below is synchronous).
+        let mut completed = std::collections::HashMap::new();
+        for body in resp.entries.iter().filter_map(|e| e.parse_body().ok()) {
+            if let kura_ledger::Event::EnclaveStarted { evidence, .. } = body.event
+                && !completed.contains_key(&evidence.data)
+            {
+                let full = self.completed(&evidence).await?;
+                completed.insert(evidence.data, full);
+            }
+        }
         let contract = &self.contract;
         let chain = kura_ledger::verify_chain(&resp.entries, |contract_id, key, evidence| {
+            let evidence = completed.get(&evidence.data).unwrap_or(evidence);
             if contract_id != contract.id().as_str() {
                 return Err(format!(
                     "enclave started for another contract {contract_id}"

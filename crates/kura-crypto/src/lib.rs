@@ -58,4 +58,22 @@ pub mod b64 {
             super::decode(&text).map_err(serde::de::Error::custom)
         }
     }
+
+    /// `Option<Vec<u8>>` as an optional base64 string.
+    pub mod serde_opt_bytes {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+            match bytes {
+                Some(b) => s.serialize_some(&super::encode(b)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|t| super::decode(&t).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
 }

@@ -33,6 +33,11 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Largest accepted upload (ciphertext bytes).
     pub max_upload_bytes: u64,
+    /// Certificates handed out with the evidence, besides those the hardware gives (untrusted;
+    /// clients verify them against the pinned roots).
+    pub evidence_certs: Vec<Vec<u8>>,
+    /// DCAP collateral handed out with TDX or SGX evidence (untrusted; Intel signs it).
+    pub evidence_collateral: Option<Vec<u8>>,
 }
 
 impl Config {

@@ -105,7 +105,11 @@ impl Service {
             .map_err(|e| ServiceError::Start(format!("cannot create state directory: {e}")))?;
         let identity = Arc::new(SecretIdentity::generate());
         let report_data = kura_attestation::report_data_for(contract.id(), identity.public());
-        let evidence = crate::evidence::collect(config.platform, &report_data)?;
+        let mut evidence = crate::evidence::collect(config.platform, &report_data)?;
+        evidence.certs.extend(config.evidence_certs.iter().cloned());
+        if config.evidence_collateral.is_some() {
+            evidence.collateral.clone_from(&config.evidence_collateral);
+        }
         let mut ledger = Ledger::open(&config.state_dir.join("log.redb"), identity.clone())
             .map_err(|e| ServiceError::Start(e.to_string()))?;
         let mut state = State::default();

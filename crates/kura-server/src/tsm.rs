@@ -18,6 +18,8 @@ pub const DEFAULT_ROOT: &str = "/sys/kernel/config/tsm/report";
 
 /// The file operations the protocol needs.
 pub trait TsmFs {
+    /// Whether the report interface is mounted at `root`.
+    fn exists(&self, root: &Path) -> bool;
     fn create_dir(&self, path: &Path) -> std::io::Result<()>;
     fn write(&self, path: &Path, data: &[u8]) -> std::io::Result<()>;
     fn read(&self, path: &Path) -> std::io::Result<Vec<u8>>;
@@ -29,6 +31,9 @@ pub trait TsmFs {
 pub struct ConfigFs;
 
 impl TsmFs for ConfigFs {
+    fn exists(&self, root: &Path) -> bool {
+        root.is_dir()
+    }
     fn create_dir(&self, path: &Path) -> std::io::Result<()> {
         std::fs::create_dir(path)
     }
@@ -156,7 +161,7 @@ pub fn snp_certificates(table: &[u8]) -> Result<Vec<Vec<u8>>, ServiceError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
@@ -165,15 +170,23 @@ mod tests {
     /// An emulated kernel: `outblob` is produced from the last `inblob`, `generation` counts
     /// writes, and a "racer" may write in between.
     #[derive(Default)]
-    struct FakeKernel {
-        files: Mutex<HashMap<PathBuf, Vec<u8>>>,
-        dirs: Mutex<Vec<PathBuf>>,
-        race: bool,
-        provider: &'static str,
+    pub(crate) struct FakeKernel {
+        pub(crate) files: Mutex<HashMap<PathBuf, Vec<u8>>>,
+        pub(crate) dirs: Mutex<Vec<PathBuf>>,
+        pub(crate) race: bool,
+        pub(crate) provider: &'static str,
+        /// An older kernel, without configfs-tsm.
+        pub(crate) absent: bool,
     }
 
     impl TsmFs for FakeKernel {
+        fn exists(&self, _root: &Path) -> bool {
+            !self.absent
+        }
         fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+            if self.absent {
+                return Err(std::io::ErrorKind::NotFound.into());
+            }
             self.dirs.lock().unwrap().push(path.to_path_buf());
             self.files
                 .lock()

@@ -210,7 +210,7 @@ fn tampered_quotes_and_collateral_are_refused() {
         .verify(&Evidence::new(Platform::Tdx, quote))
         .unwrap_err();
     assert!(
-        matches!(&err, AttestationError::Certificate(r) if r.contains("--collateral")),
+        matches!(&err, AttestationError::Unavailable(r) if r.contains("--collateral")),
         "{err}"
     );
 }

@@ -309,9 +309,8 @@ fn every_bit_flip_in_the_signed_report_is_refused() {
 fn certificates_carried_in_the_evidence_reach_the_verifier() {
     let raw = read("virtee-sev/report_milan.hex");
     let evidence = Evidence {
-        platform: Platform::SevSnp,
-        data: raw,
         certs: vec![read("virtee-sev/vcek_milan.der")],
+        ..Evidence::new(Platform::SevSnp, raw)
     };
     let policy = EnclavePolicy {
         platforms: vec![Platform::SevSnp],
