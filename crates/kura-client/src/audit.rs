@@ -49,10 +49,10 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 datasets,
                 ..
             } => {
-                let Some(a) = contract.analysis(analysis) else {
+                if contract.receivers_of(analysis).is_none() {
                     return bad(format!("run of {analysis:?}, which is not in the contract"));
-                };
-                if !contract.may_run(by, a) {
+                }
+                if !contract.may_start(by, analysis) {
                     return bad(format!(
                         "run of {analysis:?} by {by:?}, who may not start it"
                     ));
@@ -71,8 +71,8 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 let Some(analysis) = runs.get(run_id.as_str()) else {
                     return bad(format!("release of {run_id:?}, which did not run"));
                 };
-                let a = contract.analysis(analysis).expect("checked at the run");
-                if !a.receivers.contains(receiver) {
+                let receivers = contract.receivers_of(analysis).expect("checked at the run");
+                if !receivers.contains(receiver) {
                     return bad(format!(
                         "release to {receiver:?}, who is not a receiver of {analysis:?}"
                     ));
@@ -168,6 +168,7 @@ platforms = ["simulated"]
             datasets: vec!["ehr".into()],
             rows: 1,
             suppressed_groups: 0,
+            sql: None,
         }
     }
 

@@ -40,6 +40,8 @@ pub enum ContractError {
     NoReceivers { analysis: String },
     #[error("the contract declares no {0}")]
     Missing(&'static str),
+    #[error("{0}")]
+    Adhoc(String),
     #[error("output.min_group_size must be at least 1")]
     MinGroupSize,
     #[error(

@@ -12,7 +12,8 @@ mod signature;
 
 pub use error::ContractError;
 pub use model::{
-    AcceptEntry, Analysis, Column, ColumnRole, ColumnType, Contract, ContractId, Dataset,
+    ADHOC_AGGREGATES, ADHOC_ANALYSIS, AcceptEntry, Adhoc, Analysis, AnalysisKind, Column, ColumnRole, ColumnType,
+    Contract, ContractId, Dataset,
     DeleteAfter, EnclavePolicy, OutputRules, Party, Platform, Retention, Role,
 };
 pub use signature::{

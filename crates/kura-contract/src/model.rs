@@ -176,6 +176,71 @@ pub struct Analysis {
     /// and every receiver of the analysis.
     #[serde(default)]
     pub analysts: Option<Vec<String>>,
+    /// `aggregate` (the default: statistics under the minimum group size) or `list`.
+    #[serde(default)]
+    pub kind: AnalysisKind,
+    /// For a list: the output column that carries identifiers. Each receiver gets only the
+    /// rows whose value is a privacy unit of a dataset it provided.
+    #[serde(default)]
+    pub list_column: Option<String>,
+}
+
+/// The name under which ad-hoc queries run and are logged (no analysis can have it: names
+/// cannot contain spaces or parentheses).
+pub const ADHOC_ANALYSIS: &str = "(ad hoc)";
+
+/// What an analysis releases.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnalysisKind {
+    /// Aggregated statistics; groups below `output.min_group_size` are suppressed.
+    #[default]
+    Aggregate,
+    /// Rows that name identifiers, each routed only to the party whose own dataset holds the
+    /// identifier (for example a bank's own accounts in a cross-bank pattern).
+    List,
+}
+
+/// Aggregate functions an ad-hoc query may use. `min`, `max` and `median` return a value of
+/// one member of the group: allow them only where that is acceptable.
+pub const ADHOC_AGGREGATES: [&str; 9] = [
+    "count",
+    "count_distinct",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "stddev",
+    "variance",
+    "median",
+];
+
+fn default_aggregates() -> Vec<String> {
+    ["count", "count_distinct", "sum", "avg"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Rules for ad-hoc queries (`kura query`): who may ask, who receives, and which functions
+/// may be used. Column roles say where each column may appear.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adhoc {
+    /// Parties that may send queries.
+    pub analysts: Vec<String>,
+    /// Parties that receive every ad-hoc result.
+    pub receivers: Vec<String>,
+    /// Allowed aggregate functions (from [`ADHOC_AGGREGATES`]); default count, count_distinct,
+    /// sum and avg.
+    #[serde(default = "default_aggregates")]
+    pub aggregates: Vec<String>,
+    /// Narrower lists for single columns, keyed `"dataset.column"`.
+    #[serde(default)]
+    pub column_aggregates: std::collections::BTreeMap<String, Vec<String>>,
+    /// Scalar functions allowed on a dimension, keyed `"dataset.column"`; dimensions not
+    /// listed may go through any built-in scalar function.
+    #[serde(default)]
+    pub dimension_functions: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,6 +320,7 @@ pub struct Contract {
     pub parties: Vec<Party>,
     pub datasets: Vec<Dataset>,
     pub analyses: Vec<Analysis>,
+    pub adhoc: Option<Adhoc>,
     pub output: OutputRules,
     pub retention: Retention,
     pub enclave: EnclavePolicy,
@@ -275,6 +341,8 @@ struct RawContract {
     datasets: Vec<Dataset>,
     #[serde(default)]
     analyses: Vec<Analysis>,
+    #[serde(default)]
+    adhoc: Option<Adhoc>,
     output: OutputRules,
     retention: RawRetention,
     enclave: RawEnclave,
@@ -410,6 +478,7 @@ impl Contract {
             parties,
             datasets: raw.datasets,
             analyses: raw.analyses,
+            adhoc: raw.adhoc,
             output: raw.output,
             retention: Retention { delete_after },
             enclave: EnclavePolicy {
@@ -494,6 +563,32 @@ impl Contract {
                     party: r.clone(),
                 })?;
             }
+            match (a.kind, &a.list_column) {
+                (AnalysisKind::List, None) => {
+                    return Err(ContractError::Adhoc(format!(
+                        "{context} is a list: name its identifier column with list_column"
+                    )));
+                }
+                (AnalysisKind::Aggregate, Some(_)) => {
+                    return Err(ContractError::Adhoc(format!(
+                        "{context}: list_column applies only to kind = \"list\""
+                    )));
+                }
+                (AnalysisKind::List, Some(_)) => {
+                    for r in &a.receivers {
+                        if !self.datasets.iter().any(|d| &d.provider == r) {
+                            return Err(ContractError::Adhoc(format!(
+                                "{context} is a list, and receiver {r:?} provides no dataset: \
+                                 it could only ever receive nothing"
+                            )));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(adhoc) = &self.adhoc {
+            self.validate_adhoc(adhoc)?;
         }
 
         if self.output.min_group_size == 0 {
@@ -521,6 +616,63 @@ impl Contract {
             }
         }
         Ok(())
+    }
+
+    fn validate_adhoc(&self, adhoc: &Adhoc) -> Result<(), ContractError> {
+        let context = "[adhoc]";
+        if adhoc.analysts.is_empty() || adhoc.receivers.is_empty() {
+            return Err(ContractError::Adhoc(
+                "[adhoc] needs at least one analyst and one receiver".into(),
+            ));
+        }
+        for a in &adhoc.analysts {
+            self.require_role(context, a, Role::Analyst)?;
+        }
+        for r in &adhoc.receivers {
+            self.require_role(context, r, Role::Receiver)?;
+        }
+        let known = |list: &[String], key: &str| -> Result<(), ContractError> {
+            for f in list {
+                if !ADHOC_AGGREGATES.contains(&f.as_str()) {
+                    return Err(ContractError::Adhoc(format!(
+                        "{key}: aggregate {f:?} is not one kura can allow (known: {})",
+                        ADHOC_AGGREGATES.join(", ")
+                    )));
+                }
+            }
+            Ok(())
+        };
+        known(&adhoc.aggregates, "adhoc.aggregates")?;
+        for (key, list) in &adhoc.column_aggregates {
+            known(list, &format!("adhoc.column_aggregates.{key:?}"))?;
+            let column = self.qualified_column(key)?;
+            if column.role == ColumnRole::Identifier
+                && list.iter().any(|f| f != "count" && f != "count_distinct")
+            {
+                return Err(ContractError::Adhoc(format!(
+                    "adhoc.column_aggregates.{key:?}: an identifier may only be counted"
+                )));
+            }
+        }
+        for key in adhoc.dimension_functions.keys() {
+            if self.qualified_column(key)?.role != ColumnRole::Dimension {
+                return Err(ContractError::Adhoc(format!(
+                    "adhoc.dimension_functions.{key:?}: only dimensions go through functions"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The column named `"dataset.column"`.
+    pub fn qualified_column(&self, key: &str) -> Result<&Column, ContractError> {
+        key.split_once('.')
+            .and_then(|(d, c)| self.dataset(d)?.column(c))
+            .ok_or_else(|| {
+                ContractError::Adhoc(format!(
+                    "{key:?} is not a column of a dataset (write \"dataset.column\")"
+                ))
+            })
     }
 
     fn require_role(&self, context: &str, party: &str, role: Role) -> Result<(), ContractError> {
@@ -566,6 +718,26 @@ impl Contract {
     }
 
     /// May `party` start `analysis`?
+    /// Who receives the results of `analysis` (a named analysis, or [`ADHOC_ANALYSIS`]).
+    pub fn receivers_of(&self, analysis: &str) -> Option<&[String]> {
+        if analysis == ADHOC_ANALYSIS {
+            return self.adhoc.as_ref().map(|a| a.receivers.as_slice());
+        }
+        self.analysis(analysis).map(|a| a.receivers.as_slice())
+    }
+
+    /// Whether `party` may start `analysis` (a named analysis, or [`ADHOC_ANALYSIS`]).
+    pub fn may_start(&self, party: &str, analysis: &str) -> bool {
+        if analysis == ADHOC_ANALYSIS {
+            return self
+                .adhoc
+                .as_ref()
+                .is_some_and(|a| a.analysts.iter().any(|p| p == party));
+        }
+        self.analysis(analysis)
+            .is_some_and(|a| self.may_run(party, a))
+    }
+
     pub fn may_run(&self, party: &str, analysis: &Analysis) -> bool {
         match &analysis.analysts {
             Some(list) => list.iter().any(|p| p == party),

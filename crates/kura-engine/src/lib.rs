@@ -9,8 +9,10 @@
 //! plans every analysis of a contract against empty tables; [`run_analysis`] executes one.
 
 mod error;
+pub mod list;
 pub mod load;
 mod output;
+pub mod roles;
 pub mod threshold;
 
 use std::collections::BTreeMap;
@@ -29,7 +31,7 @@ pub use output::Output;
 /// Decrypted datasets by name, as held inside the enclave.
 pub type Tables = BTreeMap<String, Vec<RecordBatch>>;
 
-fn session(contract: &Contract, tables: &Tables) -> Result<SessionContext, EngineError> {
+pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionContext, EngineError> {
     let config = SessionConfig::new()
         .with_information_schema(false)
         .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -52,11 +54,11 @@ fn sql_options() -> SQLOptions {
         .with_allow_statements(false)
 }
 
-async fn plan(
+/// The plan of `sql` as written, if it is a query.
+pub(crate) async fn written_plan(
     ctx: &SessionContext,
-    contract: &Contract,
     sql: &str,
-) -> Result<threshold::Guarded, EngineError> {
+) -> Result<datafusion::logical_expr::LogicalPlan, EngineError> {
     let plan = ctx
         .state()
         .create_logical_plan(sql)
@@ -68,7 +70,28 @@ async fn plan(
             rule: "queries-only",
             reason: e.strip_backtrace(),
         })?;
-    threshold::guard(plan, contract)
+    Ok(plan)
+}
+
+async fn plan(
+    ctx: &SessionContext,
+    contract: &Contract,
+    sql: &str,
+) -> Result<threshold::Guarded, EngineError> {
+    threshold::guard(written_plan(ctx, sql).await?, contract)
+}
+
+/// A refusal raised inside DataFusion (by the analyzer rule), or the DataFusion error.
+fn unwrap_refusal(e: datafusion::error::DataFusionError) -> EngineError {
+    if let datafusion::error::DataFusionError::External(inner) = e.find_root()
+        && let Some(EngineError::Refused { rule, reason }) = inner.downcast_ref::<EngineError>()
+    {
+        return EngineError::Refused {
+            rule,
+            reason: reason.clone(),
+        };
+    }
+    e.into()
 }
 
 /// Plans every analysis of `contract` against empty tables of the declared schemas, so that a
@@ -77,11 +100,120 @@ async fn plan(
 pub async fn check_analyses(contract: &Contract) -> Result<(), EngineError> {
     let ctx = session(contract, &Tables::new())?;
     for analysis in &contract.analyses {
-        plan(&ctx, contract, &analysis.sql)
-            .await
-            .map_err(|e| e.in_analysis(&analysis.name))?;
+        let checked = match &analysis.list_column {
+            None => plan(&ctx, contract, &analysis.sql).await.map(drop),
+            Some(column) => written_plan(&ctx, &analysis.sql).await.and_then(|p| {
+                threshold::datasets_read(&p, contract)?;
+                if p.schema().fields().iter().any(|f| f.name() == column) {
+                    Ok(())
+                } else {
+                    Err(EngineError::Sql(format!(
+                        "the list's output has no column {column:?}"
+                    )))
+                }
+            }),
+        };
+        checked.map_err(|e| e.in_analysis(&analysis.name))?;
     }
     Ok(())
+}
+
+/// Plans an ad-hoc query against empty tables: refused (with the rule and the offending column
+/// or construct) unless it satisfies the contract's `[adhoc]` rules and the threshold.
+pub async fn check_query(contract: &Contract, sql: &str) -> Result<(), EngineError> {
+    let rules = roles::Rules::of(contract)?;
+    let ctx = session(contract, &Tables::new())?;
+    let written = written_plan(&ctx, sql).await?;
+    rules.check(&written)?;
+    threshold::guard(written, contract)?;
+    Ok(())
+}
+
+/// Runs an ad-hoc query under the contract's `[adhoc]` rules and output rules.
+///
+/// The rules are checked three times: on the plan as written (for precise reasons), by an
+/// analyzer rule registered in the session, which DataFusion runs on the plan that executes and
+/// whose failure is fatal, and on the physical plan, which must still carry the threshold's
+/// counts and read nothing but the enclave's in-memory tables.
+pub async fn run_query(
+    contract: &Contract,
+    sql: &str,
+    tables: &Tables,
+) -> Result<Output, EngineError> {
+    let rules = Arc::new(roles::Rules::of(contract)?);
+    let ctx = session(contract, tables)?;
+    ctx.add_analyzer_rule(Arc::new(roles::RulesAnalyzer(rules.clone())));
+    let written = written_plan(&ctx, sql).await?;
+    rules.check(&written)?;
+    let guarded = threshold::guard(written, contract)?;
+    let missing: Vec<String> = guarded
+        .datasets
+        .iter()
+        .filter(|d| !tables.contains_key(*d))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(EngineError::MissingData(missing));
+    }
+    let physical = ctx
+        .state()
+        .create_physical_plan(&guarded.plan)
+        .await
+        .map_err(unwrap_refusal)?;
+    check_physical(physical.as_ref(), guarded.visible_columns)?;
+    let batches = datafusion::physical_plan::collect(physical, ctx.task_ctx()).await?;
+    output::suppress_and_render(
+        &batches,
+        guarded.visible_columns,
+        contract.output.min_group_size,
+        guarded.datasets,
+    )
+}
+
+/// The last line of defence, on what will actually run: the threshold's counts are still the
+/// trailing output columns, and no operator reads anything but memory or computes per-row
+/// windows.
+fn check_physical(
+    plan: &dyn datafusion::physical_plan::ExecutionPlan,
+    visible: usize,
+) -> Result<(), EngineError> {
+    let refuse = |reason: String| EngineError::Refused {
+        rule: "physical-plan",
+        reason,
+    };
+    let schema = plan.schema();
+    let hidden = &schema.fields()[visible.min(schema.fields().len())..];
+    if hidden.is_empty()
+        || hidden
+            .iter()
+            .any(|f| !f.name().starts_with(threshold::HIDDEN_PREFIX))
+    {
+        return Err(refuse(
+            "the plan that would run lost the minimum-group-size counts".into(),
+        ));
+    }
+    fn walk(
+        plan: &dyn datafusion::physical_plan::ExecutionPlan,
+        refuse: &dyn Fn(String) -> EngineError,
+    ) -> Result<(), EngineError> {
+        let name = plan.name();
+        if name.contains("Window") {
+            return Err(refuse(format!("operator {name} computes per-row windows")));
+        }
+        if name == "DataSourceExec" {
+            let text = datafusion::physical_plan::displayable(plan)
+                .one_line()
+                .to_string();
+            if !text.contains("MemoryExec") && !text.contains("partitions=") {
+                return Err(refuse(format!("a data source other than memory: {text}")));
+            }
+        }
+        for child in plan.children() {
+            walk(child.as_ref(), refuse)?;
+        }
+        Ok(())
+    }
+    walk(plan, &refuse)
 }
 
 /// Runs `sql` over `tables` under the contract's output rules.
@@ -118,5 +250,7 @@ pub async fn run_analysis(
     )
 }
 
+#[cfg(test)]
+mod golden;
 #[cfg(test)]
 mod tests;

@@ -57,7 +57,7 @@ fn tables(c: &Contract) -> Tables {
 }
 
 /// The same SQL on plain DataFusion, rendered the same way, without any rule.
-async fn plain(t: &Tables, sql: &str) -> Vec<Vec<serde_json::Value>> {
+pub(crate) async fn plain(t: &Tables, sql: &str) -> Vec<Vec<serde_json::Value>> {
     let ctx = SessionContext::new();
     for (name, batches) in t {
         ctx.register_batch(
@@ -67,7 +67,10 @@ async fn plain(t: &Tables, sql: &str) -> Vec<Vec<serde_json::Value>> {
         .unwrap();
     }
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    let visible = batches[0].num_columns();
+    let Some(first) = batches.first() else {
+        return vec![];
+    };
+    let visible = first.num_columns();
     // Reuse the renderer with a threshold of zero (nothing suppressed) by appending a count.
     let mut rows = vec![];
     for b in &batches {
@@ -353,4 +356,47 @@ fn parquet_uploads_load_and_are_type_checked() {
         ),
         "{err}"
     );
+}
+
+/// The analyzer rule is not only a second opinion: on its own (without the check on the plan as
+/// written) it stops a plan that breaks the rules, and DataFusion cannot skip it.
+#[tokio::test]
+async fn the_analyzer_rule_refuses_on_its_own() {
+    let c = crate::golden::contract();
+    let t = crate::golden::tables(&c);
+    let rules = Arc::new(roles::Rules::of(&c).unwrap());
+    let ctx = session(&c, &t).unwrap();
+    ctx.add_analyzer_rule(Arc::new(roles::RulesAnalyzer(rules)));
+    for (sql, rule) in [
+        ("SELECT MIN(patient_id) FROM patients", "identifier-use"),
+        ("SELECT age_band, COUNT(*) FROM patients WHERE bmi > 39 GROUP BY age_band", "measure-use"),
+    ] {
+        let written = written_plan(&ctx, sql).await.unwrap();
+        let guarded = threshold::guard(written, &c).unwrap();
+        let err = ctx
+            .state()
+            .create_physical_plan(&guarded.plan)
+            .await
+            .unwrap_err();
+        match unwrap_refusal(err) {
+            EngineError::Refused { rule: got, .. } => assert_eq!(got, rule, "{sql}"),
+            other => panic!("{sql}: {other}"),
+        }
+    }
+    // Without the rule registered the same plan would run: the refusal above is the rule's.
+    let plain_ctx = session(&c, &t).unwrap();
+    let written = written_plan(&plain_ctx, "SELECT MIN(patient_id) FROM patients")
+        .await
+        .unwrap();
+    let guarded = threshold::guard(written, &c).unwrap();
+    assert!(plain_ctx.state().create_physical_plan(&guarded.plan).await.is_ok());
+}
+
+#[tokio::test]
+async fn contracts_without_adhoc_refuse_every_query() {
+    let c = contract(None);
+    let err = run_query(&c, "SELECT COUNT(*) FROM ehr", &tables(&c))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Refused { rule: "adhoc", .. }), "{err}");
 }

@@ -45,6 +45,9 @@ pub enum Event {
         datasets: Vec<String>,
         rows: u64,
         suppressed_groups: u64,
+        /// The SQL of an ad-hoc query (named analyses have theirs in the contract).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sql: Option<String>,
     },
     /// A run was refused before or while running.
     RunRefused {

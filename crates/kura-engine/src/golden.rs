@@ -1,0 +1,267 @@
+//! Golden queries: `golden/*.sql` hold ad-hoc queries, each followed by its expected outcome.
+//!
+//! ```text
+//! -- what the query tries (comments are kept for the failure message)
+//! SELECT ...
+//! => refused identifier-use          (the rule that must refuse it)
+//! => ok                              (allowed: must equal plain DataFusion minus suppressed groups)
+//! => ok suppressed=2                 (... and exactly this many groups suppressed)
+//! => error                           (refused while planning: unknown table or function)
+//! ```
+//!
+//! Every allowed result is compared with plain DataFusion on the same data, and no output of
+//! any query may contain an identifier value.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use kura_contract::Contract;
+use kura_crypto::SecretIdentity;
+use serde_json::Value;
+
+use crate::{EngineError, InputFormat, Tables, load, run_query};
+
+pub(crate) fn contract() -> Contract {
+    let h = SecretIdentity::generate().public().to_text();
+    let f = SecretIdentity::generate().public().to_text();
+    let text = format!(
+        r#"version = 1
+name = "golden"
+purpose = "ad-hoc rule tests"
+
+[[parties]]
+name = "hospital"
+public_key = "{h}"
+roles = ["provider", "analyst", "receiver"]
+
+[[parties]]
+name = "insurer"
+public_key = "{f}"
+roles = ["provider", "receiver"]
+
+[[datasets]]
+name = "patients"
+provider = "hospital"
+privacy_unit = "patient_id"
+columns = [
+  {{ name = "patient_id", type = "utf8",    role = "identifier" }},
+  {{ name = "age_band",   type = "utf8",    role = "dimension" }},
+  {{ name = "sex",        type = "utf8",    role = "dimension" }},
+  {{ name = "region",     type = "utf8",    role = "dimension" }},
+  {{ name = "birth_year", type = "int64",   role = "dimension" }},
+  {{ name = "diabetes",   type = "boolean", role = "measure" }},
+  {{ name = "bmi",        type = "float64", role = "measure" }},
+]
+
+[[datasets]]
+name = "claims"
+provider = "insurer"
+privacy_unit = "patient_id"
+columns = [
+  {{ name = "claim_id",   type = "utf8",    role = "identifier" }},
+  {{ name = "patient_id", type = "utf8",    role = "identifier" }},
+  {{ name = "kind",       type = "utf8",    role = "dimension" }},
+  {{ name = "month",      type = "date",    role = "dimension" }},
+  {{ name = "amount",     type = "float64", role = "measure" }},
+]
+
+[adhoc]
+analysts = ["hospital"]
+receivers = ["hospital"]
+aggregates = ["count", "count_distinct", "sum", "avg", "min", "max", "stddev"]
+column_aggregates = {{ "claims.amount" = ["sum", "avg", "count", "stddev"] }}
+dimension_functions = {{ "patients.birth_year" = ["floor", "round"] }}
+
+[output]
+min_group_size = 5
+
+[retention]
+delete_after = "never"
+
+[enclave]
+platforms = ["simulated"]
+"#
+    );
+    Contract::parse(text.as_bytes()).unwrap()
+}
+
+/// 200 patients in four regions, one of them ("isle") with only 3 people; 600 claims.
+pub(crate) fn tables(c: &Contract) -> Tables {
+    let mut p = String::from("patient_id,age_band,sex,region,birth_year,diabetes,bmi\n");
+    let mut cl = String::from("claim_id,patient_id,kind,month,amount\n");
+    let bands = ["18-39", "40-59", "60-79", "80+"];
+    let regions = ["north", "south", "east"];
+    for i in 0..200u64 {
+        let region = if i < 3 { "isle" } else { regions[(i % 3) as usize] };
+        let x = i.wrapping_mul(2654435761) % 1000;
+        writeln!(
+            p,
+            "pat{i:04},{},{},{region},{},{},{:.1}",
+            bands[(x % 4) as usize],
+            if x % 2 == 0 { "f" } else { "m" },
+            1930 + (x % 70),
+            x % 5 == 0,
+            18.0 + (x % 200) as f64 / 10.0
+        )
+        .unwrap();
+        for k in 0..3u64 {
+            let y = (x + k * 37) % 1000;
+            writeln!(
+                cl,
+                "clm{i:04}{k},pat{i:04},{},2026-{:02}-01,{:.2}",
+                ["visit", "drug", "lab"][(y % 3) as usize],
+                1 + y % 12,
+                10.0 + (y * 7 % 5000) as f64 / 10.0
+            )
+            .unwrap();
+        }
+    }
+    let mut t = Tables::new();
+    for (name, csv) in [("patients", p), ("claims", cl)] {
+        t.insert(
+            name.into(),
+            load::load(c.dataset(name).unwrap(), InputFormat::Csv, csv.as_bytes()).unwrap(),
+        );
+    }
+    t
+}
+
+struct Case {
+    file: String,
+    line: usize,
+    comment: String,
+    sql: String,
+    expect: String,
+}
+
+fn cases() -> Vec<Case> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    files.sort();
+    let mut out = vec![];
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        let (mut sql, mut comment, mut start) = (String::new(), String::new(), 0);
+        for (n, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if let Some(expect) = t.strip_prefix("=> ") {
+                assert!(!sql.trim().is_empty(), "{file}:{}: expectation without SQL", n + 1);
+                out.push(Case {
+                    file: file.clone(),
+                    line: start,
+                    comment: std::mem::take(&mut comment),
+                    sql: std::mem::take(&mut sql),
+                    expect: expect.trim().to_string(),
+                });
+            } else if let Some(c) = t.strip_prefix("--") {
+                comment.push_str(c.trim());
+                comment.push(' ');
+            } else if !t.is_empty() {
+                if sql.is_empty() {
+                    start = n + 1;
+                }
+                sql.push_str(line);
+                sql.push('\n');
+            }
+        }
+        assert!(sql.trim().is_empty(), "{file}: SQL without an expectation at the end");
+    }
+    out
+}
+
+fn same(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
+        _ => a == b,
+    }
+}
+
+/// Takes `row` out of `pool` if an equal row (floats to 1e-9) is there.
+fn take(pool: &mut Vec<Vec<Value>>, row: &[Value]) -> bool {
+    match pool
+        .iter()
+        .position(|p| p.len() == row.len() && p.iter().zip(row).all(|(a, b)| same(a, b)))
+    {
+        Some(i) => {
+            pool.swap_remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+#[tokio::test]
+async fn golden_queries_get_their_expected_verdicts() {
+    let c = contract();
+    let t = tables(&c);
+    let identifiers: HashSet<String> = (0..200)
+        .map(|i| format!("pat{i:04}"))
+        .chain((0..600).map(|i| format!("clm{:04}{}", i / 3, i % 3)))
+        .collect();
+    let all = cases();
+    let mut failures = vec![];
+    let (mut refused, mut allowed) = (0, 0);
+    for case in &all {
+        let at = format!("{}:{} ({})", case.file, case.line, case.comment.trim());
+        let result = run_query(&c, &case.sql, &t).await;
+        if let Ok(out) = &result {
+            for cell in out.rows.iter().flatten() {
+                if let Value::String(s) = cell
+                    && identifiers.contains(s)
+                {
+                    failures.push(format!("{at}: IDENTIFIER {s} IN THE OUTPUT"));
+                }
+            }
+        }
+        let words: Vec<&str> = case.expect.split_whitespace().collect();
+        match (words.as_slice(), &result) {
+            (["refused", rule], Err(EngineError::Refused { rule: got, .. })) if rule == got => {
+                refused += 1;
+            }
+            // Refused before planning completes (unknown table or function).
+            (["error"], Err(EngineError::Sql(_))) => refused += 1,
+            (["ok", rest @ ..], Ok(out)) => {
+                allowed += 1;
+                let mut pool = crate::tests::plain(&t, &case.sql).await;
+                let total = pool.len();
+                for row in &out.rows {
+                    if !take(&mut pool, row) {
+                        failures.push(format!("{at}: row {row:?} is not in plain DataFusion's result"));
+                    }
+                }
+                if total - out.rows.len() != out.suppressed_groups as usize {
+                    failures.push(format!(
+                        "{at}: {} rows + {} suppressed != {total} rows of plain DataFusion",
+                        out.rows.len(),
+                        out.suppressed_groups
+                    ));
+                }
+                if let Some(n) = rest.iter().find_map(|w| w.strip_prefix("suppressed=")) {
+                    if n.parse::<u64>().unwrap() != out.suppressed_groups {
+                        failures.push(format!(
+                            "{at}: expected {n} suppressed groups, got {}",
+                            out.suppressed_groups
+                        ));
+                    }
+                }
+            }
+            (_, got) => failures.push(format!(
+                "{at}: expected {}, got {}",
+                case.expect,
+                match got {
+                    Ok(o) => format!("ok ({} rows, {} suppressed)", o.rows.len(), o.suppressed_groups),
+                    Err(e) => format!("{e}"),
+                }
+            )),
+        }
+    }
+    eprintln!("{} golden queries: {refused} refused as expected, {allowed} allowed", all.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(all.len() >= 150, "only {} golden queries", all.len());
+    assert!(refused >= 100, "only {refused} refusals");
+}

@@ -1,0 +1,99 @@
+//! The list rule: an analysis whose rows name identifiers (accounts in a cross-bank pattern,
+//! customers in an audience), released so that each receiver sees only rows naming its own
+//! privacy units. A bank learns which of *its* accounts take part; never another bank's.
+//!
+//! "Own" is decided by value: a row goes to a receiver when its `list_column` value is a
+//! privacy unit of a dataset that receiver provided. Rows that name nobody's own unit go to
+//! nobody. The SQL itself is fixed in the contract and signed by every party.
+
+use std::collections::{BTreeMap, HashSet};
+
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use kura_contract::{Analysis, Contract};
+use serde_json::Value;
+
+use crate::{EngineError, Output, Tables};
+
+/// The rows of a list analysis for each of its receivers.
+pub async fn run_list(
+    contract: &Contract,
+    analysis: &Analysis,
+    tables: &Tables,
+) -> Result<BTreeMap<String, Output>, EngineError> {
+    let column = analysis.list_column.as_deref().ok_or_else(|| {
+        EngineError::Sql(format!("analysis {:?} is not a list", analysis.name))
+    })?;
+    let ctx = crate::session(contract, tables)?;
+    let plan = crate::written_plan(&ctx, &analysis.sql).await?;
+    let datasets = crate::threshold::datasets_read(&plan, contract)?;
+    let missing: Vec<String> = datasets
+        .iter()
+        .filter(|d| !tables.contains_key(*d))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(EngineError::MissingData(missing));
+    }
+    let index = plan
+        .schema()
+        .fields()
+        .iter()
+        .position(|f| f.name() == column)
+        .ok_or_else(|| {
+            EngineError::Sql(format!(
+                "list analysis {:?} has no output column {column:?}",
+                analysis.name
+            ))
+        })?;
+    let width = plan.schema().fields().len();
+    let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+    let all = crate::output::suppress_and_render(&batches, width, 1, datasets.into_iter().collect())?;
+    let mut out = BTreeMap::new();
+    for receiver in &analysis.receivers {
+        let own = own_units(contract, receiver, tables)?;
+        let rows = all
+            .rows
+            .iter()
+            .filter(|row| key(&row[index]).is_some_and(|k| own.contains(&k)))
+            .cloned()
+            .collect();
+        out.insert(
+            receiver.clone(),
+            Output {
+                rows,
+                ..all.clone()
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// A value as text, the way it is compared with privacy units.
+fn key(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// Every privacy-unit value of the datasets `party` provided.
+fn own_units(
+    contract: &Contract,
+    party: &str,
+    tables: &Tables,
+) -> Result<HashSet<String>, EngineError> {
+    let mut units = HashSet::new();
+    for d in contract.datasets.iter().filter(|d| d.provider == party) {
+        for batch in tables.get(&d.name).into_iter().flatten() {
+            let Some(col) = batch.column_by_name(&d.privacy_unit) else {
+                continue;
+            };
+            let text = cast(col, &DataType::Utf8).map_err(|e| EngineError::Execution(e.to_string()))?;
+            units.extend(text.as_string::<i32>().iter().flatten().map(str::to_string));
+        }
+    }
+    Ok(units)
+}

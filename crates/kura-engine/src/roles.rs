@@ -1,0 +1,670 @@
+//! The analysis rules of ad-hoc queries, checked on the logical plan.
+//!
+//! Every column of every operator gets a label that says what its values may reveal:
+//!
+//! | label | from | may appear |
+//! | --- | --- | --- |
+//! | identifier | an `identifier` column, unchanged | in equi-join conditions, in `COUNT` / `COUNT(DISTINCT ...)` |
+//! | measure | a `measure` column, or any computation involving one | inside an allowed aggregate |
+//! | dimension | `dimension` columns, constants and functions of them | anywhere |
+//! | statistic | the result of an allowed aggregate | anywhere above its aggregation |
+//!
+//! The output may hold only dimensions (the group keys), statistics and constants. A
+//! construct the rule does not know is refused: window functions, subquery expressions,
+//! set operations (other than UNION ALL, left to the threshold rule), LIMIT before an
+//! aggregation, and every plan node or expression not listed below. The rule runs twice: on the
+//! plan as written, for precise reasons, and as a DataFusion analyzer rule on the plan that
+//! executes (after the threshold rewrite), where failure is fatal and nothing can skip it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::{DFSchema, JoinType};
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
+use datafusion::optimizer::AnalyzerRule;
+use kura_contract::{Adhoc, ColumnRole, Contract};
+
+use crate::EngineError;
+use crate::threshold::HIDDEN_PREFIX;
+
+/// What a value may reveal, least sensitive first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Constant,
+    Dimension,
+    Statistic,
+    Measure,
+    Identifier,
+}
+
+#[derive(Clone, Debug)]
+struct Label {
+    kind: Kind,
+    /// The contract column it comes from (`dataset.column`), for rules and messages.
+    column: Option<String>,
+    /// An unchanged copy of that column (not a computation on it).
+    bare: bool,
+}
+
+impl Label {
+    fn of(kind: Kind) -> Self {
+        Self {
+            kind,
+            column: None,
+            bare: false,
+        }
+    }
+
+    fn name(&self) -> String {
+        self.column.clone().unwrap_or_else(|| "a value".into())
+    }
+}
+
+/// The rules of one contract's `[adhoc]` section.
+#[derive(Debug)]
+pub struct Rules {
+    roles: BTreeMap<(String, String), ColumnRole>,
+    adhoc: Adhoc,
+}
+
+fn refuse(rule: &'static str, reason: impl Into<String>) -> EngineError {
+    EngineError::Refused {
+        rule,
+        reason: reason.into(),
+    }
+}
+
+/// Where a value is being used, which decides what it may be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// A projected or compared value outside any aggregate.
+    Row,
+    /// Inside the argument or FILTER of an aggregate.
+    Aggregated,
+}
+
+impl Rules {
+    /// The rules, or a refusal when the contract allows no ad-hoc queries.
+    pub fn of(contract: &Contract) -> Result<Self, EngineError> {
+        let adhoc = contract.adhoc.clone().ok_or_else(|| {
+            refuse(
+                "adhoc",
+                "the contract has no [adhoc] section: only its named analyses may run",
+            )
+        })?;
+        let roles = contract
+            .datasets
+            .iter()
+            .flat_map(|d| {
+                d.columns
+                    .iter()
+                    .map(|c| ((d.name.clone(), c.name.clone()), c.role))
+            })
+            .collect();
+        Ok(Self { roles, adhoc })
+    }
+
+    /// Checks `plan`; the output may hold only dimensions, statistics and constants.
+    pub fn check(&self, plan: &LogicalPlan) -> Result<(), EngineError> {
+        let labels = self.labels(plan, false)?;
+        for (label, field) in labels.iter().zip(plan.schema().fields()) {
+            match label.kind {
+                Kind::Identifier => {
+                    return Err(refuse(
+                        "identifier-use",
+                        format!(
+                            "output column {:?} carries the identifier {}: identifiers never leave the enclave",
+                            field.name(),
+                            label.name()
+                        ),
+                    ));
+                }
+                Kind::Measure => {
+                    return Err(refuse(
+                        "measure-use",
+                        format!(
+                            "output column {:?} carries row-level values of the measure {}: measures leave only inside an aggregate",
+                            field.name(),
+                            label.name()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn labels(&self, plan: &LogicalPlan, under_aggregate: bool) -> Result<Vec<Label>, EngineError> {
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                let table = scan.table_name.table().to_string();
+                let labels: Vec<Label> = scan
+                    .projected_schema
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        let role = self.roles.get(&(table.clone(), f.name().clone()));
+                        let kind = match role {
+                            Some(ColumnRole::Identifier) => Kind::Identifier,
+                            Some(ColumnRole::Measure) => Kind::Measure,
+                            Some(ColumnRole::Dimension) => Kind::Dimension,
+                            // Not a contract column: treat as the most sensitive.
+                            None => Kind::Identifier,
+                        };
+                        Label {
+                            kind,
+                            column: Some(format!("{table}.{}", f.name())),
+                            bare: true,
+                        }
+                    })
+                    .collect();
+                for f in &scan.filters {
+                    self.check_predicate(f, &labels, &scan.projected_schema)?;
+                }
+                Ok(labels)
+            }
+            LogicalPlan::Projection(p) => {
+                let input = self.labels(&p.input, under_aggregate)?;
+                p.expr
+                    .iter()
+                    .map(|e| self.label(e, &input, p.input.schema(), Place::Row))
+                    .collect()
+            }
+            LogicalPlan::Filter(f) => {
+                let input = self.labels(&f.input, under_aggregate)?;
+                self.check_predicate(&f.predicate, &input, f.input.schema())?;
+                Ok(input)
+            }
+            LogicalPlan::SubqueryAlias(a) => self.labels(&a.input, under_aggregate),
+            LogicalPlan::Repartition(r) => self.labels(&r.input, under_aggregate),
+            LogicalPlan::Sort(s) => {
+                let input = self.labels(&s.input, under_aggregate)?;
+                for key in &s.expr {
+                    let label = self.label(&key.expr, &input, s.input.schema(), Place::Row)?;
+                    self.comparable(&label, "ORDER BY")?;
+                }
+                if s.fetch.is_some() && under_aggregate {
+                    return Err(limit_before_aggregation());
+                }
+                Ok(input)
+            }
+            LogicalPlan::Limit(l) => {
+                if under_aggregate {
+                    return Err(limit_before_aggregation());
+                }
+                self.labels(&l.input, under_aggregate)
+            }
+            LogicalPlan::Aggregate(a) => {
+                let input = self.labels(&a.input, true)?;
+                let schema = a.input.schema();
+                let mut out = Vec::new();
+                for g in &a.group_expr {
+                    let exprs: Vec<&Expr> = match g {
+                        Expr::GroupingSet(set) => set.distinct_expr(),
+                        other => vec![other],
+                    };
+                    for e in &exprs {
+                        let label = self.label(e, &input, schema, Place::Row)?;
+                        match label.kind {
+                            Kind::Identifier => {
+                                return Err(refuse(
+                                    "identifier-use",
+                                    format!(
+                                        "GROUP BY the identifier {}: one group per person is row-level data",
+                                        label.name()
+                                    ),
+                                ));
+                            }
+                            Kind::Measure => {
+                                return Err(refuse(
+                                    "measure-use",
+                                    format!(
+                                        "GROUP BY the measure {}: its values would leave as group keys",
+                                        label.name()
+                                    ),
+                                ));
+                            }
+                            Kind::Statistic => {
+                                return Err(refuse(
+                                    "unsupported-construct",
+                                    "GROUP BY the result of another aggregation (nested aggregation)",
+                                ));
+                            }
+                            _ => {}
+                        }
+                    }
+                    if !matches!(g, Expr::GroupingSet(_)) {
+                        out.push(self.label(g, &input, schema, Place::Row)?);
+                    }
+                }
+                if a.group_expr.iter().any(|g| matches!(g, Expr::GroupingSet(_))) {
+                    // Grouping sets: the output has the distinct keys then the grouping id.
+                    out = a
+                        .group_expr
+                        .iter()
+                        .flat_map(|g| match g {
+                            Expr::GroupingSet(set) => set.distinct_expr(),
+                            other => vec![other],
+                        })
+                        .map(|_| Label::of(Kind::Dimension))
+                        .collect();
+                    out.push(Label::of(Kind::Constant));
+                }
+                for e in &a.aggr_expr {
+                    self.check_aggregate(e, &input, schema)?;
+                    out.push(Label::of(Kind::Statistic));
+                }
+                Ok(out)
+            }
+            LogicalPlan::Join(j) => {
+                if matches!(j.join_type, JoinType::LeftMark | JoinType::RightMark) {
+                    return Err(subquery_refused());
+                }
+                let left = self.labels(&j.left, under_aggregate)?;
+                let right = self.labels(&j.right, under_aggregate)?;
+                for (l, r) in &j.on {
+                    let l = self.label(l, &left, j.left.schema(), Place::Row)?;
+                    let r = self.label(r, &right, j.right.schema(), Place::Row)?;
+                    self.check_equi(&l, &r)?;
+                }
+                let mut all = left.clone();
+                all.extend(right.iter().cloned());
+                if let Some(filter) = &j.filter {
+                    let schema = j.left.schema().join(j.right.schema())?;
+                    self.check_predicate(filter, &all, &schema)?;
+                }
+                Ok(match j.join_type {
+                    JoinType::LeftSemi | JoinType::LeftAnti => left,
+                    JoinType::RightSemi | JoinType::RightAnti => right,
+                    _ => all,
+                })
+            }
+            LogicalPlan::Union(u) => {
+                let mut out: Option<Vec<Label>> = None;
+                for input in &u.inputs {
+                    let labels = self.labels(input, under_aggregate)?;
+                    out = Some(match out {
+                        None => labels,
+                        Some(prev) => prev
+                            .into_iter()
+                            .zip(labels)
+                            .map(|(a, b)| if b.kind > a.kind { b } else { a })
+                            .collect(),
+                    });
+                }
+                Ok(out.unwrap_or_default())
+            }
+            LogicalPlan::Distinct(datafusion::logical_expr::Distinct::All(input)) => {
+                self.labels(input, under_aggregate)
+            }
+            LogicalPlan::Values(v) => Ok(vec![Label::of(Kind::Constant); v.schema.fields().len()]),
+            LogicalPlan::EmptyRelation(e) => {
+                Ok(vec![Label::of(Kind::Constant); e.schema.fields().len()])
+            }
+            LogicalPlan::Window(_) => Err(refuse(
+                "unsupported-construct",
+                "window functions (OVER ...) are refused: they attach group values to single rows",
+            )),
+            other => Err(refuse(
+                "unsupported-construct",
+                format!(
+                    "the rule does not know the plan operator {:?}, so it is refused",
+                    other.display().to_string().split(':').next().unwrap_or("?")
+                ),
+            )),
+        }
+    }
+
+    /// The label of `expr` over an input with `input` labels.
+    fn label(
+        &self,
+        expr: &Expr,
+        input: &[Label],
+        schema: &DFSchema,
+        place: Place,
+    ) -> Result<Label, EngineError> {
+        let combine = |children: &[&Expr], what: &str| -> Result<Label, EngineError> {
+            let mut out = Label::of(Kind::Constant);
+            for child in children {
+                let l = self.label(child, input, schema, place)?;
+                if l.kind == Kind::Identifier {
+                    return Err(refuse(
+                        "identifier-use",
+                        format!(
+                            "the identifier {} is used in {what}: identifiers may only be \
+                             compared in equi-join conditions and counted",
+                            l.name()
+                        ),
+                    ));
+                }
+                if l.kind > out.kind {
+                    out = Label {
+                        kind: l.kind,
+                        column: l.column,
+                        bare: false,
+                    };
+                }
+            }
+            Ok(out)
+        };
+        match expr {
+            Expr::Column(c) => {
+                let i = schema.index_of_column(c)?;
+                Ok(input[i].clone())
+            }
+            Expr::Alias(a) => {
+                if a.name.starts_with(HIDDEN_PREFIX) {
+                    return Err(refuse(
+                        "unsupported-construct",
+                        format!("names starting with {HIDDEN_PREFIX} are reserved"),
+                    ));
+                }
+                self.label(&a.expr, input, schema, place)
+            }
+            Expr::Literal(..) => Ok(Label::of(Kind::Constant)),
+            Expr::BinaryExpr(b) => combine(&[&b.left, &b.right], &format!("the expression {expr}")),
+            Expr::Not(e)
+            | Expr::IsNotNull(e)
+            | Expr::IsNull(e)
+            | Expr::IsTrue(e)
+            | Expr::IsFalse(e)
+            | Expr::IsUnknown(e)
+            | Expr::IsNotTrue(e)
+            | Expr::IsNotFalse(e)
+            | Expr::IsNotUnknown(e)
+            | Expr::Negative(e) => combine(&[e], &format!("the expression {expr}")),
+            Expr::Like(l) | Expr::SimilarTo(l) => {
+                combine(&[&l.expr, &l.pattern], &format!("the pattern match {expr}"))
+            }
+            Expr::Between(b) => combine(&[&b.expr, &b.low, &b.high], &format!("{expr}")),
+            Expr::Cast(c) => combine(&[&c.expr], "a CAST"),
+            Expr::TryCast(c) => combine(&[&c.expr], "a TRY_CAST"),
+            Expr::InList(l) => {
+                let mut all: Vec<&Expr> = vec![&l.expr];
+                all.extend(l.list.iter());
+                combine(&all, "an IN list")
+            }
+            Expr::Case(c) => {
+                let mut all: Vec<&Expr> = Vec::new();
+                all.extend(c.expr.as_deref());
+                for (w, t) in &c.when_then_expr {
+                    all.push(w);
+                    all.push(t);
+                }
+                all.extend(c.else_expr.as_deref());
+                combine(&all, "a CASE expression")
+            }
+            Expr::ScalarFunction(f) => {
+                let name = f.func.name().to_ascii_lowercase();
+                for arg in &f.args {
+                    let l = self.label(arg, input, schema, place)?;
+                    if l.kind == Kind::Dimension
+                        && let Some(allowed) = l
+                            .column
+                            .as_ref()
+                            .and_then(|c| self.adhoc.dimension_functions.get(c))
+                        && !allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
+                    {
+                        return Err(refuse(
+                            "dimension-functions",
+                            format!(
+                                "function {name} on the dimension {} is not among those the contract allows for it ({})",
+                                l.name(),
+                                allowed.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                let args: Vec<&Expr> = f.args.iter().collect();
+                combine(&args, &format!("the function {name}"))
+            }
+            Expr::AggregateFunction(_) => Err(refuse(
+                "unsupported-construct",
+                format!("aggregate {expr} outside an aggregation"),
+            )),
+            Expr::WindowFunction(_) => Err(refuse(
+                "unsupported-construct",
+                "window functions (OVER ...) are refused: they attach group values to single rows",
+            )),
+            Expr::ScalarSubquery(_)
+            | Expr::Exists(_)
+            | Expr::InSubquery(_)
+            | Expr::SetComparison(_)
+            | Expr::OuterReferenceColumn(..) => Err(subquery_refused()),
+            Expr::Placeholder(_) | Expr::ScalarVariable(..) => Err(refuse(
+                "unsupported-construct",
+                format!("parameters and variables ({expr}) are refused"),
+            )),
+            other => Err(refuse(
+                "unsupported-construct",
+                format!("the rule does not know the expression {other}, so it is refused"),
+            )),
+        }
+    }
+
+    /// WHERE, HAVING and join filters: equalities between identifiers are join conditions;
+    /// anything else may look only at dimensions, constants and statistics.
+    fn check_predicate(
+        &self,
+        predicate: &Expr,
+        input: &[Label],
+        schema: &DFSchema,
+    ) -> Result<(), EngineError> {
+        for conjunct in datafusion::logical_expr::utils::split_conjunction(predicate) {
+            if let Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) = conjunct
+            {
+                let l = self.label(left, input, schema, Place::Row);
+                let r = self.label(right, input, schema, Place::Row);
+                if let (Ok(l), Ok(r)) = (&l, &r)
+                    && (l.kind == Kind::Identifier || r.kind == Kind::Identifier)
+                {
+                    self.check_equi(l, r)?;
+                    continue;
+                }
+            }
+            let label = self.label(conjunct, input, schema, Place::Row)?;
+            self.comparable(&label, "a filter (WHERE, HAVING or ON)")?;
+        }
+        Ok(())
+    }
+
+    /// Both sides of an equi-join on identifiers must be identifiers, unchanged.
+    fn check_equi(&self, l: &Label, r: &Label) -> Result<(), EngineError> {
+        match (l.kind, r.kind) {
+            (Kind::Identifier, Kind::Identifier) if l.bare && r.bare => Ok(()),
+            (Kind::Identifier, _) | (_, Kind::Identifier) => Err(refuse(
+                "identifier-use",
+                format!(
+                    "the identifier {} is compared with {}: an identifier may only be joined to \
+                     another dataset's identifier, unchanged",
+                    if l.kind == Kind::Identifier { l.name() } else { r.name() },
+                    if l.kind == Kind::Identifier { r.name() } else { l.name() },
+                ),
+            )),
+            _ => {
+                self.comparable(l, "a join condition")?;
+                self.comparable(r, "a join condition")
+            }
+        }
+    }
+
+    /// A value that selects or orders rows: not an identifier, not a measure.
+    fn comparable(&self, label: &Label, place: &str) -> Result<(), EngineError> {
+        match label.kind {
+            Kind::Identifier => Err(refuse(
+                "identifier-use",
+                format!(
+                    "the identifier {} is used in {place}: identifiers may only be compared in \
+                     equi-join conditions and counted",
+                    label.name()
+                ),
+            )),
+            Kind::Measure => Err(refuse(
+                "measure-use",
+                format!(
+                    "the measure {} is used in {place}: measures may only be aggregated \
+                     (filtering on them singles out individuals)",
+                    label.name()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_aggregate(
+        &self,
+        expr: &Expr,
+        input: &[Label],
+        schema: &DFSchema,
+    ) -> Result<(), EngineError> {
+        let (hidden, expr) = match expr {
+            Expr::Alias(a) => (a.name.starts_with(HIDDEN_PREFIX), a.expr.as_ref()),
+            other => (false, other),
+        };
+        let Expr::AggregateFunction(AggregateFunction { func, params }) = expr else {
+            return Err(refuse(
+                "unsupported-construct",
+                format!("the rule does not know the aggregate expression {expr}"),
+            ));
+        };
+        let name = func.name().to_ascii_lowercase();
+        let kind = match (name.as_str(), params.distinct) {
+            ("count", true) => "count_distinct",
+            ("count", false) => "count",
+            ("sum", false) => "sum",
+            ("avg" | "mean", false) => "avg",
+            ("min", _) => "min",
+            ("max", _) => "max",
+            ("stddev" | "stddev_samp", false) => "stddev",
+            ("var" | "var_samp" | "variance", false) => "variance",
+            ("median", false) => "median",
+            (_, true) => {
+                return Err(refuse(
+                    "aggregate-functions",
+                    format!("{name}(DISTINCT ...) is refused; only COUNT(DISTINCT ...) is allowed"),
+                ));
+            }
+            _ => {
+                return Err(refuse(
+                    "aggregate-functions",
+                    format!(
+                        "aggregate {name} is refused: it is not one kura can prove safe (it may \
+                         return raw values of a group)"
+                    ),
+                ));
+            }
+        };
+        if !params.order_by.is_empty() {
+            return Err(refuse(
+                "aggregate-functions",
+                format!("ORDER BY inside the aggregate {name} is refused"),
+            ));
+        }
+        let mut labels = Vec::new();
+        for arg in &params.args {
+            labels.push(self.label(arg, input, schema, Place::Aggregated)?);
+        }
+        if let Some(filter) = &params.filter {
+            let l = self.label(filter, input, schema, Place::Aggregated)?;
+            if l.kind == Kind::Identifier {
+                return Err(refuse(
+                    "identifier-use",
+                    format!("the identifier {} is used in an aggregate FILTER", l.name()),
+                ));
+            }
+        }
+        // The threshold rule's own counts: COUNT(DISTINCT unit), whatever the contract lists.
+        if hidden {
+            return if kind == "count_distinct"
+                && labels.len() == 1
+                && labels[0].kind == Kind::Identifier
+                && labels[0].bare
+            {
+                Ok(())
+            } else {
+                Err(refuse(
+                    "unsupported-construct",
+                    format!("names starting with {HIDDEN_PREFIX} are reserved"),
+                ))
+            };
+        }
+        if !self.adhoc.aggregates.iter().any(|a| a == kind) {
+            return Err(refuse(
+                "aggregate-functions",
+                format!(
+                    "aggregate {kind} is not allowed by the contract (allowed: {})",
+                    self.adhoc.aggregates.join(", ")
+                ),
+            ));
+        }
+        for l in &labels {
+            if l.kind == Kind::Identifier && !(matches!(kind, "count" | "count_distinct") && l.bare)
+            {
+                return Err(refuse(
+                    "identifier-use",
+                    format!(
+                        "{kind} of the identifier {}: identifiers may only be counted",
+                        l.name()
+                    ),
+                ));
+            }
+            if l.bare
+                && let Some(column) = &l.column
+                && let Some(allowed) = self.adhoc.column_aggregates.get(column)
+                && !allowed.iter().any(|a| a == kind)
+            {
+                return Err(refuse(
+                    "aggregate-functions",
+                    format!(
+                        "aggregate {kind} of {column} is not allowed by the contract (allowed for it: {})",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn limit_before_aggregation() -> EngineError {
+    refuse(
+        "unsupported-construct",
+        "LIMIT before an aggregation picks individual rows: it is refused",
+    )
+}
+
+fn subquery_refused() -> EngineError {
+    refuse(
+        "unsupported-construct",
+        "subquery expressions (IN/EXISTS/scalar subqueries) are refused: write a JOIN instead",
+    )
+}
+
+/// [`Rules`] as a DataFusion analyzer rule: it runs on every plan the session executes, after
+/// the built-in analyzer rules, and its failure aborts the query.
+#[derive(Debug)]
+pub struct RulesAnalyzer(pub Arc<Rules>);
+
+impl AnalyzerRule for RulesAnalyzer {
+    fn analyze(
+        &self,
+        plan: LogicalPlan,
+        _config: &ConfigOptions,
+    ) -> datafusion::error::Result<LogicalPlan> {
+        self.0
+            .check(&plan)
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        Ok(plan)
+    }
+
+    fn name(&self) -> &str {
+        "kura_analysis_rules"
+    }
+}
