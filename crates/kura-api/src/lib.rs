@@ -58,6 +58,10 @@ pub enum Action {
     Run {
         analysis: String,
     },
+    /// An ad-hoc query under the contract's `[adhoc]` rules (sent to the run route).
+    Query {
+        sql: String,
+    },
     Results {
         run_id: Option<String>,
     },

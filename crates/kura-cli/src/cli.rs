@@ -359,40 +359,12 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
         Command::Run(a) => {
             let mut client = attested(&a.party).await?;
             let resp = client.run(&a.analysis).await?;
-            let receiver = resp.receivers.iter().any(|r| r == client.party());
-            if receiver {
-                let table = client
-                    .results(Some(&resp.run_id))
-                    .await?
-                    .into_iter()
-                    .next()
-                    .context("the enclave returned no result for this run")?;
-                if a.json {
-                    println!("{}", render::result_json(&table));
-                } else {
-                    print!("{}", render::table(&table));
-                }
-            } else if a.json {
-                println!("{}", serde_json::to_string(&resp)?);
-            } else {
-                println!(
-                    "run {} started; results go to {}",
-                    resp.run_id,
-                    resp.receivers.join(", ")
-                );
-            }
-            if !a.json && !resp.deleted.is_empty() {
-                eprintln!("deleted after the run: {}", resp.deleted.join(", "));
-            }
-            Ok(ExitCode::SUCCESS)
+            show_run(&mut client, resp, a.json).await
         }
         Command::Query(a) => {
-            let client = a.party.client()?;
-            bail!(
-                "ad-hoc queries are refused: contract {} has no [adhoc] section, and this version of kura runs only the contract's analyses (use kura run --analysis NAME); SQL was {:?}",
-                client.contract().id(),
-                a.sql
-            )
+            let mut client = attested(&a.party).await?;
+            let resp = client.query(&a.sql).await?;
+            show_run(&mut client, resp, a.json).await
         }
         Command::Results(a) => {
             let mut client = attested(&a.party).await?;
@@ -450,6 +422,40 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
         Command::Attest(AttestCmd::Verify(a)) => attest_verify(a).await,
         Command::Demo(a) => crate::demo::run(a).await,
     }
+}
+
+/// Prints a run's result when this party receives it, otherwise where it went.
+async fn show_run(
+    client: &mut Client,
+    resp: kura_api::RunResponse,
+    json: bool,
+) -> Result<ExitCode> {
+    let receiver = resp.receivers.iter().any(|r| r == client.party());
+    if receiver {
+        let table = client
+            .results(Some(&resp.run_id))
+            .await?
+            .into_iter()
+            .next()
+            .context("the enclave returned no result for this run")?;
+        if json {
+            println!("{}", render::result_json(&table));
+        } else {
+            print!("{}", render::table(&table));
+        }
+    } else if json {
+        println!("{}", serde_json::to_string(&resp)?);
+    } else {
+        println!(
+            "run {} started; results go to {}",
+            resp.run_id,
+            resp.receivers.join(", ")
+        );
+    }
+    if !json && !resp.deleted.is_empty() {
+        eprintln!("deleted after the run: {}", resp.deleted.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn verify_contract(path: &std::path::Path, json: bool) -> Result<ExitCode> {

@@ -75,6 +75,9 @@ pub struct RunInfo {
     pub rows: u64,
     pub suppressed_groups: u64,
     pub released_to: Vec<String>,
+    /// The SQL of an ad-hoc query.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,6 +116,11 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
             receivers: a.receivers.clone(),
             runs: vec![],
         })
+        .chain(contract.adhoc.iter().map(|a| AnalysisInfo {
+            name: kura_contract::ADHOC_ANALYSIS.to_string(),
+            receivers: a.receivers.clone(),
+            runs: vec![],
+        }))
         .collect();
     let mut starts = vec![];
     let (mut refused_uploads, mut refused_runs) = (0, 0);
@@ -150,6 +158,7 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                 datasets,
                 rows,
                 suppressed_groups,
+                sql,
             } => {
                 if let Some(a) = analyses.iter_mut().find(|a| &a.name == analysis) {
                     a.runs.push(RunInfo {
@@ -160,6 +169,7 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                         rows: *rows,
                         suppressed_groups: *suppressed_groups,
                         released_to: vec![],
+                        sql: sql.clone(),
                     });
                 }
             }
@@ -291,6 +301,13 @@ pub fn markdown(t: &Transparency) -> String {
                 r.suppressed_groups,
                 r.released_to.join(", ")
             );
+            if let Some(sql) = &r.sql {
+                let _ = writeln!(
+                    o,
+                    "|  | query: `{}` |  |  |  |  |  |",
+                    sql.replace('|', "\\|")
+                );
+            }
         }
         o.push('\n');
     }

@@ -1082,11 +1082,18 @@ fn cli_attest_fetches_a_missing_vcek_once_and_then_verifies_offline() {
     let (code, v) = attest(false);
     assert_eq!((code, v["verdict"].as_str()), (Some(1), Some("invalid")));
     let reason = v["reason"].as_str().unwrap();
-    assert!(reason.contains("Milan VCEK") && reason.contains("--fetch"), "{reason}");
+    assert!(
+        reason.contains("Milan VCEK") && reason.contains("--fetch"),
+        "{reason}"
+    );
     assert_eq!(kds.hits(), 0);
     // With --fetch: asked once, verified, cached.
     let (code, v) = attest(true);
-    assert_eq!((code, v["verdict"].as_str()), (Some(0), Some("valid")), "{v}");
+    assert_eq!(
+        (code, v["verdict"].as_str()),
+        (Some(0), Some("valid")),
+        "{v}"
+    );
     assert_eq!(kds.hits(), 1);
     assert!(v["signer"].as_str().unwrap().contains("VCEK"));
     // From then on the cache serves, online or not.
@@ -1275,9 +1282,11 @@ fn cli_drives_a_served_enclave() {
         &["query", "--sql", "SELECT COUNT(*) FROM ehr", "--json"],
     );
     assert_eq!(code, Some(1));
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["refused"],
-        true
+    let v = serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    assert_eq!(v["refused"], true);
+    assert!(
+        v["reason"].as_str().unwrap().contains("[adhoc]"),
+        "the reason names the missing section: {v}"
     );
 
     // The receiver runs and gets the result in the stable JSON shape.
@@ -1337,6 +1346,8 @@ fn cli_drives_a_served_enclave() {
             "upload",
             "run_refused",
             "upload",
+            // the ad-hoc query refused for want of an [adhoc] section
+            "run_refused",
             "run",
             "release",
             "deletion",
@@ -1349,7 +1360,7 @@ fn cli_drives_a_served_enclave() {
     assert_eq!(code, Some(0), "{err}");
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["contract"]["purpose"], "tests");
-    assert_eq!(r["log"]["entries"], 8);
+    assert_eq!(r["log"]["entries"], 9);
     let ehr = &r["datasets"][0];
     assert_eq!(
         (ehr["name"].as_str(), ehr["provider"].as_str()),
@@ -1362,7 +1373,7 @@ fn cli_drives_a_served_enclave() {
     assert_eq!(run["by"], "hospital-a");
     assert_eq!(run["released_to"], serde_json::json!(["hospital-a"]));
     assert_eq!(run["suppressed_groups"], 1);
-    assert_eq!(r["refused_runs"], 1);
+    assert_eq!(r["refused_runs"], 2);
     assert_eq!(r["enclave_starts"][0]["platform"], "simulated");
     let (code, md, _) = as_party("hospital-a", &["audit", "report"]);
     assert_eq!(code, Some(0));
@@ -1589,5 +1600,167 @@ async fn data_is_deleted_at_the_deadline_without_anyone_asking() {
     assert!(
         reason.contains("deleted under the contract's retention rule"),
         "{reason}"
+    );
+}
+
+/// Three banks, each with its own transfers; chains planted across banks. The list analysis
+/// names the accounts that receive from another bank and pass money on, and each bank gets only
+/// its own accounts. Ad-hoc queries run under the rules, refusals name the rule and are logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_banks_get_only_their_own_accounts_from_a_cross_bank_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let banks = ["bank-a", "bank-b", "bank-c"];
+    let parties: Vec<Party> = banks
+        .iter()
+        .map(|n| Party {
+            name: n,
+            key: SecretIdentity::generate(),
+        })
+        .collect();
+    let mut text =
+        String::from("version = 1\nname = \"aml\"\npurpose = \"cross-bank mule detection\"\n\n");
+    for p in &parties {
+        text += &format!(
+            "[[parties]]\nname = \"{}\"\npublic_key = \"{}\"\nroles = [\"provider\", \"analyst\", \"receiver\"]\n\n",
+            p.name,
+            p.key.public().to_text()
+        );
+    }
+    for b in ["a", "b", "c"] {
+        text += &format!(
+            "[[datasets]]\nname = \"transfers_{b}\"\nprovider = \"bank-{b}\"\nprivacy_unit = \"from_account\"\ncolumns = [\n  {{ name = \"from_account\", type = \"utf8\", role = \"identifier\" }},\n  {{ name = \"to_account\", type = \"utf8\", role = \"identifier\" }},\n  {{ name = \"amount\", type = \"float64\", role = \"measure\" }},\n]\n\n"
+        );
+    }
+    text += r#"[[analyses]]
+name = "mules"
+kind = "list"
+list_column = "account"
+receivers = ["bank-a", "bank-b", "bank-c"]
+sql = """
+WITH t AS (
+  SELECT from_account, to_account, 'a' AS bank FROM transfers_a
+  UNION ALL SELECT from_account, to_account, 'b' FROM transfers_b
+  UNION ALL SELECT from_account, to_account, 'c' FROM transfers_c)
+SELECT DISTINCT x.to_account AS account
+FROM t x JOIN t y ON x.to_account = y.from_account
+WHERE x.bank <> y.bank
+ORDER BY account
+"""
+
+[adhoc]
+analysts = ["bank-a"]
+receivers = ["bank-a"]
+
+[output]
+min_group_size = 3
+
+[retention]
+delete_after = "never"
+
+[enclave]
+platforms = ["simulated"]
+"#;
+    let contract = Contract::parse(text.as_bytes()).unwrap();
+    kura_engine::check_analyses(&contract).await.unwrap();
+    let sigs: Vec<_> = parties
+        .iter()
+        .map(|p| kura_contract::sign(&contract, &p.key).unwrap())
+        .collect();
+    let contract = SignedContract::verify(contract, |party| {
+        sigs.iter()
+            .find(|(p, _)| p == party)
+            .map(|(_, s)| s.clone())
+    })
+    .unwrap();
+    let server = start(&contract, &dir.path().join("state")).await;
+    // Planted chains: a001 -> b001 -> c001 -> a002 -> a999 and c050 -> b050 -> b051;
+    // noise inside each bank (a1xx -> a1xx) is not cross-bank and must not be listed.
+    let data = [
+        (
+            "a",
+            "a001,b001,9000\na002,a999,8800\na100,a101,50\na101,a102,40\na103,a104,10\n",
+        ),
+        (
+            "b",
+            "b001,c001,8900\nb050,b051,700\nb100,b101,30\nb101,b102,20\n",
+        ),
+        ("c", "c001,a002,8850\nc050,b050,720\nc100,c101,60\n"),
+    ];
+    for (b, rows) in data {
+        let path = dir.path().join(format!("transfers_{b}.csv"));
+        std::fs::write(&path, format!("from_account,to_account,amount\n{rows}")).unwrap();
+        let mut c = Client::new(
+            &server.url(),
+            contract.clone(),
+            key_of(&parties, &format!("bank-{b}")),
+        )
+        .unwrap();
+        c.attest().await.unwrap();
+        c.upload(&format!("transfers_{b}"), &path, |_| {})
+            .await
+            .unwrap();
+    }
+    let mut clients = vec![];
+    for name in banks {
+        let mut c = Client::new(&server.url(), contract.clone(), key_of(&parties, name)).unwrap();
+        c.attest().await.unwrap();
+        clients.push(c);
+    }
+    let run = clients[1].run("mules").await.unwrap();
+    let expected = [vec!["a002"], vec!["b001", "b050"], vec!["c001"]];
+    for (c, want) in clients.iter_mut().zip(expected) {
+        let table = c.results(Some(&run.run_id)).await.unwrap().remove(0);
+        let got: Vec<&str> = table.rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+        assert_eq!(got, want, "{}", c.party());
+    }
+
+    // Ad-hoc: bank-a may ask for statistics; identifiers and other banks' rows never come out.
+    let (a, rest) = clients.split_at_mut(1);
+    let a = &mut a[0];
+    let ok = a
+        .query("SELECT COUNT(*) AS n, SUM(amount) AS total FROM transfers_a")
+        .await
+        .unwrap();
+    let table = a.results(Some(&ok.run_id)).await.unwrap().remove(0);
+    assert_eq!(
+        table.rows,
+        vec![vec![serde_json::json!(5), serde_json::json!(17900.0)]]
+    );
+    let (status, reason) = refused(
+        a.query("SELECT from_account, COUNT(*) FROM transfers_b GROUP BY from_account")
+            .await,
+    );
+    assert_eq!(status, 409, "{reason}");
+    assert!(
+        reason.contains("identifier-use") && reason.contains("transfers_b.from_account"),
+        "{reason}"
+    );
+    let (_, reason) = refused(
+        a.query("SELECT COUNT(*) FROM transfers_b WHERE amount > 8000")
+            .await,
+    );
+    assert!(reason.contains("measure-use"), "{reason}");
+    // bank-b is not an [adhoc] analyst.
+    let (status, _) = refused(rest[0].query("SELECT COUNT(*) FROM transfers_b").await);
+    assert_eq!(status, 403);
+
+    // The log shows the query and the refusals, and verifies against the contract.
+    let report = a.audit().await.unwrap();
+    let events: Vec<Event> = report
+        .entries
+        .iter()
+        .map(|e| e.parse_body().unwrap().event)
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Run { sql: Some(s), .. } if s.contains("SUM(amount)")))
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::RunRefused { analysis, .. } if analysis == kura_contract::ADHOC_ANALYSIS))
+            .count(),
+        3
     );
 }

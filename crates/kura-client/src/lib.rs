@@ -399,14 +399,23 @@ impl Client {
 
     /// Starts an analysis of the contract.
     pub async fn run(&mut self, analysis: &str) -> Result<RunResponse, ClientError> {
-        let resp: RunResponse = self
-            .call(
-                routes::RUN,
-                Action::Run {
-                    analysis: analysis.to_string(),
-                },
-            )
-            .await?;
+        self.start(Action::Run {
+            analysis: analysis.to_string(),
+        })
+        .await
+    }
+
+    /// Runs an ad-hoc query under the contract's `[adhoc]` rules; the enclave refuses it,
+    /// naming the rule, unless its plan satisfies them.
+    pub async fn query(&mut self, sql: &str) -> Result<RunResponse, ClientError> {
+        self.start(Action::Query {
+            sql: sql.to_string(),
+        })
+        .await
+    }
+
+    async fn start(&mut self, action: Action) -> Result<RunResponse, ClientError> {
+        let resp: RunResponse = self.call(routes::RUN, action).await?;
         for receipt in std::iter::once(&resp.receipt).chain(&resp.deletions) {
             self.check_receipt(receipt)?;
         }

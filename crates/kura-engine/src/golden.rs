@@ -92,7 +92,11 @@ pub(crate) fn tables(c: &Contract) -> Tables {
     let bands = ["18-39", "40-59", "60-79", "80+"];
     let regions = ["north", "south", "east"];
     for i in 0..200u64 {
-        let region = if i < 3 { "isle" } else { regions[(i % 3) as usize] };
+        let region = if i < 3 {
+            "isle"
+        } else {
+            regions[(i % 3) as usize]
+        };
         let x = i.wrapping_mul(2654435761) % 1000;
         writeln!(
             p,
@@ -150,7 +154,11 @@ fn cases() -> Vec<Case> {
         for (n, line) in text.lines().enumerate() {
             let t = line.trim();
             if let Some(expect) = t.strip_prefix("=> ") {
-                assert!(!sql.trim().is_empty(), "{file}:{}: expectation without SQL", n + 1);
+                assert!(
+                    !sql.trim().is_empty(),
+                    "{file}:{}: expectation without SQL",
+                    n + 1
+                );
                 out.push(Case {
                     file: file.clone(),
                     line: start,
@@ -169,7 +177,10 @@ fn cases() -> Vec<Case> {
                 sql.push('\n');
             }
         }
-        assert!(sql.trim().is_empty(), "{file}: SQL without an expectation at the end");
+        assert!(
+            sql.trim().is_empty(),
+            "{file}: SQL without an expectation at the end"
+        );
     }
     out
 }
@@ -231,7 +242,9 @@ async fn golden_queries_get_their_expected_verdicts() {
                 let total = pool.len();
                 for row in &out.rows {
                     if !take(&mut pool, row) {
-                        failures.push(format!("{at}: row {row:?} is not in plain DataFusion's result"));
+                        failures.push(format!(
+                            "{at}: row {row:?} is not in plain DataFusion's result"
+                        ));
                     }
                 }
                 if total - out.rows.len() != out.suppressed_groups as usize {
@@ -241,8 +254,10 @@ async fn golden_queries_get_their_expected_verdicts() {
                         out.suppressed_groups
                     ));
                 }
-                if let Some(n) = rest.iter().find_map(|w| w.strip_prefix("suppressed=")) {
-                    if n.parse::<u64>().unwrap() != out.suppressed_groups {
+                if let Some(n) = rest.iter().find_map(|w| w.strip_prefix("suppressed="))
+                    && n.parse::<u64>().unwrap() != out.suppressed_groups
+                {
+                    {
                         failures.push(format!(
                             "{at}: expected {n} suppressed groups, got {}",
                             out.suppressed_groups
@@ -254,13 +269,20 @@ async fn golden_queries_get_their_expected_verdicts() {
                 "{at}: expected {}, got {}",
                 case.expect,
                 match got {
-                    Ok(o) => format!("ok ({} rows, {} suppressed)", o.rows.len(), o.suppressed_groups),
+                    Ok(o) => format!(
+                        "ok ({} rows, {} suppressed)",
+                        o.rows.len(),
+                        o.suppressed_groups
+                    ),
                     Err(e) => format!("{e}"),
                 }
             )),
         }
     }
-    eprintln!("{} golden queries: {refused} refused as expected, {allowed} allowed", all.len());
+    eprintln!(
+        "{} golden queries: {refused} refused as expected, {allowed} allowed",
+        all.len()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(all.len() >= 150, "only {} golden queries", all.len());
     assert!(refused >= 100, "only {refused} refusals");

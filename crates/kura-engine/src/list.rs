@@ -22,9 +22,10 @@ pub async fn run_list(
     analysis: &Analysis,
     tables: &Tables,
 ) -> Result<BTreeMap<String, Output>, EngineError> {
-    let column = analysis.list_column.as_deref().ok_or_else(|| {
-        EngineError::Sql(format!("analysis {:?} is not a list", analysis.name))
-    })?;
+    let column = analysis
+        .list_column
+        .as_deref()
+        .ok_or_else(|| EngineError::Sql(format!("analysis {:?} is not a list", analysis.name)))?;
     let ctx = crate::session(contract, tables)?;
     let plan = crate::written_plan(&ctx, &analysis.sql).await?;
     let datasets = crate::threshold::datasets_read(&plan, contract)?;
@@ -49,7 +50,9 @@ pub async fn run_list(
         })?;
     let width = plan.schema().fields().len();
     let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
-    let all = crate::output::suppress_and_render(&batches, width, 1, datasets.into_iter().collect())?;
+    // A threshold of 0: a list has no group counts; what limits it is the routing below.
+    let all =
+        crate::output::suppress_and_render(&batches, width, 0, datasets.into_iter().collect())?;
     let mut out = BTreeMap::new();
     for receiver in &analysis.receivers {
         let own = own_units(contract, receiver, tables)?;
@@ -91,7 +94,8 @@ fn own_units(
             let Some(col) = batch.column_by_name(&d.privacy_unit) else {
                 continue;
             };
-            let text = cast(col, &DataType::Utf8).map_err(|e| EngineError::Execution(e.to_string()))?;
+            let text =
+                cast(col, &DataType::Utf8).map_err(|e| EngineError::Execution(e.to_string()))?;
             units.extend(text.as_string::<i32>().iter().flatten().map(str::to_string));
         }
     }

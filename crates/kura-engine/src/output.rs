@@ -41,7 +41,7 @@ pub(crate) fn suppress_and_render(
             .map(|i| cast(batch.column(i), &DataType::Int64))
             .collect::<Result<_, _>>()
             .map_err(|e| EngineError::Execution(e.to_string()))?;
-        if counts.is_empty() {
+        if counts.is_empty() && min_group_size > 0 {
             return Err(EngineError::Execution(
                 "threshold counts missing from the plan output".into(),
             ));

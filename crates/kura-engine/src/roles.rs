@@ -76,15 +76,6 @@ fn refuse(rule: &'static str, reason: impl Into<String>) -> EngineError {
     }
 }
 
-/// Where a value is being used, which decides what it may be.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Place {
-    /// A projected or compared value outside any aggregate.
-    Row,
-    /// Inside the argument or FILTER of an aggregate.
-    Aggregated,
-}
-
 impl Rules {
     /// The rules, or a refusal when the contract allows no ad-hoc queries.
     pub fn of(contract: &Contract) -> Result<Self, EngineError> {
@@ -170,7 +161,7 @@ impl Rules {
                 let input = self.labels(&p.input, under_aggregate)?;
                 p.expr
                     .iter()
-                    .map(|e| self.label(e, &input, p.input.schema(), Place::Row))
+                    .map(|e| self.label(e, &input, p.input.schema()))
                     .collect()
             }
             LogicalPlan::Filter(f) => {
@@ -183,7 +174,7 @@ impl Rules {
             LogicalPlan::Sort(s) => {
                 let input = self.labels(&s.input, under_aggregate)?;
                 for key in &s.expr {
-                    let label = self.label(&key.expr, &input, s.input.schema(), Place::Row)?;
+                    let label = self.label(&key.expr, &input, s.input.schema())?;
                     self.comparable(&label, "ORDER BY")?;
                 }
                 if s.fetch.is_some() && under_aggregate {
@@ -207,7 +198,7 @@ impl Rules {
                         other => vec![other],
                     };
                     for e in &exprs {
-                        let label = self.label(e, &input, schema, Place::Row)?;
+                        let label = self.label(e, &input, schema)?;
                         match label.kind {
                             Kind::Identifier => {
                                 return Err(refuse(
@@ -237,10 +228,13 @@ impl Rules {
                         }
                     }
                     if !matches!(g, Expr::GroupingSet(_)) {
-                        out.push(self.label(g, &input, schema, Place::Row)?);
+                        out.push(self.label(g, &input, schema)?);
                     }
                 }
-                if a.group_expr.iter().any(|g| matches!(g, Expr::GroupingSet(_))) {
+                if a.group_expr
+                    .iter()
+                    .any(|g| matches!(g, Expr::GroupingSet(_)))
+                {
                     // Grouping sets: the output has the distinct keys then the grouping id.
                     out = a
                         .group_expr
@@ -266,8 +260,8 @@ impl Rules {
                 let left = self.labels(&j.left, under_aggregate)?;
                 let right = self.labels(&j.right, under_aggregate)?;
                 for (l, r) in &j.on {
-                    let l = self.label(l, &left, j.left.schema(), Place::Row)?;
-                    let r = self.label(r, &right, j.right.schema(), Place::Row)?;
+                    let l = self.label(l, &left, j.left.schema())?;
+                    let r = self.label(r, &right, j.right.schema())?;
                     self.check_equi(&l, &r)?;
                 }
                 let mut all = left.clone();
@@ -319,17 +313,11 @@ impl Rules {
     }
 
     /// The label of `expr` over an input with `input` labels.
-    fn label(
-        &self,
-        expr: &Expr,
-        input: &[Label],
-        schema: &DFSchema,
-        place: Place,
-    ) -> Result<Label, EngineError> {
+    fn label(&self, expr: &Expr, input: &[Label], schema: &DFSchema) -> Result<Label, EngineError> {
         let combine = |children: &[&Expr], what: &str| -> Result<Label, EngineError> {
             let mut out = Label::of(Kind::Constant);
             for child in children {
-                let l = self.label(child, input, schema, place)?;
+                let l = self.label(child, input, schema)?;
                 if l.kind == Kind::Identifier {
                     return Err(refuse(
                         "identifier-use",
@@ -362,7 +350,7 @@ impl Rules {
                         format!("names starting with {HIDDEN_PREFIX} are reserved"),
                     ));
                 }
-                self.label(&a.expr, input, schema, place)
+                self.label(&a.expr, input, schema)
             }
             Expr::Literal(..) => Ok(Label::of(Kind::Constant)),
             Expr::BinaryExpr(b) => combine(&[&b.left, &b.right], &format!("the expression {expr}")),
@@ -400,7 +388,7 @@ impl Rules {
             Expr::ScalarFunction(f) => {
                 let name = f.func.name().to_ascii_lowercase();
                 for arg in &f.args {
-                    let l = self.label(arg, input, schema, place)?;
+                    let l = self.label(arg, input, schema)?;
                     if l.kind == Kind::Dimension
                         && let Some(allowed) = l
                             .column
@@ -460,8 +448,8 @@ impl Rules {
                 right,
             }) = conjunct
             {
-                let l = self.label(left, input, schema, Place::Row);
-                let r = self.label(right, input, schema, Place::Row);
+                let l = self.label(left, input, schema);
+                let r = self.label(right, input, schema);
                 if let (Ok(l), Ok(r)) = (&l, &r)
                     && (l.kind == Kind::Identifier || r.kind == Kind::Identifier)
                 {
@@ -469,7 +457,7 @@ impl Rules {
                     continue;
                 }
             }
-            let label = self.label(conjunct, input, schema, Place::Row)?;
+            let label = self.label(conjunct, input, schema)?;
             self.comparable(&label, "a filter (WHERE, HAVING or ON)")?;
         }
         Ok(())
@@ -484,8 +472,16 @@ impl Rules {
                 format!(
                     "the identifier {} is compared with {}: an identifier may only be joined to \
                      another dataset's identifier, unchanged",
-                    if l.kind == Kind::Identifier { l.name() } else { r.name() },
-                    if l.kind == Kind::Identifier { r.name() } else { l.name() },
+                    if l.kind == Kind::Identifier {
+                        l.name()
+                    } else {
+                        r.name()
+                    },
+                    if l.kind == Kind::Identifier {
+                        r.name()
+                    } else {
+                        l.name()
+                    },
                 ),
             )),
             _ => {
@@ -569,10 +565,10 @@ impl Rules {
         }
         let mut labels = Vec::new();
         for arg in &params.args {
-            labels.push(self.label(arg, input, schema, Place::Aggregated)?);
+            labels.push(self.label(arg, input, schema)?);
         }
         if let Some(filter) = &params.filter {
-            let l = self.label(filter, input, schema, Place::Aggregated)?;
+            let l = self.label(filter, input, schema)?;
             if l.kind == Kind::Identifier {
                 return Err(refuse(
                     "identifier-use",

@@ -369,7 +369,10 @@ async fn the_analyzer_rule_refuses_on_its_own() {
     ctx.add_analyzer_rule(Arc::new(roles::RulesAnalyzer(rules)));
     for (sql, rule) in [
         ("SELECT MIN(patient_id) FROM patients", "identifier-use"),
-        ("SELECT age_band, COUNT(*) FROM patients WHERE bmi > 39 GROUP BY age_band", "measure-use"),
+        (
+            "SELECT age_band, COUNT(*) FROM patients WHERE bmi > 39 GROUP BY age_band",
+            "measure-use",
+        ),
     ] {
         let written = written_plan(&ctx, sql).await.unwrap();
         let guarded = threshold::guard(written, &c).unwrap();
@@ -389,7 +392,13 @@ async fn the_analyzer_rule_refuses_on_its_own() {
         .await
         .unwrap();
     let guarded = threshold::guard(written, &c).unwrap();
-    assert!(plain_ctx.state().create_physical_plan(&guarded.plan).await.is_ok());
+    assert!(
+        plain_ctx
+            .state()
+            .create_physical_plan(&guarded.plan)
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -398,5 +407,8 @@ async fn contracts_without_adhoc_refuse_every_query() {
     let err = run_query(&c, "SELECT COUNT(*) FROM ehr", &tables(&c))
         .await
         .unwrap_err();
-    assert!(matches!(err, EngineError::Refused { rule: "adhoc", .. }), "{err}");
+    assert!(
+        matches!(err, EngineError::Refused { rule: "adhoc", .. }),
+        "{err}"
+    );
 }

@@ -58,7 +58,10 @@ pub fn guard(plan: LogicalPlan, contract: &Contract) -> Result<Guarded, EngineEr
 }
 
 /// Every contract dataset scanned anywhere in the plan, including inside subqueries.
-pub(crate) fn datasets_read(plan: &LogicalPlan, contract: &Contract) -> Result<BTreeSet<String>, EngineError> {
+pub(crate) fn datasets_read(
+    plan: &LogicalPlan,
+    contract: &Contract,
+) -> Result<BTreeSet<String>, EngineError> {
     let mut found = BTreeSet::new();
     let mut unknown = None;
     plan.apply_with_subqueries(|node| {

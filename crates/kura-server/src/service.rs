@@ -7,7 +7,7 @@ use kura_api::{
     Action, AuditResponse, ConsistencyResponse, EnclaveInfo, RequestBody, ResultTable, RunResponse,
     SealedResult, SignedRequest, SignedResult, UploadHeader, UploadResponse,
 };
-use kura_contract::{Contract, DeleteAfter, Party, Role};
+use kura_contract::{ADHOC_ANALYSIS, AnalysisKind, Contract, DeleteAfter, Party, Role};
 use kura_crypto::{DataKey, SecretIdentity, StreamDecoder, b64};
 use kura_engine::{InputFormat, Tables};
 use kura_ledger::{Event, Ledger, LogEntry, Receipt};
@@ -431,16 +431,22 @@ impl Service {
     /// Runs an analysis of the contract for `party`.
     pub(crate) async fn run(&self, req: SignedRequest) -> Result<RunResponse, ServiceError> {
         let (party, body) = self.authenticate(&req).await?;
-        let Action::Run { analysis } = &body.action else {
-            return Err(ServiceError::BadRequest("run needs a run action".into()));
+        let (analysis, sql) = match &body.action {
+            Action::Run { analysis } => (analysis.clone(), None),
+            Action::Query { sql } => (ADHOC_ANALYSIS.to_string(), Some(sql.as_str())),
+            _ => {
+                return Err(ServiceError::BadRequest(
+                    "run needs a run or query action".into(),
+                ));
+            }
         };
         let party = party.name.clone();
-        let result = self.run_checked(&party, analysis).await;
+        let result = self.run_checked(&party, &analysis, sql).await;
         if let Err(e) = &result
             && !matches!(e, ServiceError::Internal(_))
         {
             self.log(Event::RunRefused {
-                analysis: analysis.clone(),
+                analysis,
                 party,
                 reason: e.to_string(),
             })
@@ -449,20 +455,40 @@ impl Service {
         result
     }
 
+    /// Runs a named analysis, or (with `sql`) an ad-hoc query.
     async fn run_checked(
         &self,
         party: &str,
         analysis_name: &str,
+        sql: Option<&str>,
     ) -> Result<RunResponse, ServiceError> {
-        let analysis = self.contract.analysis(analysis_name).ok_or_else(|| {
-            ServiceError::NotFound(format!(
-                "analysis {analysis_name:?} is not in the contract (ad-hoc SQL is not allowed by it)"
-            ))
-        })?;
-        if !self.contract.may_run(party, analysis) {
+        let (receivers, list) = match sql {
+            Some(_) => {
+                let adhoc = self.contract.adhoc.as_ref().ok_or_else(|| {
+                    ServiceError::Refused(
+                        "refused by rule adhoc: the contract has no [adhoc] section: only its named analyses may run".into(),
+                    )
+                })?;
+                (adhoc.receivers.clone(), None)
+            }
+            None => {
+                let analysis = self.contract.analysis(analysis_name).ok_or_else(|| {
+                    ServiceError::NotFound(format!(
+                        "analysis {analysis_name:?} is not in the contract"
+                    ))
+                })?;
+                let list = (analysis.kind == AnalysisKind::List).then_some(analysis);
+                (analysis.receivers.clone(), list)
+            }
+        };
+        if !self.contract.may_start(party, analysis_name) {
             return Err(ServiceError::Forbidden(format!(
-                "party {party:?} may not start analysis {:?}",
-                analysis.name
+                "party {party:?} may not start {}",
+                if sql.is_some() {
+                    "ad-hoc queries (not among [adhoc] analysts)".to_string()
+                } else {
+                    format!("analysis {analysis_name:?}")
+                }
             )));
         }
         // Hold the state lock for the whole run: retention deletes what the run used, and no
@@ -473,7 +499,23 @@ impl Service {
             .iter()
             .map(|(name, held)| (name.clone(), held.batches.clone()))
             .collect();
-        let output = match kura_engine::run_analysis(&self.contract, &analysis.sql, &tables).await {
+        let executed = match (sql, list) {
+            (Some(sql), _) => kura_engine::run_query(&self.contract, sql, &tables)
+                .await
+                .map(|o| receivers.iter().map(|r| (r.clone(), o.clone())).collect()),
+            (None, Some(analysis)) => {
+                kura_engine::list::run_list(&self.contract, analysis, &tables)
+                    .await
+                    .map(|m| m.into_iter().collect::<Vec<_>>())
+            }
+            (None, None) => {
+                let sql = &self.contract.analysis(analysis_name).expect("checked").sql;
+                kura_engine::run_analysis(&self.contract, sql, &tables)
+                    .await
+                    .map(|o| receivers.iter().map(|r| (r.clone(), o.clone())).collect())
+            }
+        };
+        let outputs: Vec<(String, kura_engine::Output)> = match executed {
             Ok(o) => o,
             Err(kura_engine::EngineError::MissingData(missing)) => {
                 let gone: Vec<_> = missing
@@ -495,46 +537,55 @@ impl Service {
 
         state.runs += 1;
         let run_id = format!("run-{}-{}", state.runs, &kura_api::nonce()[..8]);
-        let table = ResultTable {
-            run_id: run_id.clone(),
-            analysis: analysis.name.clone(),
-            columns: output.columns,
-            rows: output.rows,
-            suppressed_groups: output.suppressed_groups,
-        };
-        let table_json =
-            serde_json::to_string(&table).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let signed = SignedResult {
-            signature: b64::encode(
-                self.identity
-                    .sign(kura_api::RESULT_DOMAIN, table_json.as_bytes()),
-            ),
-            table: table_json,
-        };
-        let plaintext = Zeroizing::new(
-            serde_json::to_vec(&signed).map_err(|e| ServiceError::Internal(e.to_string()))?,
-        );
+        let datasets = outputs
+            .first()
+            .map(|(_, o)| o.datasets.clone())
+            .unwrap_or_default();
+        let suppressed_groups = outputs.first().map_or(0, |(_, o)| o.suppressed_groups);
+        let mut rows = 0u64;
         let mut sealed_to = Vec::new();
-        for receiver in &analysis.receivers {
+        // Each receiver's table is signed and sealed on its own (a list gives each its rows).
+        for (receiver, output) in outputs {
+            rows += output.rows.len() as u64;
+            let table = ResultTable {
+                run_id: run_id.clone(),
+                analysis: analysis_name.to_string(),
+                columns: output.columns,
+                rows: output.rows,
+                suppressed_groups: output.suppressed_groups,
+            };
+            let table_json =
+                serde_json::to_string(&table).map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let signed = SignedResult {
+                signature: b64::encode(
+                    self.identity
+                        .sign(kura_api::RESULT_DOMAIN, table_json.as_bytes()),
+                ),
+                table: table_json,
+            };
+            let plaintext = Zeroizing::new(
+                serde_json::to_vec(&signed).map_err(|e| ServiceError::Internal(e.to_string()))?,
+            );
             let key = &self
                 .contract
-                .party(receiver)
+                .party(&receiver)
                 .expect("validated receiver")
                 .public_key;
-            let info = kura_api::result_context(self.contract.id().as_str(), &run_id, receiver);
+            let info = kura_api::result_context(self.contract.id().as_str(), &run_id, &receiver);
             let s = kura_crypto::seal(key, &info, b"", &plaintext)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
-            sealed_to.push((receiver.clone(), s));
+            sealed_to.push((receiver, s));
         }
 
         let receipt = self
             .log(Event::Run {
                 run_id: run_id.clone(),
-                analysis: analysis.name.clone(),
+                analysis: analysis_name.to_string(),
                 by: party.to_string(),
-                datasets: output.datasets.clone(),
-                rows: table.rows.len() as u64,
-                suppressed_groups: table.suppressed_groups,
+                datasets: datasets.clone(),
+                rows,
+                suppressed_groups,
+                sql: sql.map(str::to_string),
             })
             .await?;
         let mut sealed = Vec::new();
@@ -548,7 +599,7 @@ impl Service {
                 .await?;
             sealed.push(SealedResult {
                 run_id: run_id.clone(),
-                analysis: analysis.name.clone(),
+                analysis: analysis_name.to_string(),
                 receiver,
                 sealed: s,
                 receipt,
@@ -559,7 +610,7 @@ impl Service {
         let mut deleted = Vec::new();
         let mut deletions = Vec::new();
         if self.contract.retention.delete_after == DeleteAfter::Run {
-            for name in &output.datasets {
+            for name in &datasets {
                 deletions.push(
                     self.delete(
                         &mut state,
@@ -573,8 +624,8 @@ impl Service {
         }
         Ok(RunResponse {
             run_id,
-            analysis: analysis.name.clone(),
-            receivers: analysis.receivers.clone(),
+            analysis: analysis_name.to_string(),
+            receivers,
             deleted,
             receipt,
             deletions,
