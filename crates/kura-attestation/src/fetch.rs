@@ -186,10 +186,8 @@ impl<H: Http> CertStore<H> {
                 query.replace(['&', '='], "-")
             );
             let what = format!("the {product} VCEK of chip {}…", &hwid[..16]);
-            match self
-                .cached_or_fetch(&name, &what, None, || self.get_ok(&url))
-                .await
-            {
+            let fetch = || async { Ok(self.get_ok(&url).await?.body) };
+            match self.cached_or_fetch(&name, &what, None, fetch).await {
                 Ok(der) => {
                     evidence.certs.push(der);
                     return Ok(());
@@ -319,7 +317,7 @@ impl<H: Http> CertStore<H> {
 
     /// The cached file `name`, if present (and, online, younger than `max_age`); otherwise the
     /// fetched bytes, written to the cache atomically. Offline, a miss names what is missing.
-    async fn cached_or_fetch<F, Fut, T>(
+    async fn cached_or_fetch<F, Fut>(
         &self,
         name: &str,
         what: &str,
@@ -328,8 +326,7 @@ impl<H: Http> CertStore<H> {
     ) -> Result<Vec<u8>, AttestationError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, AttestationError>>,
-        T: Into<Vec<u8>>,
+        Fut: Future<Output = Result<Vec<u8>, AttestationError>>,
     {
         let path = self.dir.join(name);
         let fresh = |meta: &std::fs::Metadata| {
@@ -355,17 +352,11 @@ impl<H: Http> CertStore<H> {
                 self.dir.display()
             )));
         }
-        let bytes: Vec<u8> = fetch().await?.into();
+        let bytes = fetch().await?;
         write_atomically(&path, &bytes).map_err(|e| {
             AttestationError::Unavailable(format!("caching {}: {e}", path.display()))
         })?;
         Ok(bytes)
-    }
-}
-
-impl From<HttpResponse> for Vec<u8> {
-    fn from(r: HttpResponse) -> Self {
-        r.body
     }
 }
 
@@ -378,27 +369,15 @@ fn issuer_chain(resp: &HttpResponse, names: &[&str]) -> Result<String, Attestati
         .ok_or_else(|| {
             AttestationError::Unavailable(format!("the PCS answer lacks the {} header", names[0]))
         })?;
-    percent_decode(value).ok_or_else(|| {
-        AttestationError::Unavailable(format!("the {} header is not URL-encoded text", names[0]))
-    })
-}
-
-#[cfg(any(feature = "tdx", feature = "sgx"))]
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .map(|v| v.into_owned())
+        .map_err(|_| {
+            AttestationError::Unavailable(format!(
+                "the {} header is not URL-encoded text",
+                names[0]
+            ))
+        })
 }
 
 /// Writes `bytes` to `path` so that a reader sees the old file or the whole new one.

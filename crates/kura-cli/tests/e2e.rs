@@ -1686,25 +1686,18 @@ platforms = ["simulated"]
         ),
         ("c", "c001,a002,8850\nc050,b050,720\nc100,c101,60\n"),
     ];
-    for (b, rows) in data {
-        let path = dir.path().join(format!("transfers_{b}.csv"));
-        std::fs::write(&path, format!("from_account,to_account,amount\n{rows}")).unwrap();
-        let mut c = Client::new(
-            &server.url(),
-            contract.clone(),
-            key_of(&parties, &format!("bank-{b}")),
-        )
-        .unwrap();
-        c.attest().await.unwrap();
-        c.upload(&format!("transfers_{b}"), &path, |_| {})
-            .await
-            .unwrap();
-    }
     let mut clients = vec![];
     for name in banks {
         let mut c = Client::new(&server.url(), contract.clone(), key_of(&parties, name)).unwrap();
         c.attest().await.unwrap();
         clients.push(c);
+    }
+    for ((b, rows), c) in data.into_iter().zip(&mut clients) {
+        let path = dir.path().join(format!("transfers_{b}.csv"));
+        std::fs::write(&path, format!("from_account,to_account,amount\n{rows}")).unwrap();
+        c.upload(&format!("transfers_{b}"), &path, |_| {})
+            .await
+            .unwrap();
     }
     let run = clients[1].run("mules").await.unwrap();
     let expected = [vec!["a002"], vec!["b001", "b050"], vec!["c001"]];

@@ -81,6 +81,23 @@ async fn plan(
     threshold::guard(written_plan(ctx, sql).await?, contract)
 }
 
+/// Refuses with [`EngineError::MissingData`] unless every dataset in `datasets` was uploaded.
+pub(crate) fn require_data<'a>(
+    datasets: impl IntoIterator<Item = &'a String>,
+    tables: &Tables,
+) -> Result<(), EngineError> {
+    let missing: Vec<String> = datasets
+        .into_iter()
+        .filter(|d| !tables.contains_key(*d))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::MissingData(missing))
+    }
+}
+
 /// A refusal raised inside DataFusion (by the analyzer rule), or the DataFusion error.
 fn unwrap_refusal(e: datafusion::error::DataFusionError) -> EngineError {
     if let datafusion::error::DataFusionError::External(inner) = e.find_root()
@@ -146,15 +163,7 @@ pub async fn run_query(
     let written = written_plan(&ctx, sql).await?;
     rules.check(&written)?;
     let guarded = threshold::guard(written, contract)?;
-    let missing: Vec<String> = guarded
-        .datasets
-        .iter()
-        .filter(|d| !tables.contains_key(*d))
-        .cloned()
-        .collect();
-    if !missing.is_empty() {
-        return Err(EngineError::MissingData(missing));
-    }
+    require_data(&guarded.datasets, tables)?;
     let physical = ctx
         .state()
         .create_physical_plan(&guarded.plan)
@@ -204,7 +213,8 @@ fn check_physical(
             let text = datafusion::physical_plan::displayable(plan)
                 .one_line()
                 .to_string();
-            if !text.contains("MemoryExec") && !text.contains("partitions=") {
+            // Only the in-memory source prints its partition sizes.
+            if !text.contains("partition_sizes=") {
                 return Err(refuse(format!("a data source other than memory: {text}")));
             }
         }
@@ -228,15 +238,7 @@ pub async fn run_analysis(
 ) -> Result<Output, EngineError> {
     let ctx = session(contract, tables)?;
     let guarded = plan(&ctx, contract, sql).await?;
-    let missing: Vec<String> = guarded
-        .datasets
-        .iter()
-        .filter(|d| !tables.contains_key(*d))
-        .cloned()
-        .collect();
-    if !missing.is_empty() {
-        return Err(EngineError::MissingData(missing));
-    }
+    require_data(&guarded.datasets, tables)?;
     let batches = ctx
         .execute_logical_plan(guarded.plan)
         .await?

@@ -29,14 +29,7 @@ pub async fn run_list(
     let ctx = crate::session(contract, tables)?;
     let plan = crate::written_plan(&ctx, &analysis.sql).await?;
     let datasets = crate::threshold::datasets_read(&plan, contract)?;
-    let missing: Vec<String> = datasets
-        .iter()
-        .filter(|d| !tables.contains_key(*d))
-        .cloned()
-        .collect();
-    if !missing.is_empty() {
-        return Err(EngineError::MissingData(missing));
-    }
+    crate::require_data(&datasets, tables)?;
     let index = plan
         .schema()
         .fields()

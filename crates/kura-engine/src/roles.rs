@@ -100,6 +100,12 @@ impl Rules {
     /// Checks `plan`; the output may hold only dimensions, statistics and constants.
     pub fn check(&self, plan: &LogicalPlan) -> Result<(), EngineError> {
         let labels = self.labels(plan, false)?;
+        if labels.len() != plan.schema().fields().len() {
+            return Err(refuse(
+                "unsupported-construct",
+                "the rule could not label every output column, so the query is refused",
+            ));
+        }
         for (label, field) in labels.iter().zip(plan.schema().fields()) {
             match label.kind {
                 Kind::Identifier => {
@@ -224,27 +230,15 @@ impl Rules {
                                     "GROUP BY the result of another aggregation (nested aggregation)",
                                 ));
                             }
-                            _ => {}
+                            _ => out.push(label),
                         }
                     }
-                    if !matches!(g, Expr::GroupingSet(_)) {
-                        out.push(self.label(g, &input, schema)?);
-                    }
                 }
+                // Grouping sets add a grouping id after the keys: a constant per set.
                 if a.group_expr
                     .iter()
                     .any(|g| matches!(g, Expr::GroupingSet(_)))
                 {
-                    // Grouping sets: the output has the distinct keys then the grouping id.
-                    out = a
-                        .group_expr
-                        .iter()
-                        .flat_map(|g| match g {
-                            Expr::GroupingSet(set) => set.distinct_expr(),
-                            other => vec![other],
-                        })
-                        .map(|_| Label::of(Kind::Dimension))
-                        .collect();
                     out.push(Label::of(Kind::Constant));
                 }
                 for e in &a.aggr_expr {

@@ -412,3 +412,44 @@ async fn contracts_without_adhoc_refuse_every_query() {
         "{err}"
     );
 }
+
+/// The physical check refuses a plan that lost the threshold counts or computes windows.
+#[tokio::test]
+async fn the_physical_check_refuses_plans_without_counts_or_with_windows() {
+    let c = crate::golden::contract();
+    let t = crate::golden::tables(&c);
+    let ctx = session(&c, &t).unwrap();
+    for (sql, why) in [
+        (
+            "SELECT COUNT(*) FROM patients",
+            "lost the minimum-group-size counts",
+        ),
+        (
+            "SELECT COUNT(*) OVER () AS n, COUNT(DISTINCT patient_id) OVER () AS __kura_units_0 FROM patients",
+            "per-row windows",
+        ),
+    ] {
+        let plan = written_plan(&ctx, sql).await.unwrap();
+        let physical = ctx.state().create_physical_plan(&plan).await.unwrap();
+        let err = check_physical(physical.as_ref(), 1).unwrap_err();
+        let EngineError::Refused { rule, reason } = &err else {
+            panic!("{sql}: {err}");
+        };
+        assert_eq!(*rule, "physical-plan", "{sql}");
+        assert!(reason.contains(why), "{sql}: {reason}");
+    }
+    // A guarded plan passes.
+    let guarded = threshold::guard(
+        written_plan(&ctx, "SELECT COUNT(*) FROM patients")
+            .await
+            .unwrap(),
+        &c,
+    )
+    .unwrap();
+    let physical = ctx
+        .state()
+        .create_physical_plan(&guarded.plan)
+        .await
+        .unwrap();
+    check_physical(physical.as_ref(), guarded.visible_columns).unwrap();
+}

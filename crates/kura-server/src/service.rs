@@ -79,6 +79,13 @@ fn recover(
     Ok(held.into_iter().collect())
 }
 
+/// What a run executes: an ad-hoc query, a fixed aggregate analysis, or a list.
+enum Job<'a> {
+    Query(&'a str),
+    Aggregate(&'a str),
+    List(&'a kura_contract::Analysis),
+}
+
 /// One enclave instance serving one contract.
 pub struct Service {
     contract: Contract,
@@ -462,14 +469,16 @@ impl Service {
         analysis_name: &str,
         sql: Option<&str>,
     ) -> Result<RunResponse, ServiceError> {
-        let (receivers, list) = match sql {
-            Some(_) => {
-                let adhoc = self.contract.adhoc.as_ref().ok_or_else(|| {
-                    ServiceError::Refused(
-                        "refused by rule adhoc: the contract has no [adhoc] section: only its named analyses may run".into(),
-                    )
-                })?;
-                (adhoc.receivers.clone(), None)
+        let (job, receivers) = match sql {
+            Some(sql) => {
+                // Without an [adhoc] section the engine's refusal says so.
+                kura_engine::roles::Rules::of(&self.contract)
+                    .map_err(|e| ServiceError::Refused(e.to_string()))?;
+                let receivers = self
+                    .contract
+                    .receivers_of(ADHOC_ANALYSIS)
+                    .unwrap_or_default();
+                (Job::Query(sql), receivers.to_vec())
             }
             None => {
                 let analysis = self.contract.analysis(analysis_name).ok_or_else(|| {
@@ -477,8 +486,11 @@ impl Service {
                         "analysis {analysis_name:?} is not in the contract"
                     ))
                 })?;
-                let list = (analysis.kind == AnalysisKind::List).then_some(analysis);
-                (analysis.receivers.clone(), list)
+                let job = match analysis.kind {
+                    AnalysisKind::List => Job::List(analysis),
+                    AnalysisKind::Aggregate => Job::Aggregate(&analysis.sql),
+                };
+                (job, analysis.receivers.clone())
             }
         };
         if !self.contract.may_start(party, analysis_name) {
@@ -499,21 +511,18 @@ impl Service {
             .iter()
             .map(|(name, held)| (name.clone(), held.batches.clone()))
             .collect();
-        let executed = match (sql, list) {
-            (Some(sql), _) => kura_engine::run_query(&self.contract, sql, &tables)
+        let same_for_all =
+            |o: kura_engine::Output| receivers.iter().map(|r| (r.clone(), o.clone())).collect();
+        let executed = match job {
+            Job::Query(sql) => kura_engine::run_query(&self.contract, sql, &tables)
                 .await
-                .map(|o| receivers.iter().map(|r| (r.clone(), o.clone())).collect()),
-            (None, Some(analysis)) => {
-                kura_engine::list::run_list(&self.contract, analysis, &tables)
-                    .await
-                    .map(|m| m.into_iter().collect::<Vec<_>>())
-            }
-            (None, None) => {
-                let sql = &self.contract.analysis(analysis_name).expect("checked").sql;
-                kura_engine::run_analysis(&self.contract, sql, &tables)
-                    .await
-                    .map(|o| receivers.iter().map(|r| (r.clone(), o.clone())).collect())
-            }
+                .map(same_for_all),
+            Job::Aggregate(sql) => kura_engine::run_analysis(&self.contract, sql, &tables)
+                .await
+                .map(same_for_all),
+            Job::List(analysis) => kura_engine::list::run_list(&self.contract, analysis, &tables)
+                .await
+                .map(|m| m.into_iter().collect()),
         };
         let outputs: Vec<(String, kura_engine::Output)> = match executed {
             Ok(o) => o,
