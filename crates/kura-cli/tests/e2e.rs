@@ -1113,7 +1113,8 @@ impl Drop for Served {
 }
 
 /// Keys and a contract signed through the command line, and the data files, in `d`.
-fn cli_setup(d: &Path) -> PathBuf {
+/// Keys for two parties, a contract both signed (with `extra` appended), and the data files.
+fn cli_setup(d: &Path, extra: &str) -> PathBuf {
     let ds = d.to_str().unwrap();
     for name in ["hospital-a", "fitness-b"] {
         assert!(
@@ -1139,7 +1140,12 @@ fn cli_setup(d: &Path) -> PathBuf {
     let contract = d.join("contract.toml");
     std::fs::write(
         &contract,
-        contract_text(&parties, false, "[\"hospital-a\"]"),
+        // hospital-a (the first party) is also the analyst when `extra` opens ad-hoc queries.
+        contract_text(&parties, false, "[\"hospital-a\"]").replacen(
+            "[\"provider\", \"receiver\"]",
+            "[\"provider\", \"receiver\", \"analyst\"]",
+            usize::from(!extra.is_empty()),
+        ) + extra,
     )
     .unwrap();
     for name in ["hospital-a", "fitness-b"] {
@@ -1152,7 +1158,11 @@ fn cli_setup(d: &Path) -> PathBuf {
             "--key",
             k.to_str().unwrap(),
         ]);
-        assert!(out.status.success());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     write_data(d);
     contract
@@ -1200,34 +1210,44 @@ fn serve(d: &Path, contract: &Path) -> (Served, String) {
     (served, url)
 }
 
+/// Runs `kura <args>` as party `name` (key `d/<name>.key`) against the enclave at `url`:
+/// exit code, stdout, stderr.
+fn as_party(
+    d: &Path,
+    url: &str,
+    contract: &str,
+    name: &str,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let k = d.join(format!("{name}.key"));
+    let words = args.iter().take_while(|a| !a.starts_with("--")).count();
+    let mut all = args[..words].to_vec();
+    all.extend_from_slice(&[
+        "--enclave",
+        url,
+        "--contract",
+        contract,
+        "--key",
+        k.to_str().unwrap(),
+    ]);
+    all.extend_from_slice(&args[words..]);
+    let out = kura(&all);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 #[test]
 fn cli_drives_a_served_enclave() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let contract = cli_setup(d);
+    let contract = cli_setup(d, "");
     let c = contract.to_str().unwrap();
     let (served, url) = serve(d, &contract);
 
-    let as_party = |name: &str, args: &[&str]| {
-        let k = d.join(format!("{name}.key"));
-        let words = args.iter().take_while(|a| !a.starts_with("--")).count();
-        let mut all = args[..words].to_vec();
-        all.extend_from_slice(&[
-            "--enclave",
-            &url,
-            "--contract",
-            c,
-            "--key",
-            k.to_str().unwrap(),
-        ]);
-        all.extend_from_slice(&args[words..]);
-        let out = kura(&all);
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let as_party = |name: &str, args: &[&str]| as_party(d, &url, c, name, args);
 
     let ehr = d.join("ehr.csv");
     let (code, out, err) = as_party(
@@ -1276,7 +1296,7 @@ fn cli_drives_a_served_enclave() {
         Some(0)
     );
 
-    // Ad-hoc queries are refused by this version.
+    // Ad-hoc queries are refused: this contract has no [adhoc] section.
     let (code, out, _) = as_party(
         "hospital-a",
         &["query", "--sql", "SELECT COUNT(*) FROM ehr", "--json"],
@@ -1386,13 +1406,96 @@ fn cli_drives_a_served_enclave() {
 }
 
 #[test]
+fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let contract = cli_setup(
+        d,
+        "\n[adhoc]\nanalysts = [\"hospital-a\"]\nreceivers = [\"hospital-a\"]\n",
+    );
+    let c = contract.to_str().unwrap();
+    let (served, url) = serve(d, &contract);
+    let as_party = |name: &str, args: &[&str]| as_party(d, &url, c, name, args);
+    for (party, dataset) in [("hospital-a", "ehr"), ("fitness-b", "activity")] {
+        let file = d.join(format!("{dataset}.csv"));
+        let (code, _, err) = as_party(
+            party,
+            &[
+                "upload",
+                "--dataset",
+                dataset,
+                "--file",
+                file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, Some(0), "{err}");
+    }
+
+    // An ad-hoc query that would show identifiers: refused, with the rule, in JSON.
+    let (code, out, _) = as_party(
+        "hospital-a",
+        &["query", "--sql", "SELECT patient_id FROM ehr", "--json"],
+    );
+    assert_eq!(code, Some(1));
+    let v = serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    assert_eq!(v["refused"], true);
+    assert!(
+        v["reason"].as_str().unwrap().contains("identifier-use"),
+        "the reason names the rule: {v}"
+    );
+
+    // A compliant one: statistics in the same JSON shape as `kura results`.
+    let sql = "SELECT a.steps_band, COUNT(*) AS people FROM ehr e JOIN activity a \
+               ON e.patient_id = a.patient_id GROUP BY a.steps_band ORDER BY a.steps_band";
+    let (code, out, err) = as_party("hospital-a", &["query", "--sql", sql, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["columns"], serde_json::json!(["steps_band", "people"]));
+    assert_eq!(
+        v["rows"],
+        serde_json::json!([["high", 40], ["mid", 25]]),
+        "the 3-person group is suppressed"
+    );
+    assert_eq!(v["suppressed_groups"], 1);
+    assert_eq!(v["analysis"], kura_contract::ADHOC_ANALYSIS);
+    let query_run = v["run_id"].as_str().unwrap().to_string();
+
+    // fitness-b is neither an analyst nor an ad-hoc receiver.
+    let (code, _, err) = as_party("fitness-b", &["query", "--sql", sql]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("analyst"), "{err}");
+
+    // The transparency report names the query and its receiver.
+    let (code, out, err) = as_party("fitness-b", &["audit", "report", "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The identifier query and fitness-b's attempt.
+    assert_eq!(r["refused_runs"], 2);
+    let adhoc = &r["analyses"][1];
+    assert_eq!(adhoc["name"], kura_contract::ADHOC_ANALYSIS);
+    assert_eq!(adhoc["runs"][0]["run_id"], query_run.as_str());
+    assert_eq!(
+        adhoc["runs"][0]["sql"], sql,
+        "the report discloses the ad-hoc SQL"
+    );
+    assert_eq!(
+        adhoc["runs"][0]["released_to"],
+        serde_json::json!(["hospital-a"])
+    );
+    let (code, md, _) = as_party("hospital-a", &["audit", "report"]);
+    assert_eq!(code, Some(0));
+    assert!(md.contains(&format!("query: `{sql}`")), "{md}");
+    drop(served);
+}
+
+#[test]
 fn a_killed_service_restarts_with_a_log_that_verifies_and_loses_no_acknowledged_entry() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let path = cli_setup(d);
+    let path = cli_setup(d, "");
     let contract = SignedContract::verify(
         Contract::parse(&std::fs::read(&path).unwrap()).unwrap(),
         |p| std::fs::read_to_string(format!("{}.{p}.sig", path.display())).ok(),

@@ -187,3 +187,23 @@ SELECT kind, COUNT(*) FROM claims WHERE NOT (kind = 'lab') GROUP BY kind
 -- a derived table that keeps the privacy unit
 SELECT t.kind, COUNT(*) FROM (SELECT patient_id, kind, amount FROM claims WHERE kind <> 'lab') t GROUP BY t.kind
 => ok
+
+-- UNION ALL of two aggregated branches over different datasets; each row keeps its own counts
+SELECT 'region' AS dim, region AS value, COUNT(*) AS n FROM patients GROUP BY region UNION ALL SELECT 'kind', kind, COUNT(*) FROM claims GROUP BY kind
+=> ok suppressed=1
+
+-- UNION ALL where one branch joins two datasets (two counts) and the other reads one (padded)
+SELECT p.age_band AS g, SUM(c.amount) AS total FROM patients p JOIN claims c ON p.patient_id = c.patient_id GROUP BY p.age_band UNION ALL SELECT region, SUM(bmi) FROM patients GROUP BY region
+=> ok suppressed=1
+
+-- UNION ALL with the wider branch second
+SELECT region AS g, COUNT(*) AS n FROM patients GROUP BY region UNION ALL SELECT p.sex, COUNT(*) FROM patients p JOIN claims c ON p.patient_id = c.patient_id GROUP BY p.sex
+=> ok suppressed=1
+
+-- UNION ALL under an outer ORDER BY and LIMIT
+SELECT * FROM (SELECT region AS g, COUNT(*) AS n FROM patients GROUP BY region UNION ALL SELECT kind, COUNT(*) FROM claims GROUP BY kind) t ORDER BY n DESC LIMIT 3
+=> ok
+
+-- three UNION ALL branches with HAVING in one
+SELECT sex AS g, COUNT(*) AS n FROM patients GROUP BY sex UNION ALL SELECT age_band, COUNT(*) FROM patients GROUP BY age_band HAVING COUNT(*) > 10 UNION ALL SELECT kind, COUNT(DISTINCT patient_id) FROM claims GROUP BY kind
+=> ok suppressed=0

@@ -343,3 +343,19 @@ WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELE
 -- EXPLAIN shows the plan, not statistics
 EXPLAIN SELECT COUNT(*) FROM patients
 => refused unsupported-construct
+
+-- UNION ALL where one branch is not aggregated
+SELECT region, COUNT(*) FROM patients GROUP BY region UNION ALL SELECT region, 1 FROM patients
+=> refused min-group-size
+
+-- UNION ALL of an aggregate and a constant row (a row no one stands behind)
+SELECT region, COUNT(*) AS n FROM patients GROUP BY region UNION ALL SELECT 'x', 1
+=> refused min-group-size
+
+-- a user column may not take the threshold's reserved padding form
+SELECT region, COUNT(*) AS n, 9223372036854775807 AS __kura_units_0 FROM patients GROUP BY region
+=> refused min-group-size
+
+-- nor hide inside a UNION ALL branch
+SELECT region AS g, COUNT(*) AS n FROM patients GROUP BY region UNION ALL SELECT 'x', 1 AS __kura_units_0
+=> refused unsupported-construct

@@ -7,9 +7,11 @@
 //! hidden columns themselves. Because the counts are part of the plan that runs, no way of
 //! writing the SQL can skip them.
 //!
+//! `UNION ALL` of aggregated branches is allowed: each branch carries its own counts.
+//!
 //! Anything this rule cannot reason about is refused rather than let through: output that is
 //! not aggregated, operators above the aggregation other than projection, filter (HAVING),
-//! sort, limit and aliasing, and datasets whose privacy unit does not reach the aggregation.
+//! sort, limit, aliasing and `UNION ALL`, and datasets whose privacy unit does not reach the aggregation.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, JoinType};
 use datafusion::functions_aggregate::expr_fn::count_distinct;
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection};
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection, Union, lit};
 use kura_contract::Contract;
 
 use crate::EngineError;
@@ -47,6 +49,17 @@ fn refuse(reason: impl Into<String>) -> EngineError {
 /// Attaches the hidden counts to `plan`, or refuses it.
 pub fn guard(plan: LogicalPlan, contract: &Contract) -> Result<Guarded, EngineError> {
     let visible_columns = plan.schema().fields().len();
+    if let Some(f) = plan
+        .schema()
+        .fields()
+        .iter()
+        .find(|f| f.name().starts_with(HIDDEN_PREFIX))
+    {
+        return Err(refuse(format!(
+            "the output column name {:?} is reserved (names starting with {HIDDEN_PREFIX})",
+            f.name()
+        )));
+    }
     let datasets = datasets_read(&plan, contract)?;
     let (plan, hidden) = rewrite(plan, contract)?;
     debug_assert_eq!(plan.schema().fields().len(), visible_columns + hidden.len());
@@ -106,12 +119,47 @@ fn rewrite(
             let plan = plan.with_new_exprs(plan.expressions(), vec![input])?;
             Ok((plan, hidden))
         }
+        LogicalPlan::Union(union) => rewrite_union(union.inputs, contract),
         other => Err(refuse(format!(
             "only aggregated statistics may leave the enclave: the query's output is produced by \
              {} before (or instead of) a GROUP BY aggregation",
             describe(&other)
         ))),
     }
+}
+
+/// `UNION ALL` of aggregated branches: each branch gets its own hidden counts. Branches that
+/// read fewer datasets are padded with `i64::MAX` (a count that never suppresses), so that every
+/// row keeps exactly the counts of the branch that produced it.
+fn rewrite_union(
+    inputs: Vec<Arc<LogicalPlan>>,
+    contract: &Contract,
+) -> Result<(LogicalPlan, Vec<String>), EngineError> {
+    let branches = inputs
+        .into_iter()
+        .map(|input| rewrite(Arc::unwrap_or_clone(input), contract))
+        .collect::<Result<Vec<_>, _>>()?;
+    let widest = branches.iter().map(|(_, h)| h.len()).max().unwrap_or(0);
+    let hidden: Vec<String> = (0..widest).map(|i| format!("{HIDDEN_PREFIX}{i}")).collect();
+    let mut inputs = Vec::with_capacity(branches.len());
+    for (branch, own) in branches {
+        debug_assert!(own.iter().zip(&hidden).all(|(a, b)| a == b));
+        let branch = if own.len() == widest {
+            branch
+        } else {
+            let mut expr: Vec<Expr> = branch
+                .schema()
+                .columns()
+                .into_iter()
+                .map(Expr::Column)
+                .collect();
+            expr.extend(hidden[own.len()..].iter().map(|h| lit(i64::MAX).alias(h)));
+            LogicalPlan::Projection(Projection::try_new(expr, Arc::new(branch))?)
+        };
+        inputs.push(Arc::new(branch));
+    }
+    let union = Union::try_new_with_loose_types(inputs)?;
+    Ok((LogicalPlan::Union(union), hidden))
 }
 
 fn describe(plan: &LogicalPlan) -> String {
