@@ -42,6 +42,8 @@ pub enum ContractError {
     Missing(&'static str),
     #[error("{0}")]
     Adhoc(String),
+    #[error("{0}")]
+    Dp(String),
     #[error("output.min_group_size must be at least 1")]
     MinGroupSize,
     #[error(

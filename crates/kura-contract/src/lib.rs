@@ -5,6 +5,7 @@
 //! signs those bytes; nothing may run on a contract that is not signed by all of them. This
 //! crate parses and validates (no I/O); SQL is checked against the schemas by `kura-engine`.
 
+pub mod dp;
 mod error;
 pub mod example;
 mod model;

@@ -166,7 +166,7 @@ impl Dataset {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Analysis {
     pub name: String,
@@ -183,6 +183,12 @@ pub struct Analysis {
     /// rows whose value is a privacy unit of a dataset it provided.
     #[serde(default)]
     pub list_column: Option<String>,
+    /// Released under differential privacy (`[privacy.dp]`) instead of the minimum group size.
+    #[serde(default)]
+    pub dp: bool,
+    /// ε of each DP run; default `privacy.dp.query_epsilon`.
+    #[serde(default)]
+    pub epsilon: Option<f64>,
 }
 
 /// The name under which ad-hoc queries run and are logged (no analysis can have it: names
@@ -321,6 +327,7 @@ pub struct Contract {
     pub datasets: Vec<Dataset>,
     pub analyses: Vec<Analysis>,
     pub adhoc: Option<Adhoc>,
+    pub privacy: crate::dp::Privacy,
     pub output: OutputRules,
     pub retention: Retention,
     pub enclave: EnclavePolicy,
@@ -343,6 +350,8 @@ struct RawContract {
     analyses: Vec<Analysis>,
     #[serde(default)]
     adhoc: Option<Adhoc>,
+    #[serde(default)]
+    privacy: crate::dp::Privacy,
     output: OutputRules,
     retention: RawRetention,
     enclave: RawEnclave,
@@ -479,6 +488,7 @@ impl Contract {
             datasets: raw.datasets,
             analyses: raw.analyses,
             adhoc: raw.adhoc,
+            privacy: raw.privacy,
             output: raw.output,
             retention: Retention { delete_after },
             enclave: EnclavePolicy {
@@ -589,6 +599,35 @@ impl Contract {
         }
         if let Some(adhoc) = &self.adhoc {
             self.validate_adhoc(adhoc)?;
+        }
+        if let Some(dp) = &self.privacy.dp {
+            dp.validate(self)?;
+        }
+        for a in &self.analyses {
+            let context = format!("analysis {:?}", a.name);
+            match (&self.privacy.dp, a.dp, a.epsilon) {
+                (None, true, _) => {
+                    return Err(ContractError::Dp(format!(
+                        "{context} has dp = true but the contract has no [privacy.dp]"
+                    )));
+                }
+                (_, false, Some(_)) => {
+                    return Err(ContractError::Dp(format!(
+                        "{context}: epsilon applies only with dp = true"
+                    )));
+                }
+                (Some(dp), true, Some(e)) if !(e.is_finite() && e > 0.0 && e <= dp.epsilon) => {
+                    return Err(ContractError::Dp(format!(
+                        "{context}: epsilon must be positive and at most privacy.dp.epsilon"
+                    )));
+                }
+                _ if a.dp && a.kind == AnalysisKind::List => {
+                    return Err(ContractError::Dp(format!(
+                        "{context}: a list cannot be differentially private"
+                    )));
+                }
+                _ => {}
+            }
         }
 
         if self.output.min_group_size == 0 {

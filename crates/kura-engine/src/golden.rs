@@ -22,6 +22,11 @@ use serde_json::Value;
 use crate::{EngineError, InputFormat, Tables, load, run_query};
 
 pub(crate) fn contract() -> Contract {
+    contract_with("")
+}
+
+/// The golden contract with `extra` TOML appended.
+pub(crate) fn contract_with(extra: &str) -> Contract {
     let h = SecretIdentity::generate().public().to_text();
     let f = SecretIdentity::generate().public().to_text();
     let text = format!(
@@ -82,7 +87,7 @@ delete_after = "never"
 platforms = ["simulated"]
 "#
     );
-    Contract::parse(text.as_bytes()).unwrap()
+    Contract::parse((text + extra).as_bytes()).unwrap()
 }
 
 /// 200 patients in four regions, one of them ("isle") with only 3 people; 600 claims.

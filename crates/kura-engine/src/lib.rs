@@ -8,6 +8,7 @@
 //! Entry points: [`load`] parses an upload against the contract's schema; [`check_analyses`]
 //! plans every analysis of a contract against empty tables; [`run_analysis`] executes one.
 
+pub mod dp;
 mod error;
 pub mod list;
 pub mod load;
@@ -118,6 +119,9 @@ pub async fn check_analyses(contract: &Contract) -> Result<(), EngineError> {
     let ctx = session(contract, &Tables::new())?;
     for analysis in &contract.analyses {
         let checked = match &analysis.list_column {
+            None if analysis.dp => dp::cost(contract, &analysis.sql, analysis.epsilon)
+                .await
+                .map(drop),
             None => plan(&ctx, contract, &analysis.sql).await.map(drop),
             Some(column) => written_plan(&ctx, &analysis.sql).await.and_then(|p| {
                 threshold::datasets_read(&p, contract)?;

@@ -18,6 +18,8 @@ pub struct Output {
     pub suppressed_groups: u64,
     /// Datasets the query read.
     pub datasets: Vec<String>,
+    /// For a differentially private release: ε and δ spent, and each statistic's noise.
+    pub dp: Option<Value>,
 }
 
 pub(crate) fn suppress_and_render(
@@ -66,10 +68,11 @@ pub(crate) fn suppress_and_render(
         rows,
         suppressed_groups: suppressed,
         datasets,
+        dp: None,
     })
 }
 
-fn value(array: &ArrayRef, row: usize) -> Result<Value, EngineError> {
+pub(crate) fn value(array: &ArrayRef, row: usize) -> Result<Value, EngineError> {
     if array.is_null(row) {
         return Ok(Value::Null);
     }
