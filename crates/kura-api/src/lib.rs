@@ -51,7 +51,7 @@ pub struct EnclaveInfo {
     pub kura_version: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     Upload(UploadHeader),
@@ -61,6 +61,9 @@ pub enum Action {
     /// An ad-hoc query under the contract's `[adhoc]` rules (sent to the run route).
     Query {
         sql: String,
+        /// ε to spend when the contract has `[privacy.dp]` (default: its `query_epsilon`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epsilon: Option<f64>,
     },
     Results {
         run_id: Option<String>,
@@ -82,7 +85,7 @@ pub struct UploadHeader {
     pub wrapped_key: Sealed,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestBody {
     pub contract_id: String,
@@ -148,6 +151,9 @@ pub struct ResultTable {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<serde_json::Value>>,
     pub suppressed_groups: u64,
+    /// For a differentially private release: ε and δ spent and each statistic's noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<serde_json::Value>,
 }
 
 /// The plaintext inside a sealed result: the table's exact JSON and the enclave's signature.

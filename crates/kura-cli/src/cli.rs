@@ -29,6 +29,7 @@ impl Args {
             Command::Contract(ContractCmd::Verify { json, .. }) => *json,
             Command::Run(a) => a.json,
             Command::Query(a) => a.json,
+            Command::Budget(a) => a.json,
             Command::Audit(AuditCmd::Verify { json, .. }) => *json,
             Command::Attest(AttestCmd::Verify(a)) => a.json,
             Command::Demo(a) => a.json,
@@ -56,6 +57,8 @@ pub enum Command {
     Query(QueryArgs),
     /// Fetch, decrypt and verify your results.
     Results(ResultsArgs),
+    /// Show the differential-privacy budget spent and remaining, from the verified log.
+    Budget(BudgetArgs),
     /// Verify the enclave's audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -212,6 +215,17 @@ pub struct QueryArgs {
     party: Party,
     #[arg(long)]
     sql: String,
+    /// Under [privacy.dp]: the ε this query spends (default: the contract's query_epsilon).
+    #[arg(long)]
+    epsilon: Option<f64>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BudgetArgs {
+    #[command(flatten)]
+    party: Party,
     #[arg(long)]
     json: bool,
 }
@@ -363,8 +377,42 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
         }
         Command::Query(a) => {
             let mut client = attested(&a.party).await?;
-            let resp = client.query(&a.sql).await?;
+            let resp = client.query(&a.sql, a.epsilon).await?;
             show_run(&mut client, resp, a.json).await
+        }
+        Command::Budget(a) => {
+            let mut client = attested(&a.party).await?;
+            let report = client.audit().await?;
+            save_head(&client)?;
+            let bodies = report
+                .entries
+                .iter()
+                .map(|e| e.parse_body())
+                .collect::<Result<Vec<_>, _>>()?;
+            let Some(budget) = kura_client::audit::budget(client.contract(), &bodies) else {
+                bail!("the contract has no [privacy.dp] section: there is no privacy budget");
+            };
+            let dp = client
+                .contract()
+                .privacy
+                .dp
+                .clone()
+                .expect("budget implies dp");
+            let accounts = budget.accounts_report();
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "epsilon": dp.epsilon,
+                        "delta": dp.delta,
+                        "split": dp.split,
+                        "accounts": accounts,
+                    })
+                );
+            } else {
+                print!("{}", render::budget(&dp, &accounts));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Results(a) => {
             let mut client = attested(&a.party).await?;

@@ -28,7 +28,50 @@ pub fn result_json(t: &ResultTable) -> Value {
         "columns": t.columns,
         "rows": t.rows,
         "suppressed_groups": t.suppressed_groups,
+        "dp": t.dp,
     })
+    .as_object()
+    .map(|o| {
+        // `dp` only for differentially private releases.
+        let mut o = o.clone();
+        if t.dp.is_none() {
+            o.remove("dp");
+        }
+        Value::Object(o)
+    })
+    .expect("an object")
+}
+
+/// The privacy budget, one line per account.
+pub fn budget(
+    dp: &kura_contract::dp::DpSettings,
+    accounts: &[kura_contract::dp::Account],
+) -> String {
+    let mut out = format!(
+        "privacy budget: ε = {}, δ = {:e} {}\n",
+        dp.epsilon,
+        dp.delta,
+        match dp.split {
+            kura_contract::dp::BudgetSplit::PerReceiver => "per receiver",
+            kura_contract::dp::BudgetSplit::Shared => "shared by the collaboration",
+        }
+    );
+    for a in accounts {
+        out += &format!(
+            "{:<20} spent ε = {:<10} δ = {:<10e} remaining ε = {:<10} δ = {:e} ({} release(s))\n",
+            a.name,
+            round9(a.spent_epsilon),
+            a.spent_delta,
+            round9(a.remaining_epsilon),
+            a.remaining_delta,
+            a.releases
+        );
+    }
+    out
+}
+
+fn round9(v: f64) -> f64 {
+    (v * 1e9).round() / 1e9
 }
 
 fn cell(v: &Value) -> String {
@@ -82,10 +125,25 @@ pub fn table(t: &ResultTable) -> String {
         out += &line(r);
         out.push('\n');
     }
-    out += &format!(
-        "{} group(s) suppressed (fewer people than the contract's minimum)\n",
-        t.suppressed_groups
-    );
+    match &t.dp {
+        Some(dp) => {
+            out += &format!(
+                "differentially private: ε = {}, δ = {}, groups {}; noise per column:\n",
+                dp["epsilon"], dp["delta"], dp["groups"]
+            );
+            if let Some(columns) = dp["columns"].as_object() {
+                for (name, c) in columns {
+                    out += &format!("  {name}: {c}\n");
+                }
+            }
+        }
+        None => {
+            out += &format!(
+                "{} group(s) suppressed (fewer people than the contract's minimum)\n",
+                t.suppressed_groups
+            );
+        }
+    }
     out
 }
 

@@ -20,6 +20,9 @@ pub struct Transparency {
     pub enclave_starts: Vec<StartInfo>,
     pub refused_uploads: u64,
     pub refused_runs: u64,
+    /// Spent and remaining differential-privacy budget, per account (with `[privacy.dp]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privacy_budget: Option<Vec<kura_contract::dp::Account>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,6 +81,9 @@ pub struct RunInfo {
     /// The SQL of an ad-hoc query.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sql: Option<String>,
+    /// The privacy budget a differentially private run spent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dp: Option<kura_ledger::DpSpend>,
 }
 
 #[derive(Debug, Serialize)]
@@ -159,6 +165,7 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                 rows,
                 suppressed_groups,
                 sql,
+                dp,
             } => {
                 if let Some(a) = analyses.iter_mut().find(|a| &a.name == analysis) {
                     a.runs.push(RunInfo {
@@ -170,6 +177,7 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                         suppressed_groups: *suppressed_groups,
                         released_to: vec![],
                         sql: sql.clone(),
+                        dp: *dp,
                     });
                 }
             }
@@ -218,6 +226,7 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
         enclave_starts: starts,
         refused_uploads,
         refused_runs,
+        privacy_budget: kura_client::audit::budget(contract, &bodies).map(|b| b.accounts_report()),
     })
 }
 
@@ -308,6 +317,13 @@ pub fn markdown(t: &Transparency) -> String {
                     sql.replace('|', "\\|")
                 );
             }
+            if let Some(dp) = &r.dp {
+                let _ = writeln!(
+                    o,
+                    "|  | differentially private: ε = {}, δ = {:e} |  |  |  |  |  |",
+                    dp.epsilon, dp.delta
+                );
+            }
         }
         o.push('\n');
     }
@@ -329,5 +345,23 @@ pub fn markdown(t: &Transparency) -> String {
         "\nRefused requests: {} upload(s), {} run(s).",
         t.refused_uploads, t.refused_runs
     );
+    if let Some(accounts) = &t.privacy_budget {
+        let _ = writeln!(
+            o,
+            "\n## Privacy budget\n\n| account | spent ε | spent δ | remaining ε | remaining δ | releases |\n| --- | --- | --- | --- | --- | --- |"
+        );
+        for a in accounts {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:e} | {} | {:e} | {} |",
+                a.name,
+                (a.spent_epsilon * 1e9).round() / 1e9,
+                a.spent_delta,
+                (a.remaining_epsilon * 1e9).round() / 1e9,
+                a.remaining_delta,
+                a.releases
+            );
+        }
+    }
     o
 }

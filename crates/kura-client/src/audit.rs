@@ -3,15 +3,40 @@
 //! The enclave enforces the contract when it acts; this check lets any party confirm, offline,
 //! that what the log records is what the contract permits: no run of an analysis it does not
 //! contain or by a party it does not allow, no release to a non-receiver, no upload by a
-//! non-provider, no use or re-upload of a deleted dataset.
+//! non-provider, no use or re-upload of a deleted dataset, no run that should have been
+//! differentially private and was not, and no privacy budget overspent.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kura_contract::Contract;
+use kura_contract::dp::{Budget, Spend};
+use kura_contract::{ADHOC_ANALYSIS, Contract};
 use kura_ledger::{EntryBody, Event};
+
+/// The privacy budget as the log records it spent (`None` without `[privacy.dp]`).
+pub fn budget(contract: &Contract, bodies: &[EntryBody]) -> Option<Budget> {
+    let mut budget = Budget::of(contract)?;
+    for b in bodies {
+        if let Event::Run {
+            analysis,
+            dp: Some(spend),
+            ..
+        } = &b.event
+        {
+            budget.record(
+                contract.receivers_of(analysis).unwrap_or_default(),
+                Spend {
+                    epsilon: spend.epsilon,
+                    delta: spend.delta,
+                },
+            );
+        }
+    }
+    Some(budget)
+}
 
 /// Returns the first disallowed event, described.
 pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), String> {
+    let mut budget = Budget::of(contract);
     let mut deleted: BTreeSet<&str> = BTreeSet::new();
     let mut runs: BTreeMap<&str, &str> = BTreeMap::new();
     for b in bodies {
@@ -47,10 +72,34 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 analysis,
                 by,
                 datasets,
+                dp,
                 ..
             } => {
-                if contract.receivers_of(analysis).is_none() {
+                let Some(receivers) = contract.receivers_of(analysis) else {
                     return bad(format!("run of {analysis:?}, which is not in the contract"));
+                };
+                let must_be_dp = contract.privacy.dp.is_some()
+                    && (analysis == ADHOC_ANALYSIS
+                        || contract.analysis(analysis).is_some_and(|a| a.dp));
+                match (dp, &mut budget) {
+                    (None, _) if must_be_dp => {
+                        return bad(format!(
+                            "run of {analysis:?} without differential privacy, which the contract requires"
+                        ));
+                    }
+                    (Some(_), None) => {
+                        return bad("a DP spend, but the contract has no [privacy.dp]".into());
+                    }
+                    (Some(spend), Some(budget)) => {
+                        let spend = Spend {
+                            epsilon: spend.epsilon,
+                            delta: spend.delta,
+                        };
+                        if let Err(why) = budget.charge(receivers, spend) {
+                            return bad(why);
+                        }
+                    }
+                    (None, _) => {}
                 }
                 if !contract.may_start(by, analysis) {
                     return bad(format!(

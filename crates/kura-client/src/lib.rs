@@ -406,10 +406,16 @@ impl Client {
     }
 
     /// Runs an ad-hoc query under the contract's `[adhoc]` rules; the enclave refuses it,
-    /// naming the rule, unless its plan satisfies them.
-    pub async fn query(&mut self, sql: &str) -> Result<RunResponse, ClientError> {
+    /// naming the rule, unless its plan satisfies them. Under `[privacy.dp]` the query is
+    /// differentially private and spends `epsilon` (default: the contract's `query_epsilon`).
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        epsilon: Option<f64>,
+    ) -> Result<RunResponse, ClientError> {
         self.start(Action::Query {
             sql: sql.to_string(),
+            epsilon,
         })
         .await
     }

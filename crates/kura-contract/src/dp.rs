@@ -6,9 +6,9 @@
 //! plus δ when group keys are released by thresholding; releases compose by basic (sequential)
 //! composition, so a receiver (or the collaboration) never learns more than (Σε, Σδ).
 //!
-//! Accounting is exact: budgets and spends are held in integer units (10⁻⁹ for ε, 10⁻¹⁸ for
-//! δ), spends rounded up and budgets rounded down, so no sequence of queries can overspend by
-//! floating-point drift.
+//! Accounting is exact: budgets and spends are held in integer units of 10⁻⁹ for ε and
+//! 10⁻¹⁸ for δ ([`epsilon_units`]), and the engine calibrates its noise to exactly the ε those
+//! units say, so no sequence of queries can overspend by floating-point drift.
 
 use std::collections::BTreeMap;
 
@@ -170,9 +170,13 @@ pub struct Spend {
 const EPS_UNIT: f64 = 1e9;
 const DELTA_UNIT: f64 = 1e18;
 
-fn units(v: f64, unit: f64, up: bool) -> u128 {
-    let x = v * unit;
-    (if up { x.ceil() } else { x.floor() }).max(0.0) as u128
+/// ε in the integer units (10⁻⁹) the budget counts; the engine spends exactly this.
+pub fn epsilon_units(epsilon: f64) -> u64 {
+    (epsilon * EPS_UNIT).round().max(0.0) as u64
+}
+
+fn units(v: f64, unit: f64) -> u128 {
+    (v * unit).round().max(0.0) as u128
 }
 
 /// Spent and remaining budget of one account.
@@ -214,10 +218,7 @@ impl Budget {
         };
         Some(Budget {
             split: dp.split,
-            total: (
-                units(dp.epsilon, EPS_UNIT, false),
-                units(dp.delta, DELTA_UNIT, false),
-            ),
+            total: (units(dp.epsilon, EPS_UNIT), units(dp.delta, DELTA_UNIT)),
             spent,
         })
     }
@@ -232,12 +233,14 @@ impl Budget {
     /// Whether a release of `spend` to `receivers` fits; the reason if not.
     pub fn check(&self, receivers: &[String], spend: Spend) -> Result<(), String> {
         let (e, d) = (
-            units(spend.epsilon, EPS_UNIT, true),
-            units(spend.delta, DELTA_UNIT, true),
+            units(spend.epsilon, EPS_UNIT),
+            units(spend.delta, DELTA_UNIT),
         );
         for account in self.accounts(receivers) {
             let Some(&(se, sd, _)) = self.spent.get(account) else {
-                return Err(format!("{account:?} has no privacy budget in this contract"));
+                return Err(format!(
+                    "{account:?} has no privacy budget in this contract"
+                ));
             };
             if se + e > self.total.0 || sd + d > self.total.1 {
                 return Err(format!(
@@ -255,20 +258,25 @@ impl Budget {
         Ok(())
     }
 
-    /// Records a release (after [`Budget::check`] said it fits).
+    /// Records a release if it fits; refuses it (recording nothing) if not.
     pub fn charge(&mut self, receivers: &[String], spend: Spend) -> Result<(), String> {
         self.check(receivers, spend)?;
+        self.record(receivers, spend);
+        Ok(())
+    }
+
+    /// Records a release that already happened, whether or not it fit (replaying a log).
+    pub fn record(&mut self, receivers: &[String], spend: Spend) {
         let (e, d) = (
-            units(spend.epsilon, EPS_UNIT, true),
-            units(spend.delta, DELTA_UNIT, true),
+            units(spend.epsilon, EPS_UNIT),
+            units(spend.delta, DELTA_UNIT),
         );
         for account in self.accounts(receivers) {
-            let entry = self.spent.get_mut(account).expect("checked");
+            let entry = self.spent.entry(account.to_string()).or_default();
             entry.0 += e;
             entry.1 += d;
             entry.2 += 1;
         }
-        Ok(())
     }
 
     /// Every account's spent and remaining budget.

@@ -156,7 +156,10 @@ impl DpPlan {
     ) -> Result<Self, EngineError> {
         let dp = settings(contract)?;
         let epsilon = epsilon.unwrap_or(dp.query_epsilon);
-        if !(epsilon.is_finite() && epsilon > 0.0 && epsilon <= dp.epsilon) {
+        if !(epsilon.is_finite()
+            && kura_contract::dp::epsilon_units(epsilon) > 0
+            && epsilon <= dp.epsilon)
+        {
             return Err(refuse(format!(
                 "ε = {epsilon} is not in (0, {}] (privacy.dp.epsilon)",
                 dp.epsilon
@@ -206,9 +209,8 @@ impl DpPlan {
         let schema = input.schema().clone();
         let unit_index = (0..schema.fields().len())
             .find(|&i| {
-                origin(&input, i).is_some_and(|(d, c)| {
-                    contract.dataset(&d).is_some_and(|d| d.privacy_unit == c)
-                })
+                origin(&input, i)
+                    .is_some_and(|(d, c)| contract.dataset(&d).is_some_and(|d| d.privacy_unit == c))
             })
             .ok_or_else(|| {
                 refuse("the privacy unit does not reach the aggregation (a subquery dropped it?)")
@@ -244,7 +246,10 @@ impl DpPlan {
             }
         }
         if let Some(list) = &domains
-            && list.iter().map(Vec::len).try_fold(1usize, usize::checked_mul)
+            && list
+                .iter()
+                .map(Vec::len)
+                .try_fold(1usize, usize::checked_mul)
                 .is_none_or(|n| n > MAX_DOMAIN_CELLS)
         {
             return Err(refuse(format!(
@@ -376,10 +381,8 @@ impl DpPlan {
                 Stat::Count(None) | Stat::Units => {}
             }
         }
-        let rows = LogicalPlan::Projection(Projection::try_new(
-            exprs,
-            Arc::new(self.input.clone()),
-        )?);
+        let rows =
+            LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(self.input.clone()))?);
         let rows_ctx = ctx.clone();
         rows_ctx.register_table(
             "kura_dp_rows",
@@ -417,7 +420,12 @@ impl DpPlan {
         let select: Vec<String> = keys
             .iter()
             .cloned()
-            .chain(values.iter().enumerate().map(|(i, v)| format!("{v} AS v{i}")))
+            .chain(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| format!("{v} AS v{i}")),
+            )
             .collect();
         let sql = format!(
             "SELECT {} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY u ORDER BY random()) AS rn \
@@ -439,8 +447,7 @@ impl DpPlan {
                     .collect::<Result<Vec<_>, _>>()?;
                 let vals = (keys.len()..batch.num_columns())
                     .map(|c| {
-                        crate::output::value(batch.column(c), row)
-                            .map(|v| v.as_i64().unwrap_or(0))
+                        crate::output::value(batch.column(c), row).map(|v| v.as_i64().unwrap_or(0))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 groups.push((key, vals));
@@ -455,8 +462,9 @@ impl DpPlan {
         let k = self.k;
         // Each noisy value gets ε/n; scale = Δ·n/ε, kept exact as a rational.
         let scale = |sensitivity: u64| -> Result<RBig, EngineError> {
-            let eps = RBig::try_from(self.epsilon)
-                .map_err(|_| refuse("ε is not a finite number"))?;
+            // Exactly the ε the budget is charged (whole units of 10⁻⁹).
+            let eps = RBig::from(kura_contract::dp::epsilon_units(self.epsilon))
+                / RBig::from(1_000_000_000u64);
             Ok(RBig::from(sensitivity) * RBig::from(n) / eps)
         };
         let grouped = !self.keys.is_empty();
@@ -503,7 +511,11 @@ impl DpPlan {
                         released.push((key, v));
                     }
                 }
-                released.sort_by(|a, b| Value::Array(a.0.clone()).to_string().cmp(&Value::Array(b.0.clone()).to_string()));
+                released.sort_by(|a, b| {
+                    Value::Array(a.0.clone())
+                        .to_string()
+                        .cmp(&Value::Array(b.0.clone()).to_string())
+                });
                 released
             }
         };
@@ -593,8 +605,7 @@ impl DpPlan {
         });
         if self.thresholded() {
             let b = approx(count_scale);
-            report["threshold"] =
-                json!(k as f64 + (b * (k as f64 / self.delta).ln()).ceil() + 1.0);
+            report["threshold"] = json!(k as f64 + (b * (k as f64 / self.delta).ln()).ceil() + 1.0);
         }
         Ok(report)
     }
@@ -694,7 +705,9 @@ fn stat(
         return Err(refuse(format!("{e} is not an aggregate")));
     };
     if params.filter.is_some() || !params.order_by.is_empty() {
-        return Err(refuse("FILTER and ORDER BY inside aggregates are refused in DP queries"));
+        return Err(refuse(
+            "FILTER and ORDER BY inside aggregates are refused in DP queries",
+        ));
     }
     let name = func.name().to_ascii_lowercase();
     let schema = input.schema();
@@ -749,7 +762,11 @@ fn stat(
                 ))
             })?;
             let m = Measure::new(a.clone(), bounds);
-            Ok(if name == "sum" { Stat::Sum(m) } else { Stat::Avg(m) })
+            Ok(if name == "sum" {
+                Stat::Sum(m)
+            } else {
+                Stat::Avg(m)
+            })
         }
         _ => Err(refuse(format!(
             "aggregate {name}{} is not available under DP (COUNT, COUNT(DISTINCT privacy unit), \

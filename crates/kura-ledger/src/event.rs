@@ -2,7 +2,7 @@ use kura_attestation::Evidence;
 use serde::{Deserialize, Serialize};
 
 /// The signed content of a log entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntryBody {
     pub seq: u64,
@@ -14,7 +14,7 @@ pub struct EntryBody {
 }
 
 /// Something that happened. Names only; never data values.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Event {
     /// A service instance started with fresh keys; its evidence binds them to the contract.
@@ -48,6 +48,9 @@ pub enum Event {
         /// The SQL of an ad-hoc query (named analyses have theirs in the contract).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sql: Option<String>,
+        /// The privacy budget a differentially private run spent, charged to its receivers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dp: Option<DpSpend>,
     },
     /// A run was refused before or while running.
     RunRefused {
@@ -63,6 +66,14 @@ pub enum Event {
     },
     /// A dataset's plaintext and data key were destroyed.
     Deletion { dataset: String, reason: String },
+}
+
+/// ε and δ spent by one differentially private release.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpSpend {
+    pub epsilon: f64,
+    pub delta: f64,
 }
 
 impl Event {

@@ -44,6 +44,8 @@ struct State {
     results: BTreeMap<String, Vec<SealedResult>>,
     nonces: HashSet<String>,
     runs: u64,
+    /// The privacy budget spent so far, when the contract has `[privacy.dp]`.
+    budget: Option<kura_contract::dp::Budget>,
 }
 
 /// Rebuilds what must survive a restart from the log: which datasets were deleted (they stay
@@ -72,16 +74,30 @@ fn recover(
                 held.remove(&dataset);
                 state.deleted.insert(dataset, reason);
             }
-            Event::Run { .. } => state.runs += 1,
+            Event::Run { analysis, dp, .. } => {
+                state.runs += 1;
+                if let (Some(budget), Some(spend)) = (&mut state.budget, dp) {
+                    let receivers = contract.receivers_of(&analysis).unwrap_or_default();
+                    budget.record(
+                        receivers,
+                        kura_contract::dp::Spend {
+                            epsilon: spend.epsilon,
+                            delta: spend.delta,
+                        },
+                    );
+                }
+            }
             _ => {}
         }
     }
     Ok(held.into_iter().collect())
 }
 
-/// What a run executes: an ad-hoc query, a fixed aggregate analysis, or a list.
+/// What a run executes: an ad-hoc query, a fixed aggregate analysis, a list, or either kind
+/// of query under differential privacy (with its ε, if it names one).
 enum Job<'a> {
     Query(&'a str),
+    Dp(&'a str, Option<f64>),
     Aggregate(&'a str),
     List(&'a kura_contract::Analysis),
 }
@@ -119,7 +135,10 @@ impl Service {
         }
         let mut ledger = Ledger::open(&config.state_dir.join("log.redb"), identity.clone())
             .map_err(|e| ServiceError::Start(e.to_string()))?;
-        let mut state = State::default();
+        let mut state = State {
+            budget: kura_contract::dp::Budget::of(&contract),
+            ..State::default()
+        };
         let lost = recover(&contract, ledger.entries(), &mut state)?;
         ledger
             .append(Event::EnclaveStarted {
@@ -440,15 +459,19 @@ impl Service {
         let (party, body) = self.authenticate(&req).await?;
         let (analysis, sql) = match &body.action {
             Action::Run { analysis } => (analysis.clone(), None),
-            Action::Query { sql } => (ADHOC_ANALYSIS.to_string(), Some(sql.as_str())),
+            Action::Query { sql, .. } => (ADHOC_ANALYSIS.to_string(), Some(sql.as_str())),
             _ => {
                 return Err(ServiceError::BadRequest(
                     "run needs a run or query action".into(),
                 ));
             }
         };
+        let epsilon = match &body.action {
+            Action::Query { epsilon, .. } => *epsilon,
+            _ => None,
+        };
         let party = party.name.clone();
-        let result = self.run_checked(&party, &analysis, sql).await;
+        let result = self.run_checked(&party, &analysis, sql, epsilon).await;
         if let Err(e) = &result
             && !matches!(e, ServiceError::Internal(_))
         {
@@ -468,6 +491,7 @@ impl Service {
         party: &str,
         analysis_name: &str,
         sql: Option<&str>,
+        epsilon: Option<f64>,
     ) -> Result<RunResponse, ServiceError> {
         let (job, receivers) = match sql {
             Some(sql) => {
@@ -478,7 +502,13 @@ impl Service {
                     .contract
                     .receivers_of(ADHOC_ANALYSIS)
                     .unwrap_or_default();
-                (Job::Query(sql), receivers.to_vec())
+                // Under [privacy.dp] every ad-hoc query is differentially private.
+                let job = if self.contract.privacy.dp.is_some() {
+                    Job::Dp(sql, epsilon)
+                } else {
+                    Job::Query(sql)
+                };
+                (job, receivers.to_vec())
             }
             None => {
                 let analysis = self.contract.analysis(analysis_name).ok_or_else(|| {
@@ -488,6 +518,9 @@ impl Service {
                 })?;
                 let job = match analysis.kind {
                     AnalysisKind::List => Job::List(analysis),
+                    AnalysisKind::Aggregate if analysis.dp => {
+                        Job::Dp(&analysis.sql, analysis.epsilon)
+                    }
                     AnalysisKind::Aggregate => Job::Aggregate(&analysis.sql),
                 };
                 (job, analysis.receivers.clone())
@@ -513,7 +546,27 @@ impl Service {
             .collect();
         let same_for_all =
             |o: kura_engine::Output| receivers.iter().map(|r| (r.clone(), o.clone())).collect();
+        // A DP run is priced and checked against the budget before it touches data. The state
+        // lock is held until its spend is logged and recorded, so concurrent runs cannot
+        // overspend; a run that fails before release spends nothing.
+        let mut spent = None;
+        if let Job::Dp(sql, epsilon) = job {
+            let cost = kura_engine::dp::cost(&self.contract, sql, epsilon)
+                .await
+                .map_err(|e| ServiceError::Refused(e.to_string()))?;
+            if let Some(budget) = &state.budget {
+                budget
+                    .check(&receivers, cost)
+                    .map_err(ServiceError::Refused)?;
+            }
+        }
         let executed = match job {
+            Job::Dp(sql, epsilon) => kura_engine::dp::run(&self.contract, sql, epsilon, &tables)
+                .await
+                .map(|(o, spend)| {
+                    spent = Some(spend);
+                    same_for_all(o)
+                }),
             Job::Query(sql) => kura_engine::run_query(&self.contract, sql, &tables)
                 .await
                 .map(same_for_all),
@@ -562,6 +615,7 @@ impl Service {
                 columns: output.columns,
                 rows: output.rows,
                 suppressed_groups: output.suppressed_groups,
+                dp: output.dp,
             };
             let table_json =
                 serde_json::to_string(&table).map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -595,8 +649,15 @@ impl Service {
                 rows,
                 suppressed_groups,
                 sql: sql.map(str::to_string),
+                dp: spent.map(|s| kura_ledger::DpSpend {
+                    epsilon: s.epsilon,
+                    delta: s.delta,
+                }),
             })
             .await?;
+        if let (Some(budget), Some(spend)) = (&mut state.budget, spent) {
+            budget.record(&receivers, spend);
+        }
         let mut sealed = Vec::new();
         for (receiver, s) in sealed_to {
             let receipt = self

@@ -28,18 +28,35 @@ fn settings_parse_with_defaults() {
         dp.domain_of("activity", "steps_band").unwrap()[2],
         DomainValue::Text("high".into())
     );
-    assert_eq!(contract(BASE).unwrap().privacy.dp.unwrap().max_contributions, 1);
+    assert_eq!(
+        contract(BASE)
+            .unwrap()
+            .privacy
+            .dp
+            .unwrap()
+            .max_contributions,
+        1
+    );
 }
 
 #[test]
 fn bad_settings_are_refused_with_a_reason() {
     let cases = [
         ("epsilon = 0.0\nquery_epsilon = 0.1\n", "epsilon must be"),
-        ("epsilon = 1.0\nquery_epsilon = 2.0\n", "query_epsilon must be"),
+        (
+            "epsilon = 1.0\nquery_epsilon = 2.0\n",
+            "query_epsilon must be",
+        ),
         (&format!("{BASE}delta = 1.5\n"), "delta must be in [0, 1)"),
         (&format!("{BASE}delta = 1e-6\n"), "query_delta is 0"),
-        (&format!("{BASE}query_delta = 1e-6\n"), "query_delta must be in"),
-        (&format!("{BASE}max_contributions = 0\n"), "max_contributions"),
+        (
+            &format!("{BASE}query_delta = 1e-6\n"),
+            "query_delta must be in",
+        ),
+        (
+            &format!("{BASE}max_contributions = 0\n"),
+            "max_contributions",
+        ),
         (
             &format!("{BASE}bounds = {{ \"ehr.age_band\" = [0.0, 1.0] }}\n"),
             "only measures are clamped",
@@ -71,7 +88,10 @@ fn bad_settings_are_refused_with_a_reason() {
         &SecretIdentity::generate().public().to_text(),
         &SecretIdentity::generate().public().to_text(),
     )
-    .replace("receivers = [\"hospital-a\", \"fitness-b\"]", "receivers = [\"hospital-a\", \"fitness-b\"]\ndp = true");
+    .replace(
+        "receivers = [\"hospital-a\", \"fitness-b\"]",
+        "receivers = [\"hospital-a\", \"fitness-b\"]\ndp = true",
+    );
     let err = Contract::parse(text.as_bytes()).unwrap_err().to_string();
     assert!(err.contains("has no [privacy.dp]"), "{err}");
 }
@@ -111,7 +131,14 @@ fn per_receiver_budgets_are_separate_and_shared_ones_are_not() {
     let both = ["fitness-b".to_string(), "hospital-a".to_string()];
     assert!(b.charge(&both, spend(0.3, 0.0)).is_err());
     let report = b.accounts_report();
-    assert_eq!(report.iter().find(|a| a.name == "fitness-b").unwrap().spent_epsilon, 0.5);
+    assert_eq!(
+        report
+            .iter()
+            .find(|a| a.name == "fitness-b")
+            .unwrap()
+            .spent_epsilon,
+        0.5
+    );
 
     let c = contract(&format!("{BASE}split = \"shared\"\n")).unwrap();
     let mut b = Budget::of(&c).unwrap();

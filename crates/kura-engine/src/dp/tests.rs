@@ -44,15 +44,24 @@ fn the_sampler_follows_the_exact_discrete_laplace_distribution() {
     let scale = RBig::from(5) / RBig::from(2);
     let samples: Vec<i64> = (0..200_000).map(|_| noise(0, &scale).unwrap()).collect();
     let (stat, critical) = chi2(&samples, 2.5, 12);
-    assert!(stat < critical, "χ² = {stat:.1} ≥ {critical:.1} at scale 2.5");
+    assert!(
+        stat < critical,
+        "χ² = {stat:.1} ≥ {critical:.1} at scale 2.5"
+    );
     // The same samples against a 10 % wider distribution: clearly rejected.
     let (wrong, critical) = chi2(&samples, 2.75, 12);
-    assert!(wrong > 3.0 * critical, "χ² = {wrong:.1} did not reject scale 2.75");
+    assert!(
+        wrong > 3.0 * critical,
+        "χ² = {wrong:.1} did not reject scale 2.75"
+    );
     // Symmetric around zero, with the variance 2p/(1-p)².
     let mean = samples.iter().sum::<i64>() as f64 / samples.len() as f64;
     let p = (-1.0f64 / 2.5).exp();
     let var = 2.0 * p / (1.0 - p).powi(2);
-    assert!(mean.abs() < 5.0 * (var / samples.len() as f64).sqrt(), "mean {mean}");
+    assert!(
+        mean.abs() < 5.0 * (var / samples.len() as f64).sqrt(),
+        "mean {mean}"
+    );
 }
 
 #[test]
@@ -107,7 +116,13 @@ async fn repeated_counts_spread_as_declared() {
     let mut declared = 0.0;
     for _ in 0..300 {
         let (out, spend) = run(&c, sql, None, &t).await.unwrap();
-        assert_eq!(spend, Spend { epsilon: 1.0, delta: 0.0 });
+        assert_eq!(
+            spend,
+            Spend {
+                epsilon: 1.0,
+                delta: 0.0
+            }
+        );
         // The public domain: every value, in order, including one no patient has.
         let keys: Vec<&str> = out.rows.iter().map(|r| r[0].as_str().unwrap()).collect();
         assert_eq!(keys, ["18-39", "40-59", "60-79", "80+", "unborn"]);
@@ -115,7 +130,9 @@ async fn repeated_counts_spread_as_declared() {
             let truth = truth.get(row[0].as_str().unwrap()).copied().unwrap_or(0);
             errors.push((row[1].as_i64().unwrap() - truth) as f64);
         }
-        declared = out.dp.as_ref().unwrap()["columns"]["n"]["scale"].as_f64().unwrap();
+        declared = out.dp.as_ref().unwrap()["columns"]["n"]["scale"]
+            .as_f64()
+            .unwrap();
     }
     // One statistic, k = 2, ε = 1: scale 2. Every patient has one row, so bounding removes none.
     assert_eq!(declared, 2.0);
@@ -195,24 +212,85 @@ async fn keys_without_a_domain_are_released_only_above_the_threshold() {
 async fn queries_that_dp_cannot_bound_are_refused_with_a_reason() {
     let c = contract_with(DP);
     let without_delta = contract_with(
-        &DP.replace("delta = 1e-5\n", "").replace("query_delta = 1e-6\n", ""),
+        &DP.replace("delta = 1e-5\n", "")
+            .replace("query_delta = 1e-6\n", ""),
     );
     let cases: &[(&Contract, &str, &str)] = &[
-        (&c, "SELECT age_band, COUNT(*) FROM patients GROUP BY age_band HAVING COUNT(*) > 3", "HAVING"),
-        (&c, "SELECT age_band, COUNT(*) FROM patients GROUP BY age_band LIMIT 1", "LIMIT"),
-        (&c, "SELECT MIN(bmi) FROM patients", "not available under DP"),
-        (&c, "SELECT SUM(CAST(diabetes AS DOUBLE)) FROM patients", "needs clamping bounds"),
-        (&c, "SELECT AVG(birth_year) FROM patients", "exactly one measure"),
-        (&c, "SELECT COUNT(DISTINCT kind) FROM claims", "only of a privacy unit"),
-        (&c, "SELECT age_band || 'x', COUNT(*) FROM patients GROUP BY age_band || 'x'", "dimension column as stored"),
-        (&without_delta, "SELECT region, COUNT(*) FROM patients GROUP BY region", "no public domain"),
-        (&c, "SELECT p.sex, COUNT(*) FROM patients p JOIN claims c ON p.sex = c.kind GROUP BY p.sex", "on their privacy units"),
-        (&c, "SELECT p.sex, COUNT(*) FROM patients p LEFT JOIN claims c ON p.patient_id = c.patient_id GROUP BY p.sex", "INNER JOIN"),
-        (&c, "SELECT p.sex, COUNT(*) FROM patients p, claims c WHERE p.patient_id = c.patient_id GROUP BY p.sex", "INNER JOIN"),
-        (&c, "SELECT sex, COUNT(*) FROM patients WHERE patient_id IN (SELECT patient_id FROM claims) GROUP BY sex", "subquer"),
-        (&c, "SELECT sex, COUNT(*) * 2 FROM patients GROUP BY sex", "computes on statistics"),
-        (&c, "SELECT sex, n FROM (SELECT sex, COUNT(*) AS n FROM (SELECT * FROM patients LIMIT 10) GROUP BY sex)", "refused"),
-        (&c, "SELECT patient_id, COUNT(*) FROM patients GROUP BY patient_id", "identifier"),
+        (
+            &c,
+            "SELECT age_band, COUNT(*) FROM patients GROUP BY age_band HAVING COUNT(*) > 3",
+            "HAVING",
+        ),
+        (
+            &c,
+            "SELECT age_band, COUNT(*) FROM patients GROUP BY age_band LIMIT 1",
+            "LIMIT",
+        ),
+        (
+            &c,
+            "SELECT MIN(bmi) FROM patients",
+            "not available under DP",
+        ),
+        (
+            &c,
+            "SELECT SUM(CAST(diabetes AS DOUBLE)) FROM patients",
+            "needs clamping bounds",
+        ),
+        (
+            &c,
+            "SELECT AVG(birth_year) FROM patients",
+            "exactly one measure",
+        ),
+        (
+            &c,
+            "SELECT COUNT(DISTINCT kind) FROM claims",
+            "only of a privacy unit",
+        ),
+        (
+            &c,
+            "SELECT age_band || 'x', COUNT(*) FROM patients GROUP BY age_band || 'x'",
+            "dimension column as stored",
+        ),
+        (
+            &without_delta,
+            "SELECT region, COUNT(*) FROM patients GROUP BY region",
+            "no public domain",
+        ),
+        (
+            &c,
+            "SELECT p.sex, COUNT(*) FROM patients p JOIN claims c ON p.sex = c.kind GROUP BY p.sex",
+            "on their privacy units",
+        ),
+        (
+            &c,
+            "SELECT p.sex, COUNT(*) FROM patients p LEFT JOIN claims c ON p.patient_id = c.patient_id GROUP BY p.sex",
+            "INNER JOIN",
+        ),
+        (
+            &c,
+            "SELECT p.sex, COUNT(*) FROM patients p, claims c WHERE p.patient_id = c.patient_id GROUP BY p.sex",
+            "INNER JOIN",
+        ),
+        (
+            &c,
+            "SELECT sex, COUNT(*) FROM patients WHERE patient_id IN (SELECT patient_id FROM claims) GROUP BY sex",
+            "subquer",
+        ),
+        (
+            &c,
+            "SELECT sex, COUNT(*) * 2 FROM patients GROUP BY sex",
+            "computes on statistics",
+        ),
+        (
+            &c,
+            "SELECT sex, n FROM (SELECT sex, COUNT(*) AS n FROM (SELECT * FROM patients LIMIT 10) GROUP BY sex)",
+            "refused",
+        ),
+        (
+            &c,
+            "SELECT patient_id, COUNT(*) FROM patients GROUP BY patient_id",
+            "identifier",
+        ),
     ];
     for (contract, sql, expect) in cases {
         let err = cost(contract, sql, None).await.unwrap_err().to_string();
@@ -221,7 +299,9 @@ async fn queries_that_dp_cannot_bound_are_refused_with_a_reason() {
     }
     // ε beyond the contract's total, or not positive.
     for e in [0.0, -1.0, 101.0, f64::NAN] {
-        let err = cost(&c, "SELECT COUNT(*) FROM patients", Some(e)).await.unwrap_err();
+        let err = cost(&c, "SELECT COUNT(*) FROM patients", Some(e))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("ε ="), "{err}");
     }
     // No [privacy.dp] at all.
@@ -234,14 +314,30 @@ async fn queries_that_dp_cannot_bound_are_refused_with_a_reason() {
 #[tokio::test]
 async fn the_cost_is_known_before_the_data() {
     let c = contract_with(DP);
-    let public = cost(&c, "SELECT sex, COUNT(*) FROM patients GROUP BY sex", Some(0.25))
-        .await
-        .unwrap();
-    assert_eq!(public, Spend { epsilon: 0.25, delta: 0.0 });
+    let public = cost(
+        &c,
+        "SELECT sex, COUNT(*) FROM patients GROUP BY sex",
+        Some(0.25),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        public,
+        Spend {
+            epsilon: 0.25,
+            delta: 0.0
+        }
+    );
     let thresholded = cost(&c, "SELECT kind, COUNT(*) FROM claims GROUP BY kind", None)
         .await
         .unwrap();
-    assert_eq!(thresholded, Spend { epsilon: 1.0, delta: 1e-6 });
+    assert_eq!(
+        thresholded,
+        Spend {
+            epsilon: 1.0,
+            delta: 1e-6
+        }
+    );
     // Missing data is reported as such, after the plan is checked.
     let err = run(&c, "SELECT COUNT(*) FROM patients", None, &Tables::new())
         .await
