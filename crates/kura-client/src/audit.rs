@@ -218,7 +218,60 @@ platforms = ["simulated"]
             rows: 1,
             suppressed_groups: 0,
             sql: None,
+            dp: None,
         }
+    }
+
+    fn dp_run(analysis: &str, epsilon: f64) -> Event {
+        let mut e = run(analysis, "hospital-a");
+        if let Event::Run { dp, .. } = &mut e {
+            *dp = Some(kura_ledger::DpSpend {
+                epsilon,
+                delta: 0.0,
+            });
+        }
+        e
+    }
+
+    #[test]
+    fn overspent_or_missing_privacy_budgets_are_named() {
+        let text = String::from_utf8(contract().bytes().to_vec())
+            .unwrap()
+            .replace(
+                "receivers = [\"hospital-a\"]",
+                "receivers = [\"hospital-a\"]\ndp = true",
+            )
+            + "[privacy.dp]\nepsilon = 1.0\nquery_epsilon = 0.5\n";
+        let c = Contract::parse(text.as_bytes()).unwrap();
+        let spends = vec![
+            upload("hospital-a"),
+            dp_run("count", 0.5),
+            dp_run("count", 0.5),
+        ];
+        check_events(&c, &bodies(spends.clone())).unwrap();
+        let b = budget(&c, &bodies(spends)).unwrap().accounts_report();
+        assert_eq!((b[0].spent_epsilon, b[0].remaining_epsilon), (1.0, 0.0));
+        let cases = [
+            (
+                vec![
+                    dp_run("count", 0.5),
+                    dp_run("count", 0.5),
+                    dp_run("count", 0.5),
+                ],
+                "would be exceeded",
+            ),
+            (
+                vec![run("count", "hospital-a")],
+                "without differential privacy",
+            ),
+        ];
+        for (events, expected) in cases {
+            let err = check_events(&c, &bodies(events)).unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+        // A spend where the contract has no [privacy.dp].
+        let err = check_events(&contract(), &bodies(vec![dp_run("count", 0.1)])).unwrap_err();
+        assert!(err.contains("no [privacy.dp]"), "{err}");
     }
 
     fn release(receiver: &str) -> Event {
