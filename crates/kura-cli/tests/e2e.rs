@@ -1405,17 +1405,8 @@ fn cli_drives_a_served_enclave() {
     drop(served);
 }
 
-#[test]
-fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its_sql() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let contract = cli_setup(
-        d,
-        "\n[adhoc]\nanalysts = [\"hospital-a\"]\nreceivers = [\"hospital-a\"]\n",
-    );
-    let c = contract.to_str().unwrap();
-    let (served, url) = serve(d, &contract);
-    let as_party = |name: &str, args: &[&str]| as_party(d, &url, c, name, args);
+/// Uploads `ehr` as hospital-a and `activity` as fitness-b through the command line.
+fn upload_both(as_party: &dyn Fn(&str, &[&str]) -> (Option<i32>, String, String), d: &Path) {
     for (party, dataset) in [("hospital-a", "ehr"), ("fitness-b", "activity")] {
         let file = d.join(format!("{dataset}.csv"));
         let (code, _, err) = as_party(
@@ -1430,6 +1421,20 @@ fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its_sql() {
         );
         assert_eq!(code, Some(0), "{err}");
     }
+}
+
+#[test]
+fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let contract = cli_setup(
+        d,
+        "\n[adhoc]\nanalysts = [\"hospital-a\"]\nreceivers = [\"hospital-a\"]\n",
+    );
+    let c = contract.to_str().unwrap();
+    let (served, url) = serve(d, &contract);
+    let as_party = |name: &str, args: &[&str]| as_party(d, &url, c, name, args);
+    upload_both(&as_party, d);
 
     // An ad-hoc query that would show identifiers: refused, with the rule, in JSON.
     let (code, out, _) = as_party(
@@ -1993,20 +1998,7 @@ fn cli_budget_shows_what_dp_queries_spent() {
     let c = contract.to_str().unwrap();
     let (served, url) = serve(d, &contract);
     let as_party = |name: &str, args: &[&str]| as_party(d, &url, c, name, args);
-    for (party, dataset) in [("hospital-a", "ehr"), ("fitness-b", "activity")] {
-        let file = d.join(format!("{dataset}.csv"));
-        let (code, _, err) = as_party(
-            party,
-            &[
-                "upload",
-                "--dataset",
-                dataset,
-                "--file",
-                file.to_str().unwrap(),
-            ],
-        );
-        assert_eq!(code, Some(0), "{err}");
-    }
+    upload_both(&as_party, d);
     let (code, out, err) = as_party("hospital-a", &["query", "--sql", DP_SQL, "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
