@@ -1212,13 +1212,7 @@ fn serve(d: &Path, contract: &Path) -> (Served, String) {
 
 /// Runs `kura <args>` as party `name` (key `d/<name>.key`) against the enclave at `url`:
 /// exit code, stdout, stderr.
-fn as_party(
-    d: &Path,
-    url: &str,
-    contract: &str,
-    name: &str,
-    args: &[&str],
-) -> (Option<i32>, String, String) {
+fn as_party(d: &Path, url: &str, contract: &str, name: &str, args: &[&str]) -> Printed {
     let k = d.join(format!("{name}.key"));
     let words = args.iter().take_while(|a| !a.starts_with("--")).count();
     let mut all = args[..words].to_vec();
@@ -1405,8 +1399,11 @@ fn cli_drives_a_served_enclave() {
     drop(served);
 }
 
+/// What `kura` printed: exit code, stdout, stderr.
+type Printed = (Option<i32>, String, String);
+
 /// Uploads `ehr` as hospital-a and `activity` as fitness-b through the command line.
-fn upload_both(as_party: &dyn Fn(&str, &[&str]) -> (Option<i32>, String, String), d: &Path) {
+fn upload_both(as_party: &dyn Fn(&str, &[&str]) -> Printed, d: &Path) {
     for (party, dataset) in [("hospital-a", "ehr"), ("fitness-b", "activity")] {
         let file = d.join(format!("{dataset}.csv"));
         let (code, _, err) = as_party(
