@@ -22,24 +22,18 @@ pub fn progress(total: u64, message: &str) -> indicatif::ProgressBar {
 
 /// The stable JSON shape of a result (DESIGN.md §5).
 pub fn result_json(t: &ResultTable) -> Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "run_id": t.run_id,
         "analysis": t.analysis,
         "columns": t.columns,
         "rows": t.rows,
         "suppressed_groups": t.suppressed_groups,
-        "dp": t.dp,
-    })
-    .as_object()
-    .map(|o| {
-        // `dp` only for differentially private releases.
-        let mut o = o.clone();
-        if t.dp.is_none() {
-            o.remove("dp");
-        }
-        Value::Object(o)
-    })
-    .expect("an object")
+    });
+    // `dp` only for differentially private releases.
+    if let Some(dp) = &t.dp {
+        v["dp"] = dp.clone();
+    }
+    v
 }
 
 /// The privacy budget, one line per account.
@@ -60,18 +54,14 @@ pub fn budget(
         out += &format!(
             "{:<20} spent ε = {:<10} δ = {:<10e} remaining ε = {:<10} δ = {:e} ({} release(s))\n",
             a.name,
-            round9(a.spent_epsilon),
+            a.spent_epsilon,
             a.spent_delta,
-            round9(a.remaining_epsilon),
+            a.remaining_epsilon,
             a.remaining_delta,
             a.releases
         );
     }
     out
-}
-
-fn round9(v: f64) -> f64 {
-    (v * 1e9).round() / 1e9
 }
 
 fn cell(v: &Value) -> String {

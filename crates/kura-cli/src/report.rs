@@ -83,7 +83,7 @@ pub struct RunInfo {
     pub sql: Option<String>,
     /// The privacy budget a differentially private run spent.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dp: Option<kura_ledger::DpSpend>,
+    pub dp: Option<kura_contract::dp::Spend>,
 }
 
 #[derive(Debug, Serialize)]
@@ -355,9 +355,9 @@ pub fn markdown(t: &Transparency) -> String {
                 o,
                 "| {} | {} | {:e} | {} | {:e} | {} |",
                 a.name,
-                (a.spent_epsilon * 1e9).round() / 1e9,
+                a.spent_epsilon,
                 a.spent_delta,
-                (a.remaining_epsilon * 1e9).round() / 1e9,
+                a.remaining_epsilon,
                 a.remaining_delta,
                 a.releases
             );

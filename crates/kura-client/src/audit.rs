@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kura_contract::dp::{Budget, Spend};
+use kura_contract::dp::Budget;
 use kura_contract::{ADHOC_ANALYSIS, Contract};
 use kura_ledger::{EntryBody, Event};
 
@@ -22,13 +22,7 @@ pub fn budget(contract: &Contract, bodies: &[EntryBody]) -> Option<Budget> {
             ..
         } = &b.event
         {
-            budget.record(
-                contract.receivers_of(analysis).unwrap_or_default(),
-                Spend {
-                    epsilon: spend.epsilon,
-                    delta: spend.delta,
-                },
-            );
+            budget.record(contract.receivers_of(analysis).unwrap_or_default(), *spend);
         }
     }
     Some(budget)
@@ -91,11 +85,7 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                         return bad("a DP spend, but the contract has no [privacy.dp]".into());
                     }
                     (Some(spend), Some(budget)) => {
-                        let spend = Spend {
-                            epsilon: spend.epsilon,
-                            delta: spend.delta,
-                        };
-                        if let Err(why) = budget.charge(receivers, spend) {
+                        if let Err(why) = budget.charge(receivers, *spend) {
                             return bad(why);
                         }
                     }
@@ -225,7 +215,7 @@ platforms = ["simulated"]
     fn dp_run(analysis: &str, epsilon: f64) -> Event {
         let mut e = run(analysis, "hospital-a");
         if let Event::Run { dp, .. } = &mut e {
-            *dp = Some(kura_ledger::DpSpend {
+            *dp = Some(kura_contract::dp::Spend {
                 epsilon,
                 delta: 0.0,
             });

@@ -160,8 +160,9 @@ impl DpSettings {
     }
 }
 
-/// What one release costs.
+/// What one release costs (as recorded in the audit log's run entries).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Spend {
     pub epsilon: f64,
     pub delta: f64,

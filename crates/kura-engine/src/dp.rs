@@ -119,32 +119,73 @@ fn settings(contract: &Contract) -> Result<&DpSettings, EngineError> {
         .ok_or_else(|| refuse("the contract has no [privacy.dp] section"))
 }
 
-/// The privacy cost of `sql` at `epsilon` (default `privacy.dp.query_epsilon`), checked
-/// against empty tables: what the budget must allow before the query runs.
+/// A DP query planned over the enclave's tables: its cost is known, nothing has run yet.
+pub struct Prepared {
+    plan: DpPlan,
+    ctx: SessionContext,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Plans `sql` at `epsilon` (default `privacy.dp.query_epsilon`) over `tables`, refusing what
+/// DP cannot bound. Does not need the data to be present: its [`Prepared::spend`] is what the
+/// budget must allow before [`Prepared::run`] touches any row.
+pub async fn prepare(
+    contract: &Contract,
+    sql: &str,
+    epsilon: Option<f64>,
+    tables: &Tables,
+) -> Result<Prepared, EngineError> {
+    let ctx = crate::session(contract, tables)?;
+    let plan = DpPlan::of(contract, &ctx, sql, epsilon).await?;
+    Ok(Prepared { plan, ctx })
+}
+
+impl Prepared {
+    /// The ε and δ a run spends.
+    pub fn spend(&self) -> Spend {
+        Spend {
+            epsilon: self.plan.epsilon,
+            delta: self.plan.delta,
+        }
+    }
+
+    /// Runs the query: the noisy output, with its `dp` report. Fails with
+    /// [`EngineError::MissingData`] if a dataset it reads was not uploaded.
+    pub async fn run(self, tables: &Tables) -> Result<Output, EngineError> {
+        crate::require_data(&self.plan.datasets, tables)?;
+        let exact = self.plan.aggregate(&self.ctx).await?;
+        self.plan.release(exact)
+    }
+}
+
+/// The privacy cost of `sql`, checked against empty tables (as when a contract is checked).
 pub async fn cost(
     contract: &Contract,
     sql: &str,
     epsilon: Option<f64>,
 ) -> Result<Spend, EngineError> {
-    let ctx = crate::session(contract, &Tables::new())?;
-    let plan = DpPlan::of(contract, &ctx, sql, epsilon).await?;
-    Ok(plan.spend())
+    Ok(prepare(contract, sql, epsilon, &Tables::new())
+        .await?
+        .spend())
 }
 
-/// Runs `sql` under differential privacy; returns the noisy output (with a `dp` report) and
-/// what it cost.
+/// Plans and runs `sql` under differential privacy; the noisy output and what it cost.
 pub async fn run(
     contract: &Contract,
     sql: &str,
     epsilon: Option<f64>,
     tables: &Tables,
 ) -> Result<(Output, Spend), EngineError> {
-    let ctx = crate::session(contract, tables)?;
-    let plan = DpPlan::of(contract, &ctx, sql, epsilon).await?;
-    crate::require_data(&plan.datasets, tables)?;
-    let exact = plan.aggregate(&ctx).await?;
-    let output = plan.release(exact)?;
-    Ok((output, plan.spend()))
+    let prepared = prepare(contract, sql, epsilon, tables).await?;
+    let spend = prepared.spend();
+    Ok((prepared.run(tables).await?, spend))
 }
 
 impl DpPlan {
@@ -208,24 +249,16 @@ impl DpPlan {
         // The privacy unit: every dataset's unit is joined to the others, so any will do.
         let schema = input.schema().clone();
         let unit_index = (0..schema.fields().len())
-            .find(|&i| {
-                origin(&input, i)
-                    .is_some_and(|(d, c)| contract.dataset(&d).is_some_and(|d| d.privacy_unit == c))
-            })
+            .find(|&i| is_unit(contract, origin(&input, i)))
             .ok_or_else(|| {
                 refuse("the privacy unit does not reach the aggregation (a subquery dropped it?)")
             })?;
         let (q, f) = schema.qualified_field(unit_index);
         let unit = Expr::Column(Column::new(q.cloned(), f.name()));
 
-        let column_of = |e: &Expr| -> Option<(String, String)> {
-            let Expr::Column(c) = e else { return None };
-            origin(&input, schema.index_of_column(c).ok()?)
-        };
-
         let mut domains = Some(Vec::new());
         for key in &group_expr {
-            let (d, c) = column_of(key).ok_or_else(|| {
+            let (d, c) = source(&input, key).ok_or_else(|| {
                 refuse(format!(
                     "group key {key} must be a dimension column as stored: DP groups cannot be \
                      computed expressions"
@@ -337,6 +370,14 @@ impl DpPlan {
         })
     }
 
+    /// τ = k + b·ln(k/δ) for a selection count of noise scale b, rounded up with a margin of
+    /// one: a group held by one person (at most k rows, in at most k groups) clears it with
+    /// probability at most δ.
+    fn tau(&self, selection_scale: &RBig) -> f64 {
+        let k = self.k as f64;
+        k + (approx(selection_scale) * (k / self.delta).ln()).ceil() + 1.0
+    }
+
     fn thresholded(&self) -> bool {
         self.domains.is_none()
     }
@@ -349,13 +390,6 @@ impl DpPlan {
             .map(|s| if matches!(s, Stat::Avg(_)) { 2 } else { 1 })
             .sum();
         per_stat + usize::from(self.thresholded())
-    }
-
-    fn spend(&self) -> Spend {
-        Spend {
-            epsilon: self.epsilon,
-            delta: self.delta,
-        }
     }
 
     /// Runs steps 1 and 2: exact, contribution-bounded aggregates per group, as integers.
@@ -482,14 +516,13 @@ impl DpPlan {
             });
         }
 
-        let width = exact.first().map_or(0, |(_, v)| v.len());
         let cells: Vec<(Vec<Value>, Vec<i64>)> = match &self.domains {
             Some(domains) => {
                 let mut found: HashMap<String, Vec<i64>> = exact
                     .into_iter()
                     .map(|(key, v)| (Value::Array(key).to_string(), v))
                     .collect();
-                let width = width.max(self.noisy_values());
+                let width = self.noisy_values();
                 product(domains)
                     .into_iter()
                     .map(|key| {
@@ -501,9 +534,7 @@ impl DpPlan {
                     .collect()
             }
             None => {
-                // τ = k + b·ln(k/δ), b the selection count's scale, rounded up with a margin.
-                let b = approx(&scale(k)?);
-                let tau = k as f64 + (b * (k as f64 / self.delta).ln()).ceil() + 1.0;
+                let tau = self.tau(&count_scale);
                 let mut released = Vec::new();
                 for (key, v) in exact {
                     let selection = *v.last().expect("the selection count");
@@ -511,11 +542,7 @@ impl DpPlan {
                         released.push((key, v));
                     }
                 }
-                released.sort_by(|a, b| {
-                    Value::Array(a.0.clone())
-                        .to_string()
-                        .cmp(&Value::Array(b.0.clone()).to_string())
-                });
+                released.sort_by_cached_key(|(key, _)| Value::Array(key.clone()).to_string());
                 released
             }
         };
@@ -604,11 +631,21 @@ impl DpPlan {
             "columns": columns,
         });
         if self.thresholded() {
-            let b = approx(count_scale);
-            report["threshold"] = json!(k as f64 + (b * (k as f64 / self.delta).ln()).ceil() + 1.0);
+            report["threshold"] = json!(self.tau(count_scale));
         }
         Ok(report)
     }
+}
+
+/// The dataset column `e` reads unchanged, if it is a column of `plan`'s output.
+fn source(plan: &LogicalPlan, e: &Expr) -> Option<(String, String)> {
+    let Expr::Column(c) = e else { return None };
+    origin(plan, plan.schema().index_of_column(c).ok()?)
+}
+
+/// Whether `column` is the privacy unit of its dataset.
+fn is_unit(contract: &Contract, column: Option<(String, String)>) -> bool {
+    column.is_some_and(|(d, c)| contract.dataset(&d).is_some_and(|d| d.privacy_unit == c))
 }
 
 fn shape(node: &LogicalPlan) -> EngineError {
@@ -646,14 +683,6 @@ fn check_input(plan: &LogicalPlan, contract: &Contract) -> Result<(), EngineErro
         }
         LogicalPlan::SubqueryAlias(a) => check_input(&a.input, contract),
         LogicalPlan::Join(j) => {
-            let is_unit = |side: &LogicalPlan, e: &Expr| {
-                let Expr::Column(c) = e else { return false };
-                side.schema()
-                    .index_of_column(c)
-                    .ok()
-                    .and_then(|i| origin(side, i))
-                    .is_some_and(|(d, c)| contract.dataset(&d).is_some_and(|d| d.privacy_unit == c))
-            };
             // `ON a = b` is in `on` or, as the SQL planner leaves it, a conjunct of `filter`.
             let mut pairs: Vec<(&Expr, &Expr)> = j.on.iter().map(|(l, r)| (l, r)).collect();
             for conjunct in j
@@ -669,9 +698,9 @@ fn check_input(plan: &LogicalPlan, contract: &Contract) -> Result<(), EngineErro
                     pairs.push((&b.right, &b.left));
                 }
             }
-            let linked = pairs
-                .iter()
-                .any(|(l, r)| is_unit(&j.left, l) && is_unit(&j.right, r));
+            let linked = pairs.iter().any(|(l, r)| {
+                is_unit(contract, source(&j.left, l)) && is_unit(contract, source(&j.right, r))
+            });
             if j.join_type != JoinType::Inner || !linked {
                 return Err(refuse(
                     "DP queries may join datasets only with INNER JOIN ... ON a.unit = b.unit, on \
@@ -710,20 +739,13 @@ fn stat(
         ));
     }
     let name = func.name().to_ascii_lowercase();
-    let schema = input.schema();
-    let source = |e: &Expr| -> Option<(String, String)> {
-        let Expr::Column(c) = e else { return None };
-        origin(input, schema.index_of_column(c).ok()?)
-    };
     let arg = params.args.first();
     match (name.as_str(), params.distinct, arg) {
         ("count", false, None) => Ok(Stat::Count(None)),
         ("count", false, Some(Expr::Literal(v, _))) if !v.is_null() => Ok(Stat::Count(None)),
         ("count", false, Some(a)) => Ok(Stat::Count(Some(a.clone()))),
         ("count", true, Some(a)) => {
-            let unit = source(a)
-                .is_some_and(|(d, c)| contract.dataset(&d).is_some_and(|d| d.privacy_unit == c));
-            if unit {
+            if is_unit(contract, source(input, a)) {
                 Ok(Stat::Units)
             } else {
                 Err(refuse(
@@ -736,7 +758,7 @@ fn stat(
             let mut others = false;
             a.apply(|e| {
                 if let Expr::Column(_) = e {
-                    match source(&e.clone()) {
+                    match source(input, e) {
                         Some((d, c))
                             if contract
                                 .dataset(&d)

@@ -125,14 +125,19 @@ pub(crate) fn tables(c: &Contract) -> Tables {
             .unwrap();
         }
     }
-    let mut t = Tables::new();
-    for (name, csv) in [("patients", p), ("claims", cl)] {
-        t.insert(
-            name.into(),
-            load::load(c.dataset(name).unwrap(), InputFormat::Csv, csv.as_bytes()).unwrap(),
-        );
-    }
-    t
+    load_csv(c, [("patients", p), ("claims", cl)])
+}
+
+/// Parses CSV texts into the contract's datasets of those names.
+pub(crate) fn load_csv<const N: usize>(c: &Contract, files: [(&str, String); N]) -> Tables {
+    files
+        .into_iter()
+        .map(|(name, csv)| {
+            let d = c.dataset(name).unwrap();
+            let batches = load::load(d, InputFormat::Csv, csv.as_bytes()).unwrap();
+            (name.to_string(), batches)
+        })
+        .collect()
 }
 
 struct Case {

@@ -50,7 +50,7 @@ pub enum Event {
         sql: Option<String>,
         /// The privacy budget a differentially private run spent, charged to its receivers.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        dp: Option<DpSpend>,
+        dp: Option<kura_contract::dp::Spend>,
     },
     /// A run was refused before or while running.
     RunRefused {
@@ -66,14 +66,6 @@ pub enum Event {
     },
     /// A dataset's plaintext and data key were destroyed.
     Deletion { dataset: String, reason: String },
-}
-
-/// ε and δ spent by one differentially private release.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DpSpend {
-    pub epsilon: f64,
-    pub delta: f64,
 }
 
 impl Event {

@@ -78,13 +78,7 @@ fn recover(
                 state.runs += 1;
                 if let (Some(budget), Some(spend)) = (&mut state.budget, dp) {
                     let receivers = contract.receivers_of(&analysis).unwrap_or_default();
-                    budget.record(
-                        receivers,
-                        kura_contract::dp::Spend {
-                            epsilon: spend.epsilon,
-                            delta: spend.delta,
-                        },
-                    );
+                    budget.record(receivers, spend);
                 }
             }
             _ => {}
@@ -546,27 +540,23 @@ impl Service {
             .collect();
         let same_for_all =
             |o: kura_engine::Output| receivers.iter().map(|r| (r.clone(), o.clone())).collect();
-        // A DP run is priced and checked against the budget before it touches data. The state
-        // lock is held until its spend is logged and recorded, so concurrent runs cannot
-        // overspend; a run that fails before release spends nothing.
+        // A DP run is planned and priced, and checked against the budget, before it touches
+        // data. The state lock is held until its spend is logged and recorded, so concurrent
+        // runs cannot overspend; a run that fails before release spends nothing.
         let mut spent = None;
-        if let Job::Dp(sql, epsilon) = job {
-            let cost = kura_engine::dp::cost(&self.contract, sql, epsilon)
-                .await
-                .map_err(|e| ServiceError::Refused(e.to_string()))?;
-            if let Some(budget) = &state.budget {
-                budget
-                    .check(&receivers, cost)
-                    .map_err(ServiceError::Refused)?;
-            }
-        }
         let executed = match job {
-            Job::Dp(sql, epsilon) => kura_engine::dp::run(&self.contract, sql, epsilon, &tables)
-                .await
-                .map(|(o, spend)| {
-                    spent = Some(spend);
-                    same_for_all(o)
-                }),
+            Job::Dp(sql, epsilon) => {
+                let prepared = kura_engine::dp::prepare(&self.contract, sql, epsilon, &tables)
+                    .await
+                    .map_err(|e| ServiceError::Refused(e.to_string()))?;
+                if let Some(budget) = &state.budget {
+                    budget
+                        .check(&receivers, prepared.spend())
+                        .map_err(ServiceError::Refused)?;
+                }
+                spent = Some(prepared.spend());
+                prepared.run(&tables).await.map(same_for_all)
+            }
             Job::Query(sql) => kura_engine::run_query(&self.contract, sql, &tables)
                 .await
                 .map(same_for_all),
@@ -649,10 +639,7 @@ impl Service {
                 rows,
                 suppressed_groups,
                 sql: sql.map(str::to_string),
-                dp: spent.map(|s| kura_ledger::DpSpend {
-                    epsilon: s.epsilon,
-                    delta: s.delta,
-                }),
+                dp: spent,
             })
             .await?;
         if let (Some(budget), Some(spend)) = (&mut state.budget, spent) {
