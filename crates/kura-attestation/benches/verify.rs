@@ -5,76 +5,14 @@
 //! collateral) is already in memory: that is the "certificates cached" case; each iteration still
 //! verifies the whole chain.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kura_attestation::{Evidence, VerifyOptions, verifier_for};
-use kura_contract::Platform;
+use kura_attestation::{Evidence, verifier_for};
 
 const GOAL: Duration = Duration::from_millis(2);
 
-fn read(path: &str) -> Vec<u8> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/attestation-vectors");
-    std::fs::read(dir.join(path))
-        .unwrap_or_else(|e| panic!("{path}: {e} (../shared must sit beside the project)"))
-}
-
-fn at(t: &str) -> Option<time::OffsetDateTime> {
-    Some(time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap())
-}
-
-struct Case {
-    name: &'static str,
-    platform: Platform,
-    evidence: Vec<u8>,
-    options: VerifyOptions,
-}
-
-fn cases() -> Vec<Case> {
-    vec![
-        Case {
-            name: "sev-snp (Milan VCEK)",
-            platform: Platform::SevSnp,
-            evidence: read("sev-snp/virtee-sev/report_milan.hex"),
-            options: VerifyOptions {
-                certs: vec![
-                    read("sev-snp/virtee-sev/vcek_milan.der"),
-                    read("sev-snp/virtee-sev/cert_chain_milan"),
-                ],
-                ..Default::default()
-            },
-        },
-        Case {
-            name: "tdx (DCAP v4)",
-            platform: Platform::Tdx,
-            evidence: read("tdx/dcap-qvl/tdx_quote"),
-            options: VerifyOptions {
-                at: at("2025-06-19T11:16:00Z"),
-                collateral: Some(read("tdx/dcap-qvl/tdx_quote_collateral.json")),
-                ..Default::default()
-            },
-        },
-        Case {
-            name: "sgx (DCAP v3)",
-            platform: Platform::Sgx,
-            evidence: read("sgx/dcap-qvl/sgx_quote"),
-            options: VerifyOptions {
-                at: at("2025-06-19T11:56:00Z"),
-                collateral: Some(read("sgx/dcap-qvl/sgx_quote_collateral.json")),
-                ..Default::default()
-            },
-        },
-        Case {
-            name: "nitro (COSE, 4-cert chain)",
-            platform: Platform::Nitro,
-            evidence: read("nitro/evervault/beta_valid-attestation-doc-bytes"),
-            options: VerifyOptions {
-                at: at("2022-10-13T08:58:03Z"),
-                ..Default::default()
-            },
-        },
-    ]
-}
+mod vectors;
+use vectors::cases;
 
 fn main() {
     let iterations: usize = std::env::var("KURA_BENCH_ITERATIONS")

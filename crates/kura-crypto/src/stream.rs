@@ -157,7 +157,11 @@ impl StreamDecoder {
 
     /// Feeds received bytes; every complete chunk is authenticated, decrypted and appended to
     /// `plaintext`. On error nothing of the failing chunk is appended.
+    ///
+    /// Room for all this input can open is reserved first, so a reallocation never moves (and
+    /// leaves behind in freed memory) plaintext this call appended.
     pub fn push(&mut self, mut input: &[u8], plaintext: &mut Vec<u8>) -> Result<(), CryptoError> {
+        plaintext.reserve(input.len() + self.pending.len());
         while !input.is_empty() {
             if self.finished {
                 return Err(CryptoError::Stream("data after the final chunk"));

@@ -33,14 +33,20 @@ pub use output::Output;
 pub type Tables = BTreeMap<String, Vec<RecordBatch>>;
 
 pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionContext, EngineError> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let config = SessionConfig::new()
         .with_information_schema(false)
-        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
+        .with_target_partitions(cores);
     let ctx = SessionContext::new_with_config(config);
     for dataset in &contract.datasets {
         let schema = arrow_schema(dataset);
-        let batches = tables.get(&dataset.name).cloned().unwrap_or_default();
-        let table = MemTable::try_new(schema, vec![batches])?;
+        // One partition per core, so that scans start in parallel (batches are shared, not
+        // copied).
+        let mut partitions = vec![Vec::new(); cores];
+        for (i, batch) in tables.get(&dataset.name).into_iter().flatten().enumerate() {
+            partitions[i % cores].push(batch.clone());
+        }
+        let table = MemTable::try_new(schema, partitions)?;
         ctx.register_table(dataset.name.as_str(), Arc::new(table))?;
     }
     Ok(ctx)

@@ -453,3 +453,115 @@ async fn the_physical_check_refuses_plans_without_counts_or_with_windows() {
         .unwrap();
     check_physical(physical.as_ref(), guarded.visible_columns).unwrap();
 }
+
+/// A CSV of `rows` ehr records, some with quoted fields holding commas, quotes and newlines,
+/// and the column order of the file differing from the contract's.
+fn big_csv(rows: usize) -> String {
+    let mut csv = String::from("age_band,patient_id,diabetes\r\n");
+    for i in 0..rows {
+        let band = match i % 7 {
+            0 => "\"multi\nline, with \"\"quotes\"\"\"".to_string(),
+            1 => "\"a,b\"".to_string(),
+            _ => format!("band{}", i % 5),
+        };
+        writeln!(csv, "{band},p{i:08},{}", i % 3 == 0).unwrap();
+    }
+    csv
+}
+
+/// The reference: Arrow's own reader on the whole file at once.
+fn arrow_reads(ehr: &kura_contract::Dataset, csv: &str) -> Vec<RecordBatch> {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("age_band", DataType::Utf8, true),
+        Field::new("patient_id", DataType::Utf8, true),
+        Field::new("diabetes", DataType::Boolean, true),
+    ]));
+    let batches = datafusion::arrow::csv::ReaderBuilder::new(schema)
+        .with_header(true)
+        .build(std::io::Cursor::new(csv.as_bytes()))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let batch = datafusion::arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let order = ["patient_id", "age_band", "diabetes"].map(|n| batch.schema().index_of(n).unwrap());
+    vec![
+        RecordBatch::try_new(
+            arrow_schema(ehr),
+            order.iter().map(|i| batch.column(*i).clone()).collect(),
+        )
+        .unwrap(),
+    ]
+}
+
+fn concat(batches: &[RecordBatch]) -> RecordBatch {
+    datafusion::arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap()
+}
+
+#[test]
+fn csv_is_parsed_in_parallel_blocks_exactly_as_one_reader_would() {
+    let c = contract(None);
+    let ehr = c.dataset("ehr").unwrap();
+    // About 15 MiB: several blocks, with quoted newlines near every cut.
+    let csv = big_csv(400_000);
+    let expected = concat(&arrow_reads(ehr, &csv));
+    assert_eq!(expected.num_rows(), 400_000);
+    // Whole, byte by byte for the header, and in odd-sized pieces as decryption delivers them.
+    for piece in [csv.len(), 65_537, 1_000_003] {
+        let mut ingest = load::Ingest::new(ehr, InputFormat::Csv);
+        for (i, p) in csv.as_bytes().chunks(piece).enumerate() {
+            if i == 0 {
+                for b in p.chunks(1) {
+                    ingest.push(b).unwrap();
+                }
+            } else {
+                ingest.push(p).unwrap();
+            }
+        }
+        let got = ingest.finish().unwrap();
+        assert!(got.len() > 4, "{} batches: not cut into blocks", got.len());
+        assert_eq!(concat(&got), expected, "pieces of {piece} bytes");
+    }
+}
+
+#[test]
+fn a_bad_value_deep_in_a_large_csv_is_refused_with_its_place() {
+    let c = contract(None);
+    let ehr = c.dataset("ehr").unwrap();
+    let mut csv = big_csv(300_000);
+    csv.push_str("x,p1,maybe\n");
+    csv.push_str(big_csv(10).split_once('\n').unwrap().1);
+    let err = load::load(ehr, InputFormat::Csv, csv.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bad CSV value"), "{err}");
+    assert!(err.contains("line numbers count from line"), "{err}");
+    // A file without a newline in its first MiB has no usable header.
+    let err = load::load(ehr, InputFormat::Csv, &vec![b'a'; (1 << 20) + 10])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("header line is longer than 1 MiB"), "{err}");
+}
+
+#[test]
+fn parquet_row_groups_are_decoded_in_parallel_in_file_order() {
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+
+    let c = contract(None);
+    let ehr = c.dataset("ehr").unwrap();
+    let csv = big_csv(100_000);
+    let expected = concat(&arrow_reads(ehr, &csv));
+    let mut file = Vec::new();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(7_000))
+        .build();
+    let mut w = ArrowWriter::try_new(&mut file, expected.schema(), Some(props)).unwrap();
+    w.write(&expected).unwrap();
+    w.close().unwrap();
+    let mut ingest = load::Ingest::new(ehr, InputFormat::Parquet);
+    for p in file.chunks(10_000) {
+        ingest.push(p).unwrap();
+    }
+    assert_eq!(concat(&ingest.finish().unwrap()), expected);
+}

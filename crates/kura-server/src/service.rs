@@ -12,7 +12,7 @@ use kura_crypto::{DataKey, SecretIdentity, StreamDecoder, b64};
 use kura_engine::{InputFormat, Tables};
 use kura_ledger::{Event, Ledger, LogEntry, Receipt};
 use tokio::sync::Mutex;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::{Config, ServiceError};
 
@@ -379,12 +379,32 @@ impl Service {
             context,
             ..
         } = pending;
-        let mut decoder = StreamDecoder::new(&key, &context);
-        drop(key);
-        let mut plaintext = Zeroizing::new(Vec::new());
+        // Decryption and parsing run on their own thread (parsing on a pool of its own), while
+        // this task receives and hashes: the file is parsed while it is still arriving and is
+        // never held whole.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<axum::body::Bytes>(16);
+        let ds = dataset.clone();
+        let worker = tokio::task::spawn_blocking(move || {
+            let mut decoder = StreamDecoder::new(&key, &context);
+            drop(key);
+            let mut ingest = kura_engine::load::Ingest::new(&ds, format);
+            let mut plaintext = Zeroizing::new(Vec::new());
+            let refused = |e: kura_crypto::CryptoError| {
+                ServiceError::BadRequest(format!("encrypted stream refused: {e}"))
+            };
+            let parse = |e: kura_engine::EngineError| ServiceError::BadRequest(e.to_string());
+            while let Some(piece) = rx.blocking_recv() {
+                decoder.push(&piece, &mut plaintext).map_err(refused)?;
+                ingest.push(&plaintext).map_err(parse)?;
+                plaintext.as_mut_slice().zeroize();
+                plaintext.clear();
+            }
+            decoder.finish().map_err(refused)?;
+            ingest.finish().map_err(parse)
+        });
         let mut received = 0u64;
         let mut digest = <sha2::Sha256 as sha2::Digest>::new();
-        let mut failure = None;
+        let mut tx = Some(tx);
         while let Some(piece) = frames.next().await {
             let piece =
                 piece.map_err(|e| ServiceError::BadRequest(format!("upload interrupted: {e}")))?;
@@ -396,34 +416,17 @@ impl Service {
                     self.max_upload_bytes
                 )));
             }
-            if failure.is_some() {
-                continue;
-            }
+            let Some(sender) = &tx else { continue };
             sha2::Digest::update(&mut digest, &piece);
-            if let Err(e) = decoder.push(&piece, &mut plaintext) {
-                failure = Some(ServiceError::BadRequest(format!(
-                    "encrypted stream refused: {e}"
-                )));
-                plaintext.clear();
+            if sender.send(piece).await.is_err() {
+                // The worker refused the stream; read the rest so the sender gets the reason.
+                tx = None;
             }
         }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        decoder
-            .finish()
-            .map_err(|e| ServiceError::BadRequest(format!("encrypted stream refused: {e}")))?;
-        drop(decoder);
-
-        let ds = dataset.clone();
-        let batches = tokio::task::spawn_blocking(move || {
-            let parsed = kura_engine::load::load(&ds, format, &plaintext);
-            drop(plaintext);
-            parsed
-        })
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))?
-        .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        drop(tx);
+        let batches = worker
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))??;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
 
         let mut state = self.state.lock().await;

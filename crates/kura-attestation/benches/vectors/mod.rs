@@ -1,0 +1,71 @@
+//! The attestation vectors of ../shared/attestation-vectors that the benchmarks verify, with
+//! everything a verifier needs already in memory (the "certificates cached" case).
+//! Shared by `kura-attestation`'s `verify` bench and `kura-cli`'s `cost` bench.
+
+use std::path::PathBuf;
+
+use kura_attestation::VerifyOptions;
+use kura_contract::Platform;
+
+fn read(path: &str) -> Vec<u8> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/attestation-vectors");
+    std::fs::read(dir.join(path))
+        .unwrap_or_else(|e| panic!("{path}: {e} (../shared must sit beside the project)"))
+}
+
+fn at(t: &str) -> Option<time::OffsetDateTime> {
+    Some(time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap())
+}
+
+pub struct Case {
+    pub name: &'static str,
+    pub platform: Platform,
+    pub evidence: Vec<u8>,
+    pub options: VerifyOptions,
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "sev-snp (Milan VCEK)",
+            platform: Platform::SevSnp,
+            evidence: read("sev-snp/virtee-sev/report_milan.hex"),
+            options: VerifyOptions {
+                certs: vec![
+                    read("sev-snp/virtee-sev/vcek_milan.der"),
+                    read("sev-snp/virtee-sev/cert_chain_milan"),
+                ],
+                ..Default::default()
+            },
+        },
+        Case {
+            name: "tdx (DCAP v4)",
+            platform: Platform::Tdx,
+            evidence: read("tdx/dcap-qvl/tdx_quote"),
+            options: VerifyOptions {
+                at: at("2025-06-19T11:16:00Z"),
+                collateral: Some(read("tdx/dcap-qvl/tdx_quote_collateral.json")),
+                ..Default::default()
+            },
+        },
+        Case {
+            name: "sgx (DCAP v3)",
+            platform: Platform::Sgx,
+            evidence: read("sgx/dcap-qvl/sgx_quote"),
+            options: VerifyOptions {
+                at: at("2025-06-19T11:56:00Z"),
+                collateral: Some(read("sgx/dcap-qvl/sgx_quote_collateral.json")),
+                ..Default::default()
+            },
+        },
+        Case {
+            name: "nitro (COSE, 4-cert chain)",
+            platform: Platform::Nitro,
+            evidence: read("nitro/evervault/beta_valid-attestation-doc-bytes"),
+            options: VerifyOptions {
+                at: at("2022-10-13T08:58:03Z"),
+                ..Default::default()
+            },
+        },
+    ]
+}

@@ -1,0 +1,999 @@
+//! The cost of confidentiality, measured side by side in one run on the same data:
+//!
+//! - bulk AEAD (the dataset stream) against `openssl speed -evp aes-256-gcm`;
+//! - encrypted upload of CSV and Parquet through the client and the enclave service, against
+//!   loading the same file in plaintext into DataFusion;
+//! - a two-party join + aggregate through kura end to end (encrypted uploads, the run with its
+//!   minimum-group-size rule, the sealed result decrypted), against plain DataFusion and DuckDB
+//!   on the same Parquet files; and the same query on data already held in memory;
+//! - attestation verification per platform on the real vectors, certificates cached.
+//!
+//! ```sh
+//! cargo bench -p kura-cli --bench cost                     # default: 10M rows joined to 1M
+//! cargo bench -p kura-cli --bench cost -- --rows 50000000  # bigger
+//! cargo bench -p kura-cli --bench cost -- --scale          # adds the 1M/10M/50M scaling table
+//! ```
+//!
+//! The enclave is the real `kura serve` binary (simulated platform) in its own process, so its
+//! peak memory is its own. Baselines run in child processes of this binary (`--child ...`) for
+//! the same reason. DuckDB is the `duckdb` Python package (`pip install duckdb`); without it
+//! its rows say so and the rest still runs.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+use kura_contract::{Contract, SignedContract};
+use kura_crypto::{DataKey, SecretIdentity, StreamDecoder, StreamEncoder};
+use kura_engine::datafusion;
+
+#[path = "../../kura-attestation/benches/vectors/mod.rs"]
+mod vectors;
+
+#[derive(Parser, Debug)]
+#[command(about = "kura's cost of confidentiality, against baselines measured in the same run")]
+struct Opts {
+    /// Rows of the large dataset (claims); the small one (patients) has a tenth as many.
+    #[arg(long, default_value_t = 10_000_000)]
+    rows: usize,
+    /// Runs per measurement; the table shows the median.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Also print the scaling table (1M, 10M and 50M rows: time and peak memory).
+    #[arg(long)]
+    scale: bool,
+    /// Rows of the scaling table, instead of 1M, 10M, 50M.
+    #[arg(long, value_delimiter = ',')]
+    scale_rows: Vec<usize>,
+    /// Internal: run one baseline measurement and print it as JSON.
+    #[arg(long, hide = true, num_args = 2, value_names = ["MODE", "PATH"])]
+    child: Vec<String>,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const SQL: &str = "SELECT p.age_band, p.region, COUNT(*) AS claims, SUM(c.amount) AS total, \
+                   AVG(c.amount) AS mean \
+                   FROM claims c JOIN patients p ON c.patient_id = p.patient_id \
+                   GROUP BY p.age_band, p.region ORDER BY p.age_band, p.region";
+const ANALYSIS: &str = "claims_by_age_and_region";
+const AGE_BANDS: [&str; 4] = ["18-39", "40-59", "60-79", "80+"];
+const REGIONS: [&str; 5] = ["north", "south", "east", "west", "centre"];
+const CATEGORIES: [&str; 8] = [
+    "consult", "lab", "imaging", "pharmacy", "surgery", "therapy", "dental", "other",
+];
+const GB: f64 = 1e9;
+const MIB: usize = 1 << 20;
+
+fn main() {
+    let opts = Opts::parse();
+    if let [mode, path] = opts.child.as_slice() {
+        child(mode, Path::new(path));
+        return;
+    }
+    assert!(opts.rows >= 10, "--rows must be at least 10");
+    assert!(opts.runs >= 1, "--runs must be at least 1");
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let mut table = Table::default();
+
+    let data = tempfile::tempdir().expect("temporary directory");
+    progress(format!(
+        "generating {} claims and {} patients",
+        opts.rows,
+        opts.rows / 10
+    ));
+    let files = generate(data.path(), opts.rows, true);
+    let room = Room::new();
+
+    aead(&mut table, opts.runs);
+    ingest(&rt, &mut table, &room, &files, opts.runs);
+    join(&rt, &mut table, &room, &files, opts.runs);
+    attestation(&mut table);
+
+    println!();
+    println!(
+        "kura cost of confidentiality: {} claims joined to {} patients, median of {} runs",
+        opts.rows,
+        opts.rows / 10,
+        opts.runs
+    );
+    println!("{}", machine());
+    table.print();
+
+    if opts.scale || !opts.scale_rows.is_empty() {
+        let sizes = if opts.scale_rows.is_empty() {
+            vec![1_000_000, 10_000_000, 50_000_000]
+        } else {
+            opts.scale_rows.clone()
+        };
+        scaling(&rt, &room, &sizes);
+    }
+}
+
+fn progress(line: impl AsRef<str>) {
+    eprintln!("[bench] {}", line.as_ref());
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<[String; 6]>,
+}
+
+enum Goal {
+    /// At least this throughput, in bytes per second.
+    MinRate(f64),
+    /// At least this fraction of the baseline's throughput.
+    MinShare(f64),
+    /// At most this multiple of the baseline's time.
+    MaxRatio(f64),
+    /// At most this time, in seconds.
+    MaxTime(f64),
+    None,
+}
+
+impl Table {
+    /// A throughput row: `bytes` processed in `kura` seconds, against `base` seconds.
+    fn rate(&mut self, what: &str, bytes: f64, kura: f64, base: Option<(&str, f64)>, goal: Goal) {
+        let rate = bytes / kura;
+        let (base_text, ratio) = match base {
+            Some((name, b)) => (format!("{name} {:.2} GB/s", bytes / b / GB), Some(b / kura)),
+            None => ("not available".into(), None),
+        };
+        let (goal_text, met) = match goal {
+            Goal::MinRate(r) => (format!(">= {:.1} GB/s", r / GB), Some(rate >= r)),
+            Goal::MinShare(s) => (format!(">= {:.0} %", s * 100.0), ratio.map(|x| x >= s)),
+            _ => (String::new(), None),
+        };
+        self.push(
+            what,
+            format!("{:.2} GB/s", rate / GB),
+            base_text,
+            ratio.map_or("-".into(), |r| format!("{:.0} %", r * 100.0)),
+            goal_text,
+            met,
+        );
+    }
+
+    /// A time row: kura took `kura` seconds, the baseline `base`.
+    fn time(&mut self, what: &str, kura: f64, base: Option<(&str, f64)>, goal: Goal) {
+        let ratio = base.map(|(_, b)| kura / b);
+        let (goal_text, met) = match goal {
+            Goal::MaxRatio(r) => (format!("<= {r:.2}x"), ratio.map(|x| x <= r)),
+            Goal::MaxTime(t) => (format!("<= {}", show_time(t)), Some(kura <= t)),
+            _ => (String::new(), None),
+        };
+        self.push(
+            what,
+            show_time(kura),
+            base.map_or("not available".into(), |(name, b)| {
+                format!("{name} {}", show_time(b))
+            }),
+            ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+            goal_text,
+            met,
+        );
+    }
+
+    fn push(
+        &mut self,
+        what: &str,
+        kura: String,
+        base: String,
+        ratio: String,
+        goal: String,
+        met: Option<bool>,
+    ) {
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "",
+        };
+        self.rows
+            .push([what.into(), kura, base, ratio, goal, met.into()]);
+    }
+
+    fn print(&self) {
+        let header = [
+            "measure",
+            "kura",
+            "baseline (same run)",
+            "ratio",
+            "goal",
+            "met",
+        ];
+        let mut width = header.map(str::len);
+        for row in &self.rows {
+            for (w, cell) in width.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: [&str; 6]| {
+            let mut s = String::from("|");
+            for (cell, w) in cells.iter().zip(width) {
+                s.push_str(&format!(" {cell:<w$} |"));
+            }
+            println!("{s}");
+        };
+        line(header);
+        let rule = width.map(|w| "-".repeat(w));
+        line(rule.each_ref().map(String::as_str));
+        for row in &self.rows {
+            line(row.each_ref().map(String::as_str));
+        }
+    }
+}
+
+fn show_time(s: f64) -> String {
+    if s < 0.01 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or("?".into(), |kib| {
+            format!("{:.0} GiB", kib / (1 << 20) as f64)
+        });
+    let openssl = Command::new("openssl")
+        .arg("version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "no openssl".into());
+    let duckdb = Command::new("python3")
+        .args(["-c", "import duckdb; print(duckdb.__version__)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| format!("DuckDB {}", String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| "no DuckDB".into());
+    format!("machine: {cpu}, {cores} cores, {mem}; {openssl}; {duckdb}")
+}
+
+/// Peak resident memory (VmHWM) of a process, in bytes.
+fn peak_memory(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+fn show_bytes(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic data: patients (the small side) and their claims (the large side)
+
+struct Files {
+    rows: usize,
+    patients_parquet: PathBuf,
+    claims_parquet: PathBuf,
+    claims_csv: Option<PathBuf>,
+}
+
+fn patients_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("patient_id", DataType::Int64, true),
+        Field::new("age_band", DataType::Utf8, true),
+        Field::new("region", DataType::Utf8, true),
+    ]))
+}
+
+fn claims_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("patient_id", DataType::Int64, true),
+        Field::new("amount", DataType::Float64, true),
+        Field::new("category", DataType::Utf8, true),
+    ]))
+}
+
+/// SplitMix64: deterministic synthetic data (not for secrets).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Writes patients and claims as Parquet (and claims as CSV when `csv`) into `dir`. One claim
+/// in eleven names a patient the hospital does not have, so the join drops rows.
+fn generate(dir: &Path, rows: usize, csv: bool) -> Files {
+    use datafusion::parquet::arrow::ArrowWriter;
+
+    const BATCH: usize = 1 << 20;
+    let patients = (rows / 10).max(1);
+    let mut rng = SplitMix(7);
+    let pick = |rng: &mut SplitMix, values: &[&'static str], n: usize| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(
+            (0..n).map(|_| values[(rng.next() % values.len() as u64) as usize]),
+        ))
+    };
+
+    let files = Files {
+        rows,
+        patients_parquet: dir.join("patients.parquet"),
+        claims_parquet: dir.join("claims.parquet"),
+        claims_csv: csv.then(|| dir.join("claims.csv")),
+    };
+    let create = |p: &Path| std::fs::File::create(p).expect("create a data file");
+
+    let mut w = ArrowWriter::try_new(create(&files.patients_parquet), patients_schema(), None)
+        .expect("parquet writer");
+    for start in (0..patients).step_by(BATCH) {
+        let n = BATCH.min(patients - start);
+        let batch = RecordBatch::try_new(
+            patients_schema(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(
+                    (start..start + n).map(|i| i as i64),
+                )),
+                pick(&mut rng, &AGE_BANDS, n),
+                pick(&mut rng, &REGIONS, n),
+            ],
+        )
+        .expect("patients batch");
+        w.write(&batch).expect("write patients");
+    }
+    w.close().expect("close patients");
+
+    let mut pq = ArrowWriter::try_new(create(&files.claims_parquet), claims_schema(), None)
+        .expect("parquet writer");
+    let mut csv_writer = files
+        .claims_csv
+        .as_deref()
+        .map(|p| datafusion::arrow::csv::Writer::new(std::io::BufWriter::new(create(p))));
+    let ids = (patients as u64 * 11).div_ceil(10);
+    for start in (0..rows).step_by(BATCH) {
+        let n = BATCH.min(rows - start);
+        let batch = RecordBatch::try_new(
+            claims_schema(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(
+                    (0..n).map(|_| (rng.next() % ids) as i64),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    (0..n).map(|_| (rng.next() % 500_000) as f64 / 100.0),
+                )),
+                pick(&mut rng, &CATEGORIES, n),
+            ],
+        )
+        .expect("claims batch");
+        pq.write(&batch).expect("write claims");
+        if let Some(w) = &mut csv_writer {
+            w.write(&batch).expect("write claims CSV");
+        }
+    }
+    pq.close().expect("close claims");
+    drop(csv_writer);
+    files
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).expect("data file").len()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Baselines, each in a child process of this binary
+
+#[derive(serde::Deserialize)]
+struct Measured {
+    secs: f64,
+    peak_bytes: u64,
+    /// Rows loaded, or the query's total claim count: checked against kura's.
+    rows: u64,
+}
+
+/// Runs one baseline in a child process (own memory, own allocator state).
+fn baseline(mode: &str, path: &Path) -> Measured {
+    let out = Command::new(std::env::current_exe().expect("own path"))
+        .args(["--child", mode])
+        .arg(path)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run a baseline");
+    assert!(out.status.success(), "baseline {mode} failed");
+    serde_json::from_slice(&out.stdout).expect("baseline output")
+}
+
+fn child(mode: &str, path: &Path) {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let ctx = SessionContext::new();
+    let (secs, rows) = rt.block_on(async {
+        match mode {
+            // Plaintext ingest: the file into memory as record batches.
+            "load-csv" | "load-parquet" => {
+                let start = Instant::now();
+                let df = if mode == "load-csv" {
+                    let schema = claims_schema();
+                    let options = CsvReadOptions::new().has_header(true).schema(&schema);
+                    ctx.read_csv(path.to_str().unwrap(), options).await
+                } else {
+                    ctx.read_parquet(path.to_str().unwrap(), ParquetReadOptions::default())
+                        .await
+                }
+                .expect("read");
+                let batches = df.collect().await.expect("load");
+                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                (secs(start.elapsed()), rows as u64)
+            }
+            // The join + aggregate over the Parquet files.
+            "join" => {
+                let start = Instant::now();
+                register_parquet(&ctx, path).await;
+                let rows = total_claims(&ctx.sql(SQL).await.unwrap().collect().await.unwrap());
+                (secs(start.elapsed()), rows)
+            }
+            // The same query on data already in memory.
+            "join-resident" => {
+                for name in ["patients", "claims"] {
+                    let file = path.join(format!("{name}.parquet"));
+                    let df = ctx
+                        .read_parquet(file.to_str().unwrap(), ParquetReadOptions::default())
+                        .await
+                        .unwrap();
+                    let schema = Arc::new(df.schema().as_arrow().clone());
+                    let batches = df.collect().await.unwrap();
+                    let table =
+                        datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap();
+                    ctx.register_table(name, Arc::new(table)).unwrap();
+                }
+                let start = Instant::now();
+                let rows = total_claims(&ctx.sql(SQL).await.unwrap().collect().await.unwrap());
+                (secs(start.elapsed()), rows)
+            }
+            other => panic!("unknown child mode {other:?}"),
+        }
+    });
+    let peak_bytes = peak_memory("self").unwrap_or(0);
+    println!(r#"{{"secs": {secs}, "peak_bytes": {peak_bytes}, "rows": {rows}}}"#);
+}
+
+async fn register_parquet(ctx: &SessionContext, dir: &Path) {
+    for name in ["patients", "claims"] {
+        let file = dir.join(format!("{name}.parquet"));
+        ctx.register_parquet(name, file.to_str().unwrap(), ParquetReadOptions::default())
+            .await
+            .unwrap();
+    }
+}
+
+/// The sum of the `claims` column of the query's result.
+fn total_claims(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .map(|b| {
+            let col = b.column_by_name("claims").expect("claims column");
+            let col = col
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("COUNT is Int64");
+            col.values().iter().map(|v| *v as u64).sum::<u64>()
+        })
+        .sum()
+}
+
+const DUCKDB: &str = r#"
+import json, resource, sys, time
+import duckdb
+d, sql = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+start = time.perf_counter()
+con.execute(f"CREATE VIEW patients AS SELECT * FROM read_parquet('{d}/patients.parquet')")
+con.execute(f"CREATE VIEW claims AS SELECT * FROM read_parquet('{d}/claims.parquet')")
+rows = con.execute(sql).fetchall()
+secs = time.perf_counter() - start
+print(json.dumps({"secs": secs, "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "rows": sum(r[2] for r in rows)}))
+"#;
+
+/// The join in DuckDB, or `None` when the Python package is not installed.
+fn duckdb(dir: &Path) -> Option<Measured> {
+    let out = Command::new("python3")
+        .args(["-c", DUCKDB])
+        .arg(dir)
+        .arg(SQL)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).expect("duckdb output"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The clean room: two parties, a signed contract, and the enclave service
+
+struct Room {
+    dir: tempfile::TempDir,
+    contract_path: PathBuf,
+    contract: SignedContract,
+    hospital: String,
+    insurer: String,
+}
+
+impl Room {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (hospital, insurer) = (SecretIdentity::generate(), SecretIdentity::generate());
+        let text = format!(
+            r#"version = 1
+name = "cost-bench"
+purpose = "Benchmark: claims by age band and region"
+
+[[parties]]
+name = "hospital"
+public_key = "{}"
+roles = ["provider", "receiver"]
+
+[[parties]]
+name = "insurer"
+public_key = "{}"
+roles = ["provider", "receiver"]
+
+[[datasets]]
+name = "patients"
+provider = "hospital"
+privacy_unit = "patient_id"
+columns = [
+  {{ name = "patient_id", type = "int64", role = "identifier" }},
+  {{ name = "age_band", type = "utf8", role = "dimension" }},
+  {{ name = "region", type = "utf8", role = "dimension" }},
+]
+
+[[datasets]]
+name = "claims"
+provider = "insurer"
+privacy_unit = "patient_id"
+columns = [
+  {{ name = "patient_id", type = "int64", role = "identifier" }},
+  {{ name = "amount", type = "float64", role = "measure" }},
+  {{ name = "category", type = "utf8", role = "dimension" }},
+]
+
+[[analyses]]
+name = "{ANALYSIS}"
+sql = "{SQL}"
+receivers = ["hospital", "insurer"]
+
+[output]
+min_group_size = 10
+
+[retention]
+delete_after = "never"
+
+[enclave]
+platforms = ["simulated"]
+"#,
+            hospital.public().to_text(),
+            insurer.public().to_text()
+        );
+        let contract = Contract::parse(text.as_bytes()).expect("bench contract");
+        let contract_path = dir.path().join("contract.toml");
+        std::fs::write(&contract_path, &text).unwrap();
+        let mut sigs = std::collections::BTreeMap::new();
+        for id in [&hospital, &insurer] {
+            let (party, sig) = kura_contract::sign(&contract, id).unwrap();
+            std::fs::write(dir.path().join(format!("contract.toml.{party}.sig")), &sig).unwrap();
+            sigs.insert(party, sig);
+        }
+        let contract = SignedContract::verify(contract, |p| sigs.get(p).cloned()).unwrap();
+        Self {
+            dir,
+            contract_path,
+            contract,
+            hospital: hospital.to_text().to_string(),
+            insurer: insurer.to_text().to_string(),
+        }
+    }
+
+    async fn client(&self, url: &str, key: &str) -> kura_client::Client {
+        let id = SecretIdentity::parse(key).unwrap();
+        let mut c = kura_client::Client::new(url, self.contract.clone(), id).unwrap();
+        c.attest().await.expect("attestation");
+        c
+    }
+}
+
+/// `kura serve` on the simulated platform, in its own process; killed on drop.
+struct Enclave {
+    process: std::process::Child,
+    url: String,
+    _state: tempfile::TempDir,
+}
+
+impl Enclave {
+    fn start(room: &Room) -> Self {
+        let state = tempfile::tempdir_in(room.dir.path()).unwrap();
+        let mut process = Command::new(env!("CARGO_BIN_EXE_kura"))
+            .env("KURA_HOME", room.dir.path())
+            .args([
+                "serve",
+                "--platform",
+                "simulated",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--contract")
+            .arg(&room.contract_path)
+            .arg("--state")
+            .arg(state.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kura serve");
+        let mut line = String::new();
+        std::io::BufReader::new(process.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().rsplit(' ').next().unwrap_or("").to_string();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "kura serve said {line:?}"
+        );
+        Self {
+            process,
+            url,
+            _state: state,
+        }
+    }
+
+    fn peak_memory(&self) -> u64 {
+        peak_memory(&self.process.id().to_string()).unwrap_or(0)
+    }
+}
+
+impl Drop for Enclave {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The measurements
+
+/// The dataset stream's AEAD on one core, and OpenSSL's AES-256-GCM on the same core.
+fn aead(table: &mut Table, runs: usize) {
+    progress("AEAD: kura's dataset stream and openssl speed");
+    const TOTAL: usize = 1 << 30;
+    let chunk = kura_crypto::DEFAULT_CHUNK_SIZE;
+    let plaintext = vec![0x5a_u8; 64 * MIB];
+    let key = DataKey::generate();
+    let mut frames = Vec::with_capacity(TOTAL + TOTAL / chunk * 32);
+    let (mut enc, mut dec) = (Vec::new(), Vec::new());
+    let mut opened = Vec::with_capacity(TOTAL);
+    for _ in 0..runs {
+        frames.clear();
+        let start = Instant::now();
+        let mut encoder = StreamEncoder::new(&key, b"bench");
+        let pieces = TOTAL / chunk;
+        for i in 0..pieces {
+            let at = (i * chunk) % plaintext.len();
+            encoder
+                .seal_chunk(&plaintext[at..at + chunk], i + 1 == pieces, &mut frames)
+                .unwrap();
+        }
+        enc.push(secs(start.elapsed()));
+
+        opened.clear();
+        let start = Instant::now();
+        let mut decoder = StreamDecoder::new(&key, b"bench");
+        // As the enclave receives it: in network-sized pieces.
+        for piece in frames.chunks(64 * 1024) {
+            decoder.push(piece, &mut opened).unwrap();
+        }
+        decoder.finish().unwrap();
+        dec.push(secs(start.elapsed()));
+        assert_eq!(opened.len(), TOTAL);
+    }
+    let name = format!("openssl {}", show_mib(chunk));
+    let encrypt = openssl_speed(false);
+    let decrypt = openssl_speed(true);
+    let bytes = TOTAL as f64;
+    table.rate(
+        &format!("AEAD encrypt, 1 core ({} chunks)", show_mib(chunk)),
+        bytes,
+        median(enc),
+        encrypt.map(|r| (name.as_str(), bytes / r)),
+        Goal::MinRate(3.0 * GB),
+    );
+    table.rate(
+        "AEAD decrypt, 1 core",
+        bytes,
+        median(dec),
+        decrypt.map(|r| (name.as_str(), bytes / r)),
+        Goal::MinRate(3.0 * GB),
+    );
+}
+
+fn show_mib(bytes: usize) -> String {
+    if bytes >= MIB {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{} KiB", bytes / 1024)
+    }
+}
+
+/// `openssl speed -evp aes-256-gcm` on chunks of kura's size, in bytes per second.
+fn openssl_speed(decrypt: bool) -> Option<f64> {
+    let mut cmd = Command::new("openssl");
+    cmd.arg("speed");
+    if decrypt {
+        cmd.arg("-decrypt");
+    }
+    let out = cmd
+        .args(["-evp", "aes-256-gcm", "-seconds", "2", "-bytes"])
+        .arg(kura_crypto::DEFAULT_CHUNK_SIZE.to_string())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    // The last line: "AES-256-GCM    3310504.23k" (thousands of bytes per second).
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    let k: f64 = last
+        .split_whitespace()
+        .last()?
+        .trim_end_matches('k')
+        .parse()
+        .ok()?;
+    Some(k * 1000.0)
+}
+
+/// Encrypted upload of the claims file (CSV, then Parquet) against DataFusion loading it.
+fn ingest(
+    rt: &tokio::runtime::Runtime,
+    table: &mut Table,
+    room: &Room,
+    files: &Files,
+    runs: usize,
+) {
+    let cases = [
+        ("CSV", "load-csv", files.claims_csv.as_deref()),
+        (
+            "Parquet",
+            "load-parquet",
+            Some(files.claims_parquet.as_path()),
+        ),
+    ];
+    for (format, mode, path) in cases {
+        let Some(path) = path else { continue };
+        let size = file_size(path);
+        let (mut kura, mut base) = (Vec::new(), Vec::new());
+        for run in 1..=runs {
+            progress(format!(
+                "ingest {format} ({}), run {run}/{runs}",
+                show_bytes(size)
+            ));
+            let enclave = Enclave::start(room);
+            let took = rt.block_on(async {
+                let mut insurer = room.client(&enclave.url, &room.insurer).await;
+                let start = Instant::now();
+                let resp = insurer
+                    .upload("claims", path, |_| {})
+                    .await
+                    .expect("upload");
+                assert_eq!(resp.rows, files.rows as u64);
+                secs(start.elapsed())
+            });
+            kura.push(took);
+            let b = baseline(mode, path);
+            assert_eq!(b.rows, files.rows as u64);
+            base.push(b.secs);
+        }
+        table.rate(
+            &format!(
+                "ingest {format}, {} rows ({})",
+                files.rows,
+                show_bytes(size)
+            ),
+            size as f64,
+            median(kura),
+            Some(("DataFusion, plaintext", median(base))),
+            Goal::MinShare(0.85),
+        );
+    }
+}
+
+/// What one end-to-end run of the join through kura measured.
+struct EndToEnd {
+    secs: f64,
+    resident_secs: f64,
+    enclave_peak: u64,
+    claims: u64,
+}
+
+/// Both parties upload their Parquet file at once, the hospital starts the analysis and
+/// decrypts its sealed result. Then the analysis runs once more on the data now resident.
+fn end_to_end(rt: &tokio::runtime::Runtime, room: &Room, files: &Files) -> EndToEnd {
+    let enclave = Enclave::start(room);
+    rt.block_on(async {
+        let mut hospital = room.client(&enclave.url, &room.hospital).await;
+        let mut insurer = room.client(&enclave.url, &room.insurer).await;
+        let start = Instant::now();
+        let (p, c) = tokio::join!(
+            hospital.upload("patients", &files.patients_parquet, |_| {}),
+            insurer.upload("claims", &files.claims_parquet, |_| {}),
+        );
+        p.expect("upload patients");
+        c.expect("upload claims");
+        let result = run(&mut hospital).await;
+        let secs = secs(start.elapsed());
+
+        let start = Instant::now();
+        let again = run(&mut hospital).await;
+        let resident_secs = self::secs(start.elapsed());
+        assert_eq!(
+            result.rows, again.rows,
+            "the same data gives the same result"
+        );
+        assert_eq!(result.suppressed_groups, 0);
+        let claims = result
+            .rows
+            .iter()
+            .map(|r| r[2].as_u64().expect("claims count"))
+            .sum();
+        EndToEnd {
+            secs,
+            resident_secs,
+            enclave_peak: enclave.peak_memory(),
+            claims,
+        }
+    })
+}
+
+async fn run(hospital: &mut kura_client::Client) -> kura_api::ResultTable {
+    let run = hospital.run(ANALYSIS).await.expect("run");
+    hospital
+        .results(Some(&run.run_id))
+        .await
+        .expect("results")
+        .pop()
+        .expect("a result for the hospital")
+}
+
+fn join(rt: &tokio::runtime::Runtime, table: &mut Table, room: &Room, files: &Files, runs: usize) {
+    let dir = files.claims_parquet.parent().unwrap();
+    let (mut kura, mut resident, mut df, mut df_resident, mut duck) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for run in 1..=runs {
+        progress(format!("join + aggregate, run {run}/{runs}"));
+        let e = end_to_end(rt, room, files);
+        let b = baseline("join", dir);
+        assert_eq!(
+            e.claims, b.rows,
+            "kura and DataFusion count the same claims"
+        );
+        kura.push(e.secs);
+        resident.push(e.resident_secs);
+        df.push(b.secs);
+        df_resident.push(baseline("join-resident", dir).secs);
+        if let Some(d) = duckdb(dir) {
+            assert_eq!(d.rows, b.rows, "DuckDB counts the same claims");
+            duck.push(d.secs);
+        }
+    }
+    let what = format!(
+        "join + aggregate, {} x {} rows",
+        files.rows,
+        files.rows / 10
+    );
+    let kura = median(kura);
+    table.time(
+        &format!("{what}, end to end"),
+        kura,
+        Some(("DataFusion on Parquet", median(df))),
+        Goal::MaxRatio(1.15),
+    );
+    let duck = (!duck.is_empty()).then(|| ("DuckDB on Parquet", median(duck)));
+    table.time(&format!("{what}, end to end"), kura, duck, Goal::None);
+    table.time(
+        "  the same query, data resident",
+        median(resident),
+        Some(("DataFusion in memory", median(df_resident))),
+        Goal::MaxRatio(1.15),
+    );
+}
+
+/// Verification of each platform's real evidence; everything it needs is in memory.
+fn attestation(table: &mut Table) {
+    progress("attestation verification");
+    for case in vectors::cases() {
+        let verifier = kura_attestation::verifier_for(case.platform, &case.options).unwrap();
+        let evidence = kura_attestation::Evidence::new(case.platform, case.evidence);
+        let times: Vec<f64> = (0..200)
+            .map(|_| {
+                let start = Instant::now();
+                std::hint::black_box(verifier.verify(std::hint::black_box(&evidence)).unwrap());
+                secs(start.elapsed())
+            })
+            .collect();
+        table.time(
+            &format!("attestation verify, {}", case.name),
+            median(times),
+            None,
+            Goal::MaxTime(0.002),
+        );
+    }
+}
+
+/// One end-to-end run per size: time and peak memory of kura's enclave, DataFusion, DuckDB.
+fn scaling(rt: &tokio::runtime::Runtime, room: &Room, sizes: &[usize]) {
+    let mut lines = Vec::new();
+    for &rows in sizes {
+        let data = tempfile::tempdir().expect("temporary directory");
+        progress(format!("scaling: generating {rows} claims"));
+        let files = generate(data.path(), rows, false);
+        progress(format!("scaling: {rows} claims"));
+        let e = end_to_end(rt, room, &files);
+        let b = baseline("join", data.path());
+        assert_eq!(e.claims, b.rows);
+        let d = duckdb(data.path());
+        let parquet = file_size(&files.claims_parquet) + file_size(&files.patients_parquet);
+        lines.push(format!(
+            "| {rows:>11} | {:>9} | {:>8} | {:>10} | {:>11} | {:>10} | {:>8} | {:>11} |",
+            show_bytes(parquet),
+            show_time(e.secs),
+            show_bytes(e.enclave_peak),
+            show_time(b.secs),
+            show_bytes(b.peak_bytes),
+            d.as_ref().map_or("-".into(), |d| show_time(d.secs)),
+            d.as_ref().map_or("-".into(), |d| show_bytes(d.peak_bytes)),
+        ));
+    }
+    println!();
+    println!(
+        "scaling: the join + aggregate end to end; peak = peak resident memory of the process"
+    );
+    println!(
+        "| claims rows | Parquet   | kura e2e | kura peak  | DataFusion | DF peak     | DuckDB     | DuckDB peak |"
+    );
+    println!(
+        "|-------------|-----------|----------|------------|------------|-------------|------------|-------------|"
+    );
+    for l in lines {
+        println!("{l}");
+    }
+}
