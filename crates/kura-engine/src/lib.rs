@@ -15,6 +15,7 @@ pub mod load;
 mod output;
 pub mod roles;
 pub mod threshold;
+mod units;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

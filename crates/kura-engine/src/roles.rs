@@ -533,6 +533,25 @@ impl Rules {
                 format!("the rule does not know the aggregate expression {expr}"),
             ));
         };
+        // The threshold rule's own counts of distinct privacy units, whatever the contract lists.
+        if hidden {
+            let unit = match params.args.as_slice() {
+                [arg] => Some(self.label(arg, input, schema)?),
+                _ => None,
+            };
+            return if func.name() == crate::units::NAME
+                && !params.distinct
+                && params.filter.is_none()
+                && unit.is_some_and(|l| l.kind == Kind::Identifier && l.bare)
+            {
+                Ok(())
+            } else {
+                Err(refuse(
+                    "unsupported-construct",
+                    format!("names starting with {HIDDEN_PREFIX} are reserved"),
+                ))
+            };
+        }
         let name = func.name().to_ascii_lowercase();
         let kind = match (name.as_str(), params.distinct) {
             ("count", true) => "count_distinct",
@@ -578,21 +597,6 @@ impl Rules {
                     format!("the identifier {} is used in an aggregate FILTER", l.name()),
                 ));
             }
-        }
-        // The threshold rule's own counts: COUNT(DISTINCT unit), whatever the contract lists.
-        if hidden {
-            return if kind == "count_distinct"
-                && labels.len() == 1
-                && labels[0].kind == Kind::Identifier
-                && labels[0].bare
-            {
-                Ok(())
-            } else {
-                Err(refuse(
-                    "unsupported-construct",
-                    format!("names starting with {HIDDEN_PREFIX} are reserved"),
-                ))
-            };
         }
         if !self.adhoc.aggregates.iter().any(|a| a == kind) {
             return Err(refuse(

@@ -1,7 +1,8 @@
 //! The minimum-group-size rule, enforced on the logical plan.
 //!
-//! The outermost aggregation of the query gets one hidden `COUNT(DISTINCT privacy_unit)` per
-//! contributing dataset (counted over the aggregation's input, i.e. after joins and filters).
+//! The outermost aggregation of the query gets one hidden count of distinct privacy units per
+//! contributing dataset (counted over the aggregation's input, i.e. after joins and filters; up
+//! to `min_group_size` only, which is all the rule needs: [`crate::units`]).
 //! The hidden counts are carried through every operator above the aggregation to the output,
 //! where [`crate::output`] drops the rows whose counts are below the threshold and then the
 //! hidden columns themselves. Because the counts are part of the plan that runs, no way of
@@ -18,7 +19,6 @@ use std::sync::Arc;
 
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, JoinType};
-use datafusion::functions_aggregate::expr_fn::count_distinct;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection, Union, lit};
 use kura_contract::Contract;
 
@@ -200,7 +200,10 @@ fn add_counts(
                 let (qualifier, field) = schema.qualified_field(i);
                 let column = Column::new(qualifier.cloned(), field.name());
                 let alias = format!("{HIDDEN_PREFIX}{}", hidden.len());
-                extra.push(count_distinct(Expr::Column(column)).alias(&alias));
+                extra.push(
+                    crate::units::expr(Expr::Column(column), contract.output.min_group_size)
+                        .alias(&alias),
+                );
                 hidden.push(alias);
                 found = true;
             }
