@@ -91,6 +91,7 @@ fn main() {
         opts.rows / 10
     ));
     let files = generate(data.path(), opts.rows, true);
+
     let room = Room::new();
 
     aead(&mut table, opts.runs);

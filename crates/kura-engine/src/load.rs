@@ -52,7 +52,18 @@ impl InputFormat {
     }
 }
 
+/// How a contract type is held in memory. Text is held as string views: grouping and joining
+/// on short strings then compares inline bytes instead of following offsets (on the benchmark's
+/// join, the query takes half the time).
 fn arrow_type(ty: ColumnType) -> DataType {
+    match ty {
+        ColumnType::Utf8 => DataType::Utf8View,
+        _ => parse_type(ty),
+    }
+}
+
+/// The type a CSV column is parsed as (then cast to [`arrow_type`]).
+fn parse_type(ty: ColumnType) -> DataType {
     match ty {
         ColumnType::Utf8 => DataType::Utf8,
         ColumnType::Int64 => DataType::Int64,
@@ -371,7 +382,7 @@ impl CsvIngest {
         self.schema = Some(Arc::new(Schema::new(
             names
                 .iter()
-                .map(|n| Field::new(*n, arrow_type(dataset.column(n).expect("checked").ty), true))
+                .map(|n| Field::new(*n, parse_type(dataset.column(n).expect("checked").ty), true))
                 .collect::<Vec<_>>(),
         )));
         let rest = (end + 1).min(self.pending.len());

@@ -488,7 +488,13 @@ fn arrow_reads(ehr: &kura_contract::Dataset, csv: &str) -> Vec<RecordBatch> {
     vec![
         RecordBatch::try_new(
             arrow_schema(ehr),
-            order.iter().map(|i| batch.column(*i).clone()).collect(),
+            order
+                .iter()
+                .zip(arrow_schema(ehr).fields())
+                .map(|(i, f)| {
+                    datafusion::arrow::compute::cast(batch.column(*i), f.data_type()).unwrap()
+                })
+                .collect(),
         )
         .unwrap(),
     ]
