@@ -521,6 +521,7 @@ import json, resource, sys, time
 import duckdb
 d, sql = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 start = time.perf_counter()
 con.execute(f"CREATE VIEW patients AS SELECT * FROM read_parquet('{d}/patients.parquet')")
 con.execute(f"CREATE VIEW claims AS SELECT * FROM read_parquet('{d}/claims.parquet')")
@@ -539,9 +540,17 @@ fn duckdb(dir: &Path) -> Option<Measured> {
         .stderr(Stdio::null())
         .output()
         .ok()?;
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).expect("duckdb output"))
+    if !out.status.success() {
+        return None;
+    }
+    let parsed = serde_json::from_slice(&out.stdout);
+    if parsed.is_err() {
+        progress(format!(
+            "DuckDB printed something unexpected: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    parsed.ok()
 }
 
 // ---------------------------------------------------------------------------------------------
