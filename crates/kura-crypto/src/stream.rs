@@ -67,6 +67,35 @@ fn nonce(counter: u64, last: bool) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
+/// The frame header at the start of `buf`, checked: `(last, ciphertext length)`, or `None` if
+/// fewer than its 5 bytes have arrived. A length is refused before anything is allocated for it.
+fn header(buf: &[u8]) -> Result<Option<(bool, usize)>, CryptoError> {
+    if buf.len() < FRAME_HEADER {
+        return Ok(None);
+    }
+    let last = match buf[0] {
+        0 => false,
+        1 => true,
+        _ => return Err(CryptoError::Stream("bad frame flag")),
+    };
+    let len = u32::from_be_bytes(buf[1..5].try_into().expect("4 bytes")) as usize;
+    if !(TAG_LEN..=MAX_CHUNK_SIZE + TAG_LEN).contains(&len) {
+        return Err(CryptoError::Stream("bad frame length"));
+    }
+    Ok(Some((last, len)))
+}
+
+/// Appends to `buf`; when it must grow, the old allocation is zeroized after the move.
+fn append_zeroizing(buf: &mut Vec<u8>, more: &[u8]) {
+    if buf.capacity() - buf.len() < more.len() {
+        let mut bigger = Vec::with_capacity((buf.len() + more.len()).max(buf.capacity() * 2));
+        bigger.extend_from_slice(buf);
+        let mut old = std::mem::replace(buf, bigger);
+        zeroize::Zeroize::zeroize(&mut old);
+    }
+    buf.extend_from_slice(more);
+}
+
 /// Seals plaintext chunks into wire frames.
 pub struct StreamEncoder {
     key: LessSafeKey,
@@ -158,10 +187,13 @@ impl StreamDecoder {
     /// Feeds received bytes; every complete chunk is authenticated, decrypted and appended to
     /// `plaintext`. On error nothing of the failing chunk is appended.
     ///
-    /// Room for all this input can open is reserved first, so a reallocation never moves (and
-    /// leaves behind in freed memory) plaintext this call appended.
+    /// Plaintext this call appends is never left behind in freed memory: when `plaintext` must
+    /// grow, the old allocation is zeroized after the move.
+    ///
+    /// A frame that arrives in pieces is gathered in a buffer kept across frames and opened in
+    /// place; when `plaintext` is empty, the buffer itself is handed over (swapped with
+    /// `plaintext`), so such a frame is copied once, not twice.
     pub fn push(&mut self, mut input: &[u8], plaintext: &mut Vec<u8>) -> Result<(), CryptoError> {
-        plaintext.reserve(input.len() + self.pending.len());
         while !input.is_empty() {
             if self.finished {
                 return Err(CryptoError::Stream("data after the final chunk"));
@@ -173,31 +205,53 @@ impl StreamDecoder {
                 input = &input[used..];
                 continue;
             }
-            let need = self.frame_len_hint();
-            let take = need
-                .saturating_sub(self.pending.len())
-                .min(input.len())
-                .max(1);
+            let need = match header(&self.pending)? {
+                Some((_, len)) => FRAME_HEADER + len,
+                None => FRAME_HEADER,
+            };
+            let take = (need - self.pending.len()).min(input.len());
+            self.pending.reserve_exact(need - self.pending.len());
             self.pending.extend_from_slice(&input[..take]);
             input = &input[take..];
-            let pending = std::mem::take(&mut self.pending);
-            match self.try_frame(&pending, plaintext)? {
-                Some(used) => {
-                    debug_assert_eq!(used, pending.len());
-                }
-                None => self.pending = pending,
+            if let Some((last, len)) = header(&self.pending)?
+                && self.pending.len() == FRAME_HEADER + len
+            {
+                self.open_pending(last, plaintext)?;
             }
         }
         Ok(())
     }
 
-    /// How many buffered bytes the next frame needs in total (header first).
-    fn frame_len_hint(&self) -> usize {
-        if self.pending.len() < FRAME_HEADER {
-            return FRAME_HEADER;
+    /// Opens the complete frame gathered in `pending`.
+    fn open_pending(&mut self, last: bool, plaintext: &mut Vec<u8>) -> Result<(), CryptoError> {
+        let mut frame = std::mem::take(&mut self.pending);
+        let opened = self.key.open_within(
+            nonce(self.counter, last),
+            Aad::from(&self.context),
+            &mut frame,
+            FRAME_HEADER..,
+        );
+        let n = match opened {
+            Ok(pt) => pt.len(),
+            Err(_) => {
+                zeroize::Zeroize::zeroize(&mut frame);
+                self.pending = frame;
+                return Err(CryptoError::Decrypt);
+            }
+        };
+        frame.truncate(n);
+        if plaintext.is_empty() {
+            // Hand the opened buffer over; keep the caller's (empty) one for the next frame.
+            std::mem::swap(plaintext, &mut frame);
+        } else {
+            append_zeroizing(plaintext, &frame);
+            zeroize::Zeroize::zeroize(frame.as_mut_slice());
         }
-        let len = u32::from_be_bytes(self.pending[1..5].try_into().expect("4 bytes")) as usize;
-        FRAME_HEADER + len
+        frame.clear();
+        self.pending = frame;
+        self.counter += 1;
+        self.finished = last;
+        Ok(())
     }
 
     /// Opens one frame at the start of `buf` if it is complete; returns the bytes it used.
@@ -206,23 +260,14 @@ impl StreamDecoder {
         buf: &[u8],
         plaintext: &mut Vec<u8>,
     ) -> Result<Option<usize>, CryptoError> {
-        if buf.len() < FRAME_HEADER {
+        let Some((last, len)) = header(buf)? else {
             return Ok(None);
-        }
-        let last = match buf[0] {
-            0 => false,
-            1 => true,
-            _ => return Err(CryptoError::Stream("bad frame flag")),
         };
-        let len = u32::from_be_bytes(buf[1..5].try_into().expect("4 bytes")) as usize;
-        if !(TAG_LEN..=MAX_CHUNK_SIZE + TAG_LEN).contains(&len) {
-            return Err(CryptoError::Stream("bad frame length"));
-        }
         if buf.len() < FRAME_HEADER + len {
             return Ok(None);
         }
         let start = plaintext.len();
-        plaintext.extend_from_slice(&buf[FRAME_HEADER..FRAME_HEADER + len]);
+        append_zeroizing(plaintext, &buf[FRAME_HEADER..FRAME_HEADER + len]);
         let opened = self.key.open_in_place(
             nonce(self.counter, last),
             Aad::from(&self.context),
@@ -310,6 +355,17 @@ mod tests {
                     data,
                     "len {len} split {split}"
                 );
+                // As the enclave consumes it: the output emptied after every push, so that
+                // buffered frames are handed over instead of copied.
+                let mut dec = StreamDecoder::new(&key, b"ctx");
+                let (mut out, mut all) = (Vec::new(), Vec::new());
+                for part in wire.chunks(split) {
+                    dec.push(part, &mut out).unwrap();
+                    all.extend_from_slice(&out);
+                    out.clear();
+                }
+                dec.finish().unwrap();
+                assert_eq!(all, data, "drained, len {len} split {split}");
             }
         }
     }
