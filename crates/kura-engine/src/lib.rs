@@ -33,8 +33,13 @@ pub use output::Output;
 /// Decrypted datasets by name, as held inside the enclave.
 pub type Tables = BTreeMap<String, Vec<RecordBatch>>;
 
+/// The cores this process may use: the session's partitions and the parsing threads.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionContext, EngineError> {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cores = cores();
     let config = SessionConfig::new()
         .with_information_schema(false)
         .with_target_partitions(cores);

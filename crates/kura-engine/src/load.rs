@@ -28,7 +28,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::EngineError;
 
 /// Rows per record batch when parsing CSV.
-const BATCH_ROWS: usize = 64 * 1024;
+pub(crate) const BATCH_ROWS: usize = 64 * 1024;
 /// CSV plaintext handed to one parsing thread at a time: large enough that a block's fixed
 /// costs vanish, small enough that every core gets work and little plaintext waits in memory.
 const CSV_BLOCK: usize = 4 << 20;
@@ -162,11 +162,6 @@ fn compatible(found: &DataType, wanted: ColumnType) -> bool {
     }
 }
 
-/// Parsing threads: one per core.
-fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// An upload being parsed as its plaintext arrives. Feed it with [`Ingest::push`], then
 /// [`Ingest::finish`]; a refusal can come from either (as early as the header for CSV).
 /// Plaintext it buffers is zeroized when it is no longer needed.
@@ -278,7 +273,7 @@ struct Pool {
 
 impl Pool {
     fn start(dataset: &Arc<Dataset>, schema: &SchemaRef) -> Self {
-        let n = threads();
+        let n = crate::cores();
         // Two blocks waiting per thread at most: a fast sender waits rather than piling up
         // plaintext.
         let (blocks, queue) = std::sync::mpsc::sync_channel::<Block>(2 * n);
@@ -494,42 +489,32 @@ fn load_parquet(
     dataset: &Dataset,
     mut file: Zeroizing<Vec<u8>>,
 ) -> Result<Vec<RecordBatch>, EngineError> {
-    let bad = |e: &dyn std::fmt::Display| {
-        EngineError::schema(&dataset.name, format!("not a readable Parquet file: {e}"))
-    };
     // The reader wants `Bytes`: take the buffer over without a copy, and zeroize it afterwards
     // if no batch still points into it.
     let bytes = bytes::Bytes::from(std::mem::take(&mut *file));
-    let parsed = decode_parquet(dataset, &bytes).map_err(|e| match e {
-        ParquetFailure::Schema(e) => e,
-        ParquetFailure::Read(e) => bad(&e),
-    });
+    let parsed = decode_parquet(dataset, &bytes);
     if let Ok(mut owned) = bytes.try_into_mut() {
         owned.zeroize();
     }
     parsed
 }
 
-enum ParquetFailure {
-    Schema(EngineError),
-    Read(String),
-}
-
 /// Decodes the row groups on every core, each thread a contiguous range, in file order.
 fn decode_parquet(
     dataset: &Dataset,
     bytes: &bytes::Bytes,
-) -> Result<Vec<RecordBatch>, ParquetFailure> {
-    let read = |e: &dyn std::fmt::Display| ParquetFailure::Read(e.to_string());
+) -> Result<Vec<RecordBatch>, EngineError> {
+    let read = |e: &dyn std::fmt::Display| {
+        EngineError::schema(&dataset.name, format!("not a readable Parquet file: {e}"))
+    };
     let meta =
         ArrowReaderMetadata::load(bytes, ArrowReaderOptions::default()).map_err(|e| read(&e))?;
     let schema = meta.schema().clone();
-    check_names(dataset, schema.fields().iter().map(|f| f.name().as_str()))
-        .map_err(ParquetFailure::Schema)?;
+    check_names(dataset, schema.fields().iter().map(|f| f.name().as_str()))?;
     for field in schema.fields() {
         let declared = dataset.column(field.name()).expect("checked");
         if !compatible(field.data_type(), declared.ty) {
-            return Err(ParquetFailure::Schema(EngineError::schema(
+            return Err(EngineError::schema(
                 &dataset.name,
                 format!(
                     "column {:?} has type {} in the file, but the contract declares {}",
@@ -537,15 +522,15 @@ fn decode_parquet(
                     field.data_type(),
                     declared.ty.as_str()
                 ),
-            )));
+            ));
         }
     }
     let groups = meta.metadata().num_row_groups();
-    let n = threads().min(groups).max(1);
+    let n = crate::cores().min(groups).max(1);
     let ranges: Vec<Vec<usize>> = (0..n)
         .map(|i| (groups * i / n..groups * (i + 1) / n).collect())
         .collect();
-    let decode = |row_groups: Vec<usize>| -> Result<Vec<RecordBatch>, ParquetFailure> {
+    let decode = |row_groups: Vec<usize>| -> Result<Vec<RecordBatch>, EngineError> {
         let reader =
             ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), meta.clone())
                 .with_row_groups(row_groups)
@@ -553,13 +538,10 @@ fn decode_parquet(
                 .build()
                 .map_err(|e| read(&e))?;
         reader
-            .map(|batch| {
-                to_contract_order(dataset, batch.map_err(|e| read(&e))?)
-                    .map_err(ParquetFailure::Schema)
-            })
+            .map(|batch| to_contract_order(dataset, batch.map_err(|e| read(&e))?))
             .collect()
     };
-    let parts: Vec<Result<Vec<RecordBatch>, ParquetFailure>> = std::thread::scope(|s| {
+    let parts: Vec<Result<Vec<RecordBatch>, EngineError>> = std::thread::scope(|s| {
         let handles: Vec<_> = ranges
             .into_iter()
             .map(|r| s.spawn(move || decode(r)))

@@ -100,15 +100,18 @@ fn unit_type(args: &AccumulatorArgs) -> DataType {
 }
 
 /// One group's progress.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 enum Group {
-    /// No unit seen yet.
-    #[default]
-    Empty,
-    /// The distinct units seen so far (fewer than the cap).
+    /// The distinct units seen so far (fewer than the cap; an empty set allocates nothing).
     Open(HashSet<ScalarValue>),
     /// At least `cap` distinct units: nothing more to learn.
     Reached,
+}
+
+impl Default for Group {
+    fn default() -> Self {
+        Group::Open(HashSet::new())
+    }
 }
 
 #[derive(Debug)]
@@ -134,36 +137,20 @@ impl Groups {
     }
 
     fn add(&mut self, group: usize, units: &ArrayRef, row: usize) -> Result<()> {
-        if matches!(self.groups[group], Group::Reached) || units.is_null(row) {
-            return Ok(());
-        }
-        let value = ScalarValue::try_from_array(units, row)?;
-        self.insert(group, value);
-        Ok(())
-    }
-
-    fn insert(&mut self, group: usize, value: ScalarValue) {
         let slot = &mut self.groups[group];
-        let set = match slot {
-            Group::Reached => return,
-            Group::Empty => {
-                *slot = Group::Open(HashSet::new());
-                let Group::Open(set) = slot else {
-                    unreachable!()
-                };
-                set
+        if let Group::Open(set) = slot
+            && units.is_valid(row)
+        {
+            set.insert(ScalarValue::try_from_array(units, row)?);
+            if set.len() as u64 >= self.cap {
+                *slot = Group::Reached;
             }
-            Group::Open(set) => set,
-        };
-        set.insert(value);
-        if set.len() as u64 >= self.cap {
-            *slot = Group::Reached;
         }
+        Ok(())
     }
 
     fn count(&self, group: &Group) -> i64 {
         let n = match group {
-            Group::Empty => 0,
             Group::Open(set) => set.len() as u64,
             Group::Reached => self.cap,
         };
@@ -180,10 +167,6 @@ impl Groups {
                 Group::Open(set) => {
                     lengths.push(set.len());
                     values.extend(set.iter().cloned());
-                    reached.push(false);
-                }
-                Group::Empty => {
-                    lengths.push(0);
                     reached.push(false);
                 }
                 Group::Reached => {
