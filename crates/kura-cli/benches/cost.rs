@@ -34,8 +34,13 @@ use kura_contract::{Contract, SignedContract};
 use kura_crypto::{DataKey, SecretIdentity, StreamDecoder, StreamEncoder};
 use kura_engine::datafusion;
 
+#[path = "../src/splitmix.rs"]
+#[allow(dead_code)]
+mod splitmix;
 #[path = "../../kura-attestation/benches/vectors/mod.rs"]
 mod vectors;
+
+use splitmix::SplitMix;
 
 #[derive(Parser, Debug)]
 #[command(about = "kura's cost of confidentiality, against baselines measured in the same run")]
@@ -324,19 +329,6 @@ fn claims_schema() -> SchemaRef {
         Field::new("amount", DataType::Float64, true),
         Field::new("category", DataType::Utf8, true),
     ]))
-}
-
-/// SplitMix64: deterministic synthetic data (not for secrets).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 /// Writes patients and claims as Parquet (and claims as CSV when `csv`) into `dir`. One claim
@@ -971,18 +963,11 @@ fn join(rt: &tokio::runtime::Runtime, table: &mut Table, room: &Room, files: &Fi
 fn attestation(table: &mut Table) {
     progress("attestation verification");
     for case in vectors::cases() {
-        let verifier = kura_attestation::verifier_for(case.platform, &case.options).unwrap();
-        let evidence = kura_attestation::Evidence::new(case.platform, case.evidence);
-        let times: Vec<f64> = (0..200)
-            .map(|_| {
-                let start = Instant::now();
-                std::hint::black_box(verifier.verify(std::hint::black_box(&evidence)).unwrap());
-                secs(start.elapsed())
-            })
-            .collect();
+        let name = case.name;
+        let times = vectors::time_verification(case, 200);
         table.time(
-            &format!("attestation verify, {}", case.name),
-            median(times),
+            &format!("attestation verify, {name}"),
+            secs(times[times.len() / 2]),
             None,
             Goal::MaxTime(0.002),
         );

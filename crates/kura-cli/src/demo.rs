@@ -15,6 +15,7 @@ use kura_client::Client;
 use kura_contract::Platform;
 
 use crate::cli::DemoArgs;
+use crate::splitmix::SplitMix;
 use crate::{files, render};
 
 use kura_contract::example::ANALYSIS;
@@ -30,23 +31,6 @@ const STEPS_BANDS: [&str; 5] = [
 const RISK: [f64; 5] = [1.8, 1.2, 0.8, 0.5, 0.4];
 const AGE_BANDS: [&str; 3] = ["18-39", "40-59", "60+"];
 const AGE_BASE_RATE: [f64; 3] = [0.05, 0.12, 0.22];
-
-/// SplitMix64: a small deterministic generator for synthetic data (not for secrets).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// Writes `ehr.csv` and `activity.csv` into `dir`.
 pub fn generate(dir: &Path, people: usize, seed: u64) -> Result<()> {

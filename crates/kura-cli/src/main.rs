@@ -6,6 +6,7 @@ mod demo;
 mod files;
 mod render;
 mod report;
+mod splitmix;
 
 use std::process::ExitCode;
 

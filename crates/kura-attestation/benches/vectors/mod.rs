@@ -3,8 +3,9 @@
 //! Shared by `kura-attestation`'s `verify` bench and `kura-cli`'s `cost` bench.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use kura_attestation::VerifyOptions;
+use kura_attestation::{Evidence, VerifyOptions, verifier_for};
 use kura_contract::Platform;
 
 fn read(path: &str) -> Vec<u8> {
@@ -68,4 +69,20 @@ pub fn cases() -> Vec<Case> {
             },
         },
     ]
+}
+
+/// Verifies `case` once untimed (it must pass), then `iterations` times: the times, sorted.
+pub fn time_verification(case: Case, iterations: usize) -> Vec<Duration> {
+    let verifier = verifier_for(case.platform, &case.options).unwrap();
+    let evidence = Evidence::new(case.platform, case.evidence);
+    verifier.verify(&evidence).expect("the vector verifies");
+    let mut times: Vec<Duration> = (0..iterations)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(verifier.verify(std::hint::black_box(&evidence)).unwrap());
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times
 }
