@@ -454,6 +454,21 @@ async fn parquet_uploads_and_large_refused_uploads_get_a_reason() {
         .await
         .unwrap();
     assert_eq!(up.rows, 68);
+    // A file named .parquet that is not Parquet is refused on this machine, before anything
+    // is sent.
+    let fake = room.dir.join("fake.parquet");
+    std::fs::copy(room.dir.join("activity.csv"), &fake).unwrap();
+    match room
+        .client("fitness-b")
+        .await
+        .upload("activity", &fake, |_| {})
+        .await
+    {
+        Err(ClientError::Input { reason, .. }) => {
+            assert!(reason.contains("not a Parquet file"), "{reason}")
+        }
+        other => panic!("expected a local refusal, got {other:?}"),
+    }
     let run = room
         .client("hospital-a")
         .await

@@ -317,12 +317,16 @@ impl Client {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
-        let file = std::fs::File::open(path).map_err(input_err)?;
-        let format = match path.extension().and_then(|e| e.to_str()) {
-            Some("parquet" | "pq") => "parquet",
-            _ => "csv",
-        };
-        self.upload_reader(dataset, format, file, progress).await
+        let mut file = std::fs::File::open(path).map_err(input_err)?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("parquet" | "pq") => {
+                let (head, rest) = footer_first(&mut file).map_err(input_err)?;
+                let stream = std::io::Cursor::new(head).chain(file.take(rest));
+                self.upload_reader(dataset, "parquet-footer-first", stream, progress)
+                    .await
+            }
+            _ => self.upload_reader(dataset, "csv", file, progress).await,
+        }
     }
 
     /// Like [`Client::upload`], from any reader.
@@ -543,6 +547,40 @@ impl Client {
             head,
         })
     }
+}
+
+/// Parquet keeps its metadata at the end of the file, and the enclave can decode a row group
+/// as soon as it arrives only if it has the metadata first. So a Parquet file travels as: the
+/// file's length and the footer's length (u64, little-endian), the footer (the metadata, its
+/// 4-byte length, `PAR1`), then the file from its first byte without the footer (the enclave
+/// reads this layout as the format `parquet-footer-first`). Returns what goes before the rest
+/// of the file, and the length of that rest; `file` is left at its start.
+fn footer_first(file: &mut std::fs::File) -> std::io::Result<(Vec<u8>, u64)> {
+    use std::io::{Seek, SeekFrom};
+    let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let len = file.metadata()?.len();
+    if len < 12 {
+        return Err(bad(format!("{len} bytes is too short for a Parquet file")));
+    }
+    let mut end = [0u8; 8];
+    file.seek(SeekFrom::End(-8))?;
+    file.read_exact(&mut end)?;
+    if &end[4..] != b"PAR1" {
+        return Err(bad("not a Parquet file (it does not end with PAR1)".into()));
+    }
+    let footer = u64::from(u32::from_le_bytes(end[..4].try_into().expect("4 bytes"))) + 8;
+    if footer + 4 > len {
+        return Err(bad(format!(
+            "not a Parquet file (a footer of {footer} bytes in a file of {len})"
+        )));
+    }
+    let mut head = Vec::with_capacity(16 + footer as usize);
+    head.extend_from_slice(&len.to_le_bytes());
+    head.extend_from_slice(&footer.to_le_bytes());
+    file.seek(SeekFrom::Start(len - footer))?;
+    file.take(footer).read_to_end(&mut head)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok((head, len - footer))
 }
 
 /// Reads, encrypts and sends; runs on its own thread so file reads never block the runtime.

@@ -21,6 +21,9 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
+use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
+use datafusion::parquet::file::metadata::ParquetMetaDataReader;
+use datafusion::parquet::file::reader::{ChunkReader, Length};
 use kura_contract::{ColumnType, Dataset};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
@@ -34,12 +37,28 @@ pub(crate) const BATCH_ROWS: usize = 64 * 1024;
 const CSV_BLOCK: usize = 4 << 20;
 /// A header line longer than this is refused rather than buffered without bound.
 const MAX_HEADER: usize = 1 << 20;
+/// The lengths that open a footer-first Parquet stream.
+const FOOTER_FIRST_PREFIX: usize = 16;
+/// A Parquet footer longer than this is refused rather than buffered without bound.
+const MAX_FOOTER: u64 = 64 << 20;
+/// A row group's buffer is reserved whole up to this size (the size comes from the file's
+/// metadata, so it is not trusted further); a bigger row group grows its buffer.
+const MAX_RESERVE: u64 = 256 << 20;
+const PARQUET_MAGIC: &[u8; 4] = b"PAR1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InputFormat {
     Csv,
+    /// A Parquet file as it is: its metadata comes last, so it is gathered whole, then decoded.
     Parquet,
+    /// A Parquet file sent metadata first, so that each row group is decoded as soon as its
+    /// bytes have arrived and the file is never held whole. The stream is: the file's length
+    /// and the footer's length (u64, little-endian, 8 bytes each); the footer (the file's last
+    /// bytes: its metadata, the metadata's 4-byte length, `PAR1`); then the rest of the file
+    /// from its first byte. kura's client sends Parquet files this way.
+    #[serde(rename = "parquet-footer-first")]
+    ParquetFooterFirst,
 }
 
 impl InputFormat {
@@ -176,6 +195,7 @@ enum Format {
     Csv(Box<CsvIngest>),
     /// Parquet's footer comes last: the file is gathered, then decoded by row group.
     Parquet(Zeroizing<Vec<u8>>),
+    ParquetFooterFirst(Box<FooterFirst>),
 }
 
 impl Ingest {
@@ -185,6 +205,7 @@ impl Ingest {
             format: match format {
                 InputFormat::Csv => Format::Csv(Box::default()),
                 InputFormat::Parquet => Format::Parquet(Zeroizing::new(Vec::new())),
+                InputFormat::ParquetFooterFirst => Format::ParquetFooterFirst(Box::default()),
             },
         }
     }
@@ -202,6 +223,7 @@ impl Ingest {
                 extend_zeroizing(file, plaintext);
                 Ok(())
             }
+            Format::ParquetFooterFirst(parquet) => parquet.push(&self.dataset, plaintext),
         }
     }
 
@@ -211,6 +233,19 @@ impl Ingest {
         match self.format {
             Format::Csv(csv) => csv.finish(&self.dataset),
             Format::Parquet(file) => load_parquet(&self.dataset, file),
+            Format::ParquetFooterFirst(parquet) => parquet.finish(&self.dataset),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Ingest {
+    /// Pieces of the file handed to the parsing threads so far.
+    pub(crate) fn pieces_handed_out(&self) -> usize {
+        match &self.format {
+            Format::Csv(csv) => csv.parallel.sent,
+            Format::Parquet(_) => 0,
+            Format::ParquetFooterFirst(p) => p.body.as_ref().map_or(0, |b| b.parallel.sent),
         }
     }
 }
@@ -249,46 +284,93 @@ struct CsvIngest {
     newlines_at_boundary: u64,
     /// Line number of the first line of `pending`.
     line: u64,
-    pool: Option<Pool>,
-    /// Blocks handed out, and parsed blocks received back (by block number).
-    sent: usize,
-    parsed: Vec<Option<Vec<RecordBatch>>>,
+    parallel: Parallel,
 }
 
 /// A block of whole CSV records.
 struct Block {
-    index: usize,
     first_line: u64,
     bytes: Zeroizing<Vec<u8>>,
 }
 
+/// Parses one piece of a file (a CSV block, Parquet row groups) into record batches.
+type Job = Box<dyn FnOnce() -> Result<Vec<RecordBatch>, EngineError> + Send>;
 type Parsed = (usize, Result<Vec<RecordBatch>, EngineError>);
 
-#[derive(Debug)]
+/// Parses the pieces of one file on every core and gives their batches back in file order.
+/// The threads start with the first piece.
+#[derive(Debug, Default)]
+struct Parallel {
+    pool: Option<Pool>,
+    /// Pieces handed out, and parsed pieces received back (by piece number).
+    sent: usize,
+    parsed: Vec<Option<Vec<RecordBatch>>>,
+}
+
+impl Parallel {
+    /// Hands `job` to a thread, waiting while every thread already has two pieces queued (a
+    /// fast sender waits rather than piling up plaintext). Collects what is done, and stops at
+    /// the first refusal.
+    fn submit(&mut self, job: Job) -> Result<(), EngineError> {
+        let pool = self.pool.get_or_insert_with(Pool::start);
+        pool.jobs
+            .as_ref()
+            .expect("pool open")
+            .send((self.sent, job))
+            .map_err(|_| stopped())?;
+        self.sent += 1;
+        while let Ok(parsed) = pool.parsed.try_recv() {
+            receive(&mut self.parsed, parsed)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every piece: the batches of all of them, in file order.
+    fn finish(mut self) -> Result<Vec<RecordBatch>, EngineError> {
+        if let Some(mut pool) = self.pool.take() {
+            pool.jobs = None;
+            for _ in self.parsed.iter().flatten().count()..self.sent {
+                let parsed = pool.parsed.recv().map_err(|_| stopped())?;
+                receive(&mut self.parsed, parsed)?;
+            }
+        }
+        Ok(self.parsed.into_iter().flatten().flatten().collect())
+    }
+}
+
+fn stopped() -> EngineError {
+    EngineError::Execution("a parsing thread stopped".into())
+}
+
+/// One thread per core, taking jobs from a shared queue.
 struct Pool {
-    blocks: Option<SyncSender<Block>>,
+    jobs: Option<SyncSender<(usize, Job)>>,
     parsed: Receiver<Parsed>,
     workers: Vec<JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("threads", &self.workers.len())
+            .finish()
+    }
+}
+
 impl Pool {
-    fn start(dataset: &Arc<Dataset>, schema: &SchemaRef) -> Self {
+    fn start() -> Self {
         let n = crate::cores();
-        // Two blocks waiting per thread at most: a fast sender waits rather than piling up
-        // plaintext.
-        let (blocks, queue) = std::sync::mpsc::sync_channel::<Block>(2 * n);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<(usize, Job)>(2 * n);
         let (done, parsed) = std::sync::mpsc::channel();
         let queue = Arc::new(Mutex::new(queue));
         let workers = (0..n)
             .map(|_| {
                 let (queue, done) = (queue.clone(), done.clone());
-                let (dataset, schema) = (dataset.clone(), schema.clone());
                 std::thread::spawn(move || {
                     loop {
-                        let block = queue.lock().expect("queue lock").recv();
-                        let Ok(block) = block else { break };
-                        let parsed = parse_block(&dataset, &schema, &block);
-                        if done.send((block.index, parsed)).is_err() {
+                        let job = queue.lock().expect("queue lock").recv();
+                        let Ok((index, job)) = job else { break };
+                        if done.send((index, job())).is_err() {
                             break;
                         }
                     }
@@ -296,7 +378,7 @@ impl Pool {
             })
             .collect();
         Self {
-            blocks: Some(blocks),
+            jobs: Some(jobs),
             parsed,
             workers,
         }
@@ -305,7 +387,7 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        self.blocks = None;
+        self.jobs = None;
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -414,7 +496,6 @@ impl CsvIngest {
         let mut bytes = std::mem::replace(&mut self.pending, rest);
         bytes.truncate(self.boundary);
         let block = Block {
-            index: self.sent,
             first_line: self.line,
             bytes,
         };
@@ -423,21 +504,9 @@ impl CsvIngest {
         self.line += self.newlines_at_boundary;
         self.boundary = 0;
         self.newlines_at_boundary = 0;
-        self.sent += 1;
-        let schema = self.schema.clone().expect("header read");
-        let pool = self
-            .pool
-            .get_or_insert_with(|| Pool::start(dataset, &schema));
-        pool.blocks
-            .as_ref()
-            .expect("pool open")
-            .send(block)
-            .map_err(|_| EngineError::Execution("the CSV parsing threads stopped".into()))?;
-        // Collect what is done, and stop at the first refusal.
-        while let Ok(parsed) = pool.parsed.try_recv() {
-            receive(&mut self.parsed, parsed)?;
-        }
-        Ok(())
+        let (dataset, schema) = (dataset.clone(), self.schema.clone().expect("header read"));
+        self.parallel
+            .submit(Box::new(move || parse_block(&dataset, &schema, &block)))
     }
 
     fn finish(mut self, dataset: &Arc<Dataset>) -> Result<Vec<RecordBatch>, EngineError> {
@@ -447,29 +516,17 @@ impl CsvIngest {
         }
         let schema = self.schema.clone().expect("header read");
         let last = Block {
-            index: self.sent,
             first_line: self.line,
             bytes: std::mem::take(&mut self.pending),
         };
-        let Some(mut pool) = self.pool.take() else {
+        if self.parallel.sent == 0 {
             // Everything fit in one block: no threads needed.
             return parse_block(dataset, &schema, &last);
-        };
-        self.sent += 1;
-        pool.blocks
-            .take()
-            .expect("pool open")
-            .send(last)
-            .map_err(|_| EngineError::Execution("the CSV parsing threads stopped".into()))?;
-        for _ in self.parsed.iter().flatten().count()..self.sent {
-            let parsed = pool
-                .parsed
-                .recv()
-                .map_err(|_| EngineError::Execution("a CSV parsing thread stopped".into()))?;
-            receive(&mut self.parsed, parsed)?;
         }
-        drop(pool);
-        Ok(self.parsed.into_iter().flatten().flatten().collect())
+        let dataset = dataset.clone();
+        self.parallel
+            .submit(Box::new(move || parse_block(&dataset, &schema, &last)))?;
+        self.parallel.finish()
     }
 }
 
@@ -499,17 +556,48 @@ fn load_parquet(
     parsed
 }
 
-/// Decodes the row groups on every core, each thread a contiguous range, in file order.
+fn unreadable(dataset: &Dataset, e: impl std::fmt::Display) -> EngineError {
+    EngineError::schema(&dataset.name, format!("not a readable Parquet file: {e}"))
+}
+
+/// Decodes a whole Parquet file's row groups on every core, each thread a contiguous range, in
+/// file order.
 fn decode_parquet(
     dataset: &Dataset,
     bytes: &bytes::Bytes,
 ) -> Result<Vec<RecordBatch>, EngineError> {
-    let read = |e: &dyn std::fmt::Display| {
-        EngineError::schema(&dataset.name, format!("not a readable Parquet file: {e}"))
-    };
-    let meta =
-        ArrowReaderMetadata::load(bytes, ArrowReaderOptions::default()).map_err(|e| read(&e))?;
-    let schema = meta.schema().clone();
+    let meta = ArrowReaderMetadata::load(bytes, ArrowReaderOptions::default())
+        .map_err(|e| unreadable(dataset, e))?;
+    check_parquet_schema(dataset, &meta)?;
+    let meta = with_string_views(dataset, meta)?;
+    let groups = meta.metadata().num_row_groups();
+    let n = crate::cores().min(groups).max(1);
+    let ranges: Vec<Vec<usize>> = (0..n)
+        .map(|i| (groups * i / n..groups * (i + 1) / n).collect())
+        .collect();
+    let parts: Vec<Result<Vec<RecordBatch>, EngineError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranges
+            .into_iter()
+            .map(|r| {
+                let (bytes, meta) = (bytes.clone(), meta.clone());
+                s.spawn(move || decode_row_groups(dataset, bytes, meta, r))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a Parquet decoding thread panicked"))
+            .collect()
+    });
+    let mut batches = Vec::new();
+    for part in parts {
+        batches.extend(part?);
+    }
+    Ok(batches)
+}
+
+/// The file must carry the contract's columns, each in a type that converts losslessly.
+fn check_parquet_schema(dataset: &Dataset, meta: &ArrowReaderMetadata) -> Result<(), EngineError> {
+    let schema = meta.schema();
     check_names(dataset, schema.fields().iter().map(|f| f.name().as_str()))?;
     for field in schema.fields() {
         let declared = dataset.column(field.name()).expect("checked");
@@ -525,35 +613,359 @@ fn decode_parquet(
             ));
         }
     }
-    let groups = meta.metadata().num_row_groups();
-    let n = crate::cores().min(groups).max(1);
-    let ranges: Vec<Vec<usize>> = (0..n)
-        .map(|i| (groups * i / n..groups * (i + 1) / n).collect())
+    Ok(())
+}
+
+/// The reader's metadata, set to decode text straight into string views (the type text is held
+/// as), which spares a copy of every string.
+fn with_string_views(
+    dataset: &Dataset,
+    meta: ArrowReaderMetadata,
+) -> Result<ArrowReaderMetadata, EngineError> {
+    let fields: Vec<Field> = meta
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 => {
+                f.as_ref().clone().with_data_type(DataType::Utf8View)
+            }
+            _ => f.as_ref().clone(),
+        })
         .collect();
-    let decode = |row_groups: Vec<usize>| -> Result<Vec<RecordBatch>, EngineError> {
-        let reader =
-            ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), meta.clone())
-                .with_row_groups(row_groups)
-                .with_batch_size(BATCH_ROWS)
-                .build()
-                .map_err(|e| read(&e))?;
-        reader
-            .map(|batch| to_contract_order(dataset, batch.map_err(|e| read(&e))?))
-            .collect()
-    };
-    let parts: Vec<Result<Vec<RecordBatch>, EngineError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ranges
-            .into_iter()
-            .map(|r| s.spawn(move || decode(r)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a Parquet decoding thread panicked"))
-            .collect()
-    });
-    let mut batches = Vec::new();
-    for part in parts {
-        batches.extend(part?);
+    let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(fields)));
+    ArrowReaderMetadata::try_new(meta.metadata().clone(), options)
+        .map_err(|e| unreadable(dataset, e))
+}
+
+fn decode_row_groups<R: ChunkReader + 'static>(
+    dataset: &Dataset,
+    reader: R,
+    meta: ArrowReaderMetadata,
+    row_groups: Vec<usize>,
+) -> Result<Vec<RecordBatch>, EngineError> {
+    ParquetRecordBatchReaderBuilder::new_with_metadata(reader, meta)
+        .with_row_groups(row_groups)
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| unreadable(dataset, e))?
+        .map(|batch| {
+            let batch = to_contract_order(dataset, batch.map_err(|e| unreadable(dataset, e))?)?;
+            Ok(own_strings(batch))
+        })
+        .collect()
+}
+
+/// String views decoded from Parquet point into the file's pages. Held data gets buffers of its
+/// own (none at all when every string is short enough to sit inline in its view, as codes and
+/// categories are), so that the file's plaintext can be zeroized and freed after decoding.
+fn own_strings(batch: RecordBatch) -> RecordBatch {
+    use datafusion::arrow::array::{Array, AsArray};
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8View => Arc::new(c.as_string_view().gc()) as Arc<dyn Array>,
+            _ => c.clone(),
+        })
+        .collect();
+    RecordBatch::try_new(batch.schema(), columns).expect("same schema")
+}
+
+/// A Parquet file arriving footer first ([`InputFormat::ParquetFooterFirst`]): the prefix and
+/// footer are gathered and checked against the contract before any data arrives; then each row
+/// group's bytes are gathered in a buffer of their own and decoded on the pool as soon as they
+/// are complete. Bytes outside row groups (the leading magic, page indexes) are not kept.
+#[derive(Debug, Default)]
+struct FooterFirst {
+    /// The prefix and the footer, until both are complete.
+    head: Zeroizing<Vec<u8>>,
+    body: Option<Box<ParquetBody>>,
+}
+
+#[derive(Debug)]
+struct ParquetBody {
+    meta: ArrowReaderMetadata,
+    file_len: u64,
+    /// The file without its footer: the bytes that follow the footer in the stream.
+    body_len: u64,
+    received: u64,
+    /// The body's byte ranges that hold row groups, in file order.
+    segments: Vec<Segment>,
+    /// The segment being gathered, and its bytes so far.
+    next: usize,
+    current: Zeroizing<Vec<u8>>,
+    parallel: Parallel,
+}
+
+/// Row groups whose column chunks all lie in `start..end`.
+#[derive(Debug)]
+struct Segment {
+    start: u64,
+    end: u64,
+    row_groups: Vec<usize>,
+}
+
+impl FooterFirst {
+    fn push(&mut self, dataset: &Arc<Dataset>, mut piece: &[u8]) -> Result<(), EngineError> {
+        while self.body.is_none() && !piece.is_empty() {
+            let wanted = if self.head.len() < FOOTER_FIRST_PREFIX {
+                FOOTER_FIRST_PREFIX
+            } else {
+                FOOTER_FIRST_PREFIX + self.footer_len(dataset)? as usize
+            };
+            let take = (wanted - self.head.len()).min(piece.len());
+            extend_zeroizing(&mut self.head, &piece[..take]);
+            piece = &piece[take..];
+            if self.head.len() == wanted && wanted > FOOTER_FIRST_PREFIX {
+                self.body = Some(Box::new(ParquetBody::start(dataset, &self.head)?));
+                self.head = Zeroizing::default();
+            }
+        }
+        match &mut self.body {
+            Some(body) => body.push(dataset, piece),
+            None => Ok(()),
+        }
     }
-    Ok(batches)
+
+    /// The footer's length, from the prefix, checked against the file's length and the limit.
+    fn footer_len(&self, dataset: &Dataset) -> Result<u64, EngineError> {
+        let (file_len, footer_len) = prefix(&self.head);
+        let refuse = |why: String| Err(unreadable(dataset, why));
+        if footer_len > MAX_FOOTER {
+            return refuse(format!(
+                "its footer of {footer_len} bytes exceeds the limit of {} MiB",
+                MAX_FOOTER >> 20
+            ));
+        }
+        if footer_len < 8 || footer_len + 4 > file_len {
+            return refuse(format!(
+                "a footer of {footer_len} bytes does not fit a file of {file_len} bytes"
+            ));
+        }
+        Ok(footer_len)
+    }
+
+    fn finish(self, dataset: &Arc<Dataset>) -> Result<Vec<RecordBatch>, EngineError> {
+        let Some(body) = self.body else {
+            return Err(unreadable(
+                dataset,
+                "the upload ended before the file's footer was complete",
+            ));
+        };
+        body.finish(dataset)
+    }
+}
+
+/// The file's length and its footer's length, from the first 16 bytes of `head`.
+fn prefix(head: &[u8]) -> (u64, u64) {
+    let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
+    (word(0), word(8))
+}
+
+impl ParquetBody {
+    /// Reads the footer at the end of `head` (after the prefix) and checks the file's schema
+    /// and layout.
+    fn start(dataset: &Dataset, head: &[u8]) -> Result<Self, EngineError> {
+        let (file_len, footer_len) = prefix(head);
+        let footer = &head[FOOTER_FIRST_PREFIX..];
+        let refuse = |why: &str| unreadable(dataset, why);
+        let (metadata, tail) = footer.split_at(footer.len() - 8);
+        if &tail[4..] != PARQUET_MAGIC {
+            return Err(refuse("its footer does not end with PAR1"));
+        }
+        let metadata_len = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes"));
+        if u64::from(metadata_len) + 8 != footer_len {
+            return Err(refuse("the footer's length does not match its metadata's"));
+        }
+        let metadata =
+            ParquetMetaDataReader::decode_metadata(metadata).map_err(|e| unreadable(dataset, e))?;
+        let meta = ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::default())
+            .map_err(|e| unreadable(dataset, e))?;
+        check_parquet_schema(dataset, &meta)?;
+        let meta = with_string_views(dataset, meta)?;
+        let body_len = file_len - footer_len;
+        let segments = segments(dataset, &meta, body_len)?;
+        Ok(Self {
+            meta,
+            file_len,
+            body_len,
+            received: 0,
+            segments,
+            next: 0,
+            current: Zeroizing::default(),
+            parallel: Parallel::default(),
+        })
+    }
+
+    fn push(&mut self, dataset: &Arc<Dataset>, mut piece: &[u8]) -> Result<(), EngineError> {
+        if self.received + piece.len() as u64 > self.body_len {
+            return Err(unreadable(
+                dataset,
+                format!(
+                    "the upload is longer than the {} bytes the file declares",
+                    self.file_len
+                ),
+            ));
+        }
+        while !piece.is_empty() {
+            let at = self.received;
+            let (take, keep) = match self.segments.get(self.next) {
+                None => (piece.len() as u64, false),
+                Some(s) if at < s.start => ((s.start - at).min(piece.len() as u64), false),
+                Some(s) => ((s.end - at).min(piece.len() as u64), true),
+            };
+            let (now, rest) = piece.split_at(take as usize);
+            if at < PARQUET_MAGIC.len() as u64 {
+                let expected = &PARQUET_MAGIC[at as usize..];
+                let n = expected.len().min(now.len());
+                if now[..n] != expected[..n] {
+                    return Err(unreadable(dataset, "the file does not start with PAR1"));
+                }
+            }
+            if keep {
+                if self.current.capacity() == 0 {
+                    let s = &self.segments[self.next];
+                    self.current = Zeroizing::new(Vec::with_capacity(
+                        (s.end - s.start).min(MAX_RESERVE) as usize,
+                    ));
+                }
+                extend_zeroizing(&mut self.current, now);
+            }
+            self.received += take;
+            piece = rest;
+            self.dispatch_complete(dataset)?;
+        }
+        Ok(())
+    }
+
+    /// Hands every segment whose bytes have all arrived to the pool.
+    fn dispatch_complete(&mut self, dataset: &Arc<Dataset>) -> Result<(), EngineError> {
+        while let Some(s) = self.segments.get(self.next) {
+            if self.received < s.end {
+                return Ok(());
+            }
+            let chunk = RowGroupBytes {
+                start: s.start,
+                file_len: self.file_len,
+                bytes: bytes::Bytes::from(std::mem::take(&mut *self.current)),
+            };
+            let (dataset, meta, row_groups) =
+                (dataset.clone(), self.meta.clone(), s.row_groups.clone());
+            self.parallel.submit(Box::new(move || {
+                let bytes = chunk.bytes.clone();
+                let parsed = decode_row_groups(&dataset, chunk, meta, row_groups);
+                // Zeroize the plaintext unless a batch still points into it.
+                if let Ok(mut owned) = bytes.try_into_mut() {
+                    owned.zeroize();
+                }
+                parsed
+            }))?;
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, dataset: &Arc<Dataset>) -> Result<Vec<RecordBatch>, EngineError> {
+        if self.received != self.body_len {
+            return Err(unreadable(
+                dataset,
+                format!(
+                    "the upload ended {} bytes before the end of the file",
+                    self.body_len - self.received
+                ),
+            ));
+        }
+        self.dispatch_complete(dataset)?;
+        self.parallel.finish()
+    }
+}
+
+/// Where the row groups lie in the body. Each is decoded once its bytes have arrived, which
+/// needs them laid out in file order without overlap, as writers do; a file laid out otherwise
+/// is decoded in one piece at the end.
+fn segments(
+    dataset: &Dataset,
+    meta: &ArrowReaderMetadata,
+    body_len: u64,
+) -> Result<Vec<Segment>, EngineError> {
+    let mut segments = Vec::new();
+    for (i, group) in meta.metadata().row_groups().iter().enumerate() {
+        let mut range: Option<(u64, u64)> = None;
+        for column in group.columns() {
+            let start = column
+                .dictionary_page_offset()
+                .unwrap_or(column.data_page_offset());
+            let (start, len) = (
+                u64::try_from(start),
+                u64::try_from(column.compressed_size()),
+            );
+            let (Ok(start), Ok(len)) = (start, len) else {
+                return Err(unreadable(dataset, "a column chunk has a negative offset"));
+            };
+            let end = start.checked_add(len).unwrap_or(u64::MAX);
+            if start < PARQUET_MAGIC.len() as u64 || end > body_len {
+                return Err(unreadable(
+                    dataset,
+                    format!("row group {i} has a column chunk outside the file's data"),
+                ));
+            }
+            range = Some(range.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
+        }
+        if let Some((start, end)) = range {
+            segments.push(Segment {
+                start,
+                end,
+                row_groups: vec![i],
+            });
+        }
+    }
+    if segments.windows(2).all(|w| w[0].end <= w[1].start) {
+        return Ok(segments);
+    }
+    let start = segments.iter().map(|s| s.start).min().unwrap_or(0);
+    let end = segments.iter().map(|s| s.end).max().unwrap_or(0);
+    Ok(vec![Segment {
+        start,
+        end,
+        row_groups: segments.into_iter().flat_map(|s| s.row_groups).collect(),
+    }])
+}
+
+/// Some of a Parquet file's bytes, read at the file's offsets; reading outside them is an
+/// error (the metadata said the row group lies within them).
+struct RowGroupBytes {
+    start: u64,
+    file_len: u64,
+    bytes: bytes::Bytes,
+}
+
+impl Length for RowGroupBytes {
+    fn len(&self) -> u64 {
+        self.file_len
+    }
+}
+
+impl ChunkReader for RowGroupBytes {
+    type T = bytes::buf::Reader<bytes::Bytes>;
+
+    fn get_read(&self, start: u64) -> ParquetResult<Self::T> {
+        let to_end = (self.start + self.bytes.len() as u64).saturating_sub(start);
+        Ok(bytes::Buf::reader(self.get_bytes(start, to_end as usize)?))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> ParquetResult<bytes::Bytes> {
+        start
+            .checked_sub(self.start)
+            .and_then(|from| {
+                let to = from.checked_add(length as u64)?;
+                (to <= self.bytes.len() as u64)
+                    .then(|| self.bytes.slice(from as usize..to as usize))
+            })
+            .ok_or_else(|| {
+                ParquetError::General(format!(
+                    "{length} bytes at offset {start} lie outside the row group"
+                ))
+            })
+    }
 }

@@ -555,6 +555,167 @@ fn a_bad_value_deep_in_a_large_csv_is_refused_with_its_place() {
     assert!(err.contains("header line is longer than 1 MiB"), "{err}");
 }
 
+/// A Parquet file of `rows` ehr records in row groups of 7,000 rows (text written as plain
+/// `Utf8`, as most writers do), and the batch it holds, in the contract's schema.
+fn ehr_parquet(ehr: &kura_contract::Dataset, rows: usize) -> (Vec<u8>, RecordBatch) {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+
+    let expected = concat(&arrow_reads(ehr, &big_csv(rows)));
+    let plain = std::sync::Arc::new(Schema::new(
+        expected
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Utf8View => Field::new(f.name(), DataType::Utf8, true),
+                _ => f.as_ref().clone(),
+            })
+            .collect::<Vec<_>>(),
+    ));
+    let columns = expected
+        .columns()
+        .iter()
+        .zip(plain.fields())
+        .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()).unwrap())
+        .collect();
+    let batch = RecordBatch::try_new(plain.clone(), columns).unwrap();
+    let mut file = Vec::new();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(7_000))
+        .build();
+    let mut w = ArrowWriter::try_new(&mut file, plain, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    (file, expected)
+}
+
+/// `file` laid out as kura's client sends Parquet: file and footer lengths, footer, the rest;
+/// and where the rest starts.
+fn footer_first(file: &[u8]) -> (Vec<u8>, usize) {
+    let n = file.len();
+    let metadata = u32::from_le_bytes(file[n - 8..n - 4].try_into().unwrap()) as usize;
+    let footer = metadata + 8;
+    let mut out = Vec::new();
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    out.extend_from_slice(&(footer as u64).to_le_bytes());
+    out.extend_from_slice(&file[n - footer..]);
+    out.extend_from_slice(&file[..n - footer]);
+    (out, 16 + footer)
+}
+
+#[test]
+fn parquet_sent_footer_first_is_decoded_row_group_by_row_group_as_it_arrives() {
+    let c = contract(None);
+    let ehr = c.dataset("ehr").unwrap();
+    let (file, expected) = ehr_parquet(ehr, 100_000);
+    let (stream, head) = footer_first(&file);
+    for piece in [1, 1_000, 65_536, stream.len()] {
+        let mut ingest = load::Ingest::new(ehr, InputFormat::ParquetFooterFirst);
+        // The prefix and the footer byte by byte, then the rest in pieces.
+        let footer_end = head + 64;
+        for b in &stream[..footer_end] {
+            ingest.push(std::slice::from_ref(b)).unwrap();
+        }
+        let rest = &stream[footer_end..];
+        for p in rest[..rest.len() - 1].chunks(piece) {
+            ingest.push(p).unwrap();
+        }
+        // All row groups but the last are on their way before the upload has ended.
+        assert!(ingest.pieces_handed_out() >= 14, "piece size {piece}");
+        ingest.push(&rest[rest.len() - 1..]).unwrap();
+        assert_eq!(
+            concat(&ingest.finish().unwrap()),
+            expected,
+            "piece size {piece}"
+        );
+    }
+    // The same file sent as it is gives the same table.
+    let whole = load::load(ehr, InputFormat::Parquet, &file).unwrap();
+    assert_eq!(concat(&whole), expected);
+}
+
+#[test]
+fn a_bad_footer_first_parquet_upload_is_refused_with_a_reason() {
+    let c = contract(None);
+    let ehr = c.dataset("ehr").unwrap();
+    let (file, _) = ehr_parquet(ehr, 20_000);
+    let (stream, head) = footer_first(&file);
+    let refused = |stream: &[u8]| -> String {
+        let mut ingest = load::Ingest::new(ehr, InputFormat::ParquetFooterFirst);
+        match ingest.push(stream) {
+            Err(e) => e.to_string(),
+            Ok(()) => ingest.finish().unwrap_err().to_string(),
+        }
+    };
+    let with = |at: usize, bytes: &[u8]| {
+        let mut s = stream.clone();
+        s[at..at + bytes.len()].copy_from_slice(bytes);
+        s
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            stream[..head - 3].to_vec(),
+            "ended before the file's footer was complete",
+        ),
+        (
+            stream[..stream.len() - 10].to_vec(),
+            "ended 10 bytes before the end of the file",
+        ),
+        ([&stream[..], b"x"].concat(), "longer than the"),
+        (with(head, b"PAR2"), "does not start with PAR1"),
+        (with(head - 1, b"2"), "does not end with PAR1"),
+        (
+            with(8, &(1u64 << 40).to_le_bytes()),
+            "exceeds the limit of 64 MiB",
+        ),
+        (with(8, &4u64.to_le_bytes()), "does not fit a file"),
+        (
+            with(0, &(file.len() as u64 - 5_000).to_le_bytes()),
+            "has a column chunk outside the file's data",
+        ),
+    ];
+    for (stream, expected) in cases {
+        let err = refused(&stream);
+        assert!(err.contains("not a readable Parquet file"), "{err}");
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+}
+
+#[test]
+fn a_footer_first_parquet_file_of_the_wrong_schema_is_refused_before_its_data_arrives() {
+    use datafusion::arrow::array::{BooleanArray, Int32Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use std::sync::Arc;
+
+    let c = contract(None);
+    let ehr = c.dataset("ehr").unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("diabetes", DataType::Boolean, true),
+        Field::new("patient_id", DataType::Utf8, true),
+        Field::new("age_band", DataType::Int32, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(BooleanArray::from(vec![true, false])),
+            Arc::new(StringArray::from(vec!["p1", "p2"])),
+            Arc::new(Int32Array::from(vec![1, 2])),
+        ],
+    )
+    .unwrap();
+    let mut file = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut file, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let (stream, head) = footer_first(&file);
+    let mut ingest = load::Ingest::new(ehr, InputFormat::ParquetFooterFirst);
+    let err = ingest.push(&stream[..head]).unwrap_err().to_string();
+    assert!(err.contains("column \"age_band\" has type Int32"), "{err}");
+}
+
 #[test]
 fn parquet_row_groups_are_decoded_in_parallel_in_file_order() {
     use datafusion::parquet::arrow::ArrowWriter;

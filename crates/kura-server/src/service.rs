@@ -308,9 +308,10 @@ impl Service {
         let format = match header.format.as_str() {
             "csv" => InputFormat::Csv,
             "parquet" => InputFormat::Parquet,
+            "parquet-footer-first" => InputFormat::ParquetFooterFirst,
             other => {
                 return Err(ServiceError::BadRequest(format!(
-                    "unknown format {other:?} (csv or parquet)"
+                    "unknown format {other:?} (csv, parquet or parquet-footer-first)"
                 )));
             }
         };
