@@ -119,6 +119,9 @@ struct Groups {
     cap: u64,
     unit: DataType,
     groups: Vec<Group>,
+    /// How many of `groups` are still open: once none is, a batch has nothing to tell (the
+    /// usual case, since groups that pass the rule reach the cap early).
+    open: usize,
 }
 
 impl Groups {
@@ -127,23 +130,37 @@ impl Groups {
             cap,
             unit,
             groups: Vec::new(),
+            open: 0,
         }
     }
 
     fn resize(&mut self, total: usize) {
         if self.groups.len() < total {
+            self.open += total - self.groups.len();
             self.groups.resize_with(total, Group::default);
         }
     }
 
+    /// The groups `emit_to` asks for, taken out.
+    fn take(&mut self, emit_to: EmitTo) -> Vec<Group> {
+        let taken = emit_to.take_needed(&mut self.groups);
+        self.open -= taken.iter().filter(|g| matches!(g, Group::Open(_))).count();
+        taken
+    }
+
+    fn reach(&mut self, group: usize) {
+        if let Group::Open(_) = std::mem::replace(&mut self.groups[group], Group::Reached) {
+            self.open -= 1;
+        }
+    }
+
     fn add(&mut self, group: usize, units: &ArrayRef, row: usize) -> Result<()> {
-        let slot = &mut self.groups[group];
-        if let Group::Open(set) = slot
+        if let Group::Open(set) = &mut self.groups[group]
             && units.is_valid(row)
         {
             set.insert(ScalarValue::try_from_array(units, row)?);
             if set.len() as u64 >= self.cap {
-                *slot = Group::Reached;
+                self.reach(group);
             }
         }
         Ok(())
@@ -195,7 +212,7 @@ impl Groups {
         for row in 0..lists.len() {
             let group = group_of(row);
             if reached.is_valid(row) && reached.value(row) {
-                self.groups[group] = Group::Reached;
+                self.reach(group);
                 continue;
             }
             if lists.is_null(row) {
@@ -219,6 +236,9 @@ impl GroupsAccumulator for Groups {
         total_num_groups: usize,
     ) -> Result<()> {
         self.resize(total_num_groups);
+        if self.open == 0 {
+            return Ok(());
+        }
         let units = &values[0];
         for (row, &group) in group_indices.iter().enumerate() {
             if opt_filter.is_some_and(|f| !(f.is_valid(row) && f.value(row))) {
@@ -230,14 +250,14 @@ impl GroupsAccumulator for Groups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let groups = emit_to.take_needed(&mut self.groups);
+        let groups = self.take(emit_to);
         Ok(Arc::new(Int64Array::from_iter_values(
             groups.iter().map(|g| self.count(g)),
         )))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let groups = emit_to.take_needed(&mut self.groups);
+        let groups = self.take(emit_to);
         self.state_of(&groups)
     }
 
@@ -357,6 +377,32 @@ mod tests {
         acc.update_batch(&[units], &[0, 0, 0, 0, 1, 1, 1, 1], None, 3)
             .unwrap();
         assert_eq!(counts(&mut acc), vec![2, 3, 0]);
+    }
+
+    #[test]
+    fn once_every_group_is_full_batches_are_skipped_but_new_groups_still_count() {
+        let mut acc = Groups::new(2, DataType::Int64);
+        let ids = |v: Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
+        acc.update_batch(&[ids(vec![1, 2, 3, 4])], &[0, 0, 1, 1], None, 2)
+            .unwrap();
+        assert_eq!(acc.open, 0);
+        // Group 2 appears later: it is counted; groups 0 and 1 stay at the cap.
+        acc.update_batch(&[ids(vec![5, 6, 7])], &[0, 1, 2], None, 3)
+            .unwrap();
+        assert_eq!(acc.open, 1);
+        // Emitting the first two groups leaves the open one open.
+        let first = acc.evaluate(EmitTo::First(2)).unwrap();
+        assert_eq!(
+            first
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec(),
+            vec![2, 2]
+        );
+        assert_eq!(acc.open, 1);
+        acc.update_batch(&[ids(vec![8])], &[0], None, 1).unwrap();
+        assert_eq!(acc.open, 0);
+        assert_eq!(counts(&mut acc), vec![2]);
     }
 
     #[test]
