@@ -903,7 +903,7 @@ fn segments(
             let (Ok(start), Ok(len)) = (start, len) else {
                 return Err(unreadable(dataset, "a column chunk has a negative offset"));
             };
-            let end = start.checked_add(len).unwrap_or(u64::MAX);
+            let end = start.saturating_add(len);
             if start < PARQUET_MAGIC.len() as u64 || end > body_len {
                 return Err(unreadable(
                     dataset,
