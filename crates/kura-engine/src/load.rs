@@ -61,16 +61,6 @@ pub enum InputFormat {
     ParquetFooterFirst,
 }
 
-impl InputFormat {
-    /// Guesses from a file name: `.parquet`/`.pq` is Parquet, anything else CSV.
-    pub fn from_path(path: &std::path::Path) -> Self {
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("parquet" | "pq") => InputFormat::Parquet,
-            _ => InputFormat::Csv,
-        }
-    }
-}
-
 /// How a contract type is held in memory. Text is held as string views: grouping and joining
 /// on short strings then compares inline bytes instead of following offsets (on the benchmark's
 /// join, the query takes half the time).
@@ -543,56 +533,46 @@ fn receive(
 }
 
 fn load_parquet(
-    dataset: &Dataset,
+    dataset: &Arc<Dataset>,
     mut file: Zeroizing<Vec<u8>>,
 ) -> Result<Vec<RecordBatch>, EngineError> {
-    // The reader wants `Bytes`: take the buffer over without a copy, and zeroize it afterwards
-    // if no batch still points into it.
+    // The reader wants `Bytes`: take the buffer over without a copy.
     let bytes = bytes::Bytes::from(std::mem::take(&mut *file));
     let parsed = decode_parquet(dataset, &bytes);
+    zeroize_unless_shared(bytes);
+    parsed
+}
+
+/// Zeroizes plaintext the decoder is done with, unless a batch still points into it (then it
+/// is part of the held data).
+fn zeroize_unless_shared(bytes: bytes::Bytes) {
     if let Ok(mut owned) = bytes.try_into_mut() {
         owned.zeroize();
     }
-    parsed
 }
 
 fn unreadable(dataset: &Dataset, e: impl std::fmt::Display) -> EngineError {
     EngineError::schema(&dataset.name, format!("not a readable Parquet file: {e}"))
 }
 
-/// Decodes a whole Parquet file's row groups on every core, each thread a contiguous range, in
-/// file order.
+/// Decodes a whole Parquet file, one row group per job on the parsing pool, in file order.
+/// When this returns, no job holds `bytes` any more.
 fn decode_parquet(
-    dataset: &Dataset,
+    dataset: &Arc<Dataset>,
     bytes: &bytes::Bytes,
 ) -> Result<Vec<RecordBatch>, EngineError> {
     let meta = ArrowReaderMetadata::load(bytes, ArrowReaderOptions::default())
         .map_err(|e| unreadable(dataset, e))?;
     check_parquet_schema(dataset, &meta)?;
     let meta = with_string_views(dataset, meta)?;
-    let groups = meta.metadata().num_row_groups();
-    let n = crate::cores().min(groups).max(1);
-    let ranges: Vec<Vec<usize>> = (0..n)
-        .map(|i| (groups * i / n..groups * (i + 1) / n).collect())
-        .collect();
-    let parts: Vec<Result<Vec<RecordBatch>, EngineError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ranges
-            .into_iter()
-            .map(|r| {
-                let (bytes, meta) = (bytes.clone(), meta.clone());
-                s.spawn(move || decode_row_groups(dataset, bytes, meta, r))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a Parquet decoding thread panicked"))
-            .collect()
-    });
-    let mut batches = Vec::new();
-    for part in parts {
-        batches.extend(part?);
+    let mut parallel = Parallel::default();
+    for group in 0..meta.metadata().num_row_groups() {
+        let (dataset, bytes, meta) = (dataset.clone(), bytes.clone(), meta.clone());
+        parallel.submit(Box::new(move || {
+            decode_row_groups(&dataset, bytes, meta, vec![group])
+        }))?;
     }
-    Ok(batches)
+    parallel.finish()
 }
 
 /// The file must carry the contract's columns, each in a type that converts losslessly.
@@ -855,10 +835,7 @@ impl ParquetBody {
             self.parallel.submit(Box::new(move || {
                 let bytes = chunk.bytes.clone();
                 let parsed = decode_row_groups(&dataset, chunk, meta, row_groups);
-                // Zeroize the plaintext unless a batch still points into it.
-                if let Ok(mut owned) = bytes.try_into_mut() {
-                    owned.zeroize();
-                }
+                zeroize_unless_shared(bytes);
                 parsed
             }))?;
             self.next += 1;
