@@ -10,6 +10,7 @@
 
 pub mod dp;
 mod error;
+mod keep;
 pub mod list;
 pub mod load;
 mod output;
@@ -27,6 +28,7 @@ use kura_contract::Contract;
 pub use datafusion;
 pub use datafusion::arrow::record_batch::RecordBatch;
 pub use error::EngineError;
+pub use keep::{all_columns, columns_kept};
 pub use load::{InputFormat, arrow_schema};
 pub use output::Output;
 
@@ -45,7 +47,10 @@ pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionCon
         .with_target_partitions(cores);
     let ctx = SessionContext::new_with_config(config);
     for dataset in &contract.datasets {
-        let schema = arrow_schema(dataset);
+        let held = tables.get(&dataset.name).and_then(|b| b.first());
+        // Uploads keep only the columns the contract's analyses read ([`columns_kept`]); the
+        // table has those. Without data, it has every declared column.
+        let schema = held.map_or_else(|| arrow_schema(dataset), RecordBatch::schema);
         // One partition per core, so that scans start in parallel (batches are shared, not
         // copied).
         let mut partitions = vec![Vec::new(); cores];

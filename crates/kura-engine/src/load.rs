@@ -18,6 +18,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::csv::ReaderBuilder;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
@@ -176,8 +177,16 @@ fn compatible(found: &DataType, wanted: ColumnType) -> bool {
 /// Plaintext it buffers is zeroized when it is no longer needed.
 #[derive(Debug)]
 pub struct Ingest {
-    dataset: Arc<Dataset>,
+    shape: Arc<Shape>,
     format: Format,
+}
+
+/// A dataset as the contract declares it (what the file must carry), and the part of it the
+/// enclave keeps.
+#[derive(Debug)]
+struct Shape {
+    declared: Dataset,
+    kept: Dataset,
 }
 
 #[derive(Debug)]
@@ -189,9 +198,23 @@ enum Format {
 }
 
 impl Ingest {
+    /// An upload of `dataset` whose every column is kept.
     pub fn new(dataset: &Dataset, format: InputFormat) -> Self {
+        Self::keeping(dataset, format, |_| true)
+    }
+
+    /// An upload of `dataset` that keeps only the columns `keep` accepts (by name). The file
+    /// must still carry every declared column in a declared type, and every CSV value is still
+    /// parsed, but the other columns are dropped as soon as they are parsed (CSV) or never
+    /// decoded at all (Parquet).
+    pub fn keeping(dataset: &Dataset, format: InputFormat, keep: impl Fn(&str) -> bool) -> Self {
+        let mut kept = dataset.clone();
+        kept.columns.retain(|c| keep(&c.name));
         Self {
-            dataset: Arc::new(dataset.clone()),
+            shape: Arc::new(Shape {
+                declared: dataset.clone(),
+                kept,
+            }),
             format: match format {
                 InputFormat::Csv => Format::Csv(Box::default()),
                 InputFormat::Parquet => Format::Parquet(Zeroizing::new(Vec::new())),
@@ -205,7 +228,7 @@ impl Ingest {
         match &mut self.format {
             Format::Csv(csv) => {
                 for piece in plaintext.chunks(CSV_BLOCK) {
-                    csv.push(&self.dataset, piece)?;
+                    csv.push(&self.shape, piece)?;
                 }
                 Ok(())
             }
@@ -213,7 +236,7 @@ impl Ingest {
                 extend_zeroizing(file, plaintext);
                 Ok(())
             }
-            Format::ParquetFooterFirst(parquet) => parquet.push(&self.dataset, plaintext),
+            Format::ParquetFooterFirst(parquet) => parquet.push(&self.shape, plaintext),
         }
     }
 
@@ -221,9 +244,9 @@ impl Ingest {
     /// order.
     pub fn finish(self) -> Result<Vec<RecordBatch>, EngineError> {
         match self.format {
-            Format::Csv(csv) => csv.finish(&self.dataset),
-            Format::Parquet(file) => load_parquet(&self.dataset, file),
-            Format::ParquetFooterFirst(parquet) => parquet.finish(&self.dataset),
+            Format::Csv(csv) => csv.finish(&self.shape),
+            Format::Parquet(file) => load_parquet(&self.shape, file),
+            Format::ParquetFooterFirst(parquet) => parquet.finish(&self.shape),
         }
     }
 }
@@ -385,13 +408,13 @@ impl Drop for Pool {
 }
 
 fn parse_block(
-    dataset: &Dataset,
+    shape: &Shape,
     schema: &SchemaRef,
     block: &Block,
 ) -> Result<Vec<RecordBatch>, EngineError> {
     let bad = |e: &dyn std::fmt::Display| {
         EngineError::schema(
-            &dataset.name,
+            &shape.declared.name,
             format!(
                 "bad CSV value: {e} (line numbers count from line {} of the file)",
                 block.first_line
@@ -404,12 +427,13 @@ fn parse_block(
         .build(Cursor::new(&block.bytes[..]))
         .map_err(|e| bad(&e))?;
     reader
-        .map(|batch| to_contract_order(dataset, batch.map_err(|e| bad(&e))?))
+        .map(|batch| to_contract_order(&shape.kept, batch.map_err(|e| bad(&e))?))
         .collect()
 }
 
 impl CsvIngest {
-    fn push(&mut self, dataset: &Arc<Dataset>, piece: &[u8]) -> Result<(), EngineError> {
+    fn push(&mut self, shape: &Arc<Shape>, piece: &[u8]) -> Result<(), EngineError> {
+        let dataset = &shape.declared;
         extend_zeroizing(&mut self.pending, piece);
         if self.schema.is_none() {
             let Some(end) = memchr::memchr(b'\n', &self.pending) else {
@@ -425,7 +449,7 @@ impl CsvIngest {
         }
         self.scan();
         if self.pending.len() >= CSV_BLOCK && self.boundary > 0 {
-            self.cut(dataset)?;
+            self.cut(shape)?;
         }
         Ok(())
     }
@@ -480,7 +504,7 @@ impl CsvIngest {
     }
 
     /// Hands the complete records of `pending` to the pool.
-    fn cut(&mut self, dataset: &Arc<Dataset>) -> Result<(), EngineError> {
+    fn cut(&mut self, shape: &Arc<Shape>) -> Result<(), EngineError> {
         let mut rest = Zeroizing::new(Vec::with_capacity(CSV_BLOCK + CSV_BLOCK / 4));
         rest.extend_from_slice(&self.pending[self.boundary..]);
         let mut bytes = std::mem::replace(&mut self.pending, rest);
@@ -494,15 +518,15 @@ impl CsvIngest {
         self.line += self.newlines_at_boundary;
         self.boundary = 0;
         self.newlines_at_boundary = 0;
-        let (dataset, schema) = (dataset.clone(), self.schema.clone().expect("header read"));
+        let (shape, schema) = (shape.clone(), self.schema.clone().expect("header read"));
         self.parallel
-            .submit(Box::new(move || parse_block(&dataset, &schema, &block)))
+            .submit(Box::new(move || parse_block(&shape, &schema, &block)))
     }
 
-    fn finish(mut self, dataset: &Arc<Dataset>) -> Result<Vec<RecordBatch>, EngineError> {
+    fn finish(mut self, shape: &Arc<Shape>) -> Result<Vec<RecordBatch>, EngineError> {
         if self.schema.is_none() {
             let end = memchr::memchr(b'\n', &self.pending).unwrap_or(self.pending.len());
-            self.header(dataset, end)?;
+            self.header(&shape.declared, end)?;
         }
         let schema = self.schema.clone().expect("header read");
         let last = Block {
@@ -511,11 +535,11 @@ impl CsvIngest {
         };
         if self.parallel.sent == 0 {
             // Everything fit in one block: no threads needed.
-            return parse_block(dataset, &schema, &last);
+            return parse_block(shape, &schema, &last);
         }
-        let dataset = dataset.clone();
+        let shape = shape.clone();
         self.parallel
-            .submit(Box::new(move || parse_block(&dataset, &schema, &last)))?;
+            .submit(Box::new(move || parse_block(&shape, &schema, &last)))?;
         self.parallel.finish()
     }
 }
@@ -533,12 +557,12 @@ fn receive(
 }
 
 fn load_parquet(
-    dataset: &Arc<Dataset>,
+    shape: &Arc<Shape>,
     mut file: Zeroizing<Vec<u8>>,
 ) -> Result<Vec<RecordBatch>, EngineError> {
     // The reader wants `Bytes`: take the buffer over without a copy.
     let bytes = bytes::Bytes::from(std::mem::take(&mut *file));
-    let parsed = decode_parquet(dataset, &bytes);
+    let parsed = decode_parquet(shape, &bytes);
     zeroize_unless_shared(bytes);
     parsed
 }
@@ -558,18 +582,19 @@ fn unreadable(dataset: &Dataset, e: impl std::fmt::Display) -> EngineError {
 /// Decodes a whole Parquet file, one row group per job on the parsing pool, in file order.
 /// When this returns, no job holds `bytes` any more.
 fn decode_parquet(
-    dataset: &Arc<Dataset>,
+    shape: &Arc<Shape>,
     bytes: &bytes::Bytes,
 ) -> Result<Vec<RecordBatch>, EngineError> {
+    let dataset = &shape.declared;
     let meta = ArrowReaderMetadata::load(bytes, ArrowReaderOptions::default())
         .map_err(|e| unreadable(dataset, e))?;
     check_parquet_schema(dataset, &meta)?;
     let meta = with_string_views(dataset, meta)?;
     let mut parallel = Parallel::default();
     for group in 0..meta.metadata().num_row_groups() {
-        let (dataset, bytes, meta) = (dataset.clone(), bytes.clone(), meta.clone());
+        let (shape, bytes, meta) = (shape.clone(), bytes.clone(), meta.clone());
         parallel.submit(Box::new(move || {
-            decode_row_groups(&dataset, bytes, meta, vec![group])
+            decode_row_groups(&shape, bytes, meta, vec![group])
         }))?;
     }
     parallel.finish()
@@ -618,19 +643,31 @@ fn with_string_views(
         .map_err(|e| unreadable(dataset, e))
 }
 
+/// Decodes `row_groups`, only the kept columns of them.
 fn decode_row_groups<R: ChunkReader + 'static>(
-    dataset: &Dataset,
+    shape: &Shape,
     reader: R,
     meta: ArrowReaderMetadata,
     row_groups: Vec<usize>,
 ) -> Result<Vec<RecordBatch>, EngineError> {
+    let dataset = &shape.declared;
+    // The file's columns are flat (checked against the contract), so roots are columns.
+    let kept = meta
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| shape.kept.column(f.name()).is_some())
+        .map(|(i, _)| i);
+    let mask = ProjectionMask::roots(meta.parquet_schema(), kept);
     ParquetRecordBatchReaderBuilder::new_with_metadata(reader, meta)
+        .with_projection(mask)
         .with_row_groups(row_groups)
         .with_batch_size(BATCH_ROWS)
         .build()
         .map_err(|e| unreadable(dataset, e))?
         .map(|batch| {
-            let batch = to_contract_order(dataset, batch.map_err(|e| unreadable(dataset, e))?)?;
+            let batch = to_contract_order(&shape.kept, batch.map_err(|e| unreadable(dataset, e))?)?;
             Ok(own_strings(batch))
         })
         .collect()
@@ -687,7 +724,8 @@ struct Segment {
 }
 
 impl FooterFirst {
-    fn push(&mut self, dataset: &Arc<Dataset>, mut piece: &[u8]) -> Result<(), EngineError> {
+    fn push(&mut self, shape: &Arc<Shape>, mut piece: &[u8]) -> Result<(), EngineError> {
+        let dataset = &shape.declared;
         while self.body.is_none() && !piece.is_empty() {
             let wanted = if self.head.len() < FOOTER_FIRST_PREFIX {
                 FOOTER_FIRST_PREFIX
@@ -703,7 +741,7 @@ impl FooterFirst {
             }
         }
         match &mut self.body {
-            Some(body) => body.push(dataset, piece),
+            Some(body) => body.push(shape, piece),
             None => Ok(()),
         }
     }
@@ -726,14 +764,14 @@ impl FooterFirst {
         Ok(footer_len)
     }
 
-    fn finish(self, dataset: &Arc<Dataset>) -> Result<Vec<RecordBatch>, EngineError> {
+    fn finish(self, shape: &Arc<Shape>) -> Result<Vec<RecordBatch>, EngineError> {
         let Some(body) = self.body else {
             return Err(unreadable(
-                dataset,
+                &shape.declared,
                 "the upload ended before the file's footer was complete",
             ));
         };
-        body.finish(dataset)
+        body.finish(shape)
     }
 }
 
@@ -778,7 +816,8 @@ impl ParquetBody {
         })
     }
 
-    fn push(&mut self, dataset: &Arc<Dataset>, mut piece: &[u8]) -> Result<(), EngineError> {
+    fn push(&mut self, shape: &Arc<Shape>, mut piece: &[u8]) -> Result<(), EngineError> {
+        let dataset = &shape.declared;
         if self.received + piece.len() as u64 > self.body_len {
             return Err(unreadable(
                 dataset,
@@ -814,13 +853,13 @@ impl ParquetBody {
             }
             self.received += take;
             piece = rest;
-            self.dispatch_complete(dataset)?;
+            self.dispatch_complete(shape)?;
         }
         Ok(())
     }
 
     /// Hands every segment whose bytes have all arrived to the pool.
-    fn dispatch_complete(&mut self, dataset: &Arc<Dataset>) -> Result<(), EngineError> {
+    fn dispatch_complete(&mut self, shape: &Arc<Shape>) -> Result<(), EngineError> {
         while let Some(s) = self.segments.get(self.next) {
             if self.received < s.end {
                 return Ok(());
@@ -830,11 +869,11 @@ impl ParquetBody {
                 file_len: self.file_len,
                 bytes: bytes::Bytes::from(std::mem::take(&mut *self.current)),
             };
-            let (dataset, meta, row_groups) =
-                (dataset.clone(), self.meta.clone(), s.row_groups.clone());
+            let (shape, meta, row_groups) =
+                (shape.clone(), self.meta.clone(), s.row_groups.clone());
             self.parallel.submit(Box::new(move || {
                 let bytes = chunk.bytes.clone();
-                let parsed = decode_row_groups(&dataset, chunk, meta, row_groups);
+                let parsed = decode_row_groups(&shape, chunk, meta, row_groups);
                 zeroize_unless_shared(bytes);
                 parsed
             }))?;
@@ -843,17 +882,17 @@ impl ParquetBody {
         Ok(())
     }
 
-    fn finish(mut self, dataset: &Arc<Dataset>) -> Result<Vec<RecordBatch>, EngineError> {
+    fn finish(mut self, shape: &Arc<Shape>) -> Result<Vec<RecordBatch>, EngineError> {
         if self.received != self.body_len {
             return Err(unreadable(
-                dataset,
+                &shape.declared,
                 format!(
                     "the upload ended {} bytes before the end of the file",
                     self.body_len - self.received
                 ),
             ));
         }
-        self.dispatch_complete(dataset)?;
+        self.dispatch_complete(shape)?;
         self.parallel.finish()
     }
 }

@@ -738,3 +738,147 @@ fn parquet_row_groups_are_decoded_in_parallel_in_file_order() {
     }
     assert_eq!(concat(&ingest.finish().unwrap()), expected);
 }
+
+fn names<const N: usize>(names: [&str; N]) -> std::collections::BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+/// The example contract's analysis reads `diabetes` and `steps_band` besides the privacy units,
+/// never `age_band`: uploads keep exactly what its analyses read.
+#[tokio::test]
+async fn uploads_keep_the_columns_the_analyses_read_and_no_others() {
+    let c = contract(None);
+    let kept = columns_kept(&c).await.unwrap();
+    assert_eq!(kept["ehr"], names(["diabetes", "patient_id"]));
+    assert_eq!(kept["activity"], names(["patient_id", "steps_band"]));
+    // A column read only in a filter, or only inside a subquery, is kept too.
+    for sql in [
+        "SELECT COUNT(*) AS n FROM ehr WHERE age_band = 'old'",
+        "SELECT COUNT(*) AS n FROM ehr WHERE patient_id IN (SELECT patient_id FROM ehr WHERE age_band = 'old')",
+    ] {
+        let kept = columns_kept(&contract(Some(sql))).await.unwrap();
+        assert_eq!(
+            kept["ehr"],
+            names(["age_band", "diabetes", "patient_id"]),
+            "{sql}"
+        );
+    }
+    // A contract that allows ad-hoc queries keeps every column: any may be asked for.
+    let golden = crate::golden::contract();
+    assert_eq!(columns_kept(&golden).await.unwrap(), all_columns(&golden));
+    // An analysis that cannot be planned is named; the caller then keeps every column.
+    let mut broken = contract(None);
+    broken.analyses[0].sql = "SELECT nothing FROM nowhere".into();
+    let err = columns_kept(&broken).await.unwrap_err().to_string();
+    assert!(err.contains("diabetes_by_activity"), "{err}");
+}
+
+/// Kept columns give the analyses the same answers as the whole table; the dropped column is
+/// still checked (its name and type in Parquet, its every value in CSV) but never held.
+#[tokio::test]
+async fn uploads_that_drop_unread_columns_answer_the_same_and_still_check_them() {
+    let c = contract(None);
+    let kept = columns_kept(&c).await.unwrap();
+    let keep = |dataset: &str| {
+        let kept = kept[dataset].clone();
+        move |column: &str| kept.contains(column)
+    };
+    let ingest = |dataset: &str, format: InputFormat, bytes: &[u8]| {
+        let mut ingest = load::Ingest::keeping(c.dataset(dataset).unwrap(), format, keep(dataset));
+        ingest.push(bytes)?;
+        ingest.finish()
+    };
+    let ehr = c.dataset("ehr").unwrap();
+    let (file, expected) = ehr_parquet(ehr, 20_000);
+    let expected = expected.project(&[0, 2]).unwrap(); // patient_id, diabetes
+    let (stream, _) = footer_first(&file);
+    for (format, bytes) in [
+        (InputFormat::ParquetFooterFirst, &stream),
+        (InputFormat::Parquet, &file),
+    ] {
+        let got = concat(&ingest("ehr", format, bytes).unwrap());
+        assert_eq!(got, expected, "{format:?}");
+    }
+    let csv = big_csv(20_000);
+    assert_eq!(
+        concat(&ingest("ehr", InputFormat::Csv, csv.as_bytes()).unwrap()),
+        expected
+    );
+
+    // The analyses see the same data either way.
+    let full = tables(&c);
+    let held: Tables = full
+        .iter()
+        .map(|(name, batches)| {
+            let dataset = c.dataset(name).unwrap();
+            let mut text = Vec::new();
+            let mut w = datafusion::arrow::csv::Writer::new(&mut text);
+            for b in batches {
+                w.write(b).unwrap();
+            }
+            drop(w);
+            (name.clone(), {
+                let mut i = load::Ingest::keeping(dataset, InputFormat::Csv, keep(name));
+                i.push(&text).unwrap();
+                i.finish().unwrap()
+            })
+        })
+        .collect();
+    assert_eq!(held["ehr"][0].num_columns(), 2);
+    for analysis in &c.analyses {
+        let (a, b) = (
+            run_analysis(&c, &analysis.sql, &full).await.unwrap(),
+            run_analysis(&c, &analysis.sql, &held).await.unwrap(),
+        );
+        assert_eq!(
+            (a.columns, a.rows),
+            (b.columns, b.rows),
+            "{}",
+            analysis.name
+        );
+    }
+
+    // A bad value in a dropped column is refused all the same: here a contract whose only
+    // analysis never reads `diabetes`.
+    let mut by_age = contract(Some(
+        "SELECT age_band, COUNT(*) AS n FROM ehr GROUP BY age_band",
+    ));
+    by_age.analyses.remove(0);
+    let kept = columns_kept(&by_age).await.unwrap();
+    assert_eq!(kept["ehr"], names(["age_band", "patient_id"]));
+    let bad = "patient_id,age_band,diabetes\np1,old,true\np2,old,maybe\n";
+    let mut upload = load::Ingest::keeping(by_age.dataset("ehr").unwrap(), InputFormat::Csv, |n| {
+        kept["ehr"].contains(n)
+    });
+    let err = upload
+        .push(bad.as_bytes())
+        .and_then(|()| upload.finish())
+        .unwrap_err();
+    assert!(err.to_string().contains("bad CSV value"), "{err}");
+    // So is a dropped column of the wrong type in a Parquet file, from its footer.
+    use datafusion::arrow::array::{BooleanArray, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("patient_id", DataType::Utf8, true),
+        Field::new("age_band", DataType::Int64, true),
+        Field::new("diabetes", DataType::Boolean, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["p1"])),
+            Arc::new(Int64Array::from(vec![7])),
+            Arc::new(BooleanArray::from(vec![true])),
+        ],
+    )
+    .unwrap();
+    let mut file = Vec::new();
+    let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(&mut file, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let err = ingest("ehr", InputFormat::Parquet, &file).unwrap_err();
+    assert!(
+        err.to_string().contains("\"age_band\" has type Int64"),
+        "{err}"
+    );
+}

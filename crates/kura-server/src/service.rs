@@ -104,7 +104,11 @@ pub struct Service {
     max_upload_bytes: u64,
     state: Mutex<State>,
     ledger: Mutex<Ledger>,
+    /// The columns of each dataset that uploads keep, found on the first upload.
+    kept: tokio::sync::OnceCell<Arc<KeptColumns>>,
 }
+
+type KeptColumns = std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,6 +171,7 @@ impl Service {
             max_upload_bytes: config.max_upload_bytes,
             state: Mutex::new(state),
             ledger: Mutex::new(ledger),
+            kept: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -385,10 +390,12 @@ impl Service {
         // never held whole.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<axum::body::Bytes>(16);
         let ds = dataset.clone();
+        let kept = self.kept_columns().await;
         let worker = tokio::task::spawn_blocking(move || {
             let mut decoder = StreamDecoder::new(&key, &context);
             drop(key);
-            let mut ingest = kura_engine::load::Ingest::new(&ds, format);
+            let keep = |column: &str| kept.get(&ds.name).is_some_and(|k| k.contains(column));
+            let mut ingest = kura_engine::load::Ingest::keeping(&ds, format, keep);
             let mut plaintext = Zeroizing::new(Vec::new());
             let refused = |e: kura_crypto::CryptoError| {
                 ServiceError::BadRequest(format!("encrypted stream refused: {e}"))
@@ -450,6 +457,26 @@ impl Service {
             ciphertext_bytes: received,
             receipt,
         })
+    }
+
+    /// The columns uploads keep: those the contract's analyses read
+    /// ([`kura_engine::columns_kept`]), or all if an analysis cannot be planned.
+    async fn kept_columns(&self) -> Arc<KeptColumns> {
+        self.kept
+            .get_or_init(|| async {
+                let kept = kura_engine::columns_kept(&self.contract)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!("uploads keep every column: {e}");
+                        kura_engine::all_columns(&self.contract)
+                    });
+                for (dataset, columns) in &kept {
+                    tracing::info!(dataset, ?columns, "uploads keep these columns");
+                }
+                Arc::new(kept)
+            })
+            .await
+            .clone()
     }
 
     /// Runs an analysis of the contract for `party`.
