@@ -135,7 +135,8 @@ fn check_names<'a>(
     Ok(())
 }
 
-/// Reorders `batch` (whose columns are the contract's, in file order) to the contract's order.
+/// The columns of `dataset` (the kept ones) taken from `batch` (which has them, in file order),
+/// in the contract's order and types.
 fn to_contract_order(dataset: &Dataset, batch: RecordBatch) -> Result<RecordBatch, EngineError> {
     let schema = arrow_schema(dataset);
     let columns = dataset

@@ -394,7 +394,8 @@ impl Service {
         let worker = tokio::task::spawn_blocking(move || {
             let mut decoder = StreamDecoder::new(&key, &context);
             drop(key);
-            let keep = |column: &str| kept.get(&ds.name).is_some_and(|k| k.contains(column));
+            // A dataset missing from the set (none is) would keep everything rather than nothing.
+            let keep = |column: &str| kept.get(&ds.name).is_none_or(|k| k.contains(column));
             let mut ingest = kura_engine::load::Ingest::keeping(&ds, format, keep);
             let mut plaintext = Zeroizing::new(Vec::new());
             let refused = |e: kura_crypto::CryptoError| {
