@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::LogicalPlan;
 use kura_contract::Contract;
 
@@ -32,8 +33,9 @@ pub async fn columns_kept(
         .iter()
         .map(|d| (d.name.clone(), BTreeSet::from([d.privacy_unit.clone()])))
         .collect();
+    let ctx = session(contract, &Tables::new())?;
     for analysis in &contract.analyses {
-        let columns = scanned(contract, &analysis.sql)
+        let columns = scanned(&ctx, &analysis.sql)
             .await
             .map_err(|e| e.in_analysis(&analysis.name))?;
         for (dataset, names) in columns {
@@ -57,11 +59,10 @@ pub fn all_columns(contract: &Contract) -> BTreeMap<String, BTreeSet<String>> {
 
 /// The columns of each table the optimised plan of `sql` reads.
 async fn scanned(
-    contract: &Contract,
+    ctx: &SessionContext,
     sql: &str,
 ) -> Result<BTreeMap<String, BTreeSet<String>>, EngineError> {
-    let ctx = session(contract, &Tables::new())?;
-    let plan = ctx.state().optimize(&written_plan(&ctx, sql).await?)?;
+    let plan = ctx.state().optimize(&written_plan(ctx, sql).await?)?;
     let mut read: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
