@@ -447,13 +447,20 @@ async fn parquet_uploads_and_large_refused_uploads_get_a_reason() {
     room.upload("hospital-a", "ehr").await.unwrap();
     let path = room.dir.join("activity.parquet");
     write_activity_parquet(&path, &room.dir.join("activity.csv"));
+    let shown = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = shown.clone();
     let up = room
         .client("fitness-b")
         .await
-        .upload("activity", &path, |_| {})
+        .upload("activity", &path, move |n| {
+            progress.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+        })
         .await
         .unwrap();
     assert_eq!(up.rows, 68);
+    // Progress counts the file's bytes, not the lengths that open the stream.
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(shown.load(std::sync::atomic::Ordering::Relaxed), size);
     // A file named .parquet that is not Parquet is refused on this machine, before anything
     // is sent.
     let fake = room.dir.join("fake.parquet");

@@ -322,7 +322,10 @@ impl Client {
             Some("parquet" | "pq") => {
                 let (head, rest) = footer_first(&mut file).map_err(input_err)?;
                 let stream = std::io::Cursor::new(head).chain(file.take(rest));
-                self.upload_reader(dataset, "parquet-footer-first", stream, progress)
+                // The stream opens with two lengths that are not the file's: progress counts
+                // the file's bytes, so it ends at the file's size.
+                let of_file = move |n: u64| progress(n.saturating_sub(FOOTER_FIRST_PREFIX));
+                self.upload_reader(dataset, "parquet-footer-first", stream, of_file)
                     .await
             }
             _ => self.upload_reader(dataset, "csv", file, progress).await,
@@ -549,6 +552,9 @@ impl Client {
     }
 }
 
+/// The two lengths (u64 each) that open a footer-first Parquet stream.
+const FOOTER_FIRST_PREFIX: u64 = 16;
+
 /// Parquet keeps its metadata at the end of the file, and the enclave can decode a row group
 /// as soon as it arrives only if it has the metadata first. So a Parquet file travels as: the
 /// file's length and the footer's length (u64, little-endian), the footer (the metadata, its
@@ -574,7 +580,7 @@ fn footer_first(file: &mut std::fs::File) -> std::io::Result<(Vec<u8>, u64)> {
             "not a Parquet file (a footer of {footer} bytes in a file of {len})"
         )));
     }
-    let mut head = Vec::with_capacity(16 + footer as usize);
+    let mut head = Vec::with_capacity(FOOTER_FIRST_PREFIX as usize + footer as usize);
     head.extend_from_slice(&len.to_le_bytes());
     head.extend_from_slice(&footer.to_le_bytes());
     file.seek(SeekFrom::Start(len - footer))?;

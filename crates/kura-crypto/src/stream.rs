@@ -191,8 +191,8 @@ impl StreamDecoder {
     /// grow, the old allocation is zeroized after the move.
     ///
     /// A frame that arrives in pieces is gathered in a buffer kept across frames and opened in
-    /// place; when `plaintext` is empty, the buffer itself is handed over (swapped with
-    /// `plaintext`), so such a frame is copied once, not twice.
+    /// place; when `plaintext` is empty and too small to hold it, the buffer itself is handed
+    /// over (swapped with `plaintext`), so such a frame is copied once, not twice.
     pub fn push(&mut self, mut input: &[u8], plaintext: &mut Vec<u8>) -> Result<(), CryptoError> {
         while !input.is_empty() {
             if self.finished {
@@ -240,8 +240,9 @@ impl StreamDecoder {
             }
         };
         frame.truncate(n);
-        if plaintext.is_empty() {
-            // Hand the opened buffer over; keep the caller's (empty) one for the next frame.
+        if plaintext.is_empty() && plaintext.capacity() < n {
+            // Hand the opened buffer over; keep the caller's (empty) one for the next frame. A
+            // caller's buffer with room enough is filled instead: it was sized for a purpose.
             std::mem::swap(plaintext, &mut frame);
         } else {
             append_zeroizing(plaintext, &frame);

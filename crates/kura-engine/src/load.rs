@@ -36,6 +36,9 @@ pub(crate) const BATCH_ROWS: usize = 64 * 1024;
 /// CSV plaintext handed to one parsing thread at a time: large enough that a block's fixed
 /// costs vanish, small enough that every core gets work and little plaintext waits in memory.
 const CSV_BLOCK: usize = 4 << 20;
+/// A CSV block's buffer: a block, plus room for the decrypted chunk (1 MiB from kura's client)
+/// that crosses its end, so that the buffer seldom has to grow.
+const CSV_BUFFER: usize = CSV_BLOCK + CSV_BLOCK / 2;
 /// A header line longer than this is refused rather than buffered without bound.
 const MAX_HEADER: usize = 1 << 20;
 /// The lengths that open a footer-first Parquet stream.
@@ -45,6 +48,8 @@ const MAX_FOOTER: u64 = 64 << 20;
 /// A row group's buffer is reserved whole up to this size (the size comes from the file's
 /// metadata, so it is not trusted further); a bigger row group grows its buffer.
 const MAX_RESERVE: u64 = 256 << 20;
+/// Reserved past a row group's bytes: a chunk as kura's client sends them (1 MiB), twice.
+const SEGMENT_SLACK: usize = 2 << 20;
 const PARQUET_MAGIC: &[u8; 4] = b"PAR1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,20 +67,12 @@ pub enum InputFormat {
     ParquetFooterFirst,
 }
 
-/// How a contract type is held in memory. Text is held as string views: grouping and joining
-/// on short strings then compares inline bytes instead of following offsets (on the benchmark's
-/// join, the query takes half the time).
+/// How a contract type is held in memory, and parsed from CSV. Text is held as string views:
+/// grouping and joining on short strings then compares inline bytes instead of following offsets
+/// (on the benchmark's join, the query takes half the time).
 fn arrow_type(ty: ColumnType) -> DataType {
     match ty {
         ColumnType::Utf8 => DataType::Utf8View,
-        _ => parse_type(ty),
-    }
-}
-
-/// The type a CSV column is parsed as (then cast to [`arrow_type`]).
-fn parse_type(ty: ColumnType) -> DataType {
-    match ty {
-        ColumnType::Utf8 => DataType::Utf8,
         ColumnType::Int64 => DataType::Int64,
         ColumnType::Float64 => DataType::Float64,
         ColumnType::Boolean => DataType::Boolean,
@@ -180,6 +177,8 @@ fn compatible(found: &DataType, wanted: ColumnType) -> bool {
 pub struct Ingest {
     shape: Arc<Shape>,
     format: Format,
+    /// Where [`Ingest::push_with`] has plaintext appended for formats that copy it anyway.
+    scratch: Zeroizing<Vec<u8>>,
 }
 
 /// A dataset as the contract declares it (what the file must carry), and the part of it the
@@ -221,6 +220,7 @@ impl Ingest {
                 InputFormat::Parquet => Format::Parquet(Zeroizing::new(Vec::new())),
                 InputFormat::ParquetFooterFirst => Format::ParquetFooterFirst(Box::default()),
             },
+            scratch: Zeroizing::default(),
         }
     }
 
@@ -229,7 +229,8 @@ impl Ingest {
         match &mut self.format {
             Format::Csv(csv) => {
                 for piece in plaintext.chunks(CSV_BLOCK) {
-                    csv.push(&self.shape, piece)?;
+                    extend_zeroizing(&mut csv.pending, piece);
+                    csv.advance(&self.shape)?;
                 }
                 Ok(())
             }
@@ -238,6 +239,46 @@ impl Ingest {
                 Ok(())
             }
             Format::ParquetFooterFirst(parquet) => parquet.push(&self.shape, plaintext),
+        }
+    }
+
+    /// Takes the next plaintext bytes of the file from `fill`, which appends them to the buffer
+    /// it is given. For CSV that is the block being gathered, which spares copying every byte
+    /// once more. `fill` must only append, and must not leave plaintext in memory it frees
+    /// (as `kura_crypto::StreamDecoder::push` does not). Its error comes back inside `Ok`.
+    pub fn push_with<E>(
+        &mut self,
+        fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<Result<(), E>, EngineError> {
+        match &mut self.format {
+            Format::Csv(csv) => {
+                if let Err(e) = fill(&mut csv.pending) {
+                    return Ok(Err(e));
+                }
+                csv.advance(&self.shape).map(Ok)
+            }
+            Format::ParquetFooterFirst(parquet)
+                if parquet.body.as_ref().is_some_and(|b| b.in_row_group()) =>
+            {
+                let body = parquet.body.as_mut().expect("checked");
+                let start = body.current.len();
+                if let Err(e) = fill(&mut body.current) {
+                    return Ok(Err(e));
+                }
+                body.appended(&self.shape, start).map(Ok)
+            }
+            _ => {
+                let mut plaintext = std::mem::take(&mut self.scratch);
+                let filled = fill(&mut plaintext);
+                let pushed = match filled {
+                    Ok(()) => self.push(&plaintext).map(Ok),
+                    Err(e) => Ok(Err(e)),
+                };
+                plaintext.as_mut_slice().zeroize();
+                plaintext.clear();
+                self.scratch = plaintext;
+                pushed
+            }
         }
     }
 
@@ -299,6 +340,34 @@ struct CsvIngest {
     /// Line number of the first line of `pending`.
     line: u64,
     parallel: Parallel,
+    spares: Spares,
+}
+
+/// Block buffers the parsing threads are done with, zeroized, for the blocks to come. Reusing
+/// them spares the kernel faulting in and clearing fresh pages for every block, which the
+/// profile of a CSV upload found to cost as much as copying the plaintext into them.
+#[derive(Debug, Default, Clone)]
+struct Spares(Arc<Mutex<Vec<Zeroizing<Vec<u8>>>>>);
+
+impl Spares {
+    /// An empty buffer with room for a block.
+    fn take(&self) -> Zeroizing<Vec<u8>> {
+        let spare = self.0.lock().expect("spares lock").pop();
+        let mut buf = spare.unwrap_or_else(|| Zeroizing::new(Vec::with_capacity(CSV_BUFFER)));
+        buf.clear();
+        buf
+    }
+
+    /// Zeroizes `buf` and keeps it for a later block. Its spare capacity needs no zeroizing:
+    /// plaintext only ever sat in its first `len` bytes, which are zeroized each time.
+    fn give(&self, mut buf: Zeroizing<Vec<u8>>) {
+        buf.as_mut_slice().zeroize();
+        let mut spares = self.0.lock().expect("spares lock");
+        // Never more than the blocks in flight at once; more would only hold memory.
+        if spares.len() < 4 * crate::cores() {
+            spares.push(buf);
+        }
+    }
 }
 
 /// A block of whole CSV records.
@@ -422,10 +491,11 @@ fn parse_block(
             ),
         )
     };
+    // The block is in memory already: read it in place rather than through a `BufReader`.
     let reader = ReaderBuilder::new(schema.clone())
         .with_header(false)
         .with_batch_size(BATCH_ROWS)
-        .build(Cursor::new(&block.bytes[..]))
+        .build_buffered(Cursor::new(&block.bytes[..]))
         .map_err(|e| bad(&e))?;
     reader
         .map(|batch| to_contract_order(&shape.kept, batch.map_err(|e| bad(&e))?))
@@ -433,9 +503,10 @@ fn parse_block(
 }
 
 impl CsvIngest {
-    fn push(&mut self, shape: &Arc<Shape>, piece: &[u8]) -> Result<(), EngineError> {
+    /// Reads what was appended to `pending`: the header line first, then record boundaries;
+    /// hands a block to the pool once enough has gathered.
+    fn advance(&mut self, shape: &Arc<Shape>) -> Result<(), EngineError> {
         let dataset = &shape.declared;
-        extend_zeroizing(&mut self.pending, piece);
         if self.schema.is_none() {
             let Some(end) = memchr::memchr(b'\n', &self.pending) else {
                 if self.pending.len() > MAX_HEADER {
@@ -474,12 +545,12 @@ impl CsvIngest {
         self.schema = Some(Arc::new(Schema::new(
             names
                 .iter()
-                .map(|n| Field::new(*n, parse_type(dataset.column(n).expect("checked").ty), true))
+                .map(|n| Field::new(*n, arrow_type(dataset.column(n).expect("checked").ty), true))
                 .collect::<Vec<_>>(),
         )));
         let rest = (end + 1).min(self.pending.len());
-        let mut tail = Zeroizing::new(Vec::with_capacity(CSV_BLOCK + CSV_BLOCK / 4));
-        tail.extend_from_slice(&self.pending[rest..]);
+        let mut tail = self.spares.take();
+        extend_zeroizing(&mut tail, &self.pending[rest..]);
         self.pending = tail;
         self.line = 2;
         Ok(())
@@ -506,8 +577,8 @@ impl CsvIngest {
 
     /// Hands the complete records of `pending` to the pool.
     fn cut(&mut self, shape: &Arc<Shape>) -> Result<(), EngineError> {
-        let mut rest = Zeroizing::new(Vec::with_capacity(CSV_BLOCK + CSV_BLOCK / 4));
-        rest.extend_from_slice(&self.pending[self.boundary..]);
+        let mut rest = self.spares.take();
+        extend_zeroizing(&mut rest, &self.pending[self.boundary..]);
         let mut bytes = std::mem::replace(&mut self.pending, rest);
         bytes.truncate(self.boundary);
         let block = Block {
@@ -520,8 +591,12 @@ impl CsvIngest {
         self.boundary = 0;
         self.newlines_at_boundary = 0;
         let (shape, schema) = (shape.clone(), self.schema.clone().expect("header read"));
-        self.parallel
-            .submit(Box::new(move || parse_block(&shape, &schema, &block)))
+        let spares = self.spares.clone();
+        self.parallel.submit(Box::new(move || {
+            let parsed = parse_block(&shape, &schema, &block);
+            spares.give(block.bytes);
+            parsed
+        }))
     }
 
     fn finish(mut self, shape: &Arc<Shape>) -> Result<Vec<RecordBatch>, EngineError> {
@@ -846,8 +921,10 @@ impl ParquetBody {
             if keep {
                 if self.current.capacity() == 0 {
                     let s = &self.segments[self.next];
+                    // Room for the decrypted chunk that crosses the segment's end too, so
+                    // that appending it in place does not make the buffer grow.
                     self.current = Zeroizing::new(Vec::with_capacity(
-                        (s.end - s.start).min(MAX_RESERVE) as usize,
+                        (s.end - s.start).min(MAX_RESERVE) as usize + SEGMENT_SLACK,
                     ));
                 }
                 extend_zeroizing(&mut self.current, now);
@@ -857,6 +934,33 @@ impl ParquetBody {
             self.dispatch_complete(shape)?;
         }
         Ok(())
+    }
+
+    /// Whether the next bytes belong to a row group's segment, so can be appended to its
+    /// buffer directly ([`Ingest::push_with`]).
+    fn in_row_group(&self) -> bool {
+        self.segments
+            .get(self.next)
+            .is_some_and(|s| (s.start..s.end).contains(&self.received))
+            && self.current.capacity() > 0
+    }
+
+    /// Takes in what was appended to the current segment's buffer from `start` on: what falls
+    /// past the segment's end is taken out and pushed as any other bytes.
+    fn appended(&mut self, shape: &Arc<Shape>, start: usize) -> Result<(), EngineError> {
+        let room = self.segments[self.next].end - self.received;
+        let added = (self.current.len() - start) as u64;
+        if added <= room {
+            self.received += added;
+            return self.dispatch_complete(shape);
+        }
+        let end = start + room as usize;
+        let past = Zeroizing::new(self.current[end..].to_vec());
+        self.current[end..].zeroize();
+        self.current.truncate(end);
+        self.received += room;
+        self.dispatch_complete(shape)?;
+        self.push(shape, &past)
     }
 
     /// Hands every segment whose bytes have all arrived to the pool.
@@ -984,5 +1088,29 @@ impl ChunkReader for RowGroupBytes {
                     "{length} bytes at offset {start} lie outside the row group"
                 ))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_buffer_is_zeroized_before_it_is_reused() {
+        let spares = Spares::default();
+        let mut buf = spares.take();
+        assert!(buf.is_empty() && buf.capacity() >= CSV_BUFFER);
+        buf.extend_from_slice(&[0xAB; 3000]);
+        let at = buf.as_ptr();
+        spares.give(buf);
+        // Kept zeroized: every byte that held plaintext is zero.
+        let kept = spares.0.lock().unwrap();
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].len() == 3000 && kept[0].iter().all(|b| *b == 0));
+        drop(kept);
+        // Handed out again: the same allocation, empty.
+        let again = spares.take();
+        assert_eq!(again.as_ptr(), at);
+        assert!(again.is_empty());
     }
 }

@@ -536,6 +536,85 @@ fn csv_is_parsed_in_parallel_blocks_exactly_as_one_reader_would() {
     }
 }
 
+/// The enclave's path: `file` sealed in chunks of `chunk` bytes, received in pieces of `piece`
+/// bytes, each decrypted straight into the ingest's buffer.
+fn decrypted_into(
+    dataset: &kura_contract::Dataset,
+    format: InputFormat,
+    file: &[u8],
+    (chunk, piece): (usize, usize),
+) -> Result<Vec<RecordBatch>, String> {
+    use kura_crypto::{DataKey, StreamDecoder, StreamEncoder};
+    let key = DataKey::generate();
+    let mut encoder = StreamEncoder::new(&key, b"ctx");
+    let mut wire = Vec::new();
+    let chunks: Vec<&[u8]> = file.chunks(chunk).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        encoder
+            .seal_chunk(chunk, i + 1 == chunks.len(), &mut wire)
+            .unwrap();
+    }
+    let mut decoder = StreamDecoder::new(&key, b"ctx");
+    let mut ingest = load::Ingest::new(dataset, format);
+    for p in wire.chunks(piece) {
+        ingest
+            .push_with(|buf| decoder.push(p, buf))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("decryption: {e}"))?;
+    }
+    decoder.finish().unwrap();
+    ingest.finish().map_err(|e| e.to_string())
+}
+
+#[test]
+fn plaintext_decrypted_straight_into_the_ingest_gives_the_same_table() {
+    let c = contract(None);
+    let ehr = c.dataset("ehr").unwrap();
+    // Several CSV blocks, so that block buffers are given back and reused.
+    let csv = big_csv(400_000);
+    let expected = concat(&arrow_reads(ehr, &csv));
+    let (file, parquet) = ehr_parquet(ehr, 100_000);
+    let (stream, _) = footer_first(&file);
+    for piece in [7_001, 65_536, 3 << 20] {
+        let got = decrypted_into(ehr, InputFormat::Csv, csv.as_bytes(), (1 << 20, piece));
+        assert_eq!(
+            concat(&got.unwrap()),
+            expected,
+            "CSV in pieces of {piece} bytes"
+        );
+        // Chunks smaller than a row group, so that several land in one row group's buffer,
+        // and larger, so that one crosses several row groups.
+        for chunk in [4_096, 1 << 20] {
+            let got = decrypted_into(
+                ehr,
+                InputFormat::ParquetFooterFirst,
+                &stream,
+                (chunk, piece),
+            );
+            assert_eq!(concat(&got.unwrap()), parquet, "Parquet, {chunk}, {piece}");
+        }
+    }
+    // A chunk that fails to decrypt stops the upload with the decoder's reason.
+    let mut ingest = load::Ingest::new(ehr, InputFormat::Csv);
+    let failed = ingest
+        .push_with(|buf| {
+            buf.extend_from_slice(b"patient_id,age_band,diabetes\n");
+            Err("tampered chunk")
+        })
+        .unwrap();
+    assert_eq!(failed, Err("tampered chunk"));
+    // A refusal of the plaintext comes back as the ingest's.
+    let mut ingest = load::Ingest::new(ehr, InputFormat::Csv);
+    let err = ingest
+        .push_with(|buf| {
+            buf.extend_from_slice(b"patient_id,age_band,height\n");
+            Ok::<(), ()>(())
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"height\" is not declared"), "{err}");
+}
+
 #[test]
 fn a_bad_value_deep_in_a_large_csv_is_refused_with_its_place() {
     let c = contract(None);

@@ -12,7 +12,7 @@ use kura_crypto::{DataKey, SecretIdentity, StreamDecoder, b64};
 use kura_engine::{InputFormat, Tables};
 use kura_ledger::{Event, Ledger, LogEntry, Receipt};
 use tokio::sync::Mutex;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::{Config, ServiceError};
 
@@ -397,16 +397,16 @@ impl Service {
             // A dataset missing from the set (none is) would keep everything rather than nothing.
             let keep = |column: &str| kept.get(&ds.name).is_none_or(|k| k.contains(column));
             let mut ingest = kura_engine::load::Ingest::keeping(&ds, format, keep);
-            let mut plaintext = Zeroizing::new(Vec::new());
             let refused = |e: kura_crypto::CryptoError| {
                 ServiceError::BadRequest(format!("encrypted stream refused: {e}"))
             };
             let parse = |e: kura_engine::EngineError| ServiceError::BadRequest(e.to_string());
             while let Some(piece) = rx.blocking_recv() {
-                decoder.push(&piece, &mut plaintext).map_err(refused)?;
-                ingest.push(&plaintext).map_err(parse)?;
-                plaintext.as_mut_slice().zeroize();
-                plaintext.clear();
+                // Decrypted straight into the ingest's buffer.
+                ingest
+                    .push_with(|buf| decoder.push(&piece, buf))
+                    .map_err(parse)?
+                    .map_err(refused)?;
             }
             decoder.finish().map_err(refused)?;
             ingest.finish().map_err(parse)
