@@ -49,7 +49,7 @@ struct Opts {
     #[arg(long, default_value_t = 10_000_000)]
     rows: usize,
     /// Runs per measurement; the table shows the median.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Also print the scaling table (1M, 10M and 50M rows: time and peak memory).
     #[arg(long)]
