@@ -359,7 +359,8 @@ impl Spares {
     }
 
     /// Zeroizes `buf` and keeps it for a later block. Its spare capacity needs no zeroizing:
-    /// plaintext only ever sat in its first `len` bytes, which are zeroized each time.
+    /// whoever shortens a buffer zeroizes what it cuts off (`CsvIngest::cut`), so plaintext
+    /// only ever sits in its first `len` bytes. A buffer not kept is zeroized whole on drop.
     fn give(&self, mut buf: Zeroizing<Vec<u8>>) {
         buf.as_mut_slice().zeroize();
         let mut spares = self.0.lock().expect("spares lock");
@@ -580,6 +581,8 @@ impl CsvIngest {
         let mut rest = self.spares.take();
         extend_zeroizing(&mut rest, &self.pending[self.boundary..]);
         let mut bytes = std::mem::replace(&mut self.pending, rest);
+        // The tail was copied to `rest`; it must not linger in the block's spare capacity.
+        bytes[self.boundary..].zeroize();
         bytes.truncate(self.boundary);
         let block = Block {
             first_line: self.line,
