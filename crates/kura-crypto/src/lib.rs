@@ -16,6 +16,18 @@ pub use stream::{
     DEFAULT_CHUNK_SIZE, DataKey, MAX_CHUNK_SIZE, StreamDecoder, StreamEncoder, TAG_LEN,
 };
 
+/// Appends `more` to `buf` without leaving a copy of what `buf` held in freed memory: when it
+/// must grow, the old allocation is zeroized after the move. For buffers that hold plaintext.
+pub fn extend_zeroizing(buf: &mut Vec<u8>, more: &[u8]) {
+    if buf.capacity() - buf.len() < more.len() {
+        let mut bigger = Vec::with_capacity((buf.len() + more.len()).max(buf.capacity() * 2));
+        bigger.extend_from_slice(buf);
+        let mut old = std::mem::replace(buf, bigger);
+        zeroize::Zeroize::zeroize(&mut old);
+    }
+    buf.extend_from_slice(more);
+}
+
 /// SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;

@@ -85,17 +85,6 @@ fn header(buf: &[u8]) -> Result<Option<(bool, usize)>, CryptoError> {
     Ok(Some((last, len)))
 }
 
-/// Appends to `buf`; when it must grow, the old allocation is zeroized after the move.
-fn append_zeroizing(buf: &mut Vec<u8>, more: &[u8]) {
-    if buf.capacity() - buf.len() < more.len() {
-        let mut bigger = Vec::with_capacity((buf.len() + more.len()).max(buf.capacity() * 2));
-        bigger.extend_from_slice(buf);
-        let mut old = std::mem::replace(buf, bigger);
-        zeroize::Zeroize::zeroize(&mut old);
-    }
-    buf.extend_from_slice(more);
-}
-
 /// Seals plaintext chunks into wire frames.
 pub struct StreamEncoder {
     key: LessSafeKey,
@@ -245,7 +234,7 @@ impl StreamDecoder {
             // caller's buffer with room enough is filled instead: it was sized for a purpose.
             std::mem::swap(plaintext, &mut frame);
         } else {
-            append_zeroizing(plaintext, &frame);
+            crate::extend_zeroizing(plaintext, &frame);
             zeroize::Zeroize::zeroize(frame.as_mut_slice());
         }
         frame.clear();
@@ -268,7 +257,7 @@ impl StreamDecoder {
             return Ok(None);
         }
         let start = plaintext.len();
-        append_zeroizing(plaintext, &buf[FRAME_HEADER..FRAME_HEADER + len]);
+        crate::extend_zeroizing(plaintext, &buf[FRAME_HEADER..FRAME_HEADER + len]);
         let opened = self.key.open_in_place(
             nonce(self.counter, last),
             Aad::from(&self.context),

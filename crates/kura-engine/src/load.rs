@@ -26,6 +26,7 @@ use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
 use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 use datafusion::parquet::file::reader::{ChunkReader, Length};
 use kura_contract::{ColumnType, Dataset};
+use kura_crypto::extend_zeroizing;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -303,18 +304,6 @@ impl Ingest {
             Format::ParquetFooterFirst(p) => p.body.as_ref().map_or(0, |b| b.parallel.sent),
         }
     }
-}
-
-/// Appends to `buf` without ever leaving a copy of its contents in freed memory: when it must
-/// grow, the old allocation is zeroized after the move.
-fn extend_zeroizing(buf: &mut Zeroizing<Vec<u8>>, more: &[u8]) {
-    if buf.capacity() - buf.len() < more.len() {
-        let mut bigger = Vec::with_capacity((buf.len() + more.len()).max(buf.capacity() * 2));
-        bigger.extend_from_slice(buf);
-        let old = std::mem::replace(&mut **buf, bigger);
-        drop(Zeroizing::new(old));
-    }
-    buf.extend_from_slice(more);
 }
 
 /// CSV cut into blocks at record boundaries, each parsed by a pool thread.

@@ -312,41 +312,46 @@ fn uploads_must_match_the_declared_schema() {
     assert!(err.contains("not a readable Parquet file"), "{err}");
 }
 
+/// A two-row ehr Parquet file (columns in another order than the contract's) whose `age_band`
+/// is `age`, in `age`'s type.
+fn ehr_parquet_with_age_band(age: datafusion::arrow::array::ArrayRef) -> Vec<u8> {
+    use datafusion::arrow::array::{BooleanArray, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("diabetes", DataType::Boolean, true),
+        Field::new("patient_id", DataType::Utf8, true),
+        Field::new("age_band", age.data_type().clone(), true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(BooleanArray::from(vec![true, false])),
+            Arc::new(StringArray::from(vec!["p1", "p2"])),
+            age,
+        ],
+    )
+    .unwrap();
+    let mut file = Vec::new();
+    let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(&mut file, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    file
+}
+
 #[test]
 fn parquet_uploads_load_and_are_type_checked() {
-    use datafusion::arrow::array::{BooleanArray, Int32Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::arrow::array::{Int32Array, StringArray};
     use std::sync::Arc;
 
     let c = contract(None);
     let ehr = c.dataset("ehr").unwrap();
-    let write = |age: Arc<dyn datafusion::arrow::array::Array>, ty: DataType| {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("diabetes", DataType::Boolean, true),
-            Field::new("patient_id", DataType::Utf8, true),
-            Field::new("age_band", ty, true),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(BooleanArray::from(vec![true, false])),
-                Arc::new(StringArray::from(vec!["p1", "p2"])),
-                age,
-            ],
-        )
-        .unwrap();
-        let mut buf = Vec::new();
-        let mut w = ArrowWriter::try_new(&mut buf, schema, None).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        buf
-    };
-    let good = write(Arc::new(StringArray::from(vec!["a", "b"])), DataType::Utf8);
+    let good = ehr_parquet_with_age_band(Arc::new(StringArray::from(vec!["a", "b"])));
     let batches = load::load(ehr, InputFormat::Parquet, &good).unwrap();
     assert_eq!(batches[0].schema(), arrow_schema(ehr));
     assert_eq!(batches[0].num_rows(), 2);
-    let bad = write(Arc::new(Int32Array::from(vec![1, 2])), DataType::Int32);
+    let bad = ehr_parquet_with_age_band(Arc::new(Int32Array::from(vec![1, 2])));
     let err = load::load(ehr, InputFormat::Parquet, &bad)
         .unwrap_err()
         .to_string();
@@ -764,31 +769,11 @@ fn a_bad_footer_first_parquet_upload_is_refused_with_a_reason() {
 
 #[test]
 fn a_footer_first_parquet_file_of_the_wrong_schema_is_refused_before_its_data_arrives() {
-    use datafusion::arrow::array::{BooleanArray, Int32Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::parquet::arrow::ArrowWriter;
-    use std::sync::Arc;
+    use datafusion::arrow::array::Int32Array;
 
     let c = contract(None);
     let ehr = c.dataset("ehr").unwrap();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("diabetes", DataType::Boolean, true),
-        Field::new("patient_id", DataType::Utf8, true),
-        Field::new("age_band", DataType::Int32, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(BooleanArray::from(vec![true, false])),
-            Arc::new(StringArray::from(vec!["p1", "p2"])),
-            Arc::new(Int32Array::from(vec![1, 2])),
-        ],
-    )
-    .unwrap();
-    let mut file = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut file, schema, None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    let file = ehr_parquet_with_age_band(std::sync::Arc::new(Int32Array::from(vec![1, 2])));
     let (stream, head) = footer_first(&file);
     let mut ingest = load::Ingest::new(ehr, InputFormat::ParquetFooterFirst);
     let err = ingest.push(&stream[..head]).unwrap_err().to_string();
@@ -935,26 +920,10 @@ async fn uploads_that_drop_unread_columns_answer_the_same_and_still_check_them()
         .unwrap_err();
     assert!(err.to_string().contains("bad CSV value"), "{err}");
     // So is a dropped column of the wrong type in a Parquet file, from its footer.
-    use datafusion::arrow::array::{BooleanArray, Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("patient_id", DataType::Utf8, true),
-        Field::new("age_band", DataType::Int64, true),
-        Field::new("diabetes", DataType::Boolean, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(StringArray::from(vec!["p1"])),
-            Arc::new(Int64Array::from(vec![7])),
-            Arc::new(BooleanArray::from(vec![true])),
-        ],
-    )
-    .unwrap();
-    let mut file = Vec::new();
-    let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(&mut file, schema, None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    let file =
+        ehr_parquet_with_age_band(Arc::new(datafusion::arrow::array::Int64Array::from(vec![
+            7, 8,
+        ])));
     let err = ingest("ehr", InputFormat::Parquet, &file).unwrap_err();
     assert!(
         err.to_string().contains("\"age_band\" has type Int64"),
