@@ -514,6 +514,7 @@ async fn verify_contract(path: &std::path::Path, json: bool) -> Result<ExitCode>
     let checks = files::check_signatures(&contract, path);
     let signed = checks.iter().all(|c| c.status == SignatureStatus::Valid);
     let valid = signed && analyses.is_ok();
+    let warnings = contract.warnings();
     let reason = match (&analyses, signed) {
         (Err(e), _) => Some(format!("the contract's analyses are invalid: {e}")),
         (Ok(()), false) => Some(
@@ -528,7 +529,7 @@ async fn verify_contract(path: &std::path::Path, json: bool) -> Result<ExitCode>
     if json {
         println!(
             "{}",
-            serde_json::json!({"valid": valid, "contract_id": contract.id(), "name": contract.name, "signatures": checks, "reason": reason})
+            serde_json::json!({"valid": valid, "contract_id": contract.id(), "name": contract.name, "signatures": checks, "reason": reason, "warnings": warnings})
         );
     } else {
         println!("contract {} ({})", contract.name, contract.id());
@@ -539,6 +540,9 @@ async fn verify_contract(path: &std::path::Path, json: bool) -> Result<ExitCode>
                 SignatureStatus::Invalid => "INVALID SIGNATURE",
             };
             println!("  {:<24} {status}", c.party);
+        }
+        for w in &warnings {
+            eprintln!("warning: {w}");
         }
     }
     if valid {

@@ -218,16 +218,26 @@ pub fn describe(event: &kura_ledger::Event) -> String {
             rows,
             suppressed_groups,
             ..
-        } => {
-            format!(
-                "{run_id}: {analysis} run by {by}: {rows} rows out, {suppressed_groups} suppressed"
-            )
-        }
+        } => match (rows, suppressed_groups) {
+            (Some(rows), Some(suppressed)) => {
+                format!("{run_id}: {analysis} run by {by}: {rows} rows out, {suppressed} suppressed")
+            }
+            _ => format!("{run_id}: {analysis} run by {by}"),
+        },
         E::RunRefused {
             analysis,
             party,
             reason,
-        } => format!("run of {analysis} by {party} REFUSED: {reason}"),
+            dp,
+            ..
+        } => format!(
+            "run of {analysis} by {party} REFUSED: {reason}{}",
+            if dp.is_some() {
+                " (it had read data: its privacy budget was charged)"
+            } else {
+                ""
+            }
+        ),
         E::Release {
             run_id, receiver, ..
         } => format!("{run_id}: result sealed to {receiver}"),

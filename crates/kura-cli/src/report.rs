@@ -75,8 +75,11 @@ pub struct RunInfo {
     pub time: String,
     pub by: String,
     pub datasets: Vec<String>,
-    pub rows: u64,
-    pub suppressed_groups: u64,
+    /// Only in logs written before kura stopped logging result sizes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed_groups: Option<u64>,
     pub released_to: Vec<String>,
     /// The SQL of an ad-hoc query.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -306,8 +309,9 @@ pub fn markdown(t: &Transparency) -> String {
                 r.time,
                 r.by,
                 r.datasets.join(", "),
-                r.rows,
-                r.suppressed_groups,
+                r.rows.map_or_else(|| "-".to_string(), |n| n.to_string()),
+                r.suppressed_groups
+                    .map_or_else(|| "-".to_string(), |n| n.to_string()),
                 r.released_to.join(", ")
             );
             if let Some(sql) = &r.sql {

@@ -16,13 +16,8 @@ use kura_ledger::{EntryBody, Event};
 pub fn budget(contract: &Contract, bodies: &[EntryBody]) -> Option<Budget> {
     let mut budget = Budget::of(contract)?;
     for b in bodies {
-        if let Event::Run {
-            analysis,
-            dp: Some(spend),
-            ..
-        } = &b.event
-        {
-            budget.record(contract.receivers_of(analysis).unwrap_or_default(), *spend);
+        if let Some((analysis, spend)) = b.event.spend() {
+            budget.record(contract.receivers_of(analysis).unwrap_or_default(), spend);
         }
     }
     Some(budget)
@@ -125,6 +120,23 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 }
                 deleted.insert(dataset);
             }
+            Event::RunRefused {
+                party,
+                analysis,
+                dp: Some(spend),
+                ..
+            } => {
+                if !is_party(party) {
+                    return bad(format!("{party:?} is not a party"));
+                }
+                let (Some(receivers), Some(budget)) = (contract.receivers_of(analysis), &mut budget)
+                else {
+                    return bad("a DP spend, but the contract has no [privacy.dp]".into());
+                };
+                if let Err(why) = budget.charge(receivers, *spend) {
+                    return bad(why);
+                }
+            }
             Event::UploadRefused { party, .. } | Event::RunRefused { party, .. } => {
                 if !is_party(party) {
                     return bad(format!("{party:?} is not a party"));
@@ -205,8 +217,8 @@ platforms = ["simulated"]
             analysis: analysis.into(),
             by: by.into(),
             datasets: vec!["ehr".into()],
-            rows: 1,
-            suppressed_groups: 0,
+            rows: None,
+            suppressed_groups: None,
             sql: None,
             dp: None,
         }

@@ -756,7 +756,38 @@ impl Contract {
         self.analyses.iter().find(|a| a.name == name)
     }
 
-    /// May `party` start `analysis`?
+    /// What a signatory should know before signing: rules that are weaker than they may look.
+    /// The contract is valid either way; `kura contract verify` prints these.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(adhoc) = &self.adhoc {
+            if self.privacy.dp.is_none() {
+                out.push(
+                    "[adhoc] without [privacy.dp]: each answer rests on at least min_group_size \
+                     people, but two allowed answers whose groups differ by one person give that \
+                     person's values away by subtraction, and no per-query rule can stop that. \
+                     Add [privacy.dp] to make every ad-hoc query differentially private \
+                     (docs/privacy.md)"
+                        .to_string(),
+                );
+            }
+            let one_person: Vec<&str> = adhoc
+                .aggregates
+                .iter()
+                .map(String::as_str)
+                .filter(|a| matches!(*a, "min" | "max" | "median"))
+                .collect();
+            if !one_person.is_empty() {
+                out.push(format!(
+                    "[adhoc].aggregates lists {}: each returns one person's value, so kura \
+                     refuses them in ad-hoc queries (rule one-person-value)",
+                    one_person.join(", ")
+                ));
+            }
+        }
+        out
+    }
+
     /// Who receives the results of `analysis` (a named analysis, or [`ADHOC_ANALYSIS`]).
     pub fn receivers_of(&self, analysis: &str) -> Option<&[String]> {
         if analysis == ADHOC_ANALYSIS {

@@ -19,6 +19,9 @@ pub enum EngineError {
     },
     #[error("query execution failed: {0}")]
     Execution(String),
+    /// An error raised while data was read, in words that carry no data value.
+    #[error("the query failed while running: {0}")]
+    Runtime(&'static str),
 }
 
 impl EngineError {
@@ -37,8 +40,46 @@ impl EngineError {
     }
 }
 
+/// Errors about the query itself (planning, schemas, configuration) keep their text: they
+/// speak of the SQL and the contract's schemas. Every other error may have come from reading
+/// data and is reduced to [`runtime`]'s vocabulary.
 impl From<DataFusionError> for EngineError {
     fn from(e: DataFusionError) -> Self {
-        EngineError::Execution(e.strip_backtrace())
+        match e.find_root() {
+            DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::SQL(..)
+            | DataFusionError::NotImplemented(_)
+            | DataFusionError::Configuration(_) => EngineError::Execution(e.strip_backtrace()),
+            _ => runtime(e),
+        }
     }
+}
+
+/// An error raised while a query read data, reduced to a fixed vocabulary. DataFusion and
+/// arrow quote the value they failed on (`Cannot cast string 'p-0042' to ...`); the text is
+/// looked at here and never passed on. A refusal by kura's own analyzer rule stays a refusal.
+pub(crate) fn runtime(e: DataFusionError) -> EngineError {
+    let root = e.find_root();
+    if let DataFusionError::External(inner) = root
+        && let Some(EngineError::Refused { rule, reason }) = inner.downcast_ref::<EngineError>()
+    {
+        return EngineError::Refused {
+            rule,
+            reason: reason.clone(),
+        };
+    }
+    if matches!(root, DataFusionError::ResourcesExhausted(_)) {
+        return EngineError::Runtime("the query needed more memory than the enclave allows");
+    }
+    let text = root.to_string().to_ascii_lowercase();
+    EngineError::Runtime(if text.contains("divide by zero") || text.contains("division by zero") {
+        "a division by zero"
+    } else if text.contains("overflow") {
+        "an arithmetic overflow"
+    } else if text.contains("cast") || text.contains("pars") {
+        "a cast of a column value failed"
+    } else {
+        "an operation on column values failed (details are withheld: they may quote data)"
+    })
 }

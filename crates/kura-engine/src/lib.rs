@@ -9,7 +9,7 @@
 //! plans every analysis of a contract against empty tables; [`run_analysis`] executes one.
 
 pub mod dp;
-mod error;
+pub(crate) mod error;
 mod keep;
 pub mod list;
 pub mod load;
@@ -185,19 +185,60 @@ pub async fn run_query(
     rules.check(&written)?;
     let guarded = threshold::guard(written, contract)?;
     require_data(&guarded.datasets, tables)?;
-    let physical = ctx
-        .state()
-        .create_physical_plan(&guarded.plan)
+    execute(&ctx, guarded, contract.output.min_group_size, true).await
+}
+
+/// Runs a guarded query: each aggregation with its counts first (checked once more on the
+/// physical plan), its failing groups dropped, then what lies above the aggregations over the
+/// released groups alone, in a session that holds no data. Errors raised while data is read
+/// are reported in a fixed vocabulary ([`EngineError::Runtime`]): DataFusion's own messages
+/// quote the values they failed on.
+async fn execute(
+    ctx: &SessionContext,
+    guarded: threshold::Guarded,
+    min_group_size: u64,
+    adhoc: bool,
+) -> Result<Output, EngineError> {
+    let mut suppressed = 0;
+    let mut released: Vec<Arc<dyn datafusion::datasource::TableProvider>> = Vec::new();
+    for counted in &guarded.counted {
+        let physical = ctx
+            .state()
+            .create_physical_plan(&counted.plan)
+            .await
+            .map_err(unwrap_refusal)?;
+        // Ad-hoc queries are checked once more on what will run; a fixed analysis was signed as
+        // written (it may, say, deduplicate with a window below its aggregation).
+        if adhoc {
+            check_physical(physical.as_ref(), counted.visible)?;
+        }
+        let batches = datafusion::physical_plan::collect(physical, ctx.task_ctx())
+            .await
+            .map_err(error::runtime)?;
+        let (schema, kept, dropped) = output::release(&batches, counted, min_group_size)?;
+        suppressed += dropped;
+        released.push(Arc::new(MemTable::try_new(schema, vec![kept])?));
+    }
+    let plan = threshold::substitute(guarded.plan, released)?;
+    let columns = plan
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let batches = SessionContext::new()
+        .execute_logical_plan(plan)
+        .await?
+        .collect()
         .await
-        .map_err(unwrap_refusal)?;
-    check_physical(physical.as_ref(), guarded.visible_columns)?;
-    let batches = datafusion::physical_plan::collect(physical, ctx.task_ctx()).await?;
-    output::suppress_and_render(
-        &batches,
-        guarded.visible_columns,
-        contract.output.min_group_size,
-        guarded.datasets,
-    )
+        .map_err(error::runtime)?;
+    Ok(Output {
+        columns,
+        rows: output::rows(&batches)?,
+        suppressed_groups: suppressed,
+        datasets: guarded.datasets,
+        dp: None,
+    })
 }
 
 /// The last line of defence, on what will actually run: the threshold's counts are still the
@@ -260,17 +301,7 @@ pub async fn run_analysis(
     let ctx = session(contract, tables)?;
     let guarded = plan(&ctx, contract, sql).await?;
     require_data(&guarded.datasets, tables)?;
-    let batches = ctx
-        .execute_logical_plan(guarded.plan)
-        .await?
-        .collect()
-        .await?;
-    output::suppress_and_render(
-        &batches,
-        guarded.visible_columns,
-        contract.output.min_group_size,
-        guarded.datasets,
-    )
+    execute(&ctx, guarded, contract.output.min_group_size, false).await
 }
 
 #[cfg(test)]

@@ -41,11 +41,21 @@ pub async fn run_list(
                 analysis.name
             ))
         })?;
-    let width = plan.schema().fields().len();
+    let columns = plan
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
-    // A threshold of 0: a list has no group counts; what limits it is the routing below.
-    let all =
-        crate::output::suppress_and_render(&batches, width, 0, datasets.into_iter().collect())?;
+    // A list has no group counts; what limits it is the routing below.
+    let all = Output {
+        columns,
+        rows: crate::output::rows(&batches)?,
+        suppressed_groups: 0,
+        datasets: datasets.into_iter().collect(),
+        dp: None,
+    };
     let mut out = BTreeMap::new();
     for receiver in &analysis.receivers {
         let own = own_units(contract, receiver, tables)?;

@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::csv::ReaderBuilder;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::{
@@ -146,14 +147,22 @@ fn to_contract_order(dataset: &Dataset, batch: RecordBatch) -> Result<RecordBatc
             if col.data_type() == &arrow_type(c.ty) {
                 Ok(col.clone())
             } else {
-                cast(col, &arrow_type(c.ty)).map_err(|e| {
-                    EngineError::schema(&dataset.name, format!("column {:?}: {e}", c.name))
+                // The cast's own error quotes the value: say only which column.
+                cast(col, &arrow_type(c.ty)).map_err(|_| {
+                    EngineError::schema(
+                        &dataset.name,
+                        format!(
+                            "column {:?}: a value does not convert to {}",
+                            c.name,
+                            arrow_type(c.ty)
+                        ),
+                    )
                 })
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(schema, columns)
-        .map_err(|e| EngineError::schema(&dataset.name, e.to_string()))
+        .map_err(|_| EngineError::schema(&dataset.name, "the columns do not fit the contract's schema"))
 }
 
 /// Parquet types that convert losslessly to each contract type.
@@ -467,18 +476,99 @@ impl Drop for Pool {
     }
 }
 
+/// Where a CSV value failed to parse, and why, in words that never quote the file: arrow's
+/// messages carry the value and the whole row (identifiers included), which must not reach the
+/// refusal, the audit log or the wire. Only numbers are taken from them; anything else becomes
+/// a fixed sentence. `line_of` gives the file line of the block's record (counted from 0).
+fn csv_problem(e: &ArrowError, line_of: impl Fn(u64) -> u64, schema: &SchemaRef) -> String {
+    let text = e.to_string();
+    // The number that follows `marker` in `text`.
+    let number_after = |marker: &str| -> Option<u64> {
+        let rest = &text[text.find(marker)? + marker.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    let column = |i: u64| {
+        schema
+            .fields()
+            .get(i as usize)
+            .map_or_else(|| format!("number {}", i + 1), |f| format!("{:?}", f.name()))
+    };
+    let type_of = |i: u64| {
+        schema
+            .fields()
+            .get(i as usize)
+            .map_or_else(|| "its declared type".into(), |f| f.data_type().to_string())
+    };
+    // Value errors count records from 0 within the block; record errors from 1.
+    if let (Some(c), Some(l)) = (number_after("for column "), number_after(" at line ")) {
+        return format!(
+            "line {}, column {}: the value is not a valid {}",
+            line_of(l),
+            column(c),
+            type_of(c)
+        );
+    }
+    if let (Some(c), Some(l)) = (number_after("Error parsing column "), number_after(" at line ")) {
+        return format!(
+            "line {}, column {}: the value is not a valid {}",
+            line_of(l),
+            column(c),
+            type_of(c)
+        );
+    }
+    if let Some(l) = number_after("incorrect number of fields for line ") {
+        return format!(
+            "line {}: the record does not have {} fields",
+            line_of(l.saturating_sub(1)),
+            schema.fields().len()
+        );
+    }
+    if let (Some(l), Some(f)) = (number_after("UTF-8 data for line "), number_after(" and field ")) {
+        return format!(
+            "line {}, column {}: the value is not valid UTF-8",
+            line_of(l.saturating_sub(1)),
+            column(f.saturating_sub(1))
+        );
+    }
+    format!(
+        "a CSV record at or after line {} could not be read (details are withheld: they may \
+         quote the data)",
+        line_of(0)
+    )
+}
+
+/// The file line on which record `record` (from 0) of `block` starts: newlines inside quoted
+/// fields are part of their record.
+fn line_of_record(block: &Block, record: u64) -> u64 {
+    let (mut line, mut records, mut quoted) = (block.first_line, 0, false);
+    for &b in block.bytes.iter() {
+        if records == record {
+            break;
+        }
+        match b {
+            b'"' => quoted = !quoted,
+            b'\n' => {
+                line += 1;
+                if !quoted {
+                    records += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    line
+}
+
 fn parse_block(
     shape: &Shape,
     schema: &SchemaRef,
     block: &Block,
 ) -> Result<Vec<RecordBatch>, EngineError> {
-    let bad = |e: &dyn std::fmt::Display| {
+    let bad = |e: &ArrowError| {
         EngineError::schema(
             &shape.declared.name,
-            format!(
-                "bad CSV value: {e} (line numbers count from line {} of the file)",
-                block.first_line
-            ),
+            csv_problem(e, |record| line_of_record(block, record), schema),
         )
     };
     // The block is in memory already: read it in place rather than through a `BufReader`.
@@ -643,8 +733,17 @@ fn zeroize_unless_shared(bytes: bytes::Bytes) {
     }
 }
 
-fn unreadable(dataset: &Dataset, e: impl std::fmt::Display) -> EngineError {
-    EngineError::schema(&dataset.name, format!("not a readable Parquet file: {e}"))
+/// A Parquet file kura's own checks refuse, with kura's reason.
+fn unreadable(dataset: &Dataset, why: impl std::fmt::Display) -> EngineError {
+    EngineError::schema(&dataset.name, format!("not a readable Parquet file: {why}"))
+}
+
+/// A Parquet decoding error, without the decoder's words (which may quote a value).
+fn undecodable(dataset: &Dataset) -> EngineError {
+    unreadable(
+        dataset,
+        "its metadata or a column chunk could not be decoded",
+    )
 }
 
 /// Decodes a whole Parquet file, one row group per job on the parsing pool, in file order.
@@ -655,7 +754,7 @@ fn decode_parquet(
 ) -> Result<Vec<RecordBatch>, EngineError> {
     let dataset = &shape.declared;
     let meta = ArrowReaderMetadata::load(bytes, ArrowReaderOptions::default())
-        .map_err(|e| unreadable(dataset, e))?;
+        .map_err(|_| undecodable(dataset))?;
     check_parquet_schema(dataset, &meta)?;
     let meta = with_string_views(dataset, meta)?;
     let mut parallel = Parallel::default();
@@ -708,7 +807,7 @@ fn with_string_views(
         .collect();
     let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(fields)));
     ArrowReaderMetadata::try_new(meta.metadata().clone(), options)
-        .map_err(|e| unreadable(dataset, e))
+        .map_err(|_| undecodable(dataset))
 }
 
 /// Decodes `row_groups`, only the kept columns of them.
@@ -733,9 +832,9 @@ fn decode_row_groups<R: ChunkReader + 'static>(
         .with_row_groups(row_groups)
         .with_batch_size(BATCH_ROWS)
         .build()
-        .map_err(|e| unreadable(dataset, e))?
+        .map_err(|_| undecodable(dataset))?
         .map(|batch| {
-            let batch = to_contract_order(&shape.kept, batch.map_err(|e| unreadable(dataset, e))?)?;
+            let batch = to_contract_order(&shape.kept, batch.map_err(|_| undecodable(dataset))?)?;
             Ok(own_strings(batch))
         })
         .collect()
@@ -865,9 +964,9 @@ impl ParquetBody {
             return Err(refuse("the footer's length does not match its metadata's"));
         }
         let metadata =
-            ParquetMetaDataReader::decode_metadata(metadata).map_err(|e| unreadable(dataset, e))?;
+            ParquetMetaDataReader::decode_metadata(metadata).map_err(|_| undecodable(dataset))?;
         let meta = ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::default())
-            .map_err(|e| unreadable(dataset, e))?;
+            .map_err(|_| undecodable(dataset))?;
         check_parquet_schema(dataset, &meta)?;
         let meta = with_string_views(dataset, meta)?;
         let body_len = file_len - footer_len;

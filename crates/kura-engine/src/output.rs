@@ -1,13 +1,16 @@
 //! Applies the threshold to executed batches and renders what may leave as JSON values.
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
+use datafusion::arrow::compute::{cast, filter};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde_json::Value;
 
 use crate::EngineError;
+use crate::threshold::{Check, Counted};
 
 /// A rule-checked result.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,54 +25,77 @@ pub struct Output {
     pub dp: Option<Value>,
 }
 
-pub(crate) fn suppress_and_render(
+/// The groups of a counted aggregation that may be released: its own columns (named `c0`,
+/// `c1`, ... for [`crate::threshold::substitute`]) of the rows whose every hidden count passes
+/// its check, and how many rows were dropped.
+pub(crate) fn release(
     batches: &[RecordBatch],
-    visible: usize,
+    counted: &Counted,
     min_group_size: u64,
-    datasets: Vec<String>,
-) -> Result<Output, EngineError> {
-    let mut columns = Vec::new();
-    let mut rows = Vec::new();
+) -> Result<(SchemaRef, Vec<RecordBatch>, u64), EngineError> {
+    let own = counted.plan.schema().as_arrow().fields()[..counted.visible]
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
+        .collect::<Vec<_>>();
+    let schema = Arc::new(Schema::new(own));
+    let mut kept = Vec::new();
     let mut suppressed = 0u64;
     for batch in batches {
-        let schema = batch.schema();
-        if columns.is_empty() {
-            columns = schema.fields()[..visible]
-                .iter()
-                .map(|f| f.name().clone())
-                .collect();
-        }
-        let counts: Vec<_> = (visible..batch.num_columns())
-            .map(|i| cast(batch.column(i), &DataType::Int64))
-            .collect::<Result<_, _>>()
-            .map_err(|e| EngineError::Execution(e.to_string()))?;
-        if counts.is_empty() && min_group_size > 0 {
+        if batch.num_columns() != counted.visible + counted.checks.len() {
             return Err(EngineError::Execution(
                 "threshold counts missing from the plan output".into(),
             ));
         }
+        let counts: Vec<_> = (counted.visible..batch.num_columns())
+            .map(|i| cast(batch.column(i), &DataType::Int64))
+            .collect::<Result<_, _>>()
+            .map_err(|e| EngineError::Execution(e.to_string()))?;
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|row| {
+                let pass = counts.iter().zip(&counted.checks).all(|(c, check)| {
+                    let c = c.as_primitive::<Int64Type>();
+                    if c.is_null(row) {
+                        return false;
+                    }
+                    let n = c.value(row).max(0) as u64;
+                    match check {
+                        Check::AtLeast => n >= min_group_size,
+                        Check::ZeroOrAtLeast => n == 0 || n >= min_group_size,
+                    }
+                });
+                Some(pass)
+            })
+            .collect();
+        suppressed += (batch.num_rows() - keep.true_count()) as u64;
+        let columns = batch.columns()[..counted.visible]
+            .iter()
+            .map(|c| filter(c, &keep))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EngineError::Execution(e.to_string()))?;
+        kept.push(
+            RecordBatch::try_new(schema.clone(), columns)
+                .map_err(|e| EngineError::Execution(e.to_string()))?,
+        );
+    }
+    Ok((schema, kept, suppressed))
+}
+
+/// Every row of `batches` as JSON values.
+pub(crate) fn rows(batches: &[RecordBatch]) -> Result<Vec<Vec<Value>>, EngineError> {
+    let mut rows = Vec::new();
+    for batch in batches {
         for row in 0..batch.num_rows() {
-            let small = counts.iter().any(|c| {
-                let c = c.as_primitive::<Int64Type>();
-                c.is_null(row) || (c.value(row) as u64) < min_group_size
-            });
-            if small {
-                suppressed += 1;
-                continue;
-            }
-            let values = (0..visible)
-                .map(|i| value(batch.column(i), row))
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.push(values);
+            rows.push(
+                batch
+                    .columns()
+                    .iter()
+                    .map(|c| value(c, row))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
         }
     }
-    Ok(Output {
-        columns,
-        rows,
-        suppressed_groups: suppressed,
-        datasets,
-        dp: None,
-    })
+    Ok(rows)
 }
 
 pub(crate) fn value(array: &ArrayRef, row: usize) -> Result<Value, EngineError> {

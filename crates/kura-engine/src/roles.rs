@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::{DFSchema, JoinType, ScalarValue};
-use datafusion::logical_expr::expr::AggregateFunction;
-use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::logical_expr::expr::{AggregateFunction, Cast, TryCast};
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator};
 use datafusion::optimizer::AnalyzerRule;
 use kura_contract::{Adhoc, ColumnRole, Contract};
 
@@ -234,12 +235,18 @@ impl Rules {
                         }
                     }
                 }
-                // Grouping sets add a grouping id after the keys: a constant per set.
+                // ROLLUP, CUBE and GROUPING SETS release totals beside their parts: total
+                // minus the released parts is the suppressed part.
                 if a.group_expr
                     .iter()
                     .any(|g| matches!(g, Expr::GroupingSet(_)))
                 {
-                    out.push(Label::of(Kind::Constant));
+                    return Err(refuse(
+                        "grouping-sets",
+                        "ROLLUP, CUBE and GROUPING SETS release totals beside their parts, and \
+                         a total minus the released parts is the suppressed part: ask for each \
+                         grouping in a query of its own",
+                    ));
                 }
                 for e in &a.aggr_expr {
                     self.check_aggregate(e, &input, schema)?;
@@ -539,9 +546,9 @@ impl Rules {
                 [arg] => Some(self.label(arg, input, schema)?),
                 _ => None,
             };
+            // Its FILTER (contributors of one aggregate) is the threshold rule's own too.
             return if func.name() == crate::units::NAME
                 && !params.distinct
-                && params.filter.is_none()
                 && unit.is_some_and(|l| l.kind == Kind::Identifier && l.bare)
             {
                 Ok(())
@@ -632,7 +639,109 @@ impl Rules {
                 ));
             }
         }
+        if matches!(kind, "min" | "max" | "median") {
+            return Err(refuse(
+                "one-person-value",
+                format!(
+                    "{kind} returns the value of one member of the group, whatever its size: \
+                     it is refused even where the contract lists it"
+                ),
+            ));
+        }
+        if params.filter.is_some() {
+            return Err(refuse(
+                "aggregate-filter",
+                "FILTER (WHERE ...) picks rows inside a group, and several filtered aggregates \
+                 can be subtracted to isolate a suppressed part: group by the condition \
+                 (GROUP BY ...) or filter the whole query (WHERE ...) instead",
+            ));
+        }
+        for arg in &params.args {
+            if let Err(why) = plain_argument(arg, schema) {
+                return Err(refuse(
+                    "aggregate-argument",
+                    format!(
+                        "{kind}({arg}): {why}. An aggregate takes a column, or a lossless cast of \
+                         one, so that every row of the group contributes its own value; do \
+                         arithmetic on the aggregate instead (2 * AVG(x) + 1, not AVG(2 * x + 1)) \
+                         and conditions in GROUP BY or WHERE"
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+/// An aggregate's argument as the whitelist has it: a constant, a column, or a lossless cast
+/// of one. Anything else (`CASE`, `NULLIF`, `COALESCE`, arithmetic, functions, lossy casts) can
+/// make every row but a chosen few contribute nothing, so that the value is theirs alone while
+/// the group counts many people.
+fn plain_argument(expr: &Expr, schema: &DFSchema) -> Result<(), String> {
+    match expr {
+        Expr::Literal(..) | Expr::Column(_) => Ok(()),
+        Expr::Alias(a) => plain_argument(&a.expr, schema),
+        Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field }) => {
+            let data_type = field.data_type();
+            let from = expr
+                .get_type(schema)
+                .map_err(|_| "the type of the cast's input is unknown".to_string())?;
+            if lossless(&from, data_type) {
+                plain_argument(expr, schema)
+            } else {
+                Err(format!(
+                    "a cast from {from} to {data_type} can map different values to one"
+                ))
+            }
+        }
+        Expr::Case(_) => Err("CASE selects rows inside the aggregate".into()),
+        Expr::ScalarFunction(f) => Err(format!("the function {} is applied to rows", f.name())),
+        Expr::BinaryExpr(_) | Expr::Negative(_) => Err("row-level arithmetic".into()),
+        _ => Err("not a column".into()),
+    }
+}
+
+/// Casts that keep distinct values distinct (and never fail): booleans to numbers, integers to
+/// wider integers, decimals with room or doubles, floats to wider floats, text between its
+/// layouts.
+fn lossless(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    let int_digits = |t: &DataType| match t {
+        Int8 | UInt8 => Some(3),
+        Int16 | UInt16 => Some(5),
+        Int32 | UInt32 => Some(10),
+        Int64 => Some(19),
+        UInt64 => Some(20),
+        _ => None,
+    };
+    let int_rank = |t: &DataType| match t {
+        Int8 => Some((1, true)),
+        Int16 => Some((2, true)),
+        Int32 => Some((4, true)),
+        Int64 => Some((8, true)),
+        UInt8 => Some((1, false)),
+        UInt16 => Some((2, false)),
+        UInt32 => Some((4, false)),
+        UInt64 => Some((8, false)),
+        _ => None,
+    };
+    if from == to {
+        return true;
+    }
+    match (from, to) {
+        (Boolean, t) => t.is_numeric(),
+        (Float16, Float32 | Float64) | (Float32, Float64) => true,
+        (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => true,
+        (f, Float64) if int_rank(f).is_some() => true,
+        (f, Decimal128(p, s) | Decimal256(p, s)) if int_digits(f).is_some() => {
+            i16::from(*p) - i16::from(*s) >= int_digits(f).unwrap_or(99)
+        }
+        (f, t) => match (int_rank(f), int_rank(t)) {
+            (Some((a, signed_a)), Some((b, signed_b))) => {
+                (signed_a == signed_b && b >= a) || (!signed_a && signed_b && b > a)
+            }
+            _ => false,
+        },
     }
 }
 

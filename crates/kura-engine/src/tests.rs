@@ -67,40 +67,7 @@ pub(crate) async fn plain(t: &Tables, sql: &str) -> Vec<Vec<serde_json::Value>> 
         .unwrap();
     }
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    let Some(first) = batches.first() else {
-        return vec![];
-    };
-    let visible = first.num_columns();
-    // Reuse the renderer with a threshold of zero (nothing suppressed) by appending a count.
-    let mut rows = vec![];
-    for b in &batches {
-        let ones = std::sync::Arc::new(datafusion::arrow::array::Int64Array::from(vec![
-            i64::MAX;
-            b.num_rows(
-            )
-        ]));
-        let mut cols = b.columns().to_vec();
-        cols.push(ones);
-        let mut fields: Vec<_> = b.schema().fields().iter().cloned().collect();
-        fields.push(std::sync::Arc::new(
-            datafusion::arrow::datatypes::Field::new(
-                "k",
-                datafusion::arrow::datatypes::DataType::Int64,
-                false,
-            ),
-        ));
-        let b = RecordBatch::try_new(
-            std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
-            cols,
-        )
-        .unwrap();
-        rows.extend(
-            output::suppress_and_render(&[b], visible, 0, vec![])
-                .unwrap()
-                .rows,
-        );
-    }
-    rows
+    output::rows(&batches).unwrap()
 }
 
 const JOIN: &str = "SELECT a.steps_band, COUNT(*) AS n, AVG(CAST(e.diabetes AS DOUBLE)) AS rate FROM ehr e JOIN activity a ON e.patient_id = a.patient_id GROUP BY a.steps_band ORDER BY a.steps_band";
@@ -176,9 +143,11 @@ async fn self_joins_count_both_sides() {
         let ctx = session(&c, &t).unwrap();
         plan(&ctx, &c, sql).await.unwrap()
     };
+    let counted = &guarded.counted[0];
     assert_eq!(
-        guarded.plan.schema().fields().len(),
-        guarded.visible_columns + 2
+        counted.plan.schema().fields().len(),
+        counted.visible + 2,
+        "one count per side of the self-join"
     );
 }
 
@@ -191,7 +160,7 @@ async fn row_level_output_is_refused() {
         "SELECT * FROM ehr e JOIN activity a ON e.patient_id = a.patient_id",
         "SELECT DISTINCT age_band FROM ehr",
         "SELECT 1",
-        "SELECT age_band, COUNT(*) FROM ehr GROUP BY age_band UNION ALL SELECT patient_id, 1 FROM ehr",
+        "SELECT age_band, COUNT(*) FROM ehr GROUP BY age_band UNION ALL SELECT patient_id, 1 FROM activity",
         "SELECT patient_id, ROW_NUMBER() OVER () FROM ehr",
     ] {
         let err = run_analysis(&c, sql, &t).await.unwrap_err();
@@ -292,7 +261,11 @@ fn uploads_must_match_the_declared_schema() {
         ),
         (
             "patient_id,age_band,diabetes\np1,x,maybe\n",
-            "bad CSV value",
+            "line 2, column \"diabetes\": the value is not a valid Boolean",
+        ),
+        (
+            "patient_id,age_band,diabetes\np1,x,true\np2,y\n",
+            "line 3: the record does not have 3 fields",
         ),
         (
             "patient_id,patient_id,diabetes\n",
@@ -305,6 +278,10 @@ fn uploads_must_match_the_declared_schema() {
             .unwrap_err()
             .to_string();
         assert!(err.contains(expected), "{csv:?}: {err}");
+        // Never a value of the file: not the bad one, not the row's identifier.
+        for value in ["maybe", "p1", "p2", "123"] {
+            assert!(!err.contains(value), "{csv:?}: {err}");
+        }
     }
     let err = load::load(ehr, InputFormat::Parquet, b"PAR1 not really")
         .unwrap_err()
@@ -383,7 +360,7 @@ async fn the_analyzer_rule_refuses_on_its_own() {
         let guarded = threshold::guard(written, &c).unwrap();
         let err = ctx
             .state()
-            .create_physical_plan(&guarded.plan)
+            .create_physical_plan(&guarded.counted[0].plan)
             .await
             .unwrap_err();
         match unwrap_refusal(err) {
@@ -400,7 +377,7 @@ async fn the_analyzer_rule_refuses_on_its_own() {
     assert!(
         plain_ctx
             .state()
-            .create_physical_plan(&guarded.plan)
+            .create_physical_plan(&guarded.counted[0].plan)
             .await
             .is_ok()
     );
@@ -453,10 +430,10 @@ async fn the_physical_check_refuses_plans_without_counts_or_with_windows() {
     .unwrap();
     let physical = ctx
         .state()
-        .create_physical_plan(&guarded.plan)
+        .create_physical_plan(&guarded.counted[0].plan)
         .await
         .unwrap();
-    check_physical(physical.as_ref(), guarded.visible_columns).unwrap();
+    check_physical(physical.as_ref(), guarded.counted[0].visible).unwrap();
 }
 
 /// A CSV of `rows` ehr records, some with quoted fields holding commas, quotes and newlines,
@@ -630,8 +607,15 @@ fn a_bad_value_deep_in_a_large_csv_is_refused_with_its_place() {
     let err = load::load(ehr, InputFormat::Csv, csv.as_bytes())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("bad CSV value"), "{err}");
-    assert!(err.contains("line numbers count from line"), "{err}");
+    // The file line, counted with the quoted newlines of the records before it.
+    let line = 2 + csv.split_once("x,p1,maybe").unwrap().0.matches('\n').count() - 1;
+    assert!(
+        err.contains(&format!(
+            "line {line}, column \"diabetes\": the value is not a valid Boolean"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("maybe") && !err.contains("p1"), "{err}");
     // A file without a newline in its first MiB has no usable header.
     let err = load::load(ehr, InputFormat::Csv, &vec![b'a'; (1 << 20) + 10])
         .unwrap_err()
@@ -918,7 +902,11 @@ async fn uploads_that_drop_unread_columns_answer_the_same_and_still_check_them()
         .push(bad.as_bytes())
         .and_then(|()| upload.finish())
         .unwrap_err();
-    assert!(err.to_string().contains("bad CSV value"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("line 3, column \"diabetes\": the value is not a valid Boolean"),
+        "{err}"
+    );
     // So is a dropped column of the wrong type in a Parquet file, from its footer.
     let file =
         ehr_parquet_with_age_band(Arc::new(datafusion::arrow::array::Int64Array::from(vec![

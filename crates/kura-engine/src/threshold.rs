@@ -1,39 +1,74 @@
 //! The minimum-group-size rule, enforced on the logical plan.
 //!
-//! The outermost aggregation of the query gets one hidden count of distinct privacy units per
-//! contributing dataset (counted over the aggregation's input, i.e. after joins and filters; up
-//! to `min_group_size` only, which is all the rule needs: [`crate::units`]).
-//! The hidden counts are carried through every operator above the aggregation to the output,
-//! where [`crate::output`] drops the rows whose counts are below the threshold and then the
-//! hidden columns themselves. Because the counts are part of the plan that runs, no way of
-//! writing the SQL can skip them.
+//! A query's output must come from aggregations (one, or the branches of a `UNION ALL`), with
+//! only projection, `HAVING`, `ORDER BY`, `LIMIT` and aliasing above them. Each such aggregation
+//! is run on its own first, as a *counted* plan ([`Counted`]): the aggregation with hidden counts
+//! of distinct privacy units appended after its own columns, counted over the aggregation's input
+//! (after joins and filters) and only up to `min_group_size` ([`crate::units`]). For every
+//! contributing dataset there are counts
 //!
-//! `UNION ALL` of aggregated branches is allowed: each branch carries its own counts.
+//! - of the group (its rows),
+//! - of each aggregate's contributors: the rows where its argument is not null and its
+//!   `FILTER` holds, so that a value resting on fewer people than its group is caught, and
+//! - of the people in which two aggregates' contributors differ, which must be zero or at least
+//!   the minimum, so that `COUNT(*) - COUNT(x)` cannot isolate a few people.
 //!
-//! Anything this rule cannot reason about is refused rather than let through: output that is
-//! not aggregated, operators above the aggregation other than projection, filter (HAVING),
-//! sort, limit, aliasing and `UNION ALL`, and datasets whose privacy unit does not reach the aggregation.
+//! A group any of whose counts fails is dropped right there, **before** `HAVING`, `ORDER BY`
+//! or `LIMIT` see it; only the number of such groups is reported, and it depends on nothing but
+//! the sizes of groups and of their contributor sets. The operators above the aggregations then
+//! run over the released groups alone ([`substitute`]), in a session that holds no data.
+//!
+//! Branches of a `UNION ALL` must read disjoint sets of datasets: a total beside its parts
+//! (`... GROUP BY region UNION ALL SELECT 'all', ...`) would give away a suppressed part by
+//! subtraction. Anything this rule cannot reason about is refused rather than let through.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Column, JoinType};
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Projection, Union, lit};
+use datafusion::common::{Column, JoinType, TableReference};
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::{
+    Aggregate, Expr, ExprFunctionExt, ExprSchemable, LogicalPlan, LogicalPlanBuilder, Union,
+};
 use kura_contract::Contract;
 
 use crate::EngineError;
 
-/// Prefix of the hidden per-dataset count columns.
+/// Prefix of the hidden count columns.
 pub const HIDDEN_PREFIX: &str = "__kura_units_";
 
 const RULE: &str = "min-group-size";
 
-/// A plan with the threshold counts attached.
+/// How a hidden count decides whether its group may be released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The group, or an aggregate's contributors, must cover at least the minimum.
+    AtLeast,
+    /// Two aggregates' contributors must be the same people, or differ by at least the minimum.
+    ZeroOrAtLeast,
+}
+
+/// One aggregation of the query with its hidden counts.
+#[derive(Debug)]
+pub struct Counted {
+    /// The aggregation; its output is its own columns followed by one column per check.
+    pub plan: LogicalPlan,
+    /// Its own columns (the hidden counts follow them).
+    pub visible: usize,
+    /// What each hidden column checks.
+    pub checks: Vec<Check>,
+}
+
+/// A query whose aggregations carry the threshold's counts.
 #[derive(Debug)]
 pub struct Guarded {
+    /// The query as written; its aggregations are replaced by their released groups to run
+    /// what lies above them ([`substitute`]).
     pub plan: LogicalPlan,
-    /// The columns the caller sees (the hidden counts follow them).
+    /// The query's aggregations, in the order [`substitute`] meets them.
+    pub counted: Vec<Counted>,
+    /// The columns the caller sees.
     pub visible_columns: usize,
     /// Datasets the query reads, sorted.
     pub datasets: Vec<String>,
@@ -46,7 +81,7 @@ fn refuse(reason: impl Into<String>) -> EngineError {
     }
 }
 
-/// Attaches the hidden counts to `plan`, or refuses it.
+/// Finds the query's aggregations and attaches the hidden counts to each, or refuses the query.
 pub fn guard(plan: LogicalPlan, contract: &Contract) -> Result<Guarded, EngineError> {
     let visible_columns = plan.schema().fields().len();
     if let Some(f) = plan
@@ -61,13 +96,110 @@ pub fn guard(plan: LogicalPlan, contract: &Contract) -> Result<Guarded, EngineEr
         )));
     }
     let datasets = datasets_read(&plan, contract)?;
-    let (plan, hidden) = rewrite(plan, contract)?;
-    debug_assert_eq!(plan.schema().fields().len(), visible_columns + hidden.len());
+    let mut counted = Vec::new();
+    let plan = map_chain(plan, &mut |agg| {
+        counted.push(count(agg.clone(), contract)?);
+        Ok(LogicalPlan::Aggregate(agg))
+    })?;
     Ok(Guarded {
         plan,
+        counted,
         visible_columns,
         datasets: datasets.into_iter().collect(),
     })
+}
+
+/// Rebuilds the chain of operators from the output down to the aggregations, each aggregation
+/// replaced by what `f` makes of it. Refuses any other shape.
+fn map_chain(
+    plan: LogicalPlan,
+    f: &mut dyn FnMut(Aggregate) -> Result<LogicalPlan, EngineError>,
+) -> Result<LogicalPlan, EngineError> {
+    match plan {
+        LogicalPlan::Aggregate(agg) => f(agg),
+        LogicalPlan::Projection(_)
+        | LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::SubqueryAlias(_) => {
+            let input = map_chain(plan.inputs()[0].clone(), f)?;
+            Ok(plan.with_new_exprs(plan.expressions(), vec![input])?)
+        }
+        LogicalPlan::Union(union) => {
+            let mut seen = BTreeSet::new();
+            for input in &union.inputs {
+                for table in tables_scanned(input) {
+                    if !seen.insert(table.clone()) {
+                        return Err(EngineError::Refused {
+                            rule: "union-complement",
+                            reason: format!(
+                                "two branches of the UNION ALL read {table:?}: a total beside \
+                                 its parts would give a suppressed part away by subtraction; \
+                                 ask for them in separate queries"
+                            ),
+                        });
+                    }
+                }
+            }
+            let inputs = union
+                .inputs
+                .into_iter()
+                .map(|input| map_chain(Arc::unwrap_or_clone(input), f).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(LogicalPlan::Union(Union::try_new_with_loose_types(inputs)?))
+        }
+        other => Err(refuse(format!(
+            "only aggregated statistics may leave the enclave: the query's output is produced by \
+             {} before (or instead of) a GROUP BY aggregation",
+            describe(&other)
+        ))),
+    }
+}
+
+/// The query with each aggregation replaced by a table of its released groups (`released[i]`
+/// for the i-th aggregation of [`Guarded::counted`]), qualified and named as the aggregation's
+/// output was, so that `HAVING`, `ORDER BY` and `LIMIT` run over released groups only.
+pub fn substitute(
+    plan: LogicalPlan,
+    mut released: Vec<Arc<dyn datafusion::datasource::TableProvider>>,
+) -> Result<LogicalPlan, EngineError> {
+    released.reverse();
+    let mut index = 0;
+    map_chain(plan, &mut |agg| {
+        let table = released
+            .pop()
+            .ok_or_else(|| EngineError::Execution("released groups missing".into()))?;
+        let name = TableReference::bare(format!("__kura_released_{index}"));
+        index += 1;
+        let columns = agg
+            .schema
+            .iter()
+            .enumerate()
+            .map(|(i, (qualifier, field))| {
+                Expr::Column(Column::new(Some(name.clone()), format!("c{i}")))
+                    .alias_qualified(qualifier.cloned(), field.name())
+            })
+            .collect::<Vec<_>>();
+        Ok(LogicalPlanBuilder::scan(
+            name.clone(),
+            datafusion::datasource::provider_as_source(table),
+            None,
+        )?
+        .project(columns)?
+        .build()?)
+    })
+}
+
+/// The tables `plan` scans anywhere, including inside subqueries.
+fn tables_scanned(plan: &LogicalPlan) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            found.insert(scan.table_name.table().to_string());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
 }
 
 /// Every contract dataset scanned anywhere in the plan, including inside subqueries.
@@ -96,72 +228,6 @@ pub(crate) fn datasets_read(
     Ok(found)
 }
 
-/// Rewrites the chain of operators from the output down to the outermost aggregation.
-fn rewrite(
-    plan: LogicalPlan,
-    contract: &Contract,
-) -> Result<(LogicalPlan, Vec<String>), EngineError> {
-    match plan {
-        LogicalPlan::Aggregate(agg) => add_counts(agg, contract),
-        LogicalPlan::Projection(p) => {
-            let (input, hidden) = rewrite(Arc::unwrap_or_clone(p.input), contract)?;
-            let mut expr = p.expr;
-            expr.extend(hidden.iter().map(|h| Expr::Column(Column::from_name(h))));
-            let plan = Projection::try_new(expr, Arc::new(input))?;
-            Ok((LogicalPlan::Projection(plan), hidden))
-        }
-        LogicalPlan::Filter(_)
-        | LogicalPlan::Sort(_)
-        | LogicalPlan::Limit(_)
-        | LogicalPlan::SubqueryAlias(_) => {
-            let input = plan.inputs()[0].clone();
-            let (input, hidden) = rewrite(input, contract)?;
-            let plan = plan.with_new_exprs(plan.expressions(), vec![input])?;
-            Ok((plan, hidden))
-        }
-        LogicalPlan::Union(union) => rewrite_union(union.inputs, contract),
-        other => Err(refuse(format!(
-            "only aggregated statistics may leave the enclave: the query's output is produced by \
-             {} before (or instead of) a GROUP BY aggregation",
-            describe(&other)
-        ))),
-    }
-}
-
-/// `UNION ALL` of aggregated branches: each branch gets its own hidden counts. Branches that
-/// read fewer datasets are padded with `i64::MAX` (a count that never suppresses), so that every
-/// row keeps exactly the counts of the branch that produced it.
-fn rewrite_union(
-    inputs: Vec<Arc<LogicalPlan>>,
-    contract: &Contract,
-) -> Result<(LogicalPlan, Vec<String>), EngineError> {
-    let branches = inputs
-        .into_iter()
-        .map(|input| rewrite(Arc::unwrap_or_clone(input), contract))
-        .collect::<Result<Vec<_>, _>>()?;
-    let widest = branches.iter().map(|(_, h)| h.len()).max().unwrap_or(0);
-    let hidden: Vec<String> = (0..widest).map(|i| format!("{HIDDEN_PREFIX}{i}")).collect();
-    let mut inputs = Vec::with_capacity(branches.len());
-    for (branch, own) in branches {
-        debug_assert!(own.iter().zip(&hidden).all(|(a, b)| a == b));
-        let branch = if own.len() == widest {
-            branch
-        } else {
-            let mut expr: Vec<Expr> = branch
-                .schema()
-                .columns()
-                .into_iter()
-                .map(Expr::Column)
-                .collect();
-            expr.extend(hidden[own.len()..].iter().map(|h| lit(i64::MAX).alias(h)));
-            LogicalPlan::Projection(Projection::try_new(expr, Arc::new(branch))?)
-        };
-        inputs.push(Arc::new(branch));
-    }
-    let union = Union::try_new_with_loose_types(inputs)?;
-    Ok((LogicalPlan::Union(union), hidden))
-}
-
 fn describe(plan: &LogicalPlan) -> String {
     match plan {
         LogicalPlan::TableScan(s) => format!("a plain read of {}", s.table_name),
@@ -183,32 +249,23 @@ fn describe(plan: &LogicalPlan) -> String {
     }
 }
 
-fn add_counts(
-    agg: Aggregate,
-    contract: &Contract,
-) -> Result<(LogicalPlan, Vec<String>), EngineError> {
+/// The aggregation `agg` with its hidden counts ([`Check`]).
+fn count(agg: Aggregate, contract: &Contract) -> Result<Counted, EngineError> {
     let input = agg.input.clone();
     let schema = input.schema().clone();
     let datasets = datasets_read(&input, contract)?;
-    let mut extra = Vec::new();
-    let mut hidden = Vec::new();
+    // Each contributing dataset's privacy unit, as it reaches the aggregation.
+    let mut units = Vec::new();
     for name in &datasets {
         let dataset = contract.dataset(name).expect("checked in datasets_read");
-        let mut found = false;
+        let before = units.len();
         for i in 0..schema.fields().len() {
             if origin(&input, i).as_ref() == Some(&(name.clone(), dataset.privacy_unit.clone())) {
                 let (qualifier, field) = schema.qualified_field(i);
-                let column = Column::new(qualifier.cloned(), field.name());
-                let alias = format!("{HIDDEN_PREFIX}{}", hidden.len());
-                extra.push(
-                    crate::units::expr(Expr::Column(column), contract.output.min_group_size)
-                        .alias(&alias),
-                );
-                hidden.push(alias);
-                found = true;
+                units.push(Expr::Column(Column::new(qualifier.cloned(), field.name())));
             }
         }
-        if !found {
+        if units.len() == before {
             return Err(refuse(format!(
                 "cannot count the distinct people behind each group: the privacy unit \
                  {name}.{} does not reach the aggregation (a subquery dropped it?)",
@@ -216,13 +273,82 @@ fn add_counts(
             )));
         }
     }
-    if hidden.is_empty() {
+    if units.is_empty() {
         return Err(refuse("the aggregation reads no dataset of the contract"));
     }
+    // Whose rows each aggregate's value rests on: the group (`None`) or a narrower condition.
+    let mut conditions: Vec<Option<Expr>> = vec![None];
+    for e in &agg.aggr_expr {
+        let condition = contribution(e, &schema)?;
+        if !conditions.contains(&condition) {
+            conditions.push(condition);
+        }
+    }
+    let cap = contract.output.min_group_size;
+    let mut extra = Vec::new();
+    let mut checks = Vec::new();
+    let mut add = |condition: Option<Expr>, check: Check| -> Result<(), EngineError> {
+        for unit in &units {
+            let counted = crate::units::expr(unit.clone(), cap);
+            let counted = match &condition {
+                None => counted,
+                Some(c) => counted.filter(c.clone()).build()?,
+            };
+            extra.push(counted.alias(format!("{HIDDEN_PREFIX}{}", checks.len())));
+            checks.push(check);
+        }
+        Ok(())
+    };
+    for c in &conditions {
+        add(c.clone(), Check::AtLeast)?;
+    }
+    // People counted by one aggregate but not by another (booleans here are never null).
+    for (i, a) in conditions.iter().enumerate() {
+        for b in &conditions[i + 1..] {
+            let differ = match (a, b) {
+                (None, Some(c)) | (Some(c), None) => Expr::Not(Box::new(c.clone())),
+                (Some(a), Some(b)) => a.clone().not_eq(b.clone()),
+                (None, None) => continue,
+            };
+            add(Some(differ), Check::ZeroOrAtLeast)?;
+        }
+    }
+    let visible = agg.schema.fields().len();
     let mut aggr_expr = agg.aggr_expr;
     aggr_expr.extend(extra);
-    let agg = Aggregate::try_new(input, agg.group_expr, aggr_expr)?;
-    Ok((LogicalPlan::Aggregate(agg), hidden))
+    let plan = LogicalPlan::Aggregate(Aggregate::try_new(input, agg.group_expr, aggr_expr)?);
+    Ok(Counted {
+        plan,
+        visible,
+        checks,
+    })
+}
+
+/// The rows an aggregate's value comes from, beyond its group's: those where its `FILTER`
+/// holds and its arguments are not null (`None` when that is every row of the group).
+fn contribution(
+    expr: &Expr,
+    schema: &datafusion::common::DFSchema,
+) -> Result<Option<Expr>, EngineError> {
+    let mut expr = expr;
+    while let Expr::Alias(a) = expr {
+        expr = &a.expr;
+    }
+    let Expr::AggregateFunction(AggregateFunction { params, .. }) = expr else {
+        return Err(refuse(format!(
+            "cannot tell whose rows the aggregate expression {expr} rests on"
+        )));
+    };
+    let mut parts = Vec::new();
+    if let Some(filter) = &params.filter {
+        parts.push(Expr::IsTrue(filter.clone()));
+    }
+    for arg in &params.args {
+        if arg.nullable(schema)? {
+            parts.push(arg.clone().is_not_null());
+        }
+    }
+    Ok(parts.into_iter().reduce(Expr::and))
 }
 
 /// Which dataset column output field `index` of `plan` is an unmodified copy of, if any.

@@ -43,8 +43,13 @@ pub enum Event {
         analysis: String,
         by: String,
         datasets: Vec<String>,
-        rows: u64,
-        suppressed_groups: u64,
+        /// Logs written before kura 0.1.1 carried the result's size here. The log is read by
+        /// every party, receivers or not, so it no longer says anything about a result: its
+        /// receivers have it, sealed (each release's hash is in its `release` entry).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        suppressed_groups: Option<u64>,
         /// The SQL of an ad-hoc query (named analyses have theirs in the contract).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sql: Option<String>,
@@ -57,6 +62,13 @@ pub enum Event {
         analysis: String,
         party: String,
         reason: String,
+        /// The SQL of a refused ad-hoc query, logged like that of an answered one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sql: Option<String>,
+        /// The budget of a differentially private run that failed after it read data: it is
+        /// charged as if the run had released, so that failures cannot probe for free.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dp: Option<kura_contract::dp::Spend>,
     },
     /// A sealed result was handed to its receiver.
     Release {
@@ -69,6 +81,25 @@ pub enum Event {
 }
 
 impl Event {
+    /// The privacy budget this event charged, and to which analysis's receivers: a DP run's
+    /// spend, or that of a DP run that failed after it read data. Every replay of the budget
+    /// (a restarted enclave, `kura audit verify`, `kura budget`) counts exactly these.
+    pub fn spend(&self) -> Option<(&str, kura_contract::dp::Spend)> {
+        match self {
+            Event::Run {
+                analysis,
+                dp: Some(spend),
+                ..
+            }
+            | Event::RunRefused {
+                analysis,
+                dp: Some(spend),
+                ..
+            } => Some((analysis, *spend)),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Event::EnclaveStarted { .. } => "enclave_started",

@@ -61,27 +61,25 @@ fn recover(
         let body = entry
             .parse_body()
             .map_err(|e| ServiceError::Start(format!("stored log: {e}")))?;
-        match body.event {
+        match &body.event {
             Event::EnclaveStarted { contract_id, .. } if contract_id != contract.id().as_str() => {
                 return Err(ServiceError::Start(format!(
                     "the state directory holds the log of another contract ({contract_id}); use a new directory per contract"
                 )));
             }
             Event::Upload { dataset, .. } => {
-                held.insert(dataset);
+                held.insert(dataset.clone());
             }
             Event::Deletion { dataset, reason } => {
-                held.remove(&dataset);
-                state.deleted.insert(dataset, reason);
+                held.remove(dataset);
+                state.deleted.insert(dataset.clone(), reason.clone());
             }
-            Event::Run { analysis, dp, .. } => {
-                state.runs += 1;
-                if let (Some(budget), Some(spend)) = (&mut state.budget, dp) {
-                    let receivers = contract.receivers_of(&analysis).unwrap_or_default();
-                    budget.record(receivers, spend);
-                }
-            }
+            Event::Run { .. } => state.runs += 1,
             _ => {}
+        }
+        if let (Some(budget), Some((analysis, spend))) = (&mut state.budget, body.event.spend()) {
+            let receivers = contract.receivers_of(analysis).unwrap_or_default();
+            budget.record(receivers, spend);
         }
     }
     Ok(held.into_iter().collect())
@@ -497,14 +495,19 @@ impl Service {
             _ => None,
         };
         let party = party.name.clone();
-        let result = self.run_checked(&party, &analysis, sql, epsilon).await;
+        let mut charged = None;
+        let result = self
+            .run_checked(&party, &analysis, sql, epsilon, &mut charged)
+            .await;
         if let Err(e) = &result
-            && !matches!(e, ServiceError::Internal(_))
+            && (charged.is_some() || !matches!(e, ServiceError::Internal(_)))
         {
             self.log(Event::RunRefused {
                 analysis,
                 party,
                 reason: e.to_string(),
+                sql: sql.map(str::to_string),
+                dp: charged,
             })
             .await?;
         }
@@ -518,6 +521,7 @@ impl Service {
         analysis_name: &str,
         sql: Option<&str>,
         epsilon: Option<f64>,
+        charged: &mut Option<kura_contract::dp::Spend>,
     ) -> Result<RunResponse, ServiceError> {
         let (job, receivers) = match sql {
             Some(sql) => {
@@ -574,7 +578,9 @@ impl Service {
             |o: kura_engine::Output| receivers.iter().map(|r| (r.clone(), o.clone())).collect();
         // A DP run is planned and priced, and checked against the budget, before it touches
         // data. The state lock is held until its spend is logged and recorded, so concurrent
-        // runs cannot overspend; a run that fails before release spends nothing.
+        // runs cannot overspend. A run refused before it reads data spends nothing; one that
+        // fails after is charged in full (`charged`, logged with the refusal), or failures
+        // would be free probes of the data.
         let mut spent = None;
         let executed = match job {
             Job::Dp(sql, epsilon) => {
@@ -586,8 +592,16 @@ impl Service {
                         .check(&receivers, prepared.spend())
                         .map_err(ServiceError::Refused)?;
                 }
-                spent = Some(prepared.spend());
-                prepared.run(&tables).await.map(same_for_all)
+                let spend = prepared.spend();
+                spent = Some(spend);
+                let ran = prepared.run(&tables).await;
+                if ran.is_err() {
+                    if let Some(budget) = &mut state.budget {
+                        budget.record(&receivers, spend);
+                    }
+                    *charged = spent;
+                }
+                ran.map(same_for_all)
             }
             Job::Query(sql) => kura_engine::run_query(&self.contract, sql, &tables)
                 .await
@@ -625,12 +639,9 @@ impl Service {
             .first()
             .map(|(_, o)| o.datasets.clone())
             .unwrap_or_default();
-        let suppressed_groups = outputs.first().map_or(0, |(_, o)| o.suppressed_groups);
-        let mut rows = 0u64;
         let mut sealed_to = Vec::new();
         // Each receiver's table is signed and sealed on its own (a list gives each its rows).
         for (receiver, output) in outputs {
-            rows += output.rows.len() as u64;
             let table = ResultTable {
                 run_id: run_id.clone(),
                 analysis: analysis_name.to_string(),
@@ -668,8 +679,8 @@ impl Service {
                 analysis: analysis_name.to_string(),
                 by: party.to_string(),
                 datasets: datasets.clone(),
-                rows,
-                suppressed_groups,
+                rows: None,
+                suppressed_groups: None,
                 sql: sql.map(str::to_string),
                 dp: spent,
             })
