@@ -307,4 +307,6 @@ pub async fn run_analysis(
 #[cfg(test)]
 mod golden;
 #[cfg(test)]
+mod hunt;
+#[cfg(test)]
 mod tests;
