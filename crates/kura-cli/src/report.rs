@@ -299,32 +299,29 @@ pub fn markdown(t: &Transparency) -> String {
         }
         let _ = writeln!(
             o,
-            "| run | time | started by | datasets | rows | suppressed | released to |\n| --- | --- | --- | --- | --- | --- | --- |"
+            "| run | time | started by | datasets | released to |\n| --- | --- | --- | --- | --- |"
         );
         for r in &a.runs {
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 r.run_id,
                 r.time,
                 r.by,
                 r.datasets.join(", "),
-                r.rows.map_or_else(|| "-".to_string(), |n| n.to_string()),
-                r.suppressed_groups
-                    .map_or_else(|| "-".to_string(), |n| n.to_string()),
                 r.released_to.join(", ")
             );
             if let Some(sql) = &r.sql {
                 let _ = writeln!(
                     o,
-                    "|  | query: `{}` |  |  |  |  |  |",
+                    "|  | query: `{}` |  |  |  |",
                     sql.replace('|', "\\|")
                 );
             }
             if let Some(dp) = &r.dp {
                 let _ = writeln!(
                     o,
-                    "|  | differentially private: ε = {}, δ = {:e} |  |  |  |  |  |",
+                    "|  | differentially private: ε = {}, δ = {:e} |  |  |  |",
                     dp.epsilon, dp.delta
                 );
             }

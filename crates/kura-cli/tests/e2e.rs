@@ -1408,7 +1408,8 @@ fn cli_drives_a_served_enclave() {
     assert_eq!(run["run_id"], run_id.as_str());
     assert_eq!(run["by"], "hospital-a");
     assert_eq!(run["released_to"], serde_json::json!(["hospital-a"]));
-    assert_eq!(run["suppressed_groups"], 1);
+    // fitness-b receives nothing from this run, so the log tells it nothing of the result.
+    assert!(run.get("suppressed_groups").is_none() && run.get("rows").is_none(), "{run}");
     assert_eq!(r["refused_runs"], 2);
     assert_eq!(r["enclave_starts"][0]["platform"], "simulated");
     let (code, md, _) = as_party("hospital-a", &["audit", "report"]);
@@ -1886,13 +1887,25 @@ platforms = ["simulated"]
             .iter()
             .any(|e| matches!(e, Event::Run { sql: Some(s), .. } if s.contains("SUM(amount)")))
     );
+    // Refused queries are logged with their SQL, like answered ones.
     assert_eq!(
         events
             .iter()
-            .filter(|e| matches!(e, Event::RunRefused { analysis, .. } if analysis == kura_contract::ADHOC_ANALYSIS))
+            .filter(|e| matches!(e, Event::RunRefused { analysis, sql: Some(_), .. } if analysis == kura_contract::ADHOC_ANALYSIS))
             .count(),
         3
     );
+    // No entry tells anyone the size of a result: its receivers have it, sealed.
+    assert!(events.iter().all(|e| !matches!(
+        e,
+        Event::Run {
+            rows: Some(_),
+            ..
+        } | Event::Run {
+            suppressed_groups: Some(_),
+            ..
+        }
+    )));
 }
 
 /// The two-party room with ad-hoc queries under differential privacy: ε = 2 per receiver,
@@ -2018,6 +2031,20 @@ fn cli_budget_shows_what_dp_queries_spent() {
     let (served, url) = serve(d, &contract);
     let as_party = |name: &str, args: &[&str]| as_party(d, &url, c, name, args);
     upload_both(&as_party, d);
+
+    // A DP query that fails after it read data is charged as if it had run, and its reason
+    // quotes no value (the cast fails on an age band).
+    let failing = "SELECT a.steps_band, COUNT(*) AS people FROM ehr e JOIN activity a \
+                   ON e.patient_id = a.patient_id WHERE CAST(e.age_band AS INT) > 0 \
+                   GROUP BY a.steps_band";
+    let (code, out, err) = as_party("hospital-a", &["query", "--sql", failing, "--json"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        err.contains("the query failed while running: a cast of a column value failed"),
+        "{err}"
+    );
+    assert!(!err.contains("young") && !err.contains("old"), "{err}");
+
     let (code, out, err) = as_party("hospital-a", &["query", "--sql", DP_SQL, "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -2029,10 +2056,14 @@ fn cli_budget_shows_what_dp_queries_spent() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["split"], "shared");
     assert_eq!(v["accounts"][0]["name"], "(collaboration)");
-    assert_eq!(v["accounts"][0]["spent_epsilon"], 0.25);
-    assert_eq!(v["accounts"][0]["remaining_epsilon"], 0.75);
+    // The failed query and the answered one.
+    assert_eq!(v["accounts"][0]["spent_epsilon"], 0.5);
+    assert_eq!(v["accounts"][0]["remaining_epsilon"], 0.5);
     let (code, text, _) = as_party("hospital-a", &["budget"]);
     assert_eq!(code, Some(0));
-    assert!(text.contains("remaining ε = 0.75"), "{text}");
+    assert!(text.contains("remaining ε = 0.5"), "{text}");
+    let (code, _, err) = as_party("fitness-b", &["audit", "verify"]);
+    assert_eq!(code, Some(0), "{err}");
+
     drop(served);
 }

@@ -46,7 +46,7 @@ SELECT region, COUNT(*) AS n FROM patients GROUP BY region HAVING COUNT(*) > 10
 => ok
 
 -- ORDER BY a statistic with LIMIT above the aggregation
-SELECT age_band, COUNT(*) AS n FROM patients GROUP BY age_band ORDER BY n DESC LIMIT 2
+SELECT age_band, COUNT(*) AS n FROM patients GROUP BY age_band ORDER BY n DESC, age_band LIMIT 2
 => ok
 
 -- min and max of a measure: the contract lists them, but each is one person's value

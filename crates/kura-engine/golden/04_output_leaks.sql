@@ -72,7 +72,7 @@ SELECT region, COUNT(*) FROM patients GROUP BY region HAVING COUNT(*) = 3
 => ok suppressed=1
 
 -- ... and so is LIMIT
-SELECT region, COUNT(*) AS n FROM patients GROUP BY region ORDER BY n DESC LIMIT 1
+SELECT region, COUNT(*) AS n FROM patients GROUP BY region ORDER BY n DESC, region LIMIT 1
 => ok suppressed=1
 
 -- 4. Complements inside one answer

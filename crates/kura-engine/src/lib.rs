@@ -21,6 +21,7 @@ mod units;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use datafusion::arrow::array::Array;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use kura_contract::Contract;
@@ -47,20 +48,46 @@ pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionCon
         .with_target_partitions(cores);
     let ctx = SessionContext::new_with_config(config);
     for dataset in &contract.datasets {
-        let held = tables.get(&dataset.name).and_then(|b| b.first());
+        let held = tables.get(&dataset.name).map(Vec::as_slice).unwrap_or_default();
         // Uploads keep only the columns the contract's analyses read ([`columns_kept`]); the
         // table has those. Without data, it has every declared column.
-        let schema = held.map_or_else(|| arrow_schema(dataset), RecordBatch::schema);
+        let schema = held
+            .first()
+            .map_or_else(|| arrow_schema(dataset), |b| without_nulls(b.schema(), held));
         // One partition per core, so that scans start in parallel (batches are shared, not
         // copied).
         let mut partitions = vec![Vec::new(); cores];
-        for (i, batch) in tables.get(&dataset.name).into_iter().flatten().enumerate() {
-            partitions[i % cores].push(batch.clone());
+        for (i, batch) in held.iter().enumerate() {
+            let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+                .map_err(|e| EngineError::Execution(e.to_string()))?;
+            partitions[i % cores].push(batch);
         }
         let table = MemTable::try_new(schema, partitions)?;
         ctx.register_table(dataset.name.as_str(), Arc::new(table))?;
     }
     Ok(ctx)
+}
+
+/// `schema` with the columns that hold no null in `batches` marked as not nullable. The
+/// threshold counts an aggregate's contributors separately only where its argument can be null
+/// ([`threshold`]); a column the data fills entirely needs no count of its own.
+fn without_nulls(
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+) -> datafusion::arrow::datatypes::SchemaRef {
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let filled = batches.iter().all(|b| b.column(i).null_count() == 0);
+            Arc::new(f.as_ref().clone().with_nullable(!filled))
+        })
+        .collect();
+    Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ))
 }
 
 /// Only queries: no DDL (`CREATE EXTERNAL TABLE` could read the enclave's files), no DML, no
