@@ -247,6 +247,14 @@ pub struct Adhoc {
     /// listed may go through any built-in scalar function.
     #[serde(default)]
     pub dimension_functions: std::collections::BTreeMap<String, Vec<String>>,
+    /// Remember who stood behind every released cell and refuse a new cell that differs from a
+    /// released one on the same measure by fewer than `min_group_size` people.
+    #[serde(default)]
+    pub overlap_control: bool,
+    /// The most (cell, person) entries overlap control remembers (8 bytes each); default
+    /// 10,000,000. Past it, ad-hoc queries are refused.
+    #[serde(default)]
+    pub overlap_memory: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -682,6 +690,16 @@ impl Contract {
             Ok(())
         };
         known(&adhoc.aggregates, "adhoc.aggregates")?;
+        if adhoc.overlap_memory == Some(0) {
+            return Err(ContractError::Adhoc(
+                "adhoc.overlap_memory must be at least 1".into(),
+            ));
+        }
+        if adhoc.overlap_memory.is_some() && !adhoc.overlap_control {
+            return Err(ContractError::Adhoc(
+                "adhoc.overlap_memory is set but adhoc.overlap_control is not".into(),
+            ));
+        }
         for (key, list) in &adhoc.column_aggregates {
             known(list, &format!("adhoc.column_aggregates.{key:?}"))?;
             let column = self.qualified_column(key)?;

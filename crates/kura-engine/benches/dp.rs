@@ -135,7 +135,7 @@ fn main() {
     results.push((
         "kura, minimum group size",
         time(&|| {
-            rt.block_on(kura_engine::run_query(&c, SQL, &t)).unwrap();
+            rt.block_on(kura_engine::run_query(&c, SQL, &t, None)).unwrap();
         }),
     ));
     results.push((

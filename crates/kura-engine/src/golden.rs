@@ -230,7 +230,7 @@ async fn golden_queries_get_their_expected_verdicts() {
     let (mut refused, mut allowed) = (0, 0);
     for case in &all {
         let at = format!("{}:{} ({})", case.file, case.line, case.comment.trim());
-        let result = run_query(&c, &case.sql, &t).await;
+        let result = run_query(&c, &case.sql, &t, None).await;
         if let Ok(out) = &result {
             for cell in out.rows.iter().flatten() {
                 if let Value::String(s) = cell

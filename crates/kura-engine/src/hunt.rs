@@ -36,7 +36,17 @@ const PLANTED: [(f64, f64); 6] = [
 
 fn contract() -> &'static Contract {
     static C: OnceLock<Contract> = OnceLock::new();
-    C.get_or_init(|| {
+    C.get_or_init(|| contract_text(""))
+}
+
+/// The same contract under overlap control.
+fn overlap_contract() -> &'static Contract {
+    static C: OnceLock<Contract> = OnceLock::new();
+    C.get_or_init(|| contract_text("overlap_control = true\n"))
+}
+
+fn contract_text(adhoc_extra: &str) -> Contract {
+    {
         let text = format!(
             r#"version = 1
 name = "hunt"
@@ -81,7 +91,7 @@ columns = [
 analysts = ["hospital"]
 receivers = ["hospital"]
 aggregates = ["count", "count_distinct", "sum", "avg", "min", "max", "stddev", "variance", "median"]
-
+{adhoc_extra}
 [output]
 min_group_size = 5
 
@@ -95,7 +105,7 @@ platforms = ["simulated"]
             SecretIdentity::generate().public().to_text()
         );
         Contract::parse(text.as_bytes()).unwrap()
-    })
+    }
 }
 
 /// 240 people in four regions plus Q alone in "atoll"; `changed` swaps in the second values.
@@ -207,6 +217,8 @@ enum Condition {
     MeasureNull(usize),
     IdentifierEq(usize),
     InSubquery,
+    Or(Box<Condition>, Box<Condition>),
+    AndNot(Box<Condition>, Box<Condition>),
 }
 
 #[derive(Clone, Debug)]
@@ -319,6 +331,10 @@ impl Condition {
                     _ => pick(&IDENTIFIERS, *i),
                 };
                 format!("{id} = 'pat0100'")
+            }
+            Condition::Or(a, b) => format!("({} OR {})", a.sql(source), b.sql(source)),
+            Condition::AndNot(a, b) => {
+                format!("({} AND NOT {})", a.sql(source), b.sql(source))
             }
             Condition::InSubquery => {
                 let id = match source {
@@ -626,8 +642,8 @@ fn describe(result: &Result<crate::Output, EngineError>) -> String {
 fn check(sql: &str, original: &Tables, changed: &Tables) -> Result<String, String> {
     let runtime = runtime();
     let c = contract();
-    let first = runtime.block_on(run_query(c, sql, original));
-    let second = runtime.block_on(run_query(c, sql, changed));
+    let first = runtime.block_on(run_query(c, sql, original, None));
+    let second = runtime.block_on(run_query(c, sql, changed, None));
     let (a, b) = (describe(&first), describe(&second));
     if a != b {
         return Err(format!(
@@ -762,4 +778,111 @@ fn the_known_attacks_recover_nothing() {
             panic!("{sql}\n{why}");
         }
     }
+}
+
+/// Under overlap control, differencing across queries: sequences of generated queries share
+/// one memory, and no difference between a number of one answer and a number of an earlier
+/// answer may equal a planted value.
+#[test]
+fn under_overlap_control_no_pair_of_answers_recovers_a_planted_value() {
+    let original = tables(false);
+    let c = overlap_contract();
+    let mut runner = TestRunner::new(Config {
+        cases: cases() / 5,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let answered = std::cell::Cell::new(0u32);
+    // The same statistics asked again under different filters: the shape of a differencing
+    // attack, whose filters the grammar draws.
+    // Each filter f of the sequence comes with f OR g and f AND NOT g, for a drawn g: sets
+    // that differ by whoever g picks.
+    let sequences = (
+        query(),
+        proptest::collection::vec((condition(), condition()), 1..3),
+    )
+        .prop_map(|(q, fs)| {
+            let mut all = vec![Query {
+                filter: None,
+                ..q.clone()
+            }];
+            for (f, g) in fs {
+                for filter in [
+                    f.clone(),
+                    Condition::Or(Box::new(f.clone()), Box::new(g.clone())),
+                    Condition::AndNot(Box::new(f), Box::new(g)),
+                ] {
+                    all.push(Query {
+                        filter: Some(filter),
+                        ..q.clone()
+                    });
+                }
+            }
+            all
+        });
+    let result = runner.run(&sequences, |queries| {
+        let mut memory = crate::overlap::Overlap::of(c).expect("the contract asks for it");
+        let mut earlier: Vec<(f64, String)> = Vec::new();
+        for q in &queries {
+            let sql = q.sql();
+            let Ok(out) = runtime().block_on(run_query(c, &sql, &original, Some(&mut memory)))
+            else {
+                continue;
+            };
+            answered.set(answered.get() + 1);
+            let now: Vec<(f64, String)> = numbers(&out.rows)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|v| (v, sql.clone()))
+                .collect();
+            for (v, this) in &now {
+                for (w, before) in &earlier {
+                    if let Some((planted, _)) = PLANTED.iter().find(|(p, _)| close(v - w, *p)) {
+                        return Err(TestCaseError::fail(format!(
+                            "{v} - {w} = {planted}\n  {before}\n  {this}"
+                        )));
+                    }
+                }
+            }
+            earlier.extend(now);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert!(answered.get() * 20 > cases(), "only {} answers", answered.get());
+}
+
+/// The textbook difference attack, by hand: the region, then the region with Q added.
+#[test]
+fn overlap_control_refuses_the_region_plus_one() {
+    let original = tables(false);
+    let c = overlap_contract();
+    let mut memory = crate::overlap::Overlap::of(c).unwrap();
+    let mut ask = |sql: &str| {
+        runtime()
+            .block_on(run_query(c, sql, &original, Some(&mut memory)))
+            .unwrap()
+    };
+    let west = ask("SELECT SUM(bmi) AS s FROM patients WHERE region = 'west'");
+    assert_eq!(west.rows.len(), 1);
+    // West and atoll differ from west by Q alone: suppressed.
+    let plus_q = ask("SELECT SUM(bmi) AS s FROM patients WHERE region IN ('west', 'atoll')");
+    assert!(plus_q.rows.is_empty(), "{:?}", plus_q.rows);
+    assert_eq!(plus_q.suppressed_groups, 1);
+    // So is a count of the same people (the group's own cell).
+    let count = ask("SELECT COUNT(*) AS n FROM patients WHERE region IN ('west', 'atoll')");
+    assert!(count.rows.is_empty());
+    // Asking for west again is fine (the same people give the same number), and so is a set
+    // that differs from every earlier one by many people.
+    assert_eq!(ask("SELECT SUM(bmi) AS s FROM patients WHERE region = 'west'").rows, west.rows);
+    let two = ask("SELECT SUM(bmi) AS s FROM patients WHERE region IN ('west', 'east')");
+    assert_eq!(two.rows.len(), 1);
+    // Without the memory a contract that asks for overlap control runs nothing.
+    let err = runtime()
+        .block_on(run_query(c, "SELECT COUNT(*) FROM patients", &original, None))
+        .unwrap_err();
+    assert!(err.to_string().contains("overlap control"), "{err}");
 }

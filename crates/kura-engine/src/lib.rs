@@ -12,6 +12,7 @@ pub mod dp;
 pub(crate) mod error;
 mod keep;
 pub mod list;
+pub mod overlap;
 pub mod load;
 mod output;
 pub mod roles;
@@ -123,7 +124,7 @@ async fn plan(
     contract: &Contract,
     sql: &str,
 ) -> Result<threshold::Guarded, EngineError> {
-    threshold::guard(written_plan(ctx, sql).await?, contract)
+    threshold::guard(written_plan(ctx, sql).await?, contract, None)
 }
 
 /// Refuses with [`EngineError::MissingData`] unless every dataset in `datasets` was uploaded.
@@ -190,7 +191,7 @@ pub async fn check_query(contract: &Contract, sql: &str) -> Result<(), EngineErr
     let ctx = session(contract, &Tables::new())?;
     let written = written_plan(&ctx, sql).await?;
     rules.check(&written)?;
-    threshold::guard(written, contract)?;
+    threshold::guard(written, contract, None)?;
     Ok(())
 }
 
@@ -204,29 +205,51 @@ pub async fn run_query(
     contract: &Contract,
     sql: &str,
     tables: &Tables,
+    overlap: Option<&mut overlap::Overlap>,
 ) -> Result<Output, EngineError> {
     let rules = Arc::new(roles::Rules::of(contract)?);
     let ctx = session(contract, tables)?;
     ctx.add_analyzer_rule(Arc::new(roles::RulesAnalyzer(rules.clone())));
     let written = written_plan(&ctx, sql).await?;
     rules.check(&written)?;
-    let guarded = threshold::guard(written, contract)?;
+    let overlap = required(contract, overlap)?;
+    let guarded = threshold::guard(written, contract, overlap.as_deref())?;
     require_data(&guarded.datasets, tables)?;
-    execute(&ctx, guarded, contract.output.min_group_size, true).await
+    execute(&ctx, guarded, contract.output.min_group_size, true, overlap).await
+}
+
+/// The overlap memory when the contract asks for overlap control; refuses to run without it
+/// rather than skip the check.
+fn required<'a>(
+    contract: &Contract,
+    overlap: Option<&'a mut overlap::Overlap>,
+) -> Result<Option<&'a mut overlap::Overlap>, EngineError> {
+    let wanted = contract.adhoc.as_ref().is_some_and(|a| a.overlap_control);
+    match overlap {
+        None if wanted => Err(EngineError::Execution(
+            "the contract asks for overlap control, but no memory of released cells was given"
+                .into(),
+        )),
+        Some(_) if !wanted => Ok(None),
+        given => Ok(given),
+    }
 }
 
 /// Runs a guarded query: each aggregation with its counts first (checked once more on the
 /// physical plan), its failing groups dropped, then what lies above the aggregations over the
 /// released groups alone, in a session that holds no data. Errors raised while data is read
 /// are reported in a fixed vocabulary ([`EngineError::Runtime`]): DataFusion's own messages
-/// quote the values they failed on.
+/// quote the values they failed on. Under overlap control the released cells are remembered
+/// once the whole answer is known.
 async fn execute(
     ctx: &SessionContext,
     guarded: threshold::Guarded,
     min_group_size: u64,
     adhoc: bool,
+    overlap: Option<&mut overlap::Overlap>,
 ) -> Result<Output, EngineError> {
     let mut suppressed = 0;
+    let mut cells = Vec::new();
     let mut released: Vec<Arc<dyn datafusion::datasource::TableProvider>> = Vec::new();
     for counted in &guarded.counted {
         let physical = ctx
@@ -242,9 +265,19 @@ async fn execute(
         let batches = datafusion::physical_plan::collect(physical, ctx.task_ctx())
             .await
             .map_err(error::runtime)?;
-        let (schema, kept, dropped) = output::release(&batches, counted, min_group_size)?;
-        suppressed += dropped;
-        released.push(Arc::new(MemTable::try_new(schema, vec![kept])?));
+        let groups = output::release(
+            &batches,
+            counted,
+            min_group_size,
+            overlap.as_deref(),
+            &cells,
+        )?;
+        suppressed += groups.suppressed;
+        cells.extend(groups.cells);
+        released.push(Arc::new(MemTable::try_new(
+            groups.schema,
+            vec![groups.batches],
+        )?));
     }
     let plan = threshold::substitute(guarded.plan, released)?;
     let columns = plan
@@ -259,6 +292,9 @@ async fn execute(
         .collect()
         .await
         .map_err(error::runtime)?;
+    if let Some(overlap) = overlap {
+        overlap.remember(cells)?;
+    }
     Ok(Output {
         columns,
         rows: output::rows(&batches)?,
@@ -324,11 +360,13 @@ pub async fn run_analysis(
     contract: &Contract,
     sql: &str,
     tables: &Tables,
+    overlap: Option<&mut overlap::Overlap>,
 ) -> Result<Output, EngineError> {
     let ctx = session(contract, tables)?;
-    let guarded = plan(&ctx, contract, sql).await?;
+    let overlap = required(contract, overlap)?;
+    let guarded = threshold::guard(written_plan(&ctx, sql).await?, contract, overlap.as_deref())?;
     require_data(&guarded.datasets, tables)?;
-    execute(&ctx, guarded, contract.output.min_group_size, false).await
+    execute(&ctx, guarded, contract.output.min_group_size, false, overlap).await
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde_json::Value;
 
 use crate::EngineError;
+use crate::overlap::Overlap;
 use crate::threshold::{Check, Counted};
 
 /// A rule-checked result.
@@ -25,60 +26,84 @@ pub struct Output {
     pub dp: Option<Value>,
 }
 
+/// The released groups of one aggregation, and what overlap control must remember of them.
+pub(crate) struct Released {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub suppressed: u64,
+    pub cells: Vec<(String, Arc<[u64]>)>,
+}
+
 /// The groups of a counted aggregation that may be released: its own columns (named `c0`,
 /// `c1`, ... for [`crate::threshold::substitute`]) of the rows whose every hidden count passes
-/// its check, and how many rows were dropped.
+/// its check and, under overlap control, whose every cell passes [`Overlap::check`].
 pub(crate) fn release(
     batches: &[RecordBatch],
     counted: &Counted,
     min_group_size: u64,
-) -> Result<(SchemaRef, Vec<RecordBatch>, u64), EngineError> {
+    overlap: Option<&Overlap>,
+    earlier: &[(String, Arc<[u64]>)],
+) -> Result<Released, EngineError> {
     let own = counted.plan.schema().as_arrow().fields()[..counted.visible]
         .iter()
         .enumerate()
         .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
         .collect::<Vec<_>>();
     let schema = Arc::new(Schema::new(own));
-    let mut kept = Vec::new();
-    let mut suppressed = 0u64;
+    let mut released = Released {
+        schema: schema.clone(),
+        batches: Vec::new(),
+        suppressed: 0,
+        cells: Vec::new(),
+    };
+    let failed = |e: datafusion::arrow::error::ArrowError| EngineError::Execution(e.to_string());
     for batch in batches {
         if batch.num_columns() != counted.visible + counted.checks.len() {
             return Err(EngineError::Execution(
                 "threshold counts missing from the plan output".into(),
             ));
         }
-        let counts: Vec<_> = (counted.visible..batch.num_columns())
-            .map(|i| cast(batch.column(i), &DataType::Int64))
-            .collect::<Result<_, _>>()
-            .map_err(|e| EngineError::Execution(e.to_string()))?;
-        let keep: BooleanArray = (0..batch.num_rows())
-            .map(|row| {
-                let pass = counts.iter().zip(&counted.checks).all(|(c, check)| {
-                    let c = c.as_primitive::<Int64Type>();
-                    if c.is_null(row) {
-                        return false;
-                    }
-                    let n = c.value(row).max(0) as u64;
-                    match check {
-                        Check::AtLeast => n >= min_group_size,
-                        Check::ZeroOrAtLeast => n == 0 || n >= min_group_size,
-                    }
-                });
-                Some(pass)
-            })
-            .collect();
-        suppressed += (batch.num_rows() - keep.true_count()) as u64;
+        let mut keep = vec![true; batch.num_rows()];
+        let (mut keys, mut sets) = (Vec::new(), Vec::new());
+        for (i, check) in counted.checks.iter().enumerate() {
+            let column = batch.column(counted.visible + i);
+            let bound = match check {
+                Check::Cell(key) => {
+                    keys.push(key.clone());
+                    sets.push(crate::overlap::sets(column)?);
+                    continue;
+                }
+                Check::AtLeast => |n: u64, min: u64| n >= min,
+                Check::ZeroOrAtLeast => |n: u64, min: u64| n == 0 || n >= min,
+            };
+            let counts = cast(column, &DataType::Int64).map_err(failed)?;
+            let counts = counts.as_primitive::<Int64Type>();
+            for (row, keep) in keep.iter_mut().enumerate() {
+                *keep &= counts.is_valid(row)
+                    && bound(counts.value(row).max(0) as u64, min_group_size);
+            }
+        }
+        if !keys.is_empty() {
+            let overlap = overlap.ok_or_else(|| {
+                EngineError::Execution("contributor sets without overlap control".into())
+            })?;
+            let before: Vec<_> = earlier.iter().chain(&released.cells).cloned().collect();
+            let (checked, cells) = overlap.check(&keys, &sets, &keep, min_group_size, &before);
+            keep = checked;
+            released.cells.extend(cells);
+        }
+        let keep = BooleanArray::from(keep);
+        released.suppressed += (batch.num_rows() - keep.true_count()) as u64;
         let columns = batch.columns()[..counted.visible]
             .iter()
             .map(|c| filter(c, &keep))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| EngineError::Execution(e.to_string()))?;
-        kept.push(
-            RecordBatch::try_new(schema.clone(), columns)
-                .map_err(|e| EngineError::Execution(e.to_string()))?,
-        );
+            .map_err(failed)?;
+        released
+            .batches
+            .push(RecordBatch::try_new(schema.clone(), columns).map_err(failed)?);
     }
-    Ok((schema, kept, suppressed))
+    Ok(released)
 }
 
 /// Every row of `batches` as JSON values.

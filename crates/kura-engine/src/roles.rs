@@ -547,7 +547,7 @@ impl Rules {
                 _ => None,
             };
             // Its FILTER (contributors of one aggregate) is the threshold rule's own too.
-            return if func.name() == crate::units::NAME
+            return if (func.name() == crate::units::NAME || func.name() == crate::overlap::NAME)
                 && !params.distinct
                 && unit.is_some_and(|l| l.kind == Kind::Identifier && l.bare)
             {

@@ -76,7 +76,7 @@ const JOIN: &str = "SELECT a.steps_band, COUNT(*) AS n, AVG(CAST(e.diabetes AS D
 async fn small_groups_are_suppressed_and_the_rest_matches_plain_datafusion() {
     let c = contract(None);
     let t = tables(&c);
-    let out = run_analysis(&c, JOIN, &t).await.unwrap();
+    let out = run_analysis(&c, JOIN, &t, None).await.unwrap();
     assert_eq!(out.columns, vec!["steps_band", "n", "rate"]);
     assert_eq!(
         out.suppressed_groups, 1,
@@ -98,7 +98,7 @@ async fn rows_count_people_not_rows() {
     let c = contract(None);
     let t = tables(&c);
     let sql = "SELECT a.steps_band, COUNT(*) AS n FROM activity a GROUP BY a.steps_band HAVING COUNT(*) > 5";
-    let out = run_analysis(&c, sql, &t).await.unwrap();
+    let out = run_analysis(&c, sql, &t, None).await.unwrap();
     assert_eq!(
         out.rows,
         vec![vec![serde_json::json!("high"), serde_json::json!(30)]]
@@ -110,7 +110,7 @@ async fn rows_count_people_not_rows() {
 async fn a_global_aggregate_and_limits_above_the_aggregate_work() {
     let c = contract(None);
     let t = tables(&c);
-    let out = run_analysis(&c, "SELECT COUNT(*) AS n FROM ehr", &t)
+    let out = run_analysis(&c, "SELECT COUNT(*) AS n FROM ehr", &t, None)
         .await
         .unwrap();
     assert_eq!(out.rows, vec![vec![serde_json::json!(34)]]);
@@ -118,6 +118,7 @@ async fn a_global_aggregate_and_limits_above_the_aggregate_work() {
         &c,
         "SELECT age_band, COUNT(*) AS n FROM ehr GROUP BY age_band ORDER BY n DESC LIMIT 1",
         &t,
+        None,
     )
     .await
     .unwrap();
@@ -127,6 +128,7 @@ async fn a_global_aggregate_and_limits_above_the_aggregate_work() {
         &c,
         "SELECT age_band, COUNT(*) FROM ehr WHERE patient_id = 'p1' GROUP BY age_band",
         &t,
+        None,
     )
     .await
     .unwrap();
@@ -163,7 +165,7 @@ async fn row_level_output_is_refused() {
         "SELECT age_band, COUNT(*) FROM ehr GROUP BY age_band UNION ALL SELECT patient_id, 1 FROM activity",
         "SELECT patient_id, ROW_NUMBER() OVER () FROM ehr",
     ] {
-        let err = run_analysis(&c, sql, &t).await.unwrap_err();
+        let err = run_analysis(&c, sql, &t, None).await.unwrap_err();
         assert!(
             matches!(
                 err,
@@ -182,7 +184,7 @@ async fn a_subquery_that_hides_the_privacy_unit_is_refused() {
     let c = contract(None);
     let t = tables(&c);
     let sql = "SELECT s.age_band, COUNT(*) FROM (SELECT age_band FROM ehr) s GROUP BY s.age_band";
-    let err = run_analysis(&c, sql, &t).await.unwrap_err().to_string();
+    let err = run_analysis(&c, sql, &t, None).await.unwrap_err().to_string();
     assert!(
         err.contains("privacy unit ehr.patient_id does not reach the aggregation"),
         "{err}"
@@ -198,7 +200,7 @@ async fn statements_other_than_queries_are_refused() {
         "SET datafusion.execution.batch_size = 1",
         "INSERT INTO ehr VALUES ('x', 'y', true)",
     ] {
-        let err = run_analysis(&c, sql, &t).await.unwrap_err();
+        let err = run_analysis(&c, sql, &t, None).await.unwrap_err();
         assert!(
             matches!(err, EngineError::Refused { .. } | EngineError::Sql(_)),
             "{sql}: {err}"
@@ -211,7 +213,7 @@ async fn missing_data_is_named() {
     let c = contract(None);
     let mut t = tables(&c);
     t.remove("activity");
-    match run_analysis(&c, JOIN, &t).await.unwrap_err() {
+    match run_analysis(&c, JOIN, &t, None).await.unwrap_err() {
         EngineError::MissingData(m) => assert_eq!(m, vec!["activity"]),
         other => panic!("{other}"),
     }
@@ -357,7 +359,7 @@ async fn the_analyzer_rule_refuses_on_its_own() {
         ),
     ] {
         let written = written_plan(&ctx, sql).await.unwrap();
-        let guarded = threshold::guard(written, &c).unwrap();
+        let guarded = threshold::guard(written, &c, None).unwrap();
         let err = ctx
             .state()
             .create_physical_plan(&guarded.counted[0].plan)
@@ -373,7 +375,7 @@ async fn the_analyzer_rule_refuses_on_its_own() {
     let written = written_plan(&plain_ctx, "SELECT MIN(patient_id) FROM patients")
         .await
         .unwrap();
-    let guarded = threshold::guard(written, &c).unwrap();
+    let guarded = threshold::guard(written, &c, None).unwrap();
     assert!(
         plain_ctx
             .state()
@@ -386,7 +388,7 @@ async fn the_analyzer_rule_refuses_on_its_own() {
 #[tokio::test]
 async fn contracts_without_adhoc_refuse_every_query() {
     let c = contract(None);
-    let err = run_query(&c, "SELECT COUNT(*) FROM ehr", &tables(&c))
+    let err = run_query(&c, "SELECT COUNT(*) FROM ehr", &tables(&c), None)
         .await
         .unwrap_err();
     assert!(
@@ -426,6 +428,7 @@ async fn the_physical_check_refuses_plans_without_counts_or_with_windows() {
             .await
             .unwrap(),
         &c,
+        None,
     )
     .unwrap();
     let physical = ctx
@@ -875,8 +878,8 @@ async fn uploads_that_drop_unread_columns_answer_the_same_and_still_check_them()
     assert_eq!(held["ehr"][0].num_columns(), 2);
     for analysis in &c.analyses {
         let (a, b) = (
-            run_analysis(&c, &analysis.sql, &full).await.unwrap(),
-            run_analysis(&c, &analysis.sql, &held).await.unwrap(),
+            run_analysis(&c, &analysis.sql, &full, None).await.unwrap(),
+            run_analysis(&c, &analysis.sql, &held, None).await.unwrap(),
         );
         assert_eq!(
             (a.columns, a.rows),

@@ -40,13 +40,16 @@ pub const HIDDEN_PREFIX: &str = "__kura_units_";
 
 const RULE: &str = "min-group-size";
 
-/// How a hidden count decides whether its group may be released.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a hidden column decides whether its group may be released.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Check {
     /// The group, or an aggregate's contributors, must cover at least the minimum.
     AtLeast,
     /// Two aggregates' contributors must be the same people, or differ by at least the minimum.
     ZeroOrAtLeast,
+    /// The contributors of a cell (measure and dataset named here), for overlap control
+    /// ([`crate::overlap`]).
+    Cell(String),
 }
 
 /// One aggregation of the query with its hidden counts.
@@ -82,7 +85,12 @@ fn refuse(reason: impl Into<String>) -> EngineError {
 }
 
 /// Finds the query's aggregations and attaches the hidden counts to each, or refuses the query.
-pub fn guard(plan: LogicalPlan, contract: &Contract) -> Result<Guarded, EngineError> {
+/// With `overlap`, each aggregation also collects the contributors of its cells.
+pub fn guard(
+    plan: LogicalPlan,
+    contract: &Contract,
+    overlap: Option<&crate::overlap::Overlap>,
+) -> Result<Guarded, EngineError> {
     let visible_columns = plan.schema().fields().len();
     if let Some(f) = plan
         .schema()
@@ -98,7 +106,7 @@ pub fn guard(plan: LogicalPlan, contract: &Contract) -> Result<Guarded, EngineEr
     let datasets = datasets_read(&plan, contract)?;
     let mut counted = Vec::new();
     let plan = map_chain(plan, &mut |agg| {
-        counted.push(count(agg.clone(), contract)?);
+        counted.push(count(agg.clone(), contract, overlap)?);
         Ok(LogicalPlan::Aggregate(agg))
     })?;
     Ok(Guarded {
@@ -250,12 +258,17 @@ fn describe(plan: &LogicalPlan) -> String {
 }
 
 /// The aggregation `agg` with its hidden counts ([`Check`]).
-fn count(agg: Aggregate, contract: &Contract) -> Result<Counted, EngineError> {
+fn count(
+    agg: Aggregate,
+    contract: &Contract,
+    overlap: Option<&crate::overlap::Overlap>,
+) -> Result<Counted, EngineError> {
     let input = agg.input.clone();
     let schema = input.schema().clone();
     let datasets = datasets_read(&input, contract)?;
     // Each contributing dataset's privacy unit, as it reaches the aggregation.
     let mut units = Vec::new();
+    let mut unit_datasets = Vec::new();
     for name in &datasets {
         let dataset = contract.dataset(name).expect("checked in datasets_read");
         let before = units.len();
@@ -263,6 +276,7 @@ fn count(agg: Aggregate, contract: &Contract) -> Result<Counted, EngineError> {
             if origin(&input, i).as_ref() == Some(&(name.clone(), dataset.privacy_unit.clone())) {
                 let (qualifier, field) = schema.qualified_field(i);
                 units.push(Expr::Column(Column::new(qualifier.cloned(), field.name())));
+                unit_datasets.push(name.clone());
             }
         }
         if units.len() == before {
@@ -295,7 +309,7 @@ fn count(agg: Aggregate, contract: &Contract) -> Result<Counted, EngineError> {
                 Some(c) => counted.filter(c.clone()).build()?,
             };
             extra.push(counted.alias(format!("{HIDDEN_PREFIX}{}", checks.len())));
-            checks.push(check);
+            checks.push(check.clone());
         }
         Ok(())
     };
@@ -313,6 +327,27 @@ fn count(agg: Aggregate, contract: &Contract) -> Result<Counted, EngineError> {
             add(Some(differ), Check::ZeroOrAtLeast)?;
         }
     }
+    // Overlap control: each cell's contributors, per measure and dataset.
+    if let Some(overlap) = overlap {
+        let mut cells: Vec<(String, Option<Expr>)> = vec![("*".into(), None)];
+        for e in &agg.aggr_expr {
+            let cell = (measure(e, &input), contribution(e, &schema)?);
+            if !cells.contains(&cell) {
+                cells.push(cell);
+            }
+        }
+        for (measure, condition) in cells {
+            for (unit, dataset) in units.iter().zip(&unit_datasets) {
+                let set = overlap.expr(unit.clone());
+                let set = match &condition {
+                    None => set,
+                    Some(c) => set.filter(c.clone()).build()?,
+                };
+                extra.push(set.alias(format!("{HIDDEN_PREFIX}{}", checks.len())));
+                checks.push(Check::Cell(format!("{measure}@{dataset}")));
+            }
+        }
+    }
     let visible = agg.schema.fields().len();
     let mut aggr_expr = agg.aggr_expr;
     aggr_expr.extend(extra);
@@ -322,6 +357,39 @@ fn count(agg: Aggregate, contract: &Contract) -> Result<Counted, EngineError> {
         visible,
         checks,
     })
+}
+
+/// The measure an aggregate reads, for overlap control: the contract column of its argument
+/// (through casts), `*` when it reads none, or the argument as written.
+fn measure(expr: &Expr, input: &LogicalPlan) -> String {
+    let mut expr = expr;
+    while let Expr::Alias(a) = expr {
+        expr = &a.expr;
+    }
+    let Expr::AggregateFunction(AggregateFunction { params, .. }) = expr else {
+        return expr.to_string();
+    };
+    let Some(mut arg) = params.args.first() else {
+        return "*".into();
+    };
+    loop {
+        match arg {
+            Expr::Cast(c) => arg = &c.expr,
+            Expr::TryCast(c) => arg = &c.expr,
+            Expr::Alias(a) => arg = &a.expr,
+            _ => break,
+        }
+    }
+    match arg {
+        Expr::Literal(..) => "*".into(),
+        Expr::Column(c) => input
+            .schema()
+            .index_of_column(c)
+            .ok()
+            .and_then(|i| origin(input, i))
+            .map_or_else(|| c.flat_name(), |(d, c)| format!("{d}.{c}")),
+        other => other.to_string(),
+    }
 }
 
 /// The rows an aggregate's value comes from, beyond its group's: those where its `FILTER`

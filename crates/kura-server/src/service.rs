@@ -46,6 +46,8 @@ struct State {
     runs: u64,
     /// The privacy budget spent so far, when the contract has `[privacy.dp]`.
     budget: Option<kura_contract::dp::Budget>,
+    /// Who stood behind every released cell, under `[adhoc] overlap_control`.
+    overlap: Option<kura_engine::overlap::Overlap>,
 }
 
 /// Rebuilds what must survive a restart from the log: which datasets were deleted (they stay
@@ -133,6 +135,7 @@ impl Service {
             .map_err(|e| ServiceError::Start(e.to_string()))?;
         let mut state = State {
             budget: kura_contract::dp::Budget::of(&contract),
+            overlap: kura_engine::overlap::Overlap::of(&contract),
             ..State::default()
         };
         let lost = recover(&contract, ledger.entries(), &mut state)?;
@@ -603,12 +606,16 @@ impl Service {
                 }
                 ran.map(same_for_all)
             }
-            Job::Query(sql) => kura_engine::run_query(&self.contract, sql, &tables)
-                .await
-                .map(same_for_all),
-            Job::Aggregate(sql) => kura_engine::run_analysis(&self.contract, sql, &tables)
-                .await
-                .map(same_for_all),
+            Job::Query(sql) => {
+                kura_engine::run_query(&self.contract, sql, &tables, state.overlap.as_mut())
+                    .await
+                    .map(same_for_all)
+            }
+            Job::Aggregate(sql) => {
+                kura_engine::run_analysis(&self.contract, sql, &tables, state.overlap.as_mut())
+                    .await
+                    .map(same_for_all)
+            }
             Job::List(analysis) => kura_engine::list::run_list(&self.contract, analysis, &tables)
                 .await
                 .map(|m| m.into_iter().collect()),
