@@ -220,7 +220,9 @@ pub fn describe(event: &kura_ledger::Event) -> String {
             ..
         } => match (rows, suppressed_groups) {
             (Some(rows), Some(suppressed)) => {
-                format!("{run_id}: {analysis} run by {by}: {rows} rows out, {suppressed} suppressed")
+                format!(
+                    "{run_id}: {analysis} run by {by}: {rows} rows out, {suppressed} suppressed"
+                )
             }
             _ => format!("{run_id}: {analysis} run by {by}"),
         },

@@ -312,11 +312,7 @@ pub fn markdown(t: &Transparency) -> String {
                 r.released_to.join(", ")
             );
             if let Some(sql) = &r.sql {
-                let _ = writeln!(
-                    o,
-                    "|  | query: `{}` |  |  |  |",
-                    sql.replace('|', "\\|")
-                );
+                let _ = writeln!(o, "|  | query: `{}` |  |  |  |", sql.replace('|', "\\|"));
             }
             if let Some(dp) = &r.dp {
                 let _ = writeln!(

@@ -1409,7 +1409,10 @@ fn cli_drives_a_served_enclave() {
     assert_eq!(run["by"], "hospital-a");
     assert_eq!(run["released_to"], serde_json::json!(["hospital-a"]));
     // fitness-b receives nothing from this run, so the log tells it nothing of the result.
-    assert!(run.get("suppressed_groups").is_none() && run.get("rows").is_none(), "{run}");
+    assert!(
+        run.get("suppressed_groups").is_none() && run.get("rows").is_none(),
+        "{run}"
+    );
     assert_eq!(r["refused_runs"], 2);
     assert_eq!(r["enclave_starts"][0]["platform"], "simulated");
     let (code, md, _) = as_party("hospital-a", &["audit", "report"]);
@@ -1898,13 +1901,11 @@ platforms = ["simulated"]
     // No entry tells anyone the size of a result: its receivers have it, sealed.
     assert!(events.iter().all(|e| !matches!(
         e,
-        Event::Run {
-            rows: Some(_),
-            ..
-        } | Event::Run {
-            suppressed_groups: Some(_),
-            ..
-        }
+        Event::Run { rows: Some(_), .. }
+            | Event::Run {
+                suppressed_groups: Some(_),
+                ..
+            }
     )));
 }
 

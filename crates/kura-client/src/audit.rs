@@ -129,7 +129,8 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 if !is_party(party) {
                     return bad(format!("{party:?} is not a party"));
                 }
-                let (Some(receivers), Some(budget)) = (contract.receivers_of(analysis), &mut budget)
+                let (Some(receivers), Some(budget)) =
+                    (contract.receivers_of(analysis), &mut budget)
                 else {
                     return bad("a DP spend, but the contract has no [privacy.dp]".into());
                 };

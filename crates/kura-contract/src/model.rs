@@ -780,14 +780,21 @@ impl Contract {
         let mut out = Vec::new();
         if let Some(adhoc) = &self.adhoc {
             if self.privacy.dp.is_none() {
-                out.push(
+                out.push(if adhoc.overlap_control {
+                    "[adhoc] without [privacy.dp]: overlap control refuses an answer that \
+                     differs from an earlier one by fewer than min_group_size people, but a \
+                     total and all but one of its parts, asked in separate queries, still give \
+                     the last part away. Add [privacy.dp] to make every ad-hoc query \
+                     differentially private (docs/privacy.md)"
+                        .to_string()
+                } else {
                     "[adhoc] without [privacy.dp]: each answer rests on at least min_group_size \
                      people, but two allowed answers whose groups differ by one person give that \
                      person's values away by subtraction, and no per-query rule can stop that. \
-                     Add [privacy.dp] to make every ad-hoc query differentially private \
-                     (docs/privacy.md)"
-                        .to_string(),
-                );
+                     Add [privacy.dp] to make every ad-hoc query differentially private, or at \
+                     least [adhoc] overlap_control = true (docs/privacy.md)"
+                        .to_string()
+                });
             }
             let one_person: Vec<&str> = adhoc
                 .aggregates

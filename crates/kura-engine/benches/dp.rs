@@ -135,7 +135,8 @@ fn main() {
     results.push((
         "kura, minimum group size",
         time(&|| {
-            rt.block_on(kura_engine::run_query(&c, SQL, &t, None)).unwrap();
+            rt.block_on(kura_engine::run_query(&c, SQL, &t, None))
+                .unwrap();
         }),
     ));
     results.push((

@@ -73,13 +73,15 @@ pub(crate) fn runtime(e: DataFusionError) -> EngineError {
         return EngineError::Runtime("the query needed more memory than the enclave allows");
     }
     let text = root.to_string().to_ascii_lowercase();
-    EngineError::Runtime(if text.contains("divide by zero") || text.contains("division by zero") {
-        "a division by zero"
-    } else if text.contains("overflow") {
-        "an arithmetic overflow"
-    } else if text.contains("cast") || text.contains("pars") {
-        "a cast of a column value failed"
-    } else {
-        "an operation on column values failed (details are withheld: they may quote data)"
-    })
+    EngineError::Runtime(
+        if text.contains("divide by zero") || text.contains("division by zero") {
+            "a division by zero"
+        } else if text.contains("overflow") {
+            "an arithmetic overflow"
+        } else if text.contains("cast") || text.contains("pars") {
+            "a cast of a column value failed"
+        } else {
+            "an operation on column values failed (details are withheld: they may quote data)"
+        },
+    )
 }

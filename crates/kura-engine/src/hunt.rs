@@ -26,12 +26,12 @@ use crate::{EngineError, Tables, golden::load_csv, run_query};
 
 /// The planted values as stored, and as changed in the second run.
 const PLANTED: [(f64, f64); 6] = [
-    (97.31, 61.13),       // P's BMI
-    (98765.43, 45678.91), // P's large claim
-    (88.88, 71.17),       // Q's BMI
-    (77777.77, 12345.67), // each of Q's three claims
+    (97.31, 61.13),        // P's BMI
+    (98765.43, 45678.91),  // P's large claim
+    (88.88, 71.17),        // Q's BMI
+    (77777.77, 12345.67),  // each of Q's three claims
     (233333.31, 37037.01), // Q's claims together
-    (66.66, 55.05),       // R's BMI, the only one recorded in her cell
+    (66.66, 55.05),        // R's BMI, the only one recorded in her cell
 ];
 
 fn contract() -> &'static Contract {
@@ -608,7 +608,10 @@ fn derivable(rows: &[Vec<Value>]) -> Vec<(f64, String)> {
             .collect();
         let sum: f64 = column.iter().map(|(_, v)| v).sum();
         for (r, v) in &column {
-            out.push((v - (sum - v), format!("column {c}: row {r} minus the others")));
+            out.push((
+                v - (sum - v),
+                format!("column {c}: row {r} minus the others"),
+            ));
         }
     }
     out
@@ -852,7 +855,11 @@ fn under_overlap_control_no_pair_of_answers_recovers_a_planted_value() {
     if let Err(e) = result {
         panic!("{e}");
     }
-    assert!(answered.get() * 20 > cases(), "only {} answers", answered.get());
+    assert!(
+        answered.get() * 20 > cases(),
+        "only {} answers",
+        answered.get()
+    );
 }
 
 /// The textbook difference attack, by hand: the region, then the region with Q added.
@@ -877,12 +884,20 @@ fn overlap_control_refuses_the_region_plus_one() {
     assert!(count.rows.is_empty());
     // Asking for west again is fine (the same people give the same number), and so is a set
     // that differs from every earlier one by many people.
-    assert_eq!(ask("SELECT SUM(bmi) AS s FROM patients WHERE region = 'west'").rows, west.rows);
+    assert_eq!(
+        ask("SELECT SUM(bmi) AS s FROM patients WHERE region = 'west'").rows,
+        west.rows
+    );
     let two = ask("SELECT SUM(bmi) AS s FROM patients WHERE region IN ('west', 'east')");
     assert_eq!(two.rows.len(), 1);
     // Without the memory a contract that asks for overlap control runs nothing.
     let err = runtime()
-        .block_on(run_query(c, "SELECT COUNT(*) FROM patients", &original, None))
+        .block_on(run_query(
+            c,
+            "SELECT COUNT(*) FROM patients",
+            &original,
+            None,
+        ))
         .unwrap_err();
     assert!(err.to_string().contains("overlap control"), "{err}");
 }

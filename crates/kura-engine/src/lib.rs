@@ -12,9 +12,9 @@ pub mod dp;
 pub(crate) mod error;
 mod keep;
 pub mod list;
-pub mod overlap;
 pub mod load;
 mod output;
+pub mod overlap;
 pub mod roles;
 pub mod threshold;
 mod units;
@@ -49,12 +49,16 @@ pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionCon
         .with_target_partitions(cores);
     let ctx = SessionContext::new_with_config(config);
     for dataset in &contract.datasets {
-        let held = tables.get(&dataset.name).map(Vec::as_slice).unwrap_or_default();
+        let held = tables
+            .get(&dataset.name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         // Uploads keep only the columns the contract's analyses read ([`columns_kept`]); the
         // table has those. Without data, it has every declared column.
-        let schema = held
-            .first()
-            .map_or_else(|| arrow_schema(dataset), |b| without_nulls(b.schema(), held));
+        let schema = held.first().map_or_else(
+            || arrow_schema(dataset),
+            |b| without_nulls(b.schema(), held),
+        );
         // One partition per core, so that scans start in parallel (batches are shared, not
         // copied).
         let mut partitions = vec![Vec::new(); cores];
@@ -366,7 +370,14 @@ pub async fn run_analysis(
     let overlap = required(contract, overlap)?;
     let guarded = threshold::guard(written_plan(&ctx, sql).await?, contract, overlap.as_deref())?;
     require_data(&guarded.datasets, tables)?;
-    execute(&ctx, guarded, contract.output.min_group_size, false, overlap).await
+    execute(
+        &ctx,
+        guarded,
+        contract.output.min_group_size,
+        false,
+        overlap,
+    )
+    .await
 }
 
 #[cfg(test)]

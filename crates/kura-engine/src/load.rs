@@ -161,8 +161,12 @@ fn to_contract_order(dataset: &Dataset, batch: RecordBatch) -> Result<RecordBatc
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema, columns)
-        .map_err(|_| EngineError::schema(&dataset.name, "the columns do not fit the contract's schema"))
+    RecordBatch::try_new(schema, columns).map_err(|_| {
+        EngineError::schema(
+            &dataset.name,
+            "the columns do not fit the contract's schema",
+        )
+    })
 }
 
 /// Parquet types that convert losslessly to each contract type.
@@ -489,10 +493,10 @@ fn csv_problem(e: &ArrowError, line_of: impl Fn(u64) -> u64, schema: &SchemaRef)
         digits.parse().ok()
     };
     let column = |i: u64| {
-        schema
-            .fields()
-            .get(i as usize)
-            .map_or_else(|| format!("number {}", i + 1), |f| format!("{:?}", f.name()))
+        schema.fields().get(i as usize).map_or_else(
+            || format!("number {}", i + 1),
+            |f| format!("{:?}", f.name()),
+        )
     };
     let type_of = |i: u64| {
         schema
@@ -509,7 +513,10 @@ fn csv_problem(e: &ArrowError, line_of: impl Fn(u64) -> u64, schema: &SchemaRef)
             type_of(c)
         );
     }
-    if let (Some(c), Some(l)) = (number_after("Error parsing column "), number_after(" at line ")) {
+    if let (Some(c), Some(l)) = (
+        number_after("Error parsing column "),
+        number_after(" at line "),
+    ) {
         return format!(
             "line {}, column {}: the value is not a valid {}",
             line_of(l),
@@ -524,7 +531,10 @@ fn csv_problem(e: &ArrowError, line_of: impl Fn(u64) -> u64, schema: &SchemaRef)
             schema.fields().len()
         );
     }
-    if let (Some(l), Some(f)) = (number_after("UTF-8 data for line "), number_after(" and field ")) {
+    if let (Some(l), Some(f)) = (
+        number_after("UTF-8 data for line "),
+        number_after(" and field "),
+    ) {
         return format!(
             "line {}, column {}: the value is not valid UTF-8",
             line_of(l.saturating_sub(1)),
@@ -806,8 +816,7 @@ fn with_string_views(
         })
         .collect();
     let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(fields)));
-    ArrowReaderMetadata::try_new(meta.metadata().clone(), options)
-        .map_err(|_| undecodable(dataset))
+    ArrowReaderMetadata::try_new(meta.metadata().clone(), options).map_err(|_| undecodable(dataset))
 }
 
 /// Decodes `row_groups`, only the kept columns of them.

@@ -79,8 +79,8 @@ pub(crate) fn release(
             let counts = cast(column, &DataType::Int64).map_err(failed)?;
             let counts = counts.as_primitive::<Int64Type>();
             for (row, keep) in keep.iter_mut().enumerate() {
-                *keep &= counts.is_valid(row)
-                    && bound(counts.value(row).max(0) as u64, min_group_size);
+                *keep &=
+                    counts.is_valid(row) && bound(counts.value(row).max(0) as u64, min_group_size);
             }
         }
         if !keys.is_empty() {

@@ -341,11 +341,17 @@ mod tests {
         let all: Vec<u64> = (0..20).collect();
         let one_less: Vec<u64> = (1..20).collect();
         assert!(differs_by_fewer(&all, &one_less, 5));
-        assert!(!differs_by_fewer(&all, &all, 5), "the same people: nothing new");
+        assert!(
+            !differs_by_fewer(&all, &all, 5),
+            "the same people: nothing new"
+        );
         let shifted: Vec<u64> = (5..25).collect();
         assert!(!differs_by_fewer(&all, &shifted, 5), "10 people differ");
         let swapped: Vec<u64> = (0..19).chain([99]).collect();
-        assert!(differs_by_fewer(&all, &swapped, 5), "one out, one in: 2 < 5");
+        assert!(
+            differs_by_fewer(&all, &swapped, 5),
+            "one out, one in: 2 < 5"
+        );
     }
 
     #[test]
@@ -376,7 +382,13 @@ mod tests {
         let big: Vec<u64> = (100..110).collect();
         let (_, cells) = memory.check(&key, &[vec![cell(&big)]], &[true], 5, &[]);
         let err = memory.remember(cells).unwrap_err();
-        assert!(matches!(err, EngineError::Refused { rule: "overlap-memory", .. }));
+        assert!(matches!(
+            err,
+            EngineError::Refused {
+                rule: "overlap-memory",
+                ..
+            }
+        ));
         assert_eq!(memory.stored(), 39);
     }
 }

@@ -184,7 +184,10 @@ async fn a_subquery_that_hides_the_privacy_unit_is_refused() {
     let c = contract(None);
     let t = tables(&c);
     let sql = "SELECT s.age_band, COUNT(*) FROM (SELECT age_band FROM ehr) s GROUP BY s.age_band";
-    let err = run_analysis(&c, sql, &t, None).await.unwrap_err().to_string();
+    let err = run_analysis(&c, sql, &t, None)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("privacy unit ehr.patient_id does not reach the aggregation"),
         "{err}"
@@ -611,7 +614,13 @@ fn a_bad_value_deep_in_a_large_csv_is_refused_with_its_place() {
         .unwrap_err()
         .to_string();
     // The file line, counted with the quoted newlines of the records before it.
-    let line = 2 + csv.split_once("x,p1,maybe").unwrap().0.matches('\n').count() - 1;
+    let line = 2 + csv
+        .split_once("x,p1,maybe")
+        .unwrap()
+        .0
+        .matches('\n')
+        .count()
+        - 1;
     assert!(
         err.contains(&format!(
             "line {line}, column \"diabetes\": the value is not a valid Boolean"

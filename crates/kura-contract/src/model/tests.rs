@@ -246,3 +246,56 @@ fn a_signed_contract_needs_every_signature() {
     assert_eq!(signed.signatures().len(), 2);
     assert_eq!(signed.name, "activity-and-diabetes");
 }
+
+#[test]
+fn warnings_name_what_thresholds_and_listed_aggregates_do_not_stop() {
+    let f = Fixture::new();
+    let plain = Contract::parse(f.text().as_bytes()).unwrap();
+    assert!(
+        plain.warnings().is_empty(),
+        "no [adhoc]: nothing to warn about"
+    );
+    let adhoc = "[adhoc]\nanalysts = [\"hospital-a\"]\nreceivers = [\"hospital-a\"]\n";
+    let with = |extra: &str| {
+        let text = f.text().replacen(
+            "roles = [\"provider\", \"receiver\"]",
+            "roles = [\"provider\", \"receiver\", \"analyst\"]",
+            1,
+        ) + adhoc
+            + extra;
+        Contract::parse(text.as_bytes()).unwrap()
+    };
+    let w = with("").warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("[adhoc] without [privacy.dp]") && w[0].contains("overlap_control"));
+    let w = with("aggregates = [\"count\", \"max\", \"median\"]\n").warnings();
+    assert!(
+        w[1].contains("max, median") && w[1].contains("one-person-value"),
+        "{w:?}"
+    );
+    let w = with("overlap_control = true\n").warnings();
+    assert!(
+        w[0].contains("a total and all but one of its parts"),
+        "{w:?}"
+    );
+    let w = with(
+        "\n[privacy.dp]\nepsilon = 1.0\nquery_epsilon = 0.1\n\
+         domains = { \"activity.steps_band\" = [\"high\", \"low\"] }\n",
+    )
+    .warnings();
+    assert!(w.is_empty(), "{w:?}");
+    // overlap_memory needs overlap_control, and room for at least one entry.
+    for (extra, why) in [
+        ("overlap_memory = 10\n", "overlap_control is not"),
+        ("overlap_control = true\noverlap_memory = 0\n", "at least 1"),
+    ] {
+        let text = f.text().replacen(
+            "roles = [\"provider\", \"receiver\"]",
+            "roles = [\"provider\", \"receiver\", \"analyst\"]",
+            1,
+        ) + adhoc
+            + extra;
+        let err = Contract::parse(text.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains(why), "{err}");
+    }
+}
