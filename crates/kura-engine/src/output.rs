@@ -31,7 +31,7 @@ pub(crate) struct Released {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub suppressed: u64,
-    pub cells: Vec<(String, Arc<[u64]>)>,
+    pub cells: Vec<crate::overlap::Cell>,
 }
 
 /// The groups of a counted aggregation that may be released: its own columns (named `c0`,
@@ -42,7 +42,7 @@ pub(crate) fn release(
     counted: &Counted,
     min_group_size: u64,
     overlap: Option<&Overlap>,
-    earlier: &[(String, Arc<[u64]>)],
+    earlier: &[crate::overlap::Cell],
 ) -> Result<Released, EngineError> {
     let own = counted.plan.schema().as_arrow().fields()[..counted.visible]
         .iter()

@@ -46,6 +46,9 @@ pub const NAME: &str = "kura_units_set";
 /// Default bound of remembered (cell, person) entries.
 pub const DEFAULT_MEMORY: u64 = 10_000_000;
 
+/// A cell: its measure and dataset (`patients.bmi@patients`), and its contributors, sorted.
+pub(crate) type Cell = (String, Arc<[u64]>);
+
 /// What the enclave remembers of the cells it released.
 #[derive(Debug)]
 pub struct Overlap {
@@ -90,7 +93,7 @@ impl Overlap {
 
     /// Whether a new cell may be released beside what was released before and `pending` (the
     /// cells of the same answer already accepted).
-    fn allowed(&self, key: &str, cell: &[u64], pending: &[(String, Arc<[u64]>)], min: u64) -> bool {
+    fn allowed(&self, key: &str, cell: &[u64], pending: &[Cell], min: u64) -> bool {
         let remembered = self.cells.get(key).into_iter().flatten().map(AsRef::as_ref);
         let same_answer = pending
             .iter()
@@ -111,16 +114,16 @@ impl Overlap {
         cells: &[Vec<Arc<[u64]>>],
         keep: &[bool],
         min: u64,
-        earlier: &[(String, Arc<[u64]>)],
-    ) -> (Vec<bool>, Vec<(String, Arc<[u64]>)>) {
-        let mut accepted: Vec<(String, Arc<[u64]>)> = earlier.to_vec();
+        earlier: &[Cell],
+    ) -> (Vec<bool>, Vec<Cell>) {
+        let mut accepted: Vec<Cell> = earlier.to_vec();
         let from = accepted.len();
         let mut out = keep.to_vec();
         for (row, keep) in out.iter_mut().enumerate() {
             if !*keep {
                 continue;
             }
-            let row_cells: Vec<(String, Arc<[u64]>)> = keys
+            let row_cells: Vec<Cell> = keys
                 .iter()
                 .zip(cells)
                 .map(|(k, c)| (k.clone(), c[row].clone()))
@@ -136,7 +139,7 @@ impl Overlap {
     }
 
     /// Remembers released cells, or refuses when they would pass the bound.
-    pub(crate) fn remember(&mut self, cells: Vec<(String, Arc<[u64]>)>) -> Result<(), EngineError> {
+    pub(crate) fn remember(&mut self, cells: Vec<Cell>) -> Result<(), EngineError> {
         let mut new = Vec::new();
         for (key, cell) in cells {
             let known = self.cells.get(&key).is_some_and(|v| v.contains(&cell))
