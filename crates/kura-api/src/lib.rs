@@ -219,6 +219,10 @@ pub struct ConsistencyResponse {
 pub struct ErrorBody {
     pub code: String,
     pub reason: String,
+    /// The stable id of the output rule that refused the request (`aggregate-argument`,
+    /// `min-group-size`, ...), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

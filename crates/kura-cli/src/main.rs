@@ -47,10 +47,15 @@ fn main() -> ExitCode {
             let reason = format!("{e:#}");
             eprintln!("error: {reason}");
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "refused": true, "reason": reason })
-                );
+                let rule = e.chain().find_map(|c| match c.downcast_ref() {
+                    Some(kura_client::ClientError::Refused { rule, .. }) => rule.clone(),
+                    _ => None,
+                });
+                let mut out = serde_json::json!({ "refused": true, "reason": reason });
+                if let Some(rule) = rule {
+                    out["rule"] = rule.into();
+                }
+                println!("{out}");
             }
             ExitCode::from(1)
         }

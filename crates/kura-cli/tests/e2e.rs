@@ -1471,6 +1471,15 @@ fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its_sql() {
         v["reason"].as_str().unwrap().contains("identifier-use"),
         "the reason names the rule: {v}"
     );
+    assert_eq!(v["rule"], "identifier-use", "and so does its own field");
+    // A conditional aggregate, which would take one person's value from a large group.
+    let conditional = "SELECT a.steps_band, SUM(CASE WHEN e.age_band = 'old' THEN 1 ELSE 0 \
+                       END) FROM ehr e JOIN activity a ON e.patient_id = a.patient_id \
+                       GROUP BY a.steps_band";
+    let (code, out, _) = as_party("hospital-a", &["query", "--sql", conditional, "--json"]);
+    assert_eq!(code, Some(1));
+    let v = serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    assert_eq!(v["rule"], "aggregate-argument", "{v}");
 
     // A compliant one: statistics in the same JSON shape as `kura results`.
     let sql = "SELECT a.steps_band, COUNT(*) AS people FROM ehr e JOIN activity a \
@@ -1497,8 +1506,8 @@ fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its_sql() {
     let (code, out, err) = as_party("fitness-b", &["audit", "report", "--format", "json"]);
     assert_eq!(code, Some(0), "{err}");
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
-    // The identifier query and fitness-b's attempt.
-    assert_eq!(r["refused_runs"], 2);
+    // The identifier query, the conditional one and fitness-b's attempt.
+    assert_eq!(r["refused_runs"], 3);
     let adhoc = &r["analyses"][1];
     assert_eq!(adhoc["name"], kura_contract::ADHOC_ANALYSIS);
     assert_eq!(adhoc["runs"][0]["run_id"], query_run.as_str());

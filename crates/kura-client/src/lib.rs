@@ -44,6 +44,8 @@ pub enum ClientError {
         status: u16,
         code: String,
         reason: String,
+        /// The output rule that refused a query, by its stable id.
+        rule: Option<String>,
     },
     #[error("the enclave's answer is invalid: {0}")]
     Protocol(String),
@@ -653,6 +655,7 @@ async fn decode<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Resu
             status: status.as_u16(),
             code: err.code,
             reason: err.reason,
+            rule: err.rule,
         }),
         Err(_) => Err(ClientError::Protocol(format!(
             "HTTP {status} without an error body"

@@ -247,6 +247,11 @@ pub struct Adhoc {
     /// listed may go through any built-in scalar function.
     #[serde(default)]
     pub dimension_functions: std::collections::BTreeMap<String, Vec<String>>,
+    /// Ad-hoc queries must be differentially private: the contract is refused without
+    /// `[privacy.dp]` (with it, every ad-hoc query is differentially private anyway; this says
+    /// so where a reader of `[adhoc]` looks, and keeps an edit from dropping it silently).
+    #[serde(default)]
+    pub require_dp: bool,
     /// Remember who stood behind every released cell and refuse a new cell that differs from a
     /// released one on the same measure by fewer than `min_group_size` people.
     #[serde(default)]
@@ -690,6 +695,11 @@ impl Contract {
             Ok(())
         };
         known(&adhoc.aggregates, "adhoc.aggregates")?;
+        if adhoc.require_dp && self.privacy.dp.is_none() {
+            return Err(ContractError::Adhoc(
+                "adhoc.require_dp is set but the contract has no [privacy.dp] section".into(),
+            ));
+        }
         if adhoc.overlap_memory == Some(0) {
             return Err(ContractError::Adhoc(
                 "adhoc.overlap_memory must be at least 1".into(),

@@ -20,6 +20,9 @@ pub enum ServiceError {
     /// The request is valid but the contract's rules or the current state refuse it.
     #[error("{0}")]
     Refused(String),
+    /// An output rule refused the query; `rule` is its stable id.
+    #[error("refused by rule {rule}: {reason}")]
+    Rule { rule: &'static str, reason: String },
     #[error("internal error")]
     Internal(String),
 }
@@ -34,7 +37,22 @@ impl ServiceError {
             ServiceError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ServiceError::Refused(_) => (StatusCode::CONFLICT, "refused"),
+            ServiceError::Refused(_) | ServiceError::Rule { .. } => {
+                (StatusCode::CONFLICT, "refused")
+            }
+        }
+    }
+}
+
+/// An engine refusal keeps its rule id; any other engine error is a refusal in its own words
+/// (which quote no data: see `kura_engine::error`).
+impl From<kura_engine::EngineError> for ServiceError {
+    fn from(e: kura_engine::EngineError) -> Self {
+        match e {
+            kura_engine::EngineError::Refused { rule, reason } => {
+                ServiceError::Rule { rule, reason }
+            }
+            other => ServiceError::Refused(other.to_string()),
         }
     }
 }
@@ -54,6 +72,10 @@ impl IntoResponse for ServiceError {
         let body = ErrorBody {
             code: code.to_string(),
             reason: self.to_string(),
+            rule: match &self {
+                ServiceError::Rule { rule, .. } => Some((*rule).to_string()),
+                _ => None,
+            },
         };
         (status, axum::Json(body)).into_response()
     }

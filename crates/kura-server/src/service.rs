@@ -529,8 +529,7 @@ impl Service {
         let (job, receivers) = match sql {
             Some(sql) => {
                 // Without an [adhoc] section the engine's refusal says so.
-                kura_engine::roles::Rules::of(&self.contract)
-                    .map_err(|e| ServiceError::Refused(e.to_string()))?;
+                kura_engine::roles::Rules::of(&self.contract).map_err(ServiceError::from)?;
                 let receivers = self
                     .contract
                     .receivers_of(ADHOC_ANALYSIS)
@@ -589,7 +588,7 @@ impl Service {
             Job::Dp(sql, epsilon) => {
                 let prepared = kura_engine::dp::prepare(&self.contract, sql, epsilon, &tables)
                     .await
-                    .map_err(|e| ServiceError::Refused(e.to_string()))?;
+                    .map_err(ServiceError::from)?;
                 if let Some(budget) = &state.budget {
                     budget
                         .check(&receivers, prepared.spend())
@@ -636,7 +635,7 @@ impl Service {
                     format!("dataset(s) {gone:?} were deleted under the contract's retention rule")
                 }));
             }
-            Err(e) => return Err(ServiceError::Refused(e.to_string())),
+            Err(e) => return Err(e.into()),
         };
         drop(tables);
 

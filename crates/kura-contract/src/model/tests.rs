@@ -284,8 +284,15 @@ fn warnings_name_what_thresholds_and_listed_aggregates_do_not_stop() {
     )
     .warnings();
     assert!(w.is_empty(), "{w:?}");
-    // overlap_memory needs overlap_control, and room for at least one entry.
+    let c = with(
+        "require_dp = true\n\n[privacy.dp]\nepsilon = 1.0\nquery_epsilon = 0.1\n\
+         domains = { \"activity.steps_band\" = [\"high\", \"low\"] }\n",
+    );
+    assert!(c.adhoc.unwrap().require_dp);
+    // overlap_memory needs overlap_control, and room for at least one entry; require_dp needs
+    // [privacy.dp].
     for (extra, why) in [
+        ("require_dp = true\n", "no [privacy.dp]"),
         ("overlap_memory = 10\n", "overlap_control is not"),
         ("overlap_control = true\noverlap_memory = 0\n", "at least 1"),
     ] {
