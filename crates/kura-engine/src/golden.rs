@@ -28,9 +28,14 @@ pub(crate) fn contract() -> Contract {
 
 /// The golden contract with `extra` TOML appended.
 pub(crate) fn contract_with(extra: &str) -> Contract {
+    Contract::parse((contract_text() + extra).as_bytes()).unwrap()
+}
+
+/// The golden contract's text, with fresh keys.
+pub(crate) fn contract_text() -> String {
     let h = SecretIdentity::generate().public().to_text();
     let f = SecretIdentity::generate().public().to_text();
-    let text = format!(
+    format!(
         r#"version = 1
 name = "golden"
 purpose = "ad-hoc rule tests"
@@ -87,8 +92,7 @@ delete_after = "never"
 [enclave]
 platforms = ["simulated"]
 "#
-    );
-    Contract::parse((text + extra).as_bytes()).unwrap()
+    )
 }
 
 /// 200 patients in four regions, one of them ("isle") with only 3 people; 600 claims.

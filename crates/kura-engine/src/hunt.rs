@@ -9,6 +9,7 @@
 //! - changing the planted values changes neither the outcome (answer, refusal or error, and its
 //!   words) nor the number of suppressed groups: neither can serve as an oracle.
 //!
+//! The contract is the golden one (`crate::golden`): its `[adhoc]` rules and a minimum of 5.
 //! The planted people: P sits in large groups with an outlying BMI and one huge claim; Q is
 //! alone in her region with her own BMI and three identical large claims; R is the only person
 //! of the (east, 80+) cell whose BMI is recorded, so any statistic of BMI in that cell is hers.
@@ -17,7 +18,6 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 use kura_contract::Contract;
-use kura_crypto::SecretIdentity;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::Value;
@@ -34,6 +34,7 @@ const PLANTED: [(f64, f64); 6] = [
     (66.66, 55.05),        // R's BMI, the only one recorded in her cell
 ];
 
+/// The golden contract (`crate::golden`): its `[adhoc]` rules, a minimum of 5.
 fn contract() -> &'static Contract {
     static C: OnceLock<Contract> = OnceLock::new();
     C.get_or_init(|| contract_text(""))
@@ -46,73 +47,16 @@ fn overlap_contract() -> &'static Contract {
 }
 
 fn contract_text(adhoc_extra: &str) -> Contract {
-    {
-        let text = format!(
-            r#"version = 1
-name = "hunt"
-purpose = "leak hunting"
-
-[[parties]]
-name = "hospital"
-public_key = "{}"
-roles = ["provider", "analyst", "receiver"]
-
-[[parties]]
-name = "insurer"
-public_key = "{}"
-roles = ["provider", "receiver"]
-
-[[datasets]]
-name = "patients"
-provider = "hospital"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "patient_id", type = "utf8",    role = "identifier" }},
-  {{ name = "age_band",   type = "utf8",    role = "dimension" }},
-  {{ name = "sex",        type = "utf8",    role = "dimension" }},
-  {{ name = "region",     type = "utf8",    role = "dimension" }},
-  {{ name = "birth_year", type = "int64",   role = "dimension" }},
-  {{ name = "diabetes",   type = "boolean", role = "measure" }},
-  {{ name = "bmi",        type = "float64", role = "measure" }},
-]
-
-[[datasets]]
-name = "claims"
-provider = "insurer"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "claim_id",   type = "utf8",    role = "identifier" }},
-  {{ name = "patient_id", type = "utf8",    role = "identifier" }},
-  {{ name = "kind",       type = "utf8",    role = "dimension" }},
-  {{ name = "amount",     type = "float64", role = "measure" }},
-]
-
-[adhoc]
-analysts = ["hospital"]
-receivers = ["hospital"]
-aggregates = ["count", "count_distinct", "sum", "avg", "min", "max", "stddev", "variance", "median"]
-{adhoc_extra}
-[output]
-min_group_size = 5
-
-[retention]
-delete_after = "never"
-
-[enclave]
-platforms = ["simulated"]
-"#,
-            SecretIdentity::generate().public().to_text(),
-            SecretIdentity::generate().public().to_text()
-        );
-        Contract::parse(text.as_bytes()).unwrap()
-    }
+    let text = crate::golden::contract_text();
+    let text = text.replacen("\n[output]", &format!("{adhoc_extra}\n[output]"), 1);
+    Contract::parse(text.as_bytes()).unwrap()
 }
 
 /// 240 people in four regions plus Q alone in "atoll"; `changed` swaps in the second values.
 fn tables(changed: bool) -> Tables {
     let pick = |i: usize| if changed { PLANTED[i].1 } else { PLANTED[i].0 };
     let mut p = String::from("patient_id,age_band,sex,region,birth_year,diabetes,bmi\n");
-    let mut c = String::from("claim_id,patient_id,kind,amount\n");
+    let mut c = String::from("claim_id,patient_id,kind,month,amount\n");
     let bands = ["18-39", "40-59", "60-79", "80+"];
     let regions = ["north", "south", "east", "west"];
     let mut r_planted = false;
@@ -154,8 +98,9 @@ fn tables(changed: bool) -> Tables {
             };
             writeln!(
                 c,
-                "clm{i:04}{k},pat{i:04},{},{amount}",
-                ["visit", "drug", "lab"][(y % 3) as usize]
+                "clm{i:04}{k},pat{i:04},{},2026-{:02}-01,{amount}",
+                ["visit", "drug", "lab"][(y % 3) as usize],
+                1 + y % 12
             )
             .unwrap();
         }

@@ -284,12 +284,7 @@ async fn execute(
         )?));
     }
     let plan = threshold::substitute(guarded.plan, released)?;
-    let columns = plan
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
+    let columns = output::column_names(&plan);
     let batches = SessionContext::new()
         .execute_logical_plan(plan)
         .await?

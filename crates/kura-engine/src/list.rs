@@ -41,12 +41,7 @@ pub async fn run_list(
                 analysis.name
             ))
         })?;
-    let columns = plan
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
+    let columns = crate::output::column_names(&plan);
     let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
     // A list has no group counts; what limits it is the routing below.
     let all = Output {

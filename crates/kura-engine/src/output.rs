@@ -106,6 +106,15 @@ pub(crate) fn release(
     Ok(released)
 }
 
+/// The names of `plan`'s output columns.
+pub(crate) fn column_names(plan: &datafusion::logical_expr::LogicalPlan) -> Vec<String> {
+    plan.schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
+
 /// Every row of `batches` as JSON values.
 pub(crate) fn rows(batches: &[RecordBatch]) -> Result<Vec<Vec<Value>>, EngineError> {
     let mut rows = Vec::new();
