@@ -401,7 +401,7 @@ async fn refusals_of_the_contract_rules() {
     );
     assert_eq!(status, 400);
     assert!(
-        reason.contains("column \"steps_band\" is not declared"),
+        reason.contains("column 2 of the file is not declared"),
         "{reason}"
     );
     // Run before all data is present.
@@ -1455,6 +1455,17 @@ fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its_sql() {
         "\n[adhoc]\nanalysts = [\"hospital-a\"]\nreceivers = [\"hospital-a\"]\n",
     );
     let c = contract.to_str().unwrap();
+    // Valid, but its signatories are told what a threshold-only [adhoc] allows.
+    let verified = kura(&["contract", "verify", "--contract", c, "--json"]);
+    assert!(verified.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("[adhoc] without [privacy.dp]"),
+        "{v}"
+    );
     let (served, url) = serve(d, &contract);
     let as_party = |name: &str, args: &[&str]| as_party(d, &url, c, name, args);
     upload_both(&as_party, d);

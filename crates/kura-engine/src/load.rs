@@ -109,13 +109,23 @@ fn check_names<'a>(
     found: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), EngineError> {
     let found: Vec<&str> = found.into_iter().collect();
-    for name in &found {
-        if dataset.column(name).is_none() {
-            return Err(EngineError::schema(
-                &dataset.name,
-                format!("column {name:?} is not declared in the contract"),
-            ));
-        }
+    // An undeclared name is not quoted: a file without its header line would put its first
+    // record (identifiers and all) here, and the refusal goes to the log every party reads.
+    if let Some(i) = found.iter().position(|name| dataset.column(name).is_none()) {
+        return Err(EngineError::schema(
+            &dataset.name,
+            format!(
+                "column {} of the file is not declared in the contract (declared: {}); is the \
+                 header line missing?",
+                i + 1,
+                dataset
+                    .columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
     }
     for c in &dataset.columns {
         let n = found.iter().filter(|f| **f == c.name).count();

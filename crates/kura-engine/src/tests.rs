@@ -262,7 +262,12 @@ fn uploads_must_match_the_declared_schema() {
         ),
         (
             "patient_id,age_band,diabetes,ssn\np1,x,true,123\n",
-            "column \"ssn\" is not declared",
+            "column 4 of the file is not declared in the contract (declared: patient_id, age_band, diabetes)",
+        ),
+        (
+            // No header line: the first record is never quoted back.
+            "p1,x,true\np2,y,false\n",
+            "column 1 of the file is not declared in the contract",
         ),
         (
             "patient_id,age_band,diabetes\np1,x,maybe\n",
@@ -600,7 +605,10 @@ fn plaintext_decrypted_straight_into_the_ingest_gives_the_same_table() {
         })
         .unwrap_err()
         .to_string();
-    assert!(err.contains("\"height\" is not declared"), "{err}");
+    assert!(
+        err.contains("column 3 of the file is not declared"),
+        "{err}"
+    );
 }
 
 #[test]
