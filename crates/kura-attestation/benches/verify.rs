@@ -1,4 +1,4 @@
-//! Verification time per platform on the real vectors of ../shared/attestation-vectors.
+//! Verification time per platform on the real vectors of `testdata/` (see its README).
 //!
 //! `cargo bench -p kura-attestation` prints one table: median and 95th percentile per platform,
 //! and the ratio of the median to the 2 ms goal. Everything a verifier needs (certificates,

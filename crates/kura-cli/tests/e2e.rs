@@ -970,10 +970,10 @@ fn cli_attest_verify_simulated_evidence() {
     let (code, v) = verify("debug.json", &hw.issue(&[1; 48], &[2; 64], true).data);
     assert_eq!((code, v["verdict"].as_str()), (Some(1), Some("invalid")));
 
-    // Real hardware evidence, from ../shared: an SGX quote whose TCB needs configuration and
+    // Real hardware evidence, from kura-attestation's testdata: an SGX quote whose TCB needs configuration and
     // software hardening is valid as evidence; the status and advisories are reported.
     let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/attestation-vectors/sgx/dcap-qvl");
+        .join("../kura-attestation/testdata/sgx/dcap-qvl");
     let out = kura(&[
         "attest",
         "verify",
@@ -1083,7 +1083,7 @@ impl Drop for FakeKds {
 fn cli_attest_fetches_a_missing_vcek_once_and_then_verifies_offline() {
     let home = tempfile::tempdir().unwrap();
     let snp = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/attestation-vectors/sev-snp/virtee-sev");
+        .join("../kura-attestation/testdata/sev-snp/virtee-sev");
     let report = snp.join("report_milan.hex");
     let kds = FakeKds::start(std::fs::read(snp.join("vcek_milan.der")).unwrap());
     let attest = |fetch: bool| {

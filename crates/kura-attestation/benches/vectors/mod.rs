@@ -1,4 +1,4 @@
-//! The attestation vectors of ../shared/attestation-vectors that the benchmarks verify, with
+//! The attestation vectors of `kura-attestation/testdata` that the benchmarks verify, with
 //! everything a verifier needs already in memory (the "certificates cached" case).
 //! Shared by `kura-attestation`'s `verify` bench and `kura-cli`'s `cost` bench.
 
@@ -9,9 +9,9 @@ use kura_attestation::{Evidence, VerifyOptions, verifier_for};
 use kura_contract::Platform;
 
 fn read(path: &str) -> Vec<u8> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/attestation-vectors");
-    std::fs::read(dir.join(path))
-        .unwrap_or_else(|e| panic!("{path}: {e} (../shared must sit beside the project)"))
+    // Also included by kura-cli's cost bench: the path goes through this crate's folder.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kura-attestation/testdata");
+    std::fs::read(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn at(t: &str) -> Option<time::OffsetDateTime> {

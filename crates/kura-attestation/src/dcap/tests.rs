@@ -1,5 +1,5 @@
 //! Against quotes and collateral captured from real Intel platforms
-//! (../shared/attestation-vectors/{tdx,sgx}), at the times their READMEs give.
+//! (`testdata/{tdx,sgx}`), at the times their READMEs give.
 
 use std::path::PathBuf;
 
@@ -8,10 +8,10 @@ use crate::appraise;
 use kura_contract::{AcceptEntry, EnclavePolicy};
 
 fn read(path: &str) -> Vec<u8> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/attestation-vectors");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata");
     assert!(
         dir.is_dir(),
-        "attestation vectors missing at {}: ../shared must sit beside the project",
+        "attestation vectors missing at {}",
         dir.display()
     );
     std::fs::read(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))

@@ -1,5 +1,5 @@
 //! The fetchers against fake AMD and Intel services that answer with the bytes the vendors
-//! served for the vectors in ../shared/attestation-vectors, and the cache on a temporary
+//! served for the vectors in `testdata/`, and the cache on a temporary
 //! directory. Nothing here touches the network.
 
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use super::*;
 use crate::{AttestationError, VerifyOptions, verifier_for};
 
 fn vectors() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/attestation-vectors")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata")
 }
 
 fn read(path: &str) -> Vec<u8> {

@@ -1,4 +1,4 @@
-//! Against Nitro attestation documents from real enclaves (../shared/attestation-vectors/nitro),
+//! Against Nitro attestation documents from real enclaves (`testdata/nitro`),
 //! verified at each document's timestamp.
 
 use std::path::PathBuf;
@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use super::*;
 
 fn read(name: &str) -> Vec<u8> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/attestation-vectors/nitro/evervault");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/nitro/evervault");
     assert!(
         dir.is_dir(),
-        "attestation vectors missing at {}: ../shared must sit beside the project",
+        "attestation vectors missing at {}",
         dir.display()
     );
     std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))

@@ -1,4 +1,4 @@
-//! Against evidence captured on real AMD hardware (../shared/attestation-vectors/sev-snp), with
+//! Against evidence captured on real AMD hardware (`testdata/sev-snp`, sources in `testdata/README.md`), with
 //! the verdicts, measurements and TCB values their READMEs give.
 
 use std::path::PathBuf;
@@ -8,11 +8,10 @@ use crate::{AttestationError, appraise};
 use kura_contract::{AcceptEntry, EnclavePolicy};
 
 fn vectors() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/attestation-vectors/sev-snp");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/sev-snp");
     assert!(
         dir.is_dir(),
-        "attestation vectors missing at {}: ../shared must sit beside the project",
+        "attestation vectors missing at {}",
         dir.display()
     );
     dir
