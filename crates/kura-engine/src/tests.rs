@@ -938,3 +938,65 @@ async fn uploads_that_drop_unread_columns_answer_the_same_and_still_check_them()
         "{err}"
     );
 }
+
+/// Each aggregate counts its own contributors: in a group of 10 people, a measure recorded for
+/// 3 of them is too few, and one recorded for 8 leaves 2 people whose absence
+/// `COUNT(*) - COUNT(x)` would single out. Runs the golden contract over a custom table.
+#[tokio::test]
+async fn aggregates_count_their_own_contributors_and_how_they_differ() {
+    let c = crate::golden::contract();
+    let mut csv = String::from("patient_id,age_band,sex,region,birth_year,diabetes,bmi\n");
+    // Region "a": 10 people, BMI for 3. Region "b": 10 people, BMI for 8. Region "c": all 10.
+    for (region, recorded) in [("a", 3), ("b", 8), ("c", 10)] {
+        for i in 0..10 {
+            let bmi = if i < recorded { "25.0" } else { "" };
+            writeln!(csv, "{region}{i},40-59,f,{region},1970,false,{bmi}").unwrap();
+        }
+    }
+    let t = crate::golden::load_csv(&c, [("patients", csv)]);
+    let run = |sql: &'static str| {
+        let (c, t) = (c.clone(), t.clone());
+        async move { run_query(&c, sql, &t, None).await.unwrap() }
+    };
+    let regions = |out: &Output| -> Vec<String> {
+        out.rows
+            .iter()
+            .map(|r| r[0].as_str().unwrap().to_string())
+            .collect()
+    };
+    // The count of rows alone: every region has 10 people.
+    let out = run("SELECT region, COUNT(*) FROM patients GROUP BY region ORDER BY region").await;
+    assert_eq!(regions(&out), ["a", "b", "c"]);
+    // AVG(bmi) in "a" rests on 3 people; in "b" on 8, which is enough.
+    let out = run("SELECT region, AVG(bmi) FROM patients GROUP BY region ORDER BY region").await;
+    assert_eq!(regions(&out), ["b", "c"]);
+    assert_eq!(out.suppressed_groups, 1);
+    // Beside COUNT(*), "b" would tell that 2 people have no BMI: suppressed too.
+    let out =
+        run("SELECT region, COUNT(*), COUNT(bmi) FROM patients GROUP BY region ORDER BY region")
+            .await;
+    assert_eq!(regions(&out), ["c"]);
+    assert_eq!(out.suppressed_groups, 2);
+}
+
+/// A run-time error says what kind of operation failed, never on which value.
+#[tokio::test]
+async fn run_time_errors_quote_no_value() {
+    let c = crate::golden::contract();
+    let t = crate::golden::tables(&c);
+    let err = run_query(
+        &c,
+        "SELECT region, COUNT(*) FROM patients WHERE CAST(region AS INT) > 0 GROUP BY region",
+        &t,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Runtime("a cast of a column value failed")),
+        "{err}"
+    );
+    for value in ["north", "south", "east", "isle"] {
+        assert!(!err.to_string().contains(value), "{err}");
+    }
+}

@@ -10,8 +10,8 @@
 //! - of the group (its rows),
 //! - of each aggregate's contributors: the rows where its argument is not null and its
 //!   `FILTER` holds, so that a value resting on fewer people than its group is caught, and
-//! - of the people in which two aggregates' contributors differ, which must be zero or at least
-//!   the minimum, so that `COUNT(*) - COUNT(x)` cannot isolate a few people.
+//! - of the people in which two of its aggregates' contributors differ, which must be zero or
+//!   at least the minimum, so that `COUNT(*) - COUNT(x)` cannot isolate a few people.
 //!
 //! A group any of whose counts fails is dropped right there, **before** `HAVING`, `ORDER BY`
 //! or `LIMIT` see it; only the number of such groups is reported, and it depends on nothing but
@@ -291,7 +291,7 @@ fn count(
         return Err(refuse("the aggregation reads no dataset of the contract"));
     }
     // Whose rows each aggregate's value rests on: the group (`None`) or a narrower condition.
-    let mut conditions: Vec<Option<Expr>> = vec![None];
+    let mut conditions: Vec<Option<Expr>> = Vec::new();
     for e in &agg.aggr_expr {
         let condition = contribution(e, &schema)?;
         if !conditions.contains(&condition) {
@@ -313,10 +313,14 @@ fn count(
         }
         Ok(())
     };
-    for c in &conditions {
-        add(c.clone(), Check::AtLeast)?;
+    // The group itself (its keys are released), then each narrower set of contributors.
+    add(None, Check::AtLeast)?;
+    for c in conditions.iter().flatten() {
+        add(Some(c.clone()), Check::AtLeast)?;
     }
-    // People counted by one aggregate but not by another (booleans here are never null).
+    // People counted by one released aggregate but not by another (booleans here are never
+    // null). Only aggregates that are released are compared: without a `COUNT(*)` beside it,
+    // an `AVG(x)` over fewer people than its group reveals nothing about the others.
     for (i, a) in conditions.iter().enumerate() {
         for b in &conditions[i + 1..] {
             let differ = match (a, b) {
