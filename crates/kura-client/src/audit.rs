@@ -14,13 +14,7 @@ use kura_ledger::{EntryBody, Event};
 
 /// The privacy budget as the log records it spent (`None` without `[privacy.dp]`).
 pub fn budget(contract: &Contract, bodies: &[EntryBody]) -> Option<Budget> {
-    let mut budget = Budget::of(contract)?;
-    for b in bodies {
-        if let Some((analysis, spend)) = b.event.spend() {
-            budget.record(contract.receivers_of(analysis).unwrap_or_default(), spend);
-        }
-    }
-    Some(budget)
+    kura_ledger::budget_spent(contract, bodies.iter().map(|b| &b.event))
 }
 
 /// Returns the first disallowed event, described.

@@ -80,6 +80,20 @@ pub enum Event {
     Deletion { dataset: String, reason: String },
 }
 
+/// The privacy budget spent according to `events`, in log order (`None` without
+/// `[privacy.dp]`). The one replay of the budget: a restarted enclave, `kura budget`, the
+/// transparency report and `kura audit verify`'s accounts all use it.
+pub fn budget_spent<'a>(
+    contract: &kura_contract::Contract,
+    events: impl IntoIterator<Item = &'a Event>,
+) -> Option<kura_contract::dp::Budget> {
+    let mut budget = kura_contract::dp::Budget::of(contract)?;
+    for (analysis, spend) in events.into_iter().filter_map(Event::spend) {
+        budget.record(contract.receivers_of(analysis).unwrap_or_default(), spend);
+    }
+    Some(budget)
+}
+
 impl Event {
     /// The privacy budget this event charged, and to which analysis's receivers: a DP run's
     /// spend, or that of a DP run that failed after it read data. Every replay of the budget

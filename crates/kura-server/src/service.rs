@@ -59,10 +59,13 @@ fn recover(
     state: &mut State,
 ) -> Result<Vec<String>, ServiceError> {
     let mut held = std::collections::BTreeSet::new();
-    for entry in entries {
-        let body = entry
-            .parse_body()
-            .map_err(|e| ServiceError::Start(format!("stored log: {e}")))?;
+    let bodies = entries
+        .iter()
+        .map(LogEntry::parse_body)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServiceError::Start(format!("stored log: {e}")))?;
+    state.budget = kura_ledger::budget_spent(contract, bodies.iter().map(|b| &b.event));
+    for body in &bodies {
         match &body.event {
             Event::EnclaveStarted { contract_id, .. } if contract_id != contract.id().as_str() => {
                 return Err(ServiceError::Start(format!(
@@ -78,10 +81,6 @@ fn recover(
             }
             Event::Run { .. } => state.runs += 1,
             _ => {}
-        }
-        if let (Some(budget), Some((analysis, spend))) = (&mut state.budget, body.event.spend()) {
-            let receivers = contract.receivers_of(analysis).unwrap_or_default();
-            budget.record(receivers, spend);
         }
     }
     Ok(held.into_iter().collect())
