@@ -146,12 +146,13 @@ pub struct ServeArgs {
 #[derive(clap::Args, Debug)]
 pub struct Party {
     /// Base URL of the enclave service, e.g. http://127.0.0.1:8700
-    #[arg(long)]
+    #[arg(long, env = "KURA_ENCLAVE")]
     enclave: String,
-    #[arg(long)]
+    /// The signed contract (TOML); its .sig files sit beside it.
+    #[arg(long, env = "KURA_CONTRACT")]
     contract: PathBuf,
     /// Your secret key file.
-    #[arg(long)]
+    #[arg(long, env = "KURA_KEY")]
     key: PathBuf,
     /// Fetch a VCEK or DCAP collateral the enclave did not send from AMD's or Intel's service
     /// (cached in $KURA_HOME/cache). Without it only the cache is used: no network.
@@ -585,12 +586,26 @@ async fn serve(a: ServeArgs) -> Result<ExitCode> {
     println!("kura enclave service listening on {}", running.url());
     std::io::Write::flush(&mut std::io::stdout())?;
     tracing::info!(url = %running.url(), contract = %running.service.contract().id(), "enclave service listening");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    stopped().await?;
     tracing::info!("shutting down");
     running.shutdown().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for Ctrl-C or SIGTERM (what service managers and container runtimes send), so that
+/// either stops the service the same orderly way.
+async fn stopped() -> Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        tokio::select! {
+            c = tokio::signal::ctrl_c() => c.context("waiting for Ctrl-C"),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
 }
 
 async fn attest_verify(a: AttestArgs) -> Result<ExitCode> {

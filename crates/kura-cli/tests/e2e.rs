@@ -1422,7 +1422,37 @@ fn cli_drives_a_served_enclave() {
         md.contains("The simulated platform offers no protection"),
         "{md}"
     );
-    drop(served);
+
+    // The three flags every party command takes can come from the environment instead.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kura"))
+        .env("KURA_HOME", kura_home())
+        .env("KURA_ENCLAVE", &url)
+        .env("KURA_CONTRACT", c)
+        .env("KURA_KEY", d.join("fitness-b.key"))
+        .args(["audit", "verify", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // SIGTERM stops the service as Ctrl-C does: an orderly exit, status 0.
+    let mut served = served;
+    // The shell's own `kill`: no package beyond a POSIX shell needed.
+    let killed = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", served.0.id())])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = served.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        std::fs::read_to_string(d.join("serve.log"))
+            .unwrap()
+            .contains("shutting down")
+    );
 }
 
 /// What `kura` printed: exit code, stdout, stderr.
