@@ -33,7 +33,7 @@ impl Args {
             Command::Audit(AuditCmd::Verify { json, .. }) => *json,
             Command::Attest(AttestCmd::Verify(a)) => a.json,
             Command::Demo(a) => a.json,
-            Command::Results(a) => a.format == Format::Json,
+            Command::Results(a) => a.json || a.format == Format::Json,
             _ => false,
         }
     }
@@ -73,8 +73,10 @@ pub enum Command {
 pub enum KeysCmd {
     /// Make a signing key and an encryption key: DIR/NAME.key (0600) and DIR/NAME.pub.
     New {
+        /// The party's name as the contract will name it (a-z, 0-9, '-').
         #[arg(long)]
         name: String,
+        /// Directory for NAME.key and NAME.pub (created if missing).
         #[arg(long)]
         out: PathBuf,
     },
@@ -84,15 +86,19 @@ pub enum KeysCmd {
 pub enum ContractCmd {
     /// Sign the contract's exact bytes; writes FILE.<party>.sig.
     Sign {
+        /// The contract (TOML) to sign, byte for byte.
         #[arg(long)]
         contract: PathBuf,
+        /// Your secret key file; its party must be in the contract.
         #[arg(long)]
         key: PathBuf,
     },
     /// Check the contract and that every party signed these exact bytes.
     Verify {
+        /// The contract (TOML); its .sig files sit beside it.
         #[arg(long)]
         contract: PathBuf,
+        /// Print one JSON object on stdout (validity, signatures, warnings).
         #[arg(long)]
         json: bool,
     },
@@ -122,12 +128,17 @@ impl From<PlatformArg> for Platform {
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
+    /// The contract every party signed; the service refuses to start on an unsigned one.
     #[arg(long)]
     contract: PathBuf,
+    /// Where evidence comes from; `simulated` protects nothing and must be listed by the
+    /// contract.
     #[arg(long, value_enum)]
     platform: PlatformArg,
+    /// Address to listen on (port 0 picks a free one; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8700")]
     listen: SocketAddr,
+    /// Directory of the audit log (one contract per directory).
     #[arg(long)]
     state: PathBuf,
     /// Largest accepted upload in bytes.
@@ -193,6 +204,7 @@ fn save_head(client: &Client) -> Result<()> {
 pub struct UploadArgs {
     #[command(flatten)]
     party: Party,
+    /// The contract's name of the dataset you provide.
     #[arg(long)]
     dataset: String,
     /// CSV (with a header line) or Parquet (.parquet).
@@ -204,21 +216,29 @@ pub struct UploadArgs {
 pub struct RunArgs {
     #[command(flatten)]
     party: Party,
+    /// The contract's name of the analysis to run.
     #[arg(long)]
     analysis: String,
+    /// Print one JSON object on stdout (the result, when you are a receiver).
     #[arg(long)]
     json: bool,
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("query").required(true).args(["sql", "sql_file"])))]
 pub struct QueryArgs {
     #[command(flatten)]
     party: Party,
+    /// The query (SQL); `-` reads it from standard input.
     #[arg(long)]
-    sql: String,
+    sql: Option<String>,
+    /// A file holding the query.
+    #[arg(long)]
+    sql_file: Option<PathBuf>,
     /// Under [privacy.dp]: the ε this query spends (default: the contract's query_epsilon).
     #[arg(long)]
     epsilon: Option<f64>,
+    /// Print one JSON object on stdout (the result, when you are a receiver).
     #[arg(long)]
     json: bool,
 }
@@ -227,6 +247,7 @@ pub struct QueryArgs {
 pub struct BudgetArgs {
     #[command(flatten)]
     party: Party,
+    /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -242,10 +263,16 @@ pub enum Format {
 pub struct ResultsArgs {
     #[command(flatten)]
     party: Party,
+    /// Only this run's result (default: every result sealed to you).
     #[arg(long)]
     run: Option<String>,
+    /// How to print the result; `json` is the same as --json.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Print one JSON object on stdout (same as --format json).
+    #[arg(long)]
+    json: bool,
+    /// Write to this file instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -257,6 +284,7 @@ pub enum AuditCmd {
     Verify {
         #[command(flatten)]
         party: Party,
+        /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -265,6 +293,7 @@ pub enum AuditCmd {
     Report {
         #[command(flatten)]
         party: Party,
+        /// Markdown for people, JSON for tools.
         #[arg(long, value_enum, default_value = "md")]
         format: ReportFormat,
     },
@@ -278,17 +307,22 @@ pub enum ReportFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum AttestCmd {
+    /// Verify evidence against the vendor's pinned root, offline unless --fetch.
     Verify(AttestArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct AttestArgs {
+    /// The platform that produced the evidence.
     #[arg(long, value_enum)]
     platform: PlatformArg,
+    /// The evidence: an SNP report, a DCAP quote, a Nitro attestation document.
     #[arg(long)]
     evidence: PathBuf,
+    /// VCEK/VLEK and ASK/ARK certificates (PEM or DER); repeat for several files.
     #[arg(long)]
     certs: Vec<PathBuf>,
+    /// Intel DCAP collateral in dcap-qvl's JSON layout.
     #[arg(long)]
     collateral: Option<PathBuf>,
     /// Verification time (RFC 3339); default now.
@@ -298,6 +332,7 @@ pub struct AttestArgs {
     /// Without it only the cache is consulted: no network.
     #[arg(long)]
     fetch: bool,
+    /// Print one JSON object on stdout (verdict, platform, measurement, report data, debug).
     #[arg(long)]
     json: bool,
 }
@@ -307,6 +342,7 @@ pub struct DemoArgs {
     /// Patients in the hospital's data set.
     #[arg(long, default_value_t = 5000)]
     pub rows: usize,
+    /// Print one JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
     /// Seed of the synthetic data generator.
@@ -377,8 +413,16 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
             show_run(&mut client, resp, a.json).await
         }
         Command::Query(a) => {
+            let sql = match (&a.sql, &a.sql_file) {
+                (Some(dash), _) if dash == "-" => std::io::read_to_string(std::io::stdin())
+                    .context("reading the query from standard input")?,
+                (Some(sql), _) => sql.clone(),
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                (None, None) => unreachable!("clap requires one of --sql and --sql-file"),
+            };
             let mut client = attested(&a.party).await?;
-            let resp = client.query(&a.sql, a.epsilon).await?;
+            let resp = client.query(&sql, a.epsilon).await?;
             show_run(&mut client, resp, a.json).await
         }
         Command::Budget(a) => {
@@ -424,7 +468,8 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
                     client.party()
                 );
             }
-            let text = match a.format {
+            let format = if a.json { Format::Json } else { a.format };
+            let text = match format {
                 Format::Table => tables.iter().map(render::table).collect::<String>(),
                 Format::Csv => tables.iter().map(render::csv).collect::<String>(),
                 Format::Json if tables.len() == 1 => {
@@ -689,4 +734,32 @@ async fn attest_verify(a: AttestArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and every flag says what it is for in `--help`.
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && path != "kura" {
+                missing.push(format!("{path}: the command"));
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && !arg.is_hide_set() && arg.get_help().is_none() {
+                    missing.push(format!("{path}: --{}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Args::command(), "", &mut missing);
+        assert!(missing.is_empty(), "without help:\n{}", missing.join("\n"));
+    }
 }

@@ -1517,9 +1517,31 @@ fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its_sql() {
     let conditional = "SELECT a.steps_band, SUM(CASE WHEN e.age_band = 'old' THEN 1 ELSE 0 \
                        END) FROM ehr e JOIN activity a ON e.patient_id = a.patient_id \
                        GROUP BY a.steps_band";
-    let (code, out, _) = as_party("hospital-a", &["query", "--sql", conditional, "--json"]);
+    // Read from a file, as long queries are.
+    let file = d.join("conditional.sql");
+    std::fs::write(&file, conditional).unwrap();
+    let (code, out, _) = as_party(
+        "hospital-a",
+        &["query", "--sql-file", file.to_str().unwrap(), "--json"],
+    );
     assert_eq!(code, Some(1));
     let v = serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    assert_eq!(v["rule"], "aggregate-argument", "{v}");
+    // ... or from standard input.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kura"))
+        .env("KURA_HOME", kura_home())
+        .env("KURA_ENCLAVE", &url)
+        .env("KURA_CONTRACT", c)
+        .env("KURA_KEY", d.join("hospital-a.key"))
+        .args(["query", "--sql", "-", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), conditional.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
     assert_eq!(v["rule"], "aggregate-argument", "{v}");
 
     // A compliant one: statistics in the same JSON shape as `kura results`.
@@ -1547,8 +1569,8 @@ fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its_sql() {
     let (code, out, err) = as_party("fitness-b", &["audit", "report", "--format", "json"]);
     assert_eq!(code, Some(0), "{err}");
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
-    // The identifier query, the conditional one and fitness-b's attempt.
-    assert_eq!(r["refused_runs"], 3);
+    // The identifier query, the conditional one (twice) and fitness-b's attempt.
+    assert_eq!(r["refused_runs"], 4);
     let adhoc = &r["analyses"][1];
     assert_eq!(adhoc["name"], kura_contract::ADHOC_ANALYSIS);
     assert_eq!(adhoc["runs"][0]["run_id"], query_run.as_str());
