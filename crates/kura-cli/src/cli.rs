@@ -227,8 +227,24 @@ pub struct RunArgs {
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("query").required(true).args(["sql", "sql_file"])))]
 pub struct QueryArgs {
-    #[command(flatten)]
-    party: Party,
+    /// Base URL of the enclave service, e.g. http://127.0.0.1:8700 (not needed with --explain)
+    #[arg(long, env = "KURA_ENCLAVE", required_unless_present = "explain")]
+    enclave: Option<String>,
+    /// The signed contract (TOML); its .sig files sit beside it.
+    #[arg(long, env = "KURA_CONTRACT")]
+    contract: PathBuf,
+    /// Your secret key file (not needed with --explain).
+    #[arg(long, env = "KURA_KEY", required_unless_present = "explain")]
+    key: Option<PathBuf>,
+    /// Fetch a VCEK or DCAP collateral the enclave did not send from AMD's or Intel's service
+    /// (cached in $KURA_HOME/cache). Without it only the cache is used: no network.
+    #[arg(long)]
+    fetch: bool,
+    /// Say whether the contract's rules would answer the query, which rule would refuse it,
+    /// and what it would cost under differential privacy, on this machine: nothing is sent
+    /// and no data is read.
+    #[arg(long)]
+    explain: bool,
     /// The query (SQL); `-` reads it from standard input.
     #[arg(long)]
     sql: Option<String>,
@@ -421,7 +437,18 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
                     .with_context(|| format!("cannot read {}", path.display()))?,
                 (None, None) => unreachable!("clap requires one of --sql and --sql-file"),
             };
-            let mut client = attested(&a.party).await?;
+            if a.explain {
+                return explain(&a.contract, &sql, a.epsilon, a.json).await;
+            }
+            let party = Party {
+                enclave: a
+                    .enclave
+                    .context("--enclave (or KURA_ENCLAVE) is required")?,
+                contract: a.contract,
+                key: a.key.context("--key (or KURA_KEY) is required")?,
+                fetch: a.fetch,
+            };
+            let mut client = attested(&party).await?;
             let resp = client.query(&sql, a.epsilon).await?;
             show_run(&mut client, resp, a.json).await
         }
@@ -635,6 +662,62 @@ async fn serve(a: ServeArgs) -> Result<ExitCode> {
     tracing::info!("shutting down");
     running.shutdown().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kura query --explain`: the engine's verdict on the query against the contract's declared
+/// schemas, without an enclave and without data. Exit 0 when it would be answered, 1 when
+/// refused (as the enclave would refuse it).
+async fn explain(
+    contract: &std::path::Path,
+    sql: &str,
+    epsilon: Option<f64>,
+    json: bool,
+) -> Result<ExitCode> {
+    let contract = files::read_contract(contract)?;
+    let verdict = kura_engine::check_query(&contract, sql, epsilon).await;
+    let k = contract.output.min_group_size;
+    let (allowed, rule, reason) = match &verdict {
+        Ok(_) => (true, None, None),
+        Err(kura_engine::EngineError::Refused { rule, reason }) => {
+            (false, Some(*rule), Some(reason.clone()))
+        }
+        Err(e) => (false, None, Some(e.to_string())),
+    };
+    let spend = verdict.as_ref().ok().copied().flatten();
+    if json {
+        let mut out = serde_json::json!({ "allowed": allowed, "reason": reason });
+        if let Some(rule) = rule {
+            out["rule"] = rule.into();
+        }
+        match spend {
+            Some(s) => out["dp"] = serde_json::json!({ "epsilon": s.epsilon, "delta": s.delta }),
+            None if allowed => out["min_group_size"] = k.into(),
+            None => {}
+        }
+        println!("{out}");
+    } else if let Some(s) = spend {
+        println!(
+            "would be answered under differential privacy, spending ε = {} and δ = {:e} of each \
+             receiver's budget",
+            s.epsilon, s.delta
+        );
+    } else if allowed {
+        println!(
+            "would be answered: groups and aggregates resting on fewer than {k} people are \
+             suppressed before HAVING, and only their number is reported"
+        );
+    } else {
+        eprintln!(
+            "error: would be refused{}: {}",
+            rule.map(|r| format!(" by rule {r}")).unwrap_or_default(),
+            reason.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Waits for Ctrl-C or SIGTERM (what service managers and container runtimes send), so that

@@ -1517,6 +1517,42 @@ fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its_sql() {
     let conditional = "SELECT a.steps_band, SUM(CASE WHEN e.age_band = 'old' THEN 1 ELSE 0 \
                        END) FROM ehr e JOIN activity a ON e.patient_id = a.patient_id \
                        GROUP BY a.steps_band";
+    // --explain gives the same verdict on this machine, with no enclave and no key.
+    let explained = kura(&[
+        "query",
+        "--explain",
+        "--contract",
+        c,
+        "--sql",
+        conditional,
+        "--json",
+    ]);
+    assert_eq!(explained.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    assert_eq!(
+        (v["allowed"].as_bool(), v["rule"].as_str()),
+        (Some(false), Some("aggregate-argument")),
+        "{v}"
+    );
+    let fine = "SELECT a.steps_band, COUNT(*) FROM ehr e JOIN activity a \
+                ON e.patient_id = a.patient_id GROUP BY a.steps_band";
+    let explained = kura(&[
+        "query",
+        "--explain",
+        "--contract",
+        c,
+        "--sql",
+        fine,
+        "--json",
+    ]);
+    assert_eq!(explained.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    assert_eq!(
+        (v["allowed"].as_bool(), v["min_group_size"].as_u64()),
+        (Some(true), Some(10)),
+        "{v}"
+    );
+
     // Read from a file, as long queries are.
     let file = d.join("conditional.sql");
     std::fs::write(&file, conditional).unwrap();
@@ -2117,6 +2153,20 @@ fn cli_budget_shows_what_dp_queries_spent() {
         "{err}"
     );
     assert!(!err.contains("young") && !err.contains("old"), "{err}");
+
+    // --explain prices the query without sending it: nothing is spent.
+    let explained = kura(&[
+        "query",
+        "--explain",
+        "--contract",
+        c,
+        "--sql",
+        DP_SQL,
+        "--json",
+    ]);
+    assert_eq!(explained.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    assert_eq!(v["dp"]["epsilon"], 0.25, "{v}");
 
     let (code, out, err) = as_party("hospital-a", &["query", "--sql", DP_SQL, "--json"]);
     assert_eq!(code, Some(0), "{err}");

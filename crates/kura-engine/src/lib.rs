@@ -188,15 +188,33 @@ pub async fn check_analyses(contract: &Contract) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Plans an ad-hoc query against empty tables: refused (with the rule and the offending column
-/// or construct) unless it satisfies the contract's `[adhoc]` rules and the threshold.
-pub async fn check_query(contract: &Contract, sql: &str) -> Result<(), EngineError> {
-    let rules = roles::Rules::of(contract)?;
+/// What the enclave would make of an ad-hoc query, found without data (`kura query
+/// --explain`): the same checks as [`run_query`] up to its physical plans, against empty tables
+/// of the declared schemas, or for a differentially private contract [`dp::cost`]. Returns the
+/// budget it would spend, if any; a refusal names its rule.
+pub async fn check_query(
+    contract: &Contract,
+    sql: &str,
+    epsilon: Option<f64>,
+) -> Result<Option<kura_contract::dp::Spend>, EngineError> {
+    if contract.privacy.dp.is_some() {
+        return dp::cost(contract, sql, epsilon).await.map(Some);
+    }
+    let rules = Arc::new(roles::Rules::of(contract)?);
     let ctx = session(contract, &Tables::new())?;
+    ctx.add_analyzer_rule(Arc::new(roles::RulesAnalyzer(rules.clone())));
     let written = written_plan(&ctx, sql).await?;
     rules.check(&written)?;
-    threshold::guard(written, contract, None)?;
-    Ok(())
+    let guarded = threshold::guard(written, contract, None)?;
+    for counted in &guarded.counted {
+        let physical = ctx
+            .state()
+            .create_physical_plan(&counted.plan)
+            .await
+            .map_err(unwrap_refusal)?;
+        check_physical(physical.as_ref(), counted.visible)?;
+    }
+    Ok(None)
 }
 
 /// Runs an ad-hoc query under the contract's `[adhoc]` rules and output rules.
