@@ -26,7 +26,9 @@ pub struct Args {
 impl Args {
     pub fn json_output(&self) -> bool {
         match &self.command {
-            Command::Contract(ContractCmd::Verify { json, .. }) => *json,
+            Command::Contract(
+                ContractCmd::Verify { json, .. } | ContractCmd::Describe { json, .. },
+            ) => *json,
             Command::Run(a) => a.json,
             Command::Query(a) => a.json,
             Command::Budget(a) => a.json,
@@ -92,6 +94,16 @@ pub enum ContractCmd {
         /// Your secret key file; its party must be in the contract.
         #[arg(long)]
         key: PathBuf,
+    },
+    /// What the contract lets each party do: datasets and column roles, analyses, ad-hoc
+    /// rules and aggregates, the minimum group size, the privacy budget, retention.
+    Describe {
+        /// The contract (TOML).
+        #[arg(long)]
+        contract: PathBuf,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Check the contract and that every party signed these exact bytes.
     Verify {
@@ -396,6 +408,15 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
             let path = files::signature_path(&contract, &party);
             files::write_atomic(&path, text.as_bytes())?;
             println!("signed contract {} as {party}: {}", c.id(), path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Contract(ContractCmd::Describe { contract, json }) => {
+            let c = files::read_contract(&contract)?;
+            if json {
+                println!("{}", crate::describe::json(&c));
+            } else {
+                print!("{}", crate::describe::text(&c));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Contract(ContractCmd::Verify { contract, json }) => {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod describe;
 mod files;
 mod render;
 mod report;

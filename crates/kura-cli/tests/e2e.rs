@@ -1496,6 +1496,25 @@ fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its_sql() {
             .contains("[adhoc] without [privacy.dp]"),
         "{v}"
     );
+    // describe: who may do what, from the contract alone.
+    let described = kura(&["contract", "describe", "--contract", c, "--json"]);
+    assert!(described.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&described.stdout).unwrap();
+    assert_eq!(
+        v["adhoc"]["analysts"],
+        serde_json::json!(["hospital-a"]),
+        "{v}"
+    );
+    assert_eq!(v["adhoc"]["differentially_private"], false);
+    assert_eq!(v["min_group_size"], 10);
+    assert_eq!(v["datasets"][0]["columns"][0]["role"], "identifier");
+    let text = kura(&["contract", "describe", "--contract", c]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("measure: only inside aggregates"), "{text}");
+    assert!(
+        text.contains("warning: [adhoc] without [privacy.dp]"),
+        "{text}"
+    );
     let (served, url) = serve(d, &contract);
     let as_party = |name: &str, args: &[&str]| as_party(d, &url, c, name, args);
     upload_both(&as_party, d);

@@ -1,0 +1,174 @@
+//! `kura contract describe`: what a contract lets each party do, read from the contract alone.
+
+use std::fmt::Write as _;
+
+use kura_contract::{ColumnRole, Contract, DeleteAfter};
+use serde_json::{Value, json};
+
+/// Aggregates a contract may list that kura refuses in queries all the same.
+const ONE_PERSON: [&str; 3] = ["min", "max", "median"];
+
+fn retention(c: &Contract) -> String {
+    match &c.retention.delete_after {
+        DeleteAfter::Run => "after the first run that reads each dataset".into(),
+        DeleteAfter::Deadline(t) => format!("at {t}"),
+        DeleteAfter::Never => "never (while the service runs)".into(),
+    }
+}
+
+fn role(r: ColumnRole) -> &'static str {
+    match r {
+        ColumnRole::Identifier => "identifier: joined and counted, never output",
+        ColumnRole::Dimension => "dimension: grouped, filtered and output",
+        ColumnRole::Measure => "measure: only inside aggregates",
+    }
+}
+
+/// The description as one JSON object.
+pub fn json(c: &Contract) -> Value {
+    let adhoc = c.adhoc.as_ref().map(|a| {
+        let usable: Vec<&String> = a
+            .aggregates
+            .iter()
+            .filter(|x| !ONE_PERSON.contains(&x.as_str()))
+            .collect();
+        json!({
+            "analysts": a.analysts,
+            "receivers": a.receivers,
+            "aggregates": usable,
+            "column_aggregates": a.column_aggregates,
+            "dimension_functions": a.dimension_functions,
+            "differentially_private": c.privacy.dp.is_some(),
+            "overlap_control": a.overlap_control,
+        })
+    });
+    json!({
+        "name": c.name,
+        "id": c.id(),
+        "purpose": c.purpose,
+        "parties": c.parties.iter().map(|p| json!({
+            "name": p.name,
+            "roles": p.roles,
+            "fingerprint": p.public_key.fingerprint(),
+        })).collect::<Vec<_>>(),
+        "datasets": c.datasets,
+        "analyses": c.analyses.iter().map(|a| json!({
+            "name": a.name,
+            "kind": a.kind,
+            "receivers": a.receivers,
+            "differentially_private": a.dp,
+            "sql": a.sql,
+        })).collect::<Vec<_>>(),
+        "adhoc": adhoc,
+        "min_group_size": c.output.min_group_size,
+        "privacy_dp": c.privacy.dp,
+        "retention": retention(c),
+        "platforms": c.enclave.platforms,
+        "warnings": c.warnings(),
+    })
+}
+
+/// The description for people.
+pub fn text(c: &Contract) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "contract {} ({})\n  {}\n", c.name, c.id(), c.purpose);
+    let _ = writeln!(o, "parties");
+    for p in &c.parties {
+        let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
+        let _ = writeln!(o, "  {:<20} {}", p.name, roles.join(", "));
+    }
+    for d in &c.datasets {
+        let _ = writeln!(
+            o,
+            "\ndataset {} (from {}; one person = one {})",
+            d.name, d.provider, d.privacy_unit
+        );
+        for col in &d.columns {
+            let _ = writeln!(
+                o,
+                "  {:<20} {:<8} {}",
+                col.name,
+                col.ty.as_str(),
+                role(col.role)
+            );
+        }
+    }
+    if !c.analyses.is_empty() {
+        let _ = writeln!(o, "\nanalyses");
+        for a in &c.analyses {
+            let _ = writeln!(
+                o,
+                "  {:<20} to {}{}",
+                a.name,
+                a.receivers.join(", "),
+                if a.dp {
+                    " (differentially private)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    match &c.adhoc {
+        None => {
+            let _ = writeln!(o, "\nad-hoc queries: none (only the analyses above run)");
+        }
+        Some(a) => {
+            let usable: Vec<&str> = a
+                .aggregates
+                .iter()
+                .map(String::as_str)
+                .filter(|x| !ONE_PERSON.contains(x))
+                .collect();
+            let _ = writeln!(
+                o,
+                "\nad-hoc queries by {}, results to {}",
+                a.analysts.join(", "),
+                a.receivers.join(", ")
+            );
+            let _ = writeln!(o, "  aggregates: {}", usable.join(", "));
+            for (column, list) in &a.column_aggregates {
+                let _ = writeln!(o, "  aggregates of {column}: {}", list.join(", "));
+            }
+            for (column, list) in &a.dimension_functions {
+                let _ = writeln!(o, "  functions on {column}: {}", list.join(", "));
+            }
+            let _ = writeln!(
+                o,
+                "  answered {}{}",
+                if c.privacy.dp.is_some() {
+                    "with differential privacy".to_string()
+                } else {
+                    format!(
+                        "exactly, every value resting on at least {} people",
+                        c.output.min_group_size
+                    )
+                },
+                if a.overlap_control {
+                    "; overlap control on"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\nminimum group size: {}\ndata deleted: {}",
+        c.output.min_group_size,
+        retention(c)
+    );
+    if let Some(dp) = &c.privacy.dp {
+        let _ = writeln!(
+            o,
+            "privacy budget: ε = {}, δ = {:e}, {:?}; a query spends ε = {} unless it names one",
+            dp.epsilon, dp.delta, dp.split, dp.query_epsilon
+        );
+    }
+    let platforms: Vec<&str> = c.enclave.platforms.iter().map(|p| p.as_str()).collect();
+    let _ = writeln!(o, "accepted platforms: {}", platforms.join(", "));
+    for w in c.warnings() {
+        let _ = writeln!(o, "\nwarning: {w}");
+    }
+    o
+}
