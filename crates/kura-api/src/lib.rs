@@ -16,6 +16,9 @@ pub const RESULT_DOMAIN: &str = "result-v1";
 
 pub mod routes {
     pub const EVIDENCE: &str = "/v1/evidence";
+    /// Liveness for load balancers and service managers: `{"status": "ok"}`, no request
+    /// signature, nothing about the contract's data.
+    pub const HEALTH: &str = "/v1/health";
     /// Signed upload header: every check that needs no data; answers an [`super::UploadTicket`].
     pub const UPLOAD: &str = "/v1/upload";
     /// The encrypted stream for a ticket: `/v1/upload/{ticket}`.

@@ -33,6 +33,9 @@ impl Args {
             Command::Query(a) => a.json,
             Command::Budget(a) => a.json,
             Command::Audit(AuditCmd::Verify { json, .. }) => *json,
+            Command::Audit(AuditCmd::Report { json, format, .. }) => {
+                *json || *format == ReportFormat::Json
+            }
             Command::Attest(AttestCmd::Verify(a)) => a.json,
             Command::Demo(a) => a.json,
             Command::Results(a) => a.json || a.format == Format::Json,
@@ -69,6 +72,14 @@ pub enum Command {
     Attest(AttestCmd),
     /// Run a complete two-party collaboration on synthetic data, on loopback.
     Demo(DemoArgs),
+    /// Print a shell completion script (e.g. `kura completions bash > /etc/bash_completion.d/kura`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `kura man | man -l -`.
+    Man,
 }
 
 #[derive(Subcommand, Debug)]
@@ -324,6 +335,9 @@ pub enum AuditCmd {
         /// Markdown for people, JSON for tools.
         #[arg(long, value_enum, default_value = "md")]
         format: ReportFormat,
+        /// Print one JSON object on stdout (same as --format json).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -408,6 +422,18 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
             let path = files::signature_path(&contract, &party);
             files::write_atomic(&path, text.as_bytes())?;
             println!("signed contract {} as {party}: {}", c.id(), path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Args as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "kura", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Args as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .context("writing the manual page")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Contract(ContractCmd::Describe { contract, json }) => {
@@ -531,7 +557,12 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditCmd::Report { party, format }) => {
+        Command::Audit(AuditCmd::Report {
+            party,
+            format,
+            json,
+        }) => {
+            let format = if json { ReportFormat::Json } else { format };
             let mut client = attested(&party).await?;
             let report = client.audit().await?;
             save_head(&client)?;

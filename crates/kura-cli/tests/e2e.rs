@@ -684,6 +684,15 @@ async fn tampered_truncated_and_reordered_streams_store_nothing() {
 async fn forged_replayed_and_misdirected_requests_are_refused() {
     let room = room().await;
     let url = room.server.url();
+    // The health endpoint answers without a signature, and says nothing else.
+    let health = reqwest::get(format!("{url}{}", routes::HEALTH))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        health.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({ "status": "ok" })
+    );
     let info: kura_api::EnclaveInfo = reqwest::get(format!("{url}{}", routes::EVIDENCE))
         .await
         .unwrap()
@@ -916,6 +925,21 @@ fn cli_keys_contract_sign_and_verify() {
 
     // Usage errors exit with 2.
     assert_eq!(kura(&["contract", "verify"]).status.code(), Some(2));
+}
+
+#[test]
+fn cli_prints_completions_and_a_manual_page() {
+    let out = kura(&["completions", "bash"]);
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        script.contains("_kura()") && script.contains("--sql-file"),
+        "{script}"
+    );
+    let out = kura(&["man"]);
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH kura 1"), "{page}");
 }
 
 #[test]
@@ -1621,7 +1645,7 @@ fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its_sql() {
     assert!(err.contains("analyst"), "{err}");
 
     // The transparency report names the query and its receiver.
-    let (code, out, err) = as_party("fitness-b", &["audit", "report", "--format", "json"]);
+    let (code, out, err) = as_party("fitness-b", &["audit", "report", "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     // The identifier query, the conditional one (twice) and fitness-b's attempt.

@@ -16,6 +16,7 @@ use crate::{Service, ServiceError};
 pub(crate) fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route(routes::EVIDENCE, get(evidence))
+        .route(routes::HEALTH, get(health))
         .route(routes::UPLOAD, post(upload))
         .route(routes::UPLOAD_STREAM, post(upload_stream))
         .route(routes::RUN, post(run))
@@ -25,6 +26,10 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         // Uploads stream; their size is limited by the service itself.
         .layer(DefaultBodyLimit::disable())
         .with_state(service)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
 }
 
 async fn evidence(State(s): State<Arc<Service>>) -> Json<EnclaveInfo> {
