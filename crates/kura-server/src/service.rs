@@ -435,7 +435,10 @@ impl Service {
         drop(tx);
         let batches = worker
             .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))??;
+            // A panic's message could quote what it was parsing: the log gets no words of it.
+            .map_err(|_| {
+                ServiceError::Internal("the decrypting and parsing worker stopped".into())
+            })??;
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
 
         let mut state = self.state.lock().await;
