@@ -688,9 +688,10 @@ fn no_generated_query_recovers_a_planted_value() {
     if let Err(e) = result {
         panic!("{e}");
     }
-    // The hunt must reach the engine, not stop at the parser: a good share is answered.
+    // The hunt must reach the engine, not stop at the parser: a good share is answered (about
+    // 16 % of the grammar's queries are; 10 % is six standard deviations below that at 1,500).
     assert!(
-        answered * 6 >= cases(),
+        answered * 10 >= cases(),
         "only {answered} of {} generated queries were answered",
         cases()
     );

@@ -1,0 +1,267 @@
+//! The service's state and the rules applied to every request: uploads (`upload`), runs
+//! (`run`), recovery from the log at start (`recovery`) and deletion at a deadline
+//! (`retention`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use kura_api::{
+    Action, AuditResponse, ConsistencyResponse, EnclaveInfo, RequestBody, SealedResult,
+    SignedRequest,
+};
+use kura_contract::{Contract, DeleteAfter, Party, Role};
+use kura_crypto::SecretIdentity;
+use kura_ledger::{Event, Ledger, Receipt};
+use tokio::sync::Mutex;
+
+use crate::{Config, ServiceError};
+
+mod recovery;
+mod retention;
+mod run;
+mod upload;
+
+use upload::{KeptColumns, Pending};
+
+/// A dataset held in enclave memory.
+struct Held {
+    batches: Vec<kura_engine::RecordBatch>,
+}
+
+#[derive(Default)]
+struct State {
+    pending: std::collections::HashMap<String, Pending>,
+    datasets: BTreeMap<String, Held>,
+    /// Datasets that were deleted, with the reason; they cannot be uploaded or used again.
+    deleted: BTreeMap<String, String>,
+    results: BTreeMap<String, Vec<SealedResult>>,
+    nonces: HashSet<String>,
+    runs: u64,
+    /// The privacy budget spent so far, when the contract has `[privacy.dp]`.
+    budget: Option<kura_contract::dp::Budget>,
+    /// Who stood behind every released cell, under `[adhoc] overlap_control`.
+    overlap: Option<kura_engine::overlap::Overlap>,
+}
+
+/// One enclave instance serving one contract.
+pub struct Service {
+    contract: Contract,
+    identity: Arc<SecretIdentity>,
+    info: EnclaveInfo,
+    max_upload_bytes: u64,
+    state: Mutex<State>,
+    ledger: Mutex<Ledger>,
+    /// The columns of each dataset that uploads keep, found on the first upload.
+    kept: tokio::sync::OnceCell<Arc<KeptColumns>>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("contract", &self.contract.id())
+            .field("enclave", &self.identity.public().fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    pub(crate) fn create(config: &Config) -> Result<Self, ServiceError> {
+        let contract = config.contract.contract().clone();
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|e| ServiceError::Start(format!("cannot create state directory: {e}")))?;
+        let identity = Arc::new(SecretIdentity::generate());
+        let report_data = kura_attestation::report_data_for(contract.id(), identity.public());
+        let mut evidence = crate::evidence::collect(config.platform, &report_data)?;
+        evidence.certs.extend(config.evidence_certs.iter().cloned());
+        if config.evidence_collateral.is_some() {
+            evidence.collateral.clone_from(&config.evidence_collateral);
+        }
+        let mut ledger = Ledger::open(&config.state_dir.join("log.redb"), identity.clone())
+            .map_err(|e| ServiceError::Start(e.to_string()))?;
+        let mut state = State {
+            budget: kura_contract::dp::Budget::of(&contract),
+            overlap: kura_engine::overlap::Overlap::of(&contract),
+            ..State::default()
+        };
+        let lost = recovery::recover(&contract, ledger.entries(), &mut state)?;
+        ledger
+            .append(Event::EnclaveStarted {
+                contract_id: contract.id().to_string(),
+                enclave_key: identity.public().to_text(),
+                evidence: evidence.clone(),
+            })
+            .map_err(|e| ServiceError::Start(e.to_string()))?;
+        // The previous instance's keys died with it: what it held can no longer be read.
+        for dataset in lost {
+            let reason = "enclave restarted: the previous instance's keys and plaintext are gone"
+                .to_string();
+            ledger
+                .append(Event::Deletion {
+                    dataset: dataset.clone(),
+                    reason: reason.clone(),
+                })
+                .map_err(|e| ServiceError::Start(e.to_string()))?;
+            state.deleted.insert(dataset, reason);
+        }
+        let info = EnclaveInfo {
+            contract_id: contract.id().to_string(),
+            enclave_key: identity.public().to_text(),
+            evidence,
+            tree_head: ledger.tree_head(),
+            kura_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        Ok(Self {
+            contract,
+            identity,
+            info,
+            max_upload_bytes: config.max_upload_bytes,
+            state: Mutex::new(state),
+            ledger: Mutex::new(ledger),
+            kept: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The evidence and keys of this instance, with the log's current head.
+    pub async fn info(&self) -> EnclaveInfo {
+        let mut info = self.info.clone();
+        info.tree_head = self.ledger.lock().await.tree_head();
+        info
+    }
+
+    pub fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    async fn log(&self, event: Event) -> Result<Receipt, ServiceError> {
+        Ok(self.ledger.lock().await.append(event)?)
+    }
+
+    /// Verifies who sent `req`, that it is meant for this contract and instance, and that it
+    /// was not seen before. Returns the party and the body.
+    pub(crate) async fn authenticate(
+        &self,
+        req: &SignedRequest,
+    ) -> Result<(&Party, RequestBody), ServiceError> {
+        let party = self.contract.party(&req.party).ok_or_else(|| {
+            ServiceError::Unauthorized(format!("{:?} is not a party of this contract", req.party))
+        })?;
+        let body = req
+            .open(&party.public_key)
+            .map_err(|e| ServiceError::Unauthorized(format!("party {:?}: {e}", party.name)))?;
+        if body.contract_id != self.contract.id().as_str() {
+            return Err(ServiceError::Unauthorized(
+                "request is for another contract".into(),
+            ));
+        }
+        if body.enclave != self.identity.public().fingerprint() {
+            return Err(ServiceError::Unauthorized(
+                "request is for another enclave instance (it restarted?): attest again".into(),
+            ));
+        }
+        if !self.state.lock().await.nonces.insert(body.nonce.clone()) {
+            return Err(ServiceError::Unauthorized(
+                "request replayed (nonce already used)".into(),
+            ));
+        }
+        Ok((party, body))
+    }
+
+    fn deadline_passed(&self) -> bool {
+        matches!(self.contract.retention.delete_after, DeleteAfter::Deadline(t) if time::OffsetDateTime::now_utc() >= t)
+    }
+
+    /// Destroys a dataset's plaintext and records it.
+    async fn delete(
+        &self,
+        state: &mut State,
+        name: &str,
+        reason: String,
+    ) -> Result<Receipt, ServiceError> {
+        if let Some(held) = state.datasets.remove(name) {
+            // The Arrow buffers are freed here; the data key and the decrypted file bytes were
+            // zeroized right after parsing (see `receive`).
+            drop(held);
+        }
+        state.deleted.insert(name.to_string(), reason.clone());
+        self.log(Event::Deletion {
+            dataset: name.to_string(),
+            reason,
+        })
+        .await
+    }
+
+    /// Sealed results for the requesting receiver.
+    pub(crate) async fn results(
+        &self,
+        req: SignedRequest,
+    ) -> Result<Vec<SealedResult>, ServiceError> {
+        let (party, body) = self.authenticate(&req).await?;
+        let Action::Results { run_id } = &body.action else {
+            return Err(ServiceError::BadRequest(
+                "results needs a results action".into(),
+            ));
+        };
+        if !party.has_role(Role::Receiver) {
+            return Err(ServiceError::Forbidden(format!(
+                "party {:?} does not have the receiver role",
+                party.name
+            )));
+        }
+        let state = self.state.lock().await;
+        let runs: Vec<&Vec<SealedResult>> = match run_id {
+            Some(id) => vec![state.results.get(id).ok_or_else(|| {
+                ServiceError::NotFound(format!("no run {id:?} on this enclave instance"))
+            })?],
+            None => state.results.values().collect(),
+        };
+        let mut mine = Vec::new();
+        for run in runs {
+            match run.iter().find(|s| s.receiver == party.name) {
+                Some(s) => mine.push(s.clone()),
+                None if run_id.is_some() => {
+                    return Err(ServiceError::Forbidden(format!(
+                        "party {:?} is not a receiver of analysis {:?}",
+                        party.name, run[0].analysis
+                    )));
+                }
+                None => {}
+            }
+        }
+        Ok(mine)
+    }
+
+    pub(crate) async fn audit(&self, req: SignedRequest) -> Result<AuditResponse, ServiceError> {
+        let (_, body) = self.authenticate(&req).await?;
+        if body.action != Action::Audit {
+            return Err(ServiceError::BadRequest(
+                "audit needs an audit action".into(),
+            ));
+        }
+        let ledger = self.ledger.lock().await;
+        Ok(AuditResponse {
+            entries: ledger.entries().to_vec(),
+            tree_head: ledger.tree_head(),
+        })
+    }
+
+    /// Proves that the current log extends the first `from` entries a client saw.
+    pub(crate) async fn consistency(
+        &self,
+        req: SignedRequest,
+    ) -> Result<ConsistencyResponse, ServiceError> {
+        let (_, body) = self.authenticate(&req).await?;
+        let Action::Consistency { from } = body.action else {
+            return Err(ServiceError::BadRequest(
+                "consistency needs a consistency action".into(),
+            ));
+        };
+        let ledger = self.ledger.lock().await;
+        let proof = ledger
+            .consistency(from)
+            .map_err(|e| ServiceError::Refused(e.to_string()))?;
+        Ok(ConsistencyResponse {
+            tree_head: ledger.tree_head(),
+            proof,
+        })
+    }
+}

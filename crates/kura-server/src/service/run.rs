@@ -1,0 +1,280 @@
+//! Runs: a named analysis, an ad-hoc query or a list, under the contract's output rules; the
+//! result signed and sealed to each receiver, the run logged, and retention applied.
+
+use kura_api::{Action, ResultTable, RunResponse, SealedResult, SignedRequest, SignedResult};
+use kura_contract::{ADHOC_ANALYSIS, AnalysisKind, DeleteAfter};
+use kura_crypto::b64;
+use kura_engine::Tables;
+use kura_ledger::Event;
+use zeroize::Zeroizing;
+
+use super::Service;
+use crate::ServiceError;
+
+/// What a run executes: an ad-hoc query, a fixed aggregate analysis, a list, or either kind
+/// of query under differential privacy (with its ε, if it names one).
+enum Job<'a> {
+    Query(&'a str),
+    Dp(&'a str, Option<f64>),
+    Aggregate(&'a str),
+    List(&'a kura_contract::Analysis),
+}
+
+impl Service {
+    /// Runs an analysis of the contract for `party`.
+    pub(crate) async fn run(&self, req: SignedRequest) -> Result<RunResponse, ServiceError> {
+        let (party, body) = self.authenticate(&req).await?;
+        let (analysis, sql) = match &body.action {
+            Action::Run { analysis } => (analysis.clone(), None),
+            Action::Query { sql, .. } => (ADHOC_ANALYSIS.to_string(), Some(sql.as_str())),
+            _ => {
+                return Err(ServiceError::BadRequest(
+                    "run needs a run or query action".into(),
+                ));
+            }
+        };
+        let epsilon = match &body.action {
+            Action::Query { epsilon, .. } => *epsilon,
+            _ => None,
+        };
+        let party = party.name.clone();
+        let mut charged = None;
+        let result = self
+            .run_checked(&party, &analysis, sql, epsilon, &mut charged)
+            .await;
+        if let Err(e) = &result
+            && (charged.is_some() || !matches!(e, ServiceError::Internal(_)))
+        {
+            self.log(Event::RunRefused {
+                analysis,
+                party,
+                reason: e.to_string(),
+                sql: sql.map(str::to_string),
+                dp: charged,
+            })
+            .await?;
+        }
+        result
+    }
+
+    /// Runs a named analysis, or (with `sql`) an ad-hoc query.
+    async fn run_checked(
+        &self,
+        party: &str,
+        analysis_name: &str,
+        sql: Option<&str>,
+        epsilon: Option<f64>,
+        charged: &mut Option<kura_contract::dp::Spend>,
+    ) -> Result<RunResponse, ServiceError> {
+        let (job, receivers) = match sql {
+            Some(sql) => {
+                // Without an [adhoc] section the engine's refusal says so.
+                kura_engine::roles::Rules::of(&self.contract).map_err(ServiceError::from)?;
+                let receivers = self
+                    .contract
+                    .receivers_of(ADHOC_ANALYSIS)
+                    .unwrap_or_default();
+                // Under [privacy.dp] every ad-hoc query is differentially private.
+                let job = if self.contract.privacy.dp.is_some() {
+                    Job::Dp(sql, epsilon)
+                } else {
+                    Job::Query(sql)
+                };
+                (job, receivers.to_vec())
+            }
+            None => {
+                let analysis = self.contract.analysis(analysis_name).ok_or_else(|| {
+                    ServiceError::NotFound(format!(
+                        "analysis {analysis_name:?} is not in the contract"
+                    ))
+                })?;
+                let job = match analysis.kind {
+                    AnalysisKind::List => Job::List(analysis),
+                    AnalysisKind::Aggregate if analysis.dp => {
+                        Job::Dp(&analysis.sql, analysis.epsilon)
+                    }
+                    AnalysisKind::Aggregate => Job::Aggregate(&analysis.sql),
+                };
+                (job, analysis.receivers.clone())
+            }
+        };
+        if !self.contract.may_start(party, analysis_name) {
+            return Err(ServiceError::Forbidden(format!(
+                "party {party:?} may not start {}",
+                if sql.is_some() {
+                    "ad-hoc queries (not among [adhoc] analysts)".to_string()
+                } else {
+                    format!("analysis {analysis_name:?}")
+                }
+            )));
+        }
+        // Hold the state lock for the whole run: retention deletes what the run used, and no
+        // upload or second run may interleave with that.
+        let mut state = self.state.lock().await;
+        let tables: Tables = state
+            .datasets
+            .iter()
+            .map(|(name, held)| (name.clone(), held.batches.clone()))
+            .collect();
+        let same_for_all =
+            |o: kura_engine::Output| receivers.iter().map(|r| (r.clone(), o.clone())).collect();
+        // A DP run is planned and priced, and checked against the budget, before it touches
+        // data. The state lock is held until its spend is logged and recorded, so concurrent
+        // runs cannot overspend. A run refused before it reads data spends nothing; one that
+        // fails after is charged in full (`charged`, logged with the refusal), or failures
+        // would be free probes of the data.
+        let mut spent = None;
+        let executed = match job {
+            Job::Dp(sql, epsilon) => {
+                let prepared = kura_engine::dp::prepare(&self.contract, sql, epsilon, &tables)
+                    .await
+                    .map_err(ServiceError::from)?;
+                if let Some(budget) = &state.budget {
+                    budget
+                        .check(&receivers, prepared.spend())
+                        .map_err(ServiceError::Refused)?;
+                }
+                let spend = prepared.spend();
+                spent = Some(spend);
+                let ran = prepared.run(&tables).await;
+                if ran.is_err() {
+                    if let Some(budget) = &mut state.budget {
+                        budget.record(&receivers, spend);
+                    }
+                    *charged = spent;
+                }
+                ran.map(same_for_all)
+            }
+            Job::Query(sql) => {
+                kura_engine::run_query(&self.contract, sql, &tables, state.overlap.as_mut())
+                    .await
+                    .map(same_for_all)
+            }
+            Job::Aggregate(sql) => {
+                kura_engine::run_analysis(&self.contract, sql, &tables, state.overlap.as_mut())
+                    .await
+                    .map(same_for_all)
+            }
+            Job::List(analysis) => kura_engine::list::run_list(&self.contract, analysis, &tables)
+                .await
+                .map(|m| m.into_iter().collect()),
+        };
+        let outputs: Vec<(String, kura_engine::Output)> = match executed {
+            Ok(o) => o,
+            Err(kura_engine::EngineError::MissingData(missing)) => {
+                let gone: Vec<_> = missing
+                    .iter()
+                    .filter(|m| state.deleted.contains_key(*m))
+                    .collect();
+                return Err(ServiceError::Refused(if gone.is_empty() {
+                    format!(
+                        "not all data is present: waiting for dataset(s) {}",
+                        missing.join(", ")
+                    )
+                } else {
+                    format!("dataset(s) {gone:?} were deleted under the contract's retention rule")
+                }));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        drop(tables);
+
+        state.runs += 1;
+        let run_id = format!("run-{}-{}", state.runs, &kura_api::nonce()[..8]);
+        let datasets = outputs
+            .first()
+            .map(|(_, o)| o.datasets.clone())
+            .unwrap_or_default();
+        let mut sealed_to = Vec::new();
+        // Each receiver's table is signed and sealed on its own (a list gives each its rows).
+        for (receiver, output) in outputs {
+            let table = ResultTable {
+                run_id: run_id.clone(),
+                analysis: analysis_name.to_string(),
+                columns: output.columns,
+                rows: output.rows,
+                suppressed_groups: output.suppressed_groups,
+                dp: output.dp,
+            };
+            let table_json =
+                serde_json::to_string(&table).map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let signed = SignedResult {
+                signature: b64::encode(
+                    self.identity
+                        .sign(kura_api::RESULT_DOMAIN, table_json.as_bytes()),
+                ),
+                table: table_json,
+            };
+            let plaintext = Zeroizing::new(
+                serde_json::to_vec(&signed).map_err(|e| ServiceError::Internal(e.to_string()))?,
+            );
+            let key = &self
+                .contract
+                .party(&receiver)
+                .expect("validated receiver")
+                .public_key;
+            let info = kura_api::result_context(self.contract.id().as_str(), &run_id, &receiver);
+            let s = kura_crypto::seal(key, &info, b"", &plaintext)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            sealed_to.push((receiver, s));
+        }
+
+        let receipt = self
+            .log(Event::Run {
+                run_id: run_id.clone(),
+                analysis: analysis_name.to_string(),
+                by: party.to_string(),
+                datasets: datasets.clone(),
+                rows: None,
+                suppressed_groups: None,
+                sql: sql.map(str::to_string),
+                dp: spent,
+            })
+            .await?;
+        if let (Some(budget), Some(spend)) = (&mut state.budget, spent) {
+            budget.record(&receivers, spend);
+        }
+        let mut sealed = Vec::new();
+        for (receiver, s) in sealed_to {
+            let receipt = self
+                .log(Event::Release {
+                    run_id: run_id.clone(),
+                    receiver: receiver.clone(),
+                    result_sha256: hex::encode(kura_crypto::sha256(&s.ct)),
+                })
+                .await?;
+            sealed.push(SealedResult {
+                run_id: run_id.clone(),
+                analysis: analysis_name.to_string(),
+                receiver,
+                sealed: s,
+                receipt,
+            });
+        }
+        state.results.insert(run_id.clone(), sealed);
+
+        let mut deleted = Vec::new();
+        let mut deletions = Vec::new();
+        if self.contract.retention.delete_after == DeleteAfter::Run {
+            for name in &datasets {
+                deletions.push(
+                    self.delete(
+                        &mut state,
+                        name,
+                        "delete_after = \"run\": used by ".to_string() + &run_id,
+                    )
+                    .await?,
+                );
+                deleted.push(name.clone());
+            }
+        }
+        Ok(RunResponse {
+            run_id,
+            analysis: analysis_name.to_string(),
+            receivers,
+            deleted,
+            receipt,
+            deletions,
+        })
+    }
+}

@@ -1,0 +1,290 @@
+//! Uploads: the signed header with every check that needs no data, then the encrypted stream,
+//! decrypted and parsed while it arrives.
+
+use std::sync::Arc;
+
+use kura_api::{Action, RequestBody, SignedRequest, UploadHeader, UploadResponse};
+use kura_crypto::{DataKey, StreamDecoder};
+use kura_engine::InputFormat;
+use kura_ledger::Event;
+
+use super::{Held, Service, State};
+use crate::ServiceError;
+
+/// An accepted upload header waiting for its stream.
+pub(super) struct Pending {
+    party: String,
+    dataset: kura_contract::Dataset,
+    format: InputFormat,
+    key: DataKey,
+    context: Vec<u8>,
+    created: std::time::Instant,
+}
+
+/// How long a ticket stays valid, and how many may wait at once.
+const TICKET_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
+const MAX_PENDING_UPLOADS: usize = 64;
+
+pub(super) type KeptColumns =
+    std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
+
+impl Service {
+    /// Checks an upload header: party, dataset, format, state, and that the data key was
+    /// sealed to this enclave for this upload. Returns a single-use ticket for the stream.
+    /// Every refusal is logged.
+    pub(crate) async fn begin_upload(&self, req: SignedRequest) -> Result<String, ServiceError> {
+        let (party, body) = self.authenticate(&req).await?;
+        let Action::Upload(header) = &body.action else {
+            return Err(ServiceError::BadRequest(
+                "upload needs an upload action".into(),
+            ));
+        };
+        let party = party.name.clone();
+        match self.check_upload(&party, &body, header).await {
+            Ok(pending) => {
+                let ticket = kura_api::nonce();
+                let mut state = self.state.lock().await;
+                let now = std::time::Instant::now();
+                state
+                    .pending
+                    .retain(|_, p| now.duration_since(p.created) < TICKET_LIFETIME);
+                if state.pending.len() >= MAX_PENDING_UPLOADS {
+                    return Err(ServiceError::Refused(
+                        "too many uploads in progress; try again later".into(),
+                    ));
+                }
+                state.pending.insert(ticket.clone(), pending);
+                Ok(ticket)
+            }
+            Err(e) => Err(self.refuse_upload(&header.dataset, &party, e).await),
+        }
+    }
+
+    async fn refuse_upload(&self, dataset: &str, party: &str, e: ServiceError) -> ServiceError {
+        if matches!(e, ServiceError::Internal(_)) {
+            return e;
+        }
+        let logged = self
+            .log(Event::UploadRefused {
+                dataset: dataset.to_string(),
+                party: party.to_string(),
+                reason: e.to_string(),
+            })
+            .await;
+        match logged {
+            Ok(_) => e,
+            Err(log_error) => log_error,
+        }
+    }
+
+    /// What a new upload must satisfy before its first byte of data (again at its end).
+    fn check_state(&self, state: &State, dataset: &str) -> Result<(), ServiceError> {
+        if let Some(why) = state.deleted.get(dataset) {
+            return Err(ServiceError::Refused(format!(
+                "dataset {dataset:?} was deleted ({why}); the contract does not allow it to be provided again"
+            )));
+        }
+        if state.datasets.contains_key(dataset) {
+            return Err(ServiceError::Refused(format!(
+                "dataset {dataset:?} was already uploaded"
+            )));
+        }
+        if self.deadline_passed() {
+            return Err(ServiceError::Refused(
+                "the contract's retention deadline has passed".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn check_upload(
+        &self,
+        party: &str,
+        body: &RequestBody,
+        header: &UploadHeader,
+    ) -> Result<Pending, ServiceError> {
+        let dataset = self.contract.dataset(&header.dataset).ok_or_else(|| {
+            ServiceError::NotFound(format!(
+                "dataset {:?} is not in the contract",
+                header.dataset
+            ))
+        })?;
+        if dataset.provider != party {
+            return Err(ServiceError::Forbidden(format!(
+                "party {party:?} is not the provider of dataset {:?} (its provider is {:?})",
+                dataset.name, dataset.provider
+            )));
+        }
+        let format = match header.format.as_str() {
+            "csv" => InputFormat::Csv,
+            "parquet" => InputFormat::Parquet,
+            "parquet-footer-first" => InputFormat::ParquetFooterFirst,
+            other => {
+                return Err(ServiceError::BadRequest(format!(
+                    "unknown format {other:?} (csv, parquet or parquet-footer-first)"
+                )));
+            }
+        };
+        self.check_state(&*self.state.lock().await, &dataset.name)?;
+        let context =
+            kura_api::upload_context(&body.contract_id, &dataset.name, &body.enclave, &body.nonce);
+        let key_bytes = kura_crypto::open(&self.identity, &context, b"", &header.wrapped_key).map_err(|_| {
+            ServiceError::BadRequest("the data key cannot be unwrapped: it was not sealed to this enclave for this upload".into())
+        })?;
+        let key = DataKey::from_bytes(&key_bytes)
+            .map_err(|_| ServiceError::BadRequest("the data key has the wrong length".into()))?;
+        Ok(Pending {
+            party: party.to_string(),
+            dataset: dataset.clone(),
+            format,
+            key,
+            context,
+            created: std::time::Instant::now(),
+        })
+    }
+
+    /// Receives the encrypted stream of a ticket. The whole body is read even after a failure,
+    /// so that the sender gets the reason instead of a broken connection; nothing is kept unless
+    /// every check passes.
+    pub(crate) async fn upload_stream<S, E>(
+        &self,
+        ticket: &str,
+        frames: S,
+    ) -> Result<UploadResponse, ServiceError>
+    where
+        S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let pending = self
+            .state
+            .lock()
+            .await
+            .pending
+            .remove(ticket)
+            .ok_or_else(|| {
+                ServiceError::NotFound("unknown or already used upload ticket".into())
+            })?;
+        let (dataset, party) = (pending.dataset.name.clone(), pending.party.clone());
+        match self.receive(pending, frames).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => Err(self.refuse_upload(&dataset, &party, e).await),
+        }
+    }
+
+    async fn receive<S, E>(
+        &self,
+        pending: Pending,
+        mut frames: S,
+    ) -> Result<UploadResponse, ServiceError>
+    where
+        S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt;
+
+        let Pending {
+            party,
+            dataset,
+            format,
+            key,
+            context,
+            ..
+        } = pending;
+        // Decryption and parsing run on their own thread (parsing on a pool of its own), while
+        // this task receives and hashes: the file is parsed while it is still arriving and is
+        // never held whole.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<axum::body::Bytes>(16);
+        let ds = dataset.clone();
+        let kept = self.kept_columns().await;
+        let worker = tokio::task::spawn_blocking(move || {
+            let mut decoder = StreamDecoder::new(&key, &context);
+            drop(key);
+            // A dataset missing from the set (none is) would keep everything rather than nothing.
+            let keep = |column: &str| kept.get(&ds.name).is_none_or(|k| k.contains(column));
+            let mut ingest = kura_engine::load::Ingest::keeping(&ds, format, keep);
+            let refused = |e: kura_crypto::CryptoError| {
+                ServiceError::BadRequest(format!("encrypted stream refused: {e}"))
+            };
+            let parse = |e: kura_engine::EngineError| ServiceError::BadRequest(e.to_string());
+            while let Some(piece) = rx.blocking_recv() {
+                // Decrypted straight into the ingest's buffer.
+                ingest
+                    .push_with(|buf| decoder.push(&piece, buf))
+                    .map_err(parse)?
+                    .map_err(refused)?;
+            }
+            decoder.finish().map_err(refused)?;
+            ingest.finish().map_err(parse)
+        });
+        let mut received = 0u64;
+        let mut digest = <sha2::Sha256 as sha2::Digest>::new();
+        let mut tx = Some(tx);
+        while let Some(piece) = frames.next().await {
+            let piece =
+                piece.map_err(|e| ServiceError::BadRequest(format!("upload interrupted: {e}")))?;
+            received += piece.len() as u64;
+            if received > self.max_upload_bytes {
+                // Past the limit, stop reading: the sender is beyond what we agreed to drain.
+                return Err(ServiceError::Refused(format!(
+                    "upload exceeds the service's limit of {} bytes",
+                    self.max_upload_bytes
+                )));
+            }
+            let Some(sender) = &tx else { continue };
+            sha2::Digest::update(&mut digest, &piece);
+            if sender.send(piece).await.is_err() {
+                // The worker refused the stream; read the rest so the sender gets the reason.
+                tx = None;
+            }
+        }
+        drop(tx);
+        let batches = worker
+            .await
+            // A panic's message could quote what it was parsing: the log gets no words of it.
+            .map_err(|_| {
+                ServiceError::Internal("the decrypting and parsing worker stopped".into())
+            })??;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+
+        let mut state = self.state.lock().await;
+        self.check_state(&state, &dataset.name)?;
+        let receipt = self
+            .log(Event::Upload {
+                dataset: dataset.name.clone(),
+                provider: party,
+                rows,
+                ciphertext_bytes: received,
+                ciphertext_sha256: hex::encode(sha2::Digest::finalize(digest)),
+            })
+            .await?;
+        state
+            .datasets
+            .insert(dataset.name.clone(), Held { batches });
+        Ok(UploadResponse {
+            dataset: dataset.name.clone(),
+            rows,
+            ciphertext_bytes: received,
+            receipt,
+        })
+    }
+
+    /// The columns uploads keep: those the contract's analyses read
+    /// ([`kura_engine::columns_kept`]), or all if an analysis cannot be planned.
+    async fn kept_columns(&self) -> Arc<KeptColumns> {
+        self.kept
+            .get_or_init(|| async {
+                let kept = kura_engine::columns_kept(&self.contract)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!("uploads keep every column: {e}");
+                        kura_engine::all_columns(&self.contract)
+                    });
+                for (dataset, columns) in &kept {
+                    tracing::info!(dataset, ?columns, "uploads keep these columns");
+                }
+                Arc::new(kept)
+            })
+            .await
+            .clone()
+    }
+}
