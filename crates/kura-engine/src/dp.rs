@@ -37,7 +37,7 @@ use kura_contract::dp::{DomainValue, DpSettings, MAX_DOMAIN_CELLS, Spend};
 use kura_contract::{ColumnRole, Contract};
 use serde_json::{Value, json};
 
-use crate::threshold::{datasets_read, origin};
+use crate::lineage::{datasets_read, origin};
 use crate::{EngineError, Output, Tables};
 
 const RULE: &str = "differential-privacy";

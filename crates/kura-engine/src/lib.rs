@@ -11,6 +11,7 @@
 pub mod dp;
 pub(crate) mod error;
 mod keep;
+mod lineage;
 pub mod list;
 pub mod load;
 mod output;
@@ -173,7 +174,7 @@ pub async fn check_analyses(contract: &Contract) -> Result<(), EngineError> {
                 .map(drop),
             None => plan(&ctx, contract, &analysis.sql).await.map(drop),
             Some(column) => written_plan(&ctx, &analysis.sql).await.and_then(|p| {
-                threshold::datasets_read(&p, contract)?;
+                lineage::datasets_read(&p, contract)?;
                 if p.schema().fields().iter().any(|f| f.name() == column) {
                     Ok(())
                 } else {

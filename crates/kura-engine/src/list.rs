@@ -28,7 +28,7 @@ pub async fn run_list(
         .ok_or_else(|| EngineError::Sql(format!("analysis {:?} is not a list", analysis.name)))?;
     let ctx = crate::session(contract, tables)?;
     let plan = crate::written_plan(&ctx, &analysis.sql).await?;
-    let datasets = crate::threshold::datasets_read(&plan, contract)?;
+    let datasets = crate::lineage::datasets_read(&plan, contract)?;
     crate::require_data(&datasets, tables)?;
     let index = plan
         .schema()

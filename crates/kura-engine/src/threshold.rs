@@ -25,8 +25,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Column, JoinType, TableReference};
+use datafusion::common::{Column, TableReference};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{
     Aggregate, Expr, ExprFunctionExt, ExprSchemable, LogicalPlan, LogicalPlanBuilder, Union,
@@ -34,6 +33,7 @@ use datafusion::logical_expr::{
 use kura_contract::Contract;
 
 use crate::EngineError;
+use crate::lineage::{datasets_read, origin, tables_scanned};
 
 /// Prefix of the hidden count columns.
 pub const HIDDEN_PREFIX: &str = "__kura_units_";
@@ -196,44 +196,6 @@ pub fn substitute(
         .project(columns)?
         .build()?)
     })
-}
-
-/// The tables `plan` scans anywhere, including inside subqueries.
-fn tables_scanned(plan: &LogicalPlan) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let _ = plan.apply_with_subqueries(|node| {
-        if let LogicalPlan::TableScan(scan) = node {
-            found.insert(scan.table_name.table().to_string());
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    found
-}
-
-/// Every contract dataset scanned anywhere in the plan, including inside subqueries.
-pub(crate) fn datasets_read(
-    plan: &LogicalPlan,
-    contract: &Contract,
-) -> Result<BTreeSet<String>, EngineError> {
-    let mut found = BTreeSet::new();
-    let mut unknown = None;
-    plan.apply_with_subqueries(|node| {
-        if let LogicalPlan::TableScan(scan) = node {
-            let name = scan.table_name.table().to_string();
-            if contract.dataset(&name).is_some() {
-                found.insert(name);
-            } else {
-                unknown = Some(name);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
-    if let Some(name) = unknown {
-        return Err(refuse(format!(
-            "table {name:?} is not a dataset of the contract"
-        )));
-    }
-    Ok(found)
 }
 
 fn describe(plan: &LogicalPlan) -> String {
@@ -421,48 +383,4 @@ fn contribution(
         }
     }
     Ok(parts.into_iter().reduce(Expr::and))
-}
-
-/// Which dataset column output field `index` of `plan` is an unmodified copy of, if any.
-pub(crate) fn origin(plan: &LogicalPlan, index: usize) -> Option<(String, String)> {
-    match plan {
-        LogicalPlan::TableScan(scan) => {
-            let field = scan.projected_schema.fields().get(index)?;
-            Some((scan.table_name.table().to_string(), field.name().clone()))
-        }
-        LogicalPlan::SubqueryAlias(a) => origin(&a.input, index),
-        LogicalPlan::Filter(f) => origin(&f.input, index),
-        LogicalPlan::Sort(s) => origin(&s.input, index),
-        LogicalPlan::Limit(l) => origin(&l.input, index),
-        LogicalPlan::Repartition(r) => origin(&r.input, index),
-        LogicalPlan::Projection(p) => {
-            let mut expr = p.expr.get(index)?;
-            while let Expr::Alias(a) = expr {
-                expr = &a.expr;
-            }
-            match expr {
-                Expr::Column(c) => origin(&p.input, p.input.schema().index_of_column(c).ok()?),
-                _ => None,
-            }
-        }
-        LogicalPlan::Join(j) => {
-            let left = j.left.schema().fields().len();
-            match j.join_type {
-                JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {
-                    if index < left {
-                        origin(&j.left, index)
-                    } else {
-                        origin(&j.right, index - left)
-                    }
-                }
-                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
-                    (index < left).then(|| origin(&j.left, index)).flatten()
-                }
-                JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
-                    origin(&j.right, index)
-                }
-            }
-        }
-        _ => None,
-    }
 }
