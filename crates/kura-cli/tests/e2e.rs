@@ -1561,35 +1561,31 @@ fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its_sql() {
                        END) FROM ehr e JOIN activity a ON e.patient_id = a.patient_id \
                        GROUP BY a.steps_band";
     // --explain gives the same verdict on this machine, with no enclave and no key.
-    let explained = kura(&[
-        "query",
-        "--explain",
-        "--contract",
-        c,
-        "--sql",
-        conditional,
-        "--json",
-    ]);
-    assert_eq!(explained.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    let explain = |sql: &str| {
+        let out = kura(&[
+            "query",
+            "--explain",
+            "--contract",
+            c,
+            "--sql",
+            sql,
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), v)
+    };
+    let (code, v) = explain(conditional);
+    assert_eq!(code, Some(1));
     assert_eq!(
         (v["allowed"].as_bool(), v["rule"].as_str()),
         (Some(false), Some("aggregate-argument")),
         "{v}"
     );
-    let fine = "SELECT a.steps_band, COUNT(*) FROM ehr e JOIN activity a \
-                ON e.patient_id = a.patient_id GROUP BY a.steps_band";
-    let explained = kura(&[
-        "query",
-        "--explain",
-        "--contract",
-        c,
-        "--sql",
-        fine,
-        "--json",
-    ]);
-    assert_eq!(explained.status.code(), Some(0));
-    let v: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    let (code, v) = explain(
+        "SELECT a.steps_band, COUNT(*) FROM ehr e JOIN activity a \
+         ON e.patient_id = a.patient_id GROUP BY a.steps_band",
+    );
+    assert_eq!(code, Some(0));
     assert_eq!(
         (v["allowed"].as_bool(), v["min_group_size"].as_u64()),
         (Some(true), Some(10)),

@@ -208,14 +208,28 @@ pub async fn check_query(
     rules.check(&written)?;
     let guarded = threshold::guard(written, contract, None)?;
     for counted in &guarded.counted {
-        let physical = ctx
-            .state()
-            .create_physical_plan(&counted.plan)
-            .await
-            .map_err(unwrap_refusal)?;
-        check_physical(physical.as_ref(), counted.visible)?;
+        physical_plan(&ctx, counted, true).await?;
     }
     Ok(None)
+}
+
+/// The physical plan of one counted aggregation (the analyzer rule runs on the way). Ad-hoc
+/// queries are checked once more on what will run; a fixed analysis was signed as written (it
+/// may, say, deduplicate with a window below its aggregation).
+async fn physical_plan(
+    ctx: &SessionContext,
+    counted: &threshold::Counted,
+    adhoc: bool,
+) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, EngineError> {
+    let physical = ctx
+        .state()
+        .create_physical_plan(&counted.plan)
+        .await
+        .map_err(unwrap_refusal)?;
+    if adhoc {
+        check_physical(physical.as_ref(), counted.visible)?;
+    }
+    Ok(physical)
 }
 
 /// Runs an ad-hoc query under the contract's `[adhoc]` rules and output rules.
@@ -275,16 +289,7 @@ async fn execute(
     let mut cells = Vec::new();
     let mut released: Vec<Arc<dyn datafusion::datasource::TableProvider>> = Vec::new();
     for counted in &guarded.counted {
-        let physical = ctx
-            .state()
-            .create_physical_plan(&counted.plan)
-            .await
-            .map_err(unwrap_refusal)?;
-        // Ad-hoc queries are checked once more on what will run; a fixed analysis was signed as
-        // written (it may, say, deduplicate with a window below its aggregation).
-        if adhoc {
-            check_physical(physical.as_ref(), counted.visible)?;
-        }
+        let physical = physical_plan(ctx, counted, adhoc).await?;
         let batches = datafusion::physical_plan::collect(physical, ctx.task_ctx())
             .await
             .map_err(error::runtime)?;
