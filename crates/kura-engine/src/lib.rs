@@ -298,10 +298,9 @@ async fn execute(
             counted,
             min_group_size,
             overlap.as_deref(),
-            &cells,
+            &mut cells,
         )?;
         suppressed += groups.suppressed;
-        cells.extend(groups.cells);
         released.push(Arc::new(MemTable::try_new(
             groups.schema,
             vec![groups.batches],

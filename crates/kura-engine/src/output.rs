@@ -26,23 +26,23 @@ pub struct Output {
     pub dp: Option<Value>,
 }
 
-/// The released groups of one aggregation, and what overlap control must remember of them.
+/// The released groups of one aggregation.
 pub(crate) struct Released {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub suppressed: u64,
-    pub cells: Vec<crate::overlap::Cell>,
 }
 
 /// The groups of a counted aggregation that may be released: its own columns (named `c0`,
 /// `c1`, ... for [`crate::threshold::substitute`]) of the rows whose every hidden count passes
-/// its check and, under overlap control, whose every cell passes [`Overlap::check`].
+/// its check and, under overlap control, whose every cell passes [`Overlap::check`] against
+/// what was released before and the answer's `cells` so far (which the kept rows' join).
 pub(crate) fn release(
     batches: &[RecordBatch],
     counted: &Counted,
     min_group_size: u64,
     overlap: Option<&Overlap>,
-    earlier: &[crate::overlap::Cell],
+    cells: &mut Vec<crate::overlap::Cell>,
 ) -> Result<Released, EngineError> {
     let own = counted.plan.schema().as_arrow().fields()[..counted.visible]
         .iter()
@@ -54,7 +54,6 @@ pub(crate) fn release(
         schema: schema.clone(),
         batches: Vec::new(),
         suppressed: 0,
-        cells: Vec::new(),
     };
     let failed = |e: datafusion::arrow::error::ArrowError| EngineError::Execution(e.to_string());
     for batch in batches {
@@ -87,10 +86,7 @@ pub(crate) fn release(
             let overlap = overlap.ok_or_else(|| {
                 EngineError::Execution("contributor sets without overlap control".into())
             })?;
-            let before: Vec<_> = earlier.iter().chain(&released.cells).cloned().collect();
-            let (checked, cells) = overlap.check(&keys, &sets, &keep, min_group_size, &before);
-            keep = checked;
-            released.cells.extend(cells);
+            overlap.check(&keys, &sets, &mut keep, min_group_size, cells);
         }
         let keep = BooleanArray::from(keep);
         released.suppressed += (batch.num_rows() - keep.true_count()) as u64;

@@ -106,20 +106,17 @@ impl Overlap {
 
     /// Decides which rows of one aggregation's output may be released: `cells[i][row]` is the
     /// contributor set of the i-th cell column (`keys[i]`) in `row`. Rows already failing
-    /// (`keep[row] == false`) are skipped; `earlier` holds the cells of the same answer
-    /// accepted before these. Returns the rows to keep and the cells to remember.
+    /// (`keep[row] == false`) are skipped, rows whose cells fail are set to `false`; `accepted`
+    /// holds the cells of the same answer accepted so far and receives those of the rows kept.
     pub(crate) fn check(
         &self,
         keys: &[String],
         cells: &[Vec<Arc<[u64]>>],
-        keep: &[bool],
+        keep: &mut [bool],
         min: u64,
-        earlier: &[Cell],
-    ) -> (Vec<bool>, Vec<Cell>) {
-        let mut accepted: Vec<Cell> = earlier.to_vec();
-        let from = accepted.len();
-        let mut out = keep.to_vec();
-        for (row, keep) in out.iter_mut().enumerate() {
+        accepted: &mut Vec<Cell>,
+    ) {
+        for (row, keep) in keep.iter_mut().enumerate() {
             if !*keep {
                 continue;
             }
@@ -130,12 +127,11 @@ impl Overlap {
                 .collect();
             *keep = row_cells
                 .iter()
-                .all(|(k, c)| self.allowed(k, c, &accepted, min));
+                .all(|(k, c)| self.allowed(k, c, accepted, min));
             if *keep {
                 accepted.extend(row_cells);
             }
         }
-        (out, accepted.split_off(from))
     }
 
     /// Remembers released cells, or refuses when they would pass the bound.
@@ -361,29 +357,30 @@ mod tests {
     fn a_cell_close_to_a_remembered_one_is_refused_and_memory_is_bounded() {
         let mut memory = Overlap::new(45);
         let key = vec!["patients.bmi@patients".to_string()];
+        // Checks one aggregation's rows; returns the rows kept and the cells to remember.
+        let check = |memory: &Overlap, keys: &[String], rows: Vec<Arc<[u64]>>| {
+            let mut keep = vec![true; rows.len()];
+            let mut cells = Vec::new();
+            memory.check(keys, &[rows], &mut keep, 5, &mut cells);
+            (keep, cells)
+        };
         let region: Vec<u64> = (0..20).collect();
-        let (keep, cells) = memory.check(&key, &[vec![cell(&region)]], &[true], 5, &[]);
+        let (keep, cells) = check(&memory, &key, vec![cell(&region)]);
         assert_eq!(keep, vec![true]);
         memory.remember(cells).unwrap();
         // The region without one person: refused. The same region again: allowed.
         let minus_one: Vec<u64> = (1..20).collect();
-        let (keep, _) = memory.check(
-            &key,
-            &[vec![cell(&minus_one), cell(&region)]],
-            &[true, true],
-            5,
-            &[],
-        );
+        let (keep, _) = check(&memory, &key, vec![cell(&minus_one), cell(&region)]);
         assert_eq!(keep, vec![false, true]);
         // Another measure is another question.
         let other = vec!["claims.amount@patients".to_string()];
-        let (keep, cells) = memory.check(&other, &[vec![cell(&minus_one)]], &[true], 5, &[]);
+        let (keep, cells) = check(&memory, &other, vec![cell(&minus_one)]);
         assert_eq!(keep, vec![true]);
         memory.remember(cells).unwrap();
         assert_eq!(memory.stored(), 39);
         // Past the bound: refused, nothing remembered.
         let big: Vec<u64> = (100..110).collect();
-        let (_, cells) = memory.check(&key, &[vec![cell(&big)]], &[true], 5, &[]);
+        let (_, cells) = check(&memory, &key, vec![cell(&big)]);
         let err = memory.remember(cells).unwrap_err();
         assert!(matches!(
             err,

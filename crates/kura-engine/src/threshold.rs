@@ -253,9 +253,13 @@ fn count(
         return Err(refuse("the aggregation reads no dataset of the contract"));
     }
     // Whose rows each aggregate's value rests on: the group (`None`) or a narrower condition.
-    let mut conditions: Vec<Option<Expr>> = Vec::new();
-    for e in &agg.aggr_expr {
-        let condition = contribution(e, &schema)?;
+    let contributions = agg
+        .aggr_expr
+        .iter()
+        .map(|e| contribution(e, &schema))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut conditions: Vec<&Option<Expr>> = Vec::new();
+    for condition in &contributions {
         if !conditions.contains(&condition) {
             conditions.push(condition);
         }
@@ -277,7 +281,7 @@ fn count(
     };
     // The group itself (its keys are released), then each narrower set of contributors.
     add(None, Check::AtLeast)?;
-    for c in conditions.iter().flatten() {
+    for c in conditions.iter().copied().flatten() {
         add(Some(c.clone()), Check::AtLeast)?;
     }
     // People counted by one released aggregate but not by another (booleans here are never
@@ -285,7 +289,7 @@ fn count(
     // an `AVG(x)` over fewer people than its group reveals nothing about the others.
     for (i, a) in conditions.iter().enumerate() {
         for b in &conditions[i + 1..] {
-            let differ = match (a, b) {
+            let differ = match (*a, *b) {
                 (None, Some(c)) | (Some(c), None) => Expr::Not(Box::new(c.clone())),
                 (Some(a), Some(b)) => a.clone().not_eq(b.clone()),
                 (None, None) => continue,
@@ -295,9 +299,9 @@ fn count(
     }
     // Overlap control: each cell's contributors, per measure and dataset.
     if let Some(overlap) = overlap {
-        let mut cells: Vec<(String, Option<Expr>)> = vec![("*".into(), None)];
-        for e in &agg.aggr_expr {
-            let cell = (measure(e, &input), contribution(e, &schema)?);
+        let mut cells: Vec<(String, &Option<Expr>)> = vec![("*".into(), &None)];
+        for (e, condition) in agg.aggr_expr.iter().zip(&contributions) {
+            let cell = (measure(e, &input), condition);
             if !cells.contains(&cell) {
                 cells.push(cell);
             }
