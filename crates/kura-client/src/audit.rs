@@ -123,9 +123,12 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 if !is_party(party) {
                     return bad(format!("{party:?} is not a party"));
                 }
-                let (Some(receivers), Some(budget)) =
-                    (contract.receivers_of(analysis), &mut budget)
-                else {
+                let Some(receivers) = contract.receivers_of(analysis) else {
+                    return bad(format!(
+                        "a charge for {analysis:?}, which is not in the contract"
+                    ));
+                };
+                let Some(budget) = &mut budget else {
                     return bad("a DP spend, but the contract has no [privacy.dp]".into());
                 };
                 if let Err(why) = budget.charge(receivers, *spend) {
@@ -261,14 +264,46 @@ platforms = ["simulated"]
                 vec![run("count", "hospital-a")],
                 "without differential privacy",
             ),
+            // A failed run charged after it read data counts like a release.
+            (
+                vec![
+                    dp_run("count", 0.5),
+                    charged_failure("count", 0.5),
+                    dp_run("count", 0.5),
+                ],
+                "would be exceeded",
+            ),
+            (
+                vec![charged_failure("no-such-analysis", 0.1)],
+                "not in the contract",
+            ),
         ];
         for (events, expected) in cases {
             let err = check_events(&c, &bodies(events)).unwrap_err();
             assert!(err.contains(expected), "{err}");
         }
         // A spend where the contract has no [privacy.dp].
-        let err = check_events(&contract(), &bodies(vec![dp_run("count", 0.1)])).unwrap_err();
-        assert!(err.contains("no [privacy.dp]"), "{err}");
+        for spend in [dp_run("count", 0.1), charged_failure("count", 0.1)] {
+            let err = check_events(&contract(), &bodies(vec![spend])).unwrap_err();
+            assert!(err.contains("no [privacy.dp]"), "{err}");
+        }
+        // The replay counts the charged failure too.
+        let log = bodies(vec![dp_run("count", 0.25), charged_failure("count", 0.5)]);
+        let b = budget(&c, &log).unwrap().accounts_report();
+        assert_eq!(b[0].spent_epsilon, 0.75);
+    }
+
+    fn charged_failure(analysis: &str, epsilon: f64) -> Event {
+        Event::RunRefused {
+            analysis: analysis.into(),
+            party: "hospital-a".into(),
+            reason: "the query failed while running: a division by zero".into(),
+            sql: None,
+            dp: Some(kura_contract::dp::Spend {
+                epsilon,
+                delta: 0.0,
+            }),
+        }
     }
 
     fn release(receiver: &str) -> Event {

@@ -701,9 +701,11 @@ fn plain_argument(expr: &Expr, schema: &DFSchema) -> Result<(), String> {
     }
 }
 
-/// Casts that keep distinct values distinct (and never fail): booleans to numbers, integers to
-/// wider integers, decimals with room or doubles, floats to wider floats, text between its
-/// layouts.
+/// Casts that never fail and map distinct values to distinct values (false and true to 0 and
+/// 1), except that integers beyond 2⁵³ round to the nearest double: DataFusion casts integer
+/// arguments of `AVG` and `STDDEV` so itself, and rounding cannot silence a row's
+/// contribution. Booleans to numbers, integers to wider integers, decimals with room or
+/// doubles, floats to wider floats, text between its layouts.
 fn lossless(from: &DataType, to: &DataType) -> bool {
     use DataType::*;
     let int_digits = |t: &DataType| match t {
