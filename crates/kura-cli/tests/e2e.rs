@@ -2178,6 +2178,11 @@ fn cli_budget_shows_what_dp_queries_spent() {
     let c = contract.to_str().unwrap();
     let (served, url) = serve(d, &contract);
     let as_party = |name: &str, args: &[&str]| as_party(d, &url, c, name, args);
+    // Before the data is there, a query is refused without reading anything: not charged
+    // (the budget below counts only the two queries after the uploads).
+    let (code, _, err) = as_party("hospital-a", &["query", "--sql", DP_SQL]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("waiting for dataset"), "{err}");
     upload_both(&as_party, d);
 
     // A DP query that fails after it read data is charged as if it had run, and its reason

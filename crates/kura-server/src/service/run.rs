@@ -38,19 +38,20 @@ impl Service {
             _ => None,
         };
         let party = party.name.clone();
-        let mut charged = None;
+        let mut logged = false;
         let result = self
-            .run_checked(&party, &analysis, sql, epsilon, &mut charged)
+            .run_checked(&party, &analysis, sql, epsilon, &mut logged)
             .await;
         if let Err(e) = &result
-            && (charged.is_some() || !matches!(e, ServiceError::Internal(_)))
+            && !logged
+            && !matches!(e, ServiceError::Internal(_))
         {
             self.log(Event::RunRefused {
                 analysis,
                 party,
                 reason: e.to_string(),
                 sql: sql.map(str::to_string),
-                dp: charged,
+                dp: None,
             })
             .await?;
         }
@@ -64,7 +65,7 @@ impl Service {
         analysis_name: &str,
         sql: Option<&str>,
         epsilon: Option<f64>,
-        charged: &mut Option<kura_contract::dp::Spend>,
+        logged: &mut bool,
     ) -> Result<RunResponse, ServiceError> {
         let (job, receivers) = match sql {
             Some(sql) => {
@@ -121,12 +122,12 @@ impl Service {
         // A DP run is planned and priced, and checked against the budget, before it touches
         // data. The state lock is held until its spend is logged and recorded, so concurrent
         // runs cannot overspend. A run refused before it reads data spends nothing; one that
-        // fails after is charged in full (`charged`, logged with the refusal), or failures
-        // would be free probes of the data.
+        // fails after is charged in full, its refusal and charge logged before the lock is
+        // released (`logged`), or failures would be free probes of the data.
         let mut spent = None;
         let executed = match job {
-            Job::Dp(sql, epsilon) => {
-                let prepared = kura_engine::dp::prepare(&self.contract, sql, epsilon, &tables)
+            Job::Dp(dp_sql, epsilon) => {
+                let prepared = kura_engine::dp::prepare(&self.contract, dp_sql, epsilon, &tables)
                     .await
                     .map_err(ServiceError::from)?;
                 if let Some(budget) = &state.budget {
@@ -136,14 +137,27 @@ impl Service {
                 }
                 let spend = prepared.spend();
                 spent = Some(spend);
-                let ran = prepared.run(&tables).await;
-                if ran.is_err() {
-                    if let Some(budget) = &mut state.budget {
-                        budget.record(&receivers, spend);
+                match prepared.run(&tables).await {
+                    Ok(output) => Ok(same_for_all(output)),
+                    // Refused before any row was read: not all data is there.
+                    Err(e @ kura_engine::EngineError::MissingData(_)) => Err(e),
+                    Err(e) => {
+                        let error = ServiceError::from(e);
+                        if let Some(budget) = &mut state.budget {
+                            budget.record(&receivers, spend);
+                        }
+                        self.log(Event::RunRefused {
+                            analysis: analysis_name.to_string(),
+                            party: party.to_string(),
+                            reason: error.to_string(),
+                            sql: sql.map(str::to_string),
+                            dp: Some(spend),
+                        })
+                        .await?;
+                        *logged = true;
+                        return Err(error);
                     }
-                    *charged = spent;
                 }
-                ran.map(same_for_all)
             }
             Job::Query(sql) => {
                 kura_engine::run_query(&self.contract, sql, &tables, state.overlap.as_mut())
