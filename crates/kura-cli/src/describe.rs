@@ -2,11 +2,8 @@
 
 use std::fmt::Write as _;
 
-use kura_contract::{ColumnRole, Contract, DeleteAfter};
+use kura_contract::{Adhoc, ColumnRole, Contract, DeleteAfter, ONE_PERSON_AGGREGATES};
 use serde_json::{Value, json};
-
-/// Aggregates a contract may list that kura refuses in queries all the same.
-const ONE_PERSON: [&str; 3] = ["min", "max", "median"];
 
 fn retention(c: &Contract) -> String {
     match &c.retention.delete_after {
@@ -24,18 +21,23 @@ fn role(r: ColumnRole) -> &'static str {
     }
 }
 
+/// The aggregates the contract lists that kura answers.
+fn answered(adhoc: &Adhoc) -> Vec<&str> {
+    adhoc
+        .aggregates
+        .iter()
+        .map(String::as_str)
+        .filter(|x| !ONE_PERSON_AGGREGATES.contains(x))
+        .collect()
+}
+
 /// The description as one JSON object.
 pub fn json(c: &Contract) -> Value {
     let adhoc = c.adhoc.as_ref().map(|a| {
-        let usable: Vec<&String> = a
-            .aggregates
-            .iter()
-            .filter(|x| !ONE_PERSON.contains(&x.as_str()))
-            .collect();
         json!({
             "analysts": a.analysts,
             "receivers": a.receivers,
-            "aggregates": usable,
+            "aggregates": answered(a),
             "column_aggregates": a.column_aggregates,
             "dimension_functions": a.dimension_functions,
             "differentially_private": c.privacy.dp.is_some(),
@@ -114,19 +116,13 @@ pub fn text(c: &Contract) -> String {
             let _ = writeln!(o, "\nad-hoc queries: none (only the analyses above run)");
         }
         Some(a) => {
-            let usable: Vec<&str> = a
-                .aggregates
-                .iter()
-                .map(String::as_str)
-                .filter(|x| !ONE_PERSON.contains(x))
-                .collect();
             let _ = writeln!(
                 o,
                 "\nad-hoc queries by {}, results to {}",
                 a.analysts.join(", "),
                 a.receivers.join(", ")
             );
-            let _ = writeln!(o, "  aggregates: {}", usable.join(", "));
+            let _ = writeln!(o, "  aggregates: {}", answered(a).join(", "));
             for (column, list) in &a.column_aggregates {
                 let _ = writeln!(o, "  aggregates of {column}: {}", list.join(", "));
             }

@@ -207,8 +207,8 @@ pub enum AnalysisKind {
     List,
 }
 
-/// Aggregate functions an ad-hoc query may use. `min`, `max` and `median` return a value of
-/// one member of the group: allow them only where that is acceptable.
+/// Aggregate names a contract's `[adhoc].aggregates` may list. Those in
+/// [`ONE_PERSON_AGGREGATES`] are accepted for older contracts but refused in queries.
 pub const ADHOC_AGGREGATES: [&str; 9] = [
     "count",
     "count_distinct",
@@ -220,6 +220,10 @@ pub const ADHOC_AGGREGATES: [&str; 9] = [
     "variance",
     "median",
 ];
+
+/// Aggregates whose value is one member's value, whatever the group's size: kura refuses them
+/// in ad-hoc queries (rule `one-person-value`) even where a contract lists them.
+pub const ONE_PERSON_AGGREGATES: [&str; 3] = ["min", "max", "median"];
 
 fn default_aggregates() -> Vec<String> {
     ["count", "count_distinct", "sum", "avg"]
@@ -810,7 +814,7 @@ impl Contract {
                 .aggregates
                 .iter()
                 .map(String::as_str)
-                .filter(|a| matches!(*a, "min" | "max" | "median"))
+                .filter(|a| ONE_PERSON_AGGREGATES.contains(a))
                 .collect();
             if !one_person.is_empty() {
                 out.push(format!(

@@ -639,7 +639,7 @@ impl Rules {
                 ));
             }
         }
-        if matches!(kind, "min" | "max" | "median") {
+        if kura_contract::ONE_PERSON_AGGREGATES.contains(&kind) {
             return Err(refuse(
                 "one-person-value",
                 format!(
