@@ -201,12 +201,7 @@ pub async fn check_query(
     if contract.privacy.dp.is_some() {
         return dp::cost(contract, sql, epsilon).await.map(Some);
     }
-    let rules = Arc::new(roles::Rules::of(contract)?);
-    let ctx = session(contract, &Tables::new())?;
-    ctx.add_analyzer_rule(Arc::new(roles::RulesAnalyzer(rules.clone())));
-    let written = written_plan(&ctx, sql).await?;
-    rules.check(&written)?;
-    let guarded = threshold::guard(written, contract, None)?;
+    let (ctx, guarded) = adhoc_plan(contract, sql, &Tables::new(), None).await?;
     for counted in &guarded.counted {
         physical_plan(&ctx, counted, true).await?;
     }
@@ -244,15 +239,27 @@ pub async fn run_query(
     tables: &Tables,
     overlap: Option<&mut overlap::Overlap>,
 ) -> Result<Output, EngineError> {
+    let overlap = required(contract, overlap)?;
+    let (ctx, guarded) = adhoc_plan(contract, sql, tables, overlap.as_deref()).await?;
+    require_data(&guarded.datasets, tables)?;
+    execute(&ctx, guarded, contract.output.min_group_size, true, overlap).await
+}
+
+/// An ad-hoc query checked against the `[adhoc]` rules as written and guarded, in a session
+/// whose analyzer checks the rules again on every plan it runs.
+async fn adhoc_plan(
+    contract: &Contract,
+    sql: &str,
+    tables: &Tables,
+    overlap: Option<&overlap::Overlap>,
+) -> Result<(SessionContext, threshold::Guarded), EngineError> {
     let rules = Arc::new(roles::Rules::of(contract)?);
     let ctx = session(contract, tables)?;
     ctx.add_analyzer_rule(Arc::new(roles::RulesAnalyzer(rules.clone())));
     let written = written_plan(&ctx, sql).await?;
     rules.check(&written)?;
-    let overlap = required(contract, overlap)?;
-    let guarded = threshold::guard(written, contract, overlap.as_deref())?;
-    require_data(&guarded.datasets, tables)?;
-    execute(&ctx, guarded, contract.output.min_group_size, true, overlap).await
+    let guarded = threshold::guard(written, contract, overlap)?;
+    Ok((ctx, guarded))
 }
 
 /// The overlap memory when the contract asks for overlap control; refuses to run without it
