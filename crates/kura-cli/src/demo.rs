@@ -14,11 +14,23 @@ use anyhow::{Context, Result, ensure};
 use kura_client::Client;
 use kura_contract::Platform;
 
-use crate::cli::DemoArgs;
 use crate::splitmix::SplitMix;
 use crate::{files, render};
 
 use kura_contract::example::ANALYSIS;
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Patients in the hospital's data set.
+    #[arg(long, default_value_t = 5000)]
+    pub rows: usize,
+    /// Print one JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Seed of the synthetic data generator.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
 
 const STEPS_BANDS: [&str; 5] = [
     "1 sedentary (<4k)",

@@ -76,40 +76,32 @@ pub fn read_identity(path: &Path) -> Result<SecretIdentity> {
         .with_context(|| format!("{} is not a kura secret key", path.display()))
 }
 
-pub fn signature_path(contract: &Path, party: &str) -> PathBuf {
-    let mut name = contract.as_os_str().to_owned();
-    name.push(format!(".{party}.sig"));
-    PathBuf::from(name)
-}
+pub use kura_contract::files::{check_signatures, signature_path};
 
 pub fn read_contract(path: &Path) -> Result<Contract> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read contract {}", path.display()))?;
-    Contract::parse(&bytes).with_context(|| format!("contract {} is invalid", path.display()))
-}
-
-pub fn check_signatures(contract: &Contract, path: &Path) -> Vec<kura_contract::SignatureCheck> {
-    kura_contract::verify_all(contract, |party| {
-        std::fs::read_to_string(signature_path(path, party)).ok()
-    })
+    kura_contract::files::read(path).map_err(|e| contract_error(path, "is invalid", e))
 }
 
 /// Reads a contract and refuses it unless every party signed these exact bytes.
 pub fn read_signed_contract(path: &Path) -> Result<SignedContract> {
-    let contract = read_contract(path)?;
-    SignedContract::verify(contract, |party| {
-        std::fs::read_to_string(signature_path(path, party)).ok()
-    })
-    .with_context(|| format!("contract {} cannot be used", path.display()))
+    kura_contract::files::read_signed(path).map_err(|e| contract_error(path, "cannot be used", e))
+}
+
+fn contract_error(path: &Path, what: &str, e: kura_contract::ContractError) -> anyhow::Error {
+    match e {
+        // Already names the file.
+        kura_contract::ContractError::Read { .. } => e.into(),
+        e => anyhow::Error::new(e).context(format!("contract {} {what}", path.display())),
+    }
 }
 
 /// Where kura keeps per-user state: `$KURA_HOME`, or `~/.kura`.
-fn kura_home() -> Result<PathBuf> {
+pub fn kura_home() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("KURA_HOME") {
         return Ok(PathBuf::from(dir));
     }
-    let home = std::env::var_os("HOME").context("neither KURA_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".kura"))
+    let home = std::env::home_dir().context("neither KURA_HOME nor a home directory is set")?;
+    Ok(home.join(".kura"))
 }
 
 /// Where fetched VCEKs and DCAP collateral are kept.

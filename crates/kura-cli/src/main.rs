@@ -19,11 +19,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     let json = args.json_output();
-    let level = if matches!(args.command, cli::Command::Serve(_)) {
-        "info"
-    } else {
-        "warn"
-    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org).
@@ -33,7 +28,7 @@ fn main() -> ExitCode {
         )
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

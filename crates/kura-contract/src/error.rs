@@ -2,6 +2,8 @@
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ContractError {
+    #[error("cannot read contract {path}: {reason}")]
+    Read { path: String, reason: String },
     #[error("contract is not valid TOML or has an unexpected shape: {0}")]
     Syntax(String),
     #[error("contract version {0} is not supported (this kura reads version 1)")]

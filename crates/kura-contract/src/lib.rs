@@ -3,11 +3,13 @@
 //!
 //! A contract is identified by the SHA-256 of its exact bytes and never changes. Every party
 //! signs those bytes; nothing may run on a contract that is not signed by all of them. This
-//! crate parses and validates (no I/O); SQL is checked against the schemas by `kura-engine`.
+//! crate parses and validates; [`files`] alone touches the disk (a contract and its signature
+//! files). SQL is checked against the schemas by `kura-engine`.
 
 pub mod dp;
 mod error;
 pub mod example;
+pub mod files;
 mod model;
 mod signature;
 

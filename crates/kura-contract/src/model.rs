@@ -100,6 +100,18 @@ pub enum Platform {
 }
 
 impl Platform {
+    /// Every platform kura knows.
+    pub const ALL: [Platform; 5] = [
+        Platform::Simulated,
+        Platform::SevSnp,
+        Platform::Tdx,
+        Platform::Sgx,
+        Platform::Nitro,
+    ];
+
+    /// The names of [`Platform::ALL`], as contracts and command lines spell them.
+    pub const NAMES: [&'static str; 5] = ["simulated", "sev-snp", "tdx", "sgx", "nitro"];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Platform::Simulated => "simulated",
@@ -111,15 +123,7 @@ impl Platform {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            Platform::Simulated,
-            Platform::SevSnp,
-            Platform::Tdx,
-            Platform::Sgx,
-            Platform::Nitro,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == text)
+        Platform::ALL.into_iter().find(|p| p.as_str() == text)
     }
 }
 

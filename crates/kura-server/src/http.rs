@@ -25,7 +25,28 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route(routes::CONSISTENCY, post(consistency))
         // Uploads stream; their size is limited by the service itself.
         .layer(DefaultBodyLimit::disable())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new()
+                        .level(tracing::Level::INFO)
+                        .latency_unit(tower_http::LatencyUnit::Millis),
+                ),
+        )
         .with_state(service)
+}
+
+/// One span per request, with its method and route; one line when it ends, with the status and
+/// duration. Only these: the route is the template (`/v1/upload/{ticket}`, never the ticket),
+/// and neither headers nor bodies (which carry a party's signed request) are logged.
+fn request_span(request: &axum::http::Request<Body>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("(no route)", |m| m.as_str());
+    tracing::info_span!("request", method = %request.method(), route)
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -306,3 +306,12 @@ fn warnings_name_what_thresholds_and_listed_aggregates_do_not_stop() {
         assert!(err.contains(why), "{err}");
     }
 }
+
+#[test]
+fn platform_names_are_what_contracts_spell() {
+    for (p, name) in Platform::ALL.into_iter().zip(Platform::NAMES) {
+        assert_eq!(p.as_str(), name);
+        assert_eq!(Platform::parse(name), Some(p));
+    }
+    assert_eq!(Platform::parse("SEV-SNP"), None);
+}

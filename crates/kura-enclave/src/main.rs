@@ -1,0 +1,155 @@
+//! `kura-enclave`: the enclave service and nothing else. This is the program that runs inside
+//! the TEE and whose measurement contracts pin, so it holds no client command, no rendering and
+//! no demo: a change to the parties' command line never changes what the contract accepts.
+//! `kura serve ARGS` runs this binary with the same arguments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use kura_contract::Platform;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kura-enclave",
+    version,
+    about = "The kura enclave service: runs inside the TEE, serves one signed contract"
+)]
+struct Args {
+    /// The contract every party signed (its .sig files sit beside it); the service refuses to
+    /// start on an unsigned one.
+    #[arg(long)]
+    contract: PathBuf,
+    /// Where evidence comes from; `simulated` protects nothing and must be listed by the
+    /// contract.
+    #[arg(long, value_parser = platform_arg())]
+    platform: Platform,
+    /// Address to listen on (port 0 picks a free one; the address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8700")]
+    listen: SocketAddr,
+    /// Directory of the audit log (one contract per directory).
+    #[arg(long)]
+    state: PathBuf,
+    /// Largest accepted upload in bytes.
+    #[arg(long, default_value_t = kura_server::Config::DEFAULT_MAX_UPLOAD)]
+    max_upload_bytes: u64,
+    /// Certificates to hand out with the evidence (SEV-SNP: a VLEK from the cloud provider, or
+    /// a VCEK when the host's certificate table is empty), PEM or DER.
+    #[arg(long)]
+    certs: Vec<PathBuf>,
+    /// Intel DCAP collateral (dcap-qvl JSON) to hand out with TDX or SGX evidence, so that
+    /// clients can verify offline.
+    #[arg(long)]
+    collateral: Option<PathBuf>,
+    /// Log lines as text for people or as JSON objects for a log collector (stderr). Log lines
+    /// name requests, routes, statuses and durations, never a data value.
+    #[arg(long, value_enum, env = "KURA_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// `--platform NAME`, one of [`Platform::NAMES`] (listed by `--help`).
+fn platform_arg() -> impl clap::builder::TypedValueParser<Value = Platform> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Platform::NAMES)
+        .map(|name: String| Platform::parse(&name).expect("one of Platform::NAMES"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+        // Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org).
+        LogFormat::Text => logs
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
+            .init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(a: Args) -> Result<()> {
+    let contract = kura_contract::files::read_signed(&a.contract)
+        .with_context(|| format!("contract {} cannot be used", a.contract.display()))?;
+    kura_engine::check_analyses(&contract)
+        .await
+        .context("the contract's analyses are invalid")?;
+    let platform = a.platform;
+    if !contract.enclave.allows(platform) {
+        bail!(
+            "the contract does not list platform {platform} in enclave.platforms; clients would refuse this enclave"
+        );
+    }
+    if platform == Platform::Simulated {
+        eprintln!("\n*** {} ***\n", kura_attestation::simulated::WARNING);
+    }
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let running = kura_server::start(kura_server::Config {
+        contract,
+        platform,
+        listen: a.listen,
+        state_dir: a.state,
+        max_upload_bytes: a.max_upload_bytes,
+        evidence_certs: a.certs.iter().map(read).collect::<Result<_>>()?,
+        evidence_collateral: a.collateral.as_ref().map(read).transpose()?,
+    })
+    .await?;
+    // On stdout, flushed: scripts and tests read the address (the port may be chosen at run time).
+    println!("kura enclave service listening on {}", running.url());
+    std::io::Write::flush(&mut std::io::stdout())?;
+    tracing::info!(url = %running.url(), contract = %running.service.contract().id(), "enclave service listening");
+    stopped().await?;
+    tracing::info!("shutting down");
+    running.shutdown().await?;
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM (what service managers and container runtimes send), so that
+/// either stops the service the same orderly way.
+async fn stopped() -> Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        tokio::select! {
+            c = tokio::signal::ctrl_c() => c.context("waiting for Ctrl-C"),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+}
