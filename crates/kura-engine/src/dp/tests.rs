@@ -1,5 +1,8 @@
 use std::fmt::Write as _;
 
+use dashu::rational::RBig;
+
+use super::noise::{ci95, noise};
 use super::*;
 use crate::golden::{contract_with, load_csv, tables};
 

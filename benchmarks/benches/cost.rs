@@ -9,13 +9,14 @@
 //! - attestation verification per platform on the real vectors, certificates cached.
 //!
 //! ```sh
-//! cargo bench -p kura-cli --bench cost                     # default: 10M rows joined to 1M
-//! cargo bench -p kura-cli --bench cost -- --rows 50000000  # bigger
-//! cargo bench -p kura-cli --bench cost -- --scale          # adds the 1M/10M/50M scaling table
+//! cargo build --release -p kura-enclave                          # the enclave the bench runs
+//! cargo bench -p kura-benchmarks --bench cost                     # default: 10M rows joined to 1M
+//! cargo bench -p kura-benchmarks --bench cost -- --rows 50000000  # bigger
+//! cargo bench -p kura-benchmarks --bench cost -- --scale          # adds the 1M/10M/50M scaling table
 //! ```
 //!
-//! The enclave is the real `kura serve` binary (simulated platform) in its own process, so its
-//! peak memory is its own. Baselines run in child processes of this binary (`--child ...`) for
+//! The enclave is the real `kura-enclave` binary (simulated platform) in its own process, so
+//! its peak memory is its own. Baselines run in child processes of this binary (`--child ...`) for
 //! the same reason. DuckDB is the `duckdb` Python package (`pip install duckdb`); without it
 //! its rows say so and the rest still runs.
 
@@ -34,10 +35,10 @@ use kura_contract::{Contract, SignedContract};
 use kura_crypto::{DataKey, SecretIdentity, StreamDecoder, StreamEncoder};
 use kura_engine::datafusion;
 
-#[path = "../src/splitmix.rs"]
+#[path = "../../crates/kura-cli/src/splitmix.rs"]
 #[allow(dead_code)]
 mod splitmix;
-#[path = "../../kura-attestation/benches/vectors/mod.rs"]
+#[path = "../../crates/kura-attestation/benches/vectors/mod.rs"]
 mod vectors;
 
 use splitmix::SplitMix;
@@ -693,7 +694,25 @@ platforms = ["simulated"]
     }
 }
 
-/// `kura serve` on the simulated platform, in its own process; killed on drop.
+/// The release `kura-enclave` beside this bench (`target/release/`), built by
+/// `cargo build --release -p kura-enclave`: Cargo builds only this package's targets for a
+/// bench, and the enclave is another package.
+fn enclave_binary() -> PathBuf {
+    let me = std::env::current_exe().expect("own path");
+    let release = me
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/release/deps/cost-*");
+    let path = release.join("kura-enclave");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --release -p kura-enclave` first",
+        path.display()
+    );
+    path
+}
+
+/// `kura-enclave` on the simulated platform, in its own process; killed on drop.
 struct Enclave {
     process: std::process::Child,
     url: String,
@@ -703,10 +722,9 @@ struct Enclave {
 impl Enclave {
     fn start(room: &Room) -> Self {
         let state = tempfile::tempdir_in(room.dir.path()).unwrap();
-        let mut process = Command::new(env!("CARGO_BIN_EXE_kura"))
+        let mut process = Command::new(enclave_binary())
             .env("KURA_HOME", room.dir.path())
             .args([
-                "serve",
                 "--platform",
                 "simulated",
                 "--listen",
@@ -719,7 +737,7 @@ impl Enclave {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start kura serve");
+            .expect("start kura-enclave");
         let mut line = String::new();
         std::io::BufReader::new(process.stdout.take().unwrap())
             .read_line(&mut line)
@@ -727,7 +745,7 @@ impl Enclave {
         let url = line.trim().rsplit(' ').next().unwrap_or("").to_string();
         assert!(
             url.starts_with("http://127.0.0.1:"),
-            "kura serve said {line:?}"
+            "kura-enclave said {line:?}"
         );
         Self {
             process,

@@ -1,0 +1,149 @@
+//! The audit log: forks, rollbacks, restarts and deadlines.
+
+use kura_client::ClientError;
+use kura_contract::Platform;
+use kura_ledger::Event;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn forks_and_rollbacks_of_the_log_are_caught_by_a_client_that_saw_it() {
+    let room = room().await;
+    room.upload("hospital-a", "ehr").await.unwrap();
+    let room = room.stop().await;
+    let (state, contract) = (room.state(), &room.contract);
+    let copy = |name: &str| {
+        let to = room.dir.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(state.join("log.redb"), to.join("log.redb")).unwrap();
+        to
+    };
+    // The host keeps an old copy of the state, and later a second copy to fork from.
+    let old = copy("state-old");
+    let a = start(contract, &state).await;
+    let mut client = room.client(&a.url(), "fitness-b");
+    client.audit().await.unwrap();
+    let seen = client.known_head().unwrap().clone();
+    a.shutdown().await.unwrap();
+    let fork = copy("state-fork");
+
+    // The honest continuation extends what the client saw.
+    let honest = start(contract, &state).await;
+    let mut c = room
+        .client(&honest.url(), "fitness-b")
+        .with_known_head(Some(seen));
+    c.attest().await.unwrap();
+    c.audit().await.unwrap();
+    let later = c.known_head().unwrap().clone();
+    honest.shutdown().await.unwrap();
+
+    // A fork made from the same prefix does not extend the later head.
+    let forked = start(contract, &fork).await;
+    let mut c = room
+        .client(&forked.url(), "fitness-b")
+        .with_known_head(Some(later.clone()));
+    let err = c.attest().await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Log(r) if r.contains("rewritten or forked")),
+        "{err}"
+    );
+    forked.shutdown().await.unwrap();
+
+    // The old copy is shorter than what the client saw: a rollback.
+    let rolled_back = start(contract, &old).await;
+    let mut c = room
+        .client(&rolled_back.url(), "fitness-b")
+        .with_known_head(Some(later));
+    let err = c.attest().await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Refused { reason, .. } if reason.contains("rolled back or forked")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn a_restart_keeps_deletions_and_records_what_was_lost() {
+    let room = room().await;
+    room.upload("hospital-a", "ehr").await.unwrap();
+    let room = room.stop().await;
+    let state = room.state();
+    let again = start(&room.contract, &state).await;
+    let mut h = room.client(&again.url(), "hospital-a");
+    let report = h.audit().await.unwrap();
+    let events: Vec<Event> = report
+        .entries
+        .iter()
+        .map(|e| e.parse_body().unwrap().event)
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(Event::kind).collect();
+    assert_eq!(
+        kinds,
+        ["enclave_started", "upload", "enclave_started", "deletion"]
+    );
+    assert!(
+        matches!(&events[3], Event::Deletion { dataset, reason } if dataset == "ehr" && reason.contains("restarted"))
+    );
+    let (status, reason) = refused(h.upload("ehr", &room.dir.join("ehr.csv"), |_| {}).await);
+    assert_eq!(status, 409, "{reason}");
+    assert!(reason.contains("was deleted"), "{reason}");
+    // A state directory of another contract is refused.
+    again.shutdown().await.unwrap();
+    let other = room_with(&["hospital-a", "fitness-b"], false, "[\"hospital-a\"]").await;
+    let err = kura_server::start(kura_server::Config {
+        contract: other.contract.clone(),
+        platform: Platform::Simulated,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.clone(),
+        max_upload_bytes: 1 << 20,
+        evidence_certs: vec![],
+        evidence_collateral: None,
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("holds the log of another contract"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn data_is_deleted_at_the_deadline_without_anyone_asking() {
+    let deadline = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    let deadline = deadline
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let room = room_custom(
+        &["hospital-a", "fitness-b"],
+        false,
+        "[\"hospital-a\"]",
+        |t| {
+            t.replace(
+                "delete_after = \"run\"",
+                &format!("delete_after = \"{deadline}\""),
+            )
+        },
+    )
+    .await;
+    room.upload("hospital-a", "ehr").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    let events = room.events().await;
+    let deleted: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Deletion { dataset, reason } if reason == "retention deadline reached" => {
+                Some(dataset.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, ["ehr", "activity"]);
+    let (status, reason) = refused(room.upload("fitness-b", "activity").await);
+    assert_eq!(status, 409);
+    assert!(
+        reason.contains("was deleted (retention deadline reached)"),
+        "{reason}"
+    );
+    let (_, reason) = refused(room.client("hospital-a").await.run("by_activity").await);
+    assert!(
+        reason.contains("deleted under the contract's retention rule"),
+        "{reason}"
+    );
+}

@@ -1,0 +1,258 @@
+//! What every end-to-end test starts from: parties with keys, a signed contract, the service
+//! on loopback, and the data files.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use kura_client::{Client, ClientError};
+use kura_contract::{Contract, Platform, SignedContract};
+use kura_crypto::SecretIdentity;
+use kura_ledger::Event;
+
+pub(crate) struct Party {
+    pub(crate) name: &'static str,
+    pub(crate) key: SecretIdentity,
+}
+
+pub(crate) struct Room {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) dir: PathBuf,
+    pub(crate) contract: SignedContract,
+    pub(crate) parties: Vec<Party>,
+    pub(crate) server: kura_server::Running,
+}
+
+pub(crate) fn contract_text(parties: &[Party], three: bool, receivers: &str) -> String {
+    let mut t = String::from("version = 1\nname = \"e2e\"\npurpose = \"tests\"\n");
+    for p in parties {
+        let roles = match p.name {
+            "insurer-c" if !three => "[\"receiver\"]",
+            "auditor-d" => "[\"auditor\"]",
+            _ => "[\"provider\", \"receiver\"]",
+        };
+        write!(
+            t,
+            "\n[[parties]]\nname = \"{}\"\npublic_key = \"{}\"\nroles = {roles}\n",
+            p.name,
+            p.key.public().to_text()
+        )
+        .unwrap();
+    }
+    t += r#"
+[[datasets]]
+name = "ehr"
+provider = "hospital-a"
+privacy_unit = "patient_id"
+columns = [
+  { name = "patient_id", type = "utf8", role = "identifier" },
+  { name = "age_band", type = "utf8", role = "dimension" },
+  { name = "diabetes", type = "boolean", role = "measure" },
+]
+
+[[datasets]]
+name = "activity"
+provider = "fitness-b"
+privacy_unit = "patient_id"
+columns = [
+  { name = "patient_id", type = "utf8", role = "identifier" },
+  { name = "steps_band", type = "utf8", role = "dimension" },
+]
+"#;
+    let sql = if three {
+        t += r#"
+[[datasets]]
+name = "claims"
+provider = "insurer-c"
+privacy_unit = "member_id"
+columns = [
+  { name = "member_id", type = "utf8", role = "identifier" },
+  { name = "cost", type = "float64", role = "measure" },
+]
+"#;
+        "SELECT a.steps_band, COUNT(*) AS people, SUM(c.cost) AS cost FROM ehr e JOIN activity a ON e.patient_id = a.patient_id JOIN claims c ON c.member_id = e.patient_id GROUP BY a.steps_band ORDER BY a.steps_band"
+    } else {
+        "SELECT a.steps_band, COUNT(*) AS people, AVG(CAST(e.diabetes AS DOUBLE)) AS rate FROM ehr e JOIN activity a ON e.patient_id = a.patient_id GROUP BY a.steps_band ORDER BY a.steps_band"
+    };
+    write!(
+        t,
+        "\n[[analyses]]\nname = \"by_activity\"\nsql = \"{sql}\"\nreceivers = {receivers}\n\n[output]\nmin_group_size = 10\n\n[retention]\ndelete_after = \"run\"\n\n[enclave]\nplatforms = [\"simulated\"]\n"
+    )
+    .unwrap();
+    t
+}
+
+pub(crate) async fn room_with(names: &[&'static str], three: bool, receivers: &str) -> Room {
+    room_custom(names, three, receivers, |t| t).await
+}
+
+pub(crate) async fn start(contract: &SignedContract, state: &Path) -> kura_server::Running {
+    kura_server::start(kura_server::Config {
+        contract: contract.clone(),
+        platform: Platform::Simulated,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.to_path_buf(),
+        max_upload_bytes: 1 << 30,
+        evidence_certs: vec![],
+        evidence_collateral: None,
+    })
+    .await
+    .unwrap()
+}
+
+pub(crate) async fn room_custom(
+    names: &[&'static str],
+    three: bool,
+    receivers: &str,
+    edit: impl Fn(String) -> String,
+) -> Room {
+    let dir = tempfile::tempdir().unwrap();
+    let parties: Vec<Party> = names
+        .iter()
+        .map(|n| Party {
+            name: n,
+            key: SecretIdentity::generate(),
+        })
+        .collect();
+    let text = edit(contract_text(&parties, three, receivers));
+    let contract = Contract::parse(text.as_bytes()).unwrap();
+    let signatures: Vec<(String, String)> = parties
+        .iter()
+        .map(|p| kura_contract::sign(&contract, &p.key).unwrap())
+        .collect();
+    let contract = SignedContract::verify(contract, |party| {
+        signatures
+            .iter()
+            .find(|(p, _)| p == party)
+            .map(|(_, s)| s.clone())
+    })
+    .unwrap();
+    let path = dir.path().to_path_buf();
+    write_data(&path);
+    let server = kura_server::start(kura_server::Config {
+        contract: contract.clone(),
+        platform: Platform::Simulated,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: path.join("state"),
+        max_upload_bytes: 1 << 30,
+        evidence_certs: vec![],
+        evidence_collateral: None,
+    })
+    .await
+    .unwrap();
+    Room {
+        dir: path,
+        _dir: dir,
+        contract,
+        parties,
+        server,
+    }
+}
+
+pub(crate) async fn room() -> Room {
+    room_with(
+        &["hospital-a", "fitness-b"],
+        false,
+        "[\"hospital-a\", \"fitness-b\"]",
+    )
+    .await
+}
+
+/// 40 people in "high", 25 in "mid", 3 in "low" (suppressed at 10); insurer covers all.
+pub(crate) fn write_data(dir: &Path) {
+    let mut ehr = String::from("patient_id,age_band,diabetes\n");
+    let mut act = String::from("patient_id,steps_band\n");
+    let mut claims = String::from("member_id,cost\n");
+    for (band, n, start) in [("high", 40, 0), ("mid", 25, 100), ("low", 3, 200)] {
+        for i in start..start + n {
+            writeln!(
+                ehr,
+                "p{i},{},{}",
+                if i % 2 == 0 { "young" } else { "old" },
+                i % 4 == 0
+            )
+            .unwrap();
+            writeln!(act, "p{i},{band}").unwrap();
+            writeln!(claims, "p{i},{}.5", i % 7).unwrap();
+        }
+    }
+    std::fs::write(dir.join("ehr.csv"), ehr).unwrap();
+    std::fs::write(dir.join("activity.csv"), act).unwrap();
+    std::fs::write(dir.join("claims.csv"), claims).unwrap();
+}
+
+pub(crate) fn key_of(parties: &[Party], name: &str) -> SecretIdentity {
+    let p = parties.iter().find(|p| p.name == name).unwrap();
+    SecretIdentity::parse(&p.key.to_text()).unwrap()
+}
+
+/// A room whose service was shut down; its state directory stays.
+pub(crate) struct Stopped {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) dir: PathBuf,
+    pub(crate) contract: SignedContract,
+    pub(crate) parties: Vec<Party>,
+}
+
+impl Stopped {
+    pub(crate) fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub(crate) fn client(&self, url: &str, name: &str) -> Client {
+        Client::new(url, self.contract.clone(), key_of(&self.parties, name)).unwrap()
+    }
+}
+
+impl Room {
+    pub(crate) fn key(&self, name: &str) -> SecretIdentity {
+        key_of(&self.parties, name)
+    }
+
+    pub(crate) async fn stop(self) -> Stopped {
+        self.server.shutdown().await.unwrap();
+        Stopped {
+            _dir: self._dir,
+            dir: self.dir,
+            contract: self.contract,
+            parties: self.parties,
+        }
+    }
+
+    pub(crate) async fn client(&self, name: &str) -> Client {
+        let mut c = Client::new(&self.server.url(), self.contract.clone(), self.key(name)).unwrap();
+        c.attest().await.unwrap();
+        c
+    }
+
+    pub(crate) async fn upload(
+        &self,
+        name: &str,
+        dataset: &str,
+    ) -> Result<kura_api::UploadResponse, ClientError> {
+        self.client(name)
+            .await
+            .upload(dataset, &self.dir.join(format!("{dataset}.csv")), |_| {})
+            .await
+    }
+
+    pub(crate) async fn events(&self) -> Vec<Event> {
+        let report = self
+            .client(self.parties[0].name)
+            .await
+            .audit()
+            .await
+            .unwrap();
+        report
+            .entries
+            .iter()
+            .map(|e| e.parse_body().unwrap().event)
+            .collect()
+    }
+}
+
+pub(crate) fn refused(r: Result<impl std::fmt::Debug, ClientError>) -> (u16, String) {
+    match r {
+        Err(ClientError::Refused { status, reason, .. }) => (status, reason),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
