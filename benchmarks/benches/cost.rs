@@ -724,12 +724,7 @@ impl Enclave {
         let state = tempfile::tempdir_in(room.dir.path()).unwrap();
         let mut process = Command::new(enclave_binary())
             .env("KURA_HOME", room.dir.path())
-            .args([
-                "--platform",
-                "simulated",
-                "--listen",
-                "127.0.0.1:0",
-            ])
+            .args(["--platform", "simulated", "--listen", "127.0.0.1:0"])
             .arg("--contract")
             .arg(&room.contract_path)
             .arg("--state")

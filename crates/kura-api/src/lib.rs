@@ -6,10 +6,16 @@
 //! accepts a request only from a party of the contract, only for this enclave instance, and
 //! only once.
 
+mod result;
+
 use kura_attestation::Evidence;
 use kura_crypto::{PublicIdentity, Sealed, SecretIdentity, b64};
 use kura_ledger::{LogEntry, Receipt, SignedTreeHead};
 use serde::{Deserialize, Serialize};
+
+pub use result::{
+    ResultTable, SealedResult, SignedResult, open_result, result_context, seal_result,
+};
 
 pub const REQUEST_DOMAIN: &str = "request-v1";
 pub const RESULT_DOMAIN: &str = "result-v1";
@@ -141,43 +147,6 @@ pub fn upload_context(contract_id: &str, dataset: &str, enclave: &str, nonce: &s
     format!("kura-upload-v1\0{contract_id}\0{dataset}\0{enclave}\0{nonce}").into_bytes()
 }
 
-/// HPKE `info` of a result sealed to `receiver`.
-pub fn result_context(contract_id: &str, run_id: &str, receiver: &str) -> Vec<u8> {
-    format!("kura-result-v1\0{contract_id}\0{run_id}\0{receiver}").into_bytes()
-}
-
-/// A rule-checked result, as receivers see it (the stable JSON shape of DESIGN.md §5).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ResultTable {
-    pub run_id: String,
-    pub analysis: String,
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<serde_json::Value>>,
-    pub suppressed_groups: u64,
-    /// For a differentially private release: ε and δ spent and each statistic's noise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dp: Option<serde_json::Value>,
-}
-
-/// The plaintext inside a sealed result: the table's exact JSON and the enclave's signature.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SignedResult {
-    pub table: String,
-    pub signature: String,
-}
-
-/// A result sealed to one receiver.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SealedResult {
-    pub run_id: String,
-    pub analysis: String,
-    pub receiver: String,
-    pub sealed: Sealed,
-    /// Receipt of the log entry that released this result to its receiver.
-    pub receipt: Receipt,
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UploadResponse {
     pub dataset: String,
@@ -235,4 +204,14 @@ pub enum ApiError {
     BadSignature,
     #[error("malformed request: {0}")]
     Malformed(String),
+    #[error("the result cannot be sealed: {0}")]
+    Seal(String),
+    #[error("the result does not decrypt for this party")]
+    Undecryptable,
+    #[error("the result is not signed by the attested enclave")]
+    ResultSignature,
+    #[error("the result is malformed: {0}")]
+    MalformedResult(String),
+    #[error("the result carries run {found}, not {expected}")]
+    OtherRun { expected: String, found: String },
 }

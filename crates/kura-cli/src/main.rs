@@ -4,6 +4,7 @@
 mod cli;
 mod demo;
 mod describe;
+mod export;
 mod files;
 mod render;
 mod report;

@@ -2,6 +2,7 @@
 
 use kura_api::ResultTable;
 use kura_client::AuditReport;
+use kura_contract::ColumnType;
 use serde_json::Value;
 
 pub fn progress(total: u64, message: &str) -> indicatif::ProgressBar {
@@ -29,7 +30,10 @@ pub fn result_json(t: &ResultTable) -> Value {
         "rows": t.rows,
         "suppressed_groups": t.suppressed_groups,
     });
-    // `dp` only for differentially private releases.
+    // `types` when the enclave sent them; `dp` only for differentially private releases.
+    if !t.types.is_empty() {
+        v["types"] = serde_json::json!(t.types);
+    }
     if let Some(dp) = &t.dp {
         v["dp"] = dp.clone();
     }
@@ -76,45 +80,23 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// A result as an aligned text table (widths by displayed characters, so names and values in
+/// any script line up), then what was suppressed or the DP report.
 pub fn table(t: &ResultTable) -> String {
-    let cells: Vec<Vec<String>> = t
-        .rows
-        .iter()
-        .map(|r| r.iter().map(cell).collect())
-        .collect();
-    let widths: Vec<usize> = (0..t.columns.len())
-        .map(|i| {
-            cells
-                .iter()
-                .map(|r| r[i].len())
-                .chain([t.columns[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |values: &[String]| {
-        values
-            .iter()
-            .zip(&widths)
-            .map(|(v, w)| format!("{v:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = format!("{} ({})\n", t.analysis, t.run_id);
-    out += &line(&t.columns);
-    out.push('\n');
-    out += &widths
-        .iter()
-        .map(|w| "-".repeat(*w))
-        .collect::<Vec<_>>()
-        .join("  ");
-    out.push('\n');
-    for r in &cells {
-        out += &line(r);
-        out.push('\n');
+    let mut grid = comfy_table::Table::new();
+    grid.load_preset(comfy_table::presets::ASCII_BORDERS_ONLY_CONDENSED)
+        .set_header(&t.columns);
+    for r in &t.rows {
+        grid.add_row(r.iter().map(cell));
     }
+    for (i, ty) in t.types.iter().enumerate() {
+        if matches!(ty, ColumnType::Int64 | ColumnType::Float64) {
+            if let Some(column) = grid.column_mut(i) {
+                column.set_cell_alignment(comfy_table::CellAlignment::Right);
+            }
+        }
+    }
+    let mut out = format!("{} ({})\n{grid}\n", t.analysis, t.run_id);
     match &t.dp {
         Some(dp) => {
             out += &format!(
@@ -137,35 +119,18 @@ pub fn table(t: &ResultTable) -> String {
     out
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-pub fn csv(t: &ResultTable) -> String {
-    let mut out = t
-        .columns
-        .iter()
-        .map(|c| csv_field(c))
-        .collect::<Vec<_>>()
-        .join(",");
-    out.push('\n');
+/// A result as CSV (RFC 4180 quoting by the `csv` crate); nulls are empty fields.
+pub fn csv(t: &ResultTable) -> anyhow::Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(&t.columns)?;
     for r in &t.rows {
-        let line: Vec<String> = r
-            .iter()
-            .map(|v| match v {
-                Value::Null => String::new(),
-                Value::String(s) => csv_field(s),
-                other => other.to_string(),
-            })
-            .collect();
-        out += &line.join(",");
-        out.push('\n');
+        w.write_record(r.iter().map(|v| match v {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }))?;
     }
-    out
+    Ok(String::from_utf8(w.into_inner()?)?)
 }
 
 pub fn audit(report: &AuditReport) -> String {

@@ -10,13 +10,11 @@ use std::path::Path;
 
 use kura_api::{
     Action, AuditResponse, EnclaveInfo, ErrorBody, RequestBody, ResultTable, ResultsResponse,
-    RunResponse, SignedRequest, SignedResult, UploadHeader, UploadResponse, UploadTicket, routes,
+    RunResponse, SignedRequest, UploadHeader, UploadResponse, UploadTicket, routes,
 };
 use kura_attestation::Claims;
 use kura_contract::{Contract, SignedContract};
-use kura_crypto::{
-    DEFAULT_CHUNK_SIZE, DataKey, PublicIdentity, SecretIdentity, StreamEncoder, b64,
-};
+use kura_crypto::{DEFAULT_CHUNK_SIZE, DataKey, PublicIdentity, SecretIdentity, StreamEncoder};
 use kura_ledger::{ChainReport, LogEntry, Receipt, SignedTreeHead, TreeHead};
 
 pub mod audit;
@@ -469,31 +467,15 @@ impl Client {
                         "the result's release is not what the log records".into(),
                     ));
                 }
-                let info = kura_api::result_context(
+                kura_api::open_result(
+                    &self.me,
+                    &self.party,
+                    &enclave.key,
                     self.contract.id().as_str(),
                     &sealed.run_id,
-                    &self.party,
-                );
-                let plain = kura_crypto::open(&self.me, &info, b"", &sealed.sealed)
-                    .map_err(|e| ClientError::Protocol(format!("result does not decrypt: {e}")))?;
-                let signed: SignedResult = serde_json::from_slice(&plain)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                let sig = b64::decode(&signed.signature)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                enclave
-                    .key
-                    .verify(kura_api::RESULT_DOMAIN, signed.table.as_bytes(), &sig)
-                    .map_err(|_| {
-                        ClientError::Protocol("result is not signed by the attested enclave".into())
-                    })?;
-                let table: ResultTable = serde_json::from_str(&signed.table)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                if table.run_id != sealed.run_id {
-                    return Err(ClientError::Protocol(
-                        "result carries another run id".into(),
-                    ));
-                }
-                Ok(table)
+                    &sealed.sealed,
+                )
+                .map_err(|e| ClientError::Protocol(e.to_string()))
             })
             .collect()
     }

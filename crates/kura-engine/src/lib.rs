@@ -315,6 +315,7 @@ async fn execute(
     }
     let plan = threshold::substitute(guarded.plan, released)?;
     let columns = output::column_names(&plan);
+    let types = output::column_types(&plan);
     let batches = SessionContext::new()
         .execute_logical_plan(plan)
         .await?
@@ -326,6 +327,7 @@ async fn execute(
     }
     Ok(Output {
         columns,
+        types,
         rows: output::rows(&batches)?,
         suppressed_groups: suppressed,
         datasets: guarded.datasets,

@@ -42,10 +42,12 @@ pub async fn run_list(
             ))
         })?;
     let columns = crate::output::column_names(&plan);
+    let types = crate::output::column_types(&plan);
     let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
     // A list has no group counts; what limits it is the routing below.
     let all = Output {
         columns,
+        types,
         rows: crate::output::rows(&batches)?,
         suppressed_groups: 0,
         datasets: datasets.into_iter().collect(),

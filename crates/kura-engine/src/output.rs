@@ -7,6 +7,7 @@ use datafusion::arrow::compute::{cast, filter};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use kura_contract::ColumnType;
 use serde_json::Value;
 
 use crate::EngineError;
@@ -17,6 +18,9 @@ use crate::threshold::{Check, Counted};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Output {
     pub columns: Vec<String>,
+    /// Each column's type, so that receivers can write typed files (Parquet, Arrow IPC).
+    /// Types without a contract name (timestamps, intervals, ...) travel as `utf8` text.
+    pub types: Vec<ColumnType>,
     pub rows: Vec<Vec<Value>>,
     /// Groups removed by the threshold (how many, never which).
     pub suppressed_groups: u64,
@@ -100,6 +104,34 @@ pub(crate) fn release(
             .push(RecordBatch::try_new(schema.clone(), columns).map_err(failed)?);
     }
     Ok(released)
+}
+
+/// How a value of `data_type` travels in a result (see [`Output::types`]); the same
+/// classification [`value`] renders with.
+pub(crate) fn column_type(data_type: &DataType) -> ColumnType {
+    match data_type {
+        DataType::Boolean => ColumnType::Boolean,
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => ColumnType::Int64,
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => ColumnType::Float64,
+        DataType::Date32 | DataType::Date64 => ColumnType::Date,
+        _ => ColumnType::Utf8,
+    }
+}
+
+/// The result types of `plan`'s output columns.
+pub(crate) fn column_types(plan: &datafusion::logical_expr::LogicalPlan) -> Vec<ColumnType> {
+    plan.schema()
+        .fields()
+        .iter()
+        .map(|f| column_type(f.data_type()))
+        .collect()
 }
 
 /// The names of `plan`'s output columns.

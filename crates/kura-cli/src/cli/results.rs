@@ -3,17 +3,26 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use std::io::{IsTerminal, Write};
+
+use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 
 use super::{Party, attested};
-use crate::{files, render};
+use crate::{export, files, render};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
+    /// Aligned text for people.
     Table,
+    /// CSV with a header line.
     Csv,
+    /// The stable JSON shape (the same as --json).
     Json,
+    /// A Parquet file of the result's column types (needs --out, or a pipe).
+    Parquet,
+    /// An Arrow IPC file of the result's column types (needs --out, or a pipe).
+    Arrow,
 }
 
 #[derive(clap::Args, Debug)]
@@ -23,7 +32,8 @@ pub struct ResultsArgs {
     /// Only this run's result (default: every result sealed to you).
     #[arg(long)]
     run: Option<String>,
-    /// How to print the result; `json` is the same as --json.
+    /// How to print the result: table, csv, json (the same as --json), or typed parquet and
+    /// arrow files.
     #[arg(long, value_enum, default_value = "table")]
     pub(super) format: Format,
     /// Print one JSON object on stdout (same as --format json).
@@ -44,17 +54,29 @@ pub async fn run(a: ResultsArgs) -> Result<ExitCode> {
         );
     }
     let format = if a.json { Format::Json } else { a.format };
-    let text = match format {
-        Format::Table => tables.iter().map(render::table).collect::<String>(),
-        Format::Csv => tables.iter().map(render::csv).collect::<String>(),
+    let bytes = match format {
+        Format::Table => tables.iter().map(render::table).collect::<String>().into(),
+        Format::Csv => tables
+            .iter()
+            .map(render::csv)
+            .collect::<Result<String>>()?
+            .into(),
         Format::Json if tables.len() == 1 => {
-            format!("{}\n", render::result_json(&tables[0]))
+            format!("{}\n", render::result_json(&tables[0])).into()
         }
-        Format::Json => format!("{}\n", serde_json::to_string(&tables)?),
+        Format::Json => format!("{}\n", serde_json::to_string(&tables)?).into(),
+        Format::Parquet => export::parquet(export::single(&tables)?)?,
+        Format::Arrow => export::arrow_ipc(export::single(&tables)?)?,
     };
+    let binary = matches!(format, Format::Parquet | Format::Arrow);
     match a.out {
-        Some(path) => files::write_atomic(&path, text.as_bytes())?,
-        None => print!("{text}"),
+        Some(path) => files::write_atomic(&path, &bytes)?,
+        None if binary && std::io::stdout().is_terminal() => {
+            bail!("a {format:?} file is binary: write it with --out FILE or into a pipe")
+        }
+        None => std::io::stdout()
+            .write_all(&bytes)
+            .context("writing to standard output")?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -583,6 +583,7 @@ pub(crate) fn cli_drives_a_served_enclave() {
         v["columns"],
         serde_json::json!(["steps_band", "people", "rate"])
     );
+    assert_eq!(v["types"], serde_json::json!(["utf8", "int64", "float64"]));
     assert_eq!(v["rows"].as_array().unwrap().len(), 2);
     assert_eq!(v["suppressed_groups"], 1);
     let run_id = v["run_id"].as_str().unwrap().to_string();
@@ -606,6 +607,30 @@ pub(crate) fn cli_drives_a_served_enclave() {
         text.starts_with("steps_band,people,rate\nhigh,40,0.25\nmid,25,"),
         "{text}"
     );
+
+    // The same result as typed Parquet: the types the enclave signed, and the run it answers.
+    let parquet = d.join("out.parquet");
+    let (code, _, err) = as_party(
+        "hospital-a",
+        &["results", "--run", &run_id, "--format", "parquet", "--out"]
+            .into_iter()
+            .chain([parquet.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let file = bytes::Bytes::from(std::fs::read(&parquet).unwrap());
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let schema = reader.schema().clone();
+    let types: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| f.data_type().to_string())
+        .collect();
+    assert_eq!(types, ["Utf8", "Int64", "Float64"]);
+    assert_eq!(schema.metadata()["kura.run_id"], run_id);
+    let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 2);
 
     // fitness-b is not a receiver of this analysis.
     let (code, _, err) = as_party("fitness-b", &["results", "--run", &run_id]);

@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 
 use crate::{EngineError, Output};
 
+use kura_contract::ColumnType;
+
 use super::*;
 
 impl DpPlan {
@@ -107,11 +109,29 @@ impl DpPlan {
         let report = self.report(&stat_scales, &count_scale, k)?;
         Ok(Output {
             columns: self.columns.iter().map(|(n, _)| n.clone()).collect(),
+            types: self.column_types()?,
             rows,
             suppressed_groups: 0,
             datasets: self.datasets.clone(),
             dp: Some(report),
         })
+    }
+
+    /// Keys keep their type; counts are integers, noisy sums and averages floats.
+    fn column_types(&self) -> Result<Vec<ColumnType>, EngineError> {
+        use datafusion::logical_expr::ExprSchemable;
+        self.columns
+            .iter()
+            .map(|(_, out)| match *out {
+                Out::Key(i) => Ok(crate::output::column_type(
+                    &self.keys[i].get_type(self.input.schema())?,
+                )),
+                Out::Stat(i) => Ok(match self.stats[i] {
+                    Stat::Count(_) | Stat::Units => ColumnType::Int64,
+                    Stat::Sum(_) | Stat::Avg(_) => ColumnType::Float64,
+                }),
+            })
+            .collect()
     }
 
     pub(super) fn report(

@@ -1,12 +1,10 @@
 //! Runs: a named analysis, an ad-hoc query or a list, under the contract's output rules; the
 //! result signed and sealed to each receiver, the run logged, and retention applied.
 
-use kura_api::{Action, ResultTable, RunResponse, SealedResult, SignedRequest, SignedResult};
+use kura_api::{Action, ResultTable, RunResponse, SealedResult, SignedRequest};
 use kura_contract::{ADHOC_ANALYSIS, AnalysisKind, DeleteAfter};
-use kura_crypto::b64;
 use kura_engine::Tables;
 use kura_ledger::Event;
-use zeroize::Zeroizing;
 
 use super::Service;
 use crate::ServiceError;
@@ -206,30 +204,24 @@ impl Service {
                 run_id: run_id.clone(),
                 analysis: analysis_name.to_string(),
                 columns: output.columns,
+                types: output.types,
                 rows: output.rows,
                 suppressed_groups: output.suppressed_groups,
                 dp: output.dp,
             };
-            let table_json =
-                serde_json::to_string(&table).map_err(|e| ServiceError::Internal(e.to_string()))?;
-            let signed = SignedResult {
-                signature: b64::encode(
-                    self.identity
-                        .sign(kura_api::RESULT_DOMAIN, table_json.as_bytes()),
-                ),
-                table: table_json,
-            };
-            let plaintext = Zeroizing::new(
-                serde_json::to_vec(&signed).map_err(|e| ServiceError::Internal(e.to_string()))?,
-            );
             let key = &self
                 .contract
                 .party(&receiver)
                 .expect("validated receiver")
                 .public_key;
-            let info = kura_api::result_context(self.contract.id().as_str(), &run_id, &receiver);
-            let s = kura_crypto::seal(key, &info, b"", &plaintext)
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let s = kura_api::seal_result(
+                &self.identity,
+                self.contract.id().as_str(),
+                &table,
+                &receiver,
+                key,
+            )
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
             sealed_to.push((receiver, s));
         }
 

@@ -1,0 +1,177 @@
+//! A result, both halves: the enclave signs a receiver's table and seals it to the receiver
+//! (HPKE, bound to contract, run and receiver); the receiver opens it and checks the signature
+//! against the attested enclave key and that it answers the run it was released for.
+
+use kura_contract::ColumnType;
+use kura_crypto::{PublicIdentity, Sealed, SecretIdentity, b64};
+use kura_ledger::Receipt;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::{ApiError, RESULT_DOMAIN};
+
+/// A rule-checked result, as receivers see it (the stable JSON shape of DESIGN.md §5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultTable {
+    pub run_id: String,
+    pub analysis: String,
+    pub columns: Vec<String>,
+    /// Each column's type (`utf8`, `int64`, `float64`, `boolean`, `date`), so that typed files
+    /// can be written from the rows. Absent from results of kura before 0.1.1: then empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<ColumnType>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+    pub suppressed_groups: u64,
+    /// For a differentially private release: ε and δ spent and each statistic's noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<serde_json::Value>,
+}
+
+/// The plaintext inside a sealed result: the table's exact JSON and the enclave's signature.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedResult {
+    pub table: String,
+    pub signature: String,
+}
+
+/// A result sealed to one receiver.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SealedResult {
+    pub run_id: String,
+    pub analysis: String,
+    pub receiver: String,
+    pub sealed: Sealed,
+    /// Receipt of the log entry that released this result to its receiver.
+    pub receipt: Receipt,
+}
+
+/// HPKE `info` of a result sealed to `receiver`.
+pub fn result_context(contract_id: &str, run_id: &str, receiver: &str) -> Vec<u8> {
+    format!("kura-result-v1\0{contract_id}\0{run_id}\0{receiver}").into_bytes()
+}
+
+/// The enclave's half: `table` signed with the enclave key and sealed to `receiver`.
+pub fn seal_result(
+    enclave: &SecretIdentity,
+    contract_id: &str,
+    table: &ResultTable,
+    receiver: &str,
+    receiver_key: &PublicIdentity,
+) -> Result<Sealed, ApiError> {
+    let table_json = serde_json::to_string(table).map_err(|e| ApiError::Seal(e.to_string()))?;
+    let signed = SignedResult {
+        signature: b64::encode(enclave.sign(RESULT_DOMAIN, table_json.as_bytes())),
+        table: table_json,
+    };
+    let plaintext =
+        Zeroizing::new(serde_json::to_vec(&signed).map_err(|e| ApiError::Seal(e.to_string()))?);
+    let info = result_context(contract_id, &table.run_id, receiver);
+    kura_crypto::seal(receiver_key, &info, b"", &plaintext)
+        .map_err(|e| ApiError::Seal(e.to_string()))
+}
+
+/// The receiver's half: opens `sealed`, released for `run_id`, with the receiver's key `me`,
+/// checks the enclave's signature with the attested `enclave` key and that the table answers
+/// `run_id`.
+pub fn open_result(
+    me: &SecretIdentity,
+    receiver: &str,
+    enclave: &PublicIdentity,
+    contract_id: &str,
+    run_id: &str,
+    sealed: &Sealed,
+) -> Result<ResultTable, ApiError> {
+    let info = result_context(contract_id, run_id, receiver);
+    let plain = kura_crypto::open(me, &info, b"", sealed).map_err(|_| ApiError::Undecryptable)?;
+    let signed: SignedResult =
+        serde_json::from_slice(&plain).map_err(|e| ApiError::MalformedResult(e.to_string()))?;
+    let sig = b64::decode(&signed.signature).map_err(|_| ApiError::ResultSignature)?;
+    enclave
+        .verify(RESULT_DOMAIN, signed.table.as_bytes(), &sig)
+        .map_err(|_| ApiError::ResultSignature)?;
+    let table: ResultTable = serde_json::from_str(&signed.table)
+        .map_err(|e| ApiError::MalformedResult(e.to_string()))?;
+    if table.run_id != run_id {
+        return Err(ApiError::OtherRun {
+            expected: run_id.to_string(),
+            found: table.run_id,
+        });
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> ResultTable {
+        ResultTable {
+            run_id: "run-1".into(),
+            analysis: "a".into(),
+            columns: vec!["band".into(), "people".into()],
+            types: vec![ColumnType::Utf8, ColumnType::Int64],
+            rows: vec![vec!["high".into(), 40.into()]],
+            suppressed_groups: 1,
+            dp: None,
+        }
+    }
+
+    #[test]
+    fn only_the_receiver_opens_only_what_the_enclave_signed_for_this_run() {
+        let (enclave, me, other) = (
+            SecretIdentity::generate(),
+            SecretIdentity::generate(),
+            SecretIdentity::generate(),
+        );
+        let s = seal_result(&enclave, "c", &table(), "r", me.public()).unwrap();
+        let open = |me: &SecretIdentity, r: &str, e: &SecretIdentity, c: &str, run: &str, s| {
+            open_result(me, r, e.public(), c, run, s)
+        };
+        assert_eq!(open(&me, "r", &enclave, "c", "run-1", &s).unwrap(), table());
+
+        // Another party's key, another receiver name, another contract, another run (a result
+        // relabelled by the host): the HPKE context no longer matches.
+        for e in [
+            open(&other, "r", &enclave, "c", "run-1", &s),
+            open(&me, "q", &enclave, "c", "run-1", &s),
+            open(&me, "r", &enclave, "d", "run-1", &s),
+            open(&me, "r", &enclave, "c", "run-2", &s),
+        ] {
+            assert_eq!(e.unwrap_err(), ApiError::Undecryptable);
+        }
+        // Signed by a key other than the attested enclave's.
+        let e = open(&me, "r", &other, "c", "run-1", &s).unwrap_err();
+        assert_eq!(e, ApiError::ResultSignature);
+        // A genuine table for run 2 sealed under run 1's label is caught by the id check.
+        let mut two = table();
+        two.run_id = "run-2".into();
+        let info = result_context("c", "run-1", "r");
+        let signed = SignedResult {
+            signature: b64::encode(enclave.sign(
+                RESULT_DOMAIN,
+                serde_json::to_string(&two).unwrap().as_bytes(),
+            )),
+            table: serde_json::to_string(&two).unwrap(),
+        };
+        let swapped = kura_crypto::seal(
+            me.public(),
+            &info,
+            b"",
+            &serde_json::to_vec(&signed).unwrap(),
+        )
+        .unwrap();
+        let e = open(&me, "r", &enclave, "c", "run-1", &swapped).unwrap_err();
+        assert!(matches!(e, ApiError::OtherRun { .. }), "{e}");
+    }
+
+    #[test]
+    fn results_without_types_still_parse() {
+        let old =
+            r#"{"run_id":"r","analysis":"a","columns":["x"],"rows":[[1]],"suppressed_groups":0}"#;
+        let t: ResultTable = serde_json::from_str(old).unwrap();
+        assert!(t.types.is_empty());
+        let json = serde_json::to_value(table()).unwrap();
+        assert_eq!(json["types"], serde_json::json!(["utf8", "int64"]));
+    }
+}
