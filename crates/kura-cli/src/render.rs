@@ -90,10 +90,10 @@ pub fn table(t: &ResultTable) -> String {
         grid.add_row(r.iter().map(cell));
     }
     for (i, ty) in t.types.iter().enumerate() {
-        if matches!(ty, ColumnType::Int64 | ColumnType::Float64) {
-            if let Some(column) = grid.column_mut(i) {
-                column.set_cell_alignment(comfy_table::CellAlignment::Right);
-            }
+        if matches!(ty, ColumnType::Int64 | ColumnType::Float64)
+            && let Some(column) = grid.column_mut(i)
+        {
+            column.set_cell_alignment(comfy_table::CellAlignment::Right);
         }
     }
     let mut out = format!("{} ({})\n{grid}\n", t.analysis, t.run_id);
