@@ -7,15 +7,18 @@
 //! only once.
 
 mod result;
+mod upload;
 
 use kura_attestation::Evidence;
 use kura_crypto::{PublicIdentity, Sealed, SecretIdentity, b64};
 use kura_ledger::{LogEntry, Receipt, SignedTreeHead};
 use serde::{Deserialize, Serialize};
 
+pub use kura_contract::dp::{ColumnNoise, DpReport, GroupRelease};
 pub use result::{
     ResultTable, SealedResult, SignedResult, open_result, result_context, seal_result,
 };
+pub use upload::{FOOTER_FIRST_PREFIX, UploadFormat, footer_first, footer_first_prefix};
 
 pub const REQUEST_DOMAIN: &str = "request-v1";
 pub const RESULT_DOMAIN: &str = "result-v1";
@@ -88,8 +91,8 @@ pub enum Action {
 #[serde(deny_unknown_fields)]
 pub struct UploadHeader {
     pub dataset: String,
-    /// `csv` or `parquet`.
-    pub format: String,
+    /// The plaintext's layout.
+    pub format: UploadFormat,
     /// The per-upload data key, HPKE-sealed to the enclave with [`upload_context`] as info.
     pub wrapped_key: Sealed,
 }

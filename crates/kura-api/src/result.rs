@@ -3,6 +3,7 @@
 //! against the attested enclave key and that it answers the run it was released for.
 
 use kura_contract::ColumnType;
+use kura_contract::dp::DpReport;
 use kura_crypto::{PublicIdentity, Sealed, SecretIdentity, b64};
 use kura_ledger::Receipt;
 use serde::{Deserialize, Serialize};
@@ -24,7 +25,7 @@ pub struct ResultTable {
     pub suppressed_groups: u64,
     /// For a differentially private release: ε and δ spent and each statistic's noise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dp: Option<serde_json::Value>,
+    pub dp: Option<DpReport>,
 }
 
 /// The plaintext inside a sealed result: the table's exact JSON and the enclave's signature.

@@ -106,7 +106,7 @@ fn metadata(t: &ResultTable) -> HashMap<String, String> {
         ),
     ]);
     if let Some(dp) = &t.dp {
-        m.insert("kura.dp".to_string(), dp.to_string());
+        m.insert("kura.dp".to_string(), serde_json::json!(dp).to_string());
     }
     m
 }

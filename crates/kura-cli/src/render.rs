@@ -35,7 +35,7 @@ pub fn result_json(t: &ResultTable) -> Value {
         v["types"] = serde_json::json!(t.types);
     }
     if let Some(dp) = &t.dp {
-        v["dp"] = dp.clone();
+        v["dp"] = serde_json::json!(dp);
     }
     v
 }
@@ -101,12 +101,12 @@ pub fn table(t: &ResultTable) -> String {
         Some(dp) => {
             out += &format!(
                 "differentially private: ε = {}, δ = {}, groups {}; noise per column:\n",
-                dp["epsilon"], dp["delta"], dp["groups"]
+                dp.epsilon,
+                dp.delta,
+                dp.groups.as_str()
             );
-            if let Some(columns) = dp["columns"].as_object() {
-                for (name, c) in columns {
-                    out += &format!("  {name}: {c}\n");
-                }
+            for (name, c) in &dp.columns {
+                out += &format!("  {name}: {}\n", c.describe());
             }
         }
         None => {

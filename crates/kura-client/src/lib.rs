@@ -10,7 +10,7 @@ use std::path::Path;
 
 use kura_api::{
     Action, AuditResponse, EnclaveInfo, ErrorBody, RequestBody, ResultTable, ResultsResponse,
-    RunResponse, SignedRequest, UploadHeader, UploadResponse, UploadTicket, routes,
+    RunResponse, SignedRequest, UploadFormat, UploadHeader, UploadResponse, UploadTicket, routes,
 };
 use kura_attestation::Claims;
 use kura_contract::{Contract, SignedContract};
@@ -320,15 +320,19 @@ impl Client {
         let mut file = std::fs::File::open(path).map_err(input_err)?;
         match path.extension().and_then(|e| e.to_str()) {
             Some("parquet" | "pq") => {
-                let (head, rest) = footer_first(&mut file).map_err(input_err)?;
+                let (head, rest) = kura_api::footer_first(&mut file).map_err(input_err)?;
                 let stream = std::io::Cursor::new(head).chain(file.take(rest));
                 // The stream opens with two lengths that are not the file's: progress counts
                 // the file's bytes, so it ends at the file's size.
-                let of_file = move |n: u64| progress(n.saturating_sub(FOOTER_FIRST_PREFIX));
-                self.upload_reader(dataset, "parquet-footer-first", stream, of_file)
+                let prefix = kura_api::FOOTER_FIRST_PREFIX as u64;
+                let of_file = move |n: u64| progress(n.saturating_sub(prefix));
+                self.upload_reader(dataset, UploadFormat::ParquetFooterFirst, stream, of_file)
                     .await
             }
-            _ => self.upload_reader(dataset, "csv", file, progress).await,
+            _ => {
+                self.upload_reader(dataset, UploadFormat::Csv, file, progress)
+                    .await
+            }
         }
     }
 
@@ -336,7 +340,7 @@ impl Client {
     pub async fn upload_reader(
         &mut self,
         dataset: &str,
-        format: &str,
+        format: UploadFormat,
         reader: impl Read + Send + 'static,
         progress: impl Fn(u64) + Send + 'static,
     ) -> Result<UploadResponse, ClientError> {
@@ -371,7 +375,7 @@ impl Client {
             nonce,
             action: Action::Upload(UploadHeader {
                 dataset: dataset.to_string(),
-                format: format.to_string(),
+                format,
                 wrapped_key: wrapped,
             }),
         };
@@ -534,43 +538,6 @@ impl Client {
             head,
         })
     }
-}
-
-/// The two lengths (u64 each) that open a footer-first Parquet stream.
-const FOOTER_FIRST_PREFIX: u64 = 16;
-
-/// Parquet keeps its metadata at the end of the file, and the enclave can decode a row group
-/// as soon as it arrives only if it has the metadata first. So a Parquet file travels as: the
-/// file's length and the footer's length (u64, little-endian), the footer (the metadata, its
-/// 4-byte length, `PAR1`), then the file from its first byte without the footer (the enclave
-/// reads this layout as the format `parquet-footer-first`). Returns what goes before the rest
-/// of the file, and the length of that rest; `file` is left at its start.
-fn footer_first(file: &mut std::fs::File) -> std::io::Result<(Vec<u8>, u64)> {
-    use std::io::{Seek, SeekFrom};
-    let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
-    let len = file.metadata()?.len();
-    if len < 12 {
-        return Err(bad(format!("{len} bytes is too short for a Parquet file")));
-    }
-    let mut end = [0u8; 8];
-    file.seek(SeekFrom::End(-8))?;
-    file.read_exact(&mut end)?;
-    if &end[4..] != b"PAR1" {
-        return Err(bad("not a Parquet file (it does not end with PAR1)".into()));
-    }
-    let footer = u64::from(u32::from_le_bytes(end[..4].try_into().expect("4 bytes"))) + 8;
-    if footer + 4 > len {
-        return Err(bad(format!(
-            "not a Parquet file (a footer of {footer} bytes in a file of {len})"
-        )));
-    }
-    let mut head = Vec::with_capacity(FOOTER_FIRST_PREFIX as usize + footer as usize);
-    head.extend_from_slice(&len.to_le_bytes());
-    head.extend_from_slice(&footer.to_le_bytes());
-    file.seek(SeekFrom::Start(len - footer))?;
-    file.take(footer).read_to_end(&mut head)?;
-    file.seek(SeekFrom::Start(0))?;
-    Ok((head, len - footer))
 }
 
 /// Reads, encrypts and sends; runs on its own thread so file reads never block the runtime.

@@ -298,3 +298,88 @@ impl Budget {
 
 #[cfg(test)]
 mod tests;
+
+/// What a differentially private release spent and how each released statistic was noised:
+/// sealed to receivers with the table (`dp` in the result), so that they can weigh the values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpReport {
+    /// ε and δ the release spent.
+    pub epsilon: f64,
+    pub delta: f64,
+    /// Rows each privacy unit could contribute after bounding.
+    pub max_contributions: u64,
+    /// How group keys were chosen for release.
+    pub groups: GroupRelease,
+    /// With thresholded keys: the noisy row count a group had to clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// The noise on each statistic column, by column name.
+    pub columns: BTreeMap<String, ColumnNoise>,
+}
+
+/// How a DP release chose its group keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupRelease {
+    /// Every key whose noisy row count cleared the threshold (δ > 0 covers the rest).
+    #[serde(rename = "thresholded")]
+    Thresholded,
+    /// Every value of the keys' public domains, present in the data or not.
+    #[serde(rename = "public domain")]
+    PublicDomain,
+}
+
+impl GroupRelease {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupRelease::Thresholded => "thresholded",
+            GroupRelease::PublicDomain => "public domain",
+        }
+    }
+}
+
+/// The noise on one released statistic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mechanism", deny_unknown_fields)]
+pub enum ColumnNoise {
+    /// Discrete Laplace noise of `scale`, spending `epsilon`; 95 % of draws fall within ±`ci95`.
+    #[serde(rename = "discrete_laplace")]
+    DiscreteLaplace { epsilon: f64, scale: f64, ci95: f64 },
+    /// An average: a noisy sum over a noisy count, spending `epsilon` in all.
+    #[serde(rename = "noisy sum / noisy count")]
+    Ratio {
+        epsilon: f64,
+        sum: Box<ColumnNoise>,
+        count: Box<ColumnNoise>,
+    },
+}
+
+impl ColumnNoise {
+    /// The scale of the noise on a count or a sum (for an average, on its sum).
+    pub fn scale(&self) -> f64 {
+        match self {
+            ColumnNoise::DiscreteLaplace { scale, .. } => *scale,
+            ColumnNoise::Ratio { sum, .. } => sum.scale(),
+        }
+    }
+
+    /// One line for people: mechanism, ε, scale and 95 % interval.
+    pub fn describe(&self) -> String {
+        match self {
+            ColumnNoise::DiscreteLaplace {
+                epsilon,
+                scale,
+                ci95,
+            } => format!("discrete Laplace, ε = {epsilon}, scale {scale}, 95 % within ±{ci95}"),
+            ColumnNoise::Ratio {
+                epsilon,
+                sum,
+                count,
+            } => format!(
+                "noisy sum / noisy count, ε = {epsilon}; sum: {}; count: {}",
+                sum.describe(),
+                count.describe()
+            ),
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kura_contract::Contract;
 use kura_crypto::SecretIdentity;
-use kura_engine::{InputFormat, Tables, load};
+use kura_engine::{Tables, UploadFormat, load};
 
 fn contract() -> Contract {
     let (h, f) = (SecretIdentity::generate(), SecretIdentity::generate());
@@ -78,7 +78,7 @@ fn tables(c: &Contract, people: usize) -> Tables {
         let d = c.dataset(name).unwrap();
         t.insert(
             name.into(),
-            load::load(d, InputFormat::Csv, csv.as_bytes()).unwrap(),
+            load::load(d, UploadFormat::Csv, csv.as_bytes()).unwrap(),
         );
     }
     t

@@ -20,7 +20,7 @@ use kura_contract::Contract;
 use kura_crypto::SecretIdentity;
 use serde_json::Value;
 
-use crate::{EngineError, InputFormat, Tables, load, run_query};
+use crate::{EngineError, Tables, UploadFormat, load, run_query};
 
 pub(crate) fn contract() -> Contract {
     contract_with("")
@@ -139,7 +139,7 @@ pub(crate) fn load_csv<const N: usize>(c: &Contract, files: [(&str, String); N])
         .into_iter()
         .map(|(name, csv)| {
             let d = c.dataset(name).unwrap();
-            let batches = load::load(d, InputFormat::Csv, csv.as_bytes()).unwrap();
+            let batches = load::load(d, UploadFormat::Csv, csv.as_bytes()).unwrap();
             (name.to_string(), batches)
         })
         .collect()

@@ -32,7 +32,7 @@ pub use datafusion;
 pub use datafusion::arrow::record_batch::RecordBatch;
 pub use error::EngineError;
 pub use keep::{all_columns, columns_kept};
-pub use load::{InputFormat, arrow_schema};
+pub use load::{UploadFormat, arrow_schema};
 pub use output::Output;
 
 /// Decrypted datasets by name, as held inside the enclave.

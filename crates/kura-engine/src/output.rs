@@ -27,7 +27,7 @@ pub struct Output {
     /// Datasets the query read.
     pub datasets: Vec<String>,
     /// For a differentially private release: ε and δ spent, and each statistic's noise.
-    pub dp: Option<Value>,
+    pub dp: Option<kura_contract::dp::DpReport>,
 }
 
 /// The released groups of one aggregation.

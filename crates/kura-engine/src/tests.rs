@@ -42,13 +42,13 @@ fn tables(c: &Contract) -> Tables {
     let mut t = Tables::new();
     t.insert(
         "ehr".into(),
-        load::load(c.dataset("ehr").unwrap(), InputFormat::Csv, ehr.as_bytes()).unwrap(),
+        load::load(c.dataset("ehr").unwrap(), UploadFormat::Csv, ehr.as_bytes()).unwrap(),
     );
     t.insert(
         "activity".into(),
         load::load(
             c.dataset("activity").unwrap(),
-            InputFormat::Csv,
+            UploadFormat::Csv,
             act.as_bytes(),
         )
         .unwrap(),
@@ -284,7 +284,7 @@ fn uploads_must_match_the_declared_schema() {
         ("", "no header line"),
     ];
     for (csv, expected) in cases {
-        let err = load::load(ehr, InputFormat::Csv, csv.as_bytes())
+        let err = load::load(ehr, UploadFormat::Csv, csv.as_bytes())
             .unwrap_err()
             .to_string();
         assert!(err.contains(expected), "{csv:?}: {err}");
@@ -293,7 +293,7 @@ fn uploads_must_match_the_declared_schema() {
             assert!(!err.contains(value), "{csv:?}: {err}");
         }
     }
-    let err = load::load(ehr, InputFormat::Parquet, b"PAR1 not really")
+    let err = load::load(ehr, UploadFormat::Parquet, b"PAR1 not really")
         .unwrap_err()
         .to_string();
     assert!(err.contains("not a readable Parquet file"), "{err}");
@@ -335,11 +335,11 @@ fn parquet_uploads_load_and_are_type_checked() {
     let c = contract(None);
     let ehr = c.dataset("ehr").unwrap();
     let good = ehr_parquet_with_age_band(Arc::new(StringArray::from(vec!["a", "b"])));
-    let batches = load::load(ehr, InputFormat::Parquet, &good).unwrap();
+    let batches = load::load(ehr, UploadFormat::Parquet, &good).unwrap();
     assert_eq!(batches[0].schema(), arrow_schema(ehr));
     assert_eq!(batches[0].num_rows(), 2);
     let bad = ehr_parquet_with_age_band(Arc::new(Int32Array::from(vec![1, 2])));
-    let err = load::load(ehr, InputFormat::Parquet, &bad)
+    let err = load::load(ehr, UploadFormat::Parquet, &bad)
         .unwrap_err()
         .to_string();
     assert!(
@@ -507,7 +507,7 @@ fn csv_is_parsed_in_parallel_blocks_exactly_as_one_reader_would() {
     assert_eq!(expected.num_rows(), 400_000);
     // Whole, byte by byte for the header, and in odd-sized pieces as decryption delivers them.
     for piece in [csv.len(), 65_537, 1_000_003] {
-        let mut ingest = load::Ingest::new(ehr, InputFormat::Csv);
+        let mut ingest = load::Ingest::new(ehr, UploadFormat::Csv);
         for (i, p) in csv.as_bytes().chunks(piece).enumerate() {
             if i == 0 {
                 for b in p.chunks(1) {
@@ -533,7 +533,7 @@ fn csv_is_parsed_in_parallel_blocks_exactly_as_one_reader_would() {
 /// bytes, each decrypted straight into the ingest's buffer.
 fn decrypted_into(
     dataset: &kura_contract::Dataset,
-    format: InputFormat,
+    format: UploadFormat,
     file: &[u8],
     (chunk, piece): (usize, usize),
 ) -> Result<Vec<RecordBatch>, String> {
@@ -569,7 +569,7 @@ fn plaintext_decrypted_straight_into_the_ingest_gives_the_same_table() {
     let (file, parquet) = ehr_parquet(ehr, 100_000);
     let (stream, _) = footer_first(&file);
     for piece in [7_001, 65_536, 3 << 20] {
-        let got = decrypted_into(ehr, InputFormat::Csv, csv.as_bytes(), (1 << 20, piece));
+        let got = decrypted_into(ehr, UploadFormat::Csv, csv.as_bytes(), (1 << 20, piece));
         assert_eq!(
             concat(&got.unwrap()),
             expected,
@@ -580,7 +580,7 @@ fn plaintext_decrypted_straight_into_the_ingest_gives_the_same_table() {
         for chunk in [4_096, 1 << 20] {
             let got = decrypted_into(
                 ehr,
-                InputFormat::ParquetFooterFirst,
+                UploadFormat::ParquetFooterFirst,
                 &stream,
                 (chunk, piece),
             );
@@ -588,7 +588,7 @@ fn plaintext_decrypted_straight_into_the_ingest_gives_the_same_table() {
         }
     }
     // A chunk that fails to decrypt stops the upload with the decoder's reason.
-    let mut ingest = load::Ingest::new(ehr, InputFormat::Csv);
+    let mut ingest = load::Ingest::new(ehr, UploadFormat::Csv);
     let failed = ingest
         .push_with(|buf| {
             buf.extend_from_slice(b"patient_id,age_band,diabetes\n");
@@ -597,7 +597,7 @@ fn plaintext_decrypted_straight_into_the_ingest_gives_the_same_table() {
         .unwrap();
     assert_eq!(failed, Err("tampered chunk"));
     // A refusal of the plaintext comes back as the ingest's.
-    let mut ingest = load::Ingest::new(ehr, InputFormat::Csv);
+    let mut ingest = load::Ingest::new(ehr, UploadFormat::Csv);
     let err = ingest
         .push_with(|buf| {
             buf.extend_from_slice(b"patient_id,age_band,height\n");
@@ -618,7 +618,7 @@ fn a_bad_value_deep_in_a_large_csv_is_refused_with_its_place() {
     let mut csv = big_csv(300_000);
     csv.push_str("x,p1,maybe\n");
     csv.push_str(big_csv(10).split_once('\n').unwrap().1);
-    let err = load::load(ehr, InputFormat::Csv, csv.as_bytes())
+    let err = load::load(ehr, UploadFormat::Csv, csv.as_bytes())
         .unwrap_err()
         .to_string();
     // The file line, counted with the quoted newlines of the records before it.
@@ -637,7 +637,7 @@ fn a_bad_value_deep_in_a_large_csv_is_refused_with_its_place() {
     );
     assert!(!err.contains("maybe") && !err.contains("p1"), "{err}");
     // A file without a newline in its first MiB has no usable header.
-    let err = load::load(ehr, InputFormat::Csv, &vec![b'a'; (1 << 20) + 10])
+    let err = load::load(ehr, UploadFormat::Csv, &vec![b'a'; (1 << 20) + 10])
         .unwrap_err()
         .to_string();
     assert!(err.contains("header line is longer than 1 MiB"), "{err}");
@@ -679,18 +679,13 @@ fn ehr_parquet(ehr: &kura_contract::Dataset, rows: usize) -> (Vec<u8>, RecordBat
     (file, expected)
 }
 
-/// `file` laid out as kura's client sends Parquet: file and footer lengths, footer, the rest;
-/// and where the rest starts.
+/// `file` laid out as kura's client sends Parquet (the client's half of the framing, from
+/// kura-api); and where the rest of the file starts.
 fn footer_first(file: &[u8]) -> (Vec<u8>, usize) {
-    let n = file.len();
-    let metadata = u32::from_le_bytes(file[n - 8..n - 4].try_into().unwrap()) as usize;
-    let footer = metadata + 8;
-    let mut out = Vec::new();
-    out.extend_from_slice(&(n as u64).to_le_bytes());
-    out.extend_from_slice(&(footer as u64).to_le_bytes());
-    out.extend_from_slice(&file[n - footer..]);
-    out.extend_from_slice(&file[..n - footer]);
-    (out, 16 + footer)
+    let (mut out, rest) = kura_api::footer_first(&mut std::io::Cursor::new(file)).unwrap();
+    let head = out.len();
+    out.extend_from_slice(&file[..rest as usize]);
+    (out, head)
 }
 
 #[test]
@@ -700,7 +695,7 @@ fn parquet_sent_footer_first_is_decoded_row_group_by_row_group_as_it_arrives() {
     let (file, expected) = ehr_parquet(ehr, 100_000);
     let (stream, head) = footer_first(&file);
     for piece in [1, 1_000, 65_536, stream.len()] {
-        let mut ingest = load::Ingest::new(ehr, InputFormat::ParquetFooterFirst);
+        let mut ingest = load::Ingest::new(ehr, UploadFormat::ParquetFooterFirst);
         // The prefix and the footer byte by byte, then the rest in pieces.
         let footer_end = head + 64;
         for b in &stream[..footer_end] {
@@ -720,7 +715,7 @@ fn parquet_sent_footer_first_is_decoded_row_group_by_row_group_as_it_arrives() {
         );
     }
     // The same file sent as it is gives the same table.
-    let whole = load::load(ehr, InputFormat::Parquet, &file).unwrap();
+    let whole = load::load(ehr, UploadFormat::Parquet, &file).unwrap();
     assert_eq!(concat(&whole), expected);
 }
 
@@ -731,7 +726,7 @@ fn a_bad_footer_first_parquet_upload_is_refused_with_a_reason() {
     let (file, _) = ehr_parquet(ehr, 20_000);
     let (stream, head) = footer_first(&file);
     let refused = |stream: &[u8]| -> String {
-        let mut ingest = load::Ingest::new(ehr, InputFormat::ParquetFooterFirst);
+        let mut ingest = load::Ingest::new(ehr, UploadFormat::ParquetFooterFirst);
         match ingest.push(stream) {
             Err(e) => e.to_string(),
             Ok(()) => ingest.finish().unwrap_err().to_string(),
@@ -779,7 +774,7 @@ fn a_footer_first_parquet_file_of_the_wrong_schema_is_refused_before_its_data_ar
     let ehr = c.dataset("ehr").unwrap();
     let file = ehr_parquet_with_age_band(std::sync::Arc::new(Int32Array::from(vec![1, 2])));
     let (stream, head) = footer_first(&file);
-    let mut ingest = load::Ingest::new(ehr, InputFormat::ParquetFooterFirst);
+    let mut ingest = load::Ingest::new(ehr, UploadFormat::ParquetFooterFirst);
     let err = ingest.push(&stream[..head]).unwrap_err().to_string();
     assert!(err.contains("column \"age_band\" has type Int32"), "{err}");
 }
@@ -800,7 +795,7 @@ fn parquet_row_groups_are_decoded_in_parallel_in_file_order() {
     let mut w = ArrowWriter::try_new(&mut file, expected.schema(), Some(props)).unwrap();
     w.write(&expected).unwrap();
     w.close().unwrap();
-    let mut ingest = load::Ingest::new(ehr, InputFormat::Parquet);
+    let mut ingest = load::Ingest::new(ehr, UploadFormat::Parquet);
     for p in file.chunks(10_000) {
         ingest.push(p).unwrap();
     }
@@ -851,7 +846,7 @@ async fn uploads_that_drop_unread_columns_answer_the_same_and_still_check_them()
         let kept = kept[dataset].clone();
         move |column: &str| kept.contains(column)
     };
-    let ingest = |dataset: &str, format: InputFormat, bytes: &[u8]| {
+    let ingest = |dataset: &str, format: UploadFormat, bytes: &[u8]| {
         let mut ingest = load::Ingest::keeping(c.dataset(dataset).unwrap(), format, keep(dataset));
         ingest.push(bytes)?;
         ingest.finish()
@@ -861,15 +856,15 @@ async fn uploads_that_drop_unread_columns_answer_the_same_and_still_check_them()
     let expected = expected.project(&[0, 2]).unwrap(); // patient_id, diabetes
     let (stream, _) = footer_first(&file);
     for (format, bytes) in [
-        (InputFormat::ParquetFooterFirst, &stream),
-        (InputFormat::Parquet, &file),
+        (UploadFormat::ParquetFooterFirst, &stream),
+        (UploadFormat::Parquet, &file),
     ] {
         let got = concat(&ingest("ehr", format, bytes).unwrap());
         assert_eq!(got, expected, "{format:?}");
     }
     let csv = big_csv(20_000);
     assert_eq!(
-        concat(&ingest("ehr", InputFormat::Csv, csv.as_bytes()).unwrap()),
+        concat(&ingest("ehr", UploadFormat::Csv, csv.as_bytes()).unwrap()),
         expected
     );
 
@@ -886,7 +881,7 @@ async fn uploads_that_drop_unread_columns_answer_the_same_and_still_check_them()
             }
             drop(w);
             (name.clone(), {
-                let mut i = load::Ingest::keeping(dataset, InputFormat::Csv, keep(name));
+                let mut i = load::Ingest::keeping(dataset, UploadFormat::Csv, keep(name));
                 i.push(&text).unwrap();
                 i.finish().unwrap()
             })
@@ -915,9 +910,10 @@ async fn uploads_that_drop_unread_columns_answer_the_same_and_still_check_them()
     let kept = columns_kept(&by_age).await.unwrap();
     assert_eq!(kept["ehr"], names(["age_band", "patient_id"]));
     let bad = "patient_id,age_band,diabetes\np1,old,true\np2,old,maybe\n";
-    let mut upload = load::Ingest::keeping(by_age.dataset("ehr").unwrap(), InputFormat::Csv, |n| {
-        kept["ehr"].contains(n)
-    });
+    let mut upload =
+        load::Ingest::keeping(by_age.dataset("ehr").unwrap(), UploadFormat::Csv, |n| {
+            kept["ehr"].contains(n)
+        });
     let err = upload
         .push(bad.as_bytes())
         .and_then(|()| upload.finish())
@@ -932,7 +928,7 @@ async fn uploads_that_drop_unread_columns_answer_the_same_and_still_check_them()
         ehr_parquet_with_age_band(Arc::new(datafusion::arrow::array::Int64Array::from(vec![
             7, 8,
         ])));
-    let err = ingest("ehr", InputFormat::Parquet, &file).unwrap_err();
+    let err = ingest("ehr", UploadFormat::Parquet, &file).unwrap_err();
     assert!(
         err.to_string().contains("\"age_band\" has type Int64"),
         "{err}"

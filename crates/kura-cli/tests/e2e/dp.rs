@@ -42,7 +42,7 @@ pub(crate) async fn dp_queries_spread_as_declared_and_cannot_overspend_the_budge
         let run = a.query(DP_SQL, Some(0.02)).await.unwrap();
         let table = a.results(Some(&run.run_id)).await.unwrap().remove(0);
         let dp = table.dp.as_ref().expect("a DP release says so");
-        assert_eq!(dp["columns"]["people"]["scale"], 50.0);
+        assert_eq!(dp.columns["people"].scale(), 50.0);
         assert_eq!(table.suppressed_groups, 0);
         // All three public values, even the 3-person band, with noise instead of suppression.
         for (row, (band, n)) in table.rows.iter().zip(truth) {

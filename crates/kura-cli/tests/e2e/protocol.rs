@@ -317,7 +317,7 @@ pub(crate) async fn raw_upload(
     let key = DataKey::generate();
     body.action = Action::Upload(UploadHeader {
         dataset: dataset.into(),
-        format: "csv".into(),
+        format: kura_api::UploadFormat::Csv,
         wrapped_key: kura_crypto::seal(&enclave, &context, b"", key.as_bytes()).unwrap(),
     });
     let http = reqwest::Client::new();

@@ -158,3 +158,46 @@ fn delta_is_accounted_too() {
     assert!(err.contains("δ"), "{err}");
     b.charge(&h, spend(0.1, 0.0)).unwrap();
 }
+
+/// The report's JSON is the shape receivers have read since DP releases began.
+#[test]
+fn dp_report_wire_shape() {
+    let laplace = |scale: f64| ColumnNoise::DiscreteLaplace {
+        epsilon: 0.5,
+        scale,
+        ci95: 3.0 * scale,
+    };
+    let report = DpReport {
+        epsilon: 1.0,
+        delta: 1e-6,
+        max_contributions: 2,
+        groups: GroupRelease::Thresholded,
+        threshold: Some(17.0),
+        columns: BTreeMap::from([
+            ("people".to_string(), laplace(4.0)),
+            (
+                "mean".to_string(),
+                ColumnNoise::Ratio {
+                    epsilon: 1.0,
+                    sum: Box::new(laplace(0.1)),
+                    count: Box::new(laplace(4.0)),
+                },
+            ),
+        ]),
+    };
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["groups"], "thresholded");
+    assert_eq!(json["columns"]["people"]["mechanism"], "discrete_laplace");
+    assert_eq!(json["columns"]["people"]["scale"], 4.0);
+    assert_eq!(
+        json["columns"]["mean"]["mechanism"],
+        "noisy sum / noisy count"
+    );
+    assert_eq!(
+        json["columns"]["mean"]["sum"]["mechanism"],
+        "discrete_laplace"
+    );
+    let back: DpReport = serde_json::from_value(json).unwrap();
+    assert_eq!(back, report);
+    assert_eq!(back.columns["mean"].scale(), 0.1);
+}

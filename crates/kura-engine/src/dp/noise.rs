@@ -8,7 +8,10 @@ use serde_json::{Value, json};
 
 use crate::{EngineError, Output};
 
+use std::collections::BTreeMap;
+
 use kura_contract::ColumnType;
+use kura_contract::dp::{ColumnNoise, DpReport, GroupRelease};
 
 use super::*;
 
@@ -139,45 +142,42 @@ impl DpPlan {
         stat_scales: &[Vec<RBig>],
         count_scale: &RBig,
         k: u64,
-    ) -> Result<Value, EngineError> {
+    ) -> Result<DpReport, EngineError> {
         let share = self.epsilon / self.noisy_values() as f64;
-        let mut columns = serde_json::Map::new();
+        let laplace = |epsilon: f64, s: &RBig, unit: f64| ColumnNoise::DiscreteLaplace {
+            epsilon,
+            scale: approx(s) * unit,
+            ci95: ci95(s) as f64 * unit,
+        };
+        let mut columns = BTreeMap::new();
         for (name, out) in &self.columns {
             let Out::Stat(i) = *out else { continue };
             let scales = &stat_scales[i];
-            let describe = |s: &RBig, unit: f64| {
-                json!({
-                    "mechanism": "discrete_laplace",
-                    "epsilon": share,
-                    "scale": approx(s) * unit,
-                    "ci95": ci95(s) as f64 * unit,
-                })
-            };
             columns.insert(
                 name.clone(),
                 match &self.stats[i] {
-                    Stat::Count(_) | Stat::Units => describe(&scales[0], 1.0),
-                    Stat::Sum(m) => describe(&scales[0], m.grid),
-                    Stat::Avg(m) => json!({
-                        "mechanism": "noisy sum / noisy count",
-                        "epsilon": 2.0 * share,
-                        "sum": describe(&scales[0], m.grid),
-                        "count": describe(&scales[1], 1.0),
-                    }),
+                    Stat::Count(_) | Stat::Units => laplace(share, &scales[0], 1.0),
+                    Stat::Sum(m) => laplace(share, &scales[0], m.grid),
+                    Stat::Avg(m) => ColumnNoise::Ratio {
+                        epsilon: 2.0 * share,
+                        sum: Box::new(laplace(share, &scales[0], m.grid)),
+                        count: Box::new(laplace(share, &scales[1], 1.0)),
+                    },
                 },
             );
         }
-        let mut report = json!({
-            "epsilon": self.epsilon,
-            "delta": self.delta,
-            "max_contributions": k,
-            "groups": if self.thresholded() { "thresholded" } else { "public domain" },
-            "columns": columns,
-        });
-        if self.thresholded() {
-            report["threshold"] = json!(self.tau(count_scale));
-        }
-        Ok(report)
+        Ok(DpReport {
+            epsilon: self.epsilon,
+            delta: self.delta,
+            max_contributions: k,
+            groups: if self.thresholded() {
+                GroupRelease::Thresholded
+            } else {
+                GroupRelease::PublicDomain
+            },
+            threshold: self.thresholded().then(|| self.tau(count_scale)),
+            columns,
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 use std::fmt::Write as _;
 
 use dashu::rational::RBig;
+use kura_contract::dp::GroupRelease;
 
 use super::noise::{ci95, noise};
 use super::*;
@@ -132,9 +133,7 @@ async fn repeated_counts_spread_as_declared() {
             let truth = truth.get(row[0].as_str().unwrap()).copied().unwrap_or(0);
             errors.push((row[1].as_i64().unwrap() - truth) as f64);
         }
-        declared = out.dp.as_ref().unwrap()["columns"]["n"]["scale"]
-            .as_f64()
-            .unwrap();
+        declared = out.dp.as_ref().unwrap().columns["n"].scale();
     }
     // One statistic, k = 2, ε = 1: scale 2. Every patient has one row, so bounding removes none.
     assert_eq!(declared, 2.0);
@@ -182,9 +181,9 @@ async fn contributions_are_bounded_after_the_join_and_measures_clamped() {
     let m = out.rows.iter().find(|r| r[0] == "m").unwrap();
     assert_eq!(m[1], 0);
     let report = out.dp.unwrap();
-    assert_eq!(report["epsilon"], 500.0);
-    assert_eq!(report["groups"], "public domain");
-    assert_eq!(report["max_contributions"], 2);
+    assert_eq!(report.epsilon, 500.0);
+    assert_eq!(report.groups, GroupRelease::PublicDomain);
+    assert_eq!(report.max_contributions, 2);
 }
 
 #[tokio::test]
@@ -199,8 +198,8 @@ async fn keys_without_a_domain_are_released_only_above_the_threshold() {
         assert_eq!(regions, ["north"], "{out:?}");
         assert_eq!(out.suppressed_groups, 0);
         let report = out.dp.unwrap();
-        assert_eq!(report["groups"], "thresholded");
-        assert!(report["threshold"].as_f64().unwrap() > 2.0);
+        assert_eq!(report.groups, GroupRelease::Thresholded);
+        assert!(report.threshold.unwrap() > 2.0);
     }
 }
 

@@ -20,8 +20,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use kura_contract::{ColumnType, Dataset};
 use kura_crypto::extend_zeroizing;
-use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
+
+pub use kura_api::UploadFormat;
 
 use crate::EngineError;
 use csv::{CSV_BLOCK, CsvIngest};
@@ -29,21 +30,6 @@ use parquet::{FooterFirst, load_parquet};
 
 /// Rows per record batch when parsing CSV.
 pub(crate) const BATCH_ROWS: usize = 64 * 1024;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InputFormat {
-    Csv,
-    /// A Parquet file as it is: its metadata comes last, so it is gathered whole, then decoded.
-    Parquet,
-    /// A Parquet file sent metadata first, so that each row group is decoded as soon as its
-    /// bytes have arrived and the file is never held whole. The stream is: the file's length
-    /// and the footer's length (u64, little-endian, 8 bytes each); the footer (the file's last
-    /// bytes: its metadata, the metadata's 4-byte length, `PAR1`); then the rest of the file
-    /// from its first byte. kura's client sends Parquet files this way.
-    #[serde(rename = "parquet-footer-first")]
-    ParquetFooterFirst,
-}
 
 /// How a contract type is held in memory, and parsed from CSV. Text is held as string views:
 /// grouping and joining on short strings then compares inline bytes instead of following offsets
@@ -72,7 +58,7 @@ pub fn arrow_schema(dataset: &Dataset) -> SchemaRef {
 /// Parses `bytes` as `format` and checks it against `dataset`.
 pub fn load(
     dataset: &Dataset,
-    format: InputFormat,
+    format: UploadFormat,
     bytes: &[u8],
 ) -> Result<Vec<RecordBatch>, EngineError> {
     let mut ingest = Ingest::new(dataset, format);
@@ -199,7 +185,7 @@ enum Format {
 
 impl Ingest {
     /// An upload of `dataset` whose every column is kept.
-    pub fn new(dataset: &Dataset, format: InputFormat) -> Self {
+    pub fn new(dataset: &Dataset, format: UploadFormat) -> Self {
         Self::keeping(dataset, format, |_| true)
     }
 
@@ -207,7 +193,7 @@ impl Ingest {
     /// must still carry every declared column in a declared type, and every CSV value is still
     /// parsed, but the other columns are dropped as soon as they are parsed (CSV) or never
     /// decoded at all (Parquet).
-    pub fn keeping(dataset: &Dataset, format: InputFormat, keep: impl Fn(&str) -> bool) -> Self {
+    pub fn keeping(dataset: &Dataset, format: UploadFormat, keep: impl Fn(&str) -> bool) -> Self {
         let mut kept = dataset.clone();
         kept.columns.retain(|c| keep(&c.name));
         Self {
@@ -216,9 +202,9 @@ impl Ingest {
                 kept,
             }),
             format: match format {
-                InputFormat::Csv => Format::Csv(Box::default()),
-                InputFormat::Parquet => Format::Parquet(Zeroizing::new(Vec::new())),
-                InputFormat::ParquetFooterFirst => Format::ParquetFooterFirst(Box::default()),
+                UploadFormat::Csv => Format::Csv(Box::default()),
+                UploadFormat::Parquet => Format::Parquet(Zeroizing::new(Vec::new())),
+                UploadFormat::ParquetFooterFirst => Format::ParquetFooterFirst(Box::default()),
             },
             scratch: Zeroizing::default(),
         }

@@ -20,8 +20,7 @@ use super::pool::Parallel;
 use super::*;
 use crate::EngineError;
 
-/// The lengths that open a footer-first Parquet stream.
-pub(super) const FOOTER_FIRST_PREFIX: usize = 16;
+pub(super) use kura_api::FOOTER_FIRST_PREFIX;
 /// A Parquet footer longer than this is refused rather than buffered without bound.
 pub(super) const MAX_FOOTER: u64 = 64 << 20;
 /// A row group's buffer is reserved whole up to this size (the size comes from the file's
@@ -175,7 +174,7 @@ pub(super) fn own_strings(batch: RecordBatch) -> RecordBatch {
     RecordBatch::try_new(batch.schema(), columns).expect("same schema")
 }
 
-/// A Parquet file arriving footer first ([`InputFormat::ParquetFooterFirst`]): the prefix and
+/// A Parquet file arriving footer first ([`UploadFormat::ParquetFooterFirst`]): the prefix and
 /// footer are gathered and checked against the contract before any data arrives; then each row
 /// group's bytes are gathered in a buffer of their own and decoded on the pool as soon as they
 /// are complete. Bytes outside row groups (the leading magic, page indexes) are not kept.
@@ -263,8 +262,7 @@ impl FooterFirst {
 
 /// The file's length and its footer's length, from the first 16 bytes of `head`.
 pub(super) fn prefix(head: &[u8]) -> (u64, u64) {
-    let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
-    (word(0), word(8))
+    kura_api::footer_first_prefix(head).expect("a whole prefix")
 }
 
 impl ParquetBody {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kura_api::{Action, RequestBody, SignedRequest, UploadHeader, UploadResponse};
 use kura_crypto::{DataKey, StreamDecoder};
-use kura_engine::InputFormat;
+use kura_engine::UploadFormat;
 use kura_ledger::Event;
 
 use super::{Held, Service, State};
@@ -15,7 +15,7 @@ use crate::ServiceError;
 pub(super) struct Pending {
     party: String,
     dataset: kura_contract::Dataset,
-    format: InputFormat,
+    format: UploadFormat,
     key: DataKey,
     context: Vec<u8>,
     created: std::time::Instant,
@@ -115,16 +115,7 @@ impl Service {
                 dataset.name, dataset.provider
             )));
         }
-        let format = match header.format.as_str() {
-            "csv" => InputFormat::Csv,
-            "parquet" => InputFormat::Parquet,
-            "parquet-footer-first" => InputFormat::ParquetFooterFirst,
-            other => {
-                return Err(ServiceError::BadRequest(format!(
-                    "unknown format {other:?} (csv, parquet or parquet-footer-first)"
-                )));
-            }
-        };
+        let format = header.format;
         self.check_state(&*self.state.lock().await, &dataset.name)?;
         let context =
             kura_api::upload_context(&body.contract_id, &dataset.name, &body.enclave, &body.nonce);
