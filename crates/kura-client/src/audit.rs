@@ -152,36 +152,9 @@ mod tests {
     use super::*;
 
     fn contract() -> Contract {
-        let (h, f) = (SecretIdentity::generate(), SecretIdentity::generate());
-        let text = format!(
-            r#"version = 1
-name = "t"
-[[parties]]
-name = "hospital-a"
-public_key = "{}"
-roles = ["provider", "receiver"]
-[[parties]]
-name = "fitness-b"
-public_key = "{}"
-roles = ["provider"]
-[[datasets]]
-name = "ehr"
-provider = "hospital-a"
-privacy_unit = "id"
-columns = [{{ name = "id", type = "utf8", role = "identifier" }}]
-[[analyses]]
-name = "count"
-sql = "SELECT COUNT(*) FROM ehr"
-receivers = ["hospital-a"]
-[output]
-min_group_size = 2
-[retention]
-delete_after = "run"
-[enclave]
-platforms = ["simulated"]
-"#,
-            h.public().to_text(),
-            f.public().to_text()
+        let text = kura_contract::example::fill(
+            include_str!("../../../testdata/contracts/audit-minimal.toml"),
+            |_| SecretIdentity::generate().public().to_text(),
         );
         Contract::parse(text.as_bytes()).unwrap()
     }

@@ -56,3 +56,39 @@ platforms = ["simulated"]
 "#
     )
 }
+
+/// A contract template from `testdata/contracts/` with every `@NAME@` replaced by
+/// `value(NAME)`: tests keep their contracts as files and fill in what only exists at run time
+/// (`@key:PARTY@` with a fresh public key, and the like).
+///
+/// # Panics
+/// On an `@` without its closing `@`: a broken fixture.
+pub fn fill(template: &str, mut value: impl FnMut(&str) -> String) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('@') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let end = after
+            .find('@')
+            .unwrap_or_else(|| panic!("an unclosed @ in a contract fixture: {after:.40}"));
+        out.push_str(&value(&after[..end]));
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fill_replaces_every_placeholder() {
+        let t = "a = \"@key:x@\"\nb = @list@\nc = \"@key:x@\"\n";
+        let filled = super::fill(t, |name| match name {
+            "key:x" => "K".into(),
+            "list" => "[1]".into(),
+            other => panic!("{other}"),
+        });
+        assert_eq!(filled, "a = \"K\"\nb = [1]\nc = \"K\"\n");
+    }
+}

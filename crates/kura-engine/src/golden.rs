@@ -31,67 +31,14 @@ pub(crate) fn contract_with(extra: &str) -> Contract {
     Contract::parse((contract_text() + extra).as_bytes()).unwrap()
 }
 
-/// The golden contract's text, with fresh keys.
+/// The golden contract's text (`testdata/contracts/golden.toml`), with fresh keys.
 pub(crate) fn contract_text() -> String {
-    let h = SecretIdentity::generate().public().to_text();
-    let f = SecretIdentity::generate().public().to_text();
-    format!(
-        r#"version = 1
-name = "golden"
-purpose = "ad-hoc rule tests"
-
-[[parties]]
-name = "hospital"
-public_key = "{h}"
-roles = ["provider", "analyst", "receiver"]
-
-[[parties]]
-name = "insurer"
-public_key = "{f}"
-roles = ["provider", "receiver"]
-
-[[datasets]]
-name = "patients"
-provider = "hospital"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "patient_id", type = "utf8",    role = "identifier" }},
-  {{ name = "age_band",   type = "utf8",    role = "dimension" }},
-  {{ name = "sex",        type = "utf8",    role = "dimension" }},
-  {{ name = "region",     type = "utf8",    role = "dimension" }},
-  {{ name = "birth_year", type = "int64",   role = "dimension" }},
-  {{ name = "diabetes",   type = "boolean", role = "measure" }},
-  {{ name = "bmi",        type = "float64", role = "measure" }},
-]
-
-[[datasets]]
-name = "claims"
-provider = "insurer"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "claim_id",   type = "utf8",    role = "identifier" }},
-  {{ name = "patient_id", type = "utf8",    role = "identifier" }},
-  {{ name = "kind",       type = "utf8",    role = "dimension" }},
-  {{ name = "month",      type = "date",    role = "dimension" }},
-  {{ name = "amount",     type = "float64", role = "measure" }},
-]
-
-[adhoc]
-analysts = ["hospital"]
-receivers = ["hospital"]
-aggregates = ["count", "count_distinct", "sum", "avg", "min", "max", "stddev"]
-column_aggregates = {{ "claims.amount" = ["sum", "avg", "count", "stddev"] }}
-dimension_functions = {{ "patients.birth_year" = ["floor", "round"] }}
-
-[output]
-min_group_size = 5
-
-[retention]
-delete_after = "never"
-
-[enclave]
-platforms = ["simulated"]
-"#
+    kura_contract::example::fill(
+        include_str!("../../../testdata/contracts/golden.toml"),
+        |name| match name {
+            "key:hospital" | "key:insurer" => SecretIdentity::generate().public().to_text(),
+            other => panic!("golden.toml: unknown placeholder {other}"),
+        },
     )
 }
 

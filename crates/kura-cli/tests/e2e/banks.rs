@@ -21,49 +21,14 @@ pub(crate) async fn three_banks_get_only_their_own_accounts_from_a_cross_bank_li
             key: SecretIdentity::generate(),
         })
         .collect();
-    let mut text =
-        String::from("version = 1\nname = \"aml\"\npurpose = \"cross-bank mule detection\"\n\n");
-    for p in &parties {
-        text += &format!(
-            "[[parties]]\nname = \"{}\"\npublic_key = \"{}\"\nroles = [\"provider\", \"analyst\", \"receiver\"]\n\n",
-            p.name,
-            p.key.public().to_text()
-        );
-    }
-    for b in ["a", "b", "c"] {
-        text += &format!(
-            "[[datasets]]\nname = \"transfers_{b}\"\nprovider = \"bank-{b}\"\nprivacy_unit = \"from_account\"\ncolumns = [\n  {{ name = \"from_account\", type = \"utf8\", role = \"identifier\" }},\n  {{ name = \"to_account\", type = \"utf8\", role = \"identifier\" }},\n  {{ name = \"amount\", type = \"float64\", role = \"measure\" }},\n]\n\n"
-        );
-    }
-    text += r#"[[analyses]]
-name = "mules"
-kind = "list"
-list_column = "account"
-receivers = ["bank-a", "bank-b", "bank-c"]
-sql = """
-WITH t AS (
-  SELECT from_account, to_account, 'a' AS bank FROM transfers_a
-  UNION ALL SELECT from_account, to_account, 'b' FROM transfers_b
-  UNION ALL SELECT from_account, to_account, 'c' FROM transfers_c)
-SELECT DISTINCT x.to_account AS account
-FROM t x JOIN t y ON x.to_account = y.from_account
-WHERE x.bank <> y.bank
-ORDER BY account
-"""
-
-[adhoc]
-analysts = ["bank-a"]
-receivers = ["bank-a"]
-
-[output]
-min_group_size = 3
-
-[retention]
-delete_after = "never"
-
-[enclave]
-platforms = ["simulated"]
-"#;
+    let text = kura_contract::example::fill(
+        include_str!("../../../../testdata/contracts/aml-three-banks.toml"),
+        |name| {
+            let bank = name.strip_prefix("key:").expect("@key:NAME@");
+            let party = parties.iter().find(|p| p.name == bank).expect("a bank");
+            party.key.public().to_text()
+        },
+    );
     let contract = Contract::parse(text.as_bytes()).unwrap();
     kura_engine::check_analyses(&contract).await.unwrap();
     let sigs: Vec<_> = parties

@@ -22,63 +22,20 @@ pub(crate) struct Room {
     pub(crate) server: kura_server::Running,
 }
 
+/// The e2e contract (`testdata/contracts/e2e-{two,three}-parties.toml`) with `parties`' keys
+/// and the analysis's `receivers` (a TOML list).
 pub(crate) fn contract_text(parties: &[Party], three: bool, receivers: &str) -> String {
-    let mut t = String::from("version = 1\nname = \"e2e\"\npurpose = \"tests\"\n");
-    for p in parties {
-        let roles = match p.name {
-            "insurer-c" if !three => "[\"receiver\"]",
-            "auditor-d" => "[\"auditor\"]",
-            _ => "[\"provider\", \"receiver\"]",
-        };
-        write!(
-            t,
-            "\n[[parties]]\nname = \"{}\"\npublic_key = \"{}\"\nroles = {roles}\n",
-            p.name,
-            p.key.public().to_text()
-        )
-        .unwrap();
-    }
-    t += r#"
-[[datasets]]
-name = "ehr"
-provider = "hospital-a"
-privacy_unit = "patient_id"
-columns = [
-  { name = "patient_id", type = "utf8", role = "identifier" },
-  { name = "age_band", type = "utf8", role = "dimension" },
-  { name = "diabetes", type = "boolean", role = "measure" },
-]
-
-[[datasets]]
-name = "activity"
-provider = "fitness-b"
-privacy_unit = "patient_id"
-columns = [
-  { name = "patient_id", type = "utf8", role = "identifier" },
-  { name = "steps_band", type = "utf8", role = "dimension" },
-]
-"#;
-    let sql = if three {
-        t += r#"
-[[datasets]]
-name = "claims"
-provider = "insurer-c"
-privacy_unit = "member_id"
-columns = [
-  { name = "member_id", type = "utf8", role = "identifier" },
-  { name = "cost", type = "float64", role = "measure" },
-]
-"#;
-        "SELECT a.steps_band, COUNT(*) AS people, SUM(c.cost) AS cost FROM ehr e JOIN activity a ON e.patient_id = a.patient_id JOIN claims c ON c.member_id = e.patient_id GROUP BY a.steps_band ORDER BY a.steps_band"
+    let template = if three {
+        include_str!("../../../../testdata/contracts/e2e-three-parties.toml")
     } else {
-        "SELECT a.steps_band, COUNT(*) AS people, AVG(CAST(e.diabetes AS DOUBLE)) AS rate FROM ehr e JOIN activity a ON e.patient_id = a.patient_id GROUP BY a.steps_band ORDER BY a.steps_band"
+        include_str!("../../../../testdata/contracts/e2e-two-parties.toml")
     };
-    write!(
-        t,
-        "\n[[analyses]]\nname = \"by_activity\"\nsql = \"{sql}\"\nreceivers = {receivers}\n\n[output]\nmin_group_size = 10\n\n[retention]\ndelete_after = \"run\"\n\n[enclave]\nplatforms = [\"simulated\"]\n"
-    )
-    .unwrap();
-    t
+    kura_contract::example::fill(template, |name| match name {
+        "receivers" => receivers.to_string(),
+        key => key_of(parties, key.strip_prefix("key:").expect("@key:NAME@"))
+            .public()
+            .to_text(),
+    })
 }
 
 pub(crate) async fn room_with(names: &[&'static str], three: bool, receivers: &str) -> Room {
