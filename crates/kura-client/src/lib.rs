@@ -393,9 +393,7 @@ impl Client {
         let encoder = StreamEncoder::new(&key, &context);
         drop(key);
         std::thread::spawn(move || encrypt_file(reader, encoder, tx, progress));
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         let resp = self
             .http
             .post(self.url(&routes::upload_stream(&ticket.ticket)))

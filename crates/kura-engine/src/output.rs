@@ -165,29 +165,24 @@ pub(crate) fn value(array: &ArrayRef, row: usize) -> Result<Value, EngineError> 
         return Ok(Value::Null);
     }
     let err = |e: datafusion::arrow::error::ArrowError| EngineError::Execution(e.to_string());
-    Ok(match array.data_type() {
-        DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32 => {
-            let a = cast(&array.slice(row, 1), &DataType::Int64).map_err(err)?;
-            Value::from(a.as_primitive::<Int64Type>().value(0))
-        }
-        DataType::UInt64 => Value::from(
+    Ok(match column_type(array.data_type()) {
+        ColumnType::Boolean => Value::Bool(array.as_boolean().value(row)),
+        // Beyond i64: read as it is rather than cast.
+        ColumnType::Int64 if *array.data_type() == DataType::UInt64 => Value::from(
             array
                 .as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
                 .value(row),
         ),
-        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+        ColumnType::Int64 => {
+            let a = cast(&array.slice(row, 1), &DataType::Int64).map_err(err)?;
+            Value::from(a.as_primitive::<Int64Type>().value(0))
+        }
+        ColumnType::Float64 => {
             let a = cast(&array.slice(row, 1), &DataType::Float64).map_err(err)?;
             serde_json::Number::from_f64(a.as_primitive::<Float64Type>().value(0))
                 .map_or(Value::Null, Value::Number)
         }
-        _ => {
+        ColumnType::Utf8 | ColumnType::Date => {
             let options = FormatOptions::default();
             let f = ArrayFormatter::try_new(array.as_ref(), &options).map_err(err)?;
             Value::String(f.value(row).to_string())

@@ -180,6 +180,9 @@ async fn contributions_are_bounded_after_the_join_and_measures_clamped() {
     // The other public value is released too, with (zero-mean) noise around 0.
     let m = out.rows.iter().find(|r| r[0] == "m").unwrap();
     assert_eq!(m[1], 0);
+    // Keys keep their type; noisy counts are integers, noisy sums and averages floats.
+    use kura_contract::ColumnType as T;
+    assert_eq!(out.types, [T::Utf8, T::Int64, T::Float64, T::Float64]);
     let report = out.dp.unwrap();
     assert_eq!(report.epsilon, 500.0);
     assert_eq!(report.groups, GroupRelease::PublicDomain);
