@@ -542,14 +542,17 @@ impl Rules {
         };
         // The threshold rule's own counts of distinct privacy units, whatever the contract lists.
         if hidden {
-            let unit = match params.args.as_slice() {
-                [arg] => Some(self.label(arg, input, schema)?),
+            // `kura_units(unit)`, or `kura_units_set(unit, value)` whose value (a column or a
+            // constant) is only hashed into a fingerprint that never leaves the enclave.
+            let unit = match (func.name(), params.args.as_slice()) {
+                (crate::units::NAME, [unit]) => Some(self.label(unit, input, schema)?),
+                (crate::overlap::NAME, [unit, Expr::Column(_) | Expr::Literal(..)]) => {
+                    Some(self.label(unit, input, schema)?)
+                }
                 _ => None,
             };
             // Its FILTER (contributors of one aggregate) is the threshold rule's own too.
-            return if (func.name() == crate::units::NAME || func.name() == crate::overlap::NAME)
-                && !params.distinct
-                && unit.is_some_and(|l| l.kind == Kind::Identifier && l.bare)
+            return if !params.distinct && unit.is_some_and(|l| l.kind == Kind::Identifier && l.bare)
             {
                 Ok(())
             } else {

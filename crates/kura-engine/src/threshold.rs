@@ -299,16 +299,20 @@ fn count(
     }
     // Overlap control: each cell's contributors, per measure and dataset.
     if let Some(overlap) = overlap {
-        let mut cells: Vec<(String, &Option<Expr>)> = vec![("*".into(), &None)];
+        let mut cells: Vec<(String, Expr, &Option<Expr>)> =
+            vec![("*".into(), datafusion::prelude::lit(true), &None)];
         for (e, condition) in agg.aggr_expr.iter().zip(&contributions) {
-            let cell = (measure(e, &input), condition);
-            if !cells.contains(&cell) {
-                cells.push(cell);
+            let (measure, value) = measure(e, &input);
+            if !cells
+                .iter()
+                .any(|(m, _, c)| *m == measure && *c == condition)
+            {
+                cells.push((measure, value, condition));
             }
         }
-        for (measure, condition) in cells {
+        for (measure, value, condition) in cells {
             for (unit, dataset) in units.iter().zip(&unit_datasets) {
-                let set = overlap.expr(unit.clone());
+                let set = overlap.expr(unit.clone(), value.clone());
                 let set = match &condition {
                     None => set,
                     Some(c) => set.filter(c.clone()).build()?,
@@ -330,17 +334,20 @@ fn count(
 }
 
 /// The measure an aggregate reads, for overlap control: the contract column of its argument
-/// (through casts), `*` when it reads none, or the argument as written.
-fn measure(expr: &Expr, input: &LogicalPlan) -> String {
+/// (through casts), `*` when it reads none, or the argument as written; and the values whose
+/// fingerprint stands for a person's contribution (the column before any cast, a constant for
+/// `*`).
+fn measure(expr: &Expr, input: &LogicalPlan) -> (String, Expr) {
+    let star = || ("*".to_string(), datafusion::prelude::lit(true));
     let mut expr = expr;
     while let Expr::Alias(a) = expr {
         expr = &a.expr;
     }
     let Expr::AggregateFunction(AggregateFunction { params, .. }) = expr else {
-        return expr.to_string();
+        return (expr.to_string(), expr.clone());
     };
     let Some(mut arg) = params.args.first() else {
-        return "*".into();
+        return star();
     };
     loop {
         match arg {
@@ -351,14 +358,17 @@ fn measure(expr: &Expr, input: &LogicalPlan) -> String {
         }
     }
     match arg {
-        Expr::Literal(..) => "*".into(),
-        Expr::Column(c) => input
-            .schema()
-            .index_of_column(c)
-            .ok()
-            .and_then(|i| origin(input, i))
-            .map_or_else(|| c.flat_name(), |(d, c)| format!("{d}.{c}")),
-        other => other.to_string(),
+        Expr::Literal(..) => star(),
+        Expr::Column(c) => (
+            input
+                .schema()
+                .index_of_column(c)
+                .ok()
+                .and_then(|i| origin(input, i))
+                .map_or_else(|| c.flat_name(), |(d, c)| format!("{d}.{c}")),
+            arg.clone(),
+        ),
+        other => (other.to_string(), other.clone()),
     }
 }
 
