@@ -18,7 +18,7 @@ pub struct ResultTable {
     pub analysis: String,
     pub columns: Vec<String>,
     /// Each column's type (`utf8`, `int64`, `float64`, `boolean`, `date`), so that typed files
-    /// can be written from the rows. Absent from results of kura before 0.1.1: then empty.
+    /// can be written from the rows. Empty in results sealed before types were added.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub types: Vec<ColumnType>,
     pub rows: Vec<Vec<serde_json::Value>>,

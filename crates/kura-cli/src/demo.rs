@@ -111,7 +111,6 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         std::fs::write(files::signature_path(&contract_path, &party), text)?;
     }
     let contract = files::read_signed_contract(&contract_path)?;
-    kura_engine::check_analyses(&contract).await?;
     say(format!(
         "contract {} signed by hospital-a and fitness-b\n  id {}",
         contract.name,

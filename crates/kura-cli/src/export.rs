@@ -25,35 +25,25 @@ pub fn record_batch(t: &ResultTable) -> Result<RecordBatch> {
     let mut fields = Vec::with_capacity(t.columns.len());
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(t.columns.len());
     for (i, (name, ty)) in t.columns.iter().zip(&types).enumerate() {
-        let values = t.rows.iter().map(|r| r.get(i).unwrap_or(&Value::Null));
-        let bad = |v: &Value| format!("column {name:?} is declared {} but holds {v}", ty.as_str());
+        let values = || t.rows.iter().map(move |r| r.get(i).unwrap_or(&Value::Null));
         let array: ArrayRef = match ty {
-            ColumnType::Int64 => Arc::new(
-                values
-                    .map(|v| match v {
-                        Value::Null => Ok(None),
-                        v => v.as_i64().map(Some).with_context(|| bad(v)),
-                    })
-                    .collect::<Result<Int64Array>>()?,
-            ),
-            ColumnType::Float64 => Arc::new(
-                values
-                    .map(|v| match v {
-                        Value::Null => Ok(None),
-                        v => v.as_f64().map(Some).with_context(|| bad(v)),
-                    })
-                    .collect::<Result<Float64Array>>()?,
-            ),
-            ColumnType::Boolean => Arc::new(
-                values
-                    .map(|v| match v {
-                        Value::Null => Ok(None),
-                        v => v.as_bool().map(Some).with_context(|| bad(v)),
-                    })
-                    .collect::<Result<BooleanArray>>()?,
-            ),
+            ColumnType::Int64 => {
+                Arc::new(Int64Array::from(typed(values(), Value::as_i64, name, *ty)?))
+            }
+            ColumnType::Float64 => Arc::new(Float64Array::from(typed(
+                values(),
+                Value::as_f64,
+                name,
+                *ty,
+            )?)),
+            ColumnType::Boolean => Arc::new(BooleanArray::from(typed(
+                values(),
+                Value::as_bool,
+                name,
+                *ty,
+            )?)),
             ColumnType::Utf8 | ColumnType::Date => {
-                let text: StringArray = values.map(text).collect();
+                let text: StringArray = values().map(text).collect();
                 if *ty == ColumnType::Date {
                     arrow::compute::cast(&text, &DataType::Date32)
                         .with_context(|| format!("column {name:?} is declared date"))?
@@ -67,6 +57,23 @@ pub fn record_batch(t: &ResultTable) -> Result<RecordBatch> {
     }
     let schema = Schema::new(fields).with_metadata(metadata(t));
     RecordBatch::try_new(Arc::new(schema), arrays).context("building the result's record batch")
+}
+
+/// Each value as the declared type `ty` (nulls stay null), or which column holds what.
+fn typed<'a, T>(
+    values: impl Iterator<Item = &'a Value>,
+    get: fn(&Value) -> Option<T>,
+    name: &str,
+    ty: ColumnType,
+) -> Result<Vec<Option<T>>> {
+    values
+        .map(|v| match v {
+            Value::Null => Ok(None),
+            v => get(v).map(Some).with_context(|| {
+                format!("column {name:?} is declared {} but holds {v}", ty.as_str())
+            }),
+        })
+        .collect()
 }
 
 fn text(v: &Value) -> Option<String> {

@@ -109,9 +109,6 @@ impl Platform {
         Platform::Nitro,
     ];
 
-    /// The names of [`Platform::ALL`], as contracts and command lines spell them.
-    pub const NAMES: [&'static str; 5] = ["simulated", "sev-snp", "tdx", "sgx", "nitro"];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Platform::Simulated => "simulated",
@@ -124,6 +121,18 @@ impl Platform {
 
     pub fn parse(text: &str) -> Option<Self> {
         Platform::ALL.into_iter().find(|p| p.as_str() == text)
+    }
+}
+
+/// `--platform NAME` on the command lines, spelled as contracts spell it.
+#[cfg(feature = "clap")]
+impl clap::ValueEnum for Platform {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Platform::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
     }
 }
 

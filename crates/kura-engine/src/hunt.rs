@@ -22,7 +22,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::Value;
 
-use crate::{EngineError, Tables, golden::load_csv, run_query};
+use crate::{EngineError, Output, Tables, golden::load_csv, run_query};
 
 /// The planted values as stored, and as changed in the second run.
 const PLANTED: [(f64, f64); 6] = [
@@ -808,6 +808,16 @@ fn under_overlap_control_no_pair_of_answers_recovers_a_planted_value() {
     );
 }
 
+/// Answers queries one after the other against one overlap memory, as an enclave instance does.
+fn asker<'a>(c: &'a Contract, tables: &'a Tables) -> impl FnMut(&str) -> Output + 'a {
+    let mut memory = crate::overlap::Overlap::of(c).expect("the contract asks for it");
+    move |sql| {
+        runtime()
+            .block_on(run_query(c, sql, tables, Some(&mut memory)))
+            .unwrap()
+    }
+}
+
 /// Found by the generated hunt above: after a join Q stands behind three rows (his claims),
 /// and a filter that drops one of them leaves the set of people unchanged while the sum of
 /// BMI changes by exactly Q's BMI. Overlap control compares what each person contributed, not
@@ -816,12 +826,7 @@ fn under_overlap_control_no_pair_of_answers_recovers_a_planted_value() {
 fn overlap_control_sees_one_persons_row_dropped_from_a_join() {
     let original = tables(false);
     let c = overlap_contract();
-    let mut memory = crate::overlap::Overlap::of(c).unwrap();
-    let mut ask = |sql: &str| {
-        runtime()
-            .block_on(run_query(c, sql, &original, Some(&mut memory)))
-            .unwrap()
-    };
+    let mut ask = asker(c, &original);
     let join = "SELECT p.age_band, SUM(p.bmi) AS s FROM patients p \
                 JOIN claims c ON p.patient_id = c.patient_id";
     let all = ask(&format!("{join} GROUP BY p.age_band"));
@@ -856,12 +861,7 @@ fn overlap_control_sees_one_persons_row_dropped_from_a_join() {
 fn overlap_control_refuses_the_region_plus_one() {
     let original = tables(false);
     let c = overlap_contract();
-    let mut memory = crate::overlap::Overlap::of(c).unwrap();
-    let mut ask = |sql: &str| {
-        runtime()
-            .block_on(run_query(c, sql, &original, Some(&mut memory)))
-            .unwrap()
-    };
+    let mut ask = asker(c, &original);
     let west = ask("SELECT SUM(bmi) AS s FROM patients WHERE region = 'west'");
     assert_eq!(west.rows.len(), 1);
     // West and atoll differ from west by Q alone: suppressed.

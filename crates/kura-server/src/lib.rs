@@ -79,7 +79,12 @@ impl Drop for Running {
 }
 
 /// Creates the service (keys, evidence, log) and starts serving HTTP on `config.listen`.
+/// Refuses a contract whose analyses do not check against its schemas, before anything listens
+/// or is written.
 pub async fn start(config: Config) -> Result<Running, ServiceError> {
+    kura_engine::check_analyses(&config.contract)
+        .await
+        .map_err(|e| ServiceError::Start(format!("the contract's analyses are invalid: {e}")))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| ServiceError::Start(format!("cannot listen on {}: {e}", config.listen)))?;

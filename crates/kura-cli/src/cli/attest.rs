@@ -18,7 +18,7 @@ pub enum AttestCmd {
 #[derive(clap::Args, Debug)]
 pub struct AttestArgs {
     /// The platform that produced the evidence.
-    #[arg(long, value_parser = platform_arg())]
+    #[arg(long, value_enum)]
     platform: Platform,
     /// The evidence: an SNP report, a DCAP quote, a Nitro attestation document.
     #[arg(long)]
@@ -39,13 +39,6 @@ pub struct AttestArgs {
     /// Print one JSON object on stdout (verdict, platform, measurement, report data, debug).
     #[arg(long)]
     pub(super) json: bool,
-}
-
-/// `--platform NAME`, one of [`Platform::NAMES`] (listed by `--help`).
-fn platform_arg() -> impl clap::builder::TypedValueParser<Value = Platform> {
-    use clap::builder::TypedValueParser as _;
-    clap::builder::PossibleValuesParser::new(Platform::NAMES)
-        .map(|name: String| Platform::parse(&name).expect("one of Platform::NAMES"))
 }
 
 pub async fn run(cmd: AttestCmd) -> Result<ExitCode> {

@@ -118,10 +118,17 @@ pub struct Party {
 impl Party {
     /// Fills what flags and variables left out from the profile file.
     fn resolved(&self) -> Result<Party> {
-        if self.enclave.is_some() && self.contract.is_some() && self.key.is_some() {
+        self.resolved_from(&profile::path()?)
+    }
+
+    /// [`Party::resolved`] with the profiles in `file`. A profile asked for by name must exist
+    /// even when the flags leave nothing for it to fill.
+    fn resolved_from(&self, file: &std::path::Path) -> Result<Party> {
+        let complete = self.enclave.is_some() && self.contract.is_some() && self.key.is_some();
+        if complete && self.profile.is_none() {
             return Ok(self.clone());
         }
-        let profile = profile::load(&profile::path()?, self.profile.as_deref())?;
+        let profile = profile::load(file, self.profile.as_deref())?;
         Ok(Party {
             enclave: self.enclave.clone().or(profile.enclave),
             contract: self.contract.clone().or(profile.contract),
@@ -135,14 +142,11 @@ impl Party {
     fn contract(&self) -> Result<PathBuf> {
         self.resolved()?
             .contract
-            .context("--contract (or KURA_CONTRACT, or `contract` in a profile) is required")
+            .with_context(|| missing("contract", "KURA_CONTRACT"))
     }
 
     fn client(&self) -> Result<Client> {
         let p = self.resolved()?;
-        let missing = |flag: &str, var: &str| {
-            format!("--{flag} (or {var}, or `{flag}` in a profile) is required")
-        };
         let enclave = p
             .enclave
             .with_context(|| missing("enclave", "KURA_ENCLAVE"))?;
@@ -154,6 +158,11 @@ impl Party {
         let key = files::read_identity(&key)?;
         Ok(Client::new(&enclave, contract, key)?.with_certs(files::cert_store(self.fetch)?))
     }
+}
+
+/// The refusal when neither a flag, its variable nor the profile gives a value.
+fn missing(flag: &str, var: &str) -> String {
+    format!("--{flag} (or {var}, or `{flag}` in a profile) is required")
 }
 
 /// Attests, checks that the log extends the tree head this party saw last time, and warns
@@ -208,6 +217,38 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    /// A flag wins over the profile, the profile fills what flags leave out, and a profile
+    /// asked for by name must exist.
+    #[test]
+    fn flags_win_and_the_profile_fills_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("profiles.toml");
+        std::fs::write(
+            &file,
+            "[default]\nenclave = \"http://profile\"\nkey = \"k.key\"\n",
+        )
+        .unwrap();
+        let party = |enclave: Option<&str>, profile: Option<&str>| super::Party {
+            enclave: enclave.map(str::to_string),
+            contract: Some("c.toml".into()),
+            key: None,
+            profile: profile.map(str::to_string),
+            fetch: false,
+        };
+        let p = party(None, None).resolved_from(&file).unwrap();
+        assert_eq!(p.enclave.as_deref(), Some("http://profile"));
+        assert_eq!(p.key, Some(dir.path().join("k.key")));
+        assert_eq!(p.contract, Some("c.toml".into()));
+        let p = party(Some("http://flag"), None)
+            .resolved_from(&file)
+            .unwrap();
+        assert_eq!(p.enclave.as_deref(), Some("http://flag"));
+        let mut complete = party(Some("http://flag"), Some("prod"));
+        complete.key = Some("mine.key".into());
+        let err = format!("{:#}", complete.resolved_from(&file).unwrap_err());
+        assert!(err.contains("no profile \"prod\""), "{err}");
+    }
 
     /// Every command and every flag says what it is for in `--help`.
     #[test]
