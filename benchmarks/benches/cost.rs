@@ -610,62 +610,19 @@ impl Room {
     fn new(adhoc: bool) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let (hospital, insurer) = (SecretIdentity::generate(), SecretIdentity::generate());
-        let text = format!(
-            r#"version = 1
-name = "cost-bench"
-purpose = "Benchmark: claims by age band and region"
-
-[[parties]]
-name = "hospital"
-public_key = "{}"
-roles = ["provider", "receiver", "analyst"]
-
-[[parties]]
-name = "insurer"
-public_key = "{}"
-roles = ["provider", "receiver"]
-
-[[datasets]]
-name = "patients"
-provider = "hospital"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "patient_id", type = "int64", role = "identifier" }},
-  {{ name = "age_band", type = "utf8", role = "dimension" }},
-  {{ name = "region", type = "utf8", role = "dimension" }},
-]
-
-[[datasets]]
-name = "claims"
-provider = "insurer"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "patient_id", type = "int64", role = "identifier" }},
-  {{ name = "amount", type = "float64", role = "measure" }},
-  {{ name = "category", type = "utf8", role = "dimension" }},
-]
-
-[[analyses]]
-name = "{ANALYSIS}"
-sql = "{SQL}"
-receivers = ["hospital", "insurer"]
-{}
-[output]
-min_group_size = 10
-
-[retention]
-delete_after = "never"
-
-[enclave]
-platforms = ["simulated"]
-"#,
-            hospital.public().to_text(),
-            insurer.public().to_text(),
-            if adhoc {
-                "\n[adhoc]\nanalysts = [\"hospital\"]\nreceivers = [\"hospital\"]\n"
-            } else {
-                ""
-            }
+        let text = kura_contract::example::fill(
+            include_str!("../../testdata/contracts/bench-cost.toml"),
+            |name| match name {
+                "key:hospital" => hospital.public().to_text(),
+                "key:insurer" => insurer.public().to_text(),
+                "analysis" => ANALYSIS.to_string(),
+                "sql" => SQL.to_string(),
+                "adhoc" if adhoc => {
+                    "\n[adhoc]\nanalysts = [\"hospital\"]\nreceivers = [\"hospital\"]\n".into()
+                }
+                "adhoc" => String::new(),
+                other => panic!("bench-cost.toml: unknown placeholder {other}"),
+            },
         );
         let contract = Contract::parse(text.as_bytes()).expect("bench contract");
         let contract_path = dir.path().join("contract.toml");

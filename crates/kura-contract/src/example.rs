@@ -91,4 +91,34 @@ mod tests {
         });
         assert_eq!(filled, "a = \"K\"\nb = [1]\nc = \"K\"\n");
     }
+
+    /// Every fixture in `testdata/contracts/` is a valid contract once filled, the benches'
+    /// too (nothing else runs those in CI).
+    #[test]
+    fn every_fixture_parses_when_filled() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/contracts");
+        let mut parsed = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let filled = super::fill(&text, |name| match name {
+                "receivers" => "[\"hospital-a\"]".into(),
+                "analysis" => "bench".into(),
+                "sql" => "SELECT COUNT(*) FROM claims".into(),
+                "adhoc" => String::new(),
+                key => {
+                    assert!(key.starts_with("key:"), "{}: @{key}@", path.display());
+                    kura_crypto::SecretIdentity::generate().public().to_text()
+                }
+            });
+            if let Err(e) = crate::Contract::parse(filled.as_bytes()) {
+                panic!("{}: {e}", path.display());
+            }
+            parsed += 1;
+        }
+        assert_eq!(parsed, 7, "the fixtures in {}", dir.display());
+    }
 }

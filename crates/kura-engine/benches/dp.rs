@@ -13,52 +13,9 @@ use kura_crypto::SecretIdentity;
 use kura_engine::{Tables, UploadFormat, load};
 
 fn contract() -> Contract {
-    let (h, f) = (SecretIdentity::generate(), SecretIdentity::generate());
-    let text = format!(
-        r#"version = 1
-name = "bench"
-[[parties]]
-name = "hospital"
-public_key = "{}"
-roles = ["provider", "receiver", "analyst"]
-[[parties]]
-name = "insurer"
-public_key = "{}"
-roles = ["provider", "receiver"]
-[[datasets]]
-name = "patients"
-provider = "hospital"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "patient_id", type = "utf8", role = "identifier" }},
-  {{ name = "age_band", type = "utf8", role = "dimension" }},
-]
-[[datasets]]
-name = "claims"
-provider = "insurer"
-privacy_unit = "patient_id"
-columns = [
-  {{ name = "patient_id", type = "utf8", role = "identifier" }},
-  {{ name = "amount", type = "float64", role = "measure" }},
-]
-[adhoc]
-analysts = ["hospital"]
-receivers = ["hospital"]
-[privacy.dp]
-epsilon = 10.0
-query_epsilon = 1.0
-max_contributions = 3
-bounds = {{ "claims.amount" = [0.0, 1000.0] }}
-domains = {{ "patients.age_band" = ["18-39", "40-59", "60-79", "80+"] }}
-[output]
-min_group_size = 10
-[retention]
-delete_after = "never"
-[enclave]
-platforms = ["simulated"]
-"#,
-        h.public().to_text(),
-        f.public().to_text()
+    let text = kura_contract::example::fill(
+        include_str!("../../../testdata/contracts/bench-dp.toml"),
+        |_| SecretIdentity::generate().public().to_text(),
     );
     Contract::parse(text.as_bytes()).unwrap()
 }
