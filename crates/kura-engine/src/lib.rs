@@ -412,4 +412,6 @@ mod golden;
 #[cfg(test)]
 mod hunt;
 #[cfg(test)]
+mod slt;
+#[cfg(test)]
 mod tests;
