@@ -2,12 +2,14 @@
 //! writes files, and calls the library crates. See `kura --help`.
 
 mod cli;
+#[cfg(feature = "demo")]
 mod demo;
 mod describe;
 mod export;
 mod files;
 mod render;
 mod report;
+#[cfg(feature = "demo")]
 mod splitmix;
 
 use std::process::ExitCode;

@@ -1,14 +1,12 @@
 //! The golden contract and data, which the sqllogictest files ([`crate::slt`]), the hunt and
 //! the DP tests query.
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use kura_contract::Contract;
 use kura_crypto::SecretIdentity;
-use serde_json::Value;
 
-use crate::{EngineError, Tables, UploadFormat, load, run_query};
+use crate::{Tables, UploadFormat, load};
 
 pub(crate) fn contract() -> Contract {
     contract_with("")

@@ -46,6 +46,7 @@ impl Args {
                 *json || *format == audit::ReportFormat::Json
             }
             Command::Attest(attest::AttestCmd::Verify(a)) => a.json,
+            #[cfg(feature = "demo")]
             Command::Demo(a) => a.json,
             Command::Results(a) => a.json || a.format == results::Format::Json,
             _ => false,
@@ -80,6 +81,7 @@ pub enum Command {
     #[command(subcommand)]
     Attest(attest::AttestCmd),
     /// Run a complete two-party collaboration on synthetic data, on loopback.
+    #[cfg(feature = "demo")]
     Demo(crate::demo::DemoArgs),
     /// Print a shell completion script (e.g. `kura completions bash > /etc/bash_completion.d/kura`).
     Completions {
@@ -198,6 +200,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
         Command::Results(a) => results::run(a).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Attest(cmd) => attest::run(cmd).await,
+        #[cfg(feature = "demo")]
         Command::Demo(a) => crate::demo::run(a).await,
         Command::Completions { shell } => {
             let mut cmd = <Args as clap::CommandFactory>::command();
