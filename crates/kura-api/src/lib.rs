@@ -4,8 +4,11 @@
 //! Every call except `GET /v1/evidence` is a [`SignedRequest`]: the party signs a body that
 //! names the contract, the enclave key it attested, a fresh nonce and the action. The service
 //! accepts a request only from a party of the contract, only for this enclave instance, and
-//! only once.
+//! only once. Every answer, refusals included, is a [`SignedResponse`]: signed by the enclave
+//! key together with the hash of the request it answers (for the evidence, of the client's
+//! nonce), so that the host can neither swap, replay nor forge one.
 
+mod response;
 mod result;
 mod upload;
 
@@ -15,6 +18,9 @@ use kura_ledger::{LogEntry, Receipt, SignedTreeHead};
 use serde::{Deserialize, Serialize};
 
 pub use kura_contract::dp::{ColumnNoise, DpReport, GroupRelease};
+pub use response::{
+    Answer, RESPONSE_DOMAIN, ResponseBody, SignedResponse, evidence_request, request_hash,
+};
 pub use result::{
     ResultTable, SealedResult, SignedResult, open_result, result_context, seal_result,
 };
@@ -51,7 +57,14 @@ pub struct UploadTicket {
     pub ticket: String,
 }
 
-/// What `GET /v1/evidence` returns.
+/// The query of `GET /v1/evidence`: a fresh nonce (16 bytes, hex) that the signed answer
+/// names, so that an old answer cannot pass for a new one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvidenceQuery {
+    pub nonce: String,
+}
+
+/// What `GET /v1/evidence` answers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EnclaveInfo {
     pub contract_id: String,
@@ -190,7 +203,7 @@ pub struct ConsistencyResponse {
 }
 
 /// Error body of every non-2xx answer.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: String,
     pub reason: String,
@@ -217,4 +230,10 @@ pub enum ApiError {
     MalformedResult(String),
     #[error("the result carries run {found}, not {expected}")]
     OtherRun { expected: String, found: String },
+    #[error("the answer is not signed by the attested enclave")]
+    ResponseSignature,
+    #[error("the answer is to another request (replayed or swapped)")]
+    OtherRequest,
+    #[error("the answer is malformed: {0}")]
+    MalformedResponse(String),
 }

@@ -16,6 +16,13 @@ use crate::{ApiError, RESULT_DOMAIN};
 pub struct ResultTable {
     pub run_id: String,
     pub analysis: String,
+    /// The SQL of an ad-hoc query (a named analysis has its SQL in the contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    /// SHA-256 (hex) of the signed request that started the run: the table says which
+    /// question it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
     pub columns: Vec<String>,
     /// Each column's type (`utf8`, `int64`, `float64`, `boolean`, `date`), so that typed files
     /// can be written from the rows. Empty in results sealed before types were added.
@@ -110,6 +117,8 @@ mod tests {
         ResultTable {
             run_id: "run-1".into(),
             analysis: "a".into(),
+            sql: None,
+            request: None,
             columns: vec!["band".into(), "people".into()],
             types: vec![ColumnType::Utf8, ColumnType::Int64],
             rows: vec![vec!["high".into(), 40.into()]],

@@ -169,6 +169,7 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                 suppressed_groups,
                 sql,
                 dp,
+                request: _,
             } => {
                 if let Some(a) = analyses.iter_mut().find(|a| &a.name == analysis) {
                     a.runs.push(RunInfo {

@@ -179,6 +179,7 @@ mod tests {
             rows: 1,
             ciphertext_bytes: 1,
             ciphertext_sha256: String::new(),
+            request: None,
         }
     }
 
@@ -192,6 +193,7 @@ mod tests {
             suppressed_groups: None,
             sql: None,
             dp: None,
+            request: None,
         }
     }
 

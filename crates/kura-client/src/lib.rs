@@ -9,13 +9,14 @@ use std::io::Read;
 use std::path::Path;
 
 use kura_api::{
-    Action, AuditResponse, EnclaveInfo, ErrorBody, RequestBody, ResultTable, ResultsResponse,
-    RunResponse, SignedRequest, UploadFormat, UploadHeader, UploadResponse, UploadTicket, routes,
+    Action, Answer, ApiError, AuditResponse, EnclaveInfo, ErrorBody, RequestBody, ResultTable,
+    ResultsResponse, RunResponse, SignedRequest, SignedResponse, UploadFormat, UploadHeader,
+    UploadResponse, UploadTicket, routes,
 };
 use kura_attestation::Claims;
-use kura_contract::{Contract, SignedContract};
+use kura_contract::{ADHOC_ANALYSIS, Contract, SignedContract};
 use kura_crypto::{DEFAULT_CHUNK_SIZE, DataKey, PublicIdentity, SecretIdentity, StreamEncoder};
-use kura_ledger::{ChainReport, LogEntry, Receipt, SignedTreeHead, TreeHead};
+use kura_ledger::{ChainReport, Event, LogEntry, Receipt, SignedTreeHead, TreeHead};
 
 pub mod audit;
 pub mod certs;
@@ -47,6 +48,13 @@ pub enum ClientError {
     },
     #[error("the enclave's answer is invalid: {0}")]
     Protocol(String),
+    /// An answer without the enclave's signature: the host (or anything on the way) may have
+    /// written it, so it is reported but never acted on.
+    #[error("the host answered HTTP {status} without the enclave's signature: {reason}")]
+    Unauthenticated { status: u16, reason: String },
+    /// A signed answer that is not to the request this client sent: replayed or swapped.
+    #[error("the answer does not belong to this request: {0}")]
+    NotMine(String),
     #[error("cannot read {path}: {reason}")]
     Input { path: String, reason: String },
     /// Refused on this machine, before anything was sent.
@@ -85,6 +93,8 @@ pub struct Client {
     known_head: Option<SignedTreeHead>,
     /// Where certificates and collateral the evidence lacks come from.
     certs: Option<certs::Certs>,
+    /// The request hash of each run this client started, by run id.
+    started: std::collections::HashMap<String, String>,
 }
 
 /// Result of an audit verification.
@@ -119,6 +129,7 @@ impl Client {
             enclave: None,
             known_head: None,
             certs: None,
+            started: std::collections::HashMap::new(),
         })
     }
 
@@ -172,15 +183,24 @@ impl Client {
     }
 
     /// Fetches and verifies the enclave's evidence against the contract: platform accepted,
-    /// measurement and debug policy, and the binding of the contract id and enclave keys.
+    /// measurement and debug policy, and the binding of the contract id and enclave keys. The
+    /// answer must be signed by the attested key for this call's fresh nonce, and its log head
+    /// must extend the one this party saw before; only then is the enclave used.
     pub async fn attest(&mut self) -> Result<&VerifiedEnclave, ClientError> {
+        let nonce = kura_api::nonce();
         let resp = self
             .http
-            .get(self.url(routes::EVIDENCE))
+            // The nonce is hex: nothing to escape.
+            .get(format!("{}?nonce={nonce}", self.url(routes::EVIDENCE)))
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        let info: EnclaveInfo = decode(resp).await?;
+        let (status, signed) = envelope(resp).await?;
+        // The key that must have signed the answer is the one its evidence attests.
+        let info = match signed.parse::<EnclaveInfo>().map_err(protocol)?.answer {
+            Answer::Ok(info) => info,
+            Answer::Refused(e) => return Err(refused(status, e)),
+        };
         if info.contract_id != self.contract.id().as_str() {
             return Err(ClientError::WrongContract {
                 served: info.contract_id,
@@ -196,9 +216,16 @@ impl Client {
             self.contract.id(),
             &key,
         )?;
+        let request = kura_api::request_hash(&kura_api::evidence_request(&nonce));
+        let info = match signed.open::<EnclaveInfo>(&key, &request) {
+            Ok(Answer::Ok(info)) => info,
+            Ok(Answer::Refused(e)) => return Err(refused(status, e)),
+            Err(e) => return Err(not_mine(e)),
+        };
         let head = info.tree_head.clone();
-        self.enclave = Some(VerifiedEnclave { key, claims, info });
-        self.advance_head(head, None).await?;
+        let candidate = VerifiedEnclave { key, claims, info };
+        self.advance_head(&candidate, head, None).await?;
+        self.enclave = Some(candidate);
         Ok(self.enclave.as_ref().expect("just set"))
     }
 
@@ -207,10 +234,10 @@ impl Client {
     /// log) are at hand.
     async fn advance_head(
         &mut self,
+        enclave: &VerifiedEnclave,
         head: SignedTreeHead,
         entries: Option<&[LogEntry]>,
     ) -> Result<(), ClientError> {
-        let enclave = self.enclave.clone().expect("attested");
         let log_err = |e: kura_ledger::LedgerError| ClientError::Log(e.to_string());
         // The offered head must be signed by the attested key in every case.
         head.verify(&enclave.key).map_err(log_err)?;
@@ -238,7 +265,7 @@ impl Client {
                 None => {
                     let resp: kura_api::ConsistencyResponse = self
                         .call_with(
-                            &enclave,
+                            enclave,
                             routes::CONSISTENCY,
                             Action::Consistency { from: old.size },
                         )
@@ -253,12 +280,69 @@ impl Client {
         Ok(())
     }
 
-    fn check_receipt(&self, receipt: &Receipt) -> Result<(), ClientError> {
-        let enclave = self.enclave.as_ref().expect("attested");
+    /// Checks that `receipt` proves an entry appended after `after` (the size of the log this
+    /// party knew when it sent the request, so that no older entry passes for the new one)
+    /// whose event `expected` accepts, field by field.
+    fn check_receipt(
+        &self,
+        enclave: &VerifiedEnclave,
+        receipt: &Receipt,
+        after: u64,
+        what: &str,
+        expected: impl Fn(&Event) -> bool,
+    ) -> Result<(), ClientError> {
         receipt
             .verify(&enclave.key)
-            .map(|_| ())
-            .map_err(|e| ClientError::Log(format!("receipt refused: {e}")))
+            .map_err(|e| ClientError::Log(format!("receipt refused: {e}")))?;
+        if receipt.index < after {
+            return Err(ClientError::NotMine(format!(
+                "the receipt for {what} is for log entry {}, older than this request",
+                receipt.index
+            )));
+        }
+        let event = receipt
+            .entry
+            .parse_body()
+            .map_err(|e| ClientError::Log(e.to_string()))?
+            .event;
+        if !expected(&event) {
+            return Err(ClientError::NotMine(format!(
+                "the receipt for {what} records another event ({})",
+                event.kind()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The size of the log this party knows: entries a new request creates come after it.
+    fn known_size(&self) -> Result<u64, ClientError> {
+        Ok(match &self.known_head {
+            Some(h) => {
+                h.unverified()
+                    .map_err(|e| ClientError::Log(e.to_string()))?
+                    .size
+            }
+            None => 0,
+        })
+    }
+
+    /// Accepts the newest of `receipts`' tree heads as this party's known head (after the
+    /// consistency check), so that a later rollback of what they record is caught.
+    async fn advance_to_receipts<'a>(
+        &mut self,
+        enclave: &VerifiedEnclave,
+        receipts: impl IntoIterator<Item = &'a Receipt>,
+    ) -> Result<(), ClientError> {
+        let newest = receipts
+            .into_iter()
+            .filter_map(|r| Some((r.tree_head.unverified().ok()?.size, &r.tree_head)))
+            .max_by_key(|(size, _)| *size);
+        if let Some((size, head)) = newest
+            && size > self.known_size()?
+        {
+            self.advance_head(enclave, head.clone(), None).await?;
+        }
+        Ok(())
     }
 
     async fn enclave(&mut self) -> Result<VerifiedEnclave, ClientError> {
@@ -283,9 +367,11 @@ impl Client {
         &mut self,
         route: &str,
         action: Action,
-    ) -> Result<T, ClientError> {
+    ) -> Result<(T, String), ClientError> {
         let enclave = self.enclave().await?;
-        self.call_with(&enclave, route, action).await
+        let req = self.request(&enclave, action);
+        let request = kura_api::request_hash(&req.body);
+        Ok((self.send(&enclave, route, &req).await?, request))
     }
 
     async fn call_with<T: serde::de::DeserializeOwned>(
@@ -295,14 +381,24 @@ impl Client {
         action: Action,
     ) -> Result<T, ClientError> {
         let req = self.request(enclave, action);
+        self.send(enclave, route, &req).await
+    }
+
+    /// Sends `req` and opens the answer: signed by the attested key, to this request.
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        enclave: &VerifiedEnclave,
+        route: &str,
+        req: &SignedRequest,
+    ) -> Result<T, ClientError> {
         let resp = self
             .http
             .post(self.url(route))
-            .json(&req)
+            .json(req)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        decode(resp).await
+        answer(resp, &enclave.key, &kura_api::request_hash(&req.body)).await
     }
 
     /// Encrypts `path` on this machine and streams it to the enclave as `dataset`.
@@ -380,19 +476,15 @@ impl Client {
             }),
         };
         let signed = SignedRequest::new(&self.party, &self.me, &body);
-        let resp = self
-            .http
-            .post(self.url(routes::UPLOAD))
-            .json(&signed)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let ticket: UploadTicket = decode(resp).await?;
+        let request = kura_api::request_hash(&signed.body);
+        let after = self.known_size()?;
+        let ticket: UploadTicket = self.send(&enclave, routes::UPLOAD, &signed).await?;
 
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
         let encoder = StreamEncoder::new(&key, &context);
         drop(key);
-        std::thread::spawn(move || encrypt_file(reader, encoder, tx, progress));
+        let sender =
+            tokio::task::spawn_blocking(move || encrypt_file(reader, encoder, tx, progress));
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         let resp = self
             .http
@@ -401,8 +493,27 @@ impl Client {
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        let resp: UploadResponse = decode(resp).await?;
-        self.check_receipt(&resp.receipt)?;
+        // The stream's answer is to the signed header.
+        let resp: UploadResponse = answer(resp, &enclave.key, &request).await?;
+        let sent = sender
+            .await
+            .map_err(|_| ClientError::Local("the encrypting thread stopped".into()))?;
+        // The log must record this upload: this dataset, from this party, these exact bytes
+        // (every upload's ciphertext is new: fresh key and nonce), for this request.
+        let sha = hex::encode(sent.sha256);
+        self.check_receipt(&enclave, &resp.receipt, after, "the upload", |e| {
+            matches!(e, Event::Upload {
+                dataset: d, provider, rows, ciphertext_bytes, ciphertext_sha256, request: r,
+            } if d == dataset && provider == &self.party && *rows == resp.rows
+                && *ciphertext_bytes == sent.bytes && ciphertext_sha256 == &sha
+                && r.as_deref().is_none_or(|r| r == request))
+        })?;
+        if resp.dataset != dataset || resp.ciphertext_bytes != sent.bytes {
+            return Err(ClientError::NotMine(
+                "the upload's answer names another dataset or size".into(),
+            ));
+        }
+        self.advance_to_receipts(&enclave, [&resp.receipt]).await?;
         Ok(resp)
     }
 
@@ -430,16 +541,49 @@ impl Client {
     }
 
     async fn start(&mut self, action: Action) -> Result<RunResponse, ClientError> {
-        let resp: RunResponse = self.call(routes::RUN, action).await?;
-        for receipt in std::iter::once(&resp.receipt).chain(&resp.deletions) {
-            self.check_receipt(receipt)?;
+        let (analysis, sql) = match &action {
+            Action::Run { analysis } => (analysis.clone(), None),
+            Action::Query { sql, .. } => (ADHOC_ANALYSIS.to_string(), Some(sql.clone())),
+            other => unreachable!("not a run: {other:?}"),
+        };
+        let after = self.known_size()?;
+        let (resp, request): (RunResponse, String) = self.call(routes::RUN, action).await?;
+        let enclave = self.enclave().await?;
+        // The log must record this run: its id, this analysis or SQL, by this party, for this
+        // request; and one deletion per dataset the answer says was deleted.
+        self.check_receipt(&enclave, &resp.receipt, after, "the run", |e| {
+            matches!(e, Event::Run { run_id, analysis: a, by, sql: s, request: r, .. }
+                if run_id == &resp.run_id && a == &analysis && by == &self.party
+                    && s == &sql && r.as_deref() == Some(request.as_str()))
+        })?;
+        if resp.analysis != analysis || resp.deletions.len() != resp.deleted.len() {
+            return Err(ClientError::NotMine(
+                "the run's answer names another analysis or other deletions".into(),
+            ));
         }
+        for (receipt, dataset) in resp.deletions.iter().zip(&resp.deleted) {
+            self.check_receipt(
+                &enclave,
+                receipt,
+                after,
+                "a deletion",
+                |e| matches!(e, Event::Deletion { dataset: d, .. } if d == dataset),
+            )?;
+        }
+        self.advance_to_receipts(
+            &enclave,
+            std::iter::once(&resp.receipt).chain(&resp.deletions),
+        )
+        .await?;
+        self.started.insert(resp.run_id.clone(), request);
         Ok(resp)
     }
 
-    /// Fetches, decrypts and verifies this party's results (all runs, or one).
+    /// Fetches, decrypts and verifies this party's results (all runs, or one). Each must be
+    /// released to this party on the record, signed by the enclave for its run, and (for a run
+    /// this client started) answer the request this client sent.
     pub async fn results(&mut self, run_id: Option<&str>) -> Result<Vec<ResultTable>, ClientError> {
-        let resp: ResultsResponse = self
+        let (resp, _): (ResultsResponse, _) = self
             .call(
                 routes::RESULTS,
                 Action::Results {
@@ -448,45 +592,55 @@ impl Client {
             )
             .await?;
         let enclave = self.enclave().await?;
-        resp.results
-            .iter()
-            .map(|sealed| {
-                if sealed.receiver != self.party {
-                    return Err(ClientError::Protocol(
-                        "result addressed to another party".into(),
-                    ));
-                }
-                // The release must be on the record, for this receiver and this ciphertext.
-                self.check_receipt(&sealed.receipt)?;
-                let released = matches!(
-                    sealed.receipt.entry.parse_body().map(|b| b.event),
-                    Ok(kura_ledger::Event::Release { ref run_id, ref receiver, ref result_sha256 })
-                        if run_id == &sealed.run_id && receiver == &self.party
-                            && result_sha256 == &hex::encode(kura_crypto::sha256(&sealed.sealed.ct))
-                );
-                if !released {
-                    return Err(ClientError::Log(
-                        "the result's release is not what the log records".into(),
-                    ));
-                }
-                kura_api::open_result(
-                    &self.me,
-                    &self.party,
-                    &enclave.key,
-                    self.contract.id().as_str(),
-                    &sealed.run_id,
-                    &sealed.sealed,
-                )
-                .map_err(|e| ClientError::Protocol(e.to_string()))
-            })
-            .collect()
+        let mut tables = Vec::with_capacity(resp.results.len());
+        for sealed in &resp.results {
+            if sealed.receiver != self.party {
+                return Err(ClientError::NotMine(
+                    "a result addressed to another party".into(),
+                ));
+            }
+            if run_id.is_some_and(|id| id != sealed.run_id) {
+                return Err(ClientError::NotMine(format!(
+                    "a result of run {} where run {} was asked for",
+                    sealed.run_id,
+                    run_id.unwrap_or_default()
+                )));
+            }
+            // The release must be on the record, for this run, receiver and ciphertext (it may
+            // be older than this request: results stay until fetched).
+            let sha = hex::encode(kura_crypto::sha256(&sealed.sealed.ct));
+            self.check_receipt(&enclave, &sealed.receipt, 0, "a result", |e| {
+                matches!(e, Event::Release { run_id, receiver, result_sha256 }
+                    if run_id == &sealed.run_id && receiver == &self.party
+                        && result_sha256 == &sha)
+            })?;
+            let table = kura_api::open_result(
+                &self.me,
+                &self.party,
+                &enclave.key,
+                self.contract.id().as_str(),
+                &sealed.run_id,
+                &sealed.sealed,
+            )
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if let Some(request) = self.started.get(&table.run_id)
+                && table.request.as_ref() != Some(request)
+            {
+                return Err(ClientError::NotMine(format!(
+                    "the result of run {} answers another request",
+                    table.run_id
+                )));
+            }
+            tables.push(table);
+        }
+        Ok(tables)
     }
 
     /// Fetches the whole log and verifies it: chain, signatures, the evidence of every enclave
     /// start against this contract, the signed Merkle root, consistency with the head this
     /// party saw before, and that every event was allowed by the contract.
     pub async fn audit(&mut self) -> Result<AuditReport, ClientError> {
-        let resp: AuditResponse = self.call(routes::AUDIT, Action::Audit).await?;
+        let (resp, _): (AuditResponse, _) = self.call(routes::AUDIT, Action::Audit).await?;
         // Every enclave start's evidence, completed from the certificate store up front (the
         // chain check below is synchronous).
         let mut completed = std::collections::HashMap::new();
@@ -528,7 +682,7 @@ impl Client {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ClientError::Audit(e.to_string()))?;
         audit::check_events(&self.contract, &bodies).map_err(ClientError::Audit)?;
-        self.advance_head(resp.tree_head, Some(&resp.entries))
+        self.advance_head(&enclave, resp.tree_head, Some(&resp.entries))
             .await?;
         Ok(AuditReport {
             chain,
@@ -538,13 +692,22 @@ impl Client {
     }
 }
 
+/// What [`encrypt_file`] sent: the ciphertext's size and SHA-256, which the log must record.
+struct Sent {
+    bytes: u64,
+    sha256: [u8; 32],
+}
+
 /// Reads, encrypts and sends; runs on its own thread so file reads never block the runtime.
 fn encrypt_file(
     mut reader: impl Read,
     mut encoder: StreamEncoder,
     tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
     progress: impl Fn(u64),
-) {
+) -> Sent {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    let mut sent = 0u64;
     let mut read_total = 0u64;
     let mut current = vec![0u8; DEFAULT_CHUNK_SIZE];
     let mut next = vec![0u8; DEFAULT_CHUNK_SIZE];
@@ -573,6 +736,8 @@ fn encrypt_file(
                 .map_err(std::io::Error::other)?;
             read_total += len as u64;
             progress(read_total);
+            digest.update(&frame);
+            sent += frame.len() as u64;
             if tx.blocking_send(Ok(bytes::Bytes::from(frame))).is_err() {
                 return Ok(()); // the request ended early; its error is reported there
             }
@@ -586,26 +751,71 @@ fn encrypt_file(
     if let Err(e) = result {
         let _ = tx.blocking_send(Err(e));
     }
+    Sent {
+        bytes: sent,
+        sha256: digest.finalize().into(),
+    }
 }
 
-async fn decode<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
-    let status = resp.status();
-    let bytes = resp
-        .bytes()
+/// Largest answer the client reads (results and logs included).
+pub const MAX_RESPONSE: usize = 256 << 20;
+
+/// Reads an answer's signed envelope. A body without one is the host's word: reported, never
+/// acted on.
+async fn envelope(mut resp: reqwest::Response) -> Result<(u16, SignedResponse), ClientError> {
+    let status = resp.status().as_u16();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|e| ClientError::Protocol(format!("reading the answer: {e}")))?;
-    if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()));
+        .map_err(|e| ClientError::Protocol(format!("reading the answer: {e}")))?
+    {
+        if bytes.len() + chunk.len() > MAX_RESPONSE {
+            return Err(ClientError::Protocol(format!(
+                "the answer exceeds {MAX_RESPONSE} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
     }
-    match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(err) => Err(ClientError::Refused {
-            status: status.as_u16(),
-            code: err.code,
-            reason: err.reason,
-            rule: err.rule,
-        }),
-        Err(_) => Err(ClientError::Protocol(format!(
-            "HTTP {status} without an error body"
-        ))),
+    serde_json::from_slice::<SignedResponse>(&bytes)
+        .map(|s| (status, s))
+        .map_err(|_| ClientError::Unauthenticated {
+            status,
+            reason: serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|e| e.reason)
+                .unwrap_or_else(|_| "(no readable reason)".into()),
+        })
+}
+
+/// The answer to the request whose hash is `request`, signed by `key`.
+async fn answer<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    key: &PublicIdentity,
+    request: &str,
+) -> Result<T, ClientError> {
+    let (status, signed) = envelope(resp).await?;
+    match signed.open(key, request).map_err(not_mine)? {
+        Answer::Ok(value) => Ok(value),
+        Answer::Refused(e) => Err(refused(status, e)),
     }
+}
+
+fn refused(status: u16, e: ErrorBody) -> ClientError {
+    ClientError::Refused {
+        status,
+        code: e.code,
+        reason: e.reason,
+        rule: e.rule,
+    }
+}
+
+fn not_mine(e: ApiError) -> ClientError {
+    match e {
+        ApiError::OtherRequest | ApiError::ResponseSignature => ClientError::NotMine(e.to_string()),
+        other => ClientError::Protocol(other.to_string()),
+    }
+}
+
+fn protocol(e: ApiError) -> ClientError {
+    ClientError::Protocol(e.to_string())
 }

@@ -30,6 +30,10 @@ pub enum Event {
         rows: u64,
         ciphertext_bytes: u64,
         ciphertext_sha256: String,
+        /// SHA-256 (hex) of the signed request that started the upload, so that its provider
+        /// can tell its own upload's entry from any other (absent in logs before kura 0.1.2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
     },
     /// An upload was refused; nothing of it was kept.
     UploadRefused {
@@ -56,6 +60,10 @@ pub enum Event {
         /// The privacy budget a differentially private run spent, charged to its receivers.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dp: Option<kura_contract::dp::Spend>,
+        /// SHA-256 (hex) of the signed request that started the run (absent in logs before
+        /// kura 0.1.2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
     },
     /// A run was refused before or while running.
     RunRefused {

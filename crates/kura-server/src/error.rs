@@ -63,20 +63,30 @@ impl From<kura_ledger::LedgerError> for ServiceError {
     }
 }
 
-impl IntoResponse for ServiceError {
-    fn into_response(self) -> Response {
+impl ServiceError {
+    /// The status and the body that tell the caller; internal details are logged here instead.
+    pub(crate) fn answer(&self) -> (StatusCode, ErrorBody) {
         let (status, code) = self.parts();
-        if let ServiceError::Internal(detail) = &self {
+        if let ServiceError::Internal(detail) = self {
             tracing::error!(%detail, "internal error");
         }
         let body = ErrorBody {
             code: code.to_string(),
             reason: self.to_string(),
-            rule: match &self {
+            rule: match self {
                 ServiceError::Rule { rule, .. } => Some((*rule).to_string()),
                 _ => None,
             },
         };
+        (status, body)
+    }
+}
+
+/// An error about a request that could not be read, so it answers nothing signed: the client
+/// treats it like any word from the host.
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.answer();
         (status, axum::Json(body)).into_response()
     }
 }

@@ -3,12 +3,14 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kura_api::{
-    AuditResponse, ConsistencyResponse, EnclaveInfo, MAX_REQUEST, ResultsResponse, RunResponse,
-    SignedRequest, UploadResponse, UploadTicket, routes,
+    Answer, EvidenceQuery, MAX_REQUEST, ResultsResponse, SignedRequest, SignedResponse,
+    UploadTicket, evidence_request, request_hash, routes,
 };
 
 use crate::{Service, ServiceError};
@@ -53,8 +55,40 @@ async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn evidence(State(s): State<Arc<Service>>) -> Json<EnclaveInfo> {
-    Json(s.info().await)
+/// `GET /v1/evidence?nonce=HEX`: the evidence, keys and current head, signed as the answer to
+/// the client's nonce, so that an old answer cannot be replayed as fresh.
+async fn evidence(
+    State(s): State<Arc<Service>>,
+    Query(q): Query<EvidenceQuery>,
+) -> Result<Response, ServiceError> {
+    if q.nonce.len() != 32 || !q.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ServiceError::BadRequest(
+            "the evidence request needs a fresh nonce of 16 bytes, hex (?nonce=...)".into(),
+        ));
+    }
+    let request = request_hash(&evidence_request(&q.nonce));
+    Ok(signed(&s, &request, Ok(s.info().await)))
+}
+
+/// `result` signed by the enclave as the answer to the request whose hash is `request`; a
+/// refusal keeps its status.
+fn signed<T: serde::Serialize>(
+    s: &Service,
+    request: &str,
+    result: Result<T, ServiceError>,
+) -> Response {
+    let (status, answer) = match result {
+        Ok(value) => (StatusCode::OK, Answer::Ok(value)),
+        Err(e) => {
+            let (status, body) = e.answer();
+            (status, Answer::Refused(body))
+        }
+    };
+    (
+        status,
+        Json(SignedResponse::sign(s.identity(), request, answer)),
+    )
+        .into_response()
 }
 
 /// A [`SignedRequest`] body (at most [`MAX_REQUEST`] bytes); its signature is checked by the
@@ -74,52 +108,47 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Signed {
     }
 }
 
-async fn upload(
-    State(s): State<Arc<Service>>,
-    Signed(req): Signed,
-) -> Result<Json<UploadTicket>, ServiceError> {
-    Ok(Json(UploadTicket {
-        ticket: s.begin_upload(req).await?,
-    }))
+async fn upload(State(s): State<Arc<Service>>, Signed(req): Signed) -> Response {
+    let request = request_hash(&req.body);
+    let ticket = s.begin_upload(req, &request).await;
+    signed(&s, &request, ticket.map(|ticket| UploadTicket { ticket }))
 }
 
-/// The body is the encrypted stream, read as it arrives.
+/// The body is the encrypted stream, read as it arrives; the answer is to the upload's signed
+/// header.
 async fn upload_stream(
     State(s): State<Arc<Service>>,
     Path(ticket): Path<String>,
     body: Body,
-) -> Result<Json<UploadResponse>, ServiceError> {
-    Ok(Json(
-        s.upload_stream(&ticket, body.into_data_stream()).await?,
-    ))
+) -> Result<Response, ServiceError> {
+    let (request, result) = s.upload_stream(&ticket, body.into_data_stream()).await?;
+    Ok(signed(&s, &request, result))
 }
 
-async fn run(
-    State(s): State<Arc<Service>>,
-    Signed(req): Signed,
-) -> Result<Json<RunResponse>, ServiceError> {
-    Ok(Json(s.run(req).await?))
+async fn run(State(s): State<Arc<Service>>, Signed(req): Signed) -> Response {
+    let request = request_hash(&req.body);
+    let result = s.run(req, &request).await;
+    signed(&s, &request, result)
 }
 
-async fn results(
-    State(s): State<Arc<Service>>,
-    Signed(req): Signed,
-) -> Result<Json<ResultsResponse>, ServiceError> {
-    Ok(Json(ResultsResponse {
-        results: s.results(req).await?,
-    }))
+async fn results(State(s): State<Arc<Service>>, Signed(req): Signed) -> Response {
+    let request = request_hash(&req.body);
+    let result = s.results(req).await;
+    signed(
+        &s,
+        &request,
+        result.map(|results| ResultsResponse { results }),
+    )
 }
 
-async fn audit(
-    State(s): State<Arc<Service>>,
-    Signed(req): Signed,
-) -> Result<Json<AuditResponse>, ServiceError> {
-    Ok(Json(s.audit(req).await?))
+async fn audit(State(s): State<Arc<Service>>, Signed(req): Signed) -> Response {
+    let request = request_hash(&req.body);
+    let result = s.audit(req).await;
+    signed(&s, &request, result)
 }
 
-async fn consistency(
-    State(s): State<Arc<Service>>,
-    Signed(req): Signed,
-) -> Result<Json<ConsistencyResponse>, ServiceError> {
-    Ok(Json(s.consistency(req).await?))
+async fn consistency(State(s): State<Arc<Service>>, Signed(req): Signed) -> Response {
+    let request = request_hash(&req.body);
+    let result = s.consistency(req).await;
+    signed(&s, &request, result)
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use kura_client::Client;
 
-use super::{Party, attested};
+use super::{Party, attested, save_head};
 use crate::{files, render};
 
 #[derive(clap::Args, Debug)]
@@ -49,6 +49,7 @@ pub struct QueryArgs {
 pub async fn run(a: RunArgs) -> Result<ExitCode> {
     let mut client = attested(&a.party).await?;
     let resp = client.run(&a.analysis).await?;
+    save_head(&client)?;
     show_run(&mut client, resp, a.json).await
 }
 
@@ -66,6 +67,7 @@ pub async fn query(a: QueryArgs) -> Result<ExitCode> {
     }
     let mut client = attested(&a.party).await?;
     let resp = client.query(&sql, a.epsilon).await?;
+    save_head(&client)?;
     show_run(&mut client, resp, a.json).await
 }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use super::{Party, attested};
+use super::{Party, attested, save_head};
 use crate::render;
 
 #[derive(clap::Args, Debug)]
@@ -32,6 +32,8 @@ pub async fn run(a: UploadArgs) -> Result<ExitCode> {
         .await;
     bar.finish_and_clear();
     let resp = resp?;
+    // The log now holds this upload: a later view without it is a rollback.
+    save_head(&client)?;
     println!(
         "uploaded {}: {} rows, {} encrypted bytes; receipt {}",
         resp.dataset,

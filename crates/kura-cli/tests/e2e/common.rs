@@ -213,3 +213,36 @@ pub(crate) fn refused(r: Result<impl std::fmt::Debug, ClientError>) -> (u16, Str
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// The enclave's evidence fetched by hand, for attacks the SDK would never make (its signature
+/// is not checked here).
+pub(crate) async fn raw_info(url: &str) -> kura_api::EnclaveInfo {
+    let url = format!(
+        "{url}{}?nonce={}",
+        kura_api::routes::EVIDENCE,
+        kura_api::nonce()
+    );
+    raw_ok(&reqwest::get(url).await.unwrap().text().await.unwrap())
+}
+
+/// The value of a raw signed answer that must be a success.
+pub(crate) fn raw_ok<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    let signed: kura_api::SignedResponse = serde_json::from_str(text).unwrap();
+    match signed.parse::<T>().unwrap().answer {
+        kura_api::Answer::Ok(v) => v,
+        kura_api::Answer::Refused(e) => panic!("refused: {}", e.reason),
+    }
+}
+
+/// The reason of a raw answer: a signed answer's, or an unsigned error body's, or the text.
+pub(crate) fn raw_reason(text: &str) -> String {
+    if let Ok(signed) = serde_json::from_str::<kura_api::SignedResponse>(text)
+        && let Ok(body) = signed.parse::<serde_json::Value>()
+    {
+        return match body.answer {
+            kura_api::Answer::Refused(e) => e.reason,
+            kura_api::Answer::Ok(v) => v.to_string(),
+        };
+    }
+    serde_json::from_str::<kura_api::ErrorBody>(text).map_or(text.to_string(), |e| e.reason)
+}

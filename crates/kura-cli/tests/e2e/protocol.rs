@@ -298,13 +298,7 @@ pub(crate) async fn raw_upload(
     csv: &[u8],
     attack: impl FnOnce(&mut Vec<Vec<u8>>),
 ) -> (u16, String) {
-    let info: kura_api::EnclaveInfo =
-        reqwest::get(format!("{}{}", room.server.url(), routes::EVIDENCE))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let info = raw_info(&room.server.url()).await;
     let enclave = kura_crypto::PublicIdentity::parse(&info.enclave_key).unwrap();
     let me = room.key(party);
     let mut body = RequestBody {
@@ -324,9 +318,7 @@ pub(crate) async fn raw_upload(
     let url = room.server.url();
     let answer = |resp: reqwest::Response| async move {
         let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        let reason = serde_json::from_str::<kura_api::ErrorBody>(&text).map_or(text, |e| e.reason);
-        (status, reason)
+        (status, raw_reason(&resp.text().await.unwrap()))
     };
     let begin = http
         .post(format!("{url}{}", routes::UPLOAD))
@@ -337,7 +329,7 @@ pub(crate) async fn raw_upload(
     if !begin.status().is_success() {
         return answer(begin).await;
     }
-    let ticket: kura_api::UploadTicket = begin.json().await.unwrap();
+    let ticket: kura_api::UploadTicket = raw_ok(&begin.text().await.unwrap());
     let mut enc = StreamEncoder::new(&key, &context);
     let pieces: Vec<&[u8]> = csv.chunks((csv.len() / 64).max(16)).collect();
     let mut frames: Vec<Vec<u8>> = pieces
@@ -444,12 +436,7 @@ pub(crate) async fn forged_replayed_and_misdirected_requests_are_refused() {
         health.json::<serde_json::Value>().await.unwrap(),
         serde_json::json!({ "status": "ok" })
     );
-    let info: kura_api::EnclaveInfo = reqwest::get(format!("{url}{}", routes::EVIDENCE))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = raw_info(&url).await;
     let enclave = kura_crypto::PublicIdentity::parse(&info.enclave_key)
         .unwrap()
         .fingerprint();
@@ -468,7 +455,7 @@ pub(crate) async fn forged_replayed_and_misdirected_requests_are_refused() {
                 .send()
                 .await
                 .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
+            (r.status().as_u16(), raw_reason(&r.text().await.unwrap()))
         }
     };
     let hospital = room.key("hospital-a");

@@ -132,6 +132,11 @@ impl Service {
         &self.contract
     }
 
+    /// The key of this instance, which signs its answers and log.
+    pub(crate) fn identity(&self) -> &SecretIdentity {
+        &self.identity
+    }
+
     async fn log(&self, event: Event) -> Result<Receipt, ServiceError> {
         Ok(self.ledger.lock().await.append(event)?)
     }

@@ -20,7 +20,11 @@ enum Job<'a> {
 
 impl Service {
     /// Runs an analysis of the contract for `party`.
-    pub(crate) async fn run(&self, req: SignedRequest) -> Result<RunResponse, ServiceError> {
+    pub(crate) async fn run(
+        &self,
+        req: SignedRequest,
+        request: &str,
+    ) -> Result<RunResponse, ServiceError> {
         let (party, body) = self.authenticate(&req).await?;
         let (analysis, sql) = match &body.action {
             Action::Run { analysis } => (analysis.clone(), None),
@@ -38,7 +42,7 @@ impl Service {
         let party = party.name.clone();
         let mut logged = false;
         let result = self
-            .run_checked(&party, &analysis, sql, epsilon, &mut logged)
+            .run_checked(&party, &analysis, sql, epsilon, request, &mut logged)
             .await;
         if let Err(e) = &result
             && !logged
@@ -63,6 +67,7 @@ impl Service {
         analysis_name: &str,
         sql: Option<&str>,
         epsilon: Option<f64>,
+        request: &str,
         logged: &mut bool,
     ) -> Result<RunResponse, ServiceError> {
         let (job, receivers) = match sql {
@@ -203,6 +208,8 @@ impl Service {
             let table = ResultTable {
                 run_id: run_id.clone(),
                 analysis: analysis_name.to_string(),
+                sql: sql.map(str::to_string),
+                request: Some(request.to_string()),
                 columns: output.columns,
                 types: output.types,
                 rows: output.rows,
@@ -235,6 +242,7 @@ impl Service {
                 suppressed_groups: None,
                 sql: sql.map(str::to_string),
                 dp: spent,
+                request: Some(request.to_string()),
             })
             .await?;
         if let (Some(budget), Some(spend)) = (&mut state.budget, spent) {

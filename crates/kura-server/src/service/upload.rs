@@ -13,6 +13,8 @@ use crate::ServiceError;
 
 /// An accepted upload header waiting for its stream.
 pub(super) struct Pending {
+    /// Hash of the signed header: the stream's answer is signed as the answer to it.
+    request: String,
     party: String,
     dataset: kura_contract::Dataset,
     format: UploadFormat,
@@ -32,7 +34,11 @@ impl Service {
     /// Checks an upload header: party, dataset, format, state, and that the data key was
     /// sealed to this enclave for this upload. Returns a single-use ticket for the stream.
     /// Every refusal is logged.
-    pub(crate) async fn begin_upload(&self, req: SignedRequest) -> Result<String, ServiceError> {
+    pub(crate) async fn begin_upload(
+        &self,
+        req: SignedRequest,
+        request: &str,
+    ) -> Result<String, ServiceError> {
         let (party, body) = self.authenticate(&req).await?;
         let Action::Upload(header) = &body.action else {
             return Err(ServiceError::BadRequest(
@@ -41,7 +47,8 @@ impl Service {
         };
         let party = party.name.clone();
         match self.check_upload(&party, &body, header).await {
-            Ok(pending) => {
+            Ok(mut pending) => {
+                pending.request = request.to_string();
                 let ticket = kura_api::nonce();
                 let mut state = self.state.lock().await;
                 let now = std::time::Instant::now();
@@ -125,6 +132,7 @@ impl Service {
         let key = DataKey::from_bytes(&key_bytes)
             .map_err(|_| ServiceError::BadRequest("the data key has the wrong length".into()))?;
         Ok(Pending {
+            request: String::new(),
             party: party.to_string(),
             dataset: dataset.clone(),
             format,
@@ -136,12 +144,14 @@ impl Service {
 
     /// Receives the encrypted stream of a ticket. The whole body is read even after a failure,
     /// so that the sender gets the reason instead of a broken connection; nothing is kept unless
-    /// every check passes.
+    /// every check passes. Returns the hash of the upload's signed header with the outcome; an
+    /// unknown ticket answers no request.
+    #[allow(clippy::type_complexity)]
     pub(crate) async fn upload_stream<S, E>(
         &self,
         ticket: &str,
         frames: S,
-    ) -> Result<UploadResponse, ServiceError>
+    ) -> Result<(String, Result<UploadResponse, ServiceError>), ServiceError>
     where
         S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -156,10 +166,12 @@ impl Service {
                 ServiceError::NotFound("unknown or already used upload ticket".into())
             })?;
         let (dataset, party) = (pending.dataset.name.clone(), pending.party.clone());
-        match self.receive(pending, frames).await {
+        let request = pending.request.clone();
+        let outcome = match self.receive(pending, frames).await {
             Ok(resp) => Ok(resp),
             Err(e) => Err(self.refuse_upload(&dataset, &party, e).await),
-        }
+        };
+        Ok((request, outcome))
     }
 
     async fn receive<S, E>(
@@ -174,6 +186,7 @@ impl Service {
         use futures_util::StreamExt;
 
         let Pending {
+            request,
             party,
             dataset,
             format,
@@ -246,6 +259,7 @@ impl Service {
                 rows,
                 ciphertext_bytes: received,
                 ciphertext_sha256: hex::encode(sha2::Digest::finalize(digest)),
+                request: Some(request),
             })
             .await?;
         state
