@@ -22,7 +22,8 @@ pub mod audit;
 pub mod certs;
 
 /// Installs ring as rustls' crypto provider for this process (once; later calls are no-ops).
-pub(crate) fn install_crypto_provider() {
+/// [`Client::new`] does; other HTTP clients in the same process may need it first.
+pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
@@ -269,7 +270,13 @@ impl Client {
                             routes::CONSISTENCY,
                             Action::Consistency { from: old.size },
                         )
-                        .await?;
+                        .await
+                        // The enclave itself says it cannot prove it: its log is not the one
+                        // this party saw.
+                        .map_err(|e| match e {
+                            ClientError::Refused { reason, .. } => ClientError::Log(reason),
+                            other => other,
+                        })?;
                     let new = resp.tree_head.verify(&enclave.key).map_err(log_err)?;
                     kura_ledger::verify_consistency(&old, &new, &resp.proof).map_err(log_err)?;
                     head = resp.tree_head;

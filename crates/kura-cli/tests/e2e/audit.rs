@@ -56,7 +56,7 @@ pub(crate) async fn forks_and_rollbacks_of_the_log_are_caught_by_a_client_that_s
         .with_known_head(Some(later));
     let err = c.attest().await.unwrap_err();
     assert!(
-        matches!(&err, ClientError::Refused { reason, .. } if reason.contains("rolled back or forked")),
+        matches!(&err, ClientError::Log(r) if r.contains("rolled back or forked")),
         "{err}"
     );
 }

@@ -7,4 +7,5 @@ mod banks;
 mod cli;
 mod common;
 mod dp;
+mod hostile;
 mod protocol;
