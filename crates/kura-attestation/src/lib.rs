@@ -64,7 +64,14 @@ impl Evidence {
     /// Verifies this evidence with the certificates it carries, now: the claims it makes, no
     /// policy applied.
     pub fn claims(&self) -> Result<Claims, AttestationError> {
+        self.claims_at(None)
+    }
+
+    /// Like [`Evidence::claims`], with certificates and collateral valid at `at` (now when
+    /// absent): evidence recorded in a log is judged at the time it was recorded.
+    pub fn claims_at(&self, at: Option<time::OffsetDateTime>) -> Result<Claims, AttestationError> {
         let options = VerifyOptions {
+            at,
             certs: self.certs.clone(),
             ..Default::default()
         };
@@ -294,10 +301,23 @@ pub fn verify_enclave(
     contract: &ContractId,
     enclave: &PublicIdentity,
 ) -> Result<Claims, AttestationError> {
+    verify_enclave_at(evidence, policy, contract, enclave, None)
+}
+
+/// [`verify_enclave`] at time `at` (now when absent): the start of an enclave recorded in a log
+/// is verified as of the time it was recorded, so that old logs stay verifiable after their
+/// certificates or collateral expire.
+pub fn verify_enclave_at(
+    evidence: &Evidence,
+    policy: &EnclavePolicy,
+    contract: &ContractId,
+    enclave: &PublicIdentity,
+    at: Option<time::OffsetDateTime>,
+) -> Result<Claims, AttestationError> {
     if !policy.allows(evidence.platform) {
         return Err(AttestationError::PlatformNotAccepted(evidence.platform));
     }
-    let claims = evidence.claims()?;
+    let claims = evidence.claims_at(at)?;
     appraise(policy, &claims)?;
     check_binding(&claims, contract, enclave)?;
     Ok(claims)

@@ -660,16 +660,26 @@ impl Client {
             }
         }
         let contract = &self.contract;
-        let chain = kura_ledger::verify_chain(&resp.entries, |contract_id, key, evidence| {
-            let evidence = completed.get(&evidence.data).unwrap_or(evidence);
-            if contract_id != contract.id().as_str() {
+        // Each start's evidence is judged as of the time it was recorded.
+        let chain = kura_ledger::verify_chain(&resp.entries, |start| {
+            let evidence = completed
+                .get(&start.evidence.data)
+                .unwrap_or(start.evidence);
+            if start.contract_id != contract.id().as_str() {
                 return Err(format!(
-                    "enclave started for another contract {contract_id}"
+                    "enclave started for another contract {}",
+                    start.contract_id
                 ));
             }
-            kura_attestation::verify_enclave(evidence, &contract.enclave, contract.id(), key)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            kura_attestation::verify_enclave_at(
+                evidence,
+                &contract.enclave,
+                contract.id(),
+                start.key,
+                start.at(),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
         })
         .map_err(|e| ClientError::Audit(e.to_string()))?;
         let enclave = self.enclave().await?;

@@ -23,7 +23,7 @@ pub use error::LedgerError;
 pub use event::{EntryBody, Event, budget_spent};
 pub use merkle::{Receipt, SignedTreeHead, TreeHead, root_of, verify_consistency};
 pub use store::Ledger;
-pub use verify::{ChainReport, verify_chain};
+pub use verify::{ChainReport, Start, verify_chain};
 
 use serde::{Deserialize, Serialize};
 

@@ -17,12 +17,29 @@ pub struct ChainReport {
     pub root: String,
 }
 
+/// An `enclave_started` entry, for the caller to verify.
+#[derive(Debug)]
+pub struct Start<'a> {
+    pub contract_id: &'a str,
+    pub key: &'a PublicIdentity,
+    pub evidence: &'a Evidence,
+    /// When the entry was appended (RFC 3339): the time to verify the evidence at.
+    pub time: &'a str,
+}
+
+impl Start<'_> {
+    /// [`Start::time`] parsed; `None` if it is not RFC 3339 (then verify as of now).
+    pub fn at(&self) -> Option<time::OffsetDateTime> {
+        time::OffsetDateTime::parse(self.time, &time::format_description::well_known::Rfc3339).ok()
+    }
+}
+
 /// Verifies chain links, sequence numbers, and every signature. `check_start` is called for
-/// each `enclave_started` event with its contract id, key and evidence; it must verify the
-/// evidence (platform, measurement, binding) and return the key that signs from then on.
+/// each `enclave_started` event; it must verify the evidence (platform, measurement, binding)
+/// of the key that signs from then on.
 pub fn verify_chain(
     entries: &[LogEntry],
-    mut check_start: impl FnMut(&str, &PublicIdentity, &Evidence) -> Result<(), String>,
+    mut check_start: impl FnMut(Start<'_>) -> Result<(), String>,
 ) -> Result<ChainReport, LedgerError> {
     let mut prev = GENESIS.to_string();
     let mut key: Option<PublicIdentity> = None;
@@ -46,8 +63,13 @@ pub fn verify_chain(
         } = &body.event
         {
             let k = PublicIdentity::parse(enclave_key).map_err(|e| broken(e.to_string()))?;
-            check_start(contract_id, &k, evidence)
-                .map_err(|e| broken(format!("enclave evidence refused: {e}")))?;
+            check_start(Start {
+                contract_id,
+                key: &k,
+                evidence,
+                time: &body.time,
+            })
+            .map_err(|e| broken(format!("enclave evidence refused: {e}")))?;
             key = Some(k);
             starts += 1;
         }
@@ -93,7 +115,7 @@ mod tests {
         }
     }
 
-    fn accept(_: &str, _: &PublicIdentity, _: &Evidence) -> Result<(), String> {
+    fn accept(_: Start<'_>) -> Result<(), String> {
         Ok(())
     }
 
@@ -159,7 +181,7 @@ mod tests {
             assert!(matches!(err, LedgerError::Broken { .. }), "{name}: {err}");
         }
         // A refused evidence check fails the whole log.
-        assert!(verify_chain(&entries, |_, _, _| Err("bad".into())).is_err());
+        assert!(verify_chain(&entries, |_| Err("bad".into())).is_err());
         // Entries before any enclave start have no key to check them.
         assert!(verify_chain(&entries[1..], accept).is_err());
     }

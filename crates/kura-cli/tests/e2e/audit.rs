@@ -147,3 +147,48 @@ pub(crate) async fn data_is_deleted_at_the_deadline_without_anyone_asking() {
         "{reason}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn a_restart_refuses_a_stored_log_the_host_added_to() {
+    let room = room().await;
+    room.upload("hospital-a", "ehr").await.unwrap();
+    let room = room.stop().await;
+    // The host appends an entry of its own to the stored log, signed by a key it made: the
+    // chain links, but no attested start vouches for the key.
+    let log = room.state().join("log.redb");
+    let forged_size = {
+        let mut l = kura_ledger::Ledger::open(
+            &log,
+            std::sync::Arc::new(kura_crypto::SecretIdentity::generate()),
+        )
+        .unwrap();
+        l.append(Event::Deletion {
+            dataset: "activity".into(),
+            reason: "forged".into(),
+        })
+        .unwrap();
+        l.entries().len()
+    };
+    let err = kura_server::start(kura_server::Config {
+        contract: room.contract.clone(),
+        platform: Platform::Simulated,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: room.state(),
+        max_upload_bytes: 1 << 20,
+        evidence_certs: vec![],
+        evidence_collateral: None,
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("the stored log does not verify"),
+        "{err}"
+    );
+    // Nothing was rebuilt from it, and nothing appended to it.
+    let l = kura_ledger::Ledger::open(
+        &log,
+        std::sync::Arc::new(kura_crypto::SecretIdentity::generate()),
+    )
+    .unwrap();
+    assert_eq!(l.entries().len(), forged_size);
+}

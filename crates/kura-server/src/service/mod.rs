@@ -83,7 +83,12 @@ impl Service {
             overlap: kura_engine::overlap::Overlap::of(&contract),
             ..State::default()
         };
-        let lost = recovery::recover(&contract, ledger.entries(), &mut state)?;
+        let lost = recovery::recover(
+            &contract,
+            ledger.entries(),
+            &config.evidence_certs,
+            &mut state,
+        )?;
         ledger
             .append(Event::EnclaveStarted {
                 contract_id: contract.id().to_string(),

@@ -7,11 +7,16 @@ use super::State;
 use crate::ServiceError;
 
 /// Rebuilds what must survive a restart from the log: which datasets were deleted (they stay
-/// deleted) and how many runs there were. Returns the datasets the previous instance held,
-/// which are lost now. Refuses a log that belongs to another contract.
+/// deleted), the privacy budget spent and how many runs there were. Returns the datasets the
+/// previous instance held, which are lost now. Refuses a log that belongs to another contract,
+/// and one whose entries are not each signed by an enclave whose start the log records with
+/// evidence that verifies against the contract (as of the time it was recorded): the host
+/// keeps the state directory and could otherwise add entries, or edit them, to restore a spent
+/// budget or a deleted dataset.
 pub(super) fn recover(
     contract: &Contract,
     entries: &[LogEntry],
+    certs: &[Vec<u8>],
     state: &mut State,
 ) -> Result<Vec<String>, ServiceError> {
     let mut held = std::collections::BTreeSet::new();
@@ -20,14 +25,37 @@ pub(super) fn recover(
         .map(LogEntry::parse_body)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ServiceError::Start(format!("stored log: {e}")))?;
+    if let Some(other) = bodies.iter().find_map(|b| match &b.event {
+        Event::EnclaveStarted { contract_id, .. } if contract_id != contract.id().as_str() => {
+            Some(contract_id)
+        }
+        _ => None,
+    }) {
+        return Err(ServiceError::Start(format!(
+            "the state directory holds the log of another contract ({other}); use a new directory per contract"
+        )));
+    }
+    kura_ledger::verify_chain(entries, |start| {
+        let mut evidence = start.evidence.clone();
+        evidence.certs.extend(certs.iter().cloned());
+        kura_attestation::verify_enclave_at(
+            &evidence,
+            &contract.enclave,
+            contract.id(),
+            start.key,
+            start.at(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    })
+    .map_err(|e| {
+        ServiceError::Start(format!(
+            "the stored log does not verify, so nothing is rebuilt from it: {e}"
+        ))
+    })?;
     state.budget = kura_ledger::budget_spent(contract, bodies.iter().map(|b| &b.event));
     for body in &bodies {
         match &body.event {
-            Event::EnclaveStarted { contract_id, .. } if contract_id != contract.id().as_str() => {
-                return Err(ServiceError::Start(format!(
-                    "the state directory holds the log of another contract ({contract_id}); use a new directory per contract"
-                )));
-            }
             Event::Upload { dataset, .. } => {
                 held.insert(dataset.clone());
             }
