@@ -105,6 +105,27 @@ pub(crate) async fn room_custom(
     }
 }
 
+/// The two-party room where hospital-a may ask ad-hoc queries (and receives them), nothing is
+/// deleted after runs, and `extra` TOML is appended.
+pub(crate) async fn adhoc_room(extra: &str) -> Room {
+    room_custom(
+        &["hospital-a", "fitness-b"],
+        false,
+        "[\"hospital-a\"]",
+        |t| {
+            t.replacen(
+                "roles = [\"provider\", \"receiver\"]",
+                "roles = [\"provider\", \"receiver\", \"analyst\"]",
+                1,
+            )
+            .replace("delete_after = \"run\"", "delete_after = \"never\"")
+                + "\n[adhoc]\nanalysts = [\"hospital-a\"]\nreceivers = [\"hospital-a\"]\n"
+                + extra
+        },
+    )
+    .await
+}
+
 pub(crate) async fn room() -> Room {
     room_with(
         &["hospital-a", "fitness-b"],

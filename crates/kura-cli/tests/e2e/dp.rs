@@ -6,21 +6,9 @@ use crate::common::*;
 /// The two-party room with ad-hoc queries under differential privacy: ε = 2 per receiver,
 /// steps bands as the public domain, one row per person.
 pub(crate) async fn dp_room() -> Room {
-    room_custom(
-        &["hospital-a", "fitness-b"],
-        false,
-        "[\"hospital-a\"]",
-        |t| {
-            t.replacen(
-                "roles = [\"provider\", \"receiver\"]",
-                "roles = [\"provider\", \"receiver\", \"analyst\"]",
-                1,
-            )
-            .replace("delete_after = \"run\"", "delete_after = \"never\"")
-                + "\n[adhoc]\nanalysts = [\"hospital-a\"]\nreceivers = [\"hospital-a\"]\n\
-                   \n[privacy.dp]\nepsilon = 2.0\nquery_epsilon = 0.5\n\
-                   domains = { \"activity.steps_band\" = [\"high\", \"mid\", \"low\"] }\n"
-        },
+    adhoc_room(
+        "\n[privacy.dp]\nepsilon = 2.0\nquery_epsilon = 0.5\n\
+         domains = { \"activity.steps_band\" = [\"high\", \"mid\", \"low\"] }\n",
     )
     .await
 }

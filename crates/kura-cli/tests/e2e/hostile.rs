@@ -129,25 +129,6 @@ fn last_on(seen: &[Exchange], path: &str) -> Option<(u16, Vec<u8>)> {
         .map(|e| (e.status, e.body.clone()))
 }
 
-/// The two-party room with ad-hoc queries by hospital-a and nothing deleted after runs.
-async fn adhoc_room() -> Room {
-    room_custom(
-        &["hospital-a", "fitness-b"],
-        false,
-        "[\"hospital-a\"]",
-        |t| {
-            t.replacen(
-                "roles = [\"provider\", \"receiver\"]",
-                "roles = [\"provider\", \"receiver\", \"analyst\"]",
-                1,
-            )
-            .replace("delete_after = \"run\"", "delete_after = \"never\"")
-                + "\n[adhoc]\nanalysts = [\"hospital-a\"]\nreceivers = [\"hospital-a\"]\n"
-        },
-    )
-    .await
-}
-
 const BY_BAND: &str = "SELECT a.steps_band, COUNT(*) AS people FROM ehr e JOIN activity a \
                        ON e.patient_id = a.patient_id GROUP BY a.steps_band";
 const BY_AGE: &str = "SELECT e.age_band, COUNT(*) AS people FROM ehr e JOIN activity a \
@@ -162,7 +143,7 @@ fn not_mine<T: std::fmt::Debug>(r: Result<T, ClientError>, what: &str) -> String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 pub(crate) async fn a_hostile_host_cannot_swap_replay_rewrite_or_forge_an_answer() {
-    let room = adhoc_room().await;
+    let room = adhoc_room("").await;
     let proxy = Proxy::start(&room.server.url()).await;
     let client =
         |name: &str| Client::new(&proxy.url, room.contract.clone(), room.key(name)).unwrap();
