@@ -200,7 +200,13 @@ impl Client {
         // The key that must have signed the answer is the one its evidence attests.
         let info = match signed.parse::<EnclaveInfo>().map_err(protocol)?.answer {
             Answer::Ok(info) => info,
-            Answer::Refused(e) => return Err(refused(status, e)),
+            // No attested key to check it with: the host's word.
+            Answer::Refused(e) => {
+                return Err(ClientError::Unauthenticated {
+                    status,
+                    reason: e.reason,
+                });
+            }
         };
         if info.contract_id != self.contract.id().as_str() {
             return Err(ClientError::WrongContract {
