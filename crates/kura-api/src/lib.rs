@@ -119,6 +119,10 @@ pub struct RequestBody {
     pub enclave: String,
     /// 16 random bytes, hex; the service refuses a nonce it has seen.
     pub nonce: String,
+    /// The party's clock when it signed (RFC 3339): the enclave's clock never goes behind it,
+    /// and a time too far ahead of the enclave's is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
     pub action: Action,
 }
 

@@ -6,6 +6,7 @@ use crate::simulated::SimulatedHardware;
 
 fn policy(accept: Vec<AcceptEntry>) -> EnclavePolicy {
     EnclavePolicy {
+        clock_tolerance_seconds: 300,
         platforms: vec![Platform::Simulated],
         accept,
     }
@@ -35,6 +36,7 @@ fn simulated_evidence_verifies_and_binds() {
 fn simulated_evidence_is_refused_unless_the_contract_lists_it() {
     let (contract, enclave, ev) = setup(false);
     let p = EnclavePolicy {
+        clock_tolerance_seconds: 300,
         platforms: vec![Platform::SevSnp],
         accept: vec![],
     };
@@ -145,6 +147,7 @@ fn real_platforms_need_a_pinned_measurement() {
         signer: "test".into(),
     };
     let p = EnclavePolicy {
+        clock_tolerance_seconds: 300,
         platforms: vec![Platform::SevSnp],
         accept: vec![],
     };

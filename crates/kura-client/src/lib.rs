@@ -53,6 +53,9 @@ pub enum ClientError {
     /// written it, so it is reported but never acted on.
     #[error("the host answered HTTP {status} without the enclave's signature: {reason}")]
     Unauthenticated { status: u16, reason: String },
+    /// The enclave's clock and this machine's disagree by more than the contract allows.
+    #[error("clocks disagree: {0}")]
+    Clock(String),
     /// A signed answer that is not to the request this client sent: replayed or swapped.
     #[error("the answer does not belong to this request: {0}")]
     NotMine(String),
@@ -230,6 +233,11 @@ impl Client {
             Err(e) => return Err(not_mine(e)),
         };
         let head = info.tree_head.clone();
+        check_clock(
+            &head,
+            self.contract.enclave.clock_tolerance_seconds,
+            time::OffsetDateTime::now_utc(),
+        )?;
         let candidate = VerifiedEnclave { key, claims, info };
         self.advance_head(&candidate, head, None).await?;
         self.enclave = Some(candidate);
@@ -371,6 +379,7 @@ impl Client {
             contract_id: self.contract.id().to_string(),
             enclave: enclave.key.fingerprint(),
             nonce: kura_api::nonce(),
+            time: Some(now_text()),
             action,
         };
         SignedRequest::new(&self.party, &self.me, &body)
@@ -482,6 +491,7 @@ impl Client {
             contract_id,
             enclave: fingerprint,
             nonce,
+            time: Some(now_text()),
             action: Action::Upload(UploadHeader {
                 dataset: dataset.to_string(),
                 format,
@@ -780,6 +790,38 @@ fn encrypt_file(
     }
 }
 
+/// The enclave signed `head` just now (for this request's nonce), so its time is the enclave's
+/// clock, which must agree with this machine's (`now`) within `tolerance` seconds. A clock the
+/// host turned back would keep a deadline from passing.
+fn check_clock(
+    head: &SignedTreeHead,
+    tolerance: u64,
+    now: time::OffsetDateTime,
+) -> Result<(), ClientError> {
+    let head = head
+        .unverified()
+        .map_err(|e| ClientError::Log(e.to_string()))?;
+    let at =
+        time::OffsetDateTime::parse(&head.time, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| ClientError::Protocol("the tree head's time is not RFC 3339".into()))?;
+    let behind = (now - at).whole_seconds();
+    if behind.unsigned_abs() > tolerance {
+        return Err(ClientError::Clock(format!(
+            "the enclave's clock is {} s {} this machine's, more than the contract's tolerance of {tolerance} s",
+            behind.unsigned_abs(),
+            if behind > 0 { "behind" } else { "ahead of" }
+        )));
+    }
+    Ok(())
+}
+
+/// This machine's time, RFC 3339, for signed requests.
+fn now_text() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formatting of now")
+}
+
 /// Largest answer the client reads (results and logs included).
 pub const MAX_RESPONSE: usize = 256 << 20;
 
@@ -841,4 +883,41 @@ fn not_mine(e: ApiError) -> ClientError {
 
 fn protocol(e: ApiError) -> ClientError {
     ClientError::Protocol(e.to_string())
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    fn head_at(t: time::OffsetDateTime) -> SignedTreeHead {
+        let head = TreeHead {
+            size: 1,
+            root: "00".repeat(32),
+            time: t
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap(),
+            enclave_key: SecretIdentity::generate().public().to_text(),
+        };
+        SignedTreeHead {
+            body: serde_json::to_string(&head).unwrap(),
+            signature: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_enclave_clock_outside_the_tolerance_is_refused_either_way() {
+        let now = time::OffsetDateTime::now_utc();
+        let minutes = |m: i64| now + time::Duration::minutes(m);
+        assert!(check_clock(&head_at(minutes(-4)), 300, now).is_ok());
+        assert!(check_clock(&head_at(minutes(4)), 300, now).is_ok());
+        for (at, words) in [
+            (minutes(-6), "360 s behind"),
+            (minutes(6), "360 s ahead of"),
+        ] {
+            match check_clock(&head_at(at), 300, now) {
+                Err(ClientError::Clock(reason)) => assert!(reason.contains(words), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }

@@ -54,6 +54,8 @@ pub enum ContractError {
     Retention(String),
     #[error("enclave.platforms is empty: name at least one accepted platform")]
     NoPlatforms,
+    #[error("enclave.clock_tolerance_seconds must be between 1 and 86400")]
+    ClockTolerance,
     #[error("enclave.accept entry for {0:?}, which is not listed in enclave.platforms")]
     AcceptUnlisted(String),
     #[error("enclave.accept entry for {platform:?}: {reason}")]

@@ -332,9 +332,16 @@ pub struct AcceptEntry {
 pub struct EnclavePolicy {
     pub platforms: Vec<Platform>,
     pub accept: Vec<AcceptEntry>,
+    /// How far the enclave's clock and a party's may disagree, in seconds
+    /// (`clock_tolerance_seconds`, default [`EnclavePolicy::DEFAULT_CLOCK_TOLERANCE`]): a
+    /// party refuses an enclave whose fresh tree head is further from its own clock, and the
+    /// enclave refuses a request whose time is further ahead of its own.
+    pub clock_tolerance_seconds: u64,
 }
 
 impl EnclavePolicy {
+    pub const DEFAULT_CLOCK_TOLERANCE: u64 = 300;
+
     pub fn allows(&self, platform: Platform) -> bool {
         self.platforms.contains(&platform)
     }
@@ -407,6 +414,7 @@ struct RawEnclave {
     platforms: Vec<String>,
     #[serde(default)]
     accept: Vec<AcceptEntry>,
+    clock_tolerance_seconds: Option<u64>,
 }
 
 // ---- parsing and validation ---------------------------------------------------------------
@@ -524,6 +532,10 @@ impl Contract {
             enclave: EnclavePolicy {
                 platforms,
                 accept: raw.enclave.accept,
+                clock_tolerance_seconds: raw
+                    .enclave
+                    .clock_tolerance_seconds
+                    .unwrap_or(EnclavePolicy::DEFAULT_CLOCK_TOLERANCE),
             },
         };
         contract.validate()?;
@@ -531,6 +543,9 @@ impl Contract {
     }
 
     fn validate(&self) -> Result<(), ContractError> {
+        if !(1..=86_400).contains(&self.enclave.clock_tolerance_seconds) {
+            return Err(ContractError::ClockTolerance);
+        }
         if self.parties.is_empty() {
             return Err(ContractError::Missing("[[parties]]"));
         }

@@ -9,6 +9,7 @@ use ct_merkle::mem_backed_tree::MemoryBackedTree;
 use kura_crypto::{SecretIdentity, b64};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sha2::Sha256;
+use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::merkle::{HEAD_DOMAIN, Receipt, SignedTreeHead, TreeHead};
@@ -23,6 +24,9 @@ pub struct Ledger {
     entries: Vec<LogEntry>,
     tree: MemoryBackedTree<Sha256, Vec<u8>>,
     signer: Arc<SecretIdentity>,
+    /// The latest time this log has recorded or been shown in a party's signed request: its
+    /// clock never goes behind it, whatever the host does to the guest clock.
+    floor: OffsetDateTime,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -33,10 +37,8 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
-fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .expect("RFC 3339 formatting of now")
+fn text(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).expect("RFC 3339 formatting of a time")
 }
 
 impl Ledger {
@@ -69,8 +71,12 @@ impl Ledger {
         }
         let mut tree = MemoryBackedTree::new();
         let mut prev = GENESIS.to_string();
+        let mut floor = OffsetDateTime::UNIX_EPOCH;
         for (i, e) in entries.iter().enumerate() {
             let body = e.parse_body()?;
+            if let Ok(t) = OffsetDateTime::parse(&body.time, &Rfc3339) {
+                floor = floor.max(t);
+            }
             if body.seq != i as u64 || body.prev != prev {
                 return Err(LedgerError::Broken {
                     seq: i as u64,
@@ -85,7 +91,19 @@ impl Ledger {
             entries,
             tree,
             signer,
+            floor,
         })
+    }
+
+    /// The log's clock: the guest clock, but never earlier than any time this log recorded or
+    /// was shown ([`Ledger::observe`]).
+    pub fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc().max(self.floor)
+    }
+
+    /// Moves the clock's floor up to `t` (the time of a party's signed request).
+    pub fn observe(&mut self, t: OffsetDateTime) {
+        self.floor = self.floor.max(t);
     }
 
     /// Appends `event` durably and returns its receipt.
@@ -97,7 +115,7 @@ impl Ledger {
                 .entries
                 .last()
                 .map_or_else(|| GENESIS.to_string(), LogEntry::hash),
-            time: now(),
+            time: text(self.now()),
             event,
         };
         let body = serde_json::to_string(&body).expect("entry serialises");
@@ -110,6 +128,7 @@ impl Ledger {
             table.insert(seq, json.as_str())?;
         }
         txn.commit()?;
+        self.floor = self.now();
         self.tree.push(entry.body.as_bytes().to_vec());
         self.entries.push(entry);
         Ok(self.receipt(seq).expect("just appended"))
@@ -124,7 +143,7 @@ impl Ledger {
         let head = TreeHead {
             size: self.tree.len(),
             root: hex::encode(self.tree.root().as_bytes()),
-            time: now(),
+            time: text(self.now()),
             enclave_key: self.signer.public().to_text(),
         };
         let body = serde_json::to_string(&head).expect("head serialises");

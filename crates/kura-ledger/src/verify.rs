@@ -97,6 +97,8 @@ mod tests {
     use kura_contract::Platform;
     use kura_crypto::SecretIdentity;
 
+    use time::format_description::well_known::Rfc3339;
+
     use super::*;
     use crate::{Ledger, verify_consistency};
 
@@ -144,6 +146,34 @@ mod tests {
         l.append(deletion(9)).unwrap();
         let report = verify_chain(l.entries(), accept).unwrap();
         assert_eq!((report.entries, report.enclave_starts), (7, 2));
+    }
+
+    #[test]
+    fn the_clock_never_goes_behind_what_the_log_recorded_or_was_shown() {
+        let (dir, _) = sample();
+        let key = Arc::new(SecretIdentity::generate());
+        let path = dir.path().join("log");
+        let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let mut l = Ledger::open(&path, key.clone()).unwrap();
+        // A party's signed time an hour ahead of the guest clock (within what the service
+        // accepts is the service's business): the log's clock moves up to it.
+        l.observe(later);
+        assert!(l.now() >= later);
+        l.append(deletion(9)).unwrap();
+        let time = |e: &LogEntry| {
+            time::OffsetDateTime::parse(&e.parse_body().unwrap().time, &Rfc3339).unwrap()
+        };
+        assert!(time(l.entries().last().unwrap()) >= later);
+        let head: crate::TreeHead = l.tree_head().unverified().unwrap();
+        assert!(time::OffsetDateTime::parse(&head.time, &Rfc3339).unwrap() >= later);
+        // Reopened (a restart), the clock starts from the last recorded time.
+        drop(l);
+        let l = Ledger::open(&path, key).unwrap();
+        assert!(l.now() >= later);
+        // An earlier time shown later moves nothing back.
+        let mut l = l;
+        l.observe(time::OffsetDateTime::UNIX_EPOCH);
+        assert!(l.now() >= later);
     }
 
     #[test]

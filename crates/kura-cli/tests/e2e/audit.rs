@@ -192,3 +192,70 @@ pub(crate) async fn a_restart_refuses_a_stored_log_the_host_added_to() {
     .unwrap();
     assert_eq!(l.entries().len(), forged_size);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn a_partys_signed_time_keeps_the_enclaves_clock_from_lagging_behind() {
+    // A deadline two minutes away on the guest clock.
+    let rfc = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let deadline = rfc(now + time::Duration::minutes(2));
+    let room = room_custom(
+        &["hospital-a", "fitness-b"],
+        false,
+        "[\"hospital-a\"]",
+        |t| {
+            t.replace(
+                "delete_after = \"run\"",
+                &format!("delete_after = \"{deadline}\""),
+            )
+        },
+    )
+    .await;
+    let url = room.server.url();
+    let enclave = kura_crypto::PublicIdentity::parse(&raw_info(&url).await.enclave_key)
+        .unwrap()
+        .fingerprint();
+    let audit_at = |t: time::OffsetDateTime| {
+        let body = kura_api::RequestBody {
+            contract_id: room.contract.id().to_string(),
+            enclave: enclave.clone(),
+            nonce: kura_api::nonce(),
+            time: Some(rfc(t)),
+            action: kura_api::Action::Audit,
+        };
+        let req = kura_api::SignedRequest::new("fitness-b", &room.key("fitness-b"), &body);
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}{}", kura_api::routes::AUDIT))
+                .json(&req)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), raw_reason(&r.text().await.unwrap()))
+        }
+    };
+    // A time an hour ahead is beyond the contract's tolerance (300 s): refused, and ignored.
+    let (status, reason) = audit_at(now + time::Duration::hours(1)).await;
+    assert_eq!(status, 401, "{reason}");
+    assert!(reason.contains("ahead of the enclave's clock"), "{reason}");
+    room.upload("hospital-a", "ehr").await.unwrap();
+    // A party signs a time three minutes ahead (its clock is right, the guest's is held back):
+    // from then on the enclave's clock is past the deadline, and the data goes.
+    assert_eq!(audit_at(now + time::Duration::minutes(3)).await.0, 200);
+    let (status, reason) = refused(room.upload("fitness-b", "activity").await);
+    assert_eq!(status, 409);
+    assert!(
+        reason.contains("deadline") || reason.contains("was deleted"),
+        "{reason}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let events = room.events().await;
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Deletion { dataset, reason } if dataset == "ehr" && reason == "retention deadline reached")),
+        "{events:?}"
+    );
+}

@@ -238,6 +238,7 @@ pub(crate) fn refused(r: Result<impl std::fmt::Debug, ClientError>) -> (u16, Str
 /// The enclave's evidence fetched by hand, for attacks the SDK would never make (its signature
 /// is not checked here).
 pub(crate) async fn raw_info(url: &str) -> kura_api::EnclaveInfo {
+    kura_client::install_crypto_provider();
     let url = format!(
         "{url}{}?nonce={}",
         kura_api::routes::EVIDENCE,

@@ -305,6 +305,7 @@ pub(crate) async fn raw_upload(
         contract_id: room.contract.id().to_string(),
         enclave: enclave.fingerprint(),
         nonce: kura_api::nonce(),
+        time: None,
         action: Action::Audit,
     };
     let context = kura_api::upload_context(&body.contract_id, dataset, &body.enclave, &body.nonce);
@@ -444,6 +445,7 @@ pub(crate) async fn forged_replayed_and_misdirected_requests_are_refused() {
         contract_id: room.contract.id().to_string(),
         enclave: enclave.to_string(),
         nonce: kura_api::nonce(),
+        time: None,
         action: Action::Audit,
     };
     let post = |req: SignedRequest| {

@@ -168,6 +168,9 @@ impl Service {
                 "request is for another enclave instance (it restarted?): attest again".into(),
             ));
         }
+        if let Some(time) = &body.time {
+            self.observe(time).await?;
+        }
         if !self.state.lock().await.nonces.insert(body.nonce.clone()) {
             return Err(ServiceError::Unauthorized(
                 "request replayed (nonce already used)".into(),
@@ -176,8 +179,36 @@ impl Service {
         Ok((party, body))
     }
 
-    fn deadline_passed(&self) -> bool {
-        matches!(self.contract.retention.delete_after, DeleteAfter::Deadline(t) if time::OffsetDateTime::now_utc() >= t)
+    /// The enclave's time: the guest clock, never behind the log or a party's signed request.
+    pub(crate) async fn now(&self) -> time::OffsetDateTime {
+        self.ledger.lock().await.now()
+    }
+
+    /// Takes a party's signed time into the enclave's clock, refusing one further ahead of it
+    /// than the contract's tolerance (a clock that is wrong, on either side).
+    async fn observe(&self, time: &str) -> Result<(), ServiceError> {
+        let t = time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| {
+            ServiceError::BadRequest("the request's time is not RFC 3339".into())
+        })?;
+        let tolerance = self.contract.enclave.clock_tolerance_seconds;
+        let mut ledger = self.ledger.lock().await;
+        let ahead = (t - ledger.now()).whole_seconds();
+        if ahead > tolerance as i64 {
+            return Err(ServiceError::Unauthorized(format!(
+                "the request's time is {ahead} s ahead of the enclave's clock, more than the \
+                 contract's tolerance of {tolerance} s: one of the clocks is wrong"
+            )));
+        }
+        ledger.observe(t);
+        Ok(())
+    }
+
+    async fn deadline_passed(&self) -> bool {
+        match self.contract.retention.delete_after {
+            DeleteAfter::Deadline(t) => self.now().await >= t,
+            _ => false,
+        }
     }
 
     /// Destroys a dataset's plaintext and records it.

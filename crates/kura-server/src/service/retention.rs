@@ -15,7 +15,12 @@ impl Service {
         let service = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
-                let now = time::OffsetDateTime::now_utc();
+                let Some(service) = service.upgrade() else {
+                    return;
+                };
+                // The enclave's clock: a party's later signed time brings the deadline forward.
+                let now = service.now().await;
+                drop(service);
                 if now >= deadline {
                     break;
                 }

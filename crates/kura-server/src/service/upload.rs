@@ -85,7 +85,7 @@ impl Service {
     }
 
     /// What a new upload must satisfy before its first byte of data (again at its end).
-    fn check_state(&self, state: &State, dataset: &str) -> Result<(), ServiceError> {
+    async fn check_state(&self, state: &State, dataset: &str) -> Result<(), ServiceError> {
         if let Some(why) = state.deleted.get(dataset) {
             return Err(ServiceError::Refused(format!(
                 "dataset {dataset:?} was deleted ({why}); the contract does not allow it to be provided again"
@@ -96,7 +96,7 @@ impl Service {
                 "dataset {dataset:?} was already uploaded"
             )));
         }
-        if self.deadline_passed() {
+        if self.deadline_passed().await {
             return Err(ServiceError::Refused(
                 "the contract's retention deadline has passed".into(),
             ));
@@ -123,7 +123,8 @@ impl Service {
             )));
         }
         let format = header.format;
-        self.check_state(&*self.state.lock().await, &dataset.name)?;
+        self.check_state(&*self.state.lock().await, &dataset.name)
+            .await?;
         let context =
             kura_api::upload_context(&body.contract_id, &dataset.name, &body.enclave, &body.nonce);
         let key_bytes = kura_crypto::open(&self.identity, &context, b"", &header.wrapped_key).map_err(|_| {
@@ -251,7 +252,7 @@ impl Service {
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
 
         let mut state = self.state.lock().await;
-        self.check_state(&state, &dataset.name)?;
+        self.check_state(&state, &dataset.name).await?;
         let receipt = self
             .log(Event::Upload {
                 dataset: dataset.name.clone(),
