@@ -104,13 +104,15 @@ pub(crate) async fn a_restart_keeps_deletions_and_records_what_was_lost() {
     assert!(err.contains("holds the log of another contract"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-pub(crate) async fn data_is_deleted_at_the_deadline_without_anyone_asking() {
-    let deadline = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
-    let deadline = deadline
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let room = room_custom(
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// The two-party room whose data is deleted at `deadline`.
+async fn deadline_room(deadline: time::OffsetDateTime) -> Room {
+    let deadline = rfc3339(deadline);
+    room_custom(
         &["hospital-a", "fitness-b"],
         false,
         "[\"hospital-a\"]",
@@ -121,7 +123,12 @@ pub(crate) async fn data_is_deleted_at_the_deadline_without_anyone_asking() {
             )
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn data_is_deleted_at_the_deadline_without_anyone_asking() {
+    let room = deadline_room(time::OffsetDateTime::now_utc() + time::Duration::seconds(3)).await;
     room.upload("hospital-a", "ehr").await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
     let events = room.events().await;
@@ -196,24 +203,8 @@ pub(crate) async fn a_restart_refuses_a_stored_log_the_host_added_to() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 pub(crate) async fn a_partys_signed_time_keeps_the_enclaves_clock_from_lagging_behind() {
     // A deadline two minutes away on the guest clock.
-    let rfc = |t: time::OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap()
-    };
     let now = time::OffsetDateTime::now_utc();
-    let deadline = rfc(now + time::Duration::minutes(2));
-    let room = room_custom(
-        &["hospital-a", "fitness-b"],
-        false,
-        "[\"hospital-a\"]",
-        |t| {
-            t.replace(
-                "delete_after = \"run\"",
-                &format!("delete_after = \"{deadline}\""),
-            )
-        },
-    )
-    .await;
+    let room = deadline_room(now + time::Duration::minutes(2)).await;
     let url = room.server.url();
     let enclave = kura_crypto::PublicIdentity::parse(&raw_info(&url).await.enclave_key)
         .unwrap()
@@ -223,7 +214,7 @@ pub(crate) async fn a_partys_signed_time_keeps_the_enclaves_clock_from_lagging_b
             contract_id: room.contract.id().to_string(),
             enclave: enclave.clone(),
             nonce: kura_api::nonce(),
-            time: Some(rfc(t)),
+            time: Some(rfc3339(t)),
             action: kura_api::Action::Audit,
         };
         let req = kura_api::SignedRequest::new("fitness-b", &room.key("fitness-b"), &body);
