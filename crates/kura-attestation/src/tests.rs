@@ -6,7 +6,7 @@ use crate::simulated::SimulatedHardware;
 
 fn policy(accept: Vec<AcceptEntry>) -> EnclavePolicy {
     EnclavePolicy {
-        clock_tolerance_seconds: 300,
+        clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
         platforms: vec![Platform::Simulated],
         accept,
     }
@@ -36,7 +36,7 @@ fn simulated_evidence_verifies_and_binds() {
 fn simulated_evidence_is_refused_unless_the_contract_lists_it() {
     let (contract, enclave, ev) = setup(false);
     let p = EnclavePolicy {
-        clock_tolerance_seconds: 300,
+        clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
         platforms: vec![Platform::SevSnp],
         accept: vec![],
     };
@@ -147,7 +147,7 @@ fn real_platforms_need_a_pinned_measurement() {
         signer: "test".into(),
     };
     let p = EnclavePolicy {
-        clock_tolerance_seconds: 300,
+        clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
         platforms: vec![Platform::SevSnp],
         accept: vec![],
     };

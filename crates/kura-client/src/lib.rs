@@ -529,7 +529,7 @@ impl Client {
                 dataset: d, provider, rows, ciphertext_bytes, ciphertext_sha256, request: r,
             } if d == dataset && provider == &self.party && *rows == resp.rows
                 && *ciphertext_bytes == sent.bytes && ciphertext_sha256 == &sha
-                && r.as_deref().is_none_or(|r| r == request))
+                && r.as_deref() == Some(request.as_str()))
         })?;
         if resp.dataset != dataset || resp.ciphertext_bytes != sent.bytes {
             return Err(ClientError::NotMine(
@@ -678,24 +678,12 @@ impl Client {
         let contract = &self.contract;
         // Each start's evidence is judged as of the time it was recorded.
         let chain = kura_ledger::verify_chain(&resp.entries, |start| {
-            let evidence = completed
-                .get(&start.evidence.data)
-                .unwrap_or(start.evidence);
-            if start.contract_id != contract.id().as_str() {
-                return Err(format!(
-                    "enclave started for another contract {}",
-                    start.contract_id
-                ));
-            }
-            kura_attestation::verify_enclave_at(
-                evidence,
-                &contract.enclave,
-                contract.id(),
-                start.key,
-                start.at(),
+            start.verify(
+                contract,
+                completed
+                    .get(&start.evidence.data)
+                    .unwrap_or(start.evidence),
             )
-            .map(|_| ())
-            .map_err(|e| e.to_string())
         })
         .map_err(|e| ClientError::Audit(e.to_string()))?;
         let enclave = self.enclave().await?;

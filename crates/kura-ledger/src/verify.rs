@@ -32,6 +32,31 @@ impl Start<'_> {
     pub fn at(&self) -> Option<time::OffsetDateTime> {
         time::OffsetDateTime::parse(self.time, &time::format_description::well_known::Rfc3339).ok()
     }
+
+    /// Checks this start against `contract`: for its contract, and with `evidence` (this
+    /// start's, perhaps completed with certificates it lacked) verifying against the
+    /// contract's `[enclave]` policy and binding the key, as of the time it was recorded.
+    pub fn verify(
+        &self,
+        contract: &kura_contract::Contract,
+        evidence: &Evidence,
+    ) -> Result<(), String> {
+        if self.contract_id != contract.id().as_str() {
+            return Err(format!(
+                "enclave started for another contract {}",
+                self.contract_id
+            ));
+        }
+        kura_attestation::verify_enclave_at(
+            evidence,
+            &contract.enclave,
+            contract.id(),
+            self.key,
+            self.at(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// Verifies chain links, sequence numbers, and every signature. `check_start` is called for

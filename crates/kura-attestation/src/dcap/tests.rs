@@ -148,7 +148,7 @@ fn sgx_quote_is_valid_with_its_advisories_and_the_contract_decides() {
     assert!(!c.debug);
 
     let entry = |statuses: &[&str]| EnclavePolicy {
-        clock_tolerance_seconds: 300,
+        clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
         platforms: vec![Platform::Sgx],
         accept: vec![AcceptEntry {
             platform: "sgx".into(),
@@ -238,7 +238,7 @@ fn rtmrs_can_be_pinned_by_the_contract() {
     )
     .unwrap();
     let policy = |registers: &[(&str, String)]| EnclavePolicy {
-        clock_tolerance_seconds: 300,
+        clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
         platforms: vec![Platform::Tdx],
         accept: vec![AcceptEntry {
             platform: "tdx".into(),

@@ -104,7 +104,7 @@ fn pcrs_can_be_pinned_by_the_contract() {
     use kura_contract::{AcceptEntry, EnclavePolicy};
     let c = verify("beta_valid-attestation-doc-bytes", "2022-10-13T08:58:03Z").unwrap();
     let policy = |pcr1: String| EnclavePolicy {
-        clock_tolerance_seconds: 300,
+        clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
         platforms: vec![Platform::Nitro],
         accept: vec![AcceptEntry {
             platform: "nitro".into(),

@@ -180,13 +180,13 @@ fn a_debug_guest_verifies_but_a_no_debug_policy_refuses_it() {
         registers: Default::default(),
     };
     let policy = EnclavePolicy {
-        clock_tolerance_seconds: 300,
+        clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
         platforms: vec![Platform::SevSnp],
         accept: vec![entry.clone()],
     };
     assert_eq!(appraise(&policy, &c), Err(AttestationError::Debug));
     let lenient = EnclavePolicy {
-        clock_tolerance_seconds: 300,
+        clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
         platforms: vec![Platform::SevSnp],
         accept: vec![AcceptEntry {
             allow_debug: true,
@@ -205,7 +205,7 @@ fn minimum_tcb_is_enforced() {
     )
     .unwrap();
     let policy = |min: &[(&str, u64)]| EnclavePolicy {
-        clock_tolerance_seconds: 300,
+        clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
         platforms: vec![Platform::SevSnp],
         accept: vec![AcceptEntry {
             platform: "sev-snp".into(),
@@ -315,7 +315,7 @@ fn certificates_carried_in_the_evidence_reach_the_verifier() {
         ..Evidence::new(Platform::SevSnp, raw)
     };
     let policy = EnclavePolicy {
-clock_tolerance_seconds: 300,
+clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
         platforms: vec![Platform::SevSnp],
         accept: vec![AcceptEntry {
             platform: "sev-snp".into(),

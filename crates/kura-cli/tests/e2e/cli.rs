@@ -221,19 +221,26 @@ pub(crate) fn cli_attest_verify_simulated_evidence() {
     // software hardening is valid as evidence; the status and advisories are reported.
     let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../kura-attestation/testdata/sgx/dcap-qvl");
-    let out = kura(&[
-        "attest",
-        "verify",
-        "--platform",
-        "sgx",
-        "--evidence",
-        vectors.join("sgx_quote").to_str().unwrap(),
-        "--collateral",
-        vectors.join("sgx_quote_collateral.json").to_str().unwrap(),
-        "--at",
-        "2025-06-19T11:56:00Z",
-        "--json",
-    ]);
+    let (quote, collateral) = (
+        vectors.join("sgx_quote"),
+        vectors.join("sgx_quote_collateral.json"),
+    );
+    let sgx = |at: &[&str]| {
+        let mut args = vec![
+            "attest",
+            "verify",
+            "--platform",
+            "sgx",
+            "--evidence",
+            quote.to_str().unwrap(),
+            "--collateral",
+            collateral.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(at);
+        kura(&args)
+    };
+    let out = sgx(&["--at", "2025-06-19T11:56:00Z"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (out.status.code(), v["verdict"].as_str()),
@@ -250,17 +257,7 @@ pub(crate) fn cli_attest_verify_simulated_evidence() {
         serde_json::json!(["INTEL-SA-00289", "INTEL-SA-00615"])
     );
     // Without a pinned time the collateral has expired.
-    let out = kura(&[
-        "attest",
-        "verify",
-        "--platform",
-        "sgx",
-        "--evidence",
-        vectors.join("sgx_quote").to_str().unwrap(),
-        "--collateral",
-        vectors.join("sgx_quote_collateral.json").to_str().unwrap(),
-        "--json",
-    ]);
+    let out = sgx(&[]);
     assert_eq!(out.status.code(), Some(1));
 
     let mut flipped = good.clone();

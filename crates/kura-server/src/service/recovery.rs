@@ -38,15 +38,7 @@ pub(super) fn recover(
     kura_ledger::verify_chain(entries, |start| {
         let mut evidence = start.evidence.clone();
         evidence.certs.extend(certs.iter().cloned());
-        kura_attestation::verify_enclave_at(
-            &evidence,
-            &contract.enclave,
-            contract.id(),
-            start.key,
-            start.at(),
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        start.verify(contract, &evidence)
     })
     .map_err(|e| {
         ServiceError::Start(format!(
