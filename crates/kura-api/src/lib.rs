@@ -6,8 +6,10 @@
 //! accepts a request only from a party of the contract, only for this enclave instance, and
 //! only once. Every answer, refusals included, is a [`SignedResponse`]: signed by the enclave
 //! key together with the hash of the request it answers (for the evidence, of the client's
-//! nonce), so that the host can neither swap, replay nor forge one.
+//! nonce), so that the host can neither swap, replay nor forge one. Requests and answers travel
+//! sealed ([`call`]): the host reads neither.
 
+mod call;
 mod response;
 mod result;
 mod upload;
@@ -17,6 +19,9 @@ use kura_crypto::{PublicIdentity, Sealed, SecretIdentity, b64};
 use kura_ledger::{LogEntry, Receipt, SignedTreeHead};
 use serde::{Deserialize, Serialize};
 
+pub use call::{
+    OutgoingCall, call_context, max_sealed_call, open_answer, open_call, seal_answer, seal_call,
+};
 pub use kura_contract::dp::{ColumnNoise, DpReport, GroupRelease};
 pub use response::{
     Answer, RESPONSE_DOMAIN, ResponseBody, SignedResponse, evidence_request, request_hash,
@@ -30,22 +35,21 @@ pub const REQUEST_DOMAIN: &str = "request-v1";
 pub const RESULT_DOMAIN: &str = "result-v1";
 
 pub mod routes {
+    /// Unsealed: the evidence, which the client needs before it can seal anything.
     pub const EVIDENCE: &str = "/v1/evidence";
     /// Liveness for load balancers and service managers: `{"status": "ok"}`, no request
     /// signature, nothing about the contract's data.
     pub const HEALTH: &str = "/v1/health";
-    /// Signed upload header: every check that needs no data; answers an [`super::UploadTicket`].
-    pub const UPLOAD: &str = "/v1/upload";
-    /// The encrypted stream for a ticket: `/v1/upload/{ticket}`.
+    /// Every sealed call ([`super::seal_call`]), whatever its action: upload headers (answered
+    /// with an [`super::UploadTicket`]), runs and queries, results, audit, consistency.
+    pub const CALL: &str = "/v1/call";
+    /// The encrypted stream for a ticket: `/v1/upload/{ticket}`; answered sealed under the
+    /// header's call as answer number 1.
     pub const UPLOAD_STREAM: &str = "/v1/upload/{ticket}";
 
     pub fn upload_stream(ticket: &str) -> String {
         format!("/v1/upload/{ticket}")
     }
-    pub const RUN: &str = "/v1/run";
-    pub const RESULTS: &str = "/v1/results";
-    pub const AUDIT: &str = "/v1/audit";
-    pub const CONSISTENCY: &str = "/v1/consistency";
 }
 
 /// Largest request body other than an upload stream.
@@ -215,6 +219,10 @@ pub struct ErrorBody {
     /// `min-group-size`, ...), when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// The HTTP status the refusal stands for (a sealed answer always travels as 200, so that
+    /// the host cannot tell a refusal from an answer).
+    #[serde(default)]
+    pub status: u16,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -240,4 +248,9 @@ pub enum ApiError {
     OtherRequest,
     #[error("the answer is malformed: {0}")]
     MalformedResponse(String),
+    #[error(
+        "the answer does not open with this request's key: it answers another request \
+         (replayed or swapped), or was altered or written on the way"
+    )]
+    Unopened,
 }

@@ -122,6 +122,7 @@ mod tests {
             code: "refused".into(),
             reason: "no".into(),
             rule: Some("min-group-size".into()),
+            status: 422,
         };
         let signed =
             SignedResponse::sign::<u64>(&enclave, &request, Answer::Refused(refusal.clone()));

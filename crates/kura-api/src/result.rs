@@ -59,9 +59,11 @@ pub fn result_context(contract_id: &str, run_id: &str, receiver: &str) -> Vec<u8
     format!("kura-result-v1\0{contract_id}\0{run_id}\0{receiver}").into_bytes()
 }
 
-/// The enclave's half: `table` signed with the enclave key and sealed to `receiver`.
+/// The enclave's half: `table` signed with the enclave key and sealed to `receiver` with the
+/// contract's `kem`.
 pub fn seal_result(
     enclave: &SecretIdentity,
+    kem: kura_crypto::Kem,
     contract_id: &str,
     table: &ResultTable,
     receiver: &str,
@@ -75,7 +77,7 @@ pub fn seal_result(
     let plaintext =
         Zeroizing::new(serde_json::to_vec(&signed).map_err(|e| ApiError::Seal(e.to_string()))?);
     let info = result_context(contract_id, &table.run_id, receiver);
-    kura_crypto::seal(receiver_key, &info, b"", &plaintext)
+    kura_crypto::seal(receiver_key, kem, &info, b"", &plaintext)
         .map_err(|e| ApiError::Seal(e.to_string()))
 }
 
@@ -84,6 +86,7 @@ pub fn seal_result(
 /// `run_id`.
 pub fn open_result(
     me: &SecretIdentity,
+    kem: kura_crypto::Kem,
     receiver: &str,
     enclave: &PublicIdentity,
     contract_id: &str,
@@ -91,7 +94,8 @@ pub fn open_result(
     sealed: &Sealed,
 ) -> Result<ResultTable, ApiError> {
     let info = result_context(contract_id, run_id, receiver);
-    let plain = kura_crypto::open(me, &info, b"", sealed).map_err(|_| ApiError::Undecryptable)?;
+    let plain =
+        kura_crypto::open(me, kem, &info, b"", sealed).map_err(|_| ApiError::Undecryptable)?;
     let signed: SignedResult =
         serde_json::from_slice(&plain).map_err(|e| ApiError::MalformedResult(e.to_string()))?;
     let sig = b64::decode(&signed.signature).map_err(|_| ApiError::ResultSignature)?;
@@ -134,9 +138,10 @@ mod tests {
             SecretIdentity::generate(),
             SecretIdentity::generate(),
         );
-        let s = seal_result(&enclave, "c", &table(), "r", me.public()).unwrap();
+        let kem = kura_crypto::Kem::XWing;
+        let s = seal_result(&enclave, kem, "c", &table(), "r", me.public()).unwrap();
         let open = |me: &SecretIdentity, r: &str, e: &SecretIdentity, c: &str, run: &str, s| {
-            open_result(me, r, e.public(), c, run, s)
+            open_result(me, kem, r, e.public(), c, run, s)
         };
         assert_eq!(open(&me, "r", &enclave, "c", "run-1", &s).unwrap(), table());
 
@@ -166,6 +171,7 @@ mod tests {
         };
         let swapped = kura_crypto::seal(
             me.public(),
+            kem,
             &info,
             b"",
             &serde_json::to_vec(&signed).unwrap(),
@@ -173,6 +179,20 @@ mod tests {
         .unwrap();
         let e = open(&me, "r", &enclave, "c", "run-1", &swapped).unwrap_err();
         assert!(matches!(e, ApiError::OtherRun { .. }), "{e}");
+        // Under the other KEM than the contract's, nothing opens.
+        assert_eq!(
+            open_result(
+                &me,
+                kura_crypto::Kem::X25519,
+                "r",
+                enclave.public(),
+                "c",
+                "run-1",
+                &s
+            )
+            .unwrap_err(),
+            ApiError::Undecryptable
+        );
     }
 
     #[test]

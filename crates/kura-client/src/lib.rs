@@ -229,7 +229,7 @@ impl Client {
         let request = kura_api::request_hash(&kura_api::evidence_request(&nonce));
         let info = match signed.open::<EnclaveInfo>(&key, &request) {
             Ok(Answer::Ok(info)) => info,
-            Ok(Answer::Refused(e)) => return Err(refused(status, e)),
+            Ok(Answer::Refused(e)) => return Err(refused(e)),
             Err(e) => return Err(not_mine(e)),
         };
         let head = info.tree_head.clone();
@@ -279,11 +279,7 @@ impl Client {
                 }
                 None => {
                     let resp: kura_api::ConsistencyResponse = self
-                        .call_with(
-                            enclave,
-                            routes::CONSISTENCY,
-                            Action::Consistency { from: old.size },
-                        )
+                        .call_with(enclave, Action::Consistency { from: old.size })
                         .await
                         // The enclave itself says it cannot prove it: its log is not the one
                         // this party saw.
@@ -387,40 +383,48 @@ impl Client {
 
     async fn call<T: serde::de::DeserializeOwned>(
         &mut self,
-        route: &str,
         action: Action,
     ) -> Result<(T, String), ClientError> {
         let enclave = self.enclave().await?;
         let req = self.request(&enclave, action);
-        let request = kura_api::request_hash(&req.body);
-        Ok((self.send(&enclave, route, &req).await?, request))
+        let (value, call) = self.send(&enclave, &req).await?;
+        Ok((value, call.request))
     }
 
     async fn call_with<T: serde::de::DeserializeOwned>(
         &self,
         enclave: &VerifiedEnclave,
-        route: &str,
         action: Action,
     ) -> Result<T, ClientError> {
         let req = self.request(enclave, action);
-        self.send(enclave, route, &req).await
+        Ok(self.send(enclave, &req).await?.0)
     }
 
-    /// Sends `req` and opens the answer: signed by the attested key, to this request.
+    /// Seals `req` to the attested enclave, sends it, and opens the answer: sealed under this
+    /// call's key, signed by the attested key, to this request. Returns the call too, for an
+    /// upload's second answer.
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         enclave: &VerifiedEnclave,
-        route: &str,
         req: &SignedRequest,
-    ) -> Result<T, ClientError> {
+    ) -> Result<(T, kura_api::OutgoingCall), ClientError> {
+        let call = kura_api::seal_call(
+            &enclave.key,
+            self.contract.crypto.kem,
+            self.contract.id().as_str(),
+            req,
+        )
+        .map_err(protocol)?;
         let resp = self
             .http
-            .post(self.url(route))
-            .json(req)
+            .post(self.url(routes::CALL))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(call.message.clone())
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        answer(resp, &enclave.key, &kura_api::request_hash(&req.body)).await
+        let value = answer(resp, &call, 0, &enclave.key).await?;
+        Ok((value, call))
     }
 
     /// Encrypts `path` on this machine and streams it to the enclave as `dataset`.
@@ -485,7 +489,8 @@ impl Client {
         );
         let context = kura_api::upload_context(&contract_id, dataset, &fingerprint, &nonce);
         let key = DataKey::generate();
-        let wrapped = kura_crypto::seal(&enclave.key, &context, b"", key.as_bytes())
+        let kem = self.contract.crypto.kem;
+        let wrapped = kura_crypto::seal(&enclave.key, kem, &context, b"", key.as_bytes())
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let body = RequestBody {
             contract_id,
@@ -499,13 +504,12 @@ impl Client {
             }),
         };
         let signed = SignedRequest::new(&self.party, &self.me, &body);
-        let request = kura_api::request_hash(&signed.body);
         let after = self.known_size()?;
-        let ticket: UploadTicket = self.send(&enclave, routes::UPLOAD, &signed).await?;
+        let (ticket, call): (UploadTicket, _) = self.send(&enclave, &signed).await?;
+        let request = call.request.clone();
 
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
-        let encoder = StreamEncoder::new(&key, &context);
-        drop(key);
+        let encoder = StreamEncoder::new(key, &context);
         let sender =
             tokio::task::spawn_blocking(move || encrypt_file(reader, encoder, tx, progress));
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -516,8 +520,8 @@ impl Client {
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        // The stream's answer is to the signed header.
-        let resp: UploadResponse = answer(resp, &enclave.key, &request).await?;
+        // The stream's answer is the header call's second.
+        let resp: UploadResponse = answer(resp, &call, 1, &enclave.key).await?;
         let sent = sender
             .await
             .map_err(|_| ClientError::Local("the encrypting thread stopped".into()))?;
@@ -570,7 +574,7 @@ impl Client {
             other => unreachable!("not a run: {other:?}"),
         };
         let after = self.known_size()?;
-        let (resp, request): (RunResponse, String) = self.call(routes::RUN, action).await?;
+        let (resp, request): (RunResponse, String) = self.call(action).await?;
         let enclave = self.enclave().await?;
         // The log must record this run: its id, this analysis or SQL, by this party, for this
         // request; and one deletion per dataset the answer says was deleted.
@@ -607,12 +611,9 @@ impl Client {
     /// this client started) answer the request this client sent.
     pub async fn results(&mut self, run_id: Option<&str>) -> Result<Vec<ResultTable>, ClientError> {
         let (resp, _): (ResultsResponse, _) = self
-            .call(
-                routes::RESULTS,
-                Action::Results {
-                    run_id: run_id.map(str::to_string),
-                },
-            )
+            .call(Action::Results {
+                run_id: run_id.map(str::to_string),
+            })
             .await?;
         let enclave = self.enclave().await?;
         let mut tables = Vec::with_capacity(resp.results.len());
@@ -639,6 +640,7 @@ impl Client {
             })?;
             let table = kura_api::open_result(
                 &self.me,
+                self.contract.crypto.kem,
                 &self.party,
                 &enclave.key,
                 self.contract.id().as_str(),
@@ -663,7 +665,7 @@ impl Client {
     /// start against this contract, the signed Merkle root, consistency with the head this
     /// party saw before, and that every event was allowed by the contract.
     pub async fn audit(&mut self) -> Result<AuditReport, ClientError> {
-        let (resp, _): (AuditResponse, _) = self.call(routes::AUDIT, Action::Audit).await?;
+        let (resp, _): (AuditResponse, _) = self.call(Action::Audit).await?;
         // Every enclave start's evidence, completed from the certificate store up front (the
         // chain check below is synchronous).
         let mut completed = std::collections::HashMap::new();
@@ -813,9 +815,8 @@ fn now_text() -> String {
 /// Largest answer the client reads (results and logs included).
 pub const MAX_RESPONSE: usize = 256 << 20;
 
-/// Reads an answer's signed envelope. A body without one is the host's word: reported, never
-/// acted on.
-async fn envelope(mut resp: reqwest::Response) -> Result<(u16, SignedResponse), ClientError> {
+/// An answer's status and body, at most [`MAX_RESPONSE`] bytes.
+async fn read(mut resp: reqwest::Response) -> Result<(u16, Vec<u8>), ClientError> {
     let status = resp.status().as_u16();
     let mut bytes = Vec::new();
     while let Some(chunk) = resp
@@ -830,32 +831,49 @@ async fn envelope(mut resp: reqwest::Response) -> Result<(u16, SignedResponse), 
         }
         bytes.extend_from_slice(&chunk);
     }
-    serde_json::from_slice::<SignedResponse>(&bytes)
-        .map(|s| (status, s))
-        .map_err(|_| ClientError::Unauthenticated {
-            status,
-            reason: serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.reason)
-                .unwrap_or_else(|_| "(no readable reason)".into()),
-        })
+    Ok((status, bytes))
 }
 
-/// The answer to the request whose hash is `request`, signed by `key`.
-async fn answer<T: serde::de::DeserializeOwned>(
-    resp: reqwest::Response,
-    key: &PublicIdentity,
-    request: &str,
-) -> Result<T, ClientError> {
-    let (status, signed) = envelope(resp).await?;
-    match signed.open(key, request).map_err(not_mine)? {
-        Answer::Ok(value) => Ok(value),
-        Answer::Refused(e) => Err(refused(status, e)),
+/// What a body that is not the enclave's says, for the record: never acted on.
+fn hosts_word(status: u16, bytes: &[u8]) -> ClientError {
+    ClientError::Unauthenticated {
+        status,
+        reason: serde_json::from_slice::<ErrorBody>(bytes)
+            .map(|e| e.reason)
+            .unwrap_or_else(|_| "(no readable reason)".into()),
     }
 }
 
-fn refused(status: u16, e: ErrorBody) -> ClientError {
+/// Reads the evidence answer's signed envelope. A body without one is the host's word.
+async fn envelope(resp: reqwest::Response) -> Result<(u16, SignedResponse), ClientError> {
+    let (status, bytes) = read(resp).await?;
+    serde_json::from_slice::<SignedResponse>(&bytes)
+        .map(|s| (status, s))
+        .map_err(|_| hosts_word(status, &bytes))
+}
+
+/// Answer number `seq` to `call`: sealed under its key, signed by `key`, to its request. A
+/// status other than 200 is the host's word (the enclave seals every answer, refusals too, as
+/// 200).
+async fn answer<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    call: &kura_api::OutgoingCall,
+    seq: u64,
+    key: &PublicIdentity,
+) -> Result<T, ClientError> {
+    let (status, bytes) = read(resp).await?;
+    if status != 200 {
+        return Err(hosts_word(status, &bytes));
+    }
+    match kura_api::open_answer(call, seq, key, &bytes).map_err(not_mine)? {
+        Answer::Ok(value) => Ok(value),
+        Answer::Refused(e) => Err(refused(e)),
+    }
+}
+
+fn refused(e: ErrorBody) -> ClientError {
     ClientError::Refused {
-        status,
+        status: e.status,
         code: e.code,
         reason: e.reason,
         rule: e.rule,
@@ -864,7 +882,9 @@ fn refused(status: u16, e: ErrorBody) -> ClientError {
 
 fn not_mine(e: ApiError) -> ClientError {
     match e {
-        ApiError::OtherRequest | ApiError::ResponseSignature => ClientError::NotMine(e.to_string()),
+        ApiError::OtherRequest | ApiError::ResponseSignature | ApiError::Unopened => {
+            ClientError::NotMine(e.to_string())
+        }
         other => ClientError::Protocol(other.to_string()),
     }
 }

@@ -16,8 +16,8 @@ mod signature;
 pub use error::ContractError;
 pub use model::{
     ADHOC_AGGREGATES, ADHOC_ANALYSIS, AcceptEntry, Adhoc, Analysis, AnalysisKind, Column,
-    ColumnRole, ColumnType, Contract, ContractId, Dataset, DeleteAfter, EnclavePolicy,
-    ONE_PERSON_AGGREGATES, OutputRules, Party, Platform, Retention, Role,
+    ColumnRole, ColumnType, Contract, ContractId, CryptoPolicy, Dataset, DeleteAfter,
+    EnclavePolicy, ONE_PERSON_AGGREGATES, OutputRules, Party, Platform, Retention, Role,
 };
 pub use signature::{
     SIGNATURE_DOMAIN, SignatureCheck, SignatureStatus, SignedContract, sign, verify_all,

@@ -353,6 +353,17 @@ impl EnclavePolicy {
     }
 }
 
+/// `[crypto]`: how everything sealed under this contract is sealed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptoPolicy {
+    /// The HPKE KEM of every seal: data keys to the enclave, requests and answers, results to
+    /// their receivers. `"x-wing"` (ML-KEM-768 + X25519, the default) or `"x25519"` (pins the
+    /// classic suite). Every party's key must be able to receive it.
+    #[serde(default)]
+    pub kem: kura_crypto::Kem,
+}
+
 /// A parsed, validated contract together with its exact bytes and id.
 #[derive(Clone, Debug)]
 pub struct Contract {
@@ -368,6 +379,7 @@ pub struct Contract {
     pub output: OutputRules,
     pub retention: Retention,
     pub enclave: EnclavePolicy,
+    pub crypto: CryptoPolicy,
 }
 
 // ---- raw serde shapes -------------------------------------------------------------------
@@ -392,6 +404,8 @@ struct RawContract {
     output: OutputRules,
     retention: RawRetention,
     enclave: RawEnclave,
+    #[serde(default)]
+    crypto: CryptoPolicy,
 }
 
 #[derive(Deserialize)]
@@ -537,6 +551,7 @@ impl Contract {
                     .clock_tolerance_seconds
                     .unwrap_or(EnclavePolicy::DEFAULT_CLOCK_TOLERANCE),
             },
+            crypto: raw.crypto,
         };
         contract.validate()?;
         Ok(contract)
@@ -555,10 +570,18 @@ impl Contract {
         unique("party", self.parties.iter().map(|p| p.name.as_str()))?;
         unique("dataset", self.datasets.iter().map(|d| d.name.as_str()))?;
         unique("analysis", self.analyses.iter().map(|a| a.name.as_str()))?;
-        let mut keys: HashMap<[u8; 64], &str> = HashMap::new();
+        let mut keys: HashMap<Vec<u8>, &str> = HashMap::new();
         for p in &self.parties {
-            if let Some(other) = keys.insert(p.public_key.to_bytes(), &p.name) {
+            // The signing and classic keys: a v1 and a v2 form of one key are one key.
+            let classic = p.public_key.to_bytes()[..64].to_vec();
+            if let Some(other) = keys.insert(classic, &p.name) {
                 return Err(ContractError::SharedKey(other.to_string(), p.name.clone()));
+            }
+            if !p.public_key.receives(self.crypto.kem) {
+                return Err(ContractError::BadKey {
+                    party: p.name.clone(),
+                    reason: kura_crypto::CryptoError::NoPqKey.to_string(),
+                });
             }
         }
 

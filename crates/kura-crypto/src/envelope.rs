@@ -1,17 +1,18 @@
-//! HPKE (RFC 9180) base mode, suite DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / ChaCha20Poly1305.
+//! HPKE (RFC 9180) base mode with HKDF-SHA256 and ChaCha20Poly1305, and one of two KEMs
+//! ([`Kem`]): X-Wing (ML-KEM-768 + X25519, the default) or DHKEM(X25519, HKDF-SHA256).
 //!
-//! Used to wrap per-dataset data keys to the enclave and results to their receivers. `info`
-//! names the purpose and context (contract, dataset, run), so a ciphertext made for one context
-//! cannot be opened as another.
+//! Used to wrap per-dataset data keys to the enclave and results to their receivers, and (in
+//! [`crate::channel`]) every request to the enclave. `info` names the purpose and context
+//! (contract, dataset, run), so a ciphertext made for one context cannot be opened as another.
 
 use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::KemSuite;
+use crate::identity::{ClassicKem, Kem, PqKem};
 use crate::{CryptoError, PublicIdentity, SecretIdentity};
 
-type Aead = hpke::aead::ChaCha20Poly1305;
-type Kdf = hpke::kdf::HkdfSha256;
+pub(crate) type Aead = hpke::aead::ChaCha20Poly1305;
+pub(crate) type Kdf = hpke::kdf::HkdfSha256;
 
 /// An HPKE ciphertext: the encapsulated key and the AEAD ciphertext (with tag).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,47 +23,57 @@ pub struct Sealed {
     pub ct: Vec<u8>,
 }
 
-/// Encrypts `plaintext` to `recipient`.
+/// Encrypts `plaintext` to `recipient` with `kem`.
 pub fn seal(
     recipient: &PublicIdentity,
+    kem: Kem,
     info: &[u8],
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<Sealed, CryptoError> {
-    let (enc, ct) = hpke::single_shot_seal::<Aead, Kdf, KemSuite>(
-        &OpModeS::Base,
-        recipient.kem(),
-        info,
-        plaintext,
-        aad,
-    )
-    .map_err(|_| CryptoError::Encrypt)?;
-    Ok(Sealed {
-        enc: enc.to_bytes().to_vec(),
-        ct,
-    })
+    fn with<K: hpke::Kem>(
+        pk: &K::PublicKey,
+        info: &[u8],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Sealed, CryptoError> {
+        let (enc, ct) =
+            hpke::single_shot_seal::<Aead, Kdf, K>(&OpModeS::Base, pk, info, plaintext, aad)
+                .map_err(|_| CryptoError::Encrypt)?;
+        Ok(Sealed {
+            enc: enc.to_bytes().to_vec(),
+            ct,
+        })
+    }
+    match kem {
+        Kem::XWing => with::<PqKem>(recipient.pq()?, info, aad, plaintext),
+        Kem::X25519 => with::<ClassicKem>(recipient.kem(), info, aad, plaintext),
+    }
 }
 
-/// Decrypts a [`Sealed`] addressed to `me` with the same `info` and `aad`.
+/// Decrypts a [`Sealed`] addressed to `me` with the same `kem`, `info` and `aad`.
 pub fn open(
     me: &SecretIdentity,
+    kem: Kem,
     info: &[u8],
     aad: &[u8],
     sealed: &Sealed,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
-    open_raw(me.kem(), info, aad, &sealed.enc, &sealed.ct)
+    match kem {
+        Kem::XWing => open_raw::<PqKem>(me.pq()?, info, aad, &sealed.enc, &sealed.ct),
+        Kem::X25519 => open_raw::<ClassicKem>(me.kem(), info, aad, &sealed.enc, &sealed.ct),
+    }
 }
 
-fn open_raw(
-    sk: &crate::identity::KemPrivate,
+fn open_raw<K: hpke::Kem>(
+    sk: &K::PrivateKey,
     info: &[u8],
     aad: &[u8],
     enc: &[u8],
     ct: &[u8],
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
-    let enc =
-        <KemSuite as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| CryptoError::Decrypt)?;
-    hpke::single_shot_open::<Aead, Kdf, KemSuite>(&OpModeR::Base, sk, &enc, info, ct, aad)
+    let enc = K::EncappedKey::from_bytes(enc).map_err(|_| CryptoError::Decrypt)?;
+    hpke::single_shot_open::<Aead, Kdf, K>(&OpModeR::Base, sk, &enc, info, ct, aad)
         .map(zeroize::Zeroizing::new)
         .map_err(|_| CryptoError::Decrypt)
 }
@@ -94,8 +105,9 @@ mod tests {
         );
 
         let sk = crate::identity::KemPrivate::from_bytes(&sk_rm).unwrap();
-        let pk = <KemSuite as hpke::Kem>::sk_to_pk(&sk);
+        let pk = <ClassicKem as hpke::Kem>::sk_to_pk(&sk);
         assert_eq!(pk.to_bytes().to_vec(), pk_rm);
+        let open_raw = open_raw::<ClassicKem>;
         let opened = open_raw(&sk, &info, &aad, &enc, &ct).unwrap();
         assert_eq!(opened.as_slice(), pt.as_slice());
 
@@ -111,17 +123,40 @@ mod tests {
     }
 
     #[test]
-    fn seal_open_round_trip_and_wrong_recipient() {
+    fn seal_open_round_trip_and_wrong_recipient_or_kem() {
         let alice = SecretIdentity::generate();
         let eve = SecretIdentity::generate();
-        let sealed = seal(alice.public(), b"ctx", b"aad", b"secret").unwrap();
+        for (kem, other) in [(Kem::XWing, Kem::X25519), (Kem::X25519, Kem::XWing)] {
+            let sealed = seal(alice.public(), kem, b"ctx", b"aad", b"secret").unwrap();
+            assert_eq!(
+                open(&alice, kem, b"ctx", b"aad", &sealed)
+                    .unwrap()
+                    .as_slice(),
+                b"secret"
+            );
+            assert_eq!(
+                open(&eve, kem, b"ctx", b"aad", &sealed).unwrap_err(),
+                CryptoError::Decrypt
+            );
+            // Sealed with one KEM, never opened as the other.
+            assert_eq!(
+                open(&alice, other, b"ctx", b"aad", &sealed).unwrap_err(),
+                CryptoError::Decrypt
+            );
+        }
+        // The X-Wing encapsulation is the hybrid one (1120 bytes), not X25519's 32.
+        let sealed = seal(alice.public(), Kem::XWing, b"", b"", b"x").unwrap();
+        assert_eq!(sealed.enc.len(), 1120);
+    }
+
+    #[test]
+    fn a_v1_key_cannot_receive_the_post_quantum_suite() {
+        let raw = crate::b64::decode(&SecretIdentity::generate().to_text()[12..]).unwrap();
+        let v1 = SecretIdentity::parse(&format!("kura-key-v1:{}", crate::b64::encode(&raw[..64])))
+            .unwrap();
         assert_eq!(
-            open(&alice, b"ctx", b"aad", &sealed).unwrap().as_slice(),
-            b"secret"
-        );
-        assert_eq!(
-            open(&eve, b"ctx", b"aad", &sealed).unwrap_err(),
-            CryptoError::Decrypt
+            seal(v1.public(), Kem::XWing, b"", b"", b"x").unwrap_err(),
+            CryptoError::NoPqKey
         );
     }
 }

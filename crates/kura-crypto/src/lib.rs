@@ -4,6 +4,7 @@
 //! only composes them and fixes the encodings. It performs no I/O: callers read and write the
 //! key files. Secrets are zeroized on drop and never appear in `Debug` output or errors.
 
+pub mod channel;
 mod envelope;
 mod error;
 mod identity;
@@ -11,7 +12,7 @@ mod stream;
 
 pub use envelope::{Sealed, open, seal};
 pub use error::CryptoError;
-pub use identity::{PublicIdentity, SecretIdentity, Signature};
+pub use identity::{Kem, PublicIdentity, SecretIdentity, Signature};
 pub use stream::{
     DEFAULT_CHUNK_SIZE, DataKey, MAX_CHUNK_SIZE, StreamDecoder, StreamEncoder, TAG_LEN,
 };

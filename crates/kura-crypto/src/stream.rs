@@ -28,7 +28,9 @@ pub const TAG_LEN: usize = 16;
 const FRAME_HEADER: usize = 5;
 
 /// A single-use 256-bit data key. Zeroized on drop.
-#[derive(Clone)]
+///
+/// Not `Clone`: a [`StreamEncoder`] takes its key, so that one key can never start two streams
+/// whose chunk counters (the AEAD nonces) would repeat.
 pub struct DataKey(Zeroizing<[u8; 32]>);
 
 impl std::fmt::Debug for DataKey {
@@ -102,7 +104,8 @@ impl std::fmt::Debug for StreamEncoder {
 }
 
 impl StreamEncoder {
-    pub fn new(key: &DataKey, context: &[u8]) -> Self {
+    /// The one encoder of `key`, which it consumes.
+    pub fn new(key: DataKey, context: &[u8]) -> Self {
         Self {
             key: key.aead(),
             context: context.to_vec(),
@@ -298,7 +301,8 @@ mod tests {
     use super::*;
 
     fn encode(key: &DataKey, ctx: &[u8], data: &[u8], chunk: usize) -> (Vec<u8>, Vec<usize>) {
-        let mut enc = StreamEncoder::new(key, ctx);
+        // Tests decode what they encoded, so they keep a copy of the key.
+        let mut enc = StreamEncoder::new(DataKey::from_bytes(key.as_bytes()).unwrap(), ctx);
         let mut out = Vec::new();
         let mut offsets = vec![];
         let pieces: Vec<&[u8]> = if data.is_empty() {

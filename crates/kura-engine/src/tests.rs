@@ -539,7 +539,7 @@ fn decrypted_into(
 ) -> Result<Vec<RecordBatch>, String> {
     use kura_crypto::{DataKey, StreamDecoder, StreamEncoder};
     let key = DataKey::generate();
-    let mut encoder = StreamEncoder::new(&key, b"ctx");
+    let mut encoder = StreamEncoder::new(DataKey::from_bytes(key.as_bytes()).unwrap(), b"ctx");
     let mut wire = Vec::new();
     let chunks: Vec<&[u8]> = file.chunks(chunk).collect();
     for (i, chunk) in chunks.iter().enumerate() {

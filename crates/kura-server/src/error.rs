@@ -65,7 +65,7 @@ impl From<kura_ledger::LedgerError> for ServiceError {
 
 impl ServiceError {
     /// The status and the body that tell the caller; internal details are logged here instead.
-    pub(crate) fn answer(&self) -> (StatusCode, ErrorBody) {
+    pub(crate) fn answer(&self) -> ErrorBody {
         let (status, code) = self.parts();
         if let ServiceError::Internal(detail) = self {
             tracing::error!(%detail, "internal error");
@@ -77,8 +77,9 @@ impl ServiceError {
                 ServiceError::Rule { rule, .. } => Some((*rule).to_string()),
                 _ => None,
             },
+            status: status.as_u16(),
         };
-        (status, body)
+        body
     }
 }
 
@@ -86,7 +87,8 @@ impl ServiceError {
 /// treats it like any word from the host.
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
-        let (status, body) = self.answer();
+        let body = self.answer();
+        let status = StatusCode::from_u16(body.status).unwrap_or(StatusCode::BAD_REQUEST);
         (status, axum::Json(body)).into_response()
     }
 }

@@ -9,9 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kura_api::{
-    Answer, EvidenceQuery, MAX_REQUEST, ResultsResponse, SignedRequest, SignedResponse,
-    UploadTicket, evidence_request, request_hash, routes,
+    Action, Answer, EvidenceQuery, RequestBody, ResultsResponse, SignedResponse, UploadTicket,
+    evidence_request, request_hash, routes,
 };
+use kura_crypto::channel::AnswerKey;
 
 use crate::{Service, ServiceError};
 
@@ -19,12 +20,8 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route(routes::EVIDENCE, get(evidence))
         .route(routes::HEALTH, get(health))
-        .route(routes::UPLOAD, post(upload))
+        .route(routes::CALL, post(call))
         .route(routes::UPLOAD_STREAM, post(upload_stream))
-        .route(routes::RUN, post(run))
-        .route(routes::RESULTS, post(results))
-        .route(routes::AUDIT, post(audit))
-        .route(routes::CONSISTENCY, post(consistency))
         // Uploads stream; their size is limited by the service itself.
         .layer(DefaultBodyLimit::disable())
         .layer(
@@ -71,84 +68,110 @@ async fn evidence(
 }
 
 /// `result` signed by the enclave as the answer to the request whose hash is `request`; a
-/// refusal keeps its status.
+/// refusal keeps its status. Only for the unsealed evidence request.
 fn signed<T: serde::Serialize>(
     s: &Service,
     request: &str,
     result: Result<T, ServiceError>,
 ) -> Response {
-    let (status, answer) = match result {
-        Ok(value) => (StatusCode::OK, Answer::Ok(value)),
-        Err(e) => {
-            let (status, body) = e.answer();
-            (status, Answer::Refused(body))
-        }
-    };
+    let (status, answer) = verdict(result);
     (
-        status,
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
         Json(SignedResponse::sign(s.identity(), request, answer)),
     )
         .into_response()
 }
 
-/// A [`SignedRequest`] body (at most [`MAX_REQUEST`] bytes); its signature is checked by the
-/// service, which knows the parties.
-struct Signed(SignedRequest);
-
-impl<S: Send + Sync> axum::extract::FromRequest<S> for Signed {
-    type Rejection = ServiceError;
-
-    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, ServiceError> {
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_REQUEST)
-            .await
-            .map_err(|e| ServiceError::BadRequest(format!("cannot read request: {e}")))?;
-        serde_json::from_slice(&bytes)
-            .map(Signed)
-            .map_err(|e| ServiceError::BadRequest(format!("malformed request: {e}")))
+fn verdict<T>(result: Result<T, ServiceError>) -> (u16, Answer<T>) {
+    match result {
+        Ok(value) => (200, Answer::Ok(value)),
+        Err(e) => {
+            let body = e.answer();
+            (body.status, Answer::Refused(body))
+        }
     }
 }
 
-async fn upload(State(s): State<Arc<Service>>, Signed(req): Signed) -> Response {
-    let request = request_hash(&req.body);
-    let ticket = s.begin_upload(req, &request).await;
-    signed(&s, &request, ticket.map(|ticket| UploadTicket { ticket }))
+/// `result` signed as the answer to `request` and sealed as answer number `seq` under `key`.
+/// Always status 200: whether it is a refusal is inside, for the party alone.
+fn sealed<T: serde::Serialize>(
+    s: &Service,
+    key: &AnswerKey,
+    seq: u64,
+    request: &str,
+    result: Result<T, ServiceError>,
+) -> Response {
+    let (_, answer) = verdict(result);
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        kura_api::seal_answer(s.identity(), key, seq, request, answer),
+    )
+        .into_response()
 }
 
-/// The body is the encrypted stream, read as it arrives; the answer is to the upload's signed
-/// header.
+/// `POST /v1/call`: a [`kura_api::SignedRequest`] sealed to this instance's key. A call that does not
+/// open answers unsealed and unsigned (there is no one to seal to): the client treats that as
+/// the host's word. Every other answer is sealed, whatever the action.
+async fn call(State(s): State<Arc<Service>>, body: Body) -> Response {
+    let message = match axum::body::to_bytes(body, kura_api::max_sealed_call()).await {
+        Ok(m) => m,
+        Err(e) => {
+            return ServiceError::BadRequest(format!("cannot read the call: {e}")).into_response();
+        }
+    };
+    let contract = s.contract();
+    let (req, key) = match kura_api::open_call(
+        s.identity(),
+        contract.crypto.kem,
+        contract.id().as_str(),
+        &message,
+    ) {
+        Ok(opened) => opened,
+        Err(e) => return ServiceError::BadRequest(e.to_string()).into_response(),
+    };
+    let request = request_hash(&req.body);
+    // The action decides which rules apply; each of them authenticates the request first.
+    let action = serde_json::from_str::<RequestBody>(&req.body).map(|b| b.action);
+    match action {
+        Ok(Action::Upload(_)) => {
+            let key = Arc::new(key);
+            let ticket = s.begin_upload(req, &request, key.clone()).await;
+            sealed(
+                &s,
+                &key,
+                0,
+                &request,
+                ticket.map(|ticket| UploadTicket { ticket }),
+            )
+        }
+        Ok(Action::Run { .. } | Action::Query { .. }) => {
+            let result = s.run(req, &request).await;
+            sealed(&s, &key, 0, &request, result)
+        }
+        Ok(Action::Results { .. }) => {
+            let result = s.results(req).await;
+            let result = result.map(|results| ResultsResponse { results });
+            sealed(&s, &key, 0, &request, result)
+        }
+        Ok(Action::Audit) => sealed(&s, &key, 0, &request, s.audit(req).await),
+        Ok(Action::Consistency { .. }) => sealed(&s, &key, 0, &request, s.consistency(req).await),
+        Err(e) => sealed::<()>(
+            &s,
+            &key,
+            0,
+            &request,
+            Err(ServiceError::BadRequest(format!("malformed request: {e}"))),
+        ),
+    }
+}
+
+/// The body is the encrypted stream, read as it arrives; the answer is to the upload's sealed
+/// header, as its answer number 1.
 async fn upload_stream(
     State(s): State<Arc<Service>>,
     Path(ticket): Path<String>,
     body: Body,
 ) -> Result<Response, ServiceError> {
-    let (request, result) = s.upload_stream(&ticket, body.into_data_stream()).await?;
-    Ok(signed(&s, &request, result))
-}
-
-async fn run(State(s): State<Arc<Service>>, Signed(req): Signed) -> Response {
-    let request = request_hash(&req.body);
-    let result = s.run(req, &request).await;
-    signed(&s, &request, result)
-}
-
-async fn results(State(s): State<Arc<Service>>, Signed(req): Signed) -> Response {
-    let request = request_hash(&req.body);
-    let result = s.results(req).await;
-    signed(
-        &s,
-        &request,
-        result.map(|results| ResultsResponse { results }),
-    )
-}
-
-async fn audit(State(s): State<Arc<Service>>, Signed(req): Signed) -> Response {
-    let request = request_hash(&req.body);
-    let result = s.audit(req).await;
-    signed(&s, &request, result)
-}
-
-async fn consistency(State(s): State<Arc<Service>>, Signed(req): Signed) -> Response {
-    let request = request_hash(&req.body);
-    let result = s.consistency(req).await;
-    signed(&s, &request, result)
+    let (request, key, result) = s.upload_stream(&ticket, body.into_data_stream()).await?;
+    Ok(sealed(&s, &key, 1, &request, result))
 }

@@ -219,15 +219,8 @@ pub(crate) async fn a_partys_signed_time_keeps_the_enclaves_clock_from_lagging_b
         };
         let req = kura_api::SignedRequest::new("fitness-b", &room.key("fitness-b"), &body);
         let url = url.clone();
-        async move {
-            let r = reqwest::Client::new()
-                .post(format!("{url}{}", kura_api::routes::AUDIT))
-                .json(&req)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), raw_reason(&r.text().await.unwrap()))
-        }
+        let contract = room.contract.contract().clone();
+        async move { raw_call(&url, &contract, &req).await }
     };
     // A time an hour ahead is beyond the contract's tolerance (300 s): refused, and ignored.
     let (status, reason) = audit_at(now + time::Duration::hours(1)).await;

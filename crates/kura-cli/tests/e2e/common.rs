@@ -247,6 +247,55 @@ pub(crate) async fn raw_info(url: &str) -> kura_api::EnclaveInfo {
     raw_ok(&reqwest::get(url).await.unwrap().text().await.unwrap())
 }
 
+/// A request signed by hand, for requests the SDK never makes, sealed and sent as the SDK sends
+/// it; returns the call, the HTTP status and the body.
+pub(crate) async fn raw_send(
+    url: &str,
+    contract: &kura_contract::Contract,
+    enclave: &kura_crypto::PublicIdentity,
+    req: &kura_api::SignedRequest,
+) -> (kura_api::OutgoingCall, u16, Vec<u8>) {
+    let call =
+        kura_api::seal_call(enclave, contract.crypto.kem, contract.id().as_str(), req).unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{url}{}", kura_api::routes::CALL))
+        .body(call.message.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (call, status, resp.bytes().await.unwrap().to_vec())
+}
+
+/// Answer number `seq` to `call`, opened by hand: a refusal's status (the sealed one's own, or
+/// an unsealed body's HTTP status) and reason, or 200 and the value's JSON.
+pub(crate) fn raw_open(
+    call: &kura_api::OutgoingCall,
+    seq: u64,
+    enclave: &kura_crypto::PublicIdentity,
+    status: u16,
+    body: &[u8],
+) -> (u16, String) {
+    if status != 200 {
+        return (status, raw_reason(&String::from_utf8_lossy(body)));
+    }
+    match kura_api::open_answer::<serde_json::Value>(call, seq, enclave, body).unwrap() {
+        kura_api::Answer::Ok(v) => (200, v.to_string()),
+        kura_api::Answer::Refused(e) => (e.status, e.reason),
+    }
+}
+
+/// [`raw_send`] to the enclave at `url`, opened with [`raw_open`].
+pub(crate) async fn raw_call(
+    url: &str,
+    contract: &kura_contract::Contract,
+    req: &kura_api::SignedRequest,
+) -> (u16, String) {
+    let enclave = kura_crypto::PublicIdentity::parse(&raw_info(url).await.enclave_key).unwrap();
+    let (call, status, body) = raw_send(url, contract, &enclave, req).await;
+    raw_open(&call, 0, &enclave, status, &body)
+}
+
 /// The value of a raw signed answer that must be a success.
 pub(crate) fn raw_ok<T: serde::de::DeserializeOwned>(text: &str) -> T {
     let signed: kura_api::SignedResponse = serde_json::from_str(text).unwrap();

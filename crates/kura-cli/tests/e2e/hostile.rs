@@ -16,6 +16,8 @@ use crate::common::*;
 pub(crate) struct Exchange {
     /// The route, without the query string.
     pub(crate) path: String,
+    /// What the party sent.
+    pub(crate) request: Vec<u8>,
     pub(crate) status: u16,
     pub(crate) body: Vec<u8>,
 }
@@ -77,6 +79,11 @@ impl Proxy {
     pub(crate) fn honest(&self) {
         *self.host.rewrite.lock().unwrap() = None;
     }
+
+    /// Every genuine exchange so far.
+    pub(crate) fn seen(&self) -> Vec<Exchange> {
+        self.host.seen.lock().unwrap().clone()
+    }
 }
 
 async fn forward(
@@ -97,9 +104,10 @@ async fn forward(
     if let Some(t) = parts.headers.get("content-type") {
         out = out.header("content-type", t.as_bytes());
     }
-    let resp = out.body(body).send().await.unwrap();
+    let resp = out.body(body.clone()).send().await.unwrap();
     let genuine = Exchange {
         path: parts.uri.path().to_string(),
+        request: body.to_vec(),
         status: resp.status().as_u16(),
         body: resp.bytes().await.unwrap().to_vec(),
     };
@@ -193,7 +201,7 @@ pub(crate) async fn a_hostile_host_cannot_swap_replay_rewrite_or_forge_an_answer
 
     // A refusal written by the host: reported as the host's word, never as the enclave's.
     proxy.rewrite(|now, _| {
-        (now.path == routes::RUN).then(|| {
+        (now.path == routes::CALL).then(|| {
             (
                 409,
                 br#"{"code":"refused","reason":"refused by rule min-group-size: no"}"#.to_vec(),
@@ -214,22 +222,23 @@ pub(crate) async fn a_hostile_host_cannot_swap_replay_rewrite_or_forge_an_answer
     // Two questions, and the first one's answer given to the second.
     let first = hospital.query(BY_BAND, None).await.unwrap();
     proxy.rewrite(|now, seen| {
-        (now.path == routes::RUN)
-            .then(|| last_on(seen, routes::RUN))
+        (now.path == routes::CALL)
+            .then(|| last_on(seen, routes::CALL))
             .flatten()
     });
     not_mine(hospital.query(BY_AGE, None).await, "another query's answer");
     proxy.honest();
 
-    // An answer edited on the way: the run id changed, to point the party at another result.
+    // An answer edited on the way (the host cannot read it, but it can flip bits).
     proxy.rewrite(|now, _| {
-        (now.path == routes::RUN).then(|| {
-            let text = String::from_utf8(now.body.clone()).unwrap();
-            (now.status, text.replacen("run-", "run-9", 1).into_bytes())
+        (now.path == routes::CALL).then(|| {
+            let mut body = now.body.clone();
+            body[40] ^= 1;
+            (now.status, body)
         })
     });
     let reason = not_mine(hospital.query(BY_AGE, None).await, "an edited answer");
-    assert!(reason.contains("not signed"), "{reason}");
+    assert!(reason.contains("does not open"), "{reason}");
     proxy.honest();
 
     // The results of one run given for another: an earlier genuine results answer replayed.
@@ -237,8 +246,8 @@ pub(crate) async fn a_hostile_host_cannot_swap_replay_rewrite_or_forge_an_answer
     let tables = hospital.results(Some(&first.run_id)).await.unwrap();
     assert_eq!(tables[0].sql.as_deref(), Some(BY_BAND));
     proxy.rewrite(|now, seen| {
-        (now.path == routes::RESULTS)
-            .then(|| last_on(seen, routes::RESULTS))
+        (now.path == routes::CALL)
+            .then(|| last_on(seen, routes::CALL))
             .flatten()
     });
     not_mine(
@@ -254,6 +263,43 @@ pub(crate) async fn a_hostile_host_cannot_swap_replay_rewrite_or_forge_an_answer
     assert_eq!(tables[0].sql.as_deref(), Some(BY_AGE));
     assert!(tables[0].request.is_some());
     hospital.audit().await.unwrap();
+    // A refusal, through the proxy like everything above.
+    let (_, reason) = refused(hospital.query("SELECT e.patient_id FROM ehr e", None).await);
+    assert!(reason.contains("identifier"), "{reason}");
+
+    // All the host saw: no name, no SQL, no refusal reason, no status but 200, and sizes that
+    // are padding buckets only.
+    let seen = proxy.seen();
+    assert!(seen.iter().filter(|e| e.path == routes::CALL).count() > 10);
+    for e in &seen {
+        for needle in [
+            "hospital-a",
+            "fitness-b",
+            "steps_band",
+            "age_band",
+            "patient_id",
+            "SELECT",
+            "identifier",
+            "refused",
+        ] {
+            for (what, bytes) in [("request", &e.request), ("answer", &e.body)] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "{needle:?} in clear in a {what} on {}",
+                    e.path
+                );
+            }
+        }
+        if e.path == routes::CALL || e.path.starts_with("/v1/upload/") {
+            assert_eq!(e.status, 200, "a status the host can read, on {}", e.path);
+            let padded = e.body.len() - 16;
+            assert_eq!(
+                kura_crypto::channel::padded_len(padded - 4),
+                padded,
+                "an answer size outside the padding buckets"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

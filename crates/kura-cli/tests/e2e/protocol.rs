@@ -313,25 +313,26 @@ pub(crate) async fn raw_upload(
     body.action = Action::Upload(UploadHeader {
         dataset: dataset.into(),
         format: kura_api::UploadFormat::Csv,
-        wrapped_key: kura_crypto::seal(&enclave, &context, b"", key.as_bytes()).unwrap(),
+        wrapped_key: kura_crypto::seal(
+            &enclave,
+            room.contract.contract().crypto.kem,
+            &context,
+            b"",
+            key.as_bytes(),
+        )
+        .unwrap(),
     });
     let http = reqwest::Client::new();
     let url = room.server.url();
-    let answer = |resp: reqwest::Response| async move {
-        let status = resp.status().as_u16();
-        (status, raw_reason(&resp.text().await.unwrap()))
-    };
-    let begin = http
-        .post(format!("{url}{}", routes::UPLOAD))
-        .json(&SignedRequest::new(party, &me, &body))
-        .send()
-        .await
-        .unwrap();
-    if !begin.status().is_success() {
-        return answer(begin).await;
+    let req = SignedRequest::new(party, &me, &body);
+    let contract = room.contract.contract();
+    let (call, status, begin) = raw_send(&url, contract, &enclave, &req).await;
+    let (status, text) = raw_open(&call, 0, &enclave, status, &begin);
+    if status != 200 {
+        return (status, text);
     }
-    let ticket: kura_api::UploadTicket = raw_ok(&begin.text().await.unwrap());
-    let mut enc = StreamEncoder::new(&key, &context);
+    let ticket: kura_api::UploadTicket = serde_json::from_str(&text).unwrap();
+    let mut enc = StreamEncoder::new(key, &context);
     let pieces: Vec<&[u8]> = csv.chunks((csv.len() / 64).max(16)).collect();
     let mut frames: Vec<Vec<u8>> = pieces
         .iter()
@@ -349,7 +350,8 @@ pub(crate) async fn raw_upload(
         .send()
         .await
         .unwrap();
-    let result = answer(resp).await;
+    let status = resp.status().as_u16();
+    let result = raw_open(&call, 1, &enclave, status, &resp.bytes().await.unwrap());
     // A ticket is single use.
     let again = http
         .post(format!("{url}{}", routes::upload_stream(&ticket.ticket)))
@@ -450,15 +452,8 @@ pub(crate) async fn forged_replayed_and_misdirected_requests_are_refused() {
     };
     let post = |req: SignedRequest| {
         let url = url.clone();
-        async move {
-            let r = reqwest::Client::new()
-                .post(format!("{url}{}", routes::AUDIT))
-                .json(&req)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), raw_reason(&r.text().await.unwrap()))
-        }
+        let contract = room.contract.contract().clone();
+        async move { raw_call(&url, &contract, &req).await }
     };
     let hospital = room.key("hospital-a");
     // A stranger claiming to be a party.

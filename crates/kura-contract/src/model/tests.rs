@@ -152,6 +152,38 @@ fn a_bad_public_key_is_refused() {
     );
 }
 
+/// The v1 form of a v2 key: its signing and classic halves only.
+fn classic_only(key: &SecretIdentity) -> String {
+    let raw = kura_crypto::b64::decode(&key.public().to_text()["kura-pub-v2:".len()..]).unwrap();
+    format!("kura-pub-v1:{}", kura_crypto::b64::encode(&raw[..64]))
+}
+
+#[test]
+fn the_post_quantum_kem_is_the_default_and_the_classic_one_must_be_pinned() {
+    let f = Fixture::new();
+    let c = Contract::parse(f.text().as_bytes()).unwrap();
+    assert_eq!(c.crypto.kem, kura_crypto::Kem::XWing);
+
+    // A receiver whose key cannot receive X-Wing: refused, saying what to do.
+    let v1 = classic_only(&f.hospital);
+    let err = f
+        .parse_with(&f.hospital.public().to_text(), &v1)
+        .unwrap_err();
+    assert!(
+        matches!(&err, ContractError::BadKey { party, reason }
+            if party == "hospital-a" && reason.contains("kem = \"x25519\"")),
+        "{err}"
+    );
+    // Pinned, it parses; the pin is part of the signed bytes.
+    let pinned =
+        f.text().replace(&f.hospital.public().to_text(), &v1) + "\n[crypto]\nkem = \"x25519\"\n";
+    let c = Contract::parse(pinned.as_bytes()).unwrap();
+    assert_eq!(c.crypto.kem, kura_crypto::Kem::X25519);
+    // Anything else is refused.
+    let other = f.text() + "\n[crypto]\nkem = \"kyber512\"\n";
+    assert!(Contract::parse(other.as_bytes()).is_err());
+}
+
 #[test]
 fn the_same_key_for_two_parties_is_refused() {
     let f = Fixture::new();

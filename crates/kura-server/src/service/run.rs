@@ -223,6 +223,7 @@ impl Service {
                 .public_key;
             let s = kura_api::seal_result(
                 &self.identity,
+                self.contract.crypto.kem,
                 self.contract.id().as_str(),
                 &table,
                 &receiver,

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use kura_api::{Action, RequestBody, SignedRequest, UploadHeader, UploadResponse};
+use kura_crypto::channel::AnswerKey;
 use kura_crypto::{DataKey, StreamDecoder};
 use kura_engine::UploadFormat;
 use kura_ledger::Event;
@@ -15,6 +16,8 @@ use crate::ServiceError;
 pub(super) struct Pending {
     /// Hash of the signed header: the stream's answer is signed as the answer to it.
     request: String,
+    /// The header call's answer key: the stream's answer is its answer number 1.
+    answer: Option<Arc<AnswerKey>>,
     party: String,
     dataset: kura_contract::Dataset,
     format: UploadFormat,
@@ -38,6 +41,7 @@ impl Service {
         &self,
         req: SignedRequest,
         request: &str,
+        answer: Arc<AnswerKey>,
     ) -> Result<String, ServiceError> {
         let (party, body) = self.authenticate(&req).await?;
         let Action::Upload(header) = &body.action else {
@@ -49,6 +53,7 @@ impl Service {
         match self.check_upload(&party, &body, header).await {
             Ok(mut pending) => {
                 pending.request = request.to_string();
+                pending.answer = Some(answer);
                 let ticket = kura_api::nonce();
                 let mut state = self.state.lock().await;
                 let now = std::time::Instant::now();
@@ -127,13 +132,19 @@ impl Service {
             .await?;
         let context =
             kura_api::upload_context(&body.contract_id, &dataset.name, &body.enclave, &body.nonce);
-        let key_bytes = kura_crypto::open(&self.identity, &context, b"", &header.wrapped_key).map_err(|_| {
-            ServiceError::BadRequest("the data key cannot be unwrapped: it was not sealed to this enclave for this upload".into())
-        })?;
+        let kem = self.contract.crypto.kem;
+        let key_bytes = kura_crypto::open(&self.identity, kem, &context, b"", &header.wrapped_key)
+            .map_err(|_| {
+                ServiceError::BadRequest(format!(
+                    "the data key cannot be unwrapped: it was not sealed to this enclave for this \
+                     upload with the contract's KEM ({kem})"
+                ))
+            })?;
         let key = DataKey::from_bytes(&key_bytes)
             .map_err(|_| ServiceError::BadRequest("the data key has the wrong length".into()))?;
         Ok(Pending {
             request: String::new(),
+            answer: None,
             party: party.to_string(),
             dataset: dataset.clone(),
             format,
@@ -145,14 +156,14 @@ impl Service {
 
     /// Receives the encrypted stream of a ticket. The whole body is read even after a failure,
     /// so that the sender gets the reason instead of a broken connection; nothing is kept unless
-    /// every check passes. Returns the hash of the upload's signed header with the outcome; an
-    /// unknown ticket answers no request.
+    /// every check passes. Returns the hash of the upload's signed header and its answer key
+    /// with the outcome; an unknown ticket answers no request.
     #[allow(clippy::type_complexity)]
     pub(crate) async fn upload_stream<S, E>(
         &self,
         ticket: &str,
         frames: S,
-    ) -> Result<(String, Result<UploadResponse, ServiceError>), ServiceError>
+    ) -> Result<(String, Arc<AnswerKey>, Result<UploadResponse, ServiceError>), ServiceError>
     where
         S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -168,11 +179,15 @@ impl Service {
             })?;
         let (dataset, party) = (pending.dataset.name.clone(), pending.party.clone());
         let request = pending.request.clone();
+        let answer = pending
+            .answer
+            .clone()
+            .ok_or_else(|| ServiceError::Internal("a ticket without its call".into()))?;
         let outcome = match self.receive(pending, frames).await {
             Ok(resp) => Ok(resp),
             Err(e) => Err(self.refuse_upload(&dataset, &party, e).await),
         };
-        Ok((request, outcome))
+        Ok((request, answer, outcome))
     }
 
     async fn receive<S, E>(
