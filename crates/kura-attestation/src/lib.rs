@@ -107,7 +107,8 @@ pub struct Claims {
     /// Security version numbers the hardware vouches for (for SEV-SNP: bootloader, tee, snp,
     /// microcode, and fmc on Turin), certified by the signing key.
     pub svns: Svns,
-    /// Further measurement registers by name, hex (TDX: rtmr0-3, mrconfigid; SGX: mrsigner).
+    /// Further measurement registers by name, hex (TDX: rtmr0-3, mrconfigid; SGX: mrsigner;
+    /// Nitro: pcr1, pcr2, pcr8), and SEV-SNP's `vmpl` (decimal).
     pub registers: BTreeMap<String, String>,
     /// The TCB status Intel's collateral gives the platform (DCAP only), e.g. `UpToDate`.
     pub tcb_status: Option<String>,
@@ -230,6 +231,24 @@ pub fn appraise(policy: &EnclavePolicy, claims: &Claims) -> Result<(), Attestati
         }
         if claims.debug && !entry.allow_debug {
             reason = AttestationError::Debug;
+            continue;
+        }
+        if claims.platform == Platform::SevSnp {
+            let have = claims.registers.get("vmpl");
+            if have.and_then(|v| v.parse::<u32>().ok()) != Some(entry.snp_vmpl()) {
+                reason = AttestationError::MeasurementNotAccepted(format!(
+                    "the report comes from VMPL {}, the contract accepts VMPL {} (set vmpl in \
+                     the accept entry to accept another level)",
+                    have.map_or("(none)", String::as_str),
+                    entry.snp_vmpl()
+                ));
+                continue;
+            }
+        }
+        if claims.platform == Platform::Tdx
+            && let Some(gap) = entry.tdx_workload_gap()
+        {
+            reason = AttestationError::MeasurementNotAccepted(gap);
             continue;
         }
         if let Some((name, _)) = entry.registers.iter().find(|(name, want)| {

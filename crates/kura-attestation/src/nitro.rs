@@ -106,6 +106,61 @@ fn check_link(issuer: &Certificate, cert: &Certificate, at: i64) -> Result<(), A
     Ok(())
 }
 
+/// Checks what each certificate of `path` (the pinned root first, the signing leaf last) may do:
+/// every issuer is a CA (basicConstraints CA, with room under its path length for the CAs below
+/// it) that may sign certificates (keyUsage keyCertSign); the leaf is no CA and may sign
+/// (digitalSignature). A leaf's key must not pass for a CA's, nor a CA's for the document's.
+fn check_roles(path: &[Certificate]) -> Result<(), AttestationError> {
+    use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
+    let refuse = |cert: &Certificate, why: &str| {
+        AttestationError::Certificate(format!("{} {why}", cert.tbs_certificate.subject))
+    };
+    let extension = |cert: &Certificate| -> Result<_, AttestationError> {
+        let bc = cert
+            .tbs_certificate
+            .get::<BasicConstraints>()
+            .map_err(|_| refuse(cert, "has a malformed basicConstraints"))?
+            .map(|(_, bc)| bc);
+        let ku = cert
+            .tbs_certificate
+            .get::<KeyUsage>()
+            .map_err(|_| refuse(cert, "has a malformed keyUsage"))?
+            .map(|(_, ku)| ku);
+        Ok((bc, ku))
+    };
+    let Some((leaf, issuers)) = path.split_last() else {
+        return Err(malformed("an empty certificate path"));
+    };
+    for (i, cert) in issuers.iter().enumerate() {
+        let (bc, ku) = extension(cert)?;
+        let Some(bc) = bc.filter(|bc| bc.ca) else {
+            return Err(refuse(
+                cert,
+                "is not a CA (basicConstraints), yet issues a certificate",
+            ));
+        };
+        // CAs below this one in the path, the leaf not counted.
+        let below = issuers.len() - i - 1;
+        if bc
+            .path_len_constraint
+            .is_some_and(|n| below > usize::from(n))
+        {
+            return Err(refuse(cert, "allows fewer CAs below it than the path has"));
+        }
+        if !ku.is_some_and(|ku| ku.key_cert_sign()) {
+            return Err(refuse(cert, "may not sign certificates (keyUsage)"));
+        }
+    }
+    let (bc, ku) = extension(leaf)?;
+    if bc.is_some_and(|bc| bc.ca) {
+        return Err(refuse(leaf, "is a CA, yet signs the document"));
+    }
+    if ku.is_some_and(|ku| !ku.digital_signature()) {
+        return Err(refuse(leaf, "may not sign (keyUsage)"));
+    }
+    Ok(())
+}
+
 impl Verifier for NitroVerifier {
     fn platform(&self) -> Platform {
         Platform::Nitro
@@ -174,6 +229,11 @@ impl Verifier for NitroVerifier {
             check_link(issuer, cert, at)?;
             issuer = cert;
         }
+        let path: Vec<Certificate> = std::iter::once(root.clone())
+            .chain(bundle.iter().skip(1).cloned())
+            .chain(std::iter::once(leaf.clone()))
+            .collect();
+        check_roles(&path)?;
         let leaf_key = UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, key_of(&leaf));
         sign1
             .verify_signature(b"", |sig, data| leaf_key.verify(data, sig))

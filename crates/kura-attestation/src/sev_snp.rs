@@ -409,7 +409,8 @@ impl Verifier for SevSnpVerifier {
             report_data: report.report_data.to_vec(),
             debug: report.policy.debug_allowed(),
             svns,
-            registers: Default::default(),
+            // The privilege level the report was requested from (0 is the most privileged).
+            registers: [("vmpl".to_string(), report.vmpl.to_string())].into(),
             tcb_status: None,
             advisories: vec![],
             signer: format!(

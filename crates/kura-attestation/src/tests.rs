@@ -91,6 +91,7 @@ fn pinned_measurements_and_debug_are_enforced() {
         min_tcb: Default::default(),
         tcb_statuses: vec![],
         registers: Default::default(),
+        ..Default::default()
     };
     assert!(matches!(
         verify_enclave(&ev, &policy(vec![wrong]), &contract, enclave.public()),
@@ -103,6 +104,7 @@ fn pinned_measurements_and_debug_are_enforced() {
         min_tcb: Default::default(),
         tcb_statuses: vec![],
         registers: Default::default(),
+        ..Default::default()
     };
     verify_enclave(
         &ev,

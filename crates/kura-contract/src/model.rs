@@ -304,7 +304,7 @@ pub struct Retention {
 
 /// Appraisal policy for one platform (measurements, debug, minimum TCB). The fields beyond
 /// `platform` and `measurement` are interpreted by the attestation verifiers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcceptEntry {
     pub platform: String,
@@ -326,6 +326,38 @@ pub struct AcceptEntry {
     /// and `mrconfigid`, SGX `mrsigner`, Nitro `pcr1`, `pcr2`, `pcr8`.
     #[serde(default)]
     pub registers: std::collections::BTreeMap<String, String>,
+    /// SEV-SNP: the VMPL the report must come from (default 0, the most privileged level: a
+    /// report requested from a less privileged level says less about the guest).
+    #[serde(default)]
+    pub vmpl: Option<u32>,
+    /// TDX: accept an entry that pins only firmware (MRTD, RTMR0) and nothing of the workload
+    /// (RTMR1-3 or MRCONFIGID). Off by default: MRTD measures the TD firmware, so such an
+    /// entry accepts any kernel and any application on it.
+    #[serde(default)]
+    pub firmware_only: bool,
+}
+
+impl AcceptEntry {
+    /// The TDX registers that measure the workload rather than the firmware.
+    pub const TDX_WORKLOAD_REGISTERS: [&str; 4] = ["rtmr1", "rtmr2", "rtmr3", "mrconfigid"];
+
+    /// The SEV-SNP VMPL this entry accepts.
+    pub fn snp_vmpl(&self) -> u32 {
+        self.vmpl.unwrap_or(0)
+    }
+
+    /// Why a TDX entry does not pin the workload, unless it says it accepts firmware only.
+    pub fn tdx_workload_gap(&self) -> Option<String> {
+        let pinned = Self::TDX_WORKLOAD_REGISTERS
+            .iter()
+            .any(|r| self.registers.contains_key(*r));
+        (!pinned && !self.firmware_only).then(|| {
+            "the entry pins only firmware (MRTD measures the TD firmware, not the workload): \
+             pin rtmr1, rtmr2, rtmr3 or mrconfigid in registers, or set firmware_only = true \
+             to accept any workload on this firmware"
+                .to_string()
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -712,6 +744,24 @@ impl Contract {
                 })?;
             if !self.enclave.allows(platform) {
                 return Err(ContractError::AcceptUnlisted(a.platform.clone()));
+            }
+            let refuse = |reason: String| ContractError::BadAccept {
+                platform: a.platform.clone(),
+                reason,
+            };
+            if platform == Platform::Tdx
+                && let Some(gap) = a.tdx_workload_gap()
+            {
+                return Err(refuse(gap));
+            }
+            if a.vmpl.is_some() && platform != Platform::SevSnp {
+                return Err(refuse("vmpl is a SEV-SNP setting".into()));
+            }
+            if a.vmpl.is_some_and(|v| v > 3) {
+                return Err(refuse("vmpl must be 0, 1, 2 or 3".into()));
+            }
+            if a.firmware_only && platform != Platform::Tdx {
+                return Err(refuse("firmware_only is a TDX setting".into()));
             }
             for m in &a.measurements {
                 if hex::decode(m).is_err() {

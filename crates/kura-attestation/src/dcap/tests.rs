@@ -157,6 +157,7 @@ fn sgx_quote_is_valid_with_its_advisories_and_the_contract_decides() {
             min_tcb: Default::default(),
             tcb_statuses: statuses.iter().map(|s| s.to_string()).collect(),
             registers: Default::default(),
+            ..Default::default()
         }],
     };
     let err = appraise(&entry(&[]), &c).unwrap_err();
@@ -237,32 +238,40 @@ fn rtmrs_can_be_pinned_by_the_contract() {
         TDX_AT,
     )
     .unwrap();
-    let policy = |registers: &[(&str, String)]| EnclavePolicy {
+    let entry = |registers: &[(&str, String)], firmware_only: bool| EnclavePolicy {
         clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
         platforms: vec![Platform::Tdx],
         accept: vec![AcceptEntry {
             platform: "tdx".into(),
             measurements: vec![hex::encode(&c.measurement)],
-            allow_debug: false,
-            min_tcb: Default::default(),
-            tcb_statuses: vec![],
             registers: registers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
+            firmware_only,
+            ..Default::default()
         }],
     };
+    let policy = |registers: &[(&str, String)]| entry(registers, false);
     appraise(
-        &policy(&[("rtmr0", c.registers["rtmr0"].to_uppercase())]),
+        &policy(&[("rtmr1", c.registers["rtmr1"].to_uppercase())]),
         &c,
     )
     .unwrap();
-    let err = appraise(&policy(&[("rtmr0", "00".repeat(48))]), &c).unwrap_err();
+    let err = appraise(&policy(&[("rtmr1", "00".repeat(48))]), &c).unwrap_err();
     assert!(
-        matches!(&err, AttestationError::MeasurementNotAccepted(r) if r.contains("rtmr0")),
+        matches!(&err, AttestationError::MeasurementNotAccepted(r) if r.contains("rtmr1")),
         "{err}"
     );
-    let err = appraise(&policy(&[("pcr8", "00".repeat(48))]), &c).unwrap_err();
+    // MRTD and RTMR0 measure the firmware: by default, not enough.
+    let firmware = [("rtmr0", c.registers["rtmr0"].clone())];
+    let err = appraise(&policy(&firmware), &c).unwrap_err();
+    assert!(
+        matches!(&err, AttestationError::MeasurementNotAccepted(r) if r.contains("pins only firmware")),
+        "{err}"
+    );
+    appraise(&entry(&firmware, true), &c).unwrap();
+    let err = appraise(&entry(&[("pcr8", "00".repeat(48))], true), &c).unwrap_err();
     assert!(
         matches!(&err, AttestationError::MeasurementNotAccepted(r) if r.contains("pcr8 = absent")),
         "{err}"

@@ -113,8 +113,47 @@ fn pcrs_can_be_pinned_by_the_contract() {
             min_tcb: Default::default(),
             tcb_statuses: vec![],
             registers: [("pcr1".to_string(), pcr1)].into_iter().collect(),
+            ..Default::default()
         }],
     };
     crate::appraise(&policy(c.registers["pcr1"].clone()), &c).unwrap();
     assert!(crate::appraise(&policy("ab".repeat(48)), &c).is_err());
+}
+
+/// The real document's path: the pinned root, the cabundle's intermediates, the leaf.
+fn real_path() -> Vec<Certificate> {
+    let raw = decode_document(&read("beta_valid-attestation-doc-bytes"));
+    let sign1 = CoseSign1::from_tagged_slice(&raw)
+        .or_else(|_| CoseSign1::from_slice(&raw))
+        .unwrap();
+    let doc: Value = ciborium::from_reader(sign1.payload.as_deref().unwrap()).unwrap();
+    let map = doc.as_map().unwrap();
+    let der = |v: &Value| Certificate::from_der(v.as_bytes().unwrap()).unwrap();
+    let Some(Value::Array(bundle)) = field(map, "cabundle") else {
+        panic!("no cabundle")
+    };
+    let mut path: Vec<Certificate> = bundle.iter().map(der).collect();
+    path.push(der(field(map, "certificate").unwrap()));
+    path
+}
+
+#[test]
+fn each_certificate_must_have_the_role_its_place_in_the_path_needs() {
+    let path = real_path();
+    assert!(path.len() >= 3, "root, intermediates and leaf");
+    check_roles(&path).unwrap();
+    // The leaf's key used as an issuer: it is no CA.
+    let n = path.len();
+    let mut leaf_issues = path.clone();
+    leaf_issues.swap(n - 2, n - 1);
+    let err = check_roles(&leaf_issues).unwrap_err().to_string();
+    assert!(err.contains("is not a CA"), "{err}");
+    // A CA's key as the document's signer.
+    let err = check_roles(&path[..n - 1]).unwrap_err().to_string();
+    assert!(err.contains("is a CA, yet signs"), "{err}");
+    // More CAs below an issuer than its path length allows (the intermediates repeated).
+    let mut longer = path[..n - 1].to_vec();
+    longer.extend(path[1..].iter().cloned());
+    let err = check_roles(&longer).unwrap_err().to_string();
+    assert!(err.contains("fewer CAs below it"), "{err}");
 }

@@ -178,6 +178,7 @@ fn a_debug_guest_verifies_but_a_no_debug_policy_refuses_it() {
         min_tcb: Default::default(),
         tcb_statuses: vec![],
         registers: Default::default(),
+        ..Default::default()
     };
     let policy = EnclavePolicy {
         clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
@@ -214,6 +215,7 @@ fn minimum_tcb_is_enforced() {
             min_tcb: min.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             tcb_statuses: vec![],
             registers: Default::default(),
+            ..Default::default()
         }],
     };
     appraise(&policy(&[("snp", 8), ("microcode", 115)]), &c).unwrap();
@@ -324,6 +326,7 @@ clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
             min_tcb: Default::default(),
             tcb_statuses: vec![],
             registers: Default::default(),
+            ..Default::default()
         }],
     };
     let contract = kura_contract::ContractId::of(b"contract");
@@ -355,4 +358,37 @@ fn the_intermediate_checked_is_the_one_that_signed() {
     let vcek =
         verify_chain(&parse_certs(&[read("trustee/test-vcek.der"), bundle]).unwrap()).unwrap();
     assert_eq!(common_name(&vcek.ask), "SEV-Milan");
+}
+
+#[test]
+fn the_vmpl_is_reported_and_must_be_the_contracts() {
+    let c = verify(
+        "virtee-sev/report_milan.hex",
+        &["virtee-sev/vcek_milan.der"],
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.registers["vmpl"], "0");
+    let policy = |vmpl: Option<u32>| EnclavePolicy {
+        clock_tolerance_seconds: EnclavePolicy::DEFAULT_CLOCK_TOLERANCE,
+        platforms: vec![Platform::SevSnp],
+        accept: vec![AcceptEntry {
+            platform: "sev-snp".into(),
+            measurements: vec![hex::encode(&c.measurement)],
+            allow_debug: true,
+            vmpl,
+            ..Default::default()
+        }],
+    };
+    appraise(&policy(None), &c).unwrap();
+    // The same report as if requested from VMPL 2 (a guest below a paravisor).
+    let mut lower = c.clone();
+    lower.registers.insert("vmpl".into(), "2".into());
+    let err = appraise(&policy(None), &lower).unwrap_err();
+    assert!(
+        matches!(&err, AttestationError::MeasurementNotAccepted(r) if r.contains("VMPL 2")),
+        "{err}"
+    );
+    appraise(&policy(Some(2)), &lower).unwrap();
+    assert!(appraise(&policy(Some(2)), &c).is_err());
 }

@@ -340,6 +340,47 @@ fn warnings_name_what_thresholds_and_listed_aggregates_do_not_stop() {
 }
 
 #[test]
+fn accept_entries_pin_the_workload_unless_they_say_otherwise() {
+    let f = Fixture::new();
+    let tdx = |extra: &str| {
+        f.text().replace(
+            "platforms = [\"simulated\"]",
+            "platforms = [\"simulated\", \"tdx\", \"sev-snp\"]",
+        ) + &format!(
+            "\n[[enclave.accept]]\nplatform = \"tdx\"\nmeasurements = [\"{}\"]\n{extra}\n",
+            "ab".repeat(48)
+        )
+    };
+    let parse = |text: String| Contract::parse(text.as_bytes()).map_err(|e| e.to_string());
+    // MRTD alone, or with RTMR0: firmware only, refused unless the contract says so.
+    for extra in ["", "registers = { rtmr0 = \"00\" }"] {
+        let err = parse(tdx(extra)).unwrap_err();
+        assert!(err.contains("pins only firmware"), "{err}");
+    }
+    parse(tdx("firmware_only = true")).unwrap();
+    parse(tdx("registers = { rtmr2 = \"00\" }")).unwrap();
+    parse(tdx("registers = { mrconfigid = \"00\" }")).unwrap();
+    // Settings of one platform on another, or out of range.
+    let snp = |extra: &str| {
+        tdx("firmware_only = true")
+            + &format!(
+                "\n[[enclave.accept]]\nplatform = \"sev-snp\"\nmeasurements = [\"{}\"]\n{extra}\n",
+                "cd".repeat(48)
+            )
+    };
+    parse(snp("vmpl = 1")).unwrap();
+    for (extra, why) in [
+        ("vmpl = 4", "vmpl must be 0, 1, 2 or 3"),
+        ("firmware_only = true", "firmware_only is a TDX setting"),
+    ] {
+        let err = parse(snp(extra)).unwrap_err();
+        assert!(err.contains(why), "{extra}: {err}");
+    }
+    let err = parse(tdx("firmware_only = true\nvmpl = 0")).unwrap_err();
+    assert!(err.contains("vmpl is a SEV-SNP setting"), "{err}");
+}
+
+#[test]
 fn platform_names_are_what_contracts_spell() {
     let names = ["simulated", "sev-snp", "tdx", "sgx", "nitro"];
     for (p, name) in Platform::ALL.into_iter().zip(names) {
