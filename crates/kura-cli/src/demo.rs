@@ -129,6 +129,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         listen: "127.0.0.1:0".parse().expect("loopback address"),
         state_dir: root.join("enclave-state"),
         max_upload_bytes: kura_server::Config::DEFAULT_MAX_UPLOAD,
+        query_memory_bytes: kura_server::Config::DEFAULT_QUERY_MEMORY,
         evidence_certs: vec![],
         evidence_collateral: None,
     })

@@ -38,6 +38,10 @@ struct Args {
     /// Largest accepted upload in bytes.
     #[arg(long, default_value_t = kura_server::Config::DEFAULT_MAX_UPLOAD)]
     max_upload_bytes: u64,
+    /// Most memory one query's operators (joins, aggregates, sorts) may hold, in bytes; a query
+    /// that needs more is refused. Nothing spills to disk.
+    #[arg(long, default_value_t = kura_server::Config::DEFAULT_QUERY_MEMORY)]
+    query_memory_bytes: u64,
     /// Certificates to hand out with the evidence (SEV-SNP: a VLEK from the cloud provider, or
     /// a VCEK when the host's certificate table is empty), PEM or DER.
     #[arg(long)]
@@ -114,6 +118,7 @@ async fn serve(a: Args) -> Result<()> {
         listen: a.listen,
         state_dir: a.state,
         max_upload_bytes: a.max_upload_bytes,
+        query_memory_bytes: a.query_memory_bytes,
         evidence_certs: a.certs.iter().map(read).collect::<Result<_>>()?,
         evidence_collateral: a.collateral.as_ref().map(read).transpose()?,
     })

@@ -43,12 +43,44 @@ pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
+/// What one query's operators (hash tables, sorts, aggregates) may hold when the caller sets no
+/// limit with [`with_memory_limit`].
+pub const DEFAULT_QUERY_MEMORY: usize = 4 << 30;
+
+tokio::task_local! {
+    static QUERY_MEMORY: usize;
+}
+
+/// Runs `f` with every query it starts limited to `bytes` of operator memory. A query that
+/// needs more is refused ("needed more memory than the enclave allows"); nothing spills to
+/// disk, which is the host's, and the process and what it holds survive. Scoped to the task,
+/// so that services in one process can have limits of their own.
+pub async fn with_memory_limit<F: std::future::Future>(bytes: usize, f: F) -> F::Output {
+    QUERY_MEMORY.scope(bytes, f).await
+}
+
+/// The runtime of every session: a memory pool of the task's limit, and no disk manager (a
+/// spill would write plaintext to the host's disk).
+fn runtime() -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>, EngineError> {
+    use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+    use datafusion::execution::memory_pool::GreedyMemoryPool;
+    let limit = QUERY_MEMORY
+        .try_with(|b| *b)
+        .unwrap_or(DEFAULT_QUERY_MEMORY);
+    Ok(datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(GreedyMemoryPool::new(limit)))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
+        .build_arc()?)
+}
+
 pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionContext, EngineError> {
     let cores = cores();
     let config = SessionConfig::new()
         .with_information_schema(false)
         .with_target_partitions(cores);
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = SessionContext::new_with_config_rt(config, runtime()?);
     for dataset in &contract.datasets {
         let held = tables
             .get(&dataset.name)
@@ -316,7 +348,7 @@ async fn execute(
     let plan = threshold::substitute(guarded.plan, released)?;
     let columns = output::column_names(&plan);
     let types = output::column_types(&plan);
-    let batches = SessionContext::new()
+    let batches = SessionContext::new_with_config_rt(SessionConfig::new(), runtime()?)
         .execute_logical_plan(plan)
         .await?
         .collect()

@@ -996,3 +996,43 @@ async fn run_time_errors_quote_no_value() {
         assert!(!err.to_string().contains(value), "{err}");
     }
 }
+
+/// `people` people, each in an age band of their own and in one of two steps bands.
+fn wide_tables(c: &Contract, people: usize) -> Tables {
+    let mut ehr = String::from("patient_id,age_band,diabetes\n");
+    let mut act = String::from("steps_band,patient_id\n");
+    for i in 0..people {
+        writeln!(ehr, "p{i},band-{i},{}", i % 3 == 0).unwrap();
+        writeln!(act, "{},p{i}", if i % 2 == 0 { "high" } else { "low" }).unwrap();
+    }
+    let load = |name: &str, text: &str| {
+        load::load(c.dataset(name).unwrap(), UploadFormat::Csv, text.as_bytes()).unwrap()
+    };
+    Tables::from([
+        ("ehr".to_string(), load("ehr", &ehr)),
+        ("activity".to_string(), load("activity", &act)),
+    ])
+}
+
+#[tokio::test]
+async fn a_query_that_needs_more_memory_than_allowed_is_refused_and_the_next_one_runs() {
+    const HEAVY: &str = "SELECT e.age_band, COUNT(*) AS n FROM ehr e GROUP BY e.age_band";
+    const LIGHT: &str = "SELECT a.steps_band, COUNT(*) AS n FROM activity a GROUP BY a.steps_band";
+    let c = contract(None);
+    let t = wide_tables(&c, 200_000);
+    let limit = 8 << 20;
+    let heavy = with_memory_limit(limit, run_analysis(&c, HEAVY, &t, None)).await;
+    let err = heavy.unwrap_err().to_string();
+    assert!(
+        err.contains("needed more memory than the enclave allows"),
+        "{err}"
+    );
+    // Under the same limit a query within it runs, on the same tables.
+    let light = with_memory_limit(limit, run_analysis(&c, LIGHT, &t, None))
+        .await
+        .unwrap();
+    assert_eq!(light.rows.len(), 2);
+    // And with room enough, the heavy one runs too (every band is one person: all suppressed).
+    let out = run_analysis(&c, HEAVY, &t, None).await.unwrap();
+    assert_eq!(out.suppressed_groups, 200_000);
+}

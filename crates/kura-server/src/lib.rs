@@ -33,6 +33,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Largest accepted upload (ciphertext bytes).
     pub max_upload_bytes: u64,
+    /// Most memory one query's operators may hold; a query that needs more is refused (nothing
+    /// spills to the host's disk), and the service and its data stay.
+    pub query_memory_bytes: u64,
     /// Certificates handed out with the evidence, besides those the hardware gives (untrusted;
     /// clients verify them against the pinned roots).
     pub evidence_certs: Vec<Vec<u8>>,
@@ -42,6 +45,7 @@ pub struct Config {
 
 impl Config {
     pub const DEFAULT_MAX_UPLOAD: u64 = 16 << 30;
+    pub const DEFAULT_QUERY_MEMORY: u64 = kura_engine::DEFAULT_QUERY_MEMORY as u64;
 }
 
 /// A running service; dropping it (or calling [`Running::shutdown`]) stops it.

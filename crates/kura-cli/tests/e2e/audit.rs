@@ -1,7 +1,6 @@
 //! The audit log: forks, rollbacks, restarts and deadlines.
 
 use kura_client::ClientError;
-use kura_contract::Platform;
 use kura_ledger::Event;
 
 use crate::common::*;
@@ -89,18 +88,10 @@ pub(crate) async fn a_restart_keeps_deletions_and_records_what_was_lost() {
     // A state directory of another contract is refused.
     again.shutdown().await.unwrap();
     let other = room_with(&["hospital-a", "fitness-b"], false, "[\"hospital-a\"]").await;
-    let err = kura_server::start(kura_server::Config {
-        contract: other.contract.clone(),
-        platform: Platform::Simulated,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state.clone(),
-        max_upload_bytes: 1 << 20,
-        evidence_certs: vec![],
-        evidence_collateral: None,
-    })
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = kura_server::start(config(&other.contract, &state))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("holds the log of another contract"), "{err}");
 }
 
@@ -176,17 +167,9 @@ pub(crate) async fn a_restart_refuses_a_stored_log_the_host_added_to() {
         .unwrap();
         l.entries().len()
     };
-    let err = kura_server::start(kura_server::Config {
-        contract: room.contract.clone(),
-        platform: Platform::Simulated,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: room.state(),
-        max_upload_bytes: 1 << 20,
-        evidence_certs: vec![],
-        evidence_collateral: None,
-    })
-    .await
-    .unwrap_err();
+    let err = kura_server::start(config(&room.contract, &room.state()))
+        .await
+        .unwrap_err();
     assert!(
         err.to_string().contains("the stored log does not verify"),
         "{err}"

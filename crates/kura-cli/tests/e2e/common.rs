@@ -42,18 +42,22 @@ pub(crate) async fn room_with(names: &[&'static str], three: bool, receivers: &s
     room_custom(names, three, receivers, |t| t).await
 }
 
-pub(crate) async fn start(contract: &SignedContract, state: &Path) -> kura_server::Running {
-    kura_server::start(kura_server::Config {
+/// The configuration of a simulated service on loopback, for `contract` with `state`.
+pub(crate) fn config(contract: &SignedContract, state: &Path) -> kura_server::Config {
+    kura_server::Config {
         contract: contract.clone(),
         platform: Platform::Simulated,
         listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: state.to_path_buf(),
         max_upload_bytes: 1 << 30,
+        query_memory_bytes: kura_server::Config::DEFAULT_QUERY_MEMORY,
         evidence_certs: vec![],
         evidence_collateral: None,
-    })
-    .await
-    .unwrap()
+    }
+}
+
+pub(crate) async fn start(contract: &SignedContract, state: &Path) -> kura_server::Running {
+    kura_server::start(config(contract, state)).await.unwrap()
 }
 
 pub(crate) async fn room_custom(
@@ -85,17 +89,7 @@ pub(crate) async fn room_custom(
     .unwrap();
     let path = dir.path().to_path_buf();
     write_data(&path);
-    let server = kura_server::start(kura_server::Config {
-        contract: contract.clone(),
-        platform: Platform::Simulated,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: path.join("state"),
-        max_upload_bytes: 1 << 30,
-        evidence_certs: vec![],
-        evidence_collateral: None,
-    })
-    .await
-    .unwrap();
+    let server = start(&contract, &path.join("state")).await;
     Room {
         dir: path,
         _dir: dir,

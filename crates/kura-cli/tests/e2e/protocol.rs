@@ -1,6 +1,7 @@
 //! The protocol through the client SDK, and attacks on it the SDK would never produce, through
 //! raw HTTP.
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 use kura_api::{Action, RequestBody, SignedRequest, UploadHeader, routes};
@@ -516,4 +517,72 @@ pub(crate) async fn sealed_results_open_only_for_their_receiver() {
             .iter()
             .any(|e| matches!(e, Event::Release { receiver, .. } if receiver == "fitness-b"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn a_query_built_to_exhaust_memory_is_refused_and_the_service_and_its_data_stay() {
+    let room = adhoc_room("").await.stop().await;
+    // 200 000 people, each in an age band of their own: grouping by band needs one hash table
+    // entry (and one set of contributors) per person.
+    let (mut ehr, mut act) = (
+        String::from("patient_id,age_band,diabetes\n"),
+        String::from("patient_id,steps_band\n"),
+    );
+    for i in 0..200_000 {
+        writeln!(ehr, "p{i},band-{i},{}", i % 3 == 0).unwrap();
+        writeln!(act, "p{i},{}", if i % 2 == 0 { "high" } else { "low" }).unwrap();
+    }
+    std::fs::write(room.dir.join("ehr.csv"), ehr).unwrap();
+    std::fs::write(room.dir.join("activity.csv"), act).unwrap();
+    let mut config = config(&room.contract, &room.state());
+    config.query_memory_bytes = 8 << 20;
+    let server = kura_server::start(config).await.unwrap();
+    let url = server.url();
+    for (party, dataset) in [("hospital-a", "ehr"), ("fitness-b", "activity")] {
+        let mut c = room.client(&url, party);
+        c.upload(dataset, &room.dir.join(format!("{dataset}.csv")), |_| {})
+            .await
+            .unwrap();
+    }
+    let mut hospital = room.client(&url, "hospital-a");
+    let (_, reason) = refused(
+        hospital
+            .query(
+                "SELECT e.age_band, COUNT(*) AS n FROM ehr e GROUP BY e.age_band",
+                None,
+            )
+            .await,
+    );
+    assert!(
+        reason.contains("needed more memory than the enclave allows"),
+        "{reason}"
+    );
+    // The service is up, the data is held, and a query within the limit answers.
+    let run = hospital
+        .query(
+            "SELECT a.steps_band, COUNT(*) AS n FROM activity a GROUP BY a.steps_band",
+            None,
+        )
+        .await
+        .unwrap();
+    let tables = hospital.results(Some(&run.run_id)).await.unwrap();
+    assert_eq!(tables[0].rows.len(), 2);
+    let events: Vec<Event> = hospital
+        .audit()
+        .await
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| e.parse_body().unwrap().event)
+        .collect();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Deletion { .. })),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::RunRefused { reason, .. } if reason.contains("more memory"))
+        )
+    );
+    server.shutdown().await.unwrap();
 }

@@ -49,6 +49,8 @@ pub struct Service {
     identity: Arc<SecretIdentity>,
     info: EnclaveInfo,
     max_upload_bytes: u64,
+    /// Operator memory of one query ([`kura_engine::with_memory_limit`]).
+    query_memory: usize,
     state: Mutex<State>,
     ledger: Mutex<Ledger>,
     /// The columns of each dataset that uploads keep, found on the first upload.
@@ -120,6 +122,7 @@ impl Service {
             identity,
             info,
             max_upload_bytes: config.max_upload_bytes,
+            query_memory: usize::try_from(config.query_memory_bytes).unwrap_or(usize::MAX),
             state: Mutex::new(state),
             ledger: Mutex::new(ledger),
             kept: tokio::sync::OnceCell::new(),

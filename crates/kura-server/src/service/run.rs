@@ -130,9 +130,12 @@ impl Service {
         let mut spent = None;
         let executed = match job {
             Job::Dp(dp_sql, epsilon) => {
-                let prepared = kura_engine::dp::prepare(&self.contract, dp_sql, epsilon, &tables)
-                    .await
-                    .map_err(ServiceError::from)?;
+                let prepared = kura_engine::with_memory_limit(
+                    self.query_memory,
+                    kura_engine::dp::prepare(&self.contract, dp_sql, epsilon, &tables),
+                )
+                .await
+                .map_err(ServiceError::from)?;
                 if let Some(budget) = &state.budget {
                     budget
                         .check(&receivers, prepared.spend())
@@ -140,7 +143,8 @@ impl Service {
                 }
                 let spend = prepared.spend();
                 spent = Some(spend);
-                match prepared.run(&tables).await {
+                match kura_engine::with_memory_limit(self.query_memory, prepared.run(&tables)).await
+                {
                     Ok(output) => Ok(same_for_all(output)),
                     // Refused before any row was read: not all data is there.
                     Err(e @ kura_engine::EngineError::MissingData(_)) => Err(e),
@@ -162,19 +166,24 @@ impl Service {
                     }
                 }
             }
-            Job::Query(sql) => {
-                kura_engine::run_query(&self.contract, sql, &tables, state.overlap.as_mut())
-                    .await
-                    .map(same_for_all)
-            }
-            Job::Aggregate(sql) => {
-                kura_engine::run_analysis(&self.contract, sql, &tables, state.overlap.as_mut())
-                    .await
-                    .map(same_for_all)
-            }
-            Job::List(analysis) => kura_engine::list::run_list(&self.contract, analysis, &tables)
-                .await
-                .map(|m| m.into_iter().collect()),
+            Job::Query(sql) => kura_engine::with_memory_limit(
+                self.query_memory,
+                kura_engine::run_query(&self.contract, sql, &tables, state.overlap.as_mut()),
+            )
+            .await
+            .map(same_for_all),
+            Job::Aggregate(sql) => kura_engine::with_memory_limit(
+                self.query_memory,
+                kura_engine::run_analysis(&self.contract, sql, &tables, state.overlap.as_mut()),
+            )
+            .await
+            .map(same_for_all),
+            Job::List(analysis) => kura_engine::with_memory_limit(
+                self.query_memory,
+                kura_engine::list::run_list(&self.contract, analysis, &tables),
+            )
+            .await
+            .map(|m| m.into_iter().collect()),
         };
         let outputs: Vec<(String, kura_engine::Output)> = match executed {
             Ok(o) => o,
