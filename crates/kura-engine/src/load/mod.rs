@@ -10,6 +10,7 @@
 //! analyses fail later. Values must parse as the declared types.
 
 mod csv;
+mod pages;
 mod parquet;
 mod pool;
 

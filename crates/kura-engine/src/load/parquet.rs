@@ -16,6 +16,7 @@ use kura_contract::Dataset;
 use kura_crypto::extend_zeroizing;
 use zeroize::{Zeroize, Zeroizing};
 
+use super::pages::{MAX_PAGE, PageBound};
 use super::pool::Parallel;
 use super::*;
 use crate::EngineError;
@@ -145,14 +146,27 @@ pub(super) fn decode_row_groups<R: ChunkReader + 'static>(
         .filter(|(_, f)| shape.kept.column(f.name()).is_some())
         .map(|(i, _)| i);
     let mask = ProjectionMask::roots(meta.parquet_schema(), kept);
+    let (reader, refused) = PageBound::new(reader, MAX_PAGE);
+    // A page refused for its size is named as such; other failures say nothing of the data.
+    let failed = || match refused.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => undecodable(dataset),
+        size => unreadable(
+            dataset,
+            format!(
+                "a page declares {size} bytes uncompressed, more than the {} MiB kura decodes \
+                 (writers make pages of about 1 MiB; this looks like a decompression bomb)",
+                MAX_PAGE >> 20
+            ),
+        ),
+    };
     ParquetRecordBatchReaderBuilder::new_with_metadata(reader, meta)
         .with_projection(mask)
         .with_row_groups(row_groups)
         .with_batch_size(BATCH_ROWS)
         .build()
-        .map_err(|_| undecodable(dataset))?
+        .map_err(|_| failed())?
         .map(|batch| {
-            let batch = to_contract_order(&shape.kept, batch.map_err(|_| undecodable(dataset))?)?;
+            let batch = to_contract_order(&shape.kept, batch.map_err(|_| failed())?)?;
             Ok(own_strings(batch))
         })
         .collect()
