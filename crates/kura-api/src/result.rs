@@ -52,6 +52,14 @@ pub struct SealedResult {
     pub sealed: Sealed,
     /// Receipt of the log entry that released this result to its receiver.
     pub receipt: Receipt,
+    /// The enclave key (text) that signed and sealed it, when that was an earlier start of the
+    /// service than the one serving it (results survive restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// That earlier start's `enclave_started` entry, with a receipt under the serving head, so
+    /// that the receiver can verify its evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Receipt>,
 }
 
 /// HPKE `info` of a result sealed to `receiver`.

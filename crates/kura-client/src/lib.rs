@@ -638,11 +638,12 @@ impl Client {
                     if run_id == &sealed.run_id && receiver == &self.party
                         && result_sha256 == &sha)
             })?;
+            let signer = self.signer_of(&enclave, sealed).await?;
             let table = kura_api::open_result(
                 &self.me,
                 self.contract.crypto.kem,
                 &self.party,
-                &enclave.key,
+                &signer,
                 self.contract.id().as_str(),
                 &sealed.run_id,
                 &sealed.sealed,
@@ -659,6 +660,65 @@ impl Client {
             tables.push(table);
         }
         Ok(tables)
+    }
+
+    /// The key that must have signed `sealed`: the attested enclave's, or for a result sealed
+    /// before a restart, the key of the earlier start that released it. That start must be in
+    /// the attested enclave's log, for this contract, with evidence for that key that verifies
+    /// against the contract as of the time it was recorded; and the release entry must be
+    /// signed by it.
+    async fn signer_of(
+        &self,
+        enclave: &VerifiedEnclave,
+        sealed: &kura_api::SealedResult,
+    ) -> Result<PublicIdentity, ClientError> {
+        let (Some(signer), Some(start)) = (&sealed.signer, &sealed.start) else {
+            return match sealed.signer {
+                None => Ok(enclave.key.clone()),
+                Some(_) => Err(ClientError::Log(
+                    "a result of an earlier start comes without that start's record".into(),
+                )),
+            };
+        };
+        let key = PublicIdentity::parse(signer)
+            .map_err(|e| ClientError::Protocol(format!("the result's signer: {e}")))?;
+        let contract_id = self.contract.id().as_str();
+        self.check_receipt(enclave, start, 0, "an earlier start", |e| {
+            matches!(e, Event::EnclaveStarted { contract_id: c, enclave_key, .. }
+                if c == contract_id && enclave_key == signer)
+        })?;
+        if start.index >= sealed.receipt.index {
+            return Err(ClientError::Log(
+                "a result released before the start that signed it".into(),
+            ));
+        }
+        let body = start
+            .entry
+            .parse_body()
+            .map_err(|e| ClientError::Log(e.to_string()))?;
+        let Event::EnclaveStarted { evidence, .. } = &body.event else {
+            unreachable!("checked above");
+        };
+        let completed = self.completed(evidence).await?;
+        kura_ledger::Start {
+            contract_id,
+            key: &key,
+            evidence,
+            time: &body.time,
+        }
+        .verify(&self.contract, &completed)
+        .map_err(|e| ClientError::Log(format!("the start that sealed a result: {e}")))?;
+        let sig = kura_crypto::b64::decode(&sealed.receipt.entry.signature)
+            .map_err(|e| ClientError::Log(e.to_string()))?;
+        key.verify(
+            kura_ledger::ENTRY_DOMAIN,
+            sealed.receipt.entry.body.as_bytes(),
+            &sig,
+        )
+        .map_err(|_| {
+            ClientError::Log("a result's release is not signed by the start that sealed it".into())
+        })?;
+        Ok(key)
     }
 
     /// Fetches the whole log and verifies it: chain, signatures, the evidence of every enclave

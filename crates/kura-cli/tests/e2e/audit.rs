@@ -95,6 +95,57 @@ pub(crate) async fn a_restart_keeps_deletions_and_records_what_was_lost() {
     assert!(err.contains("holds the log of another contract"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn sealed_results_not_yet_fetched_survive_a_restart_and_edits_are_ignored() {
+    const BY_BAND: &str = "SELECT a.steps_band, COUNT(*) AS people FROM ehr e JOIN activity a \
+                           ON e.patient_id = a.patient_id GROUP BY a.steps_band";
+    let room = adhoc_room("").await;
+    room.upload("hospital-a", "ehr").await.unwrap();
+    room.upload("fitness-b", "activity").await.unwrap();
+    let mut h = room.client("hospital-a").await;
+    let (kept, edited) = (
+        h.query(BY_BAND, None).await.unwrap(),
+        h.query(BY_BAND, None).await.unwrap(),
+    );
+    let before = h.results(Some(&kept.run_id)).await.unwrap();
+    let room = room.stop().await;
+    let state = room.state();
+
+    // The state directory holds them sealed: no value, no name of a column.
+    let dir = state.join("results");
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(files.len(), 2);
+    for f in &files {
+        let bytes = std::fs::read(f.path()).unwrap();
+        for needle in ["steps_band", "people", "\"high\"", "\"mid\""] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} in clear in {}",
+                f.path().display()
+            );
+        }
+    }
+    // The host edits one of them (another ciphertext of the same length).
+    let path = dir.join(format!("{}.json", edited.run_id));
+    let mut text: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let ct = text[0]["sealed"]["ct"].as_str().unwrap().to_string();
+    let swapped = if ct.starts_with('A') { "B" } else { "A" };
+    text[0]["sealed"]["ct"] = format!("{swapped}{}", &ct[1..]).into();
+    std::fs::write(&path, serde_json::to_vec(&text).unwrap()).unwrap();
+
+    let again = start(&room.contract, &state).await;
+    let mut h = room.client(&again.url(), "hospital-a");
+    // Sealed and signed by the earlier start, verified through its record in this log.
+    let after = h.results(Some(&kept.run_id)).await.unwrap();
+    assert_eq!(after[0].rows, before[0].rows);
+    assert_eq!(after[0].sql.as_deref(), Some(BY_BAND));
+    // The edited one is not served at all.
+    let (status, reason) = refused(h.results(Some(&edited.run_id)).await);
+    assert_eq!(status, 404, "{reason}");
+    again.shutdown().await.unwrap();
+}
+
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap()

@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 
 use crate::{Config, ServiceError};
 
+mod kept;
 mod recovery;
 mod retention;
 mod run;
@@ -34,7 +35,8 @@ struct State {
     datasets: BTreeMap<String, Held>,
     /// Datasets that were deleted, with the reason; they cannot be uploaded or used again.
     deleted: BTreeMap<String, String>,
-    results: BTreeMap<String, Vec<SealedResult>>,
+    /// Sealed results by run, until fetched (kept across restarts: [`kept`]).
+    results: BTreeMap<String, Vec<kept::Kept>>,
     nonces: HashSet<String>,
     runs: u64,
     /// The privacy budget spent so far, when the contract has `[privacy.dp]`.
@@ -49,6 +51,8 @@ pub struct Service {
     identity: Arc<SecretIdentity>,
     info: EnclaveInfo,
     max_upload_bytes: u64,
+    /// The state directory (the host's): the log, and sealed results.
+    state_dir: std::path::PathBuf,
     /// Operator memory of one query ([`kura_engine::with_memory_limit`]).
     query_memory: usize,
     state: Mutex<State>,
@@ -91,6 +95,7 @@ impl Service {
             &config.evidence_certs,
             &mut state,
         )?;
+        state.results = kept::load(&config.state_dir, ledger.entries());
         ledger
             .append(Event::EnclaveStarted {
                 contract_id: contract.id().to_string(),
@@ -122,6 +127,7 @@ impl Service {
             identity,
             info,
             max_upload_bytes: config.max_upload_bytes,
+            state_dir: config.state_dir.clone(),
             query_memory: usize::try_from(config.query_memory_bytes).unwrap_or(usize::MAX),
             state: Mutex::new(state),
             ledger: Mutex::new(ledger),
@@ -252,16 +258,44 @@ impl Service {
             )));
         }
         let state = self.state.lock().await;
-        let runs: Vec<&Vec<SealedResult>> = match run_id {
+        let runs: Vec<&Vec<kept::Kept>> = match run_id {
             Some(id) => vec![state.results.get(id).ok_or_else(|| {
                 ServiceError::NotFound(format!("no run {id:?} on this enclave instance"))
             })?],
             None => state.results.values().collect(),
         };
+        let ledger = self.ledger.lock().await;
+        let me = self.identity.public().to_text();
+        // A fresh receipt of each release (and of the start that sealed it, when that was an
+        // earlier one) under the current head.
+        let receipt = |index: u64| {
+            ledger
+                .receipt(index)
+                .ok_or_else(|| ServiceError::Internal(format!("no log entry {index}")))
+        };
+        let serve = |k: &kept::Kept| -> Result<SealedResult, ServiceError> {
+            let earlier = k.signer != me;
+            let start = match earlier {
+                true => Some(receipt(
+                    kept::start_index(ledger.entries(), &k.signer)
+                        .ok_or_else(|| ServiceError::Internal("a result of no start".into()))?,
+                )?),
+                false => None,
+            };
+            Ok(SealedResult {
+                run_id: k.run_id.clone(),
+                analysis: k.analysis.clone(),
+                receiver: k.receiver.clone(),
+                sealed: k.sealed.clone(),
+                receipt: receipt(k.release)?,
+                signer: earlier.then(|| k.signer.clone()),
+                start,
+            })
+        };
         let mut mine = Vec::new();
         for run in runs {
             match run.iter().find(|s| s.receiver == party.name) {
-                Some(s) => mine.push(s.clone()),
+                Some(s) => mine.push(serve(s)?),
                 None if run_id.is_some() => {
                     return Err(ServiceError::Forbidden(format!(
                         "party {:?} is not a receiver of analysis {:?}",

@@ -1,7 +1,7 @@
 //! Runs: a named analysis, an ad-hoc query or a list, under the contract's output rules; the
 //! result signed and sealed to each receiver, the run logged, and retention applied.
 
-use kura_api::{Action, ResultTable, RunResponse, SealedResult, SignedRequest};
+use kura_api::{Action, ResultTable, RunResponse, SignedRequest};
 use kura_contract::{ADHOC_ANALYSIS, AnalysisKind, DeleteAfter};
 use kura_engine::Tables;
 use kura_ledger::Event;
@@ -267,13 +267,19 @@ impl Service {
                     result_sha256: hex::encode(kura_crypto::sha256(&s.ct)),
                 })
                 .await?;
-            sealed.push(SealedResult {
+            sealed.push(super::kept::Kept {
                 run_id: run_id.clone(),
                 analysis: analysis_name.to_string(),
                 receiver,
                 sealed: s,
-                receipt,
+                release: receipt.index,
+                signer: self.identity.public().to_text(),
             });
+        }
+        // Kept on the state directory too (it is sealed), so that a restart loses no result;
+        // if that fails, the result is still served until then.
+        if let Err(e) = super::kept::save(&self.state_dir, &run_id, &sealed) {
+            tracing::error!(error = %e, "cannot keep sealed results in the state directory");
         }
         state.results.insert(run_id.clone(), sealed);
 
