@@ -119,9 +119,16 @@ impl DpSettings {
                     "privacy.dp.bounds.{key:?}: only measures are clamped"
                 )));
             }
-            if !(low.is_finite() && high.is_finite() && low < high && high - low <= 1e15) {
+            let magnitude = low.abs().max(high.abs());
+            if !(low.is_finite() && high.is_finite() && low < high && magnitude <= 1e15) {
                 return Err(dp_err(format!(
-                    "privacy.dp.bounds.{key:?}: need finite [low, high] with low < high"
+                    "privacy.dp.bounds.{key:?}: need finite [low, high] with low < high, \
+                     each at most 1e15 from zero"
+                )));
+            }
+            if magnitude < 1e-9 {
+                return Err(dp_err(format!(
+                    "privacy.dp.bounds.{key:?}: bounds within 1e-9 of zero clamp everything to 0"
                 )));
             }
         }

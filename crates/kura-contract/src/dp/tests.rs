@@ -70,6 +70,18 @@ fn bad_settings_are_refused_with_a_reason() {
             "is not a column",
         ),
         (
+            &format!("{BASE}bounds = {{ \"ehr.diabetes\" = [1e300, 2e300] }}\n"),
+            "at most 1e15 from zero",
+        ),
+        (
+            &format!("{BASE}bounds = {{ \"ehr.diabetes\" = [-1e16, 0.0] }}\n"),
+            "at most 1e15 from zero",
+        ),
+        (
+            &format!("{BASE}bounds = {{ \"ehr.diabetes\" = [0.0, 1e-12] }}\n"),
+            "within 1e-9 of zero",
+        ),
+        (
             &format!("{BASE}domains = {{ \"ehr.patient_id\" = [\"p1\"] }}\n"),
             "only dimensions have public domains",
         ),

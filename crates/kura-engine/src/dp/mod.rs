@@ -69,9 +69,18 @@ struct Measure {
     grid: f64,
 }
 
+/// Most grid units one row may add to a sum: with at most 1000 rows a person, a sum of any
+/// number of people's rows stays exact in `i64` up to nine billion rows.
+const MAX_UNITS: u64 = 10_000_000;
+
 impl Measure {
+    /// The grid is a millionth of the bounds' magnitude (not of their width): a row adds at most
+    /// [`MAX_UNITS`] grid units, however far from zero the bounds lie, so neither a sum nor a
+    /// sensitivity can overflow. The rounding is far below the noise, whose scale is at least
+    /// the magnitude over ε.
     fn new(arg: Expr, [low, high]: [f64; 2]) -> Self {
-        let grid = 10f64.powi((high - low).log10().floor() as i32 - 6);
+        let magnitude = low.abs().max(high.abs());
+        let grid = 10f64.powi(magnitude.log10().floor() as i32 - 6);
         Measure {
             arg,
             low,
@@ -80,9 +89,24 @@ impl Measure {
         }
     }
 
-    /// The largest absolute per-row value, in grid units.
-    fn max_units(&self) -> u64 {
-        (self.low.abs().max(self.high.abs()) / self.grid).round() as u64
+    /// The largest absolute per-row value, in grid units (at most [`MAX_UNITS`]).
+    fn max_units(&self) -> Result<u64, EngineError> {
+        let units = (self.low.abs().max(self.high.abs()) / self.grid).round();
+        if units.is_finite() && (1.0..=MAX_UNITS as f64).contains(&units) {
+            Ok(units as u64)
+        } else {
+            Err(refuse(format!(
+                "the clamping bounds [{}, {}] give no exact sensitivity",
+                self.low, self.high
+            )))
+        }
+    }
+
+    /// The sensitivity of a sum of this measure when a person adds at most `k` rows, in grid
+    /// units.
+    fn sum_sensitivity(&self, k: u64) -> Result<u64, EngineError> {
+        k.checked_mul(self.max_units()?)
+            .ok_or_else(|| refuse("the sum's sensitivity overflows"))
     }
 }
 

@@ -40,8 +40,8 @@ impl DpPlan {
             stat_scales.push(match s {
                 Stat::Count(_) => vec![count_scale.clone()],
                 Stat::Units => vec![units_scale.clone()],
-                Stat::Sum(m) => vec![scale(k * m.max_units())?],
-                Stat::Avg(m) => vec![scale(k * m.max_units())?, count_scale.clone()],
+                Stat::Sum(m) => vec![scale(m.sum_sensitivity(k)?)?],
+                Stat::Avg(m) => vec![scale(m.sum_sensitivity(k)?)?, count_scale.clone()],
             });
         }
 

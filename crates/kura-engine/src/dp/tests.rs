@@ -343,3 +343,24 @@ async fn the_cost_is_known_before_the_data() {
         .unwrap_err();
     assert!(matches!(err, EngineError::MissingData(_)), "{err}");
 }
+
+proptest::proptest! {
+    /// Whatever bounds a contract accepts, a row adds at most MAX_UNITS grid units, the
+    /// sensitivity fits (k up to the contract's 1000), and the grid rounds the bounds' magnitude
+    /// to within half a unit.
+    #[test]
+    fn sensitivities_are_exact_for_any_bounds_a_contract_accepts(
+        low in -1e15f64..1e15,
+        width in 1e-9f64..2e15,
+        k in 1u64..=1000,
+    ) {
+        let high = (low + width).min(1e15);
+        proptest::prop_assume!(low < high && low.abs().max(high.abs()) >= 1e-9);
+        let m = Measure::new(datafusion::prelude::lit(0.0), [low, high]);
+        let units = m.max_units().unwrap();
+        proptest::prop_assert!((1..=MAX_UNITS).contains(&units));
+        let magnitude = low.abs().max(high.abs());
+        proptest::prop_assert!((units as f64 * m.grid - magnitude).abs() <= m.grid / 2.0 + magnitude * 1e-12);
+        proptest::prop_assert_eq!(m.sum_sensitivity(k).unwrap(), k * units);
+    }
+}
