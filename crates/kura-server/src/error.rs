@@ -70,7 +70,7 @@ impl ServiceError {
         if let ServiceError::Internal(detail) = self {
             tracing::error!(%detail, "internal error");
         }
-        let body = ErrorBody {
+        ErrorBody {
             code: code.to_string(),
             reason: self.to_string(),
             rule: match self {
@@ -78,8 +78,7 @@ impl ServiceError {
                 _ => None,
             },
             status: status.as_u16(),
-        };
-        body
+        }
     }
 }
 
