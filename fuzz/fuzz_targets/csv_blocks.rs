@@ -2,28 +2,14 @@
 //! bytes pushed whole (the same batches, or a refusal either way), and never panic.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use kura_engine::load::{Ingest, UploadFormat};
-
-fn dataset() -> &'static kura_contract::Dataset {
-    static CONTRACT: OnceLock<kura_contract::Contract> = OnceLock::new();
-    CONTRACT
-        .get_or_init(|| {
-            let key = || kura_crypto::SecretIdentity::generate().public().to_text();
-            let text = kura_contract::example::activity_and_diabetes(&key(), &key());
-            kura_contract::Contract::parse(text.as_bytes()).unwrap()
-        })
-        .dataset("ehr")
-        .unwrap()
-}
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some((&split, csv)) = data.split_first() else {
         return;
     };
-    let whole = kura_engine::load::load(dataset(), UploadFormat::Csv, csv);
-    let mut ingest = Ingest::new(dataset(), UploadFormat::Csv);
+    let whole = kura_engine::load::load(kura_fuzz::ehr(), UploadFormat::Csv, csv);
+    let mut ingest = Ingest::new(kura_fuzz::ehr(), UploadFormat::Csv);
     let mut pieces = Ok(());
     for part in csv.chunks(usize::from(split).max(1)) {
         pieces = ingest.push(part);

@@ -5,7 +5,7 @@
 //! either way), never a panic.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use kura_engine::datafusion::arrow::array::{BooleanArray, StringArray};
 use kura_engine::datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -13,18 +13,6 @@ use kura_engine::datafusion::arrow::record_batch::RecordBatch;
 use kura_engine::datafusion::parquet::arrow::ArrowWriter;
 use kura_engine::datafusion::parquet::file::properties::WriterProperties;
 use kura_engine::load::{Ingest, UploadFormat};
-
-fn dataset() -> &'static kura_contract::Dataset {
-    static CONTRACT: OnceLock<kura_contract::Contract> = OnceLock::new();
-    CONTRACT
-        .get_or_init(|| {
-            let key = || kura_crypto::SecretIdentity::generate().public().to_text();
-            let text = kura_contract::example::activity_and_diabetes(&key(), &key());
-            kura_contract::Contract::parse(text.as_bytes()).unwrap()
-        })
-        .dataset("ehr")
-        .unwrap()
-}
 
 fn parquet(rows: &[u8], group: usize) -> Vec<u8> {
     let schema = Arc::new(Schema::new(vec![
@@ -41,7 +29,9 @@ fn parquet(rows: &[u8], group: usize) -> Vec<u8> {
             Arc::new(StringArray::from_iter_values(
                 rows.iter().map(|b| format!("band-{}", b % 5)),
             )),
-            Arc::new(BooleanArray::from_iter(rows.iter().map(|b| Some(b % 2 == 0)))),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|b| Some(b % 2 == 0)),
+            )),
         ],
     )
     .unwrap();
@@ -56,11 +46,11 @@ fn parquet(rows: &[u8], group: usize) -> Vec<u8> {
 }
 
 fn stream(file: &[u8], split: usize) -> Result<Vec<RecordBatch>, String> {
-    let (head, rest) = kura_api::footer_first(&mut std::io::Cursor::new(file))
-        .map_err(|e| e.to_string())?;
+    let (head, rest) =
+        kura_api::footer_first(&mut std::io::Cursor::new(file)).map_err(|e| e.to_string())?;
     let mut wire = head;
     wire.extend_from_slice(&file[..rest as usize]);
-    let mut ingest = Ingest::new(dataset(), UploadFormat::ParquetFooterFirst);
+    let mut ingest = Ingest::new(kura_fuzz::ehr(), UploadFormat::ParquetFooterFirst);
     for part in wire.chunks(split) {
         ingest.push(part).map_err(|e| e.to_string())?;
     }
@@ -87,7 +77,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         _ => file.truncate(at),
     }
     let streamed = stream(&file, split);
-    let whole = kura_engine::load::load(dataset(), UploadFormat::Parquet, &file);
+    let whole = kura_engine::load::load(kura_fuzz::ehr(), UploadFormat::Parquet, &file);
     if let (Ok(a), Ok(b)) = (&streamed, &whole) {
         assert_eq!(a, b, "footer first and whole disagree");
     }

@@ -28,7 +28,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         .enumerate()
         .map(|(i, p)| {
             let mut f = Vec::new();
-            encoder.seal_chunk(p, i + 1 == pieces.len(), &mut f).unwrap();
+            encoder
+                .seal_chunk(p, i + 1 == pieces.len(), &mut f)
+                .unwrap();
             f
         })
         .collect();

@@ -154,6 +154,14 @@ fn skip_bytes(r: &mut impl Read, n: u64) -> Result<(), &'static str> {
     }
 }
 
+/// Skips one element of a list, set or map: there a boolean is a byte of its own.
+fn skip_element(r: &mut impl Read, kind: u8, depth: usize) -> Result<(), &'static str> {
+    match kind {
+        BOOL_TRUE | BOOL_FALSE => skip_bytes(r, 1),
+        _ => skip(r, kind, depth),
+    }
+}
+
 /// Skips one value of `kind`.
 fn skip(r: &mut impl Read, kind: u8, depth: usize) -> Result<(), &'static str> {
     if depth > MAX_DEPTH {
@@ -175,14 +183,8 @@ fn skip(r: &mut impl Read, kind: u8, depth: usize) -> Result<(), &'static str> {
                 15 => varint(r)?,
                 n => u64::from(n),
             };
-            let elem = head & 0x0f;
             for _ in 0..n {
-                // In a collection a boolean is a byte of its own.
-                if matches!(elem, BOOL_TRUE | BOOL_FALSE) {
-                    skip_bytes(r, 1)?;
-                } else {
-                    skip(r, elem, depth + 1)?;
-                }
+                skip_element(r, head & 0x0f, depth + 1)?;
             }
             Ok(())
         }
@@ -193,13 +195,8 @@ fn skip(r: &mut impl Read, kind: u8, depth: usize) -> Result<(), &'static str> {
             }
             let types = read_u8(r)?;
             for _ in 0..n {
-                for t in [types >> 4, types & 0x0f] {
-                    if matches!(t, BOOL_TRUE | BOOL_FALSE) {
-                        skip_bytes(r, 1)?;
-                    } else {
-                        skip(r, t, depth + 1)?;
-                    }
-                }
+                skip_element(r, types >> 4, depth + 1)?;
+                skip_element(r, types & 0x0f, depth + 1)?;
             }
             Ok(())
         }
