@@ -24,10 +24,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         ..Default::default()
     };
     if let Ok(verifier) = verifier_for(platform, &options) {
-        let result = verifier.verify(&Evidence {
-            platform,
-            data: rest.to_vec(),
-        });
+        let result = verifier.verify(&Evidence::new(platform, rest.to_vec()));
         // Simulated evidence is self-signed, so a well-formed input may verify; no real one can.
         assert!(platform == Platform::Simulated || result.is_err());
     }

@@ -14,3 +14,9 @@ pub fn ehr() -> &'static kura_contract::Dataset {
         .dataset("ehr")
         .unwrap()
 }
+
+/// `batches` as one batch (how rows fall into batches is not part of what is compared).
+pub fn rows(batches: &[kura_engine::RecordBatch]) -> Option<kura_engine::RecordBatch> {
+    let first = batches.first()?;
+    Some(kura_engine::datafusion::arrow::compute::concat_batches(&first.schema(), batches).unwrap())
+}
