@@ -1036,3 +1036,63 @@ async fn a_query_that_needs_more_memory_than_allowed_is_refused_and_the_next_one
     let out = run_analysis(&c, HEAVY, &t, None).await.unwrap();
     assert_eq!(out.suppressed_groups, 200_000);
 }
+
+/// Found by the `parquet_footer_first` fuzz target (`fuzz/regressions/`): one bit flipped in the
+/// Arrow schema a writer embeds in the footer made arrow-ipc panic while reading the metadata.
+/// The embedded schema is no longer read; the file loads, or is refused, but never panics.
+#[test]
+fn a_corrupt_embedded_arrow_schema_is_not_read() {
+    use datafusion::arrow::array::{BooleanArray, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+
+    let rows = [0xc8u8, 0x01, 0x00, 0x05, 0x19];
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("patient_id", DataType::Utf8, false),
+        Field::new("age_band", DataType::Utf8, false),
+        Field::new("diabetes", DataType::Boolean, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            std::sync::Arc::new(StringArray::from_iter_values(
+                (0..rows.len()).map(|i| format!("p{i}")),
+            )),
+            std::sync::Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|b| format!("band-{}", b % 5)),
+            )),
+            std::sync::Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|b| Some(b % 2 == 0)),
+            )),
+        ],
+    )
+    .unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(4))
+        .build();
+    let mut file = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut file, schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let c = contract(None);
+    let ehr = c.dataset("ehr").unwrap();
+    assert_eq!(
+        load::load(ehr, UploadFormat::Parquet, &file)
+            .unwrap()
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum::<usize>(),
+        rows.len()
+    );
+    let at = 0x04f7 % file.len();
+    file[at] ^= 1 << 4;
+    // Whatever the verdict, it is one, on the caller's thread and on the pool's.
+    let _ = load::load(ehr, UploadFormat::Parquet, &file);
+    let (head, rest) = kura_api::footer_first(&mut std::io::Cursor::new(&file)).unwrap();
+    let mut ingest = load::Ingest::new(ehr, UploadFormat::ParquetFooterFirst);
+    let _ = ingest
+        .push(&head)
+        .and_then(|()| ingest.push(&file[..rest as usize]));
+    let _ = ingest.finish();
+}

@@ -53,6 +53,10 @@ impl Parallel {
     }
 }
 
+fn panicked() -> EngineError {
+    EngineError::Execution("the file could not be decoded (the decoder failed on it)".into())
+}
+
 pub(super) fn stopped() -> EngineError {
     EngineError::Execution("a parsing thread stopped".into())
 }
@@ -85,7 +89,11 @@ impl Pool {
                     loop {
                         let job = queue.lock().expect("queue lock").recv();
                         let Ok((index, job)) = job else { break };
-                        if done.send((index, job())).is_err() {
+                        // A decoder that panics on a file refuses that file; the thread and
+                        // the pool go on (a panic must not take the enclave's uploads down).
+                        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                            .unwrap_or_else(|_| Err(panicked()));
+                        if done.send((index, parsed)).is_err() {
                             break;
                         }
                     }
