@@ -1037,17 +1037,14 @@ async fn a_query_that_needs_more_memory_than_allowed_is_refused_and_the_next_one
     assert_eq!(out.suppressed_groups, 200_000);
 }
 
-/// Found by the `parquet_footer_first` fuzz target (`fuzz/regressions/`): one bit flipped in the
-/// Arrow schema a writer embeds in the footer made arrow-ipc panic while reading the metadata.
-/// The embedded schema is no longer read; the file loads, or is refused, but never panics.
-#[test]
-fn a_corrupt_embedded_arrow_schema_is_not_read() {
+/// The Parquet file the `parquet_footer_first` fuzz target makes of `rows` in row groups of
+/// `group` rows, with bit `bit` of byte `at` (modulo the length) flipped if given.
+fn fuzzed_parquet(rows: &[u8], group: usize, flip: Option<(usize, u8)>) -> Vec<u8> {
     use datafusion::arrow::array::{BooleanArray, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::file::properties::WriterProperties;
 
-    let rows = [0xc8u8, 0x01, 0x00, 0x05, 0x19];
     let schema = std::sync::Arc::new(Schema::new(vec![
         Field::new("patient_id", DataType::Utf8, false),
         Field::new("age_band", DataType::Utf8, false),
@@ -1069,30 +1066,54 @@ fn a_corrupt_embedded_arrow_schema_is_not_read() {
     )
     .unwrap();
     let props = WriterProperties::builder()
-        .set_max_row_group_row_count(Some(4))
+        .set_max_row_group_row_count(Some(group))
         .build();
     let mut file = Vec::new();
     let mut w = ArrowWriter::try_new(&mut file, schema, Some(props)).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
+    if let Some((at, bit)) = flip {
+        let at = at % file.len();
+        file[at] ^= 1 << bit;
+    }
+    file
+}
+
+/// Found by the `parquet_footer_first` fuzz target (inputs in `fuzz/regressions/`): one bit
+/// flipped in the Arrow schema a writer embeds in the footer made arrow-ipc panic while reading
+/// the metadata (the embedded schema is no longer read); one bit flipped in a column chunk's
+/// offset made the decoder panic on a negative range (offsets are checked first). Whatever the
+/// verdict, there is one, whole or footer first, and never a panic.
+#[test]
+fn corrupt_parquet_metadata_is_refused_not_panicked_on() {
     let c = contract(None);
     let ehr = c.dataset("ehr").unwrap();
-    assert_eq!(
-        load::load(ehr, UploadFormat::Parquet, &file)
-            .unwrap()
-            .iter()
-            .map(RecordBatch::num_rows)
-            .sum::<usize>(),
-        rows.len()
+    let intact = fuzzed_parquet(&[1, 2, 3], 2, None);
+    let rows: usize = load::load(ehr, UploadFormat::Parquet, &intact)
+        .unwrap()
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    assert_eq!(rows, 3);
+    let schema = fuzzed_parquet(&[0xc8, 0x01, 0x00, 0x05, 0x19], 4, Some((0x04f7, 4)));
+    let offset = fuzzed_parquet(
+        b"\x0fGGGGGGG\xb9\xb9\xb9p2\xb9\xb9\xb9\xb9\xb9\xb9p57\x00p10\xff\xff\xff\xffG,-\xffG\xff",
+        1,
+        Some((0x3931, 0)),
     );
-    let at = 0x04f7 % file.len();
-    file[at] ^= 1 << 4;
-    // Whatever the verdict, it is one, on the caller's thread and on the pool's.
-    let _ = load::load(ehr, UploadFormat::Parquet, &file);
-    let (head, rest) = kura_api::footer_first(&mut std::io::Cursor::new(&file)).unwrap();
-    let mut ingest = load::Ingest::new(ehr, UploadFormat::ParquetFooterFirst);
-    let _ = ingest
-        .push(&head)
-        .and_then(|()| ingest.push(&file[..rest as usize]));
-    let _ = ingest.finish();
+    // Refused for what it is, before a decoder thread meets it.
+    let err = load::load(ehr, UploadFormat::Parquet, &offset)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("column chunk"), "{err}");
+    for file in [schema, offset] {
+        let _ = load::load(ehr, UploadFormat::Parquet, &file);
+        if let Ok((head, rest)) = kura_api::footer_first(&mut std::io::Cursor::new(&file)) {
+            let mut ingest = load::Ingest::new(ehr, UploadFormat::ParquetFooterFirst);
+            let _ = ingest
+                .push(&head)
+                .and_then(|()| ingest.push(&file[..rest as usize]));
+            let _ = ingest.finish();
+        }
+    }
 }

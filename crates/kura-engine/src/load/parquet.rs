@@ -73,6 +73,14 @@ pub(super) fn decode_parquet(
     let meta =
         ArrowReaderMetadata::load(bytes, reader_options()).map_err(|_| undecodable(dataset))?;
     check_parquet_schema(dataset, &meta)?;
+    // Every column chunk inside the data, as the footer-first path checks: the decoder panics
+    // on a negative offset (found by the `parquet_footer_first` fuzz target).
+    let trailer = bytes.len().saturating_sub(8);
+    let metadata_len = bytes
+        .get(trailer..trailer + 4)
+        .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    let body_len = (bytes.len() as u64).saturating_sub(u64::from(metadata_len) + 8);
+    segments(dataset, &meta, body_len)?;
     let meta = with_string_views(dataset, meta)?;
     let mut parallel = Parallel::default();
     for group in 0..meta.metadata().num_row_groups() {
