@@ -6,6 +6,7 @@
 use kura_engine::load::{Ingest, UploadFormat};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    kura_fuzz::only_uncontained_panics();
     let Some((&split, csv)) = data.split_first() else {
         return;
     };

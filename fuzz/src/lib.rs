@@ -20,3 +20,11 @@ pub fn rows(batches: &[kura_engine::RecordBatch]) -> Option<kura_engine::RecordB
     let first = batches.first()?;
     Some(kura_engine::datafusion::arrow::compute::concat_batches(&first.schema(), batches).unwrap())
 }
+
+/// A panic kura contains (a parsing thread's, which the pool turns into a refusal of the file)
+/// is not a finding; one that reaches the target's own thread still is (libfuzzer-sys aborts on
+/// it). Puts back the default hook in place of libfuzzer-sys's, which aborts on any panic.
+pub fn only_uncontained_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| drop(std::panic::take_hook()));
+}

@@ -1082,8 +1082,10 @@ fn fuzzed_parquet(rows: &[u8], group: usize, flip: Option<(usize, u8)>) -> Vec<u
 /// Found by the `parquet_footer_first` fuzz target (inputs in `fuzz/regressions/`): one bit
 /// flipped in the Arrow schema a writer embeds in the footer made arrow-ipc panic while reading
 /// the metadata (the embedded schema is no longer read); one bit flipped in a column chunk's
-/// offset made the decoder panic on a negative range (offsets are checked first). Whatever the
-/// verdict, there is one, whole or footer first, and never a panic.
+/// offset made the decoder panic on a negative range (offsets are checked first); a page
+/// claiming a dictionary that is not there makes the Parquet crate panic while decoding (the
+/// parsing pool catches it and refuses the file). Whatever the verdict, there is one, whole or
+/// footer first, and never a panic.
 #[test]
 fn corrupt_parquet_metadata_is_refused_not_panicked_on() {
     let c = contract(None);
@@ -1106,7 +1108,18 @@ fn corrupt_parquet_metadata_is_refused_not_panicked_on() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("column chunk"), "{err}");
-    for file in [schema, offset] {
+    // A page that says it is dictionary encoded where there is no dictionary: the Parquet
+    // crate panics in a parsing thread ("Decoder for dict should have been set"); the pool
+    // turns that into a refusal of the file.
+    let mut rows = vec![0xf7];
+    rows.extend([0xff; 23]);
+    rows.extend(b"\xc8\x01\x00\x05/\x94\x1f \xf7!\x04\xc8\x01");
+    let dictionary = fuzzed_parquet(&rows, 4, Some((0x04ff, 4)));
+    let err = load::load(ehr, UploadFormat::Parquet, &dictionary)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("decoder failed"), "{err}");
+    for file in [schema, offset, dictionary] {
         let _ = load::load(ehr, UploadFormat::Parquet, &file);
         if let Ok((head, rest)) = kura_api::footer_first(&mut std::io::Cursor::new(&file)) {
             let mut ingest = load::Ingest::new(ehr, UploadFormat::ParquetFooterFirst);
