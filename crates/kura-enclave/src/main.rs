@@ -79,6 +79,15 @@ fn main() -> ExitCode {
             )
             .init(),
     }
+    // A panic's message may quote what the code was looking at (a value of a dataset); the log
+    // is the host's. Only where it happened is logged. (Decoders that panic on a bad file are
+    // contained: the upload is refused and the service goes on.)
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+        tracing::error!("a thread panicked{at} (its message is withheld: it may quote data)");
+    }));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

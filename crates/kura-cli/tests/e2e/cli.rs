@@ -983,3 +983,43 @@ pub(crate) fn a_killed_service_restarts_with_a_log_that_verifies_and_loses_no_ac
         "killed 4 times: {acked} acknowledged appends, {refused} in the restarted log, which verifies"
     );
 }
+
+/// A file on which the Parquet decoder panics (found by fuzzing, `testdata/uploads`) is refused,
+/// the service goes on, and its log says where it panicked but not the panic's message (which
+/// may quote data: the log is the host's).
+#[test]
+pub(crate) fn a_decoder_panic_refuses_the_file_and_the_log_withholds_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let path = cli_setup(d, "");
+    let contract = SignedContract::verify(
+        Contract::parse(&std::fs::read(&path).unwrap()).unwrap(),
+        |p| std::fs::read_to_string(format!("{}.{p}.sig", path.display())).ok(),
+    )
+    .unwrap();
+    let key =
+        SecretIdentity::parse(&std::fs::read_to_string(d.join("hospital-a.key")).unwrap()).unwrap();
+    let bad = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/uploads/dictionary-missing.parquet");
+    let (served, url) = serve(d, &path);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = Client::new(&url, contract.clone(), key).unwrap();
+        match client.upload("ehr", &bad, |_| {}).await {
+            Err(ClientError::Refused { reason, .. }) => {
+                assert!(reason.contains("could not be decoded"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // The service still answers.
+        client.audit().await.unwrap();
+    });
+    drop(served);
+    let log = std::fs::read_to_string(d.join("serve.log")).unwrap();
+    assert!(log.contains("a thread panicked at"), "{log}");
+    assert!(!log.contains("Decoder for dict"), "{log}");
+}
