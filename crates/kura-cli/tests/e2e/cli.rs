@@ -910,6 +910,21 @@ pub(crate) fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its
     drop(served);
 }
 
+/// The contract at `path` with the signature files beside it.
+fn signed_at(path: &Path) -> SignedContract {
+    SignedContract::verify(
+        Contract::parse(&std::fs::read(path).unwrap()).unwrap(),
+        |p| std::fs::read_to_string(format!("{}.{p}.sig", path.display())).ok(),
+    )
+    .unwrap()
+}
+
+/// `party`'s key as `cli_setup` wrote it into `d`.
+fn key_at(d: &Path, party: &str) -> SecretIdentity {
+    SecretIdentity::parse(&std::fs::read_to_string(d.join(format!("{party}.key"))).unwrap())
+        .unwrap()
+}
+
 #[test]
 pub(crate) fn a_killed_service_restarts_with_a_log_that_verifies_and_loses_no_acknowledged_entry() {
     use std::sync::Arc;
@@ -918,14 +933,8 @@ pub(crate) fn a_killed_service_restarts_with_a_log_that_verifies_and_loses_no_ac
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let path = cli_setup(d, "");
-    let contract = SignedContract::verify(
-        Contract::parse(&std::fs::read(&path).unwrap()).unwrap(),
-        |p| std::fs::read_to_string(format!("{}.{p}.sig", path.display())).ok(),
-    )
-    .unwrap();
-    let key = || {
-        SecretIdentity::parse(&std::fs::read_to_string(d.join("hospital-a.key")).unwrap()).unwrap()
-    };
+    let contract = signed_at(&path);
+    let key = || key_at(d, "hospital-a");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -992,13 +1001,8 @@ pub(crate) fn a_decoder_panic_refuses_the_file_and_the_log_withholds_its_message
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let path = cli_setup(d, "");
-    let contract = SignedContract::verify(
-        Contract::parse(&std::fs::read(&path).unwrap()).unwrap(),
-        |p| std::fs::read_to_string(format!("{}.{p}.sig", path.display())).ok(),
-    )
-    .unwrap();
-    let key =
-        SecretIdentity::parse(&std::fs::read_to_string(d.join("hospital-a.key")).unwrap()).unwrap();
+    let contract = signed_at(&path);
+    let key = key_at(d, "hospital-a");
     let bad = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../testdata/uploads/dictionary-missing.parquet");
     let (served, url) = serve(d, &path);
