@@ -1107,7 +1107,10 @@ fn corrupt_parquet_metadata_is_refused_not_panicked_on() {
     let err = load::load(ehr, UploadFormat::Parquet, &offset)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("column chunk"), "{err}");
+    assert!(
+        err.contains("negative offset") || err.contains("outside the file's data"),
+        "{err}"
+    );
     // A page that says it is dictionary encoded where there is no dictionary: the Parquet
     // crate panics in a parsing thread ("Decoder for dict should have been set"); the pool
     // turns that into a refusal of the file.
