@@ -15,10 +15,9 @@ pub fn call_context(contract_id: &str, enclave: &str) -> Vec<u8> {
     format!("kura-call-v1\0{contract_id}\0{enclave}").into_bytes()
 }
 
-/// Largest sealed call the enclave reads: a padded [`crate::MAX_REQUEST`], the largest
-/// encapsulation (X-Wing's 1120 bytes) and the tag.
+/// Largest sealed call the enclave reads: a sealed [`crate::MAX_REQUEST`].
 pub fn max_sealed_call() -> usize {
-    channel::padded_len(crate::MAX_REQUEST) + 1120 + 16
+    channel::max_request_len(crate::MAX_REQUEST)
 }
 
 /// A sealed call, ready to send, with what its answers are opened with.

@@ -40,6 +40,14 @@ pub fn padded_len(len: usize) -> usize {
     }
 }
 
+/// The longest sealed request with at most `plaintext` bytes: the padded plaintext, the largest
+/// encapsulation of the KEMs kura uses, and the tag.
+pub fn max_request_len(plaintext: usize) -> usize {
+    let enc = <PqKem as hpke::Kem>::EncappedKey::size()
+        .max(<ClassicKem as hpke::Kem>::EncappedKey::size());
+    padded_len(plaintext) + enc + 16
+}
+
 fn pad(plaintext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let len = u32::try_from(plaintext.len()).map_err(|_| CryptoError::Encrypt)?;
     let mut out = Zeroizing::new(Vec::with_capacity(padded_len(plaintext.len())));
@@ -219,6 +227,10 @@ mod tests {
         let (small, _) = seal_request(enclave.public(), Kem::XWing, b"", b"a").unwrap();
         let (large, _) = seal_request(enclave.public(), Kem::XWing, b"", &[b'a'; 1000]).unwrap();
         assert_eq!(small.len(), large.len());
+        // The bound the enclave reads calls up to is exact for the post-quantum KEM.
+        assert_eq!(large.len(), max_request_len(1000));
+        let (classic, _) = seal_request(enclave.public(), Kem::X25519, b"", &[b'a'; 1000]).unwrap();
+        assert!(classic.len() < max_request_len(1000));
     }
 
     proptest! {

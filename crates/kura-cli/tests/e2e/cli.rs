@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use kura_client::{Client, ClientError};
-use kura_contract::{Contract, SignedContract};
 use kura_crypto::SecretIdentity;
 
 use crate::common::*;
@@ -58,8 +57,7 @@ pub(crate) fn cli_keys_contract_sign_and_verify() {
             .trim()
             .to_string()
     };
-    let hospital =
-        SecretIdentity::parse(&std::fs::read_to_string(d.join("hospital-a.key")).unwrap()).unwrap();
+    let hospital = key_at(d, "hospital-a");
     assert_eq!(hospital.public().to_text(), public("hospital-a"));
     let text = contract_text(
         &[
@@ -69,10 +67,7 @@ pub(crate) fn cli_keys_contract_sign_and_verify() {
             },
             Party {
                 name: "fitness-b",
-                key: SecretIdentity::parse(
-                    &std::fs::read_to_string(d.join("fitness-b.key")).unwrap(),
-                )
-                .unwrap(),
+                key: key_at(d, "fitness-b"),
             },
         ],
         false,
@@ -910,15 +905,6 @@ pub(crate) fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its
     drop(served);
 }
 
-/// The contract at `path` with the signature files beside it.
-fn signed_at(path: &Path) -> SignedContract {
-    SignedContract::verify(
-        Contract::parse(&std::fs::read(path).unwrap()).unwrap(),
-        |p| std::fs::read_to_string(format!("{}.{p}.sig", path.display())).ok(),
-    )
-    .unwrap()
-}
-
 /// `party`'s key as `cli_setup` wrote it into `d`.
 fn key_at(d: &Path, party: &str) -> SecretIdentity {
     SecretIdentity::parse(&std::fs::read_to_string(d.join(format!("{party}.key"))).unwrap())
@@ -933,7 +919,7 @@ pub(crate) fn a_killed_service_restarts_with_a_log_that_verifies_and_loses_no_ac
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let path = cli_setup(d, "");
-    let contract = signed_at(&path);
+    let contract = kura_contract::files::read_signed(&path).unwrap();
     let key = || key_at(d, "hospital-a");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1001,7 +987,7 @@ pub(crate) fn a_decoder_panic_refuses_the_file_and_the_log_withholds_its_message
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let path = cli_setup(d, "");
-    let contract = signed_at(&path);
+    let contract = kura_contract::files::read_signed(&path).unwrap();
     let key = key_at(d, "hospital-a");
     let bad = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../testdata/uploads/dictionary-missing.parquet");

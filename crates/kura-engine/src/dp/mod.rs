@@ -69,8 +69,8 @@ struct Measure {
     grid: f64,
 }
 
-/// Most grid units one row may add to a sum: with at most 1000 rows a person, a sum of any
-/// number of people's rows stays exact in `i64` up to nine billion rows.
+/// Most grid units one row may add to a sum: a sum stays exact in `i64` up to 9 × 10^11 rows,
+/// and a sensitivity (at most 1000 rows a person) is at most 10^10 units.
 const MAX_UNITS: u64 = 10_000_000;
 
 impl Measure {
