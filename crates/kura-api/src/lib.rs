@@ -102,6 +102,9 @@ pub enum Action {
     Consistency {
         from: u64,
     },
+    /// A provider releases the keys of its stored dataset to this enclave instance, which
+    /// reads the dataset from storage again (after a restart or an upgrade).
+    Release(ReleaseRequest),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +115,89 @@ pub struct UploadHeader {
     pub format: UploadFormat,
     /// The per-upload data key, HPKE-sealed to the enclave with [`upload_context`] as info.
     pub wrapped_key: Sealed,
+    /// Where the enclave stores the dataset's encrypted files: the provider's own bucket. By
+    /// default, the service's store (a directory of the host's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+    /// Adds this upload to the dataset as a new batch; without it, a dataset takes one upload.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub append: bool,
+}
+
+/// A provider's S3-compatible bucket and the credentials the enclave writes and reads it with.
+/// They travel only inside sealed calls, and are never logged or stored: a restarted enclave
+/// gets them again with the dataset's keys ([`ReleaseRequest`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// `s3://bucket` or `s3://bucket/prefix`.
+    pub url: String,
+    /// The S3 endpoint, for stores other than AWS (`https://minio.example:9000`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    /// Plain HTTP to the endpoint (a store on the same machine). What travels is ciphertext
+    /// and signed requests; the secret key itself is never sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http: bool,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keys of a stored dataset's batches, each opened by its provider from the log and sealed
+/// to this enclave instance with [`release_info`]; every batch the log records, or none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    pub dataset: String,
+    pub keys: Vec<BatchKey>,
+    /// The bucket's credentials, when the dataset is in the provider's bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchKey {
+    pub batch: String,
+    pub key: Sealed,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    pub dataset: String,
+    pub batches: u64,
+    pub rows: u64,
+    /// Proof that the release is in the log.
+    pub receipt: Receipt,
+}
+
+/// HPKE `info` of a stored batch's key sealed to its provider (recorded in the log).
+pub fn file_key_info(contract_id: &str, dataset: &str, batch: &str) -> Vec<u8> {
+    format!("kura-file-key-v1\0{contract_id}\0{dataset}\0{batch}").into_bytes()
+}
+
+/// HPKE `info` of a stored batch's key released by its provider to one enclave instance.
+pub fn release_info(contract_id: &str, dataset: &str, batch: &str, enclave: &str) -> Vec<u8> {
+    format!("kura-release-v1\0{contract_id}\0{dataset}\0{batch}\0{enclave}").into_bytes()
+}
+
+/// The AAD prefix of a stored batch's Parquet file: a file of one batch does not decrypt as
+/// another's.
+pub fn file_aad(contract_id: &str, dataset: &str, batch: &str) -> Vec<u8> {
+    format!("kura-at-rest-v1\0{contract_id}\0{dataset}\0{batch}").into_bytes()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

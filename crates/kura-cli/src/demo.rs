@@ -132,6 +132,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         query_memory_bytes: kura_server::Config::DEFAULT_QUERY_MEMORY,
         evidence_certs: vec![],
         evidence_collateral: None,
+        store_dir: None,
     })
     .await?;
     let url = running.url();

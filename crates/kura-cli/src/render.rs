@@ -169,8 +169,23 @@ pub fn describe(event: &kura_ledger::Event) -> String {
             dataset,
             provider,
             rows,
+            stored,
             ..
-        } => format!("upload of {dataset} by {provider}: {rows} rows"),
+        } => format!(
+            "upload of {dataset} by {provider}: {rows} rows{}",
+            stored
+                .as_ref()
+                .map(|s| format!(", batch {} stored at {}", s.batch, s.location))
+                .unwrap_or_default()
+        ),
+        E::KeysReleased {
+            dataset,
+            party,
+            batches,
+        } => format!(
+            "keys of {dataset} released by {party} to this instance: {} batch(es)",
+            batches.len()
+        ),
         E::UploadRefused {
             dataset,
             party,

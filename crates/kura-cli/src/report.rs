@@ -196,6 +196,8 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                     r.released_to.push(receiver.clone());
                 }
             }
+            // A key release brings no new data: the dataset's uploads say what it holds.
+            Event::KeysReleased { .. } => {}
             Event::UploadRefused { .. } => refused_uploads += 1,
             Event::RunRefused { .. } => refused_runs += 1,
         }

@@ -22,6 +22,8 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
     let mut budget = Budget::of(contract);
     let mut deleted: BTreeSet<&str> = BTreeSet::new();
     let mut runs: BTreeMap<&str, &str> = BTreeMap::new();
+    // The stored batches of each dataset, by id.
+    let mut batches: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for b in bodies {
         let bad = |why: String| Err(format!("entry {} ({}): {why}", b.seq, b.event.kind()));
         let is_party = |p: &str| contract.party(p).is_some();
@@ -34,7 +36,10 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 }
             }
             Event::Upload {
-                dataset, provider, ..
+                dataset,
+                provider,
+                stored,
+                ..
             } => {
                 let Some(d) = contract.dataset(dataset) else {
                     return bad(format!(
@@ -48,6 +53,35 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 }
                 if deleted.contains(dataset.as_str()) {
                     return bad(format!("upload of {dataset:?} after its deletion"));
+                }
+                if let Some(s) = stored
+                    && !batches.entry(dataset).or_default().insert(&s.batch)
+                {
+                    return bad(format!("batch {:?} of {dataset:?} recorded twice", s.batch));
+                }
+            }
+            Event::KeysReleased {
+                dataset,
+                party,
+                batches: released,
+            } => {
+                if contract
+                    .dataset(dataset)
+                    .is_none_or(|d| &d.provider != party)
+                {
+                    return bad(format!(
+                        "keys of {dataset:?} released by {party:?}, who is not its provider"
+                    ));
+                }
+                if deleted.contains(dataset.as_str()) {
+                    return bad(format!("keys of {dataset:?} released after its deletion"));
+                }
+                let known = batches.get(dataset.as_str());
+                let released: BTreeSet<&str> = released.iter().map(String::as_str).collect();
+                if known != Some(&released) {
+                    return bad(format!(
+                        "keys released for other batches of {dataset:?} than the log records"
+                    ));
                 }
             }
             Event::Run {
@@ -180,6 +214,82 @@ mod tests {
             ciphertext_bytes: 1,
             ciphertext_sha256: String::new(),
             request: None,
+            stored: None,
+        }
+    }
+
+    fn stored_upload(batch: &str) -> Event {
+        let mut e = upload("hospital-a");
+        if let Event::Upload { stored, .. } = &mut e {
+            *stored = Some(kura_ledger::StoredBatch {
+                batch: batch.into(),
+                location: "local".into(),
+                object: format!("kura/c/ehr/{batch}.parquet"),
+                bytes: 1,
+                key: kura_crypto::Sealed {
+                    enc: vec![],
+                    ct: vec![],
+                },
+            });
+        }
+        e
+    }
+
+    fn keys_released(party: &str, batches: &[&str]) -> Event {
+        Event::KeysReleased {
+            dataset: "ehr".into(),
+            party: party.into(),
+            batches: batches.iter().map(|b| b.to_string()).collect(),
+        }
+    }
+
+    /// A release names every batch the log records for the dataset, comes from its provider,
+    /// and never follows the dataset's deletion.
+    #[test]
+    fn key_releases_must_match_the_recorded_batches() {
+        let c = contract();
+        let ok = vec![
+            stored_upload("b1"),
+            stored_upload("b2"),
+            keys_released("hospital-a", &["b2", "b1"]),
+        ];
+        check_events(&c, &bodies(ok)).unwrap();
+        let cases = [
+            (
+                vec![stored_upload("b1"), keys_released("fitness-b", &["b1"])],
+                "not its provider",
+            ),
+            (
+                vec![
+                    stored_upload("b1"),
+                    keys_released("hospital-a", &["b1", "b2"]),
+                ],
+                "other batches",
+            ),
+            (
+                vec![
+                    stored_upload("b1"),
+                    stored_upload("b2"),
+                    keys_released("hospital-a", &["b1"]),
+                ],
+                "other batches",
+            ),
+            (
+                vec![
+                    stored_upload("b1"),
+                    deletion(),
+                    keys_released("hospital-a", &["b1"]),
+                ],
+                "after its deletion",
+            ),
+            (
+                vec![stored_upload("b1"), stored_upload("b1")],
+                "recorded twice",
+            ),
+        ];
+        for (events, expected) in cases {
+            let err = check_events(&c, &bodies(events)).unwrap_err();
+            assert!(err.contains(expected), "{err}");
         }
     }
 

@@ -99,6 +99,10 @@ pub struct Client {
     certs: Option<certs::Certs>,
     /// The request hash of each run this client started, by run id.
     started: std::collections::HashMap<String, String>,
+    /// This provider's bucket for its datasets at rest (default: the service's store).
+    storage: Option<kura_api::Storage>,
+    /// Whether uploads add a batch to a dataset already uploaded.
+    append: bool,
 }
 
 /// Result of an audit verification.
@@ -134,7 +138,21 @@ impl Client {
             known_head: None,
             certs: None,
             started: std::collections::HashMap::new(),
+            storage: None,
+            append: false,
         })
+    }
+
+    /// Keeps this provider's datasets in its own S3-compatible bucket, reached by the enclave
+    /// with these credentials (sealed to it with every upload and release, never logged).
+    pub fn with_storage(mut self, storage: Option<kura_api::Storage>) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Makes the next uploads add a batch to their dataset rather than provide it whole.
+    pub fn set_append(&mut self, append: bool) {
+        self.append = append;
     }
 
     /// Completes evidence that lacks a VCEK or DCAP collateral from `certs` before verifying
@@ -501,6 +519,8 @@ impl Client {
                 dataset: dataset.to_string(),
                 format,
                 wrapped_key: wrapped,
+                storage: self.storage.clone(),
+                append: self.append,
             }),
         };
         let signed = SignedRequest::new(&self.party, &self.me, &body);
@@ -527,13 +547,22 @@ impl Client {
             .map_err(|_| ClientError::Local("the encrypting thread stopped".into()))?;
         // The log must record this upload: this dataset, from this party, these exact bytes
         // (every upload's ciphertext is new: fresh key and nonce), for this request.
+        // Its file key must be sealed to this party, or no later enclave instance could ever
+        // get it back.
         let sha = hex::encode(sent.sha256);
+        let location = self
+            .storage
+            .as_ref()
+            .map_or_else(|| "local".to_string(), |s| s.url.clone());
         self.check_receipt(&enclave, &resp.receipt, after, "the upload", |e| {
             matches!(e, Event::Upload {
                 dataset: d, provider, rows, ciphertext_bytes, ciphertext_sha256, request: r,
+                stored: Some(stored),
             } if d == dataset && provider == &self.party && *rows == resp.rows
                 && *ciphertext_bytes == sent.bytes && ciphertext_sha256 == &sha
-                && r.as_deref() == Some(request.as_str()))
+                && r.as_deref() == Some(request.as_str())
+                && stored.location == location
+                && self.open_file_key(dataset, stored).is_ok())
         })?;
         if resp.dataset != dataset || resp.ciphertext_bytes != sent.bytes {
             return Err(ClientError::NotMine(
@@ -719,6 +748,139 @@ impl Client {
             ClientError::Log("a result's release is not signed by the start that sealed it".into())
         })?;
         Ok(key)
+    }
+
+    /// The key of one of this provider's stored batches, opened from the log.
+    fn open_file_key(
+        &self,
+        dataset: &str,
+        stored: &kura_ledger::StoredBatch,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, ClientError> {
+        let info = kura_api::file_key_info(self.contract.id().as_str(), dataset, &stored.batch);
+        kura_crypto::open(&self.me, self.contract.crypto.kem, &info, b"", &stored.key).map_err(
+            |_| {
+                ClientError::Audit(format!(
+                    "the key of batch {} of {dataset:?} is not sealed to this party",
+                    stored.batch
+                ))
+            },
+        )
+    }
+
+    /// Releases the keys of this provider's stored datasets to the attested enclave instance
+    /// (after a restart or an upgrade), so that it reads them from storage again. Only after
+    /// the whole log verifies; never the keys of a dataset the log shows deleted (naming one
+    /// in `only` is an error). Datasets already released to this instance are skipped.
+    pub async fn release(
+        &mut self,
+        only: &[String],
+    ) -> Result<Vec<kura_api::ReleaseResponse>, ClientError> {
+        let report = self.audit().await?;
+        let enclave = self.enclave().await?;
+        let mine: Vec<&str> = self
+            .contract
+            .datasets
+            .iter()
+            .filter(|d| d.provider == self.party)
+            .map(|d| d.name.as_str())
+            .collect();
+        let mut stored: std::collections::BTreeMap<String, Vec<kura_ledger::StoredBatch>> =
+            Default::default();
+        let mut deleted = std::collections::BTreeMap::new();
+        let mut released = std::collections::BTreeSet::new();
+        for entry in &report.entries {
+            let body = entry
+                .parse_body()
+                .map_err(|e| ClientError::Audit(e.to_string()))?;
+            match body.event {
+                // What an instance holds (uploaded to it, or released to it) dies with it.
+                Event::EnclaveStarted { .. } => released.clear(),
+                Event::Upload {
+                    dataset,
+                    stored: Some(batch),
+                    ..
+                } if mine.contains(&dataset.as_str()) => {
+                    released.insert(dataset.clone());
+                    stored.entry(dataset).or_default().push(batch);
+                }
+                Event::KeysReleased { dataset, .. } => {
+                    released.insert(dataset);
+                }
+                Event::Deletion { dataset, reason } => {
+                    stored.remove(&dataset);
+                    deleted.insert(dataset, reason);
+                }
+                _ => {}
+            }
+        }
+        for name in only {
+            if !mine.contains(&name.as_str()) {
+                return Err(ClientError::Local(format!(
+                    "party {:?} provides no dataset {name:?}",
+                    self.party
+                )));
+            }
+            if let Some(why) = deleted.get(name) {
+                return Err(ClientError::Local(format!(
+                    "dataset {name:?} was deleted ({why}): its keys are never released again"
+                )));
+            }
+            if !stored.contains_key(name) {
+                return Err(ClientError::Local(format!(
+                    "the log records no stored batch of {name:?}: upload it"
+                )));
+            }
+        }
+        let contract_id = self.contract.id().to_string();
+        let fingerprint = enclave.key.fingerprint();
+        let mut answers = Vec::new();
+        for (dataset, batches) in &stored {
+            if (!only.is_empty() && !only.contains(dataset)) || released.contains(dataset) {
+                continue;
+            }
+            let location = &batches[0].location;
+            let storage = match location.as_str() {
+                "local" => None,
+                url => match &self.storage {
+                    Some(s) if s.url == url => Some(s.clone()),
+                    _ => {
+                        return Err(ClientError::Local(format!(
+                            "dataset {dataset:?} is stored at {url}: give that bucket's \
+                             credentials (--storage)"
+                        )));
+                    }
+                },
+            };
+            let mut keys = Vec::new();
+            for batch in batches {
+                let key = self.open_file_key(dataset, batch)?;
+                let info =
+                    kura_api::release_info(&contract_id, dataset, &batch.batch, &fingerprint);
+                let sealed =
+                    kura_crypto::seal(&enclave.key, self.contract.crypto.kem, &info, b"", &key)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                keys.push(kura_api::BatchKey {
+                    batch: batch.batch.clone(),
+                    key: sealed,
+                });
+            }
+            let after = self.known_size()?;
+            let action = Action::Release(kura_api::ReleaseRequest {
+                dataset: dataset.clone(),
+                keys,
+                storage,
+            });
+            let (resp, _): (kura_api::ReleaseResponse, _) = self.call(action).await?;
+            let ids: Vec<&str> = batches.iter().map(|b| b.batch.as_str()).collect();
+            self.check_receipt(&enclave, &resp.receipt, after, "the release", |e| {
+                matches!(e, Event::KeysReleased { dataset: d, party, batches: b }
+                    if d == dataset && party == &self.party
+                        && b.iter().map(String::as_str).eq(ids.iter().copied()))
+            })?;
+            self.advance_to_receipts(&enclave, [&resp.receipt]).await?;
+            answers.push(resp);
+        }
+        Ok(answers)
     }
 
     /// Fetches the whole log and verifies it: chain, signatures, the evidence of every enclave

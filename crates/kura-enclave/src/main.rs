@@ -35,6 +35,11 @@ struct Args {
     /// Directory of the audit log (one contract per directory).
     #[arg(long)]
     state: PathBuf,
+    /// The service's store of datasets at rest: encrypted files only, whose keys the providers
+    /// release to each enclave instance (default: STATE/store). A provider can name its own
+    /// bucket instead.
+    #[arg(long)]
+    store: Option<PathBuf>,
     /// Largest accepted upload in bytes.
     #[arg(long, default_value_t = kura_server::Config::DEFAULT_MAX_UPLOAD)]
     max_upload_bytes: u64,
@@ -130,6 +135,7 @@ async fn serve(a: Args) -> Result<()> {
         query_memory_bytes: a.query_memory_bytes,
         evidence_certs: a.certs.iter().map(read).collect::<Result<_>>()?,
         evidence_collateral: a.collateral.as_ref().map(read).transpose()?,
+        store_dir: a.store,
     })
     .await?;
     // On stdout, flushed: scripts and tests read the address (the port may be chosen at run time).

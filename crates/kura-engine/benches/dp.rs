@@ -35,7 +35,9 @@ fn tables(c: &Contract, people: usize) -> Tables {
         let d = c.dataset(name).unwrap();
         t.insert(
             name.into(),
-            load::load(d, UploadFormat::Csv, csv.as_bytes()).unwrap(),
+            load::load(d, UploadFormat::Csv, csv.as_bytes())
+                .unwrap()
+                .into(),
         );
     }
     t
@@ -77,7 +79,10 @@ fn main() {
     let plain = time(&|| {
         rt.block_on(async {
             let ctx = datafusion::prelude::SessionContext::new();
-            for (name, batches) in &t {
+            for (name, table) in &t {
+                let kura_engine::Table::Held(batches) = table else {
+                    unreachable!("the bench holds its tables")
+                };
                 let schema = batches[0].schema();
                 let table =
                     datafusion::datasource::MemTable::try_new(schema, vec![batches.clone()])

@@ -22,6 +22,9 @@ pub enum EngineError {
     /// An error raised while data was read, in words that carry no data value.
     #[error("the query failed while running: {0}")]
     Runtime(&'static str),
+    /// Stored data could not be written, opened or read. The text names files, never values.
+    #[error("stored data: {0}")]
+    Storage(String),
 }
 
 impl EngineError {
@@ -69,6 +72,14 @@ pub(crate) fn runtime(e: DataFusionError) -> EngineError {
             reason: reason.clone(),
         };
     }
+    // The enclave wrote every stored file itself: one that cannot be read, decrypted or decoded
+    // is missing, or was changed or replaced in the store.
+    if from_storage(&e) {
+        return EngineError::Runtime(
+            "a stored file of the data could not be read or did not decrypt (missing, changed or \
+             replaced in the store)",
+        );
+    }
     if matches!(root, DataFusionError::ResourcesExhausted(_)) {
         return EngineError::Runtime("the query needed more memory than the enclave allows");
     }
@@ -84,4 +95,34 @@ pub(crate) fn runtime(e: DataFusionError) -> EngineError {
             "an operation on column values failed (details are withheld: they may quote data)"
         },
     )
+}
+
+/// Whether reading a stored file caused `e`: the store's error, or the Parquet reader's (which
+/// the reader sometimes passes on only as text), found by type in `e`'s chain of causes.
+fn from_storage(e: &DataFusionError) -> bool {
+    use datafusion::arrow::error::ArrowError;
+    use datafusion::parquet::errors::ParquetError;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<object_store::Error>() || c.is::<ParquetError>() {
+            return true;
+        }
+        let arrow = match c.downcast_ref::<DataFusionError>() {
+            Some(DataFusionError::ObjectStore(_) | DataFusionError::ParquetError(_)) => {
+                return true;
+            }
+            Some(DataFusionError::Shared(inner)) => {
+                cause = Some(inner.as_ref());
+                continue;
+            }
+            Some(DataFusionError::ArrowError(arrow, _)) => Some(arrow.as_ref()),
+            _ => c.downcast_ref::<ArrowError>(),
+        };
+        match arrow {
+            Some(ArrowError::ParquetError(_)) => return true,
+            Some(ArrowError::ExternalError(inner)) => cause = Some(inner.as_ref()),
+            _ => cause = c.source(),
+        }
+    }
+    false
 }

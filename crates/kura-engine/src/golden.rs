@@ -73,7 +73,7 @@ pub(crate) fn load_csv<const N: usize>(c: &Contract, files: [(&str, String); N])
         .map(|(name, csv)| {
             let d = c.dataset(name).unwrap();
             let batches = load::load(d, UploadFormat::Csv, csv.as_bytes()).unwrap();
-            (name.to_string(), batches)
+            (name.to_string(), batches.into())
         })
         .collect()
 }

@@ -55,7 +55,7 @@ pub async fn run_list(
     };
     let mut out = BTreeMap::new();
     for receiver in &analysis.receivers {
-        let own = own_units(contract, receiver, tables)?;
+        let own = own_units(contract, receiver, &ctx).await?;
         let rows = all
             .rows
             .iter()
@@ -82,20 +82,22 @@ fn key(v: &Value) -> Option<String> {
     }
 }
 
-/// Every privacy-unit value of the datasets `party` provided.
-fn own_units(
+/// Every privacy-unit value of the datasets `party` provided (those present in `ctx`).
+async fn own_units(
     contract: &Contract,
     party: &str,
-    tables: &Tables,
+    ctx: &datafusion::execution::context::SessionContext,
 ) -> Result<HashSet<String>, EngineError> {
+    use datafusion::logical_expr::ident;
     let mut units = HashSet::new();
     for d in contract.datasets.iter().filter(|d| d.provider == party) {
-        for batch in tables.get(&d.name).into_iter().flatten() {
-            let Some(col) = batch.column_by_name(&d.privacy_unit) else {
-                continue;
-            };
-            let text =
-                cast(col, &DataType::Utf8).map_err(|e| EngineError::Execution(e.to_string()))?;
+        let frame = ctx
+            .table(d.name.as_str())
+            .await?
+            .select(vec![ident(&d.privacy_unit)])?;
+        for batch in frame.collect().await? {
+            let text = cast(batch.column(0), &DataType::Utf8)
+                .map_err(|e| EngineError::Execution(e.to_string()))?;
             units.extend(text.as_string::<i32>().iter().flatten().map(str::to_string));
         }
     }

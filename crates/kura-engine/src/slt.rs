@@ -61,6 +61,10 @@ enum SltError {
 struct Kura {
     contract: Contract,
     tables: Tables,
+    /// The same data held in memory, for plain DataFusion's answer.
+    plain: Tables,
+    /// Where the tables rest when they are read from encrypted storage.
+    _store: Option<tempfile::TempDir>,
     dp: bool,
     identifiers: HashSet<String>,
     last: Option<Output>,
@@ -76,11 +80,22 @@ impl Kura {
             .collect();
         Kura {
             contract,
+            plain: tables.clone(),
             tables,
+            _store: None,
             dp,
             identifiers,
             last: None,
         }
+    }
+
+    /// The same, with the tables read from encrypted files in a local store.
+    async fn at_rest(dp: bool) -> Self {
+        let mut kura = Kura::new(dp);
+        let dir = tempfile::tempdir().unwrap();
+        kura.tables = crate::stored::tests::at_rest(&kura.contract, &kura.plain, dir.path()).await;
+        kura._store = Some(dir);
+        kura
     }
 
     /// `SHOW kura.NAME`: facts about the last answer.
@@ -123,7 +138,7 @@ impl Kura {
     /// suppressed before `HAVING` and `LIMIT`, which may drop some in plain DataFusion too: with
     /// either, none may vanish uncounted.
     async fn compare_with_datafusion(&self, sql: &str, out: &Output) -> Result<(), SltError> {
-        let mut pool = crate::tests::plain(&self.tables, sql).await;
+        let mut pool = crate::tests::plain(&self.plain, sql).await;
         let total = pool.len();
         for row in &out.rows {
             if !take(&mut pool, row) {
@@ -269,12 +284,29 @@ fn files() -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn golden_queries_give_their_expected_rows_and_refusals() {
-    let complete = std::env::var_os("KURA_SLT_COMPLETE").is_some();
+    golden(false).await;
+}
+
+/// Every golden query gives the same answer and refusal when its tables are read from
+/// encrypted files, as the service reads them, as from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_queries_answer_the_same_from_encrypted_storage() {
+    golden(true).await;
+}
+
+async fn golden(at_rest: bool) {
+    let complete = !at_rest && std::env::var_os("KURA_SLT_COMPLETE").is_some();
     let mut failures = vec![];
     let mut records = 0;
     for path in files() {
         let dp = path.to_string_lossy().ends_with("_dp.slt");
-        let mut runner = Runner::new(move || async move { Ok(Kura::new(dp)) });
+        let mut runner = Runner::new(move || async move {
+            Ok(if at_rest {
+                Kura::at_rest(dp).await
+            } else {
+                Kura::new(dp)
+            })
+        });
         runner.with_validator(validator);
         runner.with_column_validator(sqllogictest::strict_column_validator);
         let parsed = sqllogictest::parse_file::<DefaultColumnType>(&path).unwrap();

@@ -34,6 +34,18 @@ pub enum Event {
         /// can tell its own upload's entry from any other (absent in logs before kura 0.1.2).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request: Option<String>,
+        /// Where the upload is kept at rest, and its key sealed to its provider (absent in
+        /// logs before datasets were stored).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stored: Option<StoredBatch>,
+    },
+    /// A provider released the keys of its stored dataset to this enclave instance (after a
+    /// restart or an upgrade), which reads it from storage again.
+    KeysReleased {
+        dataset: String,
+        party: String,
+        /// Every batch of the dataset the log records, by id.
+        batches: Vec<String>,
     },
     /// An upload was refused; nothing of it was kept.
     UploadRefused {
@@ -91,6 +103,23 @@ pub enum Event {
 /// The privacy budget spent according to `events`, in log order (`None` without
 /// `[privacy.dp]`). The one replay of the budget: a restarted enclave, `kura budget`, the
 /// transparency report and `kura audit verify`'s accounts all use it.
+/// One upload of a dataset at rest: an encrypted Parquet file written by the enclave.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredBatch {
+    /// The batch's id (random, hex): names its file and binds its key and AAD.
+    pub batch: String,
+    /// The store: `local` (the service's directory) or the provider's `s3://bucket/prefix`.
+    pub location: String,
+    /// The file's path in the store.
+    pub object: String,
+    /// The file's size in bytes.
+    pub bytes: u64,
+    /// The file's key, HPKE-sealed to the provider with `kura_api::file_key_info`: only the
+    /// provider can open it, to release it to a later enclave instance.
+    pub key: kura_crypto::Sealed,
+}
+
 pub fn budget_spent<'a>(
     contract: &kura_contract::Contract,
     events: impl IntoIterator<Item = &'a Event>,
@@ -127,6 +156,7 @@ impl Event {
             Event::EnclaveStarted { .. } => "enclave_started",
             Event::Upload { .. } => "upload",
             Event::UploadRefused { .. } => "upload_refused",
+            Event::KeysReleased { .. } => "keys_released",
             Event::Run { .. } => "run",
             Event::RunRefused { .. } => "run_refused",
             Event::Release { .. } => "release",

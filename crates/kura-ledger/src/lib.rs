@@ -20,7 +20,7 @@ mod store;
 mod verify;
 
 pub use error::LedgerError;
-pub use event::{EntryBody, Event, budget_spent};
+pub use event::{EntryBody, Event, StoredBatch, budget_spent};
 pub use merkle::{Receipt, SignedTreeHead, TreeHead, root_of, verify_consistency};
 pub use store::Ledger;
 pub use verify::{ChainReport, Start, verify_chain};

@@ -155,6 +155,7 @@ async fn call(State(s): State<Arc<Service>>, body: Body) -> Response {
         }
         Ok(Action::Audit) => sealed(&s, &key, 0, &request, s.audit(req).await),
         Ok(Action::Consistency { .. }) => sealed(&s, &key, 0, &request, s.consistency(req).await),
+        Ok(Action::Release(_)) => sealed(&s, &key, 0, &request, s.release(req).await),
         Err(e) => sealed::<()>(
             &s,
             &key,

@@ -41,6 +41,9 @@ pub struct Config {
     pub evidence_certs: Vec<Vec<u8>>,
     /// DCAP collateral handed out with TDX or SGX evidence (untrusted; Intel signs it).
     pub evidence_collateral: Option<Vec<u8>>,
+    /// The service's own store of datasets at rest (encrypted files only); default
+    /// `state_dir/store`. A provider can name its own bucket instead.
+    pub store_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -95,7 +98,7 @@ pub async fn start(config: Config) -> Result<Running, ServiceError> {
     let addr = listener
         .local_addr()
         .map_err(|e| ServiceError::Start(e.to_string()))?;
-    let service = Arc::new(Service::create(&config)?);
+    let service = Arc::new(Service::create(&config).await?);
     service.spawn_retention_timer();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let app = http::router(service.clone());

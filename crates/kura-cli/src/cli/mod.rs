@@ -7,6 +7,7 @@ mod contract;
 mod keys;
 mod profile;
 mod query;
+mod release;
 mod results;
 mod serve;
 mod upload;
@@ -41,6 +42,7 @@ impl Args {
             Command::Run(a) => a.json,
             Command::Query(a) => a.json,
             Command::Budget(a) => a.json,
+            Command::Release(a) => a.json,
             Command::Audit(audit::AuditCmd::Verify { json, .. }) => *json,
             Command::Audit(audit::AuditCmd::Report { json, format, .. }) => {
                 *json || *format == audit::ReportFormat::Json
@@ -66,6 +68,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Encrypt a dataset on this machine and upload it to the enclave.
     Upload(upload::UploadArgs),
+    /// Release your stored datasets' keys to a restarted or upgraded enclave instance.
+    Release(release::ReleaseArgs),
     /// Run an analysis of the contract.
     Run(query::RunArgs),
     /// Run an ad-hoc query under the contract's analysis rules.
@@ -181,6 +185,22 @@ async fn attested(party: &Party) -> Result<Client> {
     Ok(client)
 }
 
+/// A provider's bucket settings and credentials, from a TOML file (keep it like a key file).
+fn storage(path: Option<&std::path::Path>) -> Result<Option<kura_api::Storage>> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the storage file {}", path.display()))?;
+    // The parser's message could quote a credential: name only the file.
+    let storage = toml::from_str(&text).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is not a storage file (url, access_key_id, secret_access_key; optionally \
+             endpoint, region, session_token, allow_http)",
+            path.display()
+        )
+    })?;
+    Ok(Some(storage))
+}
+
 fn save_head(client: &Client) -> Result<()> {
     match client.known_head() {
         Some(head) => files::save_head(client.contract().id().as_str(), client.party(), head),
@@ -194,6 +214,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
         Command::Contract(cmd) => contract::run(cmd).await,
         Command::Serve(a) => serve::run(a),
         Command::Upload(a) => upload::run(a).await,
+        Command::Release(a) => release::run(a).await,
         Command::Run(a) => query::run(a).await,
         Command::Query(a) => query::query(a).await,
         Command::Budget(a) => budget::run(a).await,

@@ -366,7 +366,7 @@ pub(crate) fn cli_attest_fetches_a_missing_vcek_once_and_then_verifies_offline()
 }
 
 /// A `kura serve` child process, killed when dropped.
-pub(crate) struct Served(std::process::Child);
+pub(crate) struct Served(pub(crate) std::process::Child);
 
 impl Drop for Served {
     fn drop(&mut self) {
@@ -378,6 +378,11 @@ impl Drop for Served {
 /// Keys and a contract signed through the command line, and the data files, in `d`.
 /// Keys for two parties, a contract both signed (with `extra` appended), and the data files.
 pub(crate) fn cli_setup(d: &Path, extra: &str) -> PathBuf {
+    cli_setup_with(d, extra, |t| t)
+}
+
+/// [`cli_setup`], with the contract's text changed by `edit` before the parties sign it.
+pub(crate) fn cli_setup_with(d: &Path, extra: &str, edit: impl Fn(String) -> String) -> PathBuf {
     let ds = d.to_str().unwrap();
     for name in ["hospital-a", "fitness-b"] {
         assert!(
@@ -404,11 +409,13 @@ pub(crate) fn cli_setup(d: &Path, extra: &str) -> PathBuf {
     std::fs::write(
         &contract,
         // hospital-a (the first party) is also the analyst when `extra` opens ad-hoc queries.
-        contract_text(&parties, false, "[\"hospital-a\"]").replacen(
-            "[\"provider\", \"receiver\"]",
-            "[\"provider\", \"receiver\", \"analyst\"]",
-            usize::from(!extra.is_empty()),
-        ) + extra,
+        edit(
+            contract_text(&parties, false, "[\"hospital-a\"]").replacen(
+                "[\"provider\", \"receiver\"]",
+                "[\"provider\", \"receiver\", \"analyst\"]",
+                usize::from(!extra.is_empty()),
+            ) + extra,
+        ),
     )
     .unwrap();
     for name in ["hospital-a", "fitness-b"] {
@@ -906,7 +913,7 @@ pub(crate) fn cli_ad_hoc_query_gives_statistics_in_json_and_the_report_shows_its
 }
 
 /// `party`'s key as `cli_setup` wrote it into `d`.
-fn key_at(d: &Path, party: &str) -> SecretIdentity {
+pub(crate) fn key_at(d: &Path, party: &str) -> SecretIdentity {
     SecretIdentity::parse(&std::fs::read_to_string(d.join(format!("{party}.key"))).unwrap())
         .unwrap()
 }

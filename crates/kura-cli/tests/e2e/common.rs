@@ -53,6 +53,7 @@ pub(crate) fn config(contract: &SignedContract, state: &Path) -> kura_server::Co
         query_memory_bytes: kura_server::Config::DEFAULT_QUERY_MEMORY,
         evidence_certs: vec![],
         evidence_collateral: None,
+        store_dir: None,
     }
 }
 

@@ -9,3 +9,4 @@ mod common;
 mod dp;
 mod hostile;
 mod protocol;
+mod storage;

@@ -322,6 +322,8 @@ pub(crate) async fn raw_upload(
             key.as_bytes(),
         )
         .unwrap(),
+        storage: None,
+        append: false,
     });
     let http = reqwest::Client::new();
     let url = room.server.url();

@@ -143,7 +143,7 @@ fn to_contract_order(dataset: &Dataset, batch: RecordBatch) -> Result<RecordBatc
 }
 
 /// Parquet types that convert losslessly to each contract type.
-fn compatible(found: &DataType, wanted: ColumnType) -> bool {
+pub(crate) fn compatible(found: &DataType, wanted: ColumnType) -> bool {
     use DataType as T;
     match wanted {
         ColumnType::Utf8 => matches!(found, T::Utf8 | T::LargeUtf8 | T::Utf8View),
@@ -269,8 +269,24 @@ impl Ingest {
         }
     }
 
-    /// The whole file has arrived: the record batches, in file order, in the contract's column
-    /// order.
+    /// The record batches parsed so far that [`Ingest::take_ready`] has not yet given out, in
+    /// file order: a caller can write them on while the file is still arriving, so that an
+    /// upload is never held decoded whole. What comes back here is still subject to the
+    /// file's end: a later refusal refuses the whole upload. A piece that failed to parse
+    /// refuses the upload here already.
+    pub fn take_ready(&mut self) -> Result<Vec<RecordBatch>, EngineError> {
+        match &mut self.format {
+            Format::Csv(csv) => csv.parallel.ready(),
+            Format::ParquetFooterFirst(p) => match p.body.as_mut() {
+                Some(body) => body.parallel.ready(),
+                None => Ok(Vec::new()),
+            },
+            Format::Parquet(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The whole file has arrived: the record batches not yet taken, in file order, in the
+    /// contract's column order.
     pub fn finish(self) -> Result<Vec<RecordBatch>, EngineError> {
         match self.format {
             Format::Csv(csv) => csv.finish(&self.shape),

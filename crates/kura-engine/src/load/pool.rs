@@ -20,6 +20,8 @@ pub(super) struct Parallel {
     /// Pieces handed out, and parsed pieces received back (by piece number).
     pub(super) sent: usize,
     pub(super) parsed: Vec<Option<Vec<RecordBatch>>>,
+    /// Pieces whose batches [`Parallel::ready`] already gave out.
+    pub(super) taken: usize,
 }
 
 impl Parallel {
@@ -40,7 +42,23 @@ impl Parallel {
         Ok(())
     }
 
-    /// Waits for every piece: the batches of all of them, in file order.
+    /// The batches of the pieces parsed so far that follow, in file order, those already given
+    /// out: what a caller can pass on before the file has ended.
+    pub(super) fn ready(&mut self) -> Result<Vec<RecordBatch>, EngineError> {
+        if let Some(pool) = &self.pool {
+            while let Ok(parsed) = pool.parsed.try_recv() {
+                receive(&mut self.parsed, parsed)?;
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(Some(piece)) = self.parsed.get_mut(self.taken) {
+            out.append(piece);
+            self.taken += 1;
+        }
+        Ok(out)
+    }
+
+    /// Waits for every piece: the batches of all of them not yet given out, in file order.
     pub(super) fn finish(mut self) -> Result<Vec<RecordBatch>, EngineError> {
         if let Some(mut pool) = self.pool.take() {
             pool.jobs = None;
@@ -49,7 +67,13 @@ impl Parallel {
                 receive(&mut self.parsed, parsed)?;
             }
         }
-        Ok(self.parsed.into_iter().flatten().flatten().collect())
+        Ok(self
+            .parsed
+            .into_iter()
+            .skip(self.taken)
+            .flatten()
+            .flatten()
+            .collect())
     }
 }
 

@@ -18,21 +18,59 @@ use crate::{Config, ServiceError};
 
 mod kept;
 mod recovery;
+mod release;
 mod retention;
 mod run;
+mod store;
 mod upload;
 
 use upload::{KeptColumns, Pending};
 
-/// A dataset held in enclave memory.
-struct Held {
-    batches: Vec<kura_engine::RecordBatch>,
+/// A dataset at rest: its batches as the log records them, and, once this instance has their
+/// keys (from the upload, or released by the provider after a restart), the files opened for
+/// reading. Nothing of it is held decoded.
+struct StoredDataset {
+    /// As the log records it: [`store::LOCAL`] or the provider's `s3://` URL.
+    location: String,
+    /// The store, once this instance can reach it (a provider's bucket needs its credentials).
+    store: Option<Arc<dyn object_store::ObjectStore>>,
+    batches: Vec<Batch>,
+    /// The opened files, in batch order; all of them, or none.
+    open: Vec<Arc<kura_engine::stored::StoredFile>>,
+}
+
+/// One upload of a dataset, as the log records it.
+#[derive(Clone)]
+struct Batch {
+    id: String,
+    object: String,
+    bytes: u64,
+}
+
+impl StoredDataset {
+    /// The dataset as a query reads it, if this instance holds every batch's key.
+    fn table(&self) -> Option<kura_engine::Table> {
+        let store = self.store.clone()?;
+        (!self.batches.is_empty() && self.open.len() == self.batches.len()).then(|| {
+            kura_engine::Table::Stored(kura_engine::stored::Stored {
+                store,
+                files: self.open.clone(),
+            })
+        })
+    }
+
+    fn objects(&self) -> Vec<object_store::path::Path> {
+        self.batches
+            .iter()
+            .map(|b| object_store::path::Path::from(b.object.as_str()))
+            .collect()
+    }
 }
 
 #[derive(Default)]
 struct State {
     pending: std::collections::HashMap<String, Pending>,
-    datasets: BTreeMap<String, Held>,
+    datasets: BTreeMap<String, StoredDataset>,
     /// Datasets that were deleted, with the reason; they cannot be uploaded or used again.
     deleted: BTreeMap<String, String>,
     /// Sealed results by run, until fetched (kept across restarts: [`kept`]).
@@ -53,6 +91,8 @@ pub struct Service {
     max_upload_bytes: u64,
     /// The state directory (the host's): the log, and sealed results.
     state_dir: std::path::PathBuf,
+    /// The service's own store of datasets at rest (a directory of the host's).
+    local: Arc<dyn object_store::ObjectStore>,
     /// Operator memory of one query ([`kura_engine::with_memory_limit`]).
     query_memory: usize,
     state: Mutex<State>,
@@ -71,7 +111,7 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    pub(crate) fn create(config: &Config) -> Result<Self, ServiceError> {
+    pub(crate) async fn create(config: &Config) -> Result<Self, ServiceError> {
         let contract = config.contract.contract().clone();
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| ServiceError::Start(format!("cannot create state directory: {e}")))?;
@@ -89,12 +129,23 @@ impl Service {
             overlap: kura_engine::overlap::Overlap::of(&contract),
             ..State::default()
         };
+        let store_dir = config
+            .store_dir
+            .clone()
+            .unwrap_or_else(|| config.state_dir.join("store"));
+        let local = store::local(&store_dir)?;
         let lost = recovery::recover(
             &contract,
             ledger.entries(),
             &config.evidence_certs,
             &mut state,
         )?;
+        for d in state.datasets.values_mut() {
+            if d.location == store::LOCAL {
+                d.store = Some(local.clone());
+            }
+        }
+        store::sweep(local.as_ref(), &store_dir, contract.id().as_str(), &state).await;
         state.results = kept::load(&config.state_dir, ledger.entries());
         ledger
             .append(Event::EnclaveStarted {
@@ -103,7 +154,7 @@ impl Service {
                 evidence: evidence.clone(),
             })
             .map_err(|e| ServiceError::Start(e.to_string()))?;
-        // The previous instance's keys died with it: what it held can no longer be read.
+        // Uploads of a version that held data in memory only: they died with that instance.
         for dataset in lost {
             let reason = "enclave restarted: the previous instance's keys and plaintext are gone"
                 .to_string();
@@ -128,6 +179,7 @@ impl Service {
             info,
             max_upload_bytes: config.max_upload_bytes,
             state_dir: config.state_dir.clone(),
+            local,
             query_memory: usize::try_from(config.query_memory_bytes).unwrap_or(usize::MAX),
             state: Mutex::new(state),
             ledger: Mutex::new(ledger),
@@ -227,10 +279,14 @@ impl Service {
         name: &str,
         reason: String,
     ) -> Result<Receipt, ServiceError> {
-        if let Some(held) = state.datasets.remove(name) {
-            // The Arrow buffers are freed here; the data key and the decrypted file bytes were
-            // zeroized right after parsing (see `receive`).
-            drop(held);
+        if let Some(stored) = state.datasets.remove(name) {
+            // The files' keys are dropped (zeroized) here; the files go from the store. Without
+            // the store (a provider's bucket whose credentials this instance never got), the
+            // files stay, unreadable: their keys are sealed to their provider, whose client
+            // never releases a deleted dataset's.
+            if let Some(store) = &stored.store {
+                store::delete_objects(store.as_ref(), &stored.objects()).await;
+            }
         }
         state.deleted.insert(name.to_string(), reason.clone());
         self.log(Event::Deletion {

@@ -3,12 +3,13 @@
 use kura_contract::Contract;
 use kura_ledger::{Event, LogEntry};
 
-use super::State;
+use super::{Batch, State, StoredDataset};
 use crate::ServiceError;
 
 /// Rebuilds what must survive a restart from the log: which datasets were deleted (they stay
-/// deleted), the privacy budget spent and how many runs there were. Returns the datasets the
-/// previous instance held, which are lost now. Refuses a log that belongs to another contract,
+/// deleted), the batches of the datasets at rest (whose keys their providers must release to
+/// this instance), the privacy budget spent and how many runs there were. Returns the datasets
+/// an older version held in memory only, which are lost now. Refuses a log that belongs to another contract,
 /// and one whose entries are not each signed by an enclave whose start the log records with
 /// evidence that verifies against the contract (as of the time it was recorded): the host
 /// keeps the state directory and could otherwise add entries, or edit them, to restore a spent
@@ -19,7 +20,7 @@ pub(super) fn recover(
     certs: &[Vec<u8>],
     state: &mut State,
 ) -> Result<Vec<String>, ServiceError> {
-    let mut held = std::collections::BTreeSet::new();
+    let mut lost = std::collections::BTreeSet::new();
     let bodies = entries
         .iter()
         .map(LogEntry::parse_body)
@@ -48,16 +49,37 @@ pub(super) fn recover(
     state.budget = kura_ledger::budget_spent(contract, bodies.iter().map(|b| &b.event));
     for body in &bodies {
         match &body.event {
+            Event::Upload {
+                dataset,
+                stored: Some(stored),
+                ..
+            } => {
+                let d = state
+                    .datasets
+                    .entry(dataset.clone())
+                    .or_insert_with(|| StoredDataset {
+                        location: stored.location.clone(),
+                        store: None,
+                        batches: Vec::new(),
+                        open: Vec::new(),
+                    });
+                d.batches.push(Batch {
+                    id: stored.batch.clone(),
+                    object: stored.object.clone(),
+                    bytes: stored.bytes,
+                });
+            }
             Event::Upload { dataset, .. } => {
-                held.insert(dataset.clone());
+                lost.insert(dataset.clone());
             }
             Event::Deletion { dataset, reason } => {
-                held.remove(dataset);
+                lost.remove(dataset);
+                state.datasets.remove(dataset);
                 state.deleted.insert(dataset.clone(), reason.clone());
             }
             Event::Run { .. } => state.runs += 1,
             _ => {}
         }
     }
-    Ok(held.into_iter().collect())
+    Ok(lost.into_iter().collect())
 }

@@ -118,7 +118,7 @@ impl Service {
         let tables: Tables = state
             .datasets
             .iter()
-            .map(|(name, held)| (name.clone(), held.batches.clone()))
+            .filter_map(|(name, held)| Some((name.clone(), held.table()?)))
             .collect();
         let same_for_all =
             |o: kura_engine::Output| receivers.iter().map(|r| (r.clone(), o.clone())).collect();
@@ -192,7 +192,16 @@ impl Service {
                     .iter()
                     .filter(|m| state.deleted.contains_key(*m))
                     .collect();
-                return Err(ServiceError::Refused(if gone.is_empty() {
+                let sealed: Vec<_> = missing
+                    .iter()
+                    .filter(|m| state.datasets.contains_key(*m))
+                    .collect();
+                return Err(ServiceError::Refused(if !sealed.is_empty() {
+                    format!(
+                        "dataset(s) {sealed:?} are stored but await their provider's key release \
+                         to this enclave instance (`kura release`)"
+                    )
+                } else if gone.is_empty() {
                     format!(
                         "not all data is present: waiting for dataset(s) {}",
                         missing.join(", ")

@@ -9,7 +9,7 @@ use kura_crypto::{DataKey, StreamDecoder};
 use kura_engine::UploadFormat;
 use kura_ledger::Event;
 
-use super::{Held, Service, State};
+use super::{Batch, Service, State, StoredDataset, store};
 use crate::ServiceError;
 
 /// An accepted upload header waiting for its stream.
@@ -24,6 +24,10 @@ pub(super) struct Pending {
     key: DataKey,
     context: Vec<u8>,
     created: std::time::Instant,
+    /// Where the batch goes: the store, and its location as the log records it.
+    store: Arc<dyn object_store::ObjectStore>,
+    location: String,
+    append: bool,
 }
 
 /// How long a ticket stays valid, and how many may wait at once.
@@ -90,16 +94,36 @@ impl Service {
     }
 
     /// What a new upload must satisfy before its first byte of data (again at its end).
-    async fn check_state(&self, state: &State, dataset: &str) -> Result<(), ServiceError> {
+    async fn check_state(
+        &self,
+        state: &State,
+        dataset: &str,
+        append: bool,
+        location: &str,
+    ) -> Result<(), ServiceError> {
         if let Some(why) = state.deleted.get(dataset) {
             return Err(ServiceError::Refused(format!(
                 "dataset {dataset:?} was deleted ({why}); the contract does not allow it to be provided again"
             )));
         }
-        if state.datasets.contains_key(dataset) {
-            return Err(ServiceError::Refused(format!(
-                "dataset {dataset:?} was already uploaded"
-            )));
+        if let Some(held) = state.datasets.get(dataset) {
+            if !append {
+                return Err(ServiceError::Refused(format!(
+                    "dataset {dataset:?} was already uploaded (to add a batch, upload with --append)"
+                )));
+            }
+            if held.location != location {
+                return Err(ServiceError::Refused(format!(
+                    "dataset {dataset:?} is stored at {}; a batch appended to it must go there too",
+                    held.location
+                )));
+            }
+            if held.table().is_none() {
+                return Err(ServiceError::Refused(format!(
+                    "dataset {dataset:?} awaits its provider's key release to this enclave \
+                     instance (`kura release`) before a batch can be appended"
+                )));
+            }
         }
         if self.deadline_passed().await {
             return Err(ServiceError::Refused(
@@ -128,8 +152,18 @@ impl Service {
             )));
         }
         let format = header.format;
-        self.check_state(&*self.state.lock().await, &dataset.name)
-            .await?;
+        let location = store::location(header.storage.as_ref());
+        self.check_state(
+            &*self.state.lock().await,
+            &dataset.name,
+            header.append,
+            &location,
+        )
+        .await?;
+        let store = match &header.storage {
+            Some(storage) => store::s3(storage)?,
+            None => self.local.clone(),
+        };
         let context =
             kura_api::upload_context(&body.contract_id, &dataset.name, &body.enclave, &body.nonce);
         let kem = self.contract.crypto.kem;
@@ -151,6 +185,9 @@ impl Service {
             key,
             context,
             created: std::time::Instant::now(),
+            store,
+            location,
+            append: header.append,
         })
     }
 
@@ -208,34 +245,83 @@ impl Service {
             format,
             key,
             context,
+            store,
+            location,
+            append,
             ..
         } = pending;
-        // Decryption and parsing run on their own thread (parsing on a pool of its own), while
-        // this task receives and hashes: the file is parsed while it is still arriving and is
-        // never held whole.
+        let contract_id = self.contract.id().to_string();
+        let batch = kura_api::nonce();
+        let object = store::object(&contract_id, &dataset.name, &batch);
+        let aad = kura_api::file_aad(&contract_id, &dataset.name, &batch);
+        // Decryption, parsing and writing the encrypted file run on their own thread (parsing
+        // on a pool of its own), while this task receives and hashes: the file is parsed while
+        // it is still arriving, and written out as it is parsed, never held whole.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<axum::body::Bytes>(16);
-        let ds = dataset.clone();
         let kept = self.kept_columns().await;
-        let worker = tokio::task::spawn_blocking(move || {
-            let mut decoder = StreamDecoder::new(&key, &context);
-            drop(key);
-            // A dataset missing from the set (none is) would keep everything rather than nothing.
-            let keep = |column: &str| kept.get(&ds.name).is_none_or(|k| k.contains(column));
-            let mut ingest = kura_engine::load::Ingest::keeping(&ds, format, keep);
-            let refused = |e: kura_crypto::CryptoError| {
-                ServiceError::BadRequest(format!("encrypted stream refused: {e}"))
-            };
-            let parse = |e: kura_engine::EngineError| ServiceError::BadRequest(e.to_string());
-            while let Some(piece) = rx.blocking_recv() {
-                // Decrypted straight into the ingest's buffer.
-                ingest
-                    .push_with(|buf| decoder.push(&piece, buf))
-                    .map_err(parse)?
-                    .map_err(refused)?;
-            }
-            decoder.finish().map_err(refused)?;
-            ingest.finish().map_err(parse)
-        });
+        let worker = {
+            let (ds, store, object, aad) =
+                (dataset.clone(), store.clone(), object.clone(), aad.clone());
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let file_key = DataKey::generate();
+                let mut decoder = StreamDecoder::new(&key, &context);
+                drop(key);
+                // A dataset missing from the set (none is) would keep everything rather than
+                // nothing.
+                let keep = |column: &str| kept.get(&ds.name).is_none_or(|k| k.contains(column));
+                let mut kept_ds = ds.clone();
+                kept_ds.columns.retain(|c| keep(&c.name));
+                let mut ingest = kura_engine::load::Ingest::keeping(&ds, format, keep);
+                let mut writer = kura_engine::stored::FileWriter::create(
+                    handle,
+                    store,
+                    object,
+                    kura_engine::arrow_schema(&kept_ds),
+                    &file_key,
+                    &aad,
+                )
+                .map_err(|e| ServiceError::Refused(format!("the dataset's store: {e}")))?;
+                let written = (|| {
+                    let refused = |e: kura_crypto::CryptoError| {
+                        ServiceError::BadRequest(format!("encrypted stream refused: {e}"))
+                    };
+                    let parse =
+                        |e: kura_engine::EngineError| ServiceError::BadRequest(e.to_string());
+                    let write = |e: kura_engine::EngineError| {
+                        ServiceError::Refused(format!("the dataset's store: {e}"))
+                    };
+                    while let Some(piece) = rx.blocking_recv() {
+                        // Decrypted straight into the ingest's buffer.
+                        ingest
+                            .push_with(|buf| decoder.push(&piece, buf))
+                            .map_err(parse)?
+                            .map_err(refused)?;
+                        for batch in ingest.take_ready().map_err(parse)? {
+                            writer.write(&batch).map_err(write)?;
+                        }
+                    }
+                    decoder.finish().map_err(refused)?;
+                    for batch in ingest.finish().map_err(parse)? {
+                        writer.write(&batch).map_err(write)?;
+                    }
+                    Ok::<_, ServiceError>(())
+                })();
+                match written {
+                    Ok(()) => {
+                        let rows = writer.rows();
+                        let bytes = writer.finish().map_err(|e| {
+                            ServiceError::Refused(format!("the dataset's store: {e}"))
+                        })?;
+                        Ok((file_key, rows, bytes))
+                    }
+                    Err(e) => {
+                        writer.abort();
+                        Err(e)
+                    }
+                }
+            })
+        };
         let mut received = 0u64;
         let mut digest = <sha2::Sha256 as sha2::Digest>::new();
         let mut tx = Some(tx);
@@ -258,16 +344,51 @@ impl Service {
             }
         }
         drop(tx);
-        let batches = worker
+        let (file_key, rows, bytes) = worker
             .await
             // A panic's message could quote what it was parsing: the log gets no words of it.
             .map_err(|_| {
                 ServiceError::Internal("the decrypting and parsing worker stopped".into())
             })??;
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let provider_key = &self
+            .contract
+            .party(&party)
+            .expect("authenticated party")
+            .public_key;
+        let sealed_key = kura_crypto::seal(
+            provider_key,
+            self.contract.crypto.kem,
+            &kura_api::file_key_info(&contract_id, &dataset.name, &batch),
+            b"",
+            file_key.as_bytes(),
+        )
+        .map_err(|e| ServiceError::Internal(format!("cannot seal the file key: {e}")))?;
+        let discard = |e: ServiceError| async {
+            store::delete_objects(store.as_ref(), std::slice::from_ref(&object)).await;
+            e
+        };
+        // Read back through its key: the file is complete and of the dataset's columns.
+        let file = match kura_engine::stored::StoredFile::open(
+            store.clone(),
+            object.clone(),
+            bytes,
+            file_key,
+            aad,
+            &dataset,
+        )
+        .await
+        {
+            Ok(file) => Arc::new(file),
+            Err(e) => return Err(discard(ServiceError::Internal(e.to_string())).await),
+        };
 
         let mut state = self.state.lock().await;
-        self.check_state(&state, &dataset.name).await?;
+        if let Err(e) = self
+            .check_state(&state, &dataset.name, append, &location)
+            .await
+        {
+            return Err(discard(e).await);
+        }
         let receipt = self
             .log(Event::Upload {
                 dataset: dataset.name.clone(),
@@ -276,11 +397,30 @@ impl Service {
                 ciphertext_bytes: received,
                 ciphertext_sha256: hex::encode(sha2::Digest::finalize(digest)),
                 request: Some(request),
+                stored: Some(kura_ledger::StoredBatch {
+                    batch: batch.clone(),
+                    location: location.clone(),
+                    object: object.to_string(),
+                    bytes,
+                    key: sealed_key,
+                }),
             })
             .await?;
-        state
+        let held = state
             .datasets
-            .insert(dataset.name.clone(), Held { batches });
+            .entry(dataset.name.clone())
+            .or_insert_with(|| StoredDataset {
+                location,
+                store: Some(store.clone()),
+                batches: Vec::new(),
+                open: Vec::new(),
+            });
+        held.batches.push(Batch {
+            id: batch,
+            object: object.to_string(),
+            bytes,
+        });
+        held.open.push(file);
         Ok(UploadResponse {
             dataset: dataset.name.clone(),
             rows,
