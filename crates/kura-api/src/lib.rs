@@ -147,12 +147,10 @@ pub struct Storage {
     pub allow_http: bool,
 }
 
+/// Prints nothing of the settings: a careless URL or endpoint can carry a credential too.
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage")
-            .field("url", &self.url)
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
+        f.debug_struct("Storage").finish_non_exhaustive()
     }
 }
 

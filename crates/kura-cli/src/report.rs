@@ -52,7 +52,13 @@ pub struct DatasetInfo {
     pub name: String,
     pub provider: String,
     pub columns: Vec<String>,
+    /// Rows of each upload (each batch, with `--append`).
     pub uploads: Vec<Dated<u64>>,
+    /// Where the dataset rests (`local`: the service's store; or the provider's bucket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_at: Option<String>,
+    /// Each release of its keys to a new enclave instance, by its provider.
+    pub key_releases: Vec<Dated<String>>,
     pub deleted: Option<Dated<String>>,
 }
 
@@ -114,6 +120,8 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                 .map(|c| format!("{} ({:?})", c.name, c.role).to_lowercase())
                 .collect(),
             uploads: vec![],
+            stored_at: None,
+            key_releases: vec![],
             deleted: None,
         })
         .collect();
@@ -147,9 +155,25 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                     measurement,
                 });
             }
-            Event::Upload { dataset, rows, .. } => {
+            Event::Upload {
+                dataset,
+                rows,
+                stored,
+                ..
+            } => {
                 if let Some(d) = datasets.iter_mut().find(|d| &d.name == dataset) {
                     d.uploads.push(Dated { time, value: *rows });
+                    if let Some(s) = stored {
+                        d.stored_at = Some(s.location.clone());
+                    }
+                }
+            }
+            Event::KeysReleased { dataset, party, .. } => {
+                if let Some(d) = datasets.iter_mut().find(|d| &d.name == dataset) {
+                    d.key_releases.push(Dated {
+                        time,
+                        value: party.clone(),
+                    });
                 }
             }
             Event::Deletion { dataset, reason } => {
@@ -196,8 +220,6 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                     r.released_to.push(receiver.clone());
                 }
             }
-            // A key release brings no new data: the dataset's uploads say what it holds.
-            Event::KeysReleased { .. } => {}
             Event::UploadRefused { .. } => refused_uploads += 1,
             Event::RunRefused { .. } => refused_runs += 1,
         }
@@ -267,15 +289,17 @@ pub fn markdown(t: &Transparency) -> String {
     }
     let _ = writeln!(
         o,
-        "\n## Data provided\n\n| dataset | provider | uploaded | rows | deleted | reason |\n| --- | --- | --- | --- | --- | --- |"
+        "\n## Data provided\n\n| dataset | provider | uploaded | rows | stored at | key releases | deleted | reason |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for d in &t.datasets {
-        let (up, rows) = d
-            .uploads
-            .last()
-            .map_or(("not uploaded".to_string(), String::new()), |u| {
-                (u.time.clone(), u.value.to_string())
-            });
+        let (up, rows) =
+            d.uploads
+                .last()
+                .map_or(("not uploaded".to_string(), String::new()), |u| {
+                    let rows: u64 = d.uploads.iter().map(|u| u.value).sum();
+                    (u.time.clone(), rows.to_string())
+                });
+        let stored = d.stored_at.as_deref().unwrap_or("");
         let (del, why) = d
             .deleted
             .as_ref()
@@ -284,8 +308,10 @@ pub fn markdown(t: &Transparency) -> String {
             });
         let _ = writeln!(
             o,
-            "| {} | {} | {up} | {rows} | {del} | {why} |",
-            d.name, d.provider
+            "| {} | {} | {up} | {rows} | {stored} | {} | {del} | {why} |",
+            d.name,
+            d.provider,
+            d.key_releases.len()
         );
     }
     let _ = writeln!(o, "\n## Analyses and recipients\n");

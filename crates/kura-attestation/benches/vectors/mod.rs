@@ -9,8 +9,17 @@ use kura_attestation::{Evidence, VerifyOptions, verifier_for};
 use kura_contract::Platform;
 
 fn read(path: &str) -> Vec<u8> {
-    // Also included by kura-cli's cost bench: the path goes through this crate's folder.
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kura-attestation/testdata");
+    // Also included by the cost bench in `benchmarks/`: the testdata is found from either
+    // package's folder.
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = [
+        "../kura-attestation/testdata",
+        "../crates/kura-attestation/testdata",
+    ]
+    .iter()
+    .map(|p| manifest.join(p))
+    .find(|d| d.is_dir())
+    .expect("kura-attestation's testdata");
     std::fs::read(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 

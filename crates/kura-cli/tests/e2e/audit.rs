@@ -68,12 +68,7 @@ pub(crate) async fn a_restart_keeps_datasets_at_rest_and_deletions() {
     let state = room.state();
     let again = start(&room.contract, &state).await;
     let mut h = room.client(&again.url(), "hospital-a");
-    let report = h.audit().await.unwrap();
-    let events: Vec<Event> = report
-        .entries
-        .iter()
-        .map(|e| e.parse_body().unwrap().event)
-        .collect();
+    let events = events_of(&mut h).await;
     let kinds: Vec<&str> = events.iter().map(Event::kind).collect();
     // The dataset rests in the store: nothing is lost, it awaits its key release.
     assert_eq!(kinds, ["enclave_started", "upload", "enclave_started"]);
@@ -147,7 +142,7 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 /// The two-party room whose data is deleted at `deadline`.
-async fn deadline_room(deadline: time::OffsetDateTime) -> Room {
+pub(crate) async fn deadline_room(deadline: time::OffsetDateTime) -> Room {
     let deadline = rfc3339(deadline);
     room_custom(
         &["hospital-a", "fitness-b"],

@@ -209,18 +209,18 @@ impl Room {
     }
 
     pub(crate) async fn events(&self) -> Vec<Event> {
-        let report = self
-            .client(self.parties[0].name)
-            .await
-            .audit()
-            .await
-            .unwrap();
-        report
-            .entries
-            .iter()
-            .map(|e| e.parse_body().unwrap().event)
-            .collect()
+        events_of(&mut self.client(self.parties[0].name).await).await
     }
+}
+
+/// The events of the log, after `client` verified it.
+pub(crate) async fn events_of(client: &mut Client) -> Vec<Event> {
+    let report = client.audit().await.unwrap();
+    report
+        .entries
+        .iter()
+        .map(|e| e.parse_body().unwrap().event)
+        .collect()
 }
 
 pub(crate) fn refused(r: Result<impl std::fmt::Debug, ClientError>) -> (u16, String) {

@@ -127,12 +127,7 @@ pub(crate) async fn a_restart_loses_no_dataset_and_its_providers_release_the_key
     assert_eq!(by_activity(&mut h).await, before);
 
     // The log records both releases, names the batches, and verifies with its events allowed.
-    let report = h.audit().await.unwrap();
-    let events: Vec<Event> = report
-        .entries
-        .iter()
-        .map(|e| e.parse_body().unwrap().event)
-        .collect();
+    let events = events_of(&mut h).await;
     let released: Vec<(&str, &str)> = events
         .iter()
         .filter_map(|e| match e {
@@ -227,6 +222,48 @@ pub(crate) async fn batches_append_and_are_read_together() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn a_deadline_that_passes_while_the_service_is_down_deletes_at_restart() {
+    let deadline = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    let room = super::audit::deadline_room(deadline).await;
+    plant(&room.dir);
+    room.upload("hospital-a", "ehr").await.unwrap();
+    let room = room.stop().await;
+    let store = room.state().join("store");
+    assert_eq!(parquet_files(&store).len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    // The restarted service deletes at once, before any key comes back.
+    let again = start(&room.contract, &room.state()).await;
+    let mut h = room.client(&again.url(), "hospital-a");
+    h.attest().await.unwrap();
+    let mut deleted = Vec::new();
+    for _ in 0..50 {
+        deleted = events_of(&mut h)
+            .await
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Deletion { dataset, reason } if reason == "retention deadline reached" => {
+                    Some(dataset)
+                }
+                _ => None,
+            })
+            .collect();
+        if deleted.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(deleted, ["ehr", "activity"]);
+    assert!(parquet_files(&store).is_empty(), "{:?}", files(&store));
+    let err = h
+        .release(&["ehr".to_string()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("was deleted"), "{err}");
+    again.shutdown().await.unwrap();
+}
+
 /// A real S3-compatible server (s3s-fs over a directory) on a loopback port chosen now, for as
 /// long as the test's runtime lives, with one access key.
 async fn s3_server(root: &Path, bucket: &str) -> String {
@@ -273,10 +310,19 @@ pub(crate) async fn a_providers_own_bucket_holds_its_dataset_and_never_its_crede
         session_token: None,
         allow_http: true,
     };
-    let mut h = room
-        .client("hospital-a")
-        .await
-        .with_storage(Some(storage.clone()));
+    // A location carrying a credential is refused before it could reach the log.
+    let mut careless = storage.clone();
+    careless.url = format!("s3://{S3_ACCESS_KEY}:{S3_SECRET_KEY}@hospital-bucket");
+    let mut h = room.client("hospital-a").await.with_storage(Some(careless));
+    let (_, reason) = refused(h.upload("ehr", &room.dir.join("ehr.csv"), |_| {}).await);
+    assert!(reason.contains("without credentials"), "{reason}");
+    // Wrong credentials: the bucket refuses, and so does the upload, in words that name no key.
+    let mut wrong = storage.clone();
+    wrong.secret_access_key = "not-the-secret".into();
+    let mut h = h.with_storage(Some(wrong.clone()));
+    let (_, reason) = refused(h.upload("ehr", &room.dir.join("ehr.csv"), |_| {}).await);
+    assert!(reason.contains("could not be written"), "{reason}");
+    let mut h = h.with_storage(Some(storage.clone()));
     h.upload("ehr", &room.dir.join("ehr.csv"), |_| {})
         .await
         .unwrap();
@@ -300,8 +346,6 @@ pub(crate) async fn a_providers_own_bucket_holds_its_dataset_and_never_its_crede
     let err = h.release(&[]).await.unwrap_err().to_string();
     assert!(err.contains("give that bucket's credentials"), "{err}");
     // With wrong ones, the store refuses and nothing is released.
-    let mut wrong = storage.clone();
-    wrong.secret_access_key = "not-the-secret".into();
     let mut h = h.with_storage(Some(wrong));
     let (_, reason) = refused(h.release(&[]).await);
     assert!(reason.contains("could not be read"), "{reason}");

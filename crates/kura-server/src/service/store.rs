@@ -26,11 +26,19 @@ pub(crate) fn local(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, Servi
 /// The provider's bucket, reached with exactly the credentials given: nothing is taken from
 /// the environment or an instance metadata service, which the host controls.
 pub(crate) fn s3(storage: &Storage) -> Result<Arc<dyn ObjectStore>, ServiceError> {
-    let refused = |why: &str| ServiceError::BadRequest(format!("storage {}: {why}", storage.url));
+    // The refusal is logged: it never quotes the location, which could carry a credential.
+    let refused = |why: &str| ServiceError::BadRequest(format!("the storage: {why}"));
     let rest = storage
         .url
         .strip_prefix("s3://")
         .ok_or_else(|| refused("only s3:// locations are supported"))?;
+    // The location goes into the log every party (and the host) reads: it must not carry a
+    // credential (`s3://KEY:SECRET@bucket`) or options.
+    if rest.contains(['@', '?', '#', ':']) {
+        return Err(refused(
+            "the location must be s3://bucket/prefix, without credentials or options",
+        ));
+    }
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
         return Err(refused("the location names no bucket"));

@@ -30,6 +30,49 @@ pub(super) struct Pending {
     append: bool,
 }
 
+/// A store that refused a write. The refusal goes to the log every party and the host read, and
+/// the store's own words can name an access key: they are dropped, and the refusal says what
+/// to check.
+fn store_refused(_: &kura_engine::EngineError) -> ServiceError {
+    tracing::warn!("a dataset's store refused a write");
+    ServiceError::Refused(
+        "the dataset's store could not be written, so nothing was kept (check its location, \
+         endpoint and credentials)"
+            .into(),
+    )
+}
+
+/// Writes the batches that arrive on `pieces` into `writer`, and completes the file at the
+/// `None` that marks the end of the upload: if the sender stops before that, or a write fails,
+/// nothing is completed. Returns the rows and bytes written.
+fn write_file(
+    mut writer: kura_engine::stored::FileWriter,
+    pieces: std::sync::mpsc::Receiver<Option<kura_engine::RecordBatch>>,
+) -> Result<(u64, u64), ServiceError> {
+    while let Ok(piece) = pieces.recv() {
+        match piece {
+            Some(batch) => {
+                if let Err(e) = writer.write(&batch) {
+                    writer.abort();
+                    return Err(store_refused(&e));
+                }
+            }
+            None => {
+                let rows = writer.rows();
+                return writer
+                    .finish()
+                    .map(|bytes| (rows, bytes))
+                    .map_err(|e| store_refused(&e));
+            }
+        }
+    }
+    writer.abort();
+    // The parsing side refused the file: its reason is the one given.
+    Err(ServiceError::BadRequest(
+        "the upload ended before its file".into(),
+    ))
+}
+
 /// How long a ticket stays valid, and how many may wait at once.
 const TICKET_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
 const MAX_PENDING_UPLOADS: usize = 64;
@@ -273,7 +316,7 @@ impl Service {
                 let mut kept_ds = ds.clone();
                 kept_ds.columns.retain(|c| keep(&c.name));
                 let mut ingest = kura_engine::load::Ingest::keeping(&ds, format, keep);
-                let mut writer = kura_engine::stored::FileWriter::create(
+                let writer = kura_engine::stored::FileWriter::create(
                     handle,
                     store,
                     object,
@@ -281,15 +324,23 @@ impl Service {
                     &file_key,
                     &aad,
                 )
-                .map_err(|e| ServiceError::Refused(format!("the dataset's store: {e}")))?;
-                let written = (|| {
+                .map_err(|e| store_refused(&e))?;
+                // The file is encoded, encrypted and written on a thread of its own, while this
+                // one decrypts and the pool parses: a batch goes to it as soon as it is parsed.
+                let (to_writer, pieces) = std::sync::mpsc::sync_channel(4);
+                let writing = std::thread::Builder::new()
+                    .name("kura-writer".into())
+                    .spawn(move || write_file(writer, pieces))
+                    .map_err(|e| ServiceError::Internal(format!("no writing thread: {e}")))?;
+                let parsed = (|| {
                     let refused = |e: kura_crypto::CryptoError| {
                         ServiceError::BadRequest(format!("encrypted stream refused: {e}"))
                     };
                     let parse =
                         |e: kura_engine::EngineError| ServiceError::BadRequest(e.to_string());
-                    let write = |e: kura_engine::EngineError| {
-                        ServiceError::Refused(format!("the dataset's store: {e}"))
+                    // A send fails only once the writer has failed: its error is the answer.
+                    let send = |batches: Vec<kura_engine::RecordBatch>| {
+                        batches.into_iter().all(|b| to_writer.send(Some(b)).is_ok())
                     };
                     while let Some(piece) = rx.blocking_recv() {
                         // Decrypted straight into the ingest's buffer.
@@ -297,29 +348,25 @@ impl Service {
                             .push_with(|buf| decoder.push(&piece, buf))
                             .map_err(parse)?
                             .map_err(refused)?;
-                        for batch in ingest.take_ready().map_err(parse)? {
-                            writer.write(&batch).map_err(write)?;
+                        if !send(ingest.take_ready().map_err(parse)?) {
+                            return Ok(());
                         }
                     }
                     decoder.finish().map_err(refused)?;
-                    for batch in ingest.finish().map_err(parse)? {
-                        writer.write(&batch).map_err(write)?;
+                    if send(ingest.finish().map_err(parse)?) {
+                        // The end of the file: only now is the object completed.
+                        let _ = to_writer.send(None);
                     }
                     Ok::<_, ServiceError>(())
                 })();
-                match written {
-                    Ok(()) => {
-                        let rows = writer.rows();
-                        let bytes = writer.finish().map_err(|e| {
-                            ServiceError::Refused(format!("the dataset's store: {e}"))
-                        })?;
-                        Ok((file_key, rows, bytes))
-                    }
-                    Err(e) => {
-                        writer.abort();
-                        Err(e)
-                    }
-                }
+                drop(to_writer);
+                let written = writing
+                    .join()
+                    .map_err(|_| ServiceError::Internal("the writing thread stopped".into()))?;
+                // A refusal of the file comes first; then whatever stopped the writer.
+                parsed?;
+                let (rows, bytes) = written?;
+                Ok::<_, ServiceError>((file_key, rows, bytes))
             })
         };
         let mut received = 0u64;
