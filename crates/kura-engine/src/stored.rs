@@ -321,10 +321,6 @@ pub struct Stored {
 }
 
 impl Stored {
-    pub fn rows(&self) -> u64 {
-        self.files.iter().map(|f| f.rows).sum()
-    }
-
     /// The table's schema: the files' columns, nullable where any file holds a null.
     pub(crate) fn schema(&self) -> Option<SchemaRef> {
         let first = self.files.first()?;
@@ -453,8 +449,8 @@ impl TableProvider for StoredTable {
         let source = ParquetSource::new(self.schema.clone())
             .with_table_parquet_options(options)
             .with_encryption_factory(self.keys.clone());
-        // Files are spread over the partitions; the planner splits large ones further by
-        // byte range (row groups), so one big batch is still read on every core.
+        // Files are spread over the partitions; DataFusion's planner may split a large one
+        // further by byte range (`repartition_file_scans`, files over 10 MiB by default).
         let partitions = state.config().target_partitions().max(1);
         let mut groups = vec![Vec::new(); partitions.min(self.files.len()).max(1)];
         let n = groups.len();

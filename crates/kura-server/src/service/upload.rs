@@ -426,7 +426,7 @@ impl Service {
         .await
         {
             Ok(file) => Arc::new(file),
-            Err(e) => return Err(discard(ServiceError::Internal(e.to_string())).await),
+            Err(e) => return Err(discard(store_refused(&e)).await),
         };
 
         let mut state = self.state.lock().await;
