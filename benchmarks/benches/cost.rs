@@ -485,34 +485,17 @@ fn child(mode: &str, path: &Path) {
             // Plaintext ingest: the file into memory as record batches.
             "load-csv" | "load-parquet" => {
                 let start = Instant::now();
-                let df = if mode == "load-csv" {
-                    let schema = claims_schema();
-                    let options = CsvReadOptions::new().has_header(true).schema(&schema);
-                    ctx.read_csv(path.to_str().unwrap(), options).await
-                } else {
-                    ctx.read_parquet(path.to_str().unwrap(), ParquetReadOptions::default())
-                        .await
-                }
-                .expect("read");
+                let df = read_claims(&ctx, mode == "load-csv", path).await;
                 let batches = df.collect().await.expect("load");
                 let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
                 (secs(start.elapsed()), rows as u64)
             }
-            // The join + aggregate over the Parquet files.
             // Plaintext ingest into storage: the file read and written again as Parquet, as
             // the enclave now writes each upload (without encryption).
             "store-csv" | "store-parquet" => {
                 let out = tempfile::tempdir().expect("temporary directory");
                 let start = Instant::now();
-                let df = if mode == "store-csv" {
-                    let schema = claims_schema();
-                    let options = CsvReadOptions::new().has_header(true).schema(&schema);
-                    ctx.read_csv(path.to_str().unwrap(), options).await
-                } else {
-                    ctx.read_parquet(path.to_str().unwrap(), ParquetReadOptions::default())
-                        .await
-                }
-                .expect("read");
+                let df = read_claims(&ctx, mode == "store-csv", path).await;
                 let target = out.path().join("copy.parquet");
                 let written = df
                     .write_parquet(
@@ -526,6 +509,7 @@ fn child(mode: &str, path: &Path) {
                 let rows = total_count(&written);
                 (secs(start.elapsed()), rows)
             }
+            // The join + aggregate over the Parquet files.
             "join" => {
                 let start = Instant::now();
                 register_parquet(&ctx, path).await;
@@ -558,6 +542,23 @@ fn child(mode: &str, path: &Path) {
     println!(
         r#"{{"secs": {secs}, "cpu_secs": {cpu_secs}, "peak_bytes": {peak_bytes}, "rows": {rows}}}"#
     );
+}
+
+/// The claims file as a DataFrame, from CSV (with the bench's schema) or Parquet.
+async fn read_claims(
+    ctx: &SessionContext,
+    csv: bool,
+    path: &Path,
+) -> datafusion::dataframe::DataFrame {
+    let file = path.to_str().unwrap();
+    if csv {
+        let schema = claims_schema();
+        let options = CsvReadOptions::new().has_header(true).schema(&schema);
+        ctx.read_csv(file, options).await
+    } else {
+        ctx.read_parquet(file, ParquetReadOptions::default()).await
+    }
+    .expect("read")
 }
 
 async fn register_parquet(ctx: &SessionContext, dir: &Path) {

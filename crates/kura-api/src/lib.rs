@@ -154,6 +154,17 @@ impl std::fmt::Debug for Storage {
     }
 }
 
+/// The location the log records for a dataset kept in the service's own store.
+pub const LOCAL_STORE: &str = "local";
+
+impl Storage {
+    /// The location the log records for a dataset kept here, or in the service's store when
+    /// there is no bucket: the URL only, never a credential.
+    pub fn location(storage: Option<&Storage>) -> String {
+        storage.map_or_else(|| LOCAL_STORE.to_string(), |s| s.url.clone())
+    }
+}
+
 /// The keys of a stored dataset's batches, each opened by its provider from the log and sealed
 /// to this enclave instance with [`release_info`]; every batch the log records, or none.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -550,10 +550,7 @@ impl Client {
         // Its file key must be sealed to this party, or no later enclave instance could ever
         // get it back.
         let sha = hex::encode(sent.sha256);
-        let location = self
-            .storage
-            .as_ref()
-            .map_or_else(|| "local".to_string(), |s| s.url.clone());
+        let location = kura_api::Storage::location(self.storage.as_ref());
         self.check_receipt(&enclave, &resp.receipt, after, "the upload", |e| {
             matches!(e, Event::Upload {
                 dataset: d, provider, rows, ciphertext_bytes, ciphertext_sha256, request: r,
@@ -840,7 +837,7 @@ impl Client {
             }
             let location = &batches[0].location;
             let storage = match location.as_str() {
-                "local" => None,
+                kura_api::LOCAL_STORE => None,
                 url => match &self.storage {
                     Some(s) if s.url == url => Some(s.clone()),
                     _ => {

@@ -61,7 +61,7 @@ pub(crate) async fn forks_and_rollbacks_of_the_log_are_caught_by_a_client_that_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-pub(crate) async fn a_restart_keeps_datasets_at_rest_and_deletions() {
+pub(crate) async fn a_restart_keeps_datasets_at_rest_and_refuses_another_contracts_state() {
     let room = room().await;
     room.upload("hospital-a", "ehr").await.unwrap();
     let room = room.stop().await;

@@ -67,13 +67,18 @@ fn assert_nowhere(dir: &Path, needle: &str) {
     }
 }
 
+/// The e2e contract with nothing deleted after runs.
+fn never_deleted(contract: String) -> String {
+    contract.replace("delete_after = \"run\"", "delete_after = \"never\"")
+}
+
 /// The two-party room with nothing deleted after runs, on planted data.
 async fn kept_room() -> Room {
     let room = room_custom(
         &["hospital-a", "fitness-b"],
         false,
         "[\"hospital-a\"]",
-        |t| t.replace("delete_after = \"run\"", "delete_after = \"never\""),
+        never_deleted,
     )
     .await;
     plant(&room.dir);
@@ -375,9 +380,7 @@ pub(crate) fn a_service_killed_during_an_upload_a_run_or_a_release_loses_nothing
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let path = cli_setup_with(d, "", |t| {
-        t.replace("delete_after = \"run\"", "delete_after = \"never\"")
-    });
+    let path = cli_setup_with(d, "", never_deleted);
     plant(d);
     let mut big = String::from("patient_id,steps_band\n");
     for i in 0..600_000 {
@@ -477,9 +480,7 @@ pub(crate) fn cli_releases_keys_to_a_restarted_enclave() {
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let contract = cli_setup_with(d, "", |t| {
-        t.replace("delete_after = \"run\"", "delete_after = \"never\"")
-    });
+    let contract = cli_setup_with(d, "", never_deleted);
     let c = contract.to_str().unwrap();
     // The hospital receives the analysis: `kura run --json` prints its result.
     let run = |url: &str| {
@@ -533,5 +534,20 @@ pub(crate) fn cli_releases_keys_to_a_restarted_enclave() {
     assert_eq!(code, Some(0));
     assert!(out.contains("nothing to release"), "{out}");
     assert_eq!(run(&url), before);
+    // The transparency report says where each dataset rests and who released its keys when.
+    let (code, out, err) = as_party(d, &url, c, "fitness-b", &["audit", "report", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let activity = &report["datasets"][1];
+    assert_eq!(activity["name"], "activity");
+    assert_eq!(activity["stored_at"], "local");
+    assert_eq!(activity["key_releases"][0]["value"], "fitness-b");
+    assert_eq!(activity["key_releases"].as_array().unwrap().len(), 1);
+    let (code, md, _) = as_party(d, &url, c, "hospital-a", &["audit", "report"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        md.contains("| ehr | hospital-a |") && md.contains("| 68 | local | 1 |"),
+        "{md}"
+    );
     drop(served);
 }

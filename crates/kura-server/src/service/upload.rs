@@ -195,7 +195,7 @@ impl Service {
             )));
         }
         let format = header.format;
-        let location = store::location(header.storage.as_ref());
+        let location = kura_api::Storage::location(header.storage.as_ref());
         self.check_state(
             &*self.state.lock().await,
             &dataset.name,
