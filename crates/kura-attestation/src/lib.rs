@@ -190,6 +190,39 @@ pub fn report_data_for(contract: &ContractId, enclave: &PublicIdentity) -> [u8; 
     h.finalize().into()
 }
 
+/// The report data a cluster executor of `contract` must present: SHA-512 over its own domain
+/// label (so that an executor's evidence never passes for a coordinator's), the contract id and
+/// the executor's TLS public key (PEM), which the coordinator's authority then certifies.
+pub fn executor_report_data(contract: &ContractId, tls_key_pem: &str) -> [u8; 64] {
+    let mut h = sha2::Sha512::new();
+    h.update(b"kura-executor-report-data-v1\0");
+    h.update(contract.as_str().as_bytes());
+    h.update([0]);
+    h.update(tls_key_pem.as_bytes());
+    h.finalize().into()
+}
+
+/// Verifies a cluster executor's `evidence` and appraises it against the contract's
+/// `[enclave]` policy (the same policy as the coordinator's), and checks that it binds this
+/// contract and `tls_key_pem`, as of `at` (now when absent).
+pub fn verify_executor(
+    evidence: &Evidence,
+    policy: &EnclavePolicy,
+    contract: &ContractId,
+    tls_key_pem: &str,
+    at: Option<time::OffsetDateTime>,
+) -> Result<Claims, AttestationError> {
+    if !policy.allows(evidence.platform) {
+        return Err(AttestationError::PlatformNotAccepted(evidence.platform));
+    }
+    let claims = evidence.claims_at(at)?;
+    appraise(policy, &claims)?;
+    if claims.report_data != executor_report_data(contract, tls_key_pem) {
+        return Err(AttestationError::Binding);
+    }
+    Ok(claims)
+}
+
 /// Checks that the claims' report data binds this contract and these enclave keys.
 pub fn check_binding(
     claims: &Claims,

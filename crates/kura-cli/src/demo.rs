@@ -133,6 +133,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         evidence_certs: vec![],
         evidence_collateral: None,
         store_dir: None,
+        cluster: None,
     })
     .await?;
     let url = running.url();

@@ -151,6 +151,13 @@ pub fn audit(report: &AuditReport) -> String {
     out
 }
 
+/// The first 16 hex digits of SHA-256 over an evidence's JSON: how the log names it.
+fn evidence_digest(evidence: &kura_attestation::Evidence) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_vec(evidence).unwrap_or_default();
+    hex::encode(sha2::Sha256::digest(json))[..16].to_string()
+}
+
 pub fn describe(event: &kura_ledger::Event) -> String {
     use kura_ledger::Event as E;
     match event {
@@ -164,6 +171,20 @@ pub fn describe(event: &kura_ledger::Event) -> String {
             kura_crypto::PublicIdentity::parse(enclave_key)
                 .map(|k| k.fingerprint())
                 .unwrap_or_default()
+        ),
+        E::ExecutorJoined {
+            executor, evidence, ..
+        } => format!(
+            "executor {executor} joined the cluster on {} (evidence {})",
+            evidence.platform,
+            evidence_digest(evidence)
+        ),
+        E::ExecutorRefused {
+            reason,
+            evidence_sha256,
+        } => format!(
+            "an executor was REFUSED (evidence {}): {reason}",
+            &evidence_sha256[..evidence_sha256.len().min(16)]
         ),
         E::Upload {
             dataset,
@@ -197,15 +218,21 @@ pub fn describe(event: &kura_ledger::Event) -> String {
             by,
             rows,
             suppressed_groups,
+            executors,
             ..
-        } => match (rows, suppressed_groups) {
-            (Some(rows), Some(suppressed)) => {
-                format!(
-                    "{run_id}: {analysis} run by {by}: {rows} rows out, {suppressed} suppressed"
-                )
+        } => {
+            let on = if executors.is_empty() {
+                String::new()
+            } else {
+                format!(" on the cluster ({})", executors.join(", "))
+            };
+            match (rows, suppressed_groups) {
+                (Some(rows), Some(suppressed)) => format!(
+                    "{run_id}: {analysis} run by {by}{on}: {rows} rows out, {suppressed} suppressed"
+                ),
+                _ => format!("{run_id}: {analysis} run by {by}{on}"),
             }
-            _ => format!("{run_id}: {analysis} run by {by}"),
-        },
+        }
         E::RunRefused {
             analysis,
             party,

@@ -18,6 +18,12 @@ pub struct Transparency {
     pub datasets: Vec<DatasetInfo>,
     pub analyses: Vec<AnalysisInfo>,
     pub enclave_starts: Vec<StartInfo>,
+    /// The cluster's executors, each admitted on its evidence (none: one enclave did all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub executors: Vec<ExecutorInfo>,
+    /// Executors that asked to join and were refused.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused_executors: u64,
     pub refused_uploads: u64,
     pub refused_runs: u64,
     /// Spent and remaining differential-privacy budget, per account (with `[privacy.dp]`).
@@ -93,6 +99,21 @@ pub struct RunInfo {
     /// The privacy budget a differentially private run spent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dp: Option<kura_contract::dp::Spend>,
+    /// The cluster's executors that could run its tasks (none: the coordinator alone).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub executors: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExecutorInfo {
+    pub time: String,
+    pub name: String,
+    pub platform: String,
+    pub measurement: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -140,7 +161,8 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
         }))
         .collect();
     let mut starts = vec![];
-    let (mut refused_uploads, mut refused_runs) = (0, 0);
+    let mut executors = vec![];
+    let (mut refused_uploads, mut refused_runs, mut refused_executors) = (0, 0, 0);
     for b in &bodies {
         let time = b.time.clone();
         match &b.event {
@@ -155,6 +177,18 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                     measurement,
                 });
             }
+            Event::ExecutorJoined {
+                executor, evidence, ..
+            } => executors.push(ExecutorInfo {
+                time,
+                name: executor.clone(),
+                platform: evidence.platform.to_string(),
+                measurement: evidence
+                    .claims()
+                    .map(|c| hex::encode(c.measurement))
+                    .unwrap_or_default(),
+            }),
+            Event::ExecutorRefused { .. } => refused_executors += 1,
             Event::Upload {
                 dataset,
                 rows,
@@ -194,6 +228,7 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                 sql,
                 dp,
                 request: _,
+                executors,
             } => {
                 if let Some(a) = analyses.iter_mut().find(|a| &a.name == analysis) {
                     a.runs.push(RunInfo {
@@ -206,6 +241,7 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                         released_to: vec![],
                         sql: sql.clone(),
                         dp: *dp,
+                        executors: executors.clone(),
                     });
                 }
             }
@@ -252,6 +288,8 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
         datasets,
         analyses,
         enclave_starts: starts,
+        executors,
+        refused_executors,
         refused_uploads,
         refused_runs,
         privacy_budget: kura_client::audit::budget(contract, &bodies).map(|b| b.accounts_report()),
@@ -365,6 +403,20 @@ pub fn markdown(t: &Transparency) -> String {
             o,
             "\n**The simulated platform offers no protection; this collaboration ran without a TEE.**"
         );
+    }
+    if !t.executors.is_empty() || t.refused_executors > 0 {
+        let _ = writeln!(
+            o,
+            "\n### Cluster executors\n\n| joined | executor | platform | measurement |\n| --- | --- | --- | --- |"
+        );
+        for e in &t.executors {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | `{}` |",
+                e.time, e.name, e.platform, e.measurement
+            );
+        }
+        let _ = writeln!(o, "\nRefused executors: {}.", t.refused_executors);
     }
     let _ = writeln!(
         o,

@@ -24,6 +24,9 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
     let mut runs: BTreeMap<&str, &str> = BTreeMap::new();
     // The stored batches of each dataset, by id.
     let mut batches: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    // The executors admitted since the latest start (a restart makes a new authority, so every
+    // executor must join again).
+    let mut executors: BTreeSet<&str> = BTreeSet::new();
     for b in bodies {
         let bad = |why: String| Err(format!("entry {} ({}): {why}", b.seq, b.event.kind()));
         let is_party = |p: &str| contract.party(p).is_some();
@@ -34,7 +37,34 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                         "enclave started for another contract {contract_id}"
                     ));
                 }
+                executors.clear();
             }
+            Event::ExecutorJoined {
+                executor,
+                tls_key,
+                evidence,
+            } => {
+                let at = time::OffsetDateTime::parse(
+                    &b.time,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok();
+                if let Err(e) = kura_attestation::verify_executor(
+                    evidence,
+                    &contract.enclave,
+                    contract.id(),
+                    tls_key,
+                    at,
+                ) {
+                    return bad(format!(
+                        "executor {executor:?} admitted on evidence that does not verify: {e}"
+                    ));
+                }
+                if !executors.insert(executor) {
+                    return bad(format!("executor {executor:?} admitted twice"));
+                }
+            }
+            Event::ExecutorRefused { .. } => {}
             Event::Upload {
                 dataset,
                 provider,
@@ -90,8 +120,14 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 by,
                 datasets,
                 dp,
+                executors: ran_on,
                 ..
             } => {
+                if let Some(stranger) = ran_on.iter().find(|e| !executors.contains(e.as_str())) {
+                    return bad(format!(
+                        "run on executor {stranger:?}, which was not admitted since the last start"
+                    ));
+                }
                 let Some(receivers) = contract.receivers_of(analysis) else {
                     return bad(format!("run of {analysis:?}, which is not in the contract"));
                 };
@@ -304,6 +340,7 @@ mod tests {
             sql: None,
             dp: None,
             request: None,
+            executors: Vec::new(),
         }
     }
 

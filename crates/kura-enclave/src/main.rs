@@ -32,9 +32,9 @@ struct Args {
     /// Address to listen on (port 0 picks a free one; the address is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8700")]
     listen: SocketAddr,
-    /// Directory of the audit log (one contract per directory).
-    #[arg(long)]
-    state: PathBuf,
+    /// Directory of the audit log (one contract per directory). Required to serve.
+    #[arg(long, required_unless_present = "join")]
+    state: Option<PathBuf>,
     /// The service's store of datasets at rest: encrypted files only, whose keys the providers
     /// release to each enclave instance (default: STATE/store). A provider can name its own
     /// bucket instead.
@@ -55,11 +55,36 @@ struct Args {
     /// clients can verify offline.
     #[arg(long)]
     collateral: Option<PathBuf>,
+    /// Coordinate a cluster: the address where its scheduler listens for executors (mutual TLS;
+    /// only executors whose evidence the contract accepts are admitted).
+    #[arg(long, conflicts_with = "join")]
+    cluster: Option<SocketAddr>,
+    /// Run as a cluster executor of the coordinator at this URL (its service), instead of
+    /// serving: both sides verify each other's evidence against the contract first. `--listen`
+    /// is then the executor's Flight address (port 0 picks a free one).
+    #[arg(long, value_name = "URL")]
+    join: Option<String>,
+    /// An executor's working directory for shuffle files (default: a fresh temporary directory).
+    #[arg(long, requires = "join")]
+    work_dir: Option<PathBuf>,
+    /// Tasks an executor runs at once (default: its cores).
+    #[arg(long, requires = "join")]
+    slots: Option<usize>,
     /// Log lines as text for people or as JSON objects for a log collector (stderr). Log lines
     /// name requests, routes, statuses and durations, never a data value.
     #[arg(long, value_enum, env = "KURA_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
 }
+
+/// Crates whose log lines never reach the host's log.
+const QUIET: [&str; 6] = [
+    "ballista",
+    "ballista_core",
+    "ballista_executor",
+    "ballista_scheduler",
+    "datafusion",
+    "datafusion_proto",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
@@ -69,8 +94,14 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Ballista's and DataFusion's own lines quote plans (with the literals of a party's sealed
+    // query) and errors (with values of the data), and the log is the host's: they stay off
+    // whatever KURA_LOG (which the host sets) says.
+    for quiet in QUIET {
+        filter = filter.add_directive(format!("{quiet}=off").parse().expect("a valid directive"));
+    }
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
@@ -103,7 +134,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(args)) {
+    let task = async move {
+        if args.join.is_some() {
+            execute(args).await
+        } else {
+            serve(args).await
+        }
+    };
+    match runtime.block_on(task) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -112,7 +150,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(a: Args) -> Result<()> {
+/// The signed contract, checked to list `platform` (loudly when it is the simulated one).
+fn contract_for(a: &Args) -> Result<kura_contract::SignedContract> {
     let contract = kura_contract::files::read_signed(&a.contract)
         .with_context(|| format!("contract {} cannot be used", a.contract.display()))?;
     let platform = a.platform;
@@ -124,18 +163,44 @@ async fn serve(a: Args) -> Result<()> {
     if platform == Platform::Simulated {
         eprintln!("\n*** {} ***\n", kura_attestation::simulated::WARNING);
     }
-    let read =
-        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    Ok(contract)
+}
+
+fn read(p: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+}
+
+/// Runs a cluster executor until SIGTERM or Ctrl-C.
+async fn execute(a: Args) -> Result<()> {
+    let contract = contract_for(&a)?;
+    kura_server::run_executor(kura_server::ExecutorConfig {
+        contract,
+        platform: a.platform,
+        coordinator: a.join.clone().expect("checked by the caller"),
+        listen: a.listen,
+        work_dir: a.work_dir.clone(),
+        slots: a.slots,
+        memory_bytes: a.query_memory_bytes,
+        evidence_certs: a.certs.iter().map(read).collect::<Result<_>>()?,
+    })
+    .await?;
+    Ok(())
+}
+
+async fn serve(a: Args) -> Result<()> {
+    let contract = contract_for(&a)?;
+    let platform = a.platform;
     let running = kura_server::start(kura_server::Config {
         contract,
         platform,
         listen: a.listen,
-        state_dir: a.state,
+        state_dir: a.state.context("--state is required to serve")?,
         max_upload_bytes: a.max_upload_bytes,
         query_memory_bytes: a.query_memory_bytes,
         evidence_certs: a.certs.iter().map(read).collect::<Result<_>>()?,
         evidence_collateral: a.collateral.as_ref().map(read).transpose()?,
         store_dir: a.store,
+        cluster: a.cluster,
     })
     .await?;
     // On stdout, flushed: scripts and tests read the address (the port may be chosen at run time).

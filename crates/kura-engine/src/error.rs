@@ -59,26 +59,34 @@ impl From<DataFusionError> for EngineError {
     }
 }
 
+/// Why a query failed when a stored file failed.
+pub const STORED_FILE_FAILED: &str = "a stored file of the data could not be read or did not \
+     decrypt (missing, changed or replaced in the store)";
+
 /// An error raised while a query read data, reduced to a fixed vocabulary. DataFusion and
 /// arrow quote the value they failed on (`Cannot cast string 'p-0042' to ...`); the text is
 /// looked at here and never passed on. A refusal by kura's own analyzer rule stays a refusal.
-pub(crate) fn runtime(e: DataFusionError) -> EngineError {
+pub fn runtime(e: DataFusionError) -> EngineError {
     let root = e.find_root();
     if let DataFusionError::External(inner) = root
-        && let Some(EngineError::Refused { rule, reason }) = inner.downcast_ref::<EngineError>()
+        && let Some(engine) = inner.downcast_ref::<EngineError>()
     {
-        return EngineError::Refused {
-            rule,
-            reason: reason.clone(),
-        };
+        match engine {
+            EngineError::Refused { rule, reason } => {
+                return EngineError::Refused {
+                    rule,
+                    reason: reason.clone(),
+                };
+            }
+            // Already reduced (by a cluster, say).
+            EngineError::Runtime(reason) => return EngineError::Runtime(reason),
+            _ => {}
+        }
     }
     // The enclave wrote every stored file itself: one that cannot be read, decrypted or decoded
     // is missing, or was changed or replaced in the store.
     if from_storage(&e) {
-        return EngineError::Runtime(
-            "a stored file of the data could not be read or did not decrypt (missing, changed or \
-             replaced in the store)",
-        );
+        return EngineError::Runtime(STORED_FILE_FAILED);
     }
     if matches!(root, DataFusionError::ResourcesExhausted(_)) {
         return EngineError::Runtime("the query needed more memory than the enclave allows");

@@ -9,7 +9,7 @@
 //! plans every analysis of a contract against empty tables; [`run_analysis`] executes one.
 
 pub mod dp;
-pub(crate) mod error;
+pub mod error;
 mod keep;
 mod lineage;
 pub mod list;
@@ -19,7 +19,7 @@ pub mod overlap;
 pub mod roles;
 pub mod stored;
 pub mod threshold;
-mod units;
+pub mod units;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -75,6 +75,36 @@ pub const DEFAULT_QUERY_MEMORY: usize = 4 << 30;
 
 tokio::task_local! {
     static QUERY_MEMORY: usize;
+    static COMPUTE: Arc<dyn Compute>;
+}
+
+/// Where the counted aggregations of a query run (the scans, joins and aggregations below the
+/// output rules): in this process, or on a cluster. Whatever runs them, their output comes
+/// back here, where the rules decide which groups are released.
+#[async_trait::async_trait]
+pub trait Compute: Send + Sync + std::fmt::Debug {
+    /// Runs `plan` (already checked) to its end and returns all of its output. `ctx` is the
+    /// session that planned it ([`stored::Scans`] is among its config extensions).
+    async fn collect(
+        &self,
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        ctx: &SessionContext,
+    ) -> datafusion::error::Result<Vec<RecordBatch>>;
+}
+
+/// Runs `f` with the counted aggregations of every query it starts run by `compute`.
+pub async fn with_compute<F: std::future::Future>(compute: Arc<dyn Compute>, f: F) -> F::Output {
+    COMPUTE.scope(compute, f).await
+}
+
+async fn collect_counted(
+    plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    ctx: &SessionContext,
+) -> datafusion::error::Result<Vec<RecordBatch>> {
+    match COMPUTE.try_with(Arc::clone) {
+        Ok(compute) => compute.collect(plan, ctx).await,
+        Err(_) => datafusion::physical_plan::collect(plan, ctx.task_ctx()).await,
+    }
 }
 
 /// Runs `f` with every query it starts limited to `bytes` of operator memory. A query that
@@ -87,7 +117,7 @@ pub async fn with_memory_limit<F: std::future::Future>(bytes: usize, f: F) -> F:
 
 /// The runtime of every session: a memory pool of the task's limit, and no disk manager (a
 /// spill would write plaintext to the host's disk).
-fn runtime() -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>, EngineError> {
+pub fn runtime() -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>, EngineError> {
     use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
     use datafusion::execution::memory_pool::GreedyMemoryPool;
     let limit = QUERY_MEMORY
@@ -106,6 +136,15 @@ pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionCon
     let config = SessionConfig::new()
         .with_information_schema(false)
         .with_target_partitions(cores);
+    let mut scans = stored::Scans::default();
+    for (index, dataset) in contract.datasets.iter().enumerate() {
+        if let Some(Table::Stored(stored)) = tables.get(&dataset.name)
+            && let Some(access) = stored.access()
+        {
+            scans.0.insert(stored::url(index)?.to_string(), access);
+        }
+    }
+    let config = config.with_extension(Arc::new(scans));
     let ctx = SessionContext::new_with_config_rt(config, runtime()?);
     for (index, dataset) in contract.datasets.iter().enumerate() {
         let table: Arc<dyn datafusion::datasource::TableProvider> = match tables.get(&dataset.name)
@@ -369,7 +408,7 @@ async fn execute(
     let mut released: Vec<Arc<dyn datafusion::datasource::TableProvider>> = Vec::new();
     for counted in &guarded.counted {
         let physical = physical_plan(ctx, counted, adhoc).await?;
-        let batches = datafusion::physical_plan::collect(physical, ctx.task_ctx())
+        let batches = collect_counted(physical, ctx)
             .await
             .map_err(error::runtime)?;
         let groups = output::release(

@@ -26,7 +26,9 @@ use datafusion::common::stats::Precision;
 use datafusion::common::{Statistics, not_impl_err};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileScanConfig, FileScanConfigBuilder, ParquetSource,
+};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::parquet_encryption::EncryptionFactory;
@@ -44,6 +46,7 @@ use kura_crypto::DataKey;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncWriteExt;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::EngineError;
 
@@ -318,6 +321,10 @@ impl MetadataFetch for Fetch {
 pub struct Stored {
     pub store: Arc<dyn ObjectStore>,
     pub files: Vec<Arc<StoredFile>>,
+    /// How another process of this contract (a cluster's executor) reaches the store: the
+    /// service's description, opaque here, which may hold a provider's credentials. `None`:
+    /// the files can be read in this process only.
+    pub origin: Option<Arc<Zeroizing<String>>>,
 }
 
 impl Stored {
@@ -367,18 +374,146 @@ impl Stored {
             schema,
             url,
             files: self.files.clone(),
-            keys: Arc::new(Keys(
-                self.files
-                    .iter()
-                    .map(|f| (f.path.to_string(), f.clone()))
-                    .collect(),
-            )),
+            keys: self.keys(),
         }))
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        Arc::new(Keys(
+            self.files
+                .iter()
+                .map(|f| {
+                    let key = FileKey {
+                        key: f.key.clone(),
+                        aad: f.aad.clone(),
+                    };
+                    (f.path.to_string(), key)
+                })
+                .collect(),
+        ))
+    }
+
+    /// What another process needs to read this dataset's files, if it can: where they are and
+    /// each file's key. It must travel only to an attested enclave of this contract, over a
+    /// channel bound to its evidence.
+    pub fn access(&self) -> Option<Access> {
+        let origin = self.origin.clone()?;
+        Some(Access {
+            origin,
+            keys: self.keys(),
+        })
     }
 }
 
+/// The key and AAD of one stored file.
+#[derive(Clone)]
+struct FileKey {
+    key: Arc<DataKey>,
+    aad: Vec<u8>,
+}
+
 /// The decryption keys of one table's files, by path, handed to the Parquet reader.
-struct Keys(HashMap<String, Arc<StoredFile>>);
+struct Keys(HashMap<String, FileKey>);
+
+/// What a process needs to read a stored dataset: the store's origin (see [`Stored::origin`])
+/// and each file's key. Its wire form ([`Access::to_wire`]) is secret.
+#[derive(Clone)]
+pub struct Access {
+    pub origin: Arc<Zeroizing<String>>,
+    keys: Arc<Keys>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("files", &self.keys.0.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`Access`] on the wire (hex keys and AADs, by path).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessWire {
+    origin: String,
+    files: Vec<(String, String, String)>,
+}
+
+impl Drop for AccessWire {
+    fn drop(&mut self) {
+        self.origin.zeroize();
+        for (_, key, _) in &mut self.files {
+            key.zeroize();
+        }
+    }
+}
+
+impl Access {
+    /// The secret wire form, zeroized when dropped.
+    pub fn to_wire(&self) -> Zeroizing<Vec<u8>> {
+        let wire = AccessWire {
+            origin: self.origin.as_str().to_owned(),
+            files: self
+                .keys
+                .0
+                .iter()
+                .map(|(path, k)| {
+                    (
+                        path.clone(),
+                        hex::encode(k.key.as_bytes()),
+                        hex::encode(&k.aad),
+                    )
+                })
+                .collect(),
+        };
+        Zeroizing::new(serde_json::to_vec(&wire).expect("strings serialize"))
+    }
+
+    pub fn from_wire(bytes: &[u8]) -> Result<Self, EngineError> {
+        let bad = || EngineError::Storage("the keys of a stored dataset arrived malformed".into());
+        let wire: AccessWire = serde_json::from_slice(bytes).map_err(|_| bad())?;
+        let mut files = HashMap::new();
+        for (path, key, aad) in &wire.files {
+            let key = Zeroizing::new(hex::decode(key).map_err(|_| bad())?);
+            let key = DataKey::from_bytes(&key).map_err(|_| bad())?;
+            let aad = hex::decode(aad).map_err(|_| bad())?;
+            files.insert(
+                path.clone(),
+                FileKey {
+                    key: Arc::new(key),
+                    aad,
+                },
+            );
+        }
+        Ok(Self {
+            origin: Arc::new(Zeroizing::new(wire.origin.clone())),
+            keys: Arc::new(Keys(files)),
+        })
+    }
+
+    /// `scan` (a scan of this dataset's files, decoded without its keys) reading with them.
+    pub fn attach(&self, scan: &DataSourceExec) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
+        let config = scan
+            .data_source()
+            .downcast_ref::<FileScanConfig>()
+            .ok_or_else(|| EngineError::Execution("not a scan of stored files".into()))?;
+        let source = config
+            .file_source()
+            .downcast_ref::<ParquetSource>()
+            .ok_or_else(|| EngineError::Execution("not a scan of stored files".into()))?
+            .clone()
+            .with_encryption_factory(self.keys.clone());
+        let config = FileScanConfigBuilder::from(config.clone())
+            .with_source(Arc::new(source))
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+/// The stored datasets a session reads, by the URL of their store (a config extension of the
+/// session, for a cluster to find each scan's [`Access`]).
+#[derive(Debug, Default)]
+pub struct Scans(pub HashMap<String, Access>);
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -540,6 +675,7 @@ pub(crate) mod tests {
                 Table::Stored(Stored {
                     store: store.clone(),
                     files,
+                    origin: None,
                 }),
             );
         }
@@ -647,6 +783,7 @@ pub(crate) mod tests {
             Table::Stored(Stored {
                 store,
                 files: vec![Arc::new(file)],
+                origin: None,
             }),
         )]);
         let ctx = crate::session(&c, &tables).unwrap();

@@ -33,11 +33,21 @@ pub const NAME: &str = "kura_units_at_least";
 
 /// `kura_units_at_least(unit)` with the cap `cap` (the contract's minimum group size).
 pub fn expr(unit: Expr, cap: u64) -> Expr {
+    udaf(cap).call(vec![unit])
+}
+
+/// The aggregate with the cap `cap`.
+pub fn udaf(cap: u64) -> AggregateUDF {
     AggregateUDF::from(UnitsAtLeast {
         cap: cap.max(1),
         signature: Signature::any(1, Volatility::Immutable),
     })
-    .call(vec![unit])
+}
+
+/// The cap of `udaf`, if it is this aggregate (for a plan codec).
+pub fn cap_of(udaf: &AggregateUDF) -> Option<u64> {
+    let inner: &dyn std::any::Any = udaf.inner().as_ref();
+    inner.downcast_ref::<UnitsAtLeast>().map(|u| u.cap)
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]

@@ -23,6 +23,20 @@ pub enum Event {
         enclave_key: String,
         evidence: Evidence,
     },
+    /// An executor of the coordinator's cluster was admitted: its evidence verified against
+    /// the contract's `[enclave]` policy and binds its TLS key (PEM), which the coordinator's
+    /// authority then certified. Only admitted executors receive plans, keys or data.
+    ExecutorJoined {
+        executor: String,
+        tls_key: String,
+        evidence: Evidence,
+    },
+    /// An executor asked to join and was refused; it received nothing.
+    ExecutorRefused {
+        reason: String,
+        /// SHA-256 (hex) of the evidence it presented.
+        evidence_sha256: String,
+    },
     /// A dataset was accepted.
     Upload {
         dataset: String,
@@ -76,6 +90,10 @@ pub enum Event {
         /// kura 0.1.2).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request: Option<String>,
+        /// The cluster's executors (as their `executor_joined` entries name them) that could
+        /// run the run's tasks; empty when it ran in the coordinator alone.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        executors: Vec<String>,
     },
     /// A run was refused before or while running.
     RunRefused {
@@ -154,6 +172,8 @@ impl Event {
     pub fn kind(&self) -> &'static str {
         match self {
             Event::EnclaveStarted { .. } => "enclave_started",
+            Event::ExecutorJoined { .. } => "executor_joined",
+            Event::ExecutorRefused { .. } => "executor_refused",
             Event::Upload { .. } => "upload",
             Event::UploadRefused { .. } => "upload_refused",
             Event::KeysReleased { .. } => "keys_released",

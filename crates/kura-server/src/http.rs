@@ -22,6 +22,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route(routes::HEALTH, get(health))
         .route(routes::CALL, post(call))
         .route(routes::UPLOAD_STREAM, post(upload_stream))
+        .route(kura_cluster::join::JOIN, post(join))
         // Uploads stream; their size is limited by the service itself.
         .layer(DefaultBodyLimit::disable())
         .layer(
@@ -65,6 +66,14 @@ async fn evidence(
     }
     let request = request_hash(&evidence_request(&q.nonce));
     Ok(signed(&s, &request, Ok(s.info().await)))
+}
+
+/// `POST /v1/cluster/join`: an executor's evidence and TLS key; answered, signed for this
+/// request, with its certificate or the reason it was refused.
+async fn join(State(s): State<Arc<Service>>, body: String) -> Response {
+    let request = request_hash(&body);
+    let result = s.join(&body).await;
+    signed(&s, &request, result)
 }
 
 /// `result` signed by the enclave as the answer to the request whose hash is `request`; a

@@ -44,6 +44,9 @@ pub struct Config {
     /// The service's own store of datasets at rest (encrypted files only); default
     /// `state_dir/store`. A provider can name its own bucket instead.
     pub store_dir: Option<PathBuf>,
+    /// Where the cluster's scheduler listens for attested executors (mutual TLS), if this
+    /// service coordinates a cluster.
+    pub cluster: Option<SocketAddr>,
 }
 
 impl Config {
@@ -115,4 +118,86 @@ pub async fn start(config: Config) -> Result<Running, ServiceError> {
         shutdown: Some(tx),
         task: Some(task),
     })
+}
+
+/// How to start a cluster executor (`kura-enclave --join URL`).
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// The contract the coordinator serves; the executor verifies the coordinator against it.
+    pub contract: SignedContract,
+    pub platform: Platform,
+    /// The coordinator's service URL (its kura API, where it attests and admits executors).
+    pub coordinator: String,
+    /// Where this executor's Flight service listens (a free port when the port is 0).
+    pub listen: SocketAddr,
+    /// Its working directory for shuffle files (default: a fresh temporary directory).
+    pub work_dir: Option<PathBuf>,
+    /// Tasks it runs at once (default: its cores).
+    pub slots: Option<usize>,
+    /// Most memory its tasks' operators may hold, in bytes.
+    pub memory_bytes: u64,
+    /// Certificates to send with its evidence (as for the service).
+    pub evidence_certs: Vec<Vec<u8>>,
+}
+
+/// Runs a cluster executor until it is stopped: attests to the coordinator and verifies it
+/// (each against the contract), then runs Ballista's executor over mutual TLS. Fails, having
+/// received nothing, if either side's evidence does not verify.
+pub async fn run_executor(config: ExecutorConfig) -> Result<(), ServiceError> {
+    let contract = config.contract.contract().clone();
+    let key =
+        kura_cluster::tls::NodeKey::generate().map_err(|e| ServiceError::Start(e.to_string()))?;
+    let public = key.public_pem();
+    let report_data = kura_attestation::executor_report_data(contract.id(), &public);
+    let mut evidence = evidence::collect(config.platform, &report_data)?;
+    evidence.certs.extend(config.evidence_certs.iter().cloned());
+    let (coordinator, admission) =
+        kura_cluster::join::join(&config.coordinator, &contract, &public, evidence)
+            .await
+            .map_err(|e| ServiceError::Start(e.to_string()))?;
+    tracing::info!(
+        executor = %admission.executor,
+        coordinator = %coordinator.key.fingerprint(),
+        scheduler = %admission.scheduler,
+        "admitted to the cluster after mutual attestation"
+    );
+    let listen = if config.listen.port() == 0 {
+        // Ballista announces the port it is given: pick a free one now.
+        let probe = std::net::TcpListener::bind(config.listen)
+            .map_err(|e| ServiceError::Start(format!("cannot listen on {}: {e}", config.listen)))?;
+        probe
+            .local_addr()
+            .map_err(|e| ServiceError::Start(e.to_string()))?
+    } else {
+        config.listen
+    };
+    let temporary;
+    let work_dir = match config.work_dir {
+        Some(dir) => dir,
+        None => {
+            temporary = tempfile::tempdir()
+                .map_err(|e| ServiceError::Start(format!("no working directory: {e}")))?;
+            temporary.path().to_path_buf()
+        }
+    };
+    println!("kura executor {} serving on {listen}", admission.executor);
+    std::io::Write::flush(&mut std::io::stdout()).ok();
+    kura_cluster::executor::run(
+        admission,
+        &key,
+        kura_cluster::executor::Options {
+            listen,
+            // Named, not left to the scheduler to find from the connection (which it cannot
+            // behind TLS).
+            advertise: Some(listen.ip().to_string()),
+            work_dir,
+            slots: config
+                .slots
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            memory_bytes: config.memory_bytes,
+        },
+        service::open_store(),
+    )
+    .await
+    .map_err(|e| ServiceError::Start(format!("the executor stopped: {e}")))
 }

@@ -66,6 +66,8 @@ pub enum Command {
     Contract(contract::ContractCmd),
     /// Run the enclave service.
     Serve(serve::ServeArgs),
+    /// Run a cluster executor (an enclave of its own) for a coordinator's service.
+    Executor(serve::ExecutorArgs),
     /// Encrypt a dataset on this machine and upload it to the enclave.
     Upload(upload::UploadArgs),
     /// Release your stored datasets' keys to a restarted or upgraded enclave instance.
@@ -213,6 +215,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Contract(cmd) => contract::run(cmd).await,
         Command::Serve(a) => serve::run(a),
+        Command::Executor(a) => serve::executor(a),
         Command::Upload(a) => upload::run(a).await,
         Command::Release(a) => release::run(a).await,
         Command::Run(a) => query::run(a).await,

@@ -17,6 +17,26 @@ pub struct ServeArgs {
     args: Vec<OsString>,
 }
 
+/// `kura executor`: runs `kura-enclave --join URL`, a cluster executor of the coordinator at URL.
+#[derive(clap::Args, Debug)]
+pub struct ExecutorArgs {
+    /// The coordinator's service URL (what `kura serve --cluster ADDR` printed); the executor
+    /// and the coordinator verify each other's evidence against the contract before anything
+    /// else.
+    #[arg(long, value_name = "URL")]
+    coordinator: String,
+    /// kura-enclave's arguments: --contract FILE --platform NAME [--listen ADDR] [--work-dir
+    /// DIR] [--slots N] [--query-memory-bytes N].
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    args: Vec<OsString>,
+}
+
+pub fn executor(a: ExecutorArgs) -> Result<ExitCode> {
+    let mut args = vec![OsString::from("--join"), OsString::from(a.coordinator)];
+    args.extend(a.args);
+    run(ServeArgs { args })
+}
+
 /// The name of the enclave binary, installed beside `kura`.
 pub const ENCLAVE_BINARY: &str = "kura-enclave";
 

@@ -54,6 +54,7 @@ pub(crate) fn config(contract: &SignedContract, state: &Path) -> kura_server::Co
         evidence_certs: vec![],
         evidence_collateral: None,
         store_dir: None,
+        cluster: None,
     }
 }
 

@@ -5,6 +5,7 @@
 mod audit;
 mod banks;
 mod cli;
+mod cluster;
 mod common;
 mod dp;
 mod hostile;

@@ -68,7 +68,7 @@ fn assert_nowhere(dir: &Path, needle: &str) {
 }
 
 /// The e2e contract with nothing deleted after runs.
-fn never_deleted(contract: String) -> String {
+pub(crate) fn never_deleted(contract: String) -> String {
     contract.replace("delete_after = \"run\"", "delete_after = \"never\"")
 }
 
@@ -85,7 +85,7 @@ async fn kept_room() -> Room {
     room
 }
 
-async fn by_activity(c: &mut kura_client::Client) -> Vec<Vec<serde_json::Value>> {
+pub(crate) async fn by_activity(c: &mut kura_client::Client) -> Vec<Vec<serde_json::Value>> {
     let run = c.run("by_activity").await.unwrap();
     let mut tables = c.results(Some(&run.run_id)).await.unwrap();
     tables.remove(0).rows

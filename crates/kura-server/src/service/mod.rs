@@ -16,8 +16,10 @@ use tokio::sync::Mutex;
 
 use crate::{Config, ServiceError};
 
+mod cluster;
 mod kept;
 mod recovery;
+pub(crate) use cluster::open_store;
 mod release;
 mod retention;
 mod run;
@@ -34,6 +36,8 @@ struct StoredDataset {
     location: String,
     /// The store, once this instance can reach it (a provider's bucket needs its credentials).
     store: Option<Arc<dyn object_store::ObjectStore>>,
+    /// How a cluster's executors reach the same store ([`store::Origin`], secret).
+    origin: Option<Arc<zeroize::Zeroizing<String>>>,
     batches: Vec<Batch>,
     /// The opened files, in batch order; all of them, or none.
     open: Vec<Arc<kura_engine::stored::StoredFile>>,
@@ -55,6 +59,7 @@ impl StoredDataset {
             kura_engine::Table::Stored(kura_engine::stored::Stored {
                 store,
                 files: self.open.clone(),
+                origin: self.origin.clone(),
             })
         })
     }
@@ -93,12 +98,16 @@ pub struct Service {
     state_dir: std::path::PathBuf,
     /// The service's own store of datasets at rest (a directory of the host's).
     local: Arc<dyn object_store::ObjectStore>,
+    /// How a cluster's executors reach `local`.
+    local_origin: Arc<zeroize::Zeroizing<String>>,
     /// Operator memory of one query ([`kura_engine::with_memory_limit`]).
     query_memory: usize,
     state: Mutex<State>,
     ledger: Mutex<Ledger>,
     /// The columns of each dataset that uploads keep, found on the first upload.
     kept: tokio::sync::OnceCell<Arc<KeptColumns>>,
+    /// The cluster this service coordinates, if any.
+    cluster: Option<cluster::Cluster>,
 }
 
 impl std::fmt::Debug for Service {
@@ -140,9 +149,14 @@ impl Service {
             &config.evidence_certs,
             &mut state,
         )?;
+        let local_origin = store::Origin::Local(
+            std::fs::canonicalize(&store_dir).unwrap_or_else(|_| store_dir.clone()),
+        )
+        .text();
         for d in state.datasets.values_mut() {
             if d.location == store::LOCAL {
                 d.store = Some(local.clone());
+                d.origin = Some(local_origin.clone());
             }
         }
         store::sweep(local.as_ref(), &store_dir, contract.id().as_str(), &state).await;
@@ -180,10 +194,15 @@ impl Service {
             max_upload_bytes: config.max_upload_bytes,
             state_dir: config.state_dir.clone(),
             local,
+            local_origin,
             query_memory: usize::try_from(config.query_memory_bytes).unwrap_or(usize::MAX),
             state: Mutex::new(state),
             ledger: Mutex::new(ledger),
             kept: tokio::sync::OnceCell::new(),
+            cluster: match config.cluster {
+                Some(listen) => Some(cluster::Cluster::start(listen).await?),
+                None => None,
+            },
         })
     }
 

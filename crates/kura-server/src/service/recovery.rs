@@ -60,6 +60,7 @@ pub(super) fn recover(
                     .or_insert_with(|| StoredDataset {
                         location: stored.location.clone(),
                         store: None,
+                        origin: None,
                         batches: Vec::new(),
                         open: Vec::new(),
                     });

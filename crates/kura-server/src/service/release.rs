@@ -65,9 +65,12 @@ impl Service {
                 wanted.len()
             )));
         }
-        let store = match (&held.store, &release.storage) {
-            (Some(store), None) => store.clone(),
-            (_, Some(storage)) if storage.url == held.location => store::s3(storage)?,
+        let (store, origin) = match (&held.store, &release.storage) {
+            (Some(store), None) => (store.clone(), held.origin.clone()),
+            (_, Some(storage)) if storage.url == held.location => (
+                store::s3(storage)?,
+                Some(store::Origin::Bucket(storage.clone()).text()),
+            ),
             _ => {
                 return Err(ServiceError::BadRequest(format!(
                     "dataset {name:?} is stored at {}: the release must carry that bucket's \
@@ -120,6 +123,7 @@ impl Service {
             .await?;
         let held = state.datasets.get_mut(name).expect("checked above");
         held.store = Some(store);
+        held.origin = origin;
         held.open = open;
         Ok(ReleaseResponse {
             dataset: name.clone(),

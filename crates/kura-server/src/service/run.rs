@@ -128,6 +128,7 @@ impl Service {
         // fails after is charged in full, its refusal and charge logged before the lock is
         // released (`logged`), or failures would be free probes of the data.
         let mut spent = None;
+        let mut executors = Vec::new();
         let executed = match job {
             Job::Dp(dp_sql, epsilon) => {
                 let prepared = kura_engine::with_memory_limit(
@@ -136,6 +137,7 @@ impl Service {
                 )
                 .await
                 .map_err(ServiceError::from)?;
+                // Differentially private runs stay on the coordinator for now.
                 if let Some(budget) = &state.budget {
                     budget
                         .check(&receivers, prepared.spend())
@@ -166,18 +168,30 @@ impl Service {
                     }
                 }
             }
-            Job::Query(sql) => kura_engine::with_memory_limit(
-                self.query_memory,
-                kura_engine::run_query(&self.contract, sql, &tables, state.overlap.as_mut()),
-            )
-            .await
-            .map(same_for_all),
-            Job::Aggregate(sql) => kura_engine::with_memory_limit(
-                self.query_memory,
-                kura_engine::run_analysis(&self.contract, sql, &tables, state.overlap.as_mut()),
-            )
-            .await
-            .map(same_for_all),
+            Job::Query(sql) => {
+                let (output, on) = self
+                    .engine(kura_engine::run_query(
+                        &self.contract,
+                        sql,
+                        &tables,
+                        state.overlap.as_mut(),
+                    ))
+                    .await;
+                executors = on;
+                output.map(same_for_all)
+            }
+            Job::Aggregate(sql) => {
+                let (output, on) = self
+                    .engine(kura_engine::run_analysis(
+                        &self.contract,
+                        sql,
+                        &tables,
+                        state.overlap.as_mut(),
+                    ))
+                    .await;
+                executors = on;
+                output.map(same_for_all)
+            }
             Job::List(analysis) => kura_engine::with_memory_limit(
                 self.query_memory,
                 kura_engine::list::run_list(&self.contract, analysis, &tables),
@@ -262,6 +276,7 @@ impl Service {
                 sql: sql.map(str::to_string),
                 dp: spent,
                 request: Some(request.to_string()),
+                executors,
             })
             .await?;
         if let (Some(budget), Some(spend)) = (&mut state.budget, spent) {

@@ -70,6 +70,44 @@ pub(crate) fn s3(storage: &Storage) -> Result<Arc<dyn ObjectStore>, ServiceError
     })
 }
 
+/// How another enclave of this contract (a cluster's executor) reaches a dataset's store: the
+/// service's directory (which it must share, as on one machine or a network file system) or
+/// the provider's bucket with its credentials. Secret: it travels only inside the cluster's
+/// mutual TLS, within a plan ([`kura_cluster::codec`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum Origin {
+    Local(std::path::PathBuf),
+    Bucket(Storage),
+}
+
+impl Origin {
+    pub(crate) fn text(&self) -> Arc<zeroize::Zeroizing<String>> {
+        Arc::new(zeroize::Zeroizing::new(
+            serde_json::to_string(self).expect("origins serialise"),
+        ))
+    }
+}
+
+/// Opens the store an [`Origin`] names (on an executor). A directory must exist already.
+pub(crate) fn open_origin(text: &str) -> Result<Arc<dyn ObjectStore>, ServiceError> {
+    let origin: Origin = serde_json::from_str(text)
+        .map_err(|_| ServiceError::BadRequest("a malformed store origin".into()))?;
+    match origin {
+        Origin::Local(dir) => {
+            let store =
+                object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|_| {
+                    ServiceError::BadRequest(format!(
+                        "the coordinator's store {} is not reachable from this executor",
+                        dir.display()
+                    ))
+                })?;
+            Ok(Arc::new(store))
+        }
+        Origin::Bucket(storage) => s3(&storage),
+    }
+}
+
 /// The path of a batch's file in its store.
 pub(crate) fn object(contract_id: &str, dataset: &str, batch: &str) -> Path {
     Path::from_iter(["kura", contract_id, dataset, &format!("{batch}.parquet")])

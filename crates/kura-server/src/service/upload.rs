@@ -26,6 +26,8 @@ pub(super) struct Pending {
     created: std::time::Instant,
     /// Where the batch goes: the store, and its location as the log records it.
     store: Arc<dyn object_store::ObjectStore>,
+    /// How a cluster's executors reach `store` ([`store::Origin`], secret).
+    origin: Arc<zeroize::Zeroizing<String>>,
     location: String,
     append: bool,
 }
@@ -203,9 +205,12 @@ impl Service {
             &location,
         )
         .await?;
-        let store = match &header.storage {
-            Some(storage) => store::s3(storage)?,
-            None => self.local.clone(),
+        let (store, origin) = match &header.storage {
+            Some(storage) => (
+                store::s3(storage)?,
+                store::Origin::Bucket(storage.clone()).text(),
+            ),
+            None => (self.local.clone(), self.local_origin.clone()),
         };
         let context =
             kura_api::upload_context(&body.contract_id, &dataset.name, &body.enclave, &body.nonce);
@@ -229,6 +234,7 @@ impl Service {
             context,
             created: std::time::Instant::now(),
             store,
+            origin,
             location,
             append: header.append,
         })
@@ -289,6 +295,7 @@ impl Service {
             key,
             context,
             store,
+            origin,
             location,
             append,
             ..
@@ -459,6 +466,7 @@ impl Service {
             .or_insert_with(|| StoredDataset {
                 location,
                 store: Some(store.clone()),
+                origin: Some(origin.clone()),
                 batches: Vec::new(),
                 open: Vec::new(),
             });

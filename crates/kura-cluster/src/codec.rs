@@ -1,0 +1,244 @@
+//! How kura's parts of a physical plan travel to the scheduler and the executors.
+//!
+//! Two things in a kura plan have no standard encoding: scans of a stored dataset, whose
+//! Parquet reader carries the files' keys (DataFusion's encoding drops them), and the
+//! threshold's capped distinct-units count ([`kura_engine::units`]). Before a plan leaves the
+//! coordinator, each stored scan is wrapped in a [`StoredScanExec`], which this codec encodes
+//! as the scan (in DataFusion's encoding) beside its [`Access`]: the store's origin and the
+//! files' keys. These bytes travel only inside the cluster's mutual TLS to attested nodes.
+//! Decoding opens the store, registers it for the scan, and gives the reader its keys again.
+
+use std::sync::Arc;
+
+use ballista_core::serde::BallistaPhysicalExtensionCodec;
+use datafusion_proto::physical_plan::{
+    AsExecutionPlan, PhysicalExtensionCodec, PhysicalProtoConverterExtension,
+};
+use datafusion_proto::protobuf::PhysicalPlanNode;
+use kura_engine::datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use kura_engine::datafusion::datasource::physical_plan::FileScanConfig;
+use kura_engine::datafusion::datasource::source::DataSourceExec;
+use kura_engine::datafusion::error::{DataFusionError, Result};
+use kura_engine::datafusion::execution::TaskContext;
+use kura_engine::datafusion::logical_expr::AggregateUDF;
+use kura_engine::datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
+};
+use kura_engine::stored::{Access, Scans};
+use object_store::ObjectStore;
+use prost::Message;
+use zeroize::Zeroizing;
+
+/// Opens a store from the origin a stored dataset records (the service's description).
+pub type OpenStore = Arc<dyn Fn(&str) -> Result<Arc<dyn ObjectStore>> + Send + Sync>;
+
+/// A scan of a stored dataset with what reading it needs elsewhere. Runs as the scan it wraps.
+pub struct StoredScanExec {
+    scan: Arc<dyn ExecutionPlan>,
+    access: Access,
+}
+
+impl std::fmt::Debug for StoredScanExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredScanExec").finish_non_exhaustive()
+    }
+}
+
+impl DisplayAs for StoredScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        // Never the keys or the origin (which may hold a provider's credentials).
+        write!(f, "StoredScanExec")
+    }
+}
+
+impl ExecutionPlan for StoredScanExec {
+    fn name(&self) -> &str {
+        "StoredScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.scan.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("a scan has no children".into()))
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        self.scan.execute(partition, context)
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(
+            &Arc<dyn kura_engine::datafusion::physical_plan::PhysicalExpr>,
+        ) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        self.scan.apply_expressions(f)
+    }
+}
+
+/// `plan` with each scan of a stored dataset wrapped with its [`Access`] from `scans`. A stored
+/// scan without one (a dataset only this process can read) is refused.
+pub fn wrap_scans(plan: Arc<dyn ExecutionPlan>, scans: &Scans) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        let Some(exec) = node.downcast_ref::<DataSourceExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(config) = exec.data_source().downcast_ref::<FileScanConfig>() else {
+            return Ok(Transformed::no(node));
+        };
+        let access = scans
+            .0
+            .get(config.object_store_url.as_str())
+            .ok_or_else(|| {
+                DataFusionError::Execution(
+                    "a dataset of this run can be read only by the coordinator".into(),
+                )
+            })?
+            .clone();
+        Ok(Transformed::yes(Arc::new(StoredScanExec {
+            scan: node.clone(),
+            access,
+        }) as Arc<dyn ExecutionPlan>))
+    })
+    .map(|t| t.data)
+}
+
+const SCAN: &[u8] = b"kura-stored-scan-v1\0";
+const UNITS: &[u8] = b"kura-units-v1\0";
+
+/// Ballista's codec (shuffles) with kura's stored scans and aggregate.
+pub struct Codec {
+    ballista: BallistaPhysicalExtensionCodec,
+    open: OpenStore,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec").finish_non_exhaustive()
+    }
+}
+
+impl Codec {
+    pub fn new(open: OpenStore) -> Self {
+        Self {
+            ballista: BallistaPhysicalExtensionCodec::default(),
+            open,
+        }
+    }
+}
+
+/// A length-prefixed (u32, big-endian) field of `buf`, and what follows it.
+fn field(buf: &[u8]) -> Result<(&[u8], &[u8])> {
+    let (len, rest) = buf
+        .split_first_chunk::<4>()
+        .ok_or_else(|| malformed("scan"))?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(malformed("scan"));
+    }
+    Ok(rest.split_at(len))
+}
+
+fn malformed(what: &str) -> DataFusionError {
+    DataFusionError::Internal(format!("a cluster plan carried a malformed {what}"))
+}
+
+impl PhysicalExtensionCodec for Codec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(rest) = buf.strip_prefix(SCAN) else {
+            return self.ballista.try_decode(buf, inputs, ctx, proto_converter);
+        };
+        let (url, rest) = field(rest)?;
+        let (wire, scan) = field(rest)?;
+        let url = std::str::from_utf8(url).map_err(|_| malformed("scan"))?;
+        let access = Access::from_wire(wire).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        // The scan's store must be known before the scan is decoded.
+        let store = (self.open)(access.origin.as_str())?;
+        let url = url::Url::parse(url).map_err(|_| malformed("scan"))?;
+        ctx.runtime_env().register_object_store(&url, store);
+        let scan = PhysicalPlanNode::decode(scan)
+            .map_err(|_| malformed("scan"))?
+            .try_into_physical_plan(ctx, self)?;
+        let exec = scan
+            .downcast_ref::<DataSourceExec>()
+            .ok_or_else(|| malformed("scan"))?;
+        let scan = access
+            .attach(exec)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(Arc::new(StoredScanExec { scan, access }))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let Some(stored) = node.downcast_ref::<StoredScanExec>() else {
+            return self.ballista.try_encode(node, buf, proto_converter);
+        };
+        let wire = stored.access.to_wire();
+        let url = stored
+            .scan
+            .downcast_ref::<DataSourceExec>()
+            .and_then(|e| e.data_source().downcast_ref::<FileScanConfig>())
+            .map(|c| c.object_store_url.as_str().to_string())
+            .ok_or_else(|| malformed("scan"))?;
+        let scan = PhysicalPlanNode::try_from_physical_plan(stored.scan.clone(), self)?;
+        let mut scan_bytes = Zeroizing::new(Vec::new());
+        scan.encode(&mut *scan_bytes)
+            .map_err(|_| malformed("scan"))?;
+        buf.extend_from_slice(SCAN);
+        for part in [url.as_bytes(), wire.as_slice()] {
+            let len = u32::try_from(part.len()).map_err(|_| malformed("scan"))?;
+            buf.extend_from_slice(&len.to_be_bytes());
+            buf.extend_from_slice(part);
+        }
+        buf.extend_from_slice(&scan_bytes);
+        Ok(())
+    }
+
+    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
+        match buf.strip_prefix(UNITS) {
+            Some(cap) if name == kura_engine::units::NAME => {
+                let cap = u64::from_be_bytes(cap.try_into().map_err(|_| malformed("count"))?);
+                Ok(Arc::new(kura_engine::units::udaf(cap)))
+            }
+            _ => self.ballista.try_decode_udaf(name, buf),
+        }
+    }
+
+    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> Result<()> {
+        match kura_engine::units::cap_of(node) {
+            Some(cap) => {
+                buf.extend_from_slice(UNITS);
+                buf.extend_from_slice(&cap.to_be_bytes());
+                Ok(())
+            }
+            None => self.ballista.try_encode_udaf(node, buf),
+        }
+    }
+}

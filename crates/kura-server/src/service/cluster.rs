@@ -1,0 +1,111 @@
+//! The coordinator's cluster: executors join after mutual attestation ([`kura_cluster::join`]),
+//! and runs send their counted aggregations to them ([`Service::engine`]).
+
+use std::sync::Arc;
+
+use kura_cluster::join::{Admission, JoinRequest};
+use kura_ledger::Event;
+use sha2::{Digest, Sha256};
+
+use super::{Service, store};
+use crate::ServiceError;
+
+/// The cluster of one coordinator start.
+pub(crate) struct Cluster {
+    pub(crate) coordinator: Arc<kura_cluster::Coordinator>,
+    /// Executors admitted so far, in order.
+    pub(crate) admitted: tokio::sync::Mutex<Vec<String>>,
+}
+
+/// Opens a dataset's store from its origin, for the cluster's codec.
+pub(crate) fn open_store() -> kura_cluster::codec::OpenStore {
+    Arc::new(|origin: &str| {
+        store::open_origin(origin)
+            .map_err(|e| kura_engine::datafusion::error::DataFusionError::External(Box::new(e)))
+    })
+}
+
+impl Cluster {
+    pub(crate) async fn start(listen: std::net::SocketAddr) -> Result<Self, ServiceError> {
+        let coordinator = kura_cluster::Coordinator::start(listen, open_store())
+            .await
+            .map_err(|e| ServiceError::Start(format!("the cluster's scheduler: {e}")))?;
+        tracing::info!(scheduler = %coordinator.addr(), "the cluster's scheduler listens (mutual TLS, attested executors only)");
+        Ok(Self {
+            coordinator: Arc::new(coordinator),
+            admitted: tokio::sync::Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Service {
+    /// Admits an executor whose evidence verifies against the contract's `[enclave]` policy and
+    /// binds its TLS key: logs it, and certifies the key. Anything else is refused and logged,
+    /// and the executor gets nothing.
+    pub(crate) async fn join(&self, body: &str) -> Result<Admission, ServiceError> {
+        let cluster = self.cluster.as_ref().ok_or_else(|| {
+            ServiceError::NotFound("this service runs no cluster (kura serve --cluster)".into())
+        })?;
+        let request: JoinRequest = serde_json::from_str(body)
+            .map_err(|e| ServiceError::BadRequest(format!("a malformed join request: {e}")))?;
+        let digest = hex::encode(Sha256::digest(
+            serde_json::to_vec(&request.evidence).expect("evidence serialises"),
+        ));
+        let verified = if request.contract_id != self.contract.id().as_str() {
+            Err("the executor is for another contract".to_string())
+        } else {
+            kura_attestation::verify_executor(
+                &request.evidence,
+                &self.contract.enclave,
+                self.contract.id(),
+                &request.tls_key,
+                None,
+            )
+            .map_err(|e| format!("its evidence does not verify against the contract: {e}"))
+        };
+        if let Err(reason) = verified {
+            tracing::warn!(%reason, "an executor was refused");
+            self.log(Event::ExecutorRefused {
+                reason: reason.clone(),
+                evidence_sha256: digest,
+            })
+            .await?;
+            return Err(ServiceError::Refused(reason));
+        }
+        let mut admitted = cluster.admitted.lock().await;
+        let executor = format!("executor-{}-{}", admitted.len() + 1, &digest[..12]);
+        let certificate = cluster
+            .coordinator
+            .admit(&request.tls_key, &executor)
+            .map_err(|e| ServiceError::BadRequest(format!("the executor's TLS key: {e}")))?;
+        self.log(Event::ExecutorJoined {
+            executor: executor.clone(),
+            tls_key: request.tls_key,
+            evidence: request.evidence,
+        })
+        .await?;
+        admitted.push(executor.clone());
+        tracing::info!(%executor, "an executor joined the cluster");
+        Ok(Admission {
+            executor,
+            scheduler: cluster.coordinator.addr().to_string(),
+            authority: cluster.coordinator.authority().to_string(),
+            certificate,
+        })
+    }
+
+    /// Runs `f` (an engine call) with this service's memory limit, its counted aggregations on
+    /// the cluster when there is one. Returns the executors that could run them.
+    pub(crate) async fn engine<F: std::future::Future>(&self, f: F) -> (F::Output, Vec<String>) {
+        let limited = kura_engine::with_memory_limit(self.query_memory, f);
+        match &self.cluster {
+            // Until an executor joins, the coordinator runs everything itself.
+            Some(cluster) if !cluster.admitted.lock().await.is_empty() => {
+                let executors = cluster.admitted.lock().await.clone();
+                let compute: Arc<dyn kura_engine::Compute> = cluster.coordinator.clone();
+                (kura_engine::with_compute(compute, limited).await, executors)
+            }
+            _ => (limited.await, Vec::new()),
+        }
+    }
+}
