@@ -4,6 +4,7 @@
 use std::io::BufRead;
 use std::path::Path;
 
+use kura_client::Client;
 use kura_ledger::Event;
 
 use super::cli::{Served, cli_setup_with, key_at, kura_home, serve_with};
@@ -101,4 +102,151 @@ pub(crate) fn attested_executors_answer_as_one_node_would() {
     assert_eq!(runs.len(), 2);
     assert!(runs[0].is_empty(), "the first run had no executor");
     assert_eq!(runs[1].iter().collect::<Vec<_>>(), joined);
+}
+
+/// SHA-384 of this test binary: the simulated measurement of a service started in this process.
+fn own_measurement() -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha384::digest(std::fs::read(std::env::current_exe().unwrap()).unwrap()).to_vec()
+}
+
+/// Executors whose evidence the contract does not accept (another measurement, debug, bound to
+/// another contract or to a coordinator's key, or not bound to the key they present) are refused
+/// with the reason, get no certificate, and are logged; one that passes is admitted and logged,
+/// and the log still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn executors_the_contract_does_not_accept_are_refused_and_logged() {
+    use kura_attestation::simulated::SimulatedHardware;
+    use kura_attestation::{executor_report_data, report_data_for};
+
+    let measurement = own_measurement();
+    let pin = format!(
+        "\n[[enclave.accept]]\nplatform = \"simulated\"\nmeasurements = [\"{}\"]\n",
+        hex::encode(&measurement)
+    );
+    let room = super::common::room_custom(
+        &["hospital-a", "fitness-b"],
+        false,
+        "[\"hospital-a\"]",
+        |t| t + &pin,
+    )
+    .await;
+    let other = super::common::room_custom(
+        &["hospital-a", "fitness-b"],
+        false,
+        "[\"fitness-b\"]",
+        |t| t + &pin,
+    )
+    .await;
+    let server = kura_server::start(kura_server::Config {
+        cluster: Some("127.0.0.1:0".parse().unwrap()),
+        ..super::common::config(&room.contract, &room.dir.join("clustered"))
+    })
+    .await
+    .unwrap();
+    let url = server.url();
+    let contract = room.contract.contract();
+    let id = contract.id();
+    let tls = kura_cluster::tls::NodeKey::generate().unwrap().public_pem();
+    let hardware = SimulatedHardware::new();
+    let bound = executor_report_data(id, &tls);
+    let cases = [
+        (
+            "another measurement",
+            hardware.issue(&[0xab; 48], &bound, false),
+            "measurement",
+        ),
+        (
+            "a debug enclave",
+            hardware.issue(&measurement, &bound, true),
+            "debug",
+        ),
+        (
+            "another contract",
+            hardware.issue(
+                &measurement,
+                &executor_report_data(other.contract.contract().id(), &tls),
+                false,
+            ),
+            "does not bind",
+        ),
+        (
+            "another TLS key",
+            hardware.issue(
+                &measurement,
+                &executor_report_data(
+                    id,
+                    &kura_cluster::tls::NodeKey::generate().unwrap().public_pem(),
+                ),
+                false,
+            ),
+            "does not bind",
+        ),
+        (
+            "a coordinator's binding",
+            hardware.issue(
+                &measurement,
+                &report_data_for(id, room.key("hospital-a").public()),
+                false,
+            ),
+            "does not bind",
+        ),
+    ];
+    for (what, evidence, expected) in cases {
+        match kura_cluster::join::join(&url, contract, &tls, evidence).await {
+            Err(kura_cluster::join::JoinError::Refused(reason)) => {
+                assert!(reason.to_lowercase().contains(expected), "{what}: {reason}")
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    let (coordinator, admission) = kura_cluster::join::join(
+        &url,
+        contract,
+        &tls,
+        hardware.issue(&measurement, &bound, false),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        coordinator.key.to_text(),
+        super::common::raw_info(&url).await.enclave_key
+    );
+    assert!(admission.certificate.contains("BEGIN CERTIFICATE"));
+
+    // An executor for another contract refuses this coordinator before it sends anything.
+    let refused = kura_cluster::join::join(
+        &url,
+        other.contract.contract(),
+        &tls,
+        hardware.issue(
+            &measurement,
+            &executor_report_data(other.contract.contract().id(), &tls),
+            false,
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(refused, kura_cluster::join::JoinError::Coordinator(ref r) if r.contains("another contract")),
+        "{refused}"
+    );
+
+    let mut h = Client::new(&url, room.contract.clone(), room.key("hospital-a")).unwrap();
+    h.attest().await.unwrap();
+    let events = super::common::events_of(&mut h).await;
+    let refusals: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ExecutorRefused { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refusals.len(), 5, "{refusals:?}");
+    let joined = events
+        .iter()
+        .filter(|e| matches!(e, Event::ExecutorJoined { executor, .. } if *executor == admission.executor))
+        .count();
+    assert_eq!(joined, 1);
+    server.shutdown().await.unwrap();
 }
