@@ -11,49 +11,51 @@
 use std::sync::Arc;
 
 use ballista_core::serde::BallistaPhysicalExtensionCodec;
-use datafusion_proto::physical_plan::{
-    AsExecutionPlan, PhysicalExtensionCodec, PhysicalProtoConverterExtension,
-};
-use datafusion_proto::protobuf::PhysicalPlanNode;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use kura_engine::datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use kura_engine::datafusion::datasource::physical_plan::FileScanConfig;
 use kura_engine::datafusion::datasource::source::DataSourceExec;
 use kura_engine::datafusion::error::{DataFusionError, Result};
 use kura_engine::datafusion::execution::TaskContext;
+use kura_engine::datafusion::execution::object_store::{
+    DefaultObjectStoreRegistry, ObjectStoreRegistry,
+};
 use kura_engine::datafusion::logical_expr::AggregateUDF;
 use kura_engine::datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
 };
 use kura_engine::stored::{Access, Scans};
 use object_store::ObjectStore;
-use prost::Message;
-use zeroize::Zeroizing;
 
 /// Opens a store from the origin a stored dataset records (the service's description).
 pub type OpenStore = Arc<dyn Fn(&str) -> Result<Arc<dyn ObjectStore>> + Send + Sync>;
 
-/// A scan of a stored dataset with what reading it needs elsewhere. Runs as the scan it wraps.
-pub struct StoredScanExec {
+/// The keys of the stored scan below it (its only child), which DataFusion's encoding of the
+/// scan drops. It passes its child's rows through. Keeping the scan itself a plain Parquet
+/// `DataSourceExec` lets Ballista give each task exactly its share of the files; a scan hidden
+/// inside a node of kura's own would be read whole by every task.
+pub struct KeysExec {
     scan: Arc<dyn ExecutionPlan>,
+    url: String,
     access: Access,
 }
 
-impl std::fmt::Debug for StoredScanExec {
+impl std::fmt::Debug for KeysExec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredScanExec").finish_non_exhaustive()
+        f.debug_struct("KeysExec").finish_non_exhaustive()
     }
 }
 
-impl DisplayAs for StoredScanExec {
+impl DisplayAs for KeysExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         // Never the keys or the origin (which may hold a provider's credentials).
-        write!(f, "StoredScanExec")
+        write!(f, "KeysExec")
     }
 }
 
-impl ExecutionPlan for StoredScanExec {
+impl ExecutionPlan for KeysExec {
     fn name(&self) -> &str {
-        "StoredScanExec"
+        "KeysExec"
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -61,17 +63,24 @@ impl ExecutionPlan for StoredScanExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
+        vec![&self.scan]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
     }
 
     fn with_new_children(
         self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.is_empty() {
-            Ok(self)
-        } else {
-            Err(DataFusionError::Internal("a scan has no children".into()))
+        match (children.pop(), children.is_empty()) {
+            (Some(scan), true) => Ok(Arc::new(KeysExec {
+                scan,
+                url: self.url.clone(),
+                access: self.access.clone(),
+            })),
+            _ => Err(DataFusionError::Internal("KeysExec has one child".into())),
         }
     }
 
@@ -85,16 +94,16 @@ impl ExecutionPlan for StoredScanExec {
 
     fn apply_expressions(
         &self,
-        f: &mut dyn FnMut(
+        _f: &mut dyn FnMut(
             &Arc<dyn kura_engine::datafusion::physical_plan::PhysicalExpr>,
         ) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        self.scan.apply_expressions(f)
+        Ok(TreeNodeRecursion::Continue)
     }
 }
 
-/// `plan` with each scan of a stored dataset wrapped with its [`Access`] from `scans`. A stored
-/// scan without one (a dataset only this process can read) is refused.
+/// `plan` with [`KeysExec`] above each scan of a stored dataset, with its [`Access`] from
+/// `scans`. A stored scan without one (a dataset only this process can read) is refused.
 pub fn wrap_scans(plan: Arc<dyn ExecutionPlan>, scans: &Scans) -> Result<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
         let Some(exec) = node.downcast_ref::<DataSourceExec>() else {
@@ -103,21 +112,54 @@ pub fn wrap_scans(plan: Arc<dyn ExecutionPlan>, scans: &Scans) -> Result<Arc<dyn
         let Some(config) = exec.data_source().downcast_ref::<FileScanConfig>() else {
             return Ok(Transformed::no(node));
         };
+        let url = config.object_store_url.as_str().to_string();
         let access = scans
             .0
-            .get(config.object_store_url.as_str())
+            .get(&url)
             .ok_or_else(|| {
                 DataFusionError::Execution(
                     "a dataset of this run can be read only by the coordinator".into(),
                 )
             })?
             .clone();
-        Ok(Transformed::yes(Arc::new(StoredScanExec {
+        Ok(Transformed::yes(Arc::new(KeysExec {
             scan: node.clone(),
+            url,
             access,
         }) as Arc<dyn ExecutionPlan>))
     })
     .map(|t| t.data)
+}
+
+/// The object stores of a runtime that decodes kura plans: a stored scan's store is known only
+/// once the [`KeysExec`] above it is decoded, after the scan itself, which looks its store up.
+/// Until then (and if no `KeysExec` ever comes), a `kura-stored` URL names an empty store, so a
+/// scan without its keys finds no file rather than anything else.
+#[derive(Debug, Default)]
+pub struct Stores(DefaultObjectStoreRegistry);
+
+impl ObjectStoreRegistry for Stores {
+    fn register_store(
+        &self,
+        url: &url::Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.0.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
+        self.0.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
+        self.0.get_store(url).or_else(|e| {
+            if url.scheme() == kura_engine::stored::SCHEME {
+                Ok(Arc::new(object_store::memory::InMemory::new()) as Arc<dyn ObjectStore>)
+            } else {
+                Err(e)
+            }
+        })
+    }
 }
 
 const SCAN: &[u8] = b"kura-stored-scan-v1\0";
@@ -171,24 +213,25 @@ impl PhysicalExtensionCodec for Codec {
         let Some(rest) = buf.strip_prefix(SCAN) else {
             return self.ballista.try_decode(buf, inputs, ctx, proto_converter);
         };
-        let (url, rest) = field(rest)?;
-        let (wire, scan) = field(rest)?;
-        let url = std::str::from_utf8(url).map_err(|_| malformed("scan"))?;
-        let access = Access::from_wire(wire).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        // The scan's store must be known before the scan is decoded.
-        let store = (self.open)(access.origin.as_str())?;
-        let url = url::Url::parse(url).map_err(|_| malformed("scan"))?;
-        ctx.runtime_env().register_object_store(&url, store);
-        let scan = PhysicalPlanNode::decode(scan)
+        let (url, wire) = field(rest)?;
+        let url = std::str::from_utf8(url)
             .map_err(|_| malformed("scan"))?
-            .try_into_physical_plan(ctx, self)?;
+            .to_string();
+        let access = Access::from_wire(wire).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let [scan] = inputs else {
+            return Err(malformed("scan"));
+        };
         let exec = scan
             .downcast_ref::<DataSourceExec>()
             .ok_or_else(|| malformed("scan"))?;
+        let store = (self.open)(access.origin.as_str())?;
+        let parsed = url::Url::parse(&url).map_err(|_| malformed("scan"))?;
+        ctx.runtime_env()
+            .register_object_store(&parsed, store.clone());
         let scan = access
-            .attach(exec)
+            .attach(exec, store)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(Arc::new(StoredScanExec { scan, access }))
+        Ok(Arc::new(KeysExec { scan, url, access }))
     }
 
     fn try_encode(
@@ -197,27 +240,15 @@ impl PhysicalExtensionCodec for Codec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
-        let Some(stored) = node.downcast_ref::<StoredScanExec>() else {
+        let Some(keys) = node.downcast_ref::<KeysExec>() else {
             return self.ballista.try_encode(node, buf, proto_converter);
         };
-        let wire = stored.access.to_wire();
-        let url = stored
-            .scan
-            .downcast_ref::<DataSourceExec>()
-            .and_then(|e| e.data_source().downcast_ref::<FileScanConfig>())
-            .map(|c| c.object_store_url.as_str().to_string())
-            .ok_or_else(|| malformed("scan"))?;
-        let scan = PhysicalPlanNode::try_from_physical_plan(stored.scan.clone(), self)?;
-        let mut scan_bytes = Zeroizing::new(Vec::new());
-        scan.encode(&mut *scan_bytes)
-            .map_err(|_| malformed("scan"))?;
+        let wire = keys.access.to_wire();
         buf.extend_from_slice(SCAN);
-        for part in [url.as_bytes(), wire.as_slice()] {
-            let len = u32::try_from(part.len()).map_err(|_| malformed("scan"))?;
-            buf.extend_from_slice(&len.to_be_bytes());
-            buf.extend_from_slice(part);
-        }
-        buf.extend_from_slice(&scan_bytes);
+        let len = u32::try_from(keys.url.len()).map_err(|_| malformed("scan"))?;
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(keys.url.as_bytes());
+        buf.extend_from_slice(&wire);
         Ok(())
     }
 

@@ -16,10 +16,12 @@ use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use futures_util::TryStreamExt;
 use kura_engine::datafusion::error::{DataFusionError, Result};
 use kura_engine::datafusion::execution::context::{SessionConfig, SessionContext};
+use kura_engine::datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use kura_engine::datafusion::execution::session_state::SessionStateBuilder;
 use kura_engine::datafusion::physical_plan::ExecutionPlan;
 use kura_engine::{Compute, RecordBatch};
 
-use crate::codec::{Codec, OpenStore, wrap_scans};
+use crate::codec::{Codec, OpenStore, Stores, wrap_scans};
 use crate::tls::{Authority, Membership, TlsError};
 
 /// The scheduler and the authority of one coordinator start.
@@ -28,8 +30,12 @@ pub struct Coordinator {
     membership: Membership,
     addr: SocketAddr,
     codec: Arc<Codec>,
+    scheduler: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// How long an executor may go without polling before the scheduler gives it up.
+pub const EXECUTOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,13 +67,26 @@ impl Coordinator {
             .with_override_create_grpc_client_endpoint(membership.endpoint_override());
         let config = Arc::new(SchedulerConfig {
             override_physical_codec: Some(codec.clone()),
+            // An executor that stops polling (killed, cut off) is given up after a few seconds,
+            // and its tasks run again on the others.
+            executor_timeout_seconds: EXECUTOR_TIMEOUT.as_secs(),
+            expire_dead_executor_interval_seconds: 1,
+            no_executors_grace_period_seconds: EXECUTOR_TIMEOUT.as_secs(),
             ..config
         });
         let session_config = session_config(&membership, &codec);
         let producer = Arc::new(move || session_config.clone());
         let cluster = BallistaCluster::new_memory(
             addr.to_string(),
-            Arc::new(ballista_core::utils::default_session_builder),
+            Arc::new(|config| {
+                let state = ballista_core::utils::default_session_builder(config)?;
+                let runtime = RuntimeEnvBuilder::new()
+                    .with_object_store_registry(Arc::new(Stores::default()))
+                    .build_arc()?;
+                Ok(SessionStateBuilder::new_from_existing(state)
+                    .with_runtime_env(runtime)
+                    .build())
+            }),
             producer,
         );
         let mut server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> = SchedulerServer::new(
@@ -81,6 +100,7 @@ impl Coordinator {
             ballista_scheduler::metrics::default_metrics_collector()?,
         );
         server.init().await?;
+        let scheduler = server.clone();
         let grpc = SchedulerGrpcServer::new(server)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
@@ -98,8 +118,32 @@ impl Coordinator {
             membership,
             addr,
             codec,
+            scheduler,
             task,
         })
+    }
+
+    /// The executors that polled the scheduler within the last [`EXECUTOR_TIMEOUT`].
+    pub async fn alive(&self) -> Vec<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let Ok(state) = self
+            .scheduler
+            .state
+            .executor_manager
+            .get_executors_state()
+            .await
+        else {
+            return Vec::new();
+        };
+        let mut alive: Vec<String> = state
+            .into_iter()
+            .filter(|(_, seen, _)| seen.is_some_and(|t| now.saturating_sub(t) < EXECUTOR_TIMEOUT))
+            .map(|(metadata, _, _)| metadata.id)
+            .collect();
+        alive.sort();
+        alive
     }
 
     /// Where executors reach the scheduler.
@@ -186,4 +230,73 @@ fn reported(e: DataFusionError) -> DataFusionError {
         kura_engine::error::runtime(e)
     };
     DataFusionError::External(Box::new(reduced))
+}
+
+#[cfg(test)]
+mod tests {
+    use ballista_core::serde::protobuf::GetJobStatusParams;
+    use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+    use tonic::transport::Endpoint;
+
+    use super::*;
+    use crate::tls::NodeKey;
+
+    /// Whether a client with `tls` (or none) gets an answer from the scheduler at all.
+    async fn answered(addr: SocketAddr, tls: Option<tonic::transport::ClientTlsConfig>) -> bool {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).unwrap();
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).unwrap();
+        }
+        let Ok(channel) = endpoint.connect().await else {
+            return false;
+        };
+        let status = SchedulerGrpcClient::new(channel)
+            .get_job_status(GetJobStatusParams {
+                job_id: "none".into(),
+            })
+            .await;
+        // The scheduler answers a question about an unknown job without an error.
+        status.is_ok()
+    }
+
+    /// The scheduler answers only clients with a certificate of this start's authority: not one
+    /// in the clear, not one without a certificate, not one certified by another authority.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_scheduler_answers_only_members_of_its_authority() {
+        let open: OpenStore =
+            Arc::new(|_| Err(DataFusionError::Execution("no store in this test".into())));
+        let coordinator = Coordinator::start("127.0.0.1:0".parse().unwrap(), open)
+            .await
+            .unwrap();
+        let addr = coordinator.addr();
+        let key = NodeKey::generate().unwrap();
+        let member = Membership::new(
+            coordinator.authority().to_string(),
+            coordinator.admit(&key.public_pem(), "executor-1").unwrap(),
+            &key,
+        );
+        assert!(answered(addr, Some(member.client())).await);
+
+        assert!(!answered(addr, None).await, "in the clear");
+        let anonymous = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(
+                coordinator.authority(),
+            ))
+            .domain_name(crate::tls::SERVER_NAME);
+        assert!(
+            !answered(addr, Some(anonymous)).await,
+            "without a certificate"
+        );
+        let stranger = Authority::new().unwrap();
+        let foreign = Membership::new(
+            coordinator.authority().to_string(),
+            stranger.certify(&key.public_pem(), "executor-1").unwrap(),
+            &key,
+        );
+        assert!(
+            !answered(addr, Some(foreign.client())).await,
+            "another authority"
+        );
+    }
 }

@@ -15,7 +15,7 @@ use kura_engine::datafusion::execution::context::SessionConfig;
 use kura_engine::datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use kura_engine::datafusion::execution::runtime_env::RuntimeEnvBuilder;
 
-use crate::codec::{Codec, OpenStore};
+use crate::codec::{Codec, OpenStore, Stores};
 use crate::join::Admission;
 use crate::tls::{Membership, NodeKey};
 
@@ -34,13 +34,23 @@ pub struct Options {
     pub memory_bytes: u64,
 }
 
-/// Runs the executor until it is stopped (SIGTERM, ctrl-c).
+/// Runs the executor until it is stopped (SIGTERM, ctrl-c); `ready` is called once the
+/// scheduler has heard from it.
 pub async fn run(
     admission: Admission,
     key: &NodeKey,
     options: Options,
     open: OpenStore,
+    ready: impl FnOnce() + Send + 'static,
 ) -> anyhow::Result<()> {
+    let health = ballista_executor::health::ExecutorHealth::new();
+    let polled = health.clone();
+    tokio::spawn(async move {
+        while !polled.is_ready() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        ready();
+    });
     let membership = Membership::new(admission.authority, admission.certificate, key);
     let (host, port) = admission
         .scheduler
@@ -75,6 +85,7 @@ pub async fn run(
         })),
         override_runtime_producer: Some(Arc::new(|_| {
             RuntimeEnvBuilder::new()
+                .with_object_store_registry(Arc::new(Stores::default()))
                 .with_disk_manager_builder(
                     DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
                 )
@@ -100,6 +111,7 @@ pub async fn run(
                 })
             },
         )),
+        health,
         ..ExecutorProcessConfig::default()
     };
     start_executor_process(Arc::new(config)).await?;

@@ -491,8 +491,13 @@ impl Access {
         })
     }
 
-    /// `scan` (a scan of this dataset's files, decoded without its keys) reading with them.
-    pub fn attach(&self, scan: &DataSourceExec) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
+    /// `scan` (a scan of this dataset's files, decoded without its keys) reading them from
+    /// `store` with their keys.
+    pub fn attach(
+        &self,
+        scan: &DataSourceExec,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
         let config = scan
             .data_source()
             .downcast_ref::<FileScanConfig>()
@@ -502,6 +507,9 @@ impl Access {
             .downcast_ref::<ParquetSource>()
             .ok_or_else(|| EngineError::Execution("not a scan of stored files".into()))?
             .clone()
+            .with_parquet_file_reader_factory(Arc::new(
+                datafusion::datasource::physical_plan::parquet::DefaultParquetFileReaderFactory::new(store),
+            ))
             .with_encryption_factory(self.keys.clone());
         let config = FileScanConfigBuilder::from(config.clone())
             .with_source(Arc::new(source))
@@ -609,7 +617,7 @@ impl TableProvider for StoredTable {
 /// The URL under which a session registers the store of its `index`th stored dataset. Queries
 /// cannot name URLs (no DDL), and the physical plan check admits file scans under this scheme
 /// only.
-pub(crate) const SCHEME: &str = "kura-stored";
+pub const SCHEME: &str = "kura-stored";
 
 pub(crate) fn url(index: usize) -> Result<ObjectStoreUrl, EngineError> {
     Ok(ObjectStoreUrl::parse(format!("{SCHEME}://d{index}"))?)
@@ -815,5 +823,64 @@ pub(crate) mod tests {
             plan.children().into_iter().map(scanned).sum()
         }
         assert_eq!(scanned(&plan), ROW_GROUP_ROWS, "rows the scan read");
+    }
+
+    /// A scan decoded without its keys reads, once they are attached again, exactly what the
+    /// original reads: every file once, in the same partitions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn attached_keys_read_each_file_once() {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        let c = crate::golden::contract();
+        let held = crate::golden::tables(&c);
+        let dir = tempfile::tempdir().unwrap();
+        let mut tables = at_rest(&c, &held, dir.path()).await;
+        for table in tables.values_mut() {
+            if let Table::Stored(s) = table {
+                s.origin = Some(Arc::new(Zeroizing::new("test".into())));
+            }
+        }
+        let ctx = crate::session(&c, &tables).unwrap();
+        let sql = "SELECT COUNT(*) FROM patients p JOIN claims c ON p.patient_id = c.patient_id";
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let state = ctx.state();
+        let scans = state.config().get_extension::<Scans>().unwrap();
+        let attached = plan
+            .clone()
+            .transform_up(|node| {
+                let Some(exec) = node.downcast_ref::<DataSourceExec>() else {
+                    return Ok(Transformed::no(node));
+                };
+                let Some(config) = exec.data_source().downcast_ref::<FileScanConfig>() else {
+                    return Ok(Transformed::no(node));
+                };
+                let access = scans.0.get(config.object_store_url.as_str()).unwrap();
+                let wire = access.to_wire();
+                let store = ctx
+                    .runtime_env()
+                    .object_store(&config.object_store_url)
+                    .unwrap();
+                let attached = Access::from_wire(&wire)
+                    .unwrap()
+                    .attach(exec, store)
+                    .unwrap();
+                Ok(Transformed::yes(attached))
+            })
+            .unwrap()
+            .data;
+        let count = |plan| async {
+            let out = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+                .await
+                .unwrap();
+            datafusion::arrow::util::pretty::pretty_format_batches(&out)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(count(attached).await, count(plan).await);
     }
 }

@@ -180,8 +180,7 @@ pub async fn run_executor(config: ExecutorConfig) -> Result<(), ServiceError> {
             temporary.path().to_path_buf()
         }
     };
-    println!("kura executor {} serving on {listen}", admission.executor);
-    std::io::Write::flush(&mut std::io::stdout()).ok();
+    let announce = format!("kura executor {} serving on {listen}", admission.executor);
     kura_cluster::executor::run(
         admission,
         &key,
@@ -197,6 +196,11 @@ pub async fn run_executor(config: ExecutorConfig) -> Result<(), ServiceError> {
             memory_bytes: config.memory_bytes,
         },
         service::open_store(),
+        move || {
+            // On stdout, flushed: scripts and tests wait for it.
+            println!("{announce}");
+            std::io::Write::flush(&mut std::io::stdout()).ok();
+        },
     )
     .await
     .map_err(|e| ServiceError::Start(format!("the executor stopped: {e}")))

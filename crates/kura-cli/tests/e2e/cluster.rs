@@ -250,3 +250,95 @@ pub(crate) async fn executors_the_contract_does_not_accept_are_refused_and_logge
     assert_eq!(joined, 1);
     server.shutdown().await.unwrap();
 }
+
+/// An executor killed (SIGKILL) in the middle of runs: each run either answers exactly as one
+/// node does (its tasks ran again on the other executor) or is refused; never a partial answer.
+/// The service goes on, runs on the survivor, and its log verifies.
+#[test]
+pub(crate) fn an_executor_killed_mid_run_never_yields_a_partial_answer() {
+    use std::fmt::Write as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let path = cli_setup_with(d, "", never_deleted);
+    let mut big = String::from("patient_id,steps_band\n");
+    for i in 0..300_000 {
+        writeln!(big, "x{i:07},high").unwrap();
+    }
+    std::fs::write(d.join("big.csv"), big).unwrap();
+    let contract = kura_contract::files::read_signed(&path).unwrap();
+    let (_coordinator, url) = serve_with(d, &path, &["--cluster", "127.0.0.1:0"]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client =
+        |party: &str| kura_client::Client::new(&url, contract.clone(), key_at(d, party)).unwrap();
+    let alone = rt.block_on(async {
+        for (party, dataset, file, append) in [
+            ("hospital-a", "ehr", "ehr.csv", false),
+            ("fitness-b", "activity", "activity.csv", false),
+            ("fitness-b", "activity", "big.csv", true),
+        ] {
+            let mut c = client(party);
+            c.attest().await.unwrap();
+            c.set_append(append);
+            c.upload(dataset, &d.join(file), |_| {}).await.unwrap();
+        }
+        let mut h = client("hospital-a");
+        h.attest().await.unwrap();
+        by_activity(&mut h).await
+    });
+    let _survivor = executor(d, &url, &path, "survivor").unwrap();
+    let one = rt.block_on(async {
+        let mut h = client("hospital-a");
+        h.attest().await.unwrap();
+        by_activity(&mut h).await
+    });
+    assert_eq!(one, alone, "one executor, a dataset in two batches");
+    let (mut answered, mut refused) = (0, 0);
+    for round in 0..3u64 {
+        let mut victim = executor(d, &url, &path, &format!("victim{round}")).unwrap();
+        let outcome = rt.block_on(async {
+            let mut h = client("hospital-a");
+            h.attest().await.unwrap();
+            let running = tokio::spawn(async move {
+                let run = h.run("by_activity").await?;
+                let mut tables = h.results(Some(&run.run_id)).await?;
+                Ok::<_, kura_client::ClientError>(tables.remove(0).rows)
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(10 + 60 * round)).await;
+            victim.0.kill().unwrap();
+            running.await.unwrap()
+        });
+        match outcome {
+            Ok(rows) => {
+                assert_eq!(rows, alone, "round {round}: a different answer");
+                answered += 1;
+            }
+            Err(kura_client::ClientError::Refused { reason, .. }) => {
+                assert!(reason.contains("cluster"), "round {round}: {reason}");
+                refused += 1;
+            }
+            Err(e) => panic!("round {round}: {e}"),
+        }
+    }
+    eprintln!("after a kill: {answered} run(s) answered in full, {refused} refused");
+    let (after, events) = rt.block_on(async {
+        let mut h = client("hospital-a");
+        h.attest().await.unwrap();
+        let rows = by_activity(&mut h).await;
+        (rows, super::common::events_of(&mut h).await)
+    });
+    assert_eq!(after, alone);
+    let last = events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Run { executors, .. } => Some(executors.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(last.len(), 1, "only the survivor is alive: {last:?}");
+}

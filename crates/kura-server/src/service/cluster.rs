@@ -95,17 +95,25 @@ impl Service {
     }
 
     /// Runs `f` (an engine call) with this service's memory limit, its counted aggregations on
-    /// the cluster when there is one. Returns the executors that could run them.
+    /// the cluster when it has a live executor. Returns the executors that could run them.
     pub(crate) async fn engine<F: std::future::Future>(&self, f: F) -> (F::Output, Vec<String>) {
         let limited = kura_engine::with_memory_limit(self.query_memory, f);
-        match &self.cluster {
-            // Until an executor joins, the coordinator runs everything itself.
-            Some(cluster) if !cluster.admitted.lock().await.is_empty() => {
-                let executors = cluster.admitted.lock().await.clone();
-                let compute: Arc<dyn kura_engine::Compute> = cluster.coordinator.clone();
-                (kura_engine::with_compute(compute, limited).await, executors)
-            }
-            _ => (limited.await, Vec::new()),
+        let Some(cluster) = &self.cluster else {
+            return (limited.await, Vec::new());
+        };
+        let admitted = cluster.admitted.lock().await.clone();
+        let executors: Vec<String> = cluster
+            .coordinator
+            .alive()
+            .await
+            .into_iter()
+            .filter(|e| admitted.contains(e))
+            .collect();
+        if executors.is_empty() {
+            // No executor (yet, or any more): the coordinator runs everything itself.
+            return (limited.await, Vec::new());
         }
+        let compute: Arc<dyn kura_engine::Compute> = cluster.coordinator.clone();
+        (kura_engine::with_compute(compute, limited).await, executors)
     }
 }
