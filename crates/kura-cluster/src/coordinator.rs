@@ -199,6 +199,18 @@ impl Compute for Coordinator {
         .map_err(reported)?;
         stream.try_collect().await.map_err(reported)
     }
+
+    /// Dynamic filters link operators inside one process (a join's build side feeds its probe
+    /// side's scan); Ballista cuts plans into stages on other machines and may swap a join's
+    /// sides, which a plan with them cannot survive.
+    fn configure(&self, mut config: SessionConfig) -> SessionConfig {
+        let optimizer = &mut config.options_mut().optimizer;
+        optimizer.enable_dynamic_filter_pushdown = false;
+        optimizer.enable_join_dynamic_filter_pushdown = false;
+        optimizer.enable_topk_dynamic_filter_pushdown = false;
+        optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+        config
+    }
 }
 
 /// A fresh session id for one job (random, so that no job shares an executor's session state

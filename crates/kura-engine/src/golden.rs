@@ -77,3 +77,18 @@ pub(crate) fn load_csv<const N: usize>(c: &Contract, files: [(&str, String); N])
         })
         .collect()
 }
+
+/// What plain DataFusion answers to `sql` over the held tables `t`.
+pub(crate) async fn plain(t: &Tables, sql: &str) -> Vec<Vec<serde_json::Value>> {
+    let ctx = datafusion::execution::context::SessionContext::new();
+    for (name, table) in t {
+        let batches = table.batches();
+        ctx.register_batch(
+            name,
+            datafusion::arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap(),
+        )
+        .unwrap();
+    }
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    crate::output::rows(&batches).unwrap()
+}

@@ -47,7 +47,7 @@ pub enum Table {
     Stored(stored::Stored),
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "golden"))]
 impl Table {
     /// The batches of a held table.
     pub(crate) fn batches(&self) -> &[RecordBatch] {
@@ -90,6 +90,12 @@ pub trait Compute: Send + Sync + std::fmt::Debug {
         plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
         ctx: &SessionContext,
     ) -> datafusion::error::Result<Vec<RecordBatch>>;
+
+    /// The settings of the sessions whose plans this runs (a cluster may need some optimizer
+    /// rules off).
+    fn configure(&self, config: SessionConfig) -> SessionConfig {
+        config
+    }
 }
 
 /// Runs `f` with the counted aggregations of every query it starts run by `compute`.
@@ -144,7 +150,10 @@ pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionCon
             scans.0.insert(stored::url(index)?.to_string(), access);
         }
     }
-    let config = config.with_extension(Arc::new(scans));
+    let mut config = config.with_extension(Arc::new(scans));
+    if let Ok(compute) = COMPUTE.try_with(Arc::clone) {
+        config = compute.configure(config);
+    }
     let ctx = SessionContext::new_with_config_rt(config, runtime()?);
     for (index, dataset) in contract.datasets.iter().enumerate() {
         let table: Arc<dyn datafusion::datasource::TableProvider> = match tables.get(&dataset.name)
@@ -538,11 +547,14 @@ pub async fn run_analysis(
     .await
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "golden"))]
+#[cfg_attr(not(test), allow(dead_code))]
 mod golden;
 #[cfg(test)]
 mod hunt;
-#[cfg(test)]
-mod slt;
+/// The golden queries ([`slt`]), for other crates' tests (the cluster's).
+#[cfg(any(test, feature = "golden"))]
+#[cfg_attr(not(test), allow(dead_code))]
+pub mod slt;
 #[cfg(test)]
 mod tests;

@@ -623,7 +623,8 @@ pub(crate) fn url(index: usize) -> Result<ObjectStoreUrl, EngineError> {
     Ok(ObjectStoreUrl::parse(format!("{SCHEME}://d{index}"))?)
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "golden"))]
+#[cfg_attr(not(test), allow(dead_code, unused_imports))]
 pub(crate) mod tests {
     use super::*;
     use crate::{Table, Tables};

@@ -1,6 +1,5 @@
 use std::fmt::Write as _;
 
-use datafusion::prelude::SessionContext;
 use kura_contract::Contract;
 use kura_crypto::SecretIdentity;
 
@@ -60,19 +59,7 @@ fn tables(c: &Contract) -> Tables {
 }
 
 /// The same SQL on plain DataFusion, rendered the same way, without any rule.
-pub(crate) async fn plain(t: &Tables, sql: &str) -> Vec<Vec<serde_json::Value>> {
-    let ctx = SessionContext::new();
-    for (name, table) in t {
-        let batches = table.batches();
-        ctx.register_batch(
-            name,
-            datafusion::arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap(),
-        )
-        .unwrap();
-    }
-    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    output::rows(&batches).unwrap()
-}
+pub(crate) use crate::golden::plain;
 
 const JOIN: &str = "SELECT a.steps_band, COUNT(*) AS n, AVG(CAST(e.diabetes AS DOUBLE)) AS rate FROM ehr e JOIN activity a ON e.patient_id = a.patient_id GROUP BY a.steps_band ORDER BY a.steps_band";
 
