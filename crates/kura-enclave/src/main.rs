@@ -64,7 +64,9 @@ struct Args {
     /// is then the executor's Flight address (port 0 picks a free one).
     #[arg(long, value_name = "URL")]
     join: Option<String>,
-    /// An executor's working directory for shuffle files (default: a fresh temporary directory).
+    /// An executor's working directory for shuffle files, which are not yet encrypted: keep it
+    /// in the enclave's memory (default: a fresh directory in the tmpfs /dev/shm, when there is
+    /// one; else in the temporary directory).
     #[arg(long, requires = "join")]
     work_dir: Option<PathBuf>,
     /// Tasks an executor runs at once (default: its cores).

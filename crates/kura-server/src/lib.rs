@@ -130,7 +130,8 @@ pub struct ExecutorConfig {
     pub coordinator: String,
     /// Where this executor's Flight service listens (a free port when the port is 0).
     pub listen: SocketAddr,
-    /// Its working directory for shuffle files (default: a fresh temporary directory).
+    /// Its working directory for shuffle files (default: a fresh directory in /dev/shm, a
+    /// tmpfs, when there is one).
     pub work_dir: Option<PathBuf>,
     /// Tasks it runs at once (default: its cores).
     pub slots: Option<usize>,
@@ -174,9 +175,16 @@ pub async fn run_executor(config: ExecutorConfig) -> Result<(), ServiceError> {
     let temporary;
     let work_dir = match config.work_dir {
         Some(dir) => dir,
+        // Shuffle files are plaintext Arrow IPC (until kura encrypts them): by default they go
+        // to a tmpfs, which in a confidential VM is the enclave's encrypted memory.
         None => {
-            temporary = tempfile::tempdir()
-                .map_err(|e| ServiceError::Start(format!("no working directory: {e}")))?;
+            let shm = std::path::Path::new("/dev/shm");
+            temporary = if shm.is_dir() {
+                tempfile::tempdir_in(shm)
+            } else {
+                tempfile::tempdir()
+            }
+            .map_err(|e| ServiceError::Start(format!("no working directory: {e}")))?;
             temporary.path().to_path_buf()
         }
     };
