@@ -179,27 +179,31 @@ pub fn verifier_for(
     }
 }
 
+/// SHA-512 over a domain label, the contract id and a key: 64 bytes of report data.
+fn report_data(label: &[u8], contract: &ContractId, key: &[u8]) -> [u8; 64] {
+    let mut h = sha2::Sha512::new();
+    h.update(label);
+    h.update(contract.as_str().as_bytes());
+    h.update([0]);
+    h.update(key);
+    h.finalize().into()
+}
+
 /// The 64 bytes of report data an enclave of `contract` with keys `enclave` must present:
 /// SHA-512 over a domain label, the contract id and the enclave's public identity.
 pub fn report_data_for(contract: &ContractId, enclave: &PublicIdentity) -> [u8; 64] {
-    let mut h = sha2::Sha512::new();
-    h.update(b"kura-report-data-v1\0");
-    h.update(contract.as_str().as_bytes());
-    h.update([0]);
-    h.update(enclave.to_bytes());
-    h.finalize().into()
+    report_data(b"kura-report-data-v1\0", contract, &enclave.to_bytes())
 }
 
 /// The report data a cluster executor of `contract` must present: SHA-512 over its own domain
 /// label (so that an executor's evidence never passes for a coordinator's), the contract id and
 /// the executor's TLS public key (PEM), which the coordinator's authority then certifies.
 pub fn executor_report_data(contract: &ContractId, tls_key_pem: &str) -> [u8; 64] {
-    let mut h = sha2::Sha512::new();
-    h.update(b"kura-executor-report-data-v1\0");
-    h.update(contract.as_str().as_bytes());
-    h.update([0]);
-    h.update(tls_key_pem.as_bytes());
-    h.finalize().into()
+    report_data(
+        b"kura-executor-report-data-v1\0",
+        contract,
+        tls_key_pem.as_bytes(),
+    )
 }
 
 /// Verifies a cluster executor's `evidence` and appraises it against the contract's
@@ -212,14 +216,25 @@ pub fn verify_executor(
     tls_key_pem: &str,
     at: Option<time::OffsetDateTime>,
 ) -> Result<Claims, AttestationError> {
+    let claims = appraised(evidence, policy, at)?;
+    if claims.report_data != executor_report_data(contract, tls_key_pem) {
+        return Err(AttestationError::Binding);
+    }
+    Ok(claims)
+}
+
+/// `evidence` verified as of `at` and appraised against `policy`; its binding is the caller's
+/// to check.
+fn appraised(
+    evidence: &Evidence,
+    policy: &EnclavePolicy,
+    at: Option<time::OffsetDateTime>,
+) -> Result<Claims, AttestationError> {
     if !policy.allows(evidence.platform) {
         return Err(AttestationError::PlatformNotAccepted(evidence.platform));
     }
     let claims = evidence.claims_at(at)?;
     appraise(policy, &claims)?;
-    if claims.report_data != executor_report_data(contract, tls_key_pem) {
-        return Err(AttestationError::Binding);
-    }
     Ok(claims)
 }
 
@@ -366,11 +381,7 @@ pub fn verify_enclave_at(
     enclave: &PublicIdentity,
     at: Option<time::OffsetDateTime>,
 ) -> Result<Claims, AttestationError> {
-    if !policy.allows(evidence.platform) {
-        return Err(AttestationError::PlatformNotAccepted(evidence.platform));
-    }
-    let claims = evidence.claims_at(at)?;
-    appraise(policy, &claims)?;
+    let claims = appraised(evidence, policy, at)?;
     check_binding(&claims, contract, enclave)?;
     Ok(claims)
 }

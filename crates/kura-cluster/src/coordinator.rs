@@ -162,8 +162,9 @@ impl Coordinator {
     }
 }
 
-/// The session settings of the coordinator as Ballista's client: TLS to every executor.
-fn session_config(membership: &Membership, codec: &Arc<Codec>) -> SessionConfig {
+/// The session settings of a node as Ballista's client: TLS with `membership` to every node,
+/// and kura's codec.
+pub(crate) fn session_config(membership: &Membership, codec: &Arc<Codec>) -> SessionConfig {
     SessionConfig::new_with_ballista()
         .with_ballista_use_tls(true)
         .with_ballista_override_create_grpc_client_endpoint(membership.endpoint_override())

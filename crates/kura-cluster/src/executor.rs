@@ -8,10 +8,8 @@ use std::sync::Arc;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::error::BallistaError;
-use ballista_core::extension::SessionConfigExt;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_executor::flight_service::BallistaFlightService;
-use kura_engine::datafusion::execution::context::SessionConfig;
 use kura_engine::datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use kura_engine::datafusion::execution::runtime_env::RuntimeEnvBuilder;
 
@@ -76,12 +74,7 @@ pub async fn run(
         override_physical_codec: Some(codec),
         override_create_grpc_client_endpoint: Some(membership.endpoint_override()),
         override_config_producer: Some(Arc::new(move || {
-            SessionConfig::new_with_ballista()
-                .with_ballista_use_tls(true)
-                .with_ballista_override_create_grpc_client_endpoint(
-                    config_membership.endpoint_override(),
-                )
-                .with_ballista_physical_extension_codec(config_codec.clone())
+            crate::coordinator::session_config(&config_membership, &config_codec)
         })),
         override_runtime_producer: Some(Arc::new(|_| {
             RuntimeEnvBuilder::new()

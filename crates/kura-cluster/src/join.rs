@@ -71,20 +71,18 @@ pub async fn join(
     // reqwest is built without a default TLS provider: use ring's, as the client does.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
-    let unreachable = |e: reqwest::Error| JoinError::Unreachable {
-        url: base.to_string(),
-        reason: e.to_string(),
+    // Every answer is a signed response, whatever its status.
+    let answer = |request: reqwest::RequestBuilder| async move {
+        let unreachable = |e: reqwest::Error| JoinError::Unreachable {
+            url: base.to_string(),
+            reason: e.to_string(),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        response.json::<SignedResponse>().await.map_err(unreachable)
     };
     let bad = |what: &str| JoinError::Coordinator(what.to_string());
     let nonce = kura_api::nonce();
-    let signed: SignedResponse = http
-        .get(format!("{base}{}?nonce={nonce}", routes::EVIDENCE))
-        .send()
-        .await
-        .map_err(unreachable)?
-        .json()
-        .await
-        .map_err(unreachable)?;
+    let signed = answer(http.get(format!("{base}{}?nonce={nonce}", routes::EVIDENCE))).await?;
     let info = match signed
         .parse::<EnclaveInfo>()
         .map_err(|e| bad(&e.to_string()))?
@@ -110,16 +108,12 @@ pub async fn join(
         evidence,
     })
     .expect("requests serialise");
-    let signed: SignedResponse = http
-        .post(format!("{base}{JOIN}"))
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.clone())
-        .send()
-        .await
-        .map_err(unreachable)?
-        .json()
-        .await
-        .map_err(unreachable)?;
+    let signed = answer(
+        http.post(format!("{base}{JOIN}"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.clone()),
+    )
+    .await?;
     match signed.open::<Admission>(&key, &request_hash(&body)) {
         Ok(Answer::Ok(admission)) => Ok((VerifiedCoordinator { key, claims }, admission)),
         Ok(Answer::Refused(e)) => Err(JoinError::Refused(e.reason)),

@@ -70,7 +70,15 @@ async fn evidence(
 
 /// `POST /v1/cluster/join`: an executor's evidence and TLS key; answered, signed for this
 /// request, with its certificate or the reason it was refused.
-async fn join(State(s): State<Arc<Service>>, body: String) -> Response {
+async fn join(State(s): State<Arc<Service>>, body: Body) -> Response {
+    // Evidence with its certificates and collateral fits in far less.
+    const MAX_JOIN: usize = 1 << 20;
+    let body = match axum::body::to_bytes(body, MAX_JOIN).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => {
+            return ServiceError::BadRequest("a join request over 1 MiB".into()).into_response();
+        }
+    };
     let request = request_hash(&body);
     let result = s.join(&body).await;
     signed(&s, &request, result)

@@ -37,53 +37,103 @@ fn executor(d: &Path, url: &str, contract: &Path, name: &str) -> Result<Served, 
     }
 }
 
+/// A coordinator (`kura serve --cluster`, a real process) under the e2e contract with nothing
+/// deleted after runs, its parties' keys and data files in a directory of its own.
+struct Coordinated {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    contract: kura_contract::SignedContract,
+    _coordinator: Served,
+    url: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Coordinated {
+    /// Starts it after `prepare` wrote any further files into the directory.
+    fn start(prepare: impl FnOnce(&Path)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = cli_setup_with(dir.path(), "", never_deleted);
+        prepare(dir.path());
+        let contract = kura_contract::files::read_signed(&path).unwrap();
+        let (coordinator, url) = serve_with(dir.path(), &path, &["--cluster", "127.0.0.1:0"]);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        Coordinated {
+            _dir: dir,
+            path,
+            contract,
+            _coordinator: coordinator,
+            url,
+            rt,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    fn client(&self, party: &str) -> Client {
+        Client::new(&self.url, self.contract.clone(), key_at(self.dir(), party)).unwrap()
+    }
+
+    /// Each (party, dataset, file, append) uploaded in turn.
+    fn upload(&self, uploads: &[(&str, &str, &str, bool)]) {
+        self.rt.block_on(async {
+            for (party, dataset, file, append) in uploads {
+                let mut c = self.client(party);
+                c.attest().await.unwrap();
+                c.set_append(*append);
+                c.upload(dataset, &self.dir().join(file), |_| {})
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+
+    /// The hospital's run of `by_activity` and its rows.
+    fn by_activity(&self) -> Vec<Vec<serde_json::Value>> {
+        self.rt.block_on(async {
+            let mut h = self.client("hospital-a");
+            h.attest().await.unwrap();
+            by_activity(&mut h).await
+        })
+    }
+
+    /// The events of the verified log.
+    fn events(&self) -> Vec<Event> {
+        self.rt.block_on(async {
+            let mut h = self.client("hospital-a");
+            h.attest().await.unwrap();
+            super::common::events_of(&mut h).await
+        })
+    }
+
+    fn executor(&self, name: &str) -> Result<Served, String> {
+        executor(self.dir(), &self.url, &self.path, name)
+    }
+}
+
+const BOTH: [(&str, &str, &str, bool); 2] = [
+    ("hospital-a", "ehr", "ehr.csv", false),
+    ("fitness-b", "activity", "activity.csv", false),
+];
+
 /// Two attested executors run the analysis and give the answer the coordinator gave alone; the
 /// log names them, both at their admission and in the run.
 #[test]
 pub(crate) fn attested_executors_answer_as_one_node_would() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let path = cli_setup_with(d, "", never_deleted);
-    let contract = kura_contract::files::read_signed(&path).unwrap();
-    let (_coordinator, url) = serve_with(d, &path, &["--cluster", "127.0.0.1:0"]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let client =
-        |party: &str| kura_client::Client::new(&url, contract.clone(), key_at(d, party)).unwrap();
-    let alone = rt.block_on(async {
-        for (party, dataset) in [("hospital-a", "ehr"), ("fitness-b", "activity")] {
-            let mut c = client(party);
-            c.attest().await.unwrap();
-            c.upload(dataset, &d.join(format!("{dataset}.csv")), |_| {})
-                .await
-                .unwrap();
-        }
-        let mut h = client("hospital-a");
-        h.attest().await.unwrap();
-        by_activity(&mut h).await
-    });
+    let cluster = Coordinated::start(|_| {});
+    cluster.upload(&BOTH);
+    let alone = cluster.by_activity();
     let _executors: Vec<Served> = ["e1", "e2"]
         .iter()
-        .map(|name| executor(d, &url, &path, name).unwrap())
+        .map(|name| cluster.executor(name).unwrap())
         .collect();
-    let (clustered, events) = rt.block_on(async {
-        let mut h = client("hospital-a");
-        h.attest().await.unwrap();
-        let rows = by_activity(&mut h).await;
-        let events: Vec<Event> = h
-            .audit()
-            .await
-            .unwrap()
-            .entries
-            .iter()
-            .map(|e| e.parse_body().unwrap().event)
-            .collect();
-        (rows, events)
-    });
-    assert_eq!(clustered, alone);
+    assert_eq!(cluster.by_activity(), alone);
+    let events = cluster.events();
     let joined: Vec<&String> = events
         .iter()
         .filter_map(|e| match e {
@@ -258,50 +308,27 @@ pub(crate) async fn executors_the_contract_does_not_accept_are_refused_and_logge
 pub(crate) fn an_executor_killed_mid_run_never_yields_a_partial_answer() {
     use std::fmt::Write as _;
 
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let path = cli_setup_with(d, "", never_deleted);
-    let mut big = String::from("patient_id,steps_band\n");
-    for i in 0..300_000 {
-        writeln!(big, "x{i:07},high").unwrap();
-    }
-    std::fs::write(d.join("big.csv"), big).unwrap();
-    let contract = kura_contract::files::read_signed(&path).unwrap();
-    let (_coordinator, url) = serve_with(d, &path, &["--cluster", "127.0.0.1:0"]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let client =
-        |party: &str| kura_client::Client::new(&url, contract.clone(), key_at(d, party)).unwrap();
-    let alone = rt.block_on(async {
-        for (party, dataset, file, append) in [
-            ("hospital-a", "ehr", "ehr.csv", false),
-            ("fitness-b", "activity", "activity.csv", false),
-            ("fitness-b", "activity", "big.csv", true),
-        ] {
-            let mut c = client(party);
-            c.attest().await.unwrap();
-            c.set_append(append);
-            c.upload(dataset, &d.join(file), |_| {}).await.unwrap();
+    let cluster = Coordinated::start(|d| {
+        let mut big = String::from("patient_id,steps_band\n");
+        for i in 0..300_000 {
+            writeln!(big, "x{i:07},high").unwrap();
         }
-        let mut h = client("hospital-a");
-        h.attest().await.unwrap();
-        by_activity(&mut h).await
+        std::fs::write(d.join("big.csv"), big).unwrap();
     });
-    let _survivor = executor(d, &url, &path, "survivor").unwrap();
-    let one = rt.block_on(async {
-        let mut h = client("hospital-a");
-        h.attest().await.unwrap();
-        by_activity(&mut h).await
-    });
-    assert_eq!(one, alone, "one executor, a dataset in two batches");
+    cluster.upload(&BOTH);
+    cluster.upload(&[("fitness-b", "activity", "big.csv", true)]);
+    let alone = cluster.by_activity();
+    let _survivor = cluster.executor("survivor").unwrap();
+    assert_eq!(
+        cluster.by_activity(),
+        alone,
+        "one executor, a dataset in two batches"
+    );
     let (mut answered, mut refused) = (0, 0);
     for round in 0..3u64 {
-        let mut victim = executor(d, &url, &path, &format!("victim{round}")).unwrap();
-        let outcome = rt.block_on(async {
-            let mut h = client("hospital-a");
+        let mut victim = cluster.executor(&format!("victim{round}")).unwrap();
+        let outcome = cluster.rt.block_on(async {
+            let mut h = cluster.client("hospital-a");
             h.attest().await.unwrap();
             let running = tokio::spawn(async move {
                 let run = h.run("by_activity").await?;
@@ -325,14 +352,13 @@ pub(crate) fn an_executor_killed_mid_run_never_yields_a_partial_answer() {
         }
     }
     eprintln!("after a kill: {answered} run(s) answered in full, {refused} refused");
-    let (after, events) = rt.block_on(async {
-        let mut h = client("hospital-a");
-        h.attest().await.unwrap();
-        let rows = by_activity(&mut h).await;
-        (rows, super::common::events_of(&mut h).await)
-    });
-    assert_eq!(after, alone);
-    let last = events
+    // Past the scheduler's timeout, the last victim is given up for good.
+    std::thread::sleep(
+        kura_cluster::coordinator::EXECUTOR_TIMEOUT + std::time::Duration::from_secs(1),
+    );
+    assert_eq!(cluster.by_activity(), alone);
+    let last = cluster
+        .events()
         .iter()
         .rev()
         .find_map(|e| match e {

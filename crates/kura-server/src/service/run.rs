@@ -129,6 +129,7 @@ impl Service {
         // released (`logged`), or failures would be free probes of the data.
         let mut spent = None;
         let mut executors = Vec::new();
+        let adhoc = matches!(job, Job::Query(_));
         let executed = match job {
             Job::Dp(dp_sql, epsilon) => {
                 let prepared = kura_engine::with_memory_limit(
@@ -168,26 +169,16 @@ impl Service {
                     }
                 }
             }
-            Job::Query(sql) => {
+            Job::Query(sql) | Job::Aggregate(sql) => {
+                let overlap = state.overlap.as_mut();
                 let (output, on) = self
-                    .engine(kura_engine::run_query(
-                        &self.contract,
-                        sql,
-                        &tables,
-                        state.overlap.as_mut(),
-                    ))
-                    .await;
-                executors = on;
-                output.map(same_for_all)
-            }
-            Job::Aggregate(sql) => {
-                let (output, on) = self
-                    .engine(kura_engine::run_analysis(
-                        &self.contract,
-                        sql,
-                        &tables,
-                        state.overlap.as_mut(),
-                    ))
+                    .engine(async {
+                        if adhoc {
+                            kura_engine::run_query(&self.contract, sql, &tables, overlap).await
+                        } else {
+                            kura_engine::run_analysis(&self.contract, sql, &tables, overlap).await
+                        }
+                    })
                     .await;
                 executors = on;
                 output.map(same_for_all)
