@@ -32,7 +32,12 @@ pub struct Coordinator {
     codec: Arc<Codec>,
     scheduler: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
     task: tokio::task::JoinHandle<()>,
+    /// How long one job may take before its run is refused.
+    job_limit: std::time::Duration,
 }
+
+/// How long one job may take by default.
+pub const JOB_LIMIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// How long an executor may go without polling before the scheduler gives it up.
 pub const EXECUTOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -120,7 +125,14 @@ impl Coordinator {
             codec,
             scheduler,
             task,
+            job_limit: JOB_LIMIT,
         })
+    }
+
+    /// With another limit on how long one job may take.
+    pub fn with_job_limit(mut self, limit: std::time::Duration) -> Self {
+        self.job_limit = limit;
+        self
     }
 
     /// The executors that polled the scheduler within the last [`EXECUTOR_TIMEOUT`].
@@ -188,17 +200,30 @@ impl Compute for Coordinator {
         let mut config = session_config(&self.membership, &self.codec);
         config.options_mut().execution.target_partitions =
             state.config().options().execution.target_partitions;
-        let stream = ballista_core::execution_plans::execute_physical_plan::<PhysicalPlanNode>(
-            format!("https://{}", self.addr),
-            &config.ballista_config(),
-            plan,
-            self.codec.as_ref(),
-            uuid(),
-            config,
-        )
-        .await
-        .map_err(reported)?;
-        stream.try_collect().await.map_err(reported)
+        let job = async {
+            let stream = ballista_core::execution_plans::execute_physical_plan::<PhysicalPlanNode>(
+                format!("https://{}", self.addr),
+                &config.ballista_config(),
+                plan,
+                self.codec.as_ref(),
+                uuid(),
+                config.clone(),
+            )
+            .await
+            .map_err(reported)?;
+            stream.try_collect().await.map_err(reported)
+        };
+        // A run holds the service's state while it runs: a job the cluster never finishes must
+        // not hold it for ever.
+        tokio::time::timeout(self.job_limit, job)
+            .await
+            .unwrap_or_else(|_| {
+                Err(DataFusionError::External(Box::new(
+                    kura_engine::EngineError::Runtime(
+                        "the cluster did not finish the query within its time limit",
+                    ),
+                )))
+            })
     }
 
     /// Dynamic filters link operators inside one process (a join's build side feeds its probe
@@ -271,6 +296,34 @@ mod tests {
             .await;
         // The scheduler answers a question about an unknown job without an error.
         status.is_ok()
+    }
+
+    /// A job the cluster does not finish in time (here: no executor ever joins) is refused in
+    /// kura's words, not waited on for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_over_its_time_limit_is_refused() {
+        let open: OpenStore =
+            Arc::new(|_| Err(DataFusionError::Execution("no store in this test".into())));
+        let coordinator = Coordinator::start("127.0.0.1:0".parse().unwrap(), open)
+            .await
+            .unwrap()
+            .with_job_limit(std::time::Duration::from_millis(500));
+        let ctx = SessionContext::new();
+        let plan = ctx
+            .sql("SELECT 1")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let err = coordinator.collect(plan, &ctx).await.unwrap_err();
+        assert!(
+            matches!(
+                kura_engine::error::runtime(err),
+                kura_engine::EngineError::Runtime(r) if r.contains("time limit")
+            ),
+            "refused for another reason"
+        );
     }
 
     /// The scheduler answers only clients with a certificate of this start's authority: not one
