@@ -3,10 +3,11 @@
 //! Two things in a kura plan have no standard encoding: scans of a stored dataset, whose
 //! Parquet reader carries the files' keys (DataFusion's encoding drops them), and the
 //! threshold's capped distinct-units count ([`kura_engine::units`]). Before a plan leaves the
-//! coordinator, each stored scan is wrapped in a [`StoredScanExec`], which this codec encodes
-//! as the scan (in DataFusion's encoding) beside its [`Access`]: the store's origin and the
-//! files' keys. These bytes travel only inside the cluster's mutual TLS to attested nodes.
-//! Decoding opens the store, registers it for the scan, and gives the reader its keys again.
+//! coordinator, a [`KeysExec`] is put above each stored scan; the scan stays a plain Parquet
+//! scan in DataFusion's encoding, and this codec encodes the `KeysExec` as the scan's
+//! [`Access`]: the store's origin and the files' keys. These bytes travel only inside the
+//! cluster's mutual TLS to attested nodes. Decoding opens the store and gives the scan below
+//! its reader of that store and its keys again.
 
 use std::sync::Arc;
 
@@ -36,7 +37,6 @@ pub type OpenStore = Arc<dyn Fn(&str) -> Result<Arc<dyn ObjectStore>> + Send + S
 /// inside a node of kura's own would be read whole by every task.
 pub struct KeysExec {
     scan: Arc<dyn ExecutionPlan>,
-    url: String,
     access: Access,
 }
 
@@ -77,7 +77,6 @@ impl ExecutionPlan for KeysExec {
         match (children.pop(), children.is_empty()) {
             (Some(scan), true) => Ok(Arc::new(KeysExec {
                 scan,
-                url: self.url.clone(),
                 access: self.access.clone(),
             })),
             _ => Err(DataFusionError::Internal("KeysExec has one child".into())),
@@ -112,10 +111,9 @@ pub fn wrap_scans(plan: Arc<dyn ExecutionPlan>, scans: &Scans) -> Result<Arc<dyn
         let Some(config) = exec.data_source().downcast_ref::<FileScanConfig>() else {
             return Ok(Transformed::no(node));
         };
-        let url = config.object_store_url.as_str().to_string();
         let access = scans
             .0
-            .get(&url)
+            .get(config.object_store_url.as_str())
             .ok_or_else(|| {
                 DataFusionError::Execution(
                     "a dataset of this run can be read only by the coordinator".into(),
@@ -124,7 +122,6 @@ pub fn wrap_scans(plan: Arc<dyn ExecutionPlan>, scans: &Scans) -> Result<Arc<dyn
             .clone();
         Ok(Transformed::yes(Arc::new(KeysExec {
             scan: node.clone(),
-            url,
             access,
         }) as Arc<dyn ExecutionPlan>))
     })
@@ -162,7 +159,7 @@ impl ObjectStoreRegistry for Stores {
     }
 }
 
-const SCAN: &[u8] = b"kura-stored-scan-v1\0";
+const SCAN: &[u8] = b"kura-stored-scan-v2\0";
 const UNITS: &[u8] = b"kura-units-v1\0";
 
 /// Ballista's codec (shuffles) with kura's stored scans and aggregate.
@@ -186,18 +183,6 @@ impl Codec {
     }
 }
 
-/// A length-prefixed (u32, big-endian) field of `buf`, and what follows it.
-fn field(buf: &[u8]) -> Result<(&[u8], &[u8])> {
-    let (len, rest) = buf
-        .split_first_chunk::<4>()
-        .ok_or_else(|| malformed("scan"))?;
-    let len = u32::from_be_bytes(*len) as usize;
-    if rest.len() < len {
-        return Err(malformed("scan"));
-    }
-    Ok(rest.split_at(len))
-}
-
 fn malformed(what: &str) -> DataFusionError {
     DataFusionError::Internal(format!("a cluster plan carried a malformed {what}"))
 }
@@ -210,13 +195,9 @@ impl PhysicalExtensionCodec for Codec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let Some(rest) = buf.strip_prefix(SCAN) else {
+        let Some(wire) = buf.strip_prefix(SCAN) else {
             return self.ballista.try_decode(buf, inputs, ctx, proto_converter);
         };
-        let (url, wire) = field(rest)?;
-        let url = std::str::from_utf8(url)
-            .map_err(|_| malformed("scan"))?
-            .to_string();
         let access = Access::from_wire(wire).map_err(|e| DataFusionError::External(Box::new(e)))?;
         let [scan] = inputs else {
             return Err(malformed("scan"));
@@ -224,14 +205,13 @@ impl PhysicalExtensionCodec for Codec {
         let exec = scan
             .downcast_ref::<DataSourceExec>()
             .ok_or_else(|| malformed("scan"))?;
+        // The scan was decoded with the empty store [`Stores`] gives; it reads through a reader
+        // of the dataset's store from here on.
         let store = (self.open)(access.origin.as_str())?;
-        let parsed = url::Url::parse(&url).map_err(|_| malformed("scan"))?;
-        ctx.runtime_env()
-            .register_object_store(&parsed, store.clone());
         let scan = access
             .attach(exec, store)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(Arc::new(KeysExec { scan, url, access }))
+        Ok(Arc::new(KeysExec { scan, access }))
     }
 
     fn try_encode(
@@ -243,12 +223,8 @@ impl PhysicalExtensionCodec for Codec {
         let Some(keys) = node.downcast_ref::<KeysExec>() else {
             return self.ballista.try_encode(node, buf, proto_converter);
         };
-        let wire = keys.access.to_wire();
         buf.extend_from_slice(SCAN);
-        let len = u32::try_from(keys.url.len()).map_err(|_| malformed("scan"))?;
-        buf.extend_from_slice(&len.to_be_bytes());
-        buf.extend_from_slice(keys.url.as_bytes());
-        buf.extend_from_slice(&wire);
+        buf.extend_from_slice(&keys.access.to_wire());
         Ok(())
     }
 

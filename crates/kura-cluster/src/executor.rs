@@ -22,7 +22,8 @@ use crate::tls::{Membership, NodeKey};
 pub struct Options {
     /// Where its Flight service (shuffle output) listens.
     pub listen: SocketAddr,
-    /// The address other nodes reach it at (default: `listen`).
+    /// The host other nodes reach it at (default: `listen`'s address). It is always named to
+    /// the scheduler, which cannot find it from the connection behind TLS.
     pub advertise: Option<String>,
     /// Its working directory for shuffle files.
     pub work_dir: std::path::PathBuf,
@@ -61,7 +62,12 @@ pub async fn run(
     let config = ExecutorProcessConfig {
         executor_id: admission.executor.clone(),
         bind_host: options.listen.ip().to_string(),
-        external_host: options.advertise.clone(),
+        external_host: Some(
+            options
+                .advertise
+                .clone()
+                .unwrap_or_else(|| options.listen.ip().to_string()),
+        ),
         port: options.listen.port(),
         scheduler_host: host.to_string(),
         scheduler_port: port.parse()?,

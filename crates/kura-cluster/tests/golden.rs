@@ -38,7 +38,7 @@ async fn executor(coordinator: &kura_cluster::Coordinator, name: &str) {
     tokio::spawn(async move {
         let options = kura_cluster::executor::Options {
             listen: format!("127.0.0.1:{port}").parse().unwrap(),
-            advertise: Some("127.0.0.1".into()),
+            advertise: None,
             work_dir: work,
             slots: 1,
             memory_bytes: 1 << 30,

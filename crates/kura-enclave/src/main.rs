@@ -78,15 +78,10 @@ struct Args {
     log_format: LogFormat,
 }
 
-/// Crates whose log lines never reach the host's log.
-const QUIET: [&str; 6] = [
-    "ballista",
-    "ballista_core",
-    "ballista_executor",
-    "ballista_scheduler",
-    "datafusion",
-    "datafusion_proto",
-];
+/// Whose log lines never reach the host's log, whatever `KURA_LOG` (which the host sets) says:
+/// targets starting with these (every Ballista and DataFusion crate). They quote plans (with
+/// the literals of a party's sealed query) and errors (with values of the data).
+const QUIET: [&str; 2] = ["ballista", "datafusion"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
@@ -96,24 +91,27 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Ballista's and DataFusion's own lines quote plans (with the literals of a party's sealed
-    // query) and errors (with values of the data), and the log is the host's: they stay off
-    // whatever KURA_LOG (which the host sets) says.
-    for quiet in QUIET {
-        filter = filter.add_directive(format!("{quiet}=off").parse().expect("a valid directive"));
-    }
-    let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
+    // A layer of its own, after the filter: no directive of KURA_LOG can let these through.
+    let heard = tracing_subscriber::filter::filter_fn(|meta| {
+        !QUIET.iter().any(|quiet| meta.target().starts_with(quiet))
+    });
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match args.log_format {
-        LogFormat::Json => logs.json().with_current_span(true).init(),
+        LogFormat::Json => registry
+            .with(logs.json().with_current_span(true).with_filter(heard))
+            .init(),
         // Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org).
-        LogFormat::Text => logs
-            .with_ansi(
-                std::io::IsTerminal::is_terminal(&std::io::stderr())
-                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        LogFormat::Text => registry
+            .with(
+                logs.with_ansi(
+                    std::io::IsTerminal::is_terminal(&std::io::stderr())
+                        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+                )
+                .with_filter(heard),
             )
             .init(),
     }

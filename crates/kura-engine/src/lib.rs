@@ -123,7 +123,7 @@ pub async fn with_memory_limit<F: std::future::Future>(bytes: usize, f: F) -> F:
 
 /// The runtime of every session: a memory pool of the task's limit, and no disk manager (a
 /// spill would write plaintext to the host's disk).
-pub fn runtime() -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>, EngineError> {
+fn runtime() -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>, EngineError> {
     use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
     use datafusion::execution::memory_pool::GreedyMemoryPool;
     let limit = QUERY_MEMORY
@@ -142,18 +142,21 @@ pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionCon
     let config = SessionConfig::new()
         .with_information_schema(false)
         .with_target_partitions(cores);
-    let mut scans = stored::Scans::default();
-    for (index, dataset) in contract.datasets.iter().enumerate() {
-        if let Some(Table::Stored(stored)) = tables.get(&dataset.name)
-            && let Some(access) = stored.access()
-        {
-            scans.0.insert(stored::url(index)?.to_string(), access);
+    // What a cluster needs of the session: its settings, and how to read each stored dataset.
+    let config = match COMPUTE.try_with(Arc::clone) {
+        Ok(compute) => {
+            let mut scans = stored::Scans::default();
+            for (index, dataset) in contract.datasets.iter().enumerate() {
+                if let Some(Table::Stored(stored)) = tables.get(&dataset.name)
+                    && let Some(access) = stored.access()
+                {
+                    scans.0.insert(stored::url(index)?.to_string(), access);
+                }
+            }
+            compute.configure(config.with_extension(Arc::new(scans)))
         }
-    }
-    let mut config = config.with_extension(Arc::new(scans));
-    if let Ok(compute) = COMPUTE.try_with(Arc::clone) {
-        config = compute.configure(config);
-    }
+        Err(_) => config,
+    };
     let ctx = SessionContext::new_with_config_rt(config, runtime()?);
     for (index, dataset) in contract.datasets.iter().enumerate() {
         let table: Arc<dyn datafusion::datasource::TableProvider> = match tables.get(&dataset.name)

@@ -849,8 +849,15 @@ pub(crate) mod tests {
             .create_physical_plan()
             .await
             .unwrap();
-        let state = ctx.state();
-        let scans = state.config().get_extension::<Scans>().unwrap();
+        let scans: HashMap<String, Access> = c
+            .datasets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| match tables.get(&d.name) {
+                Some(Table::Stored(s)) => Some((url(i).unwrap().to_string(), s.access().unwrap())),
+                _ => None,
+            })
+            .collect();
         let attached = plan
             .clone()
             .transform_up(|node| {
@@ -860,7 +867,7 @@ pub(crate) mod tests {
                 let Some(config) = exec.data_source().downcast_ref::<FileScanConfig>() else {
                     return Ok(Transformed::no(node));
                 };
-                let access = scans.0.get(config.object_store_url.as_str()).unwrap();
+                let access = &scans[config.object_store_url.as_str()];
                 let wire = access.to_wire();
                 let store = ctx
                     .runtime_env()

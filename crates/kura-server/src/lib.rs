@@ -194,9 +194,7 @@ pub async fn run_executor(config: ExecutorConfig) -> Result<(), ServiceError> {
         &key,
         kura_cluster::executor::Options {
             listen,
-            // Named, not left to the scheduler to find from the connection (which it cannot
-            // behind TLS).
-            advertise: Some(listen.ip().to_string()),
+            advertise: None,
             work_dir,
             slots: config
                 .slots

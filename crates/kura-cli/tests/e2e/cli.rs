@@ -440,11 +440,16 @@ pub(crate) fn cli_setup_with(d: &Path, extra: &str, edit: impl Fn(String) -> Str
 
 /// Starts `kura serve` on a port chosen at run time; returns the child and its URL.
 pub(crate) fn serve(d: &Path, contract: &Path) -> (Served, String) {
-    serve_with(d, contract, &[])
+    serve_with(d, contract, &[], &[])
 }
 
-/// [`serve`] with further arguments.
-pub(crate) fn serve_with(d: &Path, contract: &Path, extra: &[&str]) -> (Served, String) {
+/// [`serve`] with further arguments and environment.
+pub(crate) fn serve_with(
+    d: &Path,
+    contract: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Served, String) {
     use std::io::BufRead;
 
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kura"))
@@ -461,6 +466,7 @@ pub(crate) fn serve_with(d: &Path, contract: &Path, extra: &[&str]) -> (Served, 
         .arg("--state")
         .arg(d.join("state"))
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(
             std::fs::File::options()

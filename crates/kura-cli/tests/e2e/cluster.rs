@@ -10,6 +10,10 @@ use kura_ledger::Event;
 use super::cli::{Served, cli_setup_with, key_at, kura_home, serve_with};
 use super::storage::{by_activity, never_deleted};
 
+/// What the host asks the cluster's processes to log: everything Ballista and DataFusion say,
+/// which they must not.
+const VERBOSE: (&str, &str) = ("KURA_LOG", "info,ballista=trace,datafusion=trace");
+
 /// Starts `kura executor` for the coordinator at `url` with `contract`; returns it once admitted,
 /// or its error output if it stopped.
 fn executor(d: &Path, url: &str, contract: &Path, name: &str) -> Result<Served, String> {
@@ -18,6 +22,7 @@ fn executor(d: &Path, url: &str, contract: &Path, name: &str) -> Result<Served, 
         .env("KURA_HOME", kura_home())
         .args(["executor", "--coordinator", url, "--platform", "simulated"])
         .args(["--listen", "127.0.0.1:0", "--slots", "1", "--contract"])
+        .env(VERBOSE.0, VERBOSE.1)
         .arg(contract)
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -55,7 +60,8 @@ impl Coordinated {
         let path = cli_setup_with(dir.path(), "", never_deleted);
         prepare(dir.path());
         let contract = kura_contract::files::read_signed(&path).unwrap();
-        let (coordinator, url) = serve_with(dir.path(), &path, &["--cluster", "127.0.0.1:0"]);
+        let (coordinator, url) =
+            serve_with(dir.path(), &path, &["--cluster", "127.0.0.1:0"], &[VERBOSE]);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -152,6 +158,23 @@ pub(crate) fn attested_executors_answer_as_one_node_would() {
     assert_eq!(runs.len(), 2);
     assert!(runs[0].is_empty(), "the first run had no executor");
     assert_eq!(runs[1].iter().collect::<Vec<_>>(), joined);
+    // Asked for everything, the processes still log no line of Ballista's or DataFusion's:
+    // those quote plans (the scheduler logs each job's plan at info) and data values.
+    for log in ["serve.log", "e1.log", "e2.log"] {
+        let text = std::fs::read_to_string(cluster.dir().join(log)).unwrap();
+        assert!(
+            text.contains("INFO"),
+            "{log} is empty: KURA_LOG was not read"
+        );
+        for quoted in [
+            "ballista",
+            "datafusion",
+            "AggregateExec",
+            "kura_units_at_least",
+        ] {
+            assert!(!text.contains(quoted), "{log} quotes {quoted}:\n{text}");
+        }
+    }
 }
 
 /// SHA-384 of this test binary: the simulated measurement of a service started in this process.

@@ -27,6 +27,13 @@ pub(crate) fn open_store() -> kura_cluster::codec::OpenStore {
 
 impl Cluster {
     pub(crate) async fn start(listen: std::net::SocketAddr) -> Result<Self, ServiceError> {
+        // Executors are told this address: it must be one they can reach.
+        if listen.ip().is_unspecified() {
+            return Err(ServiceError::Start(format!(
+                "--cluster {listen}: give the address executors reach the scheduler at, not \
+                 an unspecified one"
+            )));
+        }
         let coordinator = kura_cluster::Coordinator::start(listen, open_store())
             .await
             .map_err(|e| ServiceError::Start(format!("the cluster's scheduler: {e}")))?;
