@@ -9,12 +9,12 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::error::BallistaError;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
-use ballista_executor::flight_service::BallistaFlightService;
 use kura_engine::datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use kura_engine::datafusion::execution::runtime_env::RuntimeEnvBuilder;
 
 use crate::codec::{Codec, OpenStore, Stores};
 use crate::join::Admission;
+use crate::shuffle::{Engine, Keys, Service};
 use crate::tls::{Membership, NodeKey};
 
 /// How to run an admitted executor.
@@ -59,6 +59,10 @@ pub async fn run(
     let config_codec = codec.clone();
     let config_membership = membership.clone();
     let flight_tls = membership.server();
+    // The keys of the sealed shuffle files: shared by the engine that writes them and the
+    // Flight service that reads them, and by nothing else.
+    let keys = Arc::new(Keys::default());
+    let flight_keys = keys.clone();
     let config = ExecutorProcessConfig {
         executor_id: admission.executor.clone(),
         bind_host: options.listen.ip().to_string(),
@@ -78,6 +82,11 @@ pub async fn run(
         print_thread_info: false,
         memory_pool_size: Some(options.memory_bytes),
         override_physical_codec: Some(codec),
+        override_execution_engine: Some(Arc::new(Engine::new(keys))),
+        // A job's files are removed once they are older than any job may run, and every
+        // file when the executor stops; its keys go with them (`Keys::forget_gone`).
+        job_data_clean_up_interval_seconds: 60,
+        job_data_ttl_seconds: crate::coordinator::JOB_LIMIT.as_secs(),
         override_create_grpc_client_endpoint: Some(membership.endpoint_override()),
         override_config_producer: Some(Arc::new(move || {
             crate::coordinator::session_config(&config_membership, &config_codec)
@@ -96,8 +105,9 @@ pub async fn run(
                   mut shutdown: ballista_executor::shutdown::Shutdown,
                   _| {
                 let tls = flight_tls.clone();
+                let keys = flight_keys.clone();
                 tokio::spawn(async move {
-                    let flight = FlightServiceServer::new(BallistaFlightService::new(work_dir))
+                    let flight = FlightServiceServer::new(Service::new(work_dir, keys))
                         .max_decoding_message_size(64 << 20)
                         .max_encoding_message_size(64 << 20);
                     tonic::transport::Server::builder()

@@ -14,6 +14,7 @@ pub mod codec;
 pub mod coordinator;
 pub mod executor;
 pub mod join;
+pub mod shuffle;
 pub mod tls;
 
 pub use coordinator::Coordinator;

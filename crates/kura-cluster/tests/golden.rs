@@ -1,6 +1,7 @@
 //! The golden queries on a cluster: Ballista's scheduler and two executors (in this process,
 //! over loopback with the cluster's mutual TLS), each task reading its share of the encrypted
-//! files. Every answer and refusal must be the one a single node gives.
+//! files. Every answer and refusal must be the one a single node gives, and everything the
+//! executors left in their working directories must be sealed.
 
 use std::sync::Arc;
 
@@ -19,8 +20,9 @@ fn open() -> OpenStore {
 }
 
 /// Starts an executor admitted by `coordinator` (without attestation: that is the service's
-/// part, tested end to end) and waits until the scheduler has heard from it.
-async fn executor(coordinator: &kura_cluster::Coordinator, name: &str) {
+/// part, tested end to end) and waits until the scheduler has heard from it; returns its
+/// working directory.
+async fn executor(coordinator: &kura_cluster::Coordinator, name: &str) -> std::path::PathBuf {
     let key = NodeKey::generate().unwrap();
     let admission = Admission {
         executor: name.to_string(),
@@ -34,6 +36,7 @@ async fn executor(coordinator: &kura_cluster::Coordinator, name: &str) {
         .unwrap()
         .port();
     let work = tempfile::tempdir().unwrap().keep();
+    let dir = work.clone();
     let (ready, started) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let options = kura_cluster::executor::Options {
@@ -49,6 +52,22 @@ async fn executor(coordinator: &kura_cluster::Coordinator, name: &str) {
         .await;
     });
     started.await.unwrap();
+    dir
+}
+
+/// Every file under `dir` (the scheduler has executors remove a job's files as they go, so
+/// what vanishes while this looks is skipped).
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,8 +77,10 @@ async fn golden_queries_answer_on_a_cluster_as_on_one_node() {
             .await
             .unwrap(),
     );
-    executor(&coordinator, "executor-1").await;
-    executor(&coordinator, "executor-2").await;
+    let work = [
+        executor(&coordinator, "executor-1").await,
+        executor(&coordinator, "executor-2").await,
+    ];
     assert_eq!(coordinator.alive().await.len(), 2);
     let records = kura_engine::with_compute(
         coordinator.clone(),
@@ -67,4 +88,29 @@ async fn golden_queries_answer_on_a_cluster_as_on_one_node() {
     )
     .await;
     eprintln!("{records} golden records answered on the cluster as on one node");
+
+    // What the runs left (the last stages' output stays for a while after each job): each a
+    // sealed file, none of them readable as Arrow IPC.
+    let written: Vec<_> = work.iter().flat_map(|dir| files(dir)).collect();
+    assert!(!written.is_empty(), "the executors wrote nothing");
+    for file in &written {
+        assert!(
+            file.extension().is_some_and(|e| e == "sealed"),
+            "{} is not a sealed file",
+            file.display()
+        );
+        let Ok(bytes) = std::fs::File::open(file) else {
+            continue;
+        };
+        assert!(
+            kura_engine::datafusion::arrow::ipc::reader::StreamReader::try_new(bytes, None)
+                .is_err(),
+            "{} reads as Arrow IPC",
+            file.display()
+        );
+    }
+    eprintln!("{} shuffle files, all sealed", written.len());
+    for dir in work {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

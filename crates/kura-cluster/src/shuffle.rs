@@ -1,0 +1,885 @@
+//! Shuffle output sealed with keys that live only in the executor's memory.
+//!
+//! Ballista's own writers put each stage's output in its working directory as plaintext Arrow
+//! IPC, and its readers open a neighbour's files straight from that directory. An executor of
+//! kura's replaces both ends:
+//!
+//! - [`Engine`] runs each stage and writes its output through [`Writer`]: every file is sealed
+//!   (AES-256-GCM, the dataset stream's framing) with a key of its own, drawn when the file is
+//!   created and kept in [`Keys`], in memory. Hash-partitioned stages are split with DataFusion's
+//!   own partitioner, so both sides of a join agree on where a key goes.
+//! - [`Service`] is the executor's Flight service, the only reader of those files: every read,
+//!   a neighbour's or the executor's own (the cluster forces remote reads), fetches a partition
+//!   over the cluster's mutual TLS, and the service opens the file with its key.
+//!
+//! A file's key never leaves its executor, so a file copied off the host's disk is noise, and
+//! once the executor forgets a job's keys (when Ballista has cleaned its directory, or when the
+//! executor stops) the files are noise to everyone. Refused: plans whose output Ballista would
+//! lay out otherwise (range shuffles), and fetches of byte ranges or index files.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use ballista_core::JobId;
+use ballista_core::execution_plans::sort_shuffle::SortShuffleWriterExec;
+use ballista_core::execution_plans::{ShuffleReaderExec, ShuffleWriterExec};
+use ballista_core::serde::protobuf::ShuffleWritePartition;
+use ballista_core::serde::scheduler::Action as BallistaAction;
+use ballista_executor::execution_engine::{ExecutionEngine, QueryStageExecutor};
+use futures_util::{StreamExt, TryStreamExt};
+use kura_crypto::{DataKey, StreamDecoder, StreamEncoder};
+use kura_engine::RecordBatch;
+use kura_engine::datafusion::arrow::datatypes::SchemaRef;
+use kura_engine::datafusion::arrow::ipc::reader::StreamReader;
+use kura_engine::datafusion::arrow::ipc::writer::StreamWriter;
+use kura_engine::datafusion::common::tree_node::{Transformed, TreeNode};
+use kura_engine::datafusion::error::{DataFusionError, Result};
+use kura_engine::datafusion::execution::TaskContext;
+use kura_engine::datafusion::physical_plan::metrics::{MetricsSet, Time};
+use kura_engine::datafusion::physical_plan::repartition::BatchPartitioner;
+use kura_engine::datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use kura_engine::datafusion::prelude::SessionConfig;
+use tonic::{Request, Response, Status, Streaming};
+use zeroize::Zeroizing;
+
+/// Plaintext sealed per frame: small, since a hash stage keeps one open file per partition.
+const CHUNK: usize = 256 << 10;
+
+/// Where one sealed file sits in a job's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FileId {
+    stage: usize,
+    partition: usize,
+    file: u64,
+}
+
+impl FileId {
+    /// The file's path under the working directory. `job` is checked by [`job_dir`].
+    fn path(&self, job_dir: &Path) -> PathBuf {
+        job_dir
+            .join(self.stage.to_string())
+            .join(self.partition.to_string())
+            .join(format!("{}.sealed", self.file))
+    }
+
+    /// What the file's frames are bound to, so that no file passes for another.
+    fn context(&self, job: &str) -> Vec<u8> {
+        format!(
+            "kura-shuffle-v1\0{job}\0{}\0{}\0{}",
+            self.stage, self.partition, self.file
+        )
+        .into_bytes()
+    }
+}
+
+/// A job's directory: job ids are the scheduler's, and only letters, digits, `-` and `_` may
+/// become part of a path.
+fn job_dir(work_dir: &Path, job: &str) -> Result<PathBuf> {
+    let plain = !job.is_empty()
+        && job.len() <= 64
+        && job
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !plain {
+        return Err(DataFusionError::Execution("no such shuffle output".into()));
+    }
+    Ok(work_dir.join(job))
+}
+
+/// The keys of every sealed file an executor holds, by job. Memory only.
+#[derive(Default)]
+pub struct Keys {
+    jobs: Mutex<HashMap<String, HashMap<FileId, DataKey>>>,
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keys").finish_non_exhaustive()
+    }
+}
+
+impl Keys {
+    /// A fresh key for a new file; it replaces any key the same file had.
+    fn create(&self, job: &str, id: FileId) -> DataKey {
+        let key = DataKey::generate();
+        let copy = DataKey::from_bytes(key.as_bytes()).expect("32 bytes");
+        self.lock()
+            .entry(job.to_string())
+            .or_default()
+            .insert(id, copy);
+        key
+    }
+
+    fn get(&self, job: &str, id: FileId) -> Option<DataKey> {
+        let jobs = self.lock();
+        let key = jobs.get(job)?.get(&id)?;
+        Some(DataKey::from_bytes(key.as_bytes()).expect("32 bytes"))
+    }
+
+    /// Forgets the keys of jobs whose directory is gone (Ballista cleans them up): their
+    /// files, wherever copies of them went, can no longer be opened by anyone.
+    pub fn forget_gone(&self, work_dir: &Path) {
+        self.lock().retain(|job, _| work_dir.join(job).exists());
+    }
+
+    /// How many jobs' keys are held.
+    pub fn jobs(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<FileId, DataKey>>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sealed files
+
+/// Seals what is written to it into a file, frame by frame.
+struct Sealer {
+    file: BufWriter<std::fs::File>,
+    encoder: StreamEncoder,
+    plain: Zeroizing<Vec<u8>>,
+    frame: Vec<u8>,
+}
+
+impl Sealer {
+    fn create(path: &Path, key: DataKey, context: &[u8]) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(Self {
+            file: BufWriter::new(std::fs::File::create(path)?),
+            encoder: StreamEncoder::new(key, context),
+            plain: Zeroizing::new(Vec::with_capacity(CHUNK)),
+            frame: Vec::with_capacity(CHUNK + 64),
+        })
+    }
+
+    fn seal(&mut self, last: bool) -> std::io::Result<()> {
+        self.frame.clear();
+        self.encoder
+            .seal_chunk(&self.plain, last, &mut self.frame)
+            .map_err(std::io::Error::other)?;
+        zeroize::Zeroize::zeroize(self.plain.as_mut_slice());
+        self.plain.clear();
+        self.file.write_all(&self.frame)
+    }
+
+    /// Seals the rest as the final frame and closes the file.
+    fn finish(mut self) -> std::io::Result<()> {
+        self.seal(true)?;
+        self.file.flush()
+    }
+}
+
+impl Write for Sealer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let take = (CHUNK - self.plain.len()).min(data.len());
+        self.plain.extend_from_slice(&data[..take]);
+        if self.plain.len() == CHUNK {
+            self.seal(false)?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Opens a sealed file as it is read; fails on any change, reordering or truncation.
+struct Opener {
+    file: std::fs::File,
+    decoder: StreamDecoder,
+    plain: Zeroizing<Vec<u8>>,
+    at: usize,
+    sealed: Vec<u8>,
+}
+
+impl Opener {
+    fn open(path: &Path, key: &DataKey, context: &[u8]) -> std::io::Result<Self> {
+        Ok(Self {
+            file: std::fs::File::open(path)?,
+            decoder: StreamDecoder::new(key, context),
+            plain: Zeroizing::new(Vec::new()),
+            at: 0,
+            sealed: vec![0; 64 << 10],
+        })
+    }
+}
+
+impl Read for Opener {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.plain.len() {
+            zeroize::Zeroize::zeroize(self.plain.as_mut_slice());
+            self.plain.clear();
+            self.at = 0;
+            let n = self.file.read(&mut self.sealed)?;
+            if n == 0 {
+                self.decoder.finish().map_err(std::io::Error::other)?;
+                return Ok(0);
+            }
+            self.decoder
+                .push(&self.sealed[..n], &mut self.plain)
+                .map_err(std::io::Error::other)?;
+        }
+        let n = (self.plain.len() - self.at).min(out.len());
+        out[..n].copy_from_slice(&self.plain[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// One sealed Arrow IPC stream being written, and what the scheduler is told about it.
+struct Writer {
+    ipc: StreamWriter<Sealer>,
+    rows: u64,
+    batches: u64,
+    bytes: u64,
+}
+
+impl Writer {
+    fn create(
+        keys: &Keys,
+        job: &str,
+        job_dir: &Path,
+        id: FileId,
+        schema: &SchemaRef,
+    ) -> Result<Self> {
+        let key = keys.create(job, id);
+        let sealer = Sealer::create(&id.path(job_dir), key, &id.context(job))?;
+        Ok(Self {
+            ipc: StreamWriter::try_new(sealer, schema)?,
+            rows: 0,
+            batches: 0,
+            bytes: 0,
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.ipc.write(batch)?;
+        self.rows += batch.num_rows() as u64;
+        self.batches += 1;
+        self.bytes += batch.get_array_memory_size() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self, partition: usize, file: u64) -> Result<ShuffleWritePartition> {
+        self.ipc.finish()?;
+        self.ipc.into_inner()?.finish()?;
+        Ok(ShuffleWritePartition {
+            partition_id: partition as u64,
+            num_batches: self.batches,
+            num_rows: self.rows,
+            num_bytes: self.bytes,
+            file_id: Some(file),
+            is_sort_shuffle: false,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing a stage's output
+
+/// The execution engine of kura's executors: Ballista's stages, with sealed output.
+#[derive(Debug)]
+pub struct Engine {
+    keys: Arc<Keys>,
+}
+
+impl Engine {
+    pub fn new(keys: Arc<Keys>) -> Self {
+        Self { keys }
+    }
+}
+
+impl ExecutionEngine for Engine {
+    fn create_query_stage_exec(
+        &self,
+        job_id: JobId,
+        stage_id: usize,
+        _task_id: usize,
+        global_output_partition_ids: Vec<usize>,
+        plan: Arc<dyn ExecutionPlan>,
+        work_dir: &str,
+        _config: &SessionConfig,
+    ) -> Result<Arc<dyn QueryStageExecutor>> {
+        let work_dir = PathBuf::from(work_dir);
+        self.keys.forget_gone(&work_dir);
+        let dir = work_dir.display().to_string();
+        let plan = plan
+            .transform(|p| match p.downcast_ref::<ShuffleReaderExec>() {
+                Some(reader) => Ok(Transformed::yes(
+                    Arc::new(reader.with_work_dir(dir.clone())) as Arc<dyn ExecutionPlan>,
+                )),
+                None => Ok(Transformed::no(p)),
+            })?
+            .data;
+        let output = if plan.downcast_ref::<ShuffleWriterExec>().is_some() {
+            Output::Through(global_output_partition_ids)
+        } else if let Some(writer) = plan.downcast_ref::<SortShuffleWriterExec>() {
+            Output::Hash(writer.shuffle_output_partitioning().clone())
+        } else {
+            return Err(DataFusionError::Execution(
+                "this plan's shuffle is not one kura's cluster runs".into(),
+            ));
+        };
+        let [input] = plan.children()[..] else {
+            return Err(DataFusionError::Execution(
+                "a shuffle writer without one input".into(),
+            ));
+        };
+        let job = job_id.as_str().to_string();
+        Ok(Arc::new(Stage {
+            job_dir: job_dir(&work_dir, &job)?,
+            job,
+            stage: stage_id,
+            input: input.clone(),
+            output,
+            keys: self.keys.clone(),
+        }))
+    }
+}
+
+/// How a stage lays out its output.
+#[derive(Debug)]
+enum Output {
+    /// Each input partition to one output partition, numbered as the scheduler says.
+    Through(Vec<usize>),
+    /// Rows to the output partition their key hashes to.
+    Hash(Partitioning),
+}
+
+/// One task of a stage: runs its input partitions and seals what they produce.
+struct Stage {
+    job: String,
+    job_dir: PathBuf,
+    stage: usize,
+    input: Arc<dyn ExecutionPlan>,
+    output: Output,
+    keys: Arc<Keys>,
+}
+
+impl fmt::Debug for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stage")
+            .field("stage", &self.stage)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the plan: it may quote a sealed query's literals.
+        write!(f, "sealed shuffle stage {}", self.stage)
+    }
+}
+
+#[async_trait::async_trait]
+impl QueryStageExecutor for Stage {
+    async fn execute_query_stage(
+        &self,
+        task_id: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<Vec<ShuffleWritePartition>> {
+        let inputs = self
+            .input
+            .properties()
+            .output_partitioning()
+            .partition_count();
+        let schema = self.input.schema();
+        let mut tasks = tokio::task::JoinSet::new();
+        for local in 0..inputs {
+            let mut stream = self.input.execute(local, context.clone())?;
+            let (keys, job, job_dir, schema) = (
+                self.keys.clone(),
+                self.job.clone(),
+                self.job_dir.clone(),
+                schema.clone(),
+            );
+            let stage = self.stage;
+            match &self.output {
+                Output::Through(ids) => {
+                    let id = FileId {
+                        stage,
+                        partition: ids.get(local).copied().unwrap_or(local),
+                        file: task_id as u64,
+                    };
+                    tasks.spawn(async move {
+                        let mut out = Writer::create(&keys, &job, &job_dir, id, &schema)?;
+                        while let Some(batch) = stream.next().await {
+                            out.write(&batch?)?;
+                        }
+                        Ok::<_, DataFusionError>(vec![out.finish(id.partition, id.file)?])
+                    });
+                }
+                Output::Hash(partitioning) => {
+                    let Partitioning::Hash(exprs, k) = partitioning.clone() else {
+                        return Err(DataFusionError::Execution(
+                            "a hash stage without hash partitioning".into(),
+                        ));
+                    };
+                    // One file per input partition and output partition: unique in the stage,
+                    // since task ids are.
+                    let file = ((task_id as u64) << 20) | local as u64;
+                    tasks.spawn(async move {
+                        let mut split =
+                            BatchPartitioner::new_hash_partitioner(exprs, k, Time::new())?;
+                        let mut outs: Vec<Option<Writer>> = (0..k).map(|_| None).collect();
+                        while let Some(batch) = stream.next().await {
+                            for part in split.partition_iter(batch?)? {
+                                let (partition, rows) = part?;
+                                let out = match &mut outs[partition] {
+                                    Some(out) => out,
+                                    slot => {
+                                        let id = FileId {
+                                            stage,
+                                            partition,
+                                            file,
+                                        };
+                                        slot.insert(Writer::create(
+                                            &keys, &job, &job_dir, id, &schema,
+                                        )?)
+                                    }
+                                };
+                                out.write(&rows)?;
+                            }
+                        }
+                        outs.into_iter()
+                            .enumerate()
+                            .filter_map(|(partition, out)| Some(out?.finish(partition, file)))
+                            .collect::<Result<Vec<_>>>()
+                    });
+                }
+            }
+        }
+        let mut written = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            let files =
+                done.map_err(|_| DataFusionError::Execution("a shuffle write failed".into()))??;
+            written.extend(files);
+        }
+        written.sort_by_key(|w| (w.partition_id, w.file_id));
+        Ok(written)
+    }
+
+    fn collect_plan_metrics(&self) -> Vec<MetricsSet> {
+        // None: the scheduler takes a task without metrics, and they would describe the plan.
+        Vec::new()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serving it
+
+/// The executor's Flight service: serves partitions of the sealed files it holds keys for.
+#[derive(Debug)]
+pub struct Service {
+    work_dir: PathBuf,
+    keys: Arc<Keys>,
+}
+
+impl Service {
+    pub fn new(work_dir: impl Into<PathBuf>, keys: Arc<Keys>) -> Self {
+        Self {
+            work_dir: work_dir.into(),
+            keys,
+        }
+    }
+
+    /// The stream of a fetched partition's batches, opened with its key.
+    fn open(
+        &self,
+        ticket: &Ticket,
+    ) -> std::result::Result<(SchemaRef, StreamReader<BufReader<Opener>>), Status> {
+        let missing = || Status::not_found("no such shuffle output");
+        let action = ballista_core::serde::decode_protobuf(&ticket.ticket)
+            .map_err(|_| Status::invalid_argument("not a shuffle fetch"))?;
+        let BallistaAction::FetchPartition {
+            job_id,
+            stage_id,
+            partition_id,
+            file_id,
+            file_kind,
+            byte_ranges,
+            ..
+        } = action;
+        if !byte_ranges.is_empty()
+            || !matches!(
+                file_kind,
+                ballista_core::serde::scheduler::ShuffleFileKind::Data
+            )
+        {
+            return Err(Status::invalid_argument(
+                "only whole partitions are fetched from kura's executors",
+            ));
+        }
+        let job = job_id.as_str();
+        let dir = job_dir(&self.work_dir, job).map_err(|_| missing())?;
+        let id = FileId {
+            stage: stage_id,
+            partition: partition_id,
+            file: file_id.ok_or_else(missing)?,
+        };
+        let key = self.keys.get(job, id).ok_or_else(missing)?;
+        let opener = Opener::open(&id.path(&dir), &key, &id.context(job)).map_err(|_| missing())?;
+        let reader = StreamReader::try_new(BufReader::with_capacity(CHUNK, opener), None)
+            .map_err(|_| Status::data_loss("a shuffle file does not open"))?;
+        Ok((reader.schema(), reader))
+    }
+}
+
+type Boxed<T> =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = std::result::Result<T, Status>> + Send>>;
+
+fn unsupported<T>() -> std::result::Result<T, Status> {
+    Err(Status::unimplemented(
+        "kura's executors only serve shuffle fetches",
+    ))
+}
+
+#[async_trait::async_trait]
+impl FlightService for Service {
+    type HandshakeStream = Boxed<HandshakeResponse>;
+    type ListFlightsStream = Boxed<FlightInfo>;
+    type DoGetStream = Boxed<FlightData>;
+    type DoPutStream = Boxed<PutResult>;
+    type DoExchangeStream = Boxed<FlightData>;
+    type DoActionStream = Boxed<arrow_flight::Result>;
+    type ListActionsStream = Boxed<ActionType>;
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
+        let (schema, reader) = self.open(request.get_ref())?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            for batch in reader {
+                let batch = batch
+                    .map_err(|_| FlightError::ExternalError("a shuffle file does not open".into()));
+                let failed = batch.is_err();
+                if tx.blocking_send(batch).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .map_err(|_| Status::data_loss("a shuffle file does not open"));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn handshake(
+        &self,
+        _: Request<Streaming<HandshakeRequest>>,
+    ) -> std::result::Result<Response<Self::HandshakeStream>, Status> {
+        unsupported()
+    }
+
+    async fn list_flights(
+        &self,
+        _: Request<Criteria>,
+    ) -> std::result::Result<Response<Self::ListFlightsStream>, Status> {
+        unsupported()
+    }
+
+    async fn get_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        unsupported()
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<PollInfo>, Status> {
+        unsupported()
+    }
+
+    async fn get_schema(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<SchemaResult>, Status> {
+        unsupported()
+    }
+
+    async fn do_put(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
+        unsupported()
+    }
+
+    async fn do_exchange(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
+        unsupported()
+    }
+
+    async fn do_action(
+        &self,
+        _: Request<Action>,
+    ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
+        unsupported()
+    }
+
+    async fn list_actions(
+        &self,
+        _: Request<Empty>,
+    ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
+        unsupported()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed(dir: &Path, keys: &Keys, id: FileId, bytes: &[u8]) -> PathBuf {
+        let key = keys.create("job", id);
+        let path = id.path(dir);
+        let mut sealer = Sealer::create(&path, key, &id.context("job")).unwrap();
+        sealer.write_all(bytes).unwrap();
+        sealer.finish().unwrap();
+        path
+    }
+
+    fn opened(path: &Path, keys: &Keys, id: FileId) -> std::io::Result<Vec<u8>> {
+        let key = keys.get("job", id).expect("a key");
+        let mut out = Vec::new();
+        Opener::open(path, &key, &id.context("job"))?.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_sealed_file_opens_only_as_itself_and_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::default();
+        let a = FileId {
+            stage: 1,
+            partition: 2,
+            file: 3,
+        };
+        let b = FileId {
+            stage: 1,
+            partition: 3,
+            file: 3,
+        };
+        // Three frames and a bit: the boundaries are exercised.
+        let plain: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        let path_a = sealed(dir.path(), &keys, a, &plain);
+        let path_b = sealed(dir.path(), &keys, b, b"another partition");
+        assert_eq!(opened(&path_a, &keys, a).unwrap(), plain);
+
+        let on_disk = std::fs::read(&path_a).unwrap();
+        assert!(
+            !on_disk.windows(64).any(|w| w == &plain[1000..1064]),
+            "the file on disk holds no plaintext"
+        );
+        // Swapped in for another partition, truncated, or changed: refused.
+        std::fs::copy(&path_a, &path_b).unwrap();
+        assert!(opened(&path_b, &keys, b).is_err());
+        std::fs::write(&path_b, &on_disk[..on_disk.len() - 1]).unwrap();
+        assert!(opened(&path_b, &keys, a).is_err());
+        let mut changed = on_disk.clone();
+        changed[CHUNK + 40] ^= 1;
+        std::fs::write(&path_b, &changed).unwrap();
+        assert!(opened(&path_b, &keys, a).is_err());
+    }
+
+    #[test]
+    fn a_job_s_keys_are_forgotten_once_its_directory_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::default();
+        let id = FileId {
+            stage: 1,
+            partition: 0,
+            file: 0,
+        };
+        sealed(&dir.path().join("job"), &keys, id, b"rows");
+        keys.forget_gone(dir.path());
+        assert_eq!(keys.jobs(), 1, "the job's directory is still there");
+        std::fs::remove_dir_all(dir.path().join("job")).unwrap();
+        keys.forget_gone(dir.path());
+        assert_eq!(keys.jobs(), 0);
+        assert!(keys.get("job", id).is_none());
+    }
+
+    /// A hash stage through the engine, read back through the Flight service: every row once,
+    /// in the partition its key hashes to, and nothing on disk readable as Arrow.
+    #[tokio::test]
+    async fn a_hash_stage_is_written_sealed_and_served_whole() {
+        use ballista_core::execution_plans::sort_shuffle::SortShuffleConfig;
+        use ballista_core::serde::scheduler::{ShuffleFileKind, ShuffleLayout};
+        use kura_engine::datafusion::arrow::array::{Int64Array, StringArray};
+        use kura_engine::datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use kura_engine::datafusion::datasource::memory::MemorySourceConfig;
+        use kura_engine::datafusion::physical_expr::expressions::col;
+        use prost::Message;
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, false),
+        ]));
+        let batch = |ids: std::ops::Range<i64>| {
+            let names: Vec<String> = ids.clone().map(|i| format!("person-{i}")).collect();
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(ids)),
+                    Arc::new(StringArray::from(names)),
+                ],
+            )
+            .unwrap()
+        };
+        let input = MemorySourceConfig::try_new_exec(
+            &[vec![batch(0..500)], vec![batch(500..700), batch(700..1000)]],
+            schema.clone(),
+            None,
+        )
+        .unwrap();
+        let hash = Partitioning::Hash(vec![col("id", &schema).unwrap()], 4);
+        let writer = SortShuffleWriterExec::try_new(
+            JobId::from("job1".to_string()),
+            3,
+            input,
+            String::new(),
+            hash.clone(),
+            SortShuffleConfig::new(true, 8192),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().to_str().unwrap();
+        let keys = Arc::new(Keys::default());
+        let stage = Engine::new(keys.clone())
+            .create_query_stage_exec(
+                JobId::from("job1".to_string()),
+                3,
+                7,
+                vec![],
+                Arc::new(writer),
+                work,
+                &SessionConfig::new(),
+            )
+            .unwrap();
+        let written = stage
+            .execute_query_stage(7, Arc::new(TaskContext::default()))
+            .await
+            .unwrap();
+        assert_eq!(written.iter().map(|w| w.num_rows).sum::<u64>(), 1000);
+
+        let mut on_disk = vec![];
+        let mut pending = vec![dir.path().to_path_buf()];
+        while let Some(p) = pending.pop() {
+            for e in std::fs::read_dir(p).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else {
+                    on_disk.push(std::fs::read(path).unwrap());
+                }
+            }
+        }
+        assert_eq!(on_disk.len(), written.len());
+        for bytes in &on_disk {
+            assert!(!bytes.windows(9).any(|w| w == b"person-42"));
+            assert!(StreamReader::try_new(&bytes[..], None).is_err());
+        }
+
+        let service = Service::new(work, keys);
+        let mut seen = std::collections::BTreeSet::new();
+        for w in &written {
+            let action: ballista_core::serde::protobuf::Action = BallistaAction::FetchPartition {
+                job_id: JobId::from("job1".to_string()),
+                stage_id: 3,
+                partition_id: w.partition_id as usize,
+                host: "localhost".into(),
+                port: 1,
+                file_id: w.file_id,
+                layout: ShuffleLayout::Passthrough,
+                file_kind: ShuffleFileKind::Data,
+                byte_ranges: vec![],
+            }
+            .try_into()
+            .unwrap();
+            let ticket = Ticket {
+                ticket: action.encode_to_vec().into(),
+            };
+            let data = service
+                .do_get(Request::new(ticket))
+                .await
+                .unwrap()
+                .into_inner();
+            let batches: Vec<RecordBatch> =
+                arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+                    data.map_err(FlightError::from),
+                )
+                .try_collect()
+                .await
+                .unwrap();
+            let mut split = BatchPartitioner::new_hash_partitioner(
+                vec![col("id", &schema).unwrap()],
+                4,
+                Time::new(),
+            )
+            .unwrap();
+            for b in batches {
+                for part in split.partition_iter(b.clone()).unwrap() {
+                    let (p, _) = part.unwrap();
+                    assert_eq!(p as u64, w.partition_id, "a row in another's partition");
+                }
+                let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                for id in ids.values() {
+                    assert!(seen.insert(*id), "row {id} served twice");
+                }
+            }
+        }
+        assert_eq!(seen.len(), 1000);
+
+        // A file of another stage, or one never written, is not there.
+        let missing: ballista_core::serde::protobuf::Action = BallistaAction::FetchPartition {
+            job_id: JobId::from("job1".to_string()),
+            stage_id: 4,
+            partition_id: 0,
+            host: "localhost".into(),
+            port: 1,
+            file_id: written[0].file_id,
+            layout: ShuffleLayout::Passthrough,
+            file_kind: ShuffleFileKind::Data,
+            byte_ranges: vec![],
+        }
+        .try_into()
+        .unwrap();
+        let ticket = Ticket {
+            ticket: missing.encode_to_vec().into(),
+        };
+        let refused = service.do_get(Request::new(ticket)).await.err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::NotFound);
+    }
+
+    #[test]
+    fn only_plain_job_ids_name_a_directory() {
+        let root = Path::new("/work");
+        assert!(job_dir(root, "aB3_x-9").is_ok());
+        for bad in ["", "..", "../etc", "a/b", "a\0b", &"x".repeat(65)] {
+            assert!(job_dir(root, bad).is_err(), "{bad:?}");
+        }
+    }
+}
