@@ -6,13 +6,16 @@
 //! - a two-party join + aggregate through kura end to end (encrypted uploads, the run with its
 //!   minimum-group-size rule, the sealed result decrypted), against plain DataFusion and DuckDB
 //!   on the same Parquet files; and the same query on data already held in memory;
-//! - attestation verification per platform on the real vectors, certificates cached.
+//! - attestation verification per platform on the real vectors, certificates cached;
+//! - with `--cluster`, the join + aggregate on 1, 2 and 3 attested executors against plain
+//!   Ballista on the same files ([`cluster`]).
 //!
 //! ```sh
 //! cargo build --release -p kura-enclave                          # the enclave the bench runs
 //! cargo bench -p kura-benchmarks --bench cost                     # default: 10M rows joined to 1M
 //! cargo bench -p kura-benchmarks --bench cost -- --rows 50000000  # bigger
 //! cargo bench -p kura-benchmarks --bench cost -- --scale          # adds the 1M/10M/50M scaling table
+//! cargo bench -p kura-benchmarks --bench cost -- --only none --cluster  # the cluster table alone
 //! ```
 //!
 //! The enclave is the real `kura-enclave` binary (simulated platform) in its own process, so
@@ -35,6 +38,7 @@ use kura_contract::{Contract, SignedContract};
 use kura_crypto::{DataKey, SecretIdentity, StreamDecoder, StreamEncoder};
 use kura_engine::datafusion;
 
+mod cluster;
 #[path = "../../crates/kura-cli/src/splitmix.rs"]
 #[allow(dead_code)]
 mod splitmix;
@@ -58,9 +62,18 @@ struct Opts {
     /// Rows of the scaling table, instead of 1M, 10M, 50M.
     #[arg(long, value_delimiter = ',')]
     scale_rows: Vec<usize>,
-    /// Run only these sections (aead, ingest, join, attestation); all of them by default.
-    #[arg(long, value_delimiter = ',', value_parser = ["aead", "ingest", "join", "attestation"])]
+    /// Run only these sections (aead, ingest, join, attestation; none); all of them by default.
+    #[arg(long, value_delimiter = ',', value_parser = ["aead", "ingest", "join", "attestation", "none"])]
     only: Vec<String>,
+    /// Also print the cluster table (kura's attested executors against plain Ballista).
+    #[arg(long)]
+    cluster: bool,
+    /// Rows of the cluster table, instead of 10M, 50M.
+    #[arg(long, value_delimiter = ',')]
+    cluster_rows: Vec<usize>,
+    /// Executor counts of the cluster table, instead of 1, 2, 3.
+    #[arg(long, value_delimiter = ',')]
+    cluster_executors: Vec<usize>,
     /// Internal: run one baseline measurement and print it as JSON.
     #[arg(long, hide = true, num_args = 2, value_names = ["MODE", "PATH"])]
     child: Vec<String>,
@@ -89,9 +102,11 @@ const MIB: usize = 1 << 20;
 
 fn main() {
     let opts = Opts::parse();
-    if let [mode, path] = opts.child.as_slice() {
-        child(mode, Path::new(path));
-        return;
+    match opts.child.as_slice() {
+        [mode, _] if mode == "ballista-scheduler" => return cluster::scheduler(),
+        [mode, arg] if mode == "ballista-executor" => return cluster::executor(arg),
+        [mode, path] => return child(mode, Path::new(path)),
+        _ => {}
     }
     assert!(opts.rows >= 10, "--rows must be at least 10");
     assert!(opts.runs >= 1, "--runs must be at least 1");
@@ -144,6 +159,22 @@ fn main() {
             opts.scale_rows.clone()
         };
         scaling(&rt, &room, &sizes);
+    }
+    if opts.cluster || !opts.cluster_rows.is_empty() || !opts.cluster_executors.is_empty() {
+        let or = |given: &[usize], default: &[usize]| {
+            if given.is_empty() {
+                default.to_vec()
+            } else {
+                given.to_vec()
+            }
+        };
+        cluster::cluster(
+            &rt,
+            &room,
+            &or(&opts.cluster_rows, &[10_000_000, 50_000_000]),
+            &or(&opts.cluster_executors, &[1, 2, 3]),
+            opts.runs.min(3),
+        );
     }
 }
 
@@ -721,10 +752,16 @@ struct Enclave {
 
 impl Enclave {
     fn start(room: &Room) -> Self {
+        Self::start_with(room, &[])
+    }
+
+    /// With further arguments (`--cluster ADDR`).
+    fn start_with(room: &Room, args: &[&str]) -> Self {
         let state = tempfile::tempdir_in(room.dir.path()).unwrap();
         let mut process = Command::new(enclave_binary())
             .env("KURA_HOME", room.dir.path())
             .args(["--platform", "simulated", "--listen", "127.0.0.1:0"])
+            .args(args)
             .arg("--contract")
             .arg(&room.contract_path)
             .arg("--state")

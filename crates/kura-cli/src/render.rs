@@ -186,6 +186,27 @@ pub fn describe(event: &kura_ledger::Event) -> String {
             "an executor was REFUSED (evidence {}): {reason}",
             &evidence_sha256[..evidence_sha256.len().min(16)]
         ),
+        E::ShuffleDeleted {
+            executors,
+            unreachable,
+        } => {
+            let lost = if unreachable.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; unreachable, its keys lost with it: {}",
+                    unreachable.join(", ")
+                )
+            };
+            format!(
+                "the next run's shuffle files and keys deleted on {}{lost}",
+                if executors.is_empty() {
+                    "no executor".to_string()
+                } else {
+                    executors.join(", ")
+                }
+            )
+        }
         E::Upload {
             dataset,
             provider,

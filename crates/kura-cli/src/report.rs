@@ -102,6 +102,12 @@ pub struct RunInfo {
     /// The cluster's executors that could run its tasks (none: the coordinator alone).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub executors: Vec<String>,
+    /// Executors that deleted what the run left on them (its sealed shuffle files and keys).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shuffles_deleted_on: Vec<String>,
+    /// Executors that could not be asked to (lost: their keys went with their memory).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shuffles_unreachable: Vec<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -163,6 +169,8 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
     let mut starts = vec![];
     let mut executors = vec![];
     let (mut refused_uploads, mut refused_runs, mut refused_executors) = (0, 0, 0);
+    // A cluster run's shuffle deletion, logged just before the run's own entry.
+    let mut shuffle_deleted: Option<(Vec<String>, Vec<String>)> = None;
     for b in &bodies {
         let time = b.time.clone();
         match &b.event {
@@ -189,6 +197,10 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                     .unwrap_or_default(),
             }),
             Event::ExecutorRefused { .. } => refused_executors += 1,
+            Event::ShuffleDeleted {
+                executors,
+                unreachable,
+            } => shuffle_deleted = Some((executors.clone(), unreachable.clone())),
             Event::Upload {
                 dataset,
                 rows,
@@ -230,6 +242,7 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                 request: _,
                 executors,
             } => {
+                let (deleted_on, unreachable) = shuffle_deleted.take().unwrap_or_default();
                 if let Some(a) = analyses.iter_mut().find(|a| &a.name == analysis) {
                     a.runs.push(RunInfo {
                         run_id: run_id.clone(),
@@ -242,6 +255,8 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                         sql: sql.clone(),
                         dp: *dp,
                         executors: executors.clone(),
+                        shuffles_deleted_on: deleted_on,
+                        shuffles_unreachable: unreachable,
                     });
                 }
             }
@@ -257,7 +272,10 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                 }
             }
             Event::UploadRefused { .. } => refused_uploads += 1,
-            Event::RunRefused { .. } => refused_runs += 1,
+            Event::RunRefused { .. } => {
+                refused_runs += 1;
+                shuffle_deleted = None;
+            }
         }
     }
     Ok(Transparency {
@@ -387,6 +405,22 @@ pub fn markdown(t: &Transparency) -> String {
                     "|  | differentially private: ε = {}, δ = {:e} |  |  |  |",
                     dp.epsilon, dp.delta
                 );
+            }
+            if !r.executors.is_empty() {
+                let mut line = format!("on the cluster: {}", r.executors.join(", "));
+                if !r.shuffles_deleted_on.is_empty() {
+                    line += &format!(
+                        "; its shuffle files deleted on {}",
+                        r.shuffles_deleted_on.join(", ")
+                    );
+                }
+                if !r.shuffles_unreachable.is_empty() {
+                    line += &format!(
+                        "; unreachable (keys lost with them): {}",
+                        r.shuffles_unreachable.join(", ")
+                    );
+                }
+                let _ = writeln!(o, "|  | {line} |  |  |  |");
             }
         }
         o.push('\n');

@@ -65,6 +65,21 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 }
             }
             Event::ExecutorRefused { .. } => {}
+            Event::ShuffleDeleted {
+                executors: deleted_on,
+                unreachable,
+            } => {
+                if let Some(stranger) = deleted_on
+                    .iter()
+                    .chain(unreachable)
+                    .find(|e| !executors.contains(e.as_str()))
+                {
+                    return bad(format!(
+                        "shuffle deletion on executor {stranger:?}, which was not admitted since \
+                         the last start"
+                    ));
+                }
+            }
             Event::Upload {
                 dataset,
                 provider,

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arrow_flight::flight_service_client::FlightServiceClient;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
@@ -34,6 +35,17 @@ pub struct Coordinator {
     task: tokio::task::JoinHandle<()>,
     /// How long one job may take before its run is refused.
     job_limit: std::time::Duration,
+    /// What executors deleted after the jobs since [`Coordinator::take_deletions`].
+    deletions: std::sync::Mutex<std::collections::BTreeMap<String, Deletion>>,
+}
+
+/// What one executor did when asked to delete what jobs left on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// It forgot the keys of its sealed files and removed them.
+    Deleted(crate::shuffle::Deleted),
+    /// It could not be asked (lost: its keys went with its memory).
+    Unreachable,
 }
 
 /// How long one job may take by default.
@@ -126,7 +138,81 @@ impl Coordinator {
             scheduler,
             task,
             job_limit: JOB_LIMIT,
+            deletions: Default::default(),
         })
+    }
+
+    /// What executors deleted after the jobs since the last call, by executor (an executor
+    /// unreachable once counts as unreachable).
+    pub fn take_deletions(&self) -> std::collections::BTreeMap<String, Deletion> {
+        std::mem::take(
+            &mut *self
+                .deletions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Has every executor alive delete what `session`'s jobs left on it, and notes what each did.
+    async fn delete(&self, session: &str) {
+        let Ok(state) = self
+            .scheduler
+            .state
+            .executor_manager
+            .get_executors_state()
+            .await
+        else {
+            return;
+        };
+        for (metadata, _, _) in state {
+            let outcome = match self
+                .ask_delete(&metadata.host, metadata.port, session)
+                .await
+            {
+                Ok(deleted) => Deletion::Deleted(deleted),
+                Err(e) => {
+                    tracing::warn!(executor = %metadata.id, error = %e, "an executor could not be asked to delete a job's files");
+                    Deletion::Unreachable
+                }
+            };
+            let mut deletions = self
+                .deletions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let noted = deletions.entry(metadata.id).or_insert(outcome);
+            if let (Deletion::Deleted(sum), Deletion::Deleted(more)) = (&mut *noted, outcome) {
+                sum.files += more.files;
+                sum.bytes += more.bytes;
+            } else {
+                *noted = Deletion::Unreachable;
+            }
+        }
+    }
+
+    /// One executor's answer to [`crate::shuffle::DELETE_SESSION`], over the cluster's TLS.
+    async fn ask_delete(
+        &self,
+        host: &str,
+        port: u16,
+        session: &str,
+    ) -> anyhow::Result<crate::shuffle::Deleted> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{host}:{port}"))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(30))
+            .tls_config(self.membership.client())?;
+        let mut client = FlightServiceClient::new(endpoint.connect().await?);
+        let mut answers = client
+            .do_action(arrow_flight::Action {
+                r#type: crate::shuffle::DELETE_SESSION.into(),
+                body: session.as_bytes().to_vec().into(),
+            })
+            .await?
+            .into_inner();
+        let answer = answers
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("an empty answer"))?;
+        Ok(serde_json::from_slice(&answer.body)?)
     }
 
     /// With another limit on how long one job may take.
@@ -204,13 +290,16 @@ impl Compute for Coordinator {
         let mut config = session_config(&self.membership, &self.codec);
         config.options_mut().execution.target_partitions =
             state.config().options().execution.target_partitions;
+        // The job's name is how executors know which query their files belong to.
+        let session = uuid();
+        let config = config.with_ballista_job_name(&session);
         let job = async {
             let stream = ballista_core::execution_plans::execute_physical_plan::<PhysicalPlanNode>(
                 format!("https://{}", self.addr),
                 &config.ballista_config(),
                 plan,
                 self.codec.as_ref(),
-                uuid(),
+                session.clone(),
                 config.clone(),
             )
             .await
@@ -219,7 +308,7 @@ impl Compute for Coordinator {
         };
         // A run holds the service's state while it runs: a job the cluster never finishes must
         // not hold it for ever.
-        tokio::time::timeout(self.job_limit, job)
+        let output = tokio::time::timeout(self.job_limit, job)
             .await
             .unwrap_or_else(|_| {
                 Err(DataFusionError::External(Box::new(
@@ -227,7 +316,11 @@ impl Compute for Coordinator {
                         "the cluster did not finish the query within its time limit",
                     ),
                 )))
-            })
+            });
+        // Whatever the outcome, the output has been read or never will be: nothing the job
+        // left on the executors is needed any more.
+        self.delete(&session).await;
+        output
     }
 
     /// Dynamic filters link operators inside one process (a join's build side feeds its probe

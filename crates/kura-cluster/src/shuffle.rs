@@ -13,9 +13,11 @@
 //!   over the cluster's mutual TLS, and the service opens the file with its key.
 //!
 //! A file's key never leaves its executor, so a file copied off the host's disk is noise, and
-//! once the executor forgets a job's keys (when Ballista has cleaned its directory, or when the
-//! executor stops) the files are noise to everyone. Refused: plans whose output Ballista would
-//! lay out otherwise (range shuffles), and fetches of byte ranges or index files.
+//! once the executor forgets a job's keys the files are noise to everyone. It forgets them when
+//! the coordinator deletes a run's files ([`DELETE_SESSION`], answered with what was deleted,
+//! which the coordinator logs), when Ballista has cleaned a job's directory, and when it stops.
+//! Refused: plans whose output Ballista would lay out otherwise (range shuffles), and fetches
+//! of byte ranges or index files.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,6 +35,7 @@ use arrow_flight::{
 use ballista_core::JobId;
 use ballista_core::execution_plans::sort_shuffle::SortShuffleWriterExec;
 use ballista_core::execution_plans::{ShuffleReaderExec, ShuffleWriterExec};
+use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::protobuf::ShuffleWritePartition;
 use ballista_core::serde::scheduler::Action as BallistaAction;
 use ballista_executor::execution_engine::{ExecutionEngine, QueryStageExecutor};
@@ -96,10 +99,32 @@ fn job_dir(work_dir: &Path, job: &str) -> Result<PathBuf> {
     Ok(work_dir.join(job))
 }
 
+/// The Flight action by which the coordinator has an executor delete everything a session (one
+/// query's jobs) left: its body is the session id, its one result [`Deleted`] as JSON.
+pub const DELETE_SESSION: &str = "kura-delete-session";
+
+/// What an executor deleted of one session: its sealed files and their keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Deleted {
+    /// Sealed files it had written (some Ballista may have removed already; their keys went now).
+    pub files: u64,
+    /// Their size as written, in bytes.
+    pub bytes: u64,
+}
+
+/// One job's sealed files on an executor.
+#[derive(Default)]
+struct Job {
+    /// The session (the coordinator's query) the job belongs to.
+    session: String,
+    keys: HashMap<FileId, DataKey>,
+    bytes: u64,
+}
+
 /// The keys of every sealed file an executor holds, by job. Memory only.
 #[derive(Default)]
 pub struct Keys {
-    jobs: Mutex<HashMap<String, HashMap<FileId, DataKey>>>,
+    jobs: Mutex<HashMap<String, Job>>,
 }
 
 impl fmt::Debug for Keys {
@@ -109,21 +134,60 @@ impl fmt::Debug for Keys {
 }
 
 impl Keys {
-    /// A fresh key for a new file; it replaces any key the same file had.
-    fn create(&self, job: &str, id: FileId) -> DataKey {
+    /// A fresh key for a new file of `session`'s `job`; it replaces any key the same file had.
+    fn create(&self, session: &str, job: &str, id: FileId) -> DataKey {
         let key = DataKey::generate();
         let copy = DataKey::from_bytes(key.as_bytes()).expect("32 bytes");
-        self.lock()
-            .entry(job.to_string())
-            .or_default()
-            .insert(id, copy);
+        let mut jobs = self.lock();
+        let entry = jobs.entry(job.to_string()).or_default();
+        if entry.session.is_empty() {
+            entry.session = session.to_string();
+        }
+        entry.keys.insert(id, copy);
         key
+    }
+
+    /// Counts `bytes` more written for `job`.
+    fn written(&self, job: &str, bytes: u64) {
+        if let Some(entry) = self.lock().get_mut(job) {
+            entry.bytes += bytes;
+        }
     }
 
     fn get(&self, job: &str, id: FileId) -> Option<DataKey> {
         let jobs = self.lock();
-        let key = jobs.get(job)?.get(&id)?;
+        let key = jobs.get(job)?.keys.get(&id)?;
         Some(DataKey::from_bytes(key.as_bytes()).expect("32 bytes"))
+    }
+
+    /// Deletes every job of `session`: forgets its keys, then removes its directory.
+    pub fn delete_session(&self, work_dir: &Path, session: &str) -> Deleted {
+        let gone: Vec<(String, Job)> = {
+            let mut jobs = self.lock();
+            let names: Vec<String> = jobs
+                .iter()
+                .filter(|(_, j)| j.session == session)
+                .map(|(name, _)| name.clone())
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|name| jobs.remove_entry(&name))
+                .collect()
+        };
+        let mut deleted = Deleted::default();
+        for (name, job) in gone {
+            deleted.files += job.keys.len() as u64;
+            deleted.bytes += job.bytes;
+            drop(job);
+            if let Ok(dir) = job_dir(work_dir, &name)
+                && let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                // The keys are gone: what stays is noise, but say so.
+                tracing::warn!(error = %e.kind(), "a job's sealed files could not be removed");
+            }
+        }
+        deleted
     }
 
     /// Forgets the keys of jobs whose directory is gone (Ballista cleans them up): their
@@ -137,7 +201,7 @@ impl Keys {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<FileId, DataKey>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
         self.jobs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -153,6 +217,8 @@ struct Sealer {
     encoder: StreamEncoder,
     plain: Zeroizing<Vec<u8>>,
     frame: Vec<u8>,
+    /// Bytes written to the file.
+    sealed: u64,
 }
 
 impl Sealer {
@@ -165,6 +231,7 @@ impl Sealer {
             encoder: StreamEncoder::new(key, context),
             plain: Zeroizing::new(Vec::with_capacity(CHUNK)),
             frame: Vec::with_capacity(CHUNK + 64),
+            sealed: 0,
         })
     }
 
@@ -175,13 +242,15 @@ impl Sealer {
             .map_err(std::io::Error::other)?;
         zeroize::Zeroize::zeroize(self.plain.as_mut_slice());
         self.plain.clear();
+        self.sealed += self.frame.len() as u64;
         self.file.write_all(&self.frame)
     }
 
-    /// Seals the rest as the final frame and closes the file.
-    fn finish(mut self) -> std::io::Result<()> {
+    /// Seals the rest as the final frame and closes the file; returns its size.
+    fn finish(mut self) -> std::io::Result<u64> {
         self.seal(true)?;
-        self.file.flush()
+        self.file.flush()?;
+        Ok(self.sealed)
     }
 }
 
@@ -252,15 +321,9 @@ struct Writer {
 }
 
 impl Writer {
-    fn create(
-        keys: &Keys,
-        job: &str,
-        job_dir: &Path,
-        id: FileId,
-        schema: &SchemaRef,
-    ) -> Result<Self> {
-        let key = keys.create(job, id);
-        let sealer = Sealer::create(&id.path(job_dir), key, &id.context(job))?;
+    fn create(place: &Place, id: FileId, schema: &SchemaRef) -> Result<Self> {
+        let key = place.keys.create(&place.session, &place.job, id);
+        let sealer = Sealer::create(&id.path(&place.job_dir), key, &id.context(&place.job))?;
         Ok(Self {
             ipc: StreamWriter::try_new(sealer, schema)?,
             rows: 0,
@@ -277,9 +340,15 @@ impl Writer {
         Ok(())
     }
 
-    fn finish(mut self, partition: usize, file: u64) -> Result<ShuffleWritePartition> {
+    fn finish(
+        mut self,
+        place: &Place,
+        partition: usize,
+        file: u64,
+    ) -> Result<ShuffleWritePartition> {
         self.ipc.finish()?;
-        self.ipc.into_inner()?.finish()?;
+        let sealed = self.ipc.into_inner()?.finish()?;
+        place.keys.written(&place.job, sealed);
         Ok(ShuffleWritePartition {
             partition_id: partition as u64,
             num_batches: self.batches,
@@ -354,6 +423,27 @@ impl ExecutionEngine for Engine {
     }
 }
 
+/// Where a task's files go: its session's job, under the working directory, keys in `keys`.
+#[derive(Clone)]
+struct Place {
+    session: String,
+    job: String,
+    job_dir: PathBuf,
+    keys: Arc<Keys>,
+}
+
+/// The coordinator's name for the query a task belongs to: the job name it gave (Ballista's
+/// scheduler gives each job a session of its own, which the coordinator never learns).
+fn session_of(context: &TaskContext) -> String {
+    context
+        .session_config()
+        .ballista_config()
+        .settings()
+        .get(ballista_core::config::BALLISTA_JOB_NAME)
+        .cloned()
+        .unwrap_or_else(|| context.session_id())
+}
+
 /// How a stage lays out its output.
 #[derive(Debug)]
 enum Output {
@@ -401,15 +491,16 @@ impl QueryStageExecutor for Stage {
             .output_partitioning()
             .partition_count();
         let schema = self.input.schema();
+        let place = Place {
+            session: session_of(&context),
+            job: self.job.clone(),
+            job_dir: self.job_dir.clone(),
+            keys: self.keys.clone(),
+        };
         let mut tasks = tokio::task::JoinSet::new();
         for local in 0..inputs {
             let mut stream = self.input.execute(local, context.clone())?;
-            let (keys, job, job_dir, schema) = (
-                self.keys.clone(),
-                self.job.clone(),
-                self.job_dir.clone(),
-                schema.clone(),
-            );
+            let (place, schema) = (place.clone(), schema.clone());
             let stage = self.stage;
             match &self.output {
                 Output::Through(ids) => {
@@ -419,11 +510,11 @@ impl QueryStageExecutor for Stage {
                         file: task_id as u64,
                     };
                     tasks.spawn(async move {
-                        let mut out = Writer::create(&keys, &job, &job_dir, id, &schema)?;
+                        let mut out = Writer::create(&place, id, &schema)?;
                         while let Some(batch) = stream.next().await {
                             out.write(&batch?)?;
                         }
-                        Ok::<_, DataFusionError>(vec![out.finish(id.partition, id.file)?])
+                        Ok::<_, DataFusionError>(vec![out.finish(&place, id.partition, id.file)?])
                     });
                 }
                 Output::Hash(partitioning) => {
@@ -450,9 +541,7 @@ impl QueryStageExecutor for Stage {
                                             partition,
                                             file,
                                         };
-                                        slot.insert(Writer::create(
-                                            &keys, &job, &job_dir, id, &schema,
-                                        )?)
+                                        slot.insert(Writer::create(&place, id, &schema)?)
                                     }
                                 };
                                 out.write(&rows)?;
@@ -460,7 +549,9 @@ impl QueryStageExecutor for Stage {
                         }
                         outs.into_iter()
                             .enumerate()
-                            .filter_map(|(partition, out)| Some(out?.finish(partition, file)))
+                            .filter_map(|(partition, out)| {
+                                Some(out?.finish(&place, partition, file))
+                            })
                             .collect::<Result<Vec<_>>>()
                     });
                 }
@@ -633,11 +724,23 @@ impl FlightService for Service {
         unsupported()
     }
 
+    /// [`DELETE_SESSION`]: deletes what a session left here and says how much.
     async fn do_action(
         &self,
-        _: Request<Action>,
+        request: Request<Action>,
     ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
-        unsupported()
+        let action = request.into_inner();
+        if action.r#type != DELETE_SESSION {
+            return unsupported();
+        }
+        let session = std::str::from_utf8(&action.body)
+            .map_err(|_| Status::invalid_argument("a session id is text"))?;
+        let deleted = self.keys.delete_session(&self.work_dir, session);
+        let body = serde_json::to_vec(&deleted).expect("counts serialise");
+        let answer = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(Box::pin(futures_util::stream::iter([Ok(
+            answer,
+        )]))))
     }
 
     async fn list_actions(
@@ -653,7 +756,7 @@ mod tests {
     use super::*;
 
     fn sealed(dir: &Path, keys: &Keys, id: FileId, bytes: &[u8]) -> PathBuf {
-        let key = keys.create("job", id);
+        let key = keys.create("session", "job", id);
         let path = id.path(dir);
         let mut sealer = Sealer::create(&path, key, &id.context("job")).unwrap();
         sealer.write_all(bytes).unwrap();
@@ -872,6 +975,42 @@ mod tests {
         };
         let refused = service.do_get(Request::new(ticket)).await.err().unwrap();
         assert_eq!(refused.code(), tonic::Code::NotFound);
+
+        // Another session's deletion takes nothing; the task's own takes every file and key.
+        let delete = |session: &str| Action {
+            r#type: DELETE_SESSION.into(),
+            body: session.as_bytes().to_vec().into(),
+        };
+        let answer = |response: Response<<Service as FlightService>::DoActionStream>| async {
+            let results: Vec<_> = response.into_inner().try_collect().await.unwrap();
+            serde_json::from_slice::<Deleted>(&results[0].body).unwrap()
+        };
+        let other = service
+            .do_action(Request::new(delete("another")))
+            .await
+            .unwrap();
+        assert_eq!(answer(other).await, Deleted::default());
+        assert_eq!(keys_held(&service), written.len());
+        let session = TaskContext::default().session_id();
+        let done = service
+            .do_action(Request::new(delete(&session)))
+            .await
+            .unwrap();
+        let deleted = answer(done).await;
+        assert_eq!(deleted.files, written.len() as u64);
+        assert_eq!(
+            deleted.bytes,
+            on_disk.iter().map(|b| b.len() as u64).sum::<u64>()
+        );
+        assert_eq!(keys_held(&service), 0);
+        assert!(
+            !dir.path().join("job1").exists(),
+            "the job's files are removed"
+        );
+    }
+
+    fn keys_held(service: &Service) -> usize {
+        service.keys.lock().values().map(|j| j.keys.len()).sum()
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The golden queries on a cluster: Ballista's scheduler and two executors (in this process,
 //! over loopback with the cluster's mutual TLS), each task reading its share of the encrypted
-//! files. Every answer and refusal must be the one a single node gives, and everything the
-//! executors left in their working directories must be sealed.
+//! files. Every answer and refusal must be the one a single node gives, and after each job the
+//! executors delete what it left on them (its sealed shuffle files and their keys).
 
 use std::sync::Arc;
 
@@ -55,8 +55,7 @@ async fn executor(coordinator: &kura_cluster::Coordinator, name: &str) -> std::p
     dir
 }
 
-/// Every file under `dir` (the scheduler has executors remove a job's files as they go, so
-/// what vanishes while this looks is skipped).
+/// Every file under `dir`.
 fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = vec![];
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -89,27 +88,24 @@ async fn golden_queries_answer_on_a_cluster_as_on_one_node() {
     .await;
     eprintln!("{records} golden records answered on the cluster as on one node");
 
-    // What the runs left (the last stages' output stays for a while after each job): each a
-    // sealed file, none of them readable as Arrow IPC.
-    let written: Vec<_> = work.iter().flat_map(|dir| files(dir)).collect();
-    assert!(!written.is_empty(), "the executors wrote nothing");
-    for file in &written {
-        assert!(
-            file.extension().is_some_and(|e| e == "sealed"),
-            "{} is not a sealed file",
-            file.display()
-        );
-        let Ok(bytes) = std::fs::File::open(file) else {
-            continue;
-        };
-        assert!(
-            kura_engine::datafusion::arrow::ipc::reader::StreamReader::try_new(bytes, None)
-                .is_err(),
-            "{} reads as Arrow IPC",
-            file.display()
-        );
+    // After each job the coordinator had both executors delete what it left: they held sealed
+    // files, and nothing is left.
+    let deletions = coordinator.take_deletions();
+    assert_eq!(deletions.len(), 2, "{deletions:?}");
+    for (executor, outcome) in &deletions {
+        match outcome {
+            kura_cluster::coordinator::Deletion::Deleted(d) => {
+                assert!(d.files > 0 && d.bytes > 0, "{executor} held nothing: {d:?}");
+                eprintln!(
+                    "{executor} deleted {} sealed files ({} bytes)",
+                    d.files, d.bytes
+                );
+            }
+            other => panic!("{executor}: {other:?}"),
+        }
     }
-    eprintln!("{} shuffle files, all sealed", written.len());
+    let left: Vec<_> = work.iter().flat_map(|dir| files(dir)).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
     for dir in work {
         let _ = std::fs::remove_dir_all(dir);
     }

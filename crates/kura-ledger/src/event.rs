@@ -116,6 +116,16 @@ pub enum Event {
     },
     /// A dataset's plaintext and data key were destroyed.
     Deletion { dataset: String, reason: String },
+    /// After a run on the cluster (answered or refused; its entry follows this one), the
+    /// coordinator had every live executor delete what the run left there: each forgot the keys
+    /// of its sealed shuffle files and removed them (`executors`, who answered over the
+    /// cluster's TLS); `unreachable` ones could not be asked (a lost executor's keys are gone
+    /// with its memory). Nothing about the files' number or size: the log is every party's.
+    ShuffleDeleted {
+        executors: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unreachable: Vec<String>,
+    },
 }
 
 /// The privacy budget spent according to `events`, in log order (`None` without
@@ -181,6 +191,7 @@ impl Event {
             Event::RunRefused { .. } => "run_refused",
             Event::Release { .. } => "release",
             Event::Deletion { .. } => "deletion",
+            Event::ShuffleDeleted { .. } => "shuffle_deleted",
         }
     }
 }

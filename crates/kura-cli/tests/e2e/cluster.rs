@@ -16,6 +16,7 @@ const VERBOSE: (&str, &str) = ("KURA_LOG", "info,ballista=trace,datafusion=trace
 
 /// Starts `kura executor` for the coordinator at `url` with `contract`; returns it once admitted,
 /// or its error output if it stopped.
+/// Its working directory is `NAME-work` in `d`.
 fn executor(d: &Path, url: &str, contract: &Path, name: &str) -> Result<Served, String> {
     let log = d.join(format!("{name}.log"));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kura"))
@@ -24,6 +25,8 @@ fn executor(d: &Path, url: &str, contract: &Path, name: &str) -> Result<Served, 
         .args(["--listen", "127.0.0.1:0", "--slots", "1", "--contract"])
         .env(VERBOSE.0, VERBOSE.1)
         .arg(contract)
+        .arg("--work-dir")
+        .arg(d.join(format!("{name}-work")))
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -158,6 +161,27 @@ pub(crate) fn attested_executors_answer_as_one_node_would() {
     assert_eq!(runs.len(), 2);
     assert!(runs[0].is_empty(), "the first run had no executor");
     assert_eq!(runs[1].iter().collect::<Vec<_>>(), joined);
+    // Before the cluster run's entry, both executors' deletion of what it left on them; and
+    // nothing is left in their working directories.
+    let at = events
+        .iter()
+        .rposition(|e| matches!(e, Event::Run { .. }))
+        .unwrap();
+    match &events[at - 1] {
+        Event::ShuffleDeleted {
+            executors,
+            unreachable,
+        } => {
+            assert_eq!(executors.iter().collect::<Vec<_>>(), joined);
+            assert!(unreachable.is_empty());
+        }
+        other => panic!("the run's entry follows {other:?}"),
+    }
+    for name in ["e1", "e2"] {
+        let work = cluster.dir().join(format!("{name}-work"));
+        let left: Vec<_> = walk(&work);
+        assert!(left.is_empty(), "{name} kept {left:?}");
+    }
     // Asked for everything, the processes still log no line of Ballista's or DataFusion's:
     // those quote plans (the scheduler logs each job's plan at info) and data values.
     for log in ["serve.log", "e1.log", "e2.log"] {
@@ -175,6 +199,20 @@ pub(crate) fn attested_executors_answer_as_one_node_would() {
             assert!(!text.contains(quoted), "{log} quotes {quoted}:\n{text}");
         }
     }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = vec![];
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// SHA-384 of this test binary: the simulated measurement of a service started in this process.
@@ -390,4 +428,28 @@ pub(crate) fn an_executor_killed_mid_run_never_yields_a_partial_answer() {
         })
         .unwrap();
     assert_eq!(last.len(), 1, "only the survivor is alive: {last:?}");
+    // Each cluster run was followed by deletions: always on the survivor, and a victim killed
+    // before it could be asked is named as unreachable.
+    let deletions: Vec<(Vec<String>, Vec<String>)> = cluster
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ShuffleDeleted {
+                executors,
+                unreachable,
+            } => Some((executors, unreachable)),
+            _ => None,
+        })
+        .collect();
+    assert!(deletions.len() >= 4, "{deletions:?}");
+    for (deleted, unreachable) in &deletions {
+        assert!(deleted.contains(&last[0]), "{deleted:?}");
+        assert!(!unreachable.contains(&last[0]), "{unreachable:?}");
+    }
+    assert!(
+        deletions
+            .iter()
+            .any(|(_, unreachable)| !unreachable.is_empty()),
+        "no victim named as unreachable: {deletions:?}"
+    );
 }

@@ -102,11 +102,16 @@ impl Service {
     }
 
     /// Runs `f` (an engine call) with this service's memory limit, its counted aggregations on
-    /// the cluster when it has a live executor. Returns the executors that could run them.
-    pub(crate) async fn engine<F: std::future::Future>(&self, f: F) -> (F::Output, Vec<String>) {
+    /// the cluster when it has a live executor. Returns the executors that could run them. A
+    /// run on the cluster is followed by the executors' deletion of what it left on them,
+    /// logged (`shuffle_deleted`) before the run's own entry.
+    pub(crate) async fn engine<F: std::future::Future>(
+        &self,
+        f: F,
+    ) -> Result<(F::Output, Vec<String>), ServiceError> {
         let limited = kura_engine::with_memory_limit(self.query_memory, f);
         let Some(cluster) = &self.cluster else {
-            return (limited.await, Vec::new());
+            return Ok((limited.await, Vec::new()));
         };
         let admitted = cluster.admitted.lock().await.clone();
         let executors: Vec<String> = cluster
@@ -118,9 +123,25 @@ impl Service {
             .collect();
         if executors.is_empty() {
             // No executor (yet, or any more): the coordinator runs everything itself.
-            return (limited.await, Vec::new());
+            return Ok((limited.await, Vec::new()));
         }
         let compute: Arc<dyn kura_engine::Compute> = cluster.coordinator.clone();
-        (kura_engine::with_compute(compute, limited).await, executors)
+        let output = kura_engine::with_compute(compute, limited).await;
+        let deletions = cluster.coordinator.take_deletions();
+        if !deletions.is_empty() {
+            let (mut deleted, mut unreachable) = (Vec::new(), Vec::new());
+            for (executor, outcome) in deletions {
+                match outcome {
+                    kura_cluster::coordinator::Deletion::Deleted(_) => deleted.push(executor),
+                    kura_cluster::coordinator::Deletion::Unreachable => unreachable.push(executor),
+                }
+            }
+            self.log(Event::ShuffleDeleted {
+                executors: deleted,
+                unreachable,
+            })
+            .await?;
+        }
+        Ok((output, executors))
     }
 }

@@ -179,7 +179,7 @@ impl Service {
                             kura_engine::run_analysis(&self.contract, sql, &tables, overlap).await
                         }
                     })
-                    .await;
+                    .await?;
                 executors = on;
                 output.map(same_for_all)
             }
