@@ -38,6 +38,7 @@ use kura_contract::{Contract, SignedContract};
 use kura_crypto::{DataKey, SecretIdentity, StreamDecoder, StreamEncoder};
 use kura_engine::datafusion;
 
+#[path = "cost/cluster.rs"]
 mod cluster;
 #[path = "../../crates/kura-cli/src/splitmix.rs"]
 #[allow(dead_code)]
