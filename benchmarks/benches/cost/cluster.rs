@@ -251,8 +251,13 @@ fn ballista(rt: &tokio::runtime::Runtime, dir: &Path, n: usize, runs: usize) -> 
     rt.block_on(async {
         for _ in 0..runs {
             let start = Instant::now();
+            // As kura's coordinator does: planned with DataFusion's own settings (Ballista's
+            // would read text as `Utf8`, not views, and choose joins otherwise), submitted with
+            // Ballista's.
             let config = same_settings(SessionConfig::new_with_ballista());
-            let ctx = SessionContext::new_with_config(config.clone());
+            let ctx = SessionContext::new_with_config(same_settings(
+                SessionConfig::new().with_information_schema(false),
+            ));
             super::register_parquet(&ctx, dir).await;
             let plan = ctx
                 .sql(SQL)
@@ -286,8 +291,8 @@ fn ballista(rt: &tokio::runtime::Runtime, dir: &Path, n: usize, runs: usize) -> 
     }
 }
 
-/// kura's settings for a query on its cluster: a partition per core (Ballista's default is 16),
-/// and DataFusion's dynamic filters off (`kura_cluster`'s `Compute::configure`).
+/// kura's settings for a query on its cluster: a partition per core (kura's engine; Ballista's
+/// default is 16), and DataFusion's dynamic filters off (`kura_cluster`'s `Compute::configure`).
 fn same_settings(mut config: SessionConfig) -> SessionConfig {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     config = config.with_target_partitions(cores);
