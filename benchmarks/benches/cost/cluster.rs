@@ -19,9 +19,9 @@ use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_server::SchedulerServer;
-use kura_engine::datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use futures_util::TryStreamExt;
+use kura_engine::datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::{
     Enclave, Files, Room, SQL, enclave_binary, generate, median, peak_memory, progress, run, secs,
@@ -203,7 +203,11 @@ fn kura(
                     .sum();
             }
         });
-        let worked: Vec<f64> = executors.iter().zip(&before).map(|(e, b)| e.cpu() - b).collect();
+        let worked: Vec<f64> = executors
+            .iter()
+            .zip(&before)
+            .map(|(e, b)| e.cpu() - b)
+            .collect();
         progress(format!("cluster: kura executors' CPU seconds {worked:?}"));
         assert!(
             worked.iter().all(|&w| w > 0.0),
@@ -281,9 +285,18 @@ fn ballista(rt: &tokio::runtime::Runtime, dir: &Path, n: usize, runs: usize) -> 
             claims = total_claims(&batches);
         }
     });
-    let worked: Vec<f64> = executors.iter().zip(&before).map(|(e, b)| e.cpu() - b).collect();
-    progress(format!("cluster: Ballista executors' CPU seconds {worked:?}"));
-    assert!(worked.iter().all(|&w| w > 0.0), "a Ballista executor did not work");
+    let worked: Vec<f64> = executors
+        .iter()
+        .zip(&before)
+        .map(|(e, b)| e.cpu() - b)
+        .collect();
+    progress(format!(
+        "cluster: Ballista executors' CPU seconds {worked:?}"
+    ));
+    assert!(
+        worked.iter().all(|&w| w > 0.0),
+        "a Ballista executor did not work"
+    );
     Measured {
         secs: median(times),
         peaks: executors.iter().map(Process::peak).collect(),
@@ -292,16 +305,10 @@ fn ballista(rt: &tokio::runtime::Runtime, dir: &Path, n: usize, runs: usize) -> 
 }
 
 /// kura's settings for a query on its cluster: a partition per core (kura's engine; Ballista's
-/// default is 16), and DataFusion's dynamic filters off (`kura_cluster`'s `Compute::configure`).
-fn same_settings(mut config: SessionConfig) -> SessionConfig {
+/// default is 16), and the planner's settings of kura's coordinator.
+fn same_settings(config: SessionConfig) -> SessionConfig {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    config = config.with_target_partitions(cores);
-    let optimizer = &mut config.options_mut().optimizer;
-    optimizer.enable_dynamic_filter_pushdown = false;
-    optimizer.enable_join_dynamic_filter_pushdown = false;
-    optimizer.enable_topk_dynamic_filter_pushdown = false;
-    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
-    config
+    kura_cluster::coordinator::without_dynamic_filters(config.with_target_partitions(cores))
 }
 
 /// `--child ballista-scheduler -`: a plain scheduler (pull mode, no TLS) on a loopback port;

@@ -153,18 +153,28 @@ impl Coordinator {
         )
     }
 
-    /// Has every executor alive delete what `session`'s jobs left on it, and notes what each did.
-    async fn delete(&self, session: &str) {
-        let Ok(state) = self
+    /// The executors the scheduler knows, each with when it last heard from it.
+    async fn executors(
+        &self,
+    ) -> Vec<(
+        ballista_core::serde::scheduler::ExecutorMetadata,
+        Option<std::time::Duration>,
+    )> {
+        let state = self
             .scheduler
             .state
             .executor_manager
             .get_executors_state()
-            .await
-        else {
-            return;
-        };
-        for (metadata, _, _) in state {
+            .await;
+        state
+            .map(|all| all.into_iter().map(|(m, seen, _)| (m, seen)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Has every executor the scheduler knows delete what `session`'s jobs left on it, and
+    /// notes what each did.
+    async fn delete(&self, session: &str) {
+        for (metadata, _) in self.executors().await {
             let outcome = match self
                 .ask_delete(&metadata.host, metadata.port, session)
                 .await
@@ -226,19 +236,12 @@ impl Coordinator {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let Ok(state) = self
-            .scheduler
-            .state
-            .executor_manager
-            .get_executors_state()
+        let mut alive: Vec<String> = self
+            .executors()
             .await
-        else {
-            return Vec::new();
-        };
-        let mut alive: Vec<String> = state
             .into_iter()
-            .filter(|(_, seen, _)| seen.is_some_and(|t| now.saturating_sub(t) < EXECUTOR_TIMEOUT))
-            .map(|(metadata, _, _)| metadata.id)
+            .filter(|(_, seen)| seen.is_some_and(|t| now.saturating_sub(t) < EXECUTOR_TIMEOUT))
+            .map(|(metadata, _)| metadata.id)
             .collect();
         alive.sort();
         alive
@@ -323,17 +326,21 @@ impl Compute for Coordinator {
         output
     }
 
-    /// Dynamic filters link operators inside one process (a join's build side feeds its probe
-    /// side's scan); Ballista cuts plans into stages on other machines and may swap a join's
-    /// sides, which a plan with them cannot survive.
-    fn configure(&self, mut config: SessionConfig) -> SessionConfig {
-        let optimizer = &mut config.options_mut().optimizer;
-        optimizer.enable_dynamic_filter_pushdown = false;
-        optimizer.enable_join_dynamic_filter_pushdown = false;
-        optimizer.enable_topk_dynamic_filter_pushdown = false;
-        optimizer.enable_aggregate_dynamic_filter_pushdown = false;
-        config
+    fn configure(&self, config: SessionConfig) -> SessionConfig {
+        without_dynamic_filters(config)
     }
+}
+
+/// The planner's settings for a plan a cluster runs. Dynamic filters link operators inside one
+/// process (a join's build side feeds its probe side's scan); Ballista cuts plans into stages
+/// on other machines and may swap a join's sides, which a plan with them cannot survive.
+pub fn without_dynamic_filters(mut config: SessionConfig) -> SessionConfig {
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.enable_dynamic_filter_pushdown = false;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
+    optimizer.enable_topk_dynamic_filter_pushdown = false;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    config
 }
 
 /// A fresh session id for one job (random, so that no job shares an executor's session state
