@@ -48,6 +48,21 @@ pub enum Deletion {
     Unreachable,
 }
 
+impl Deletion {
+    /// What an executor did over several jobs: the sum of its deletions, or unreachable if it
+    /// was unreachable once.
+    fn merge(noted: Option<Self>, outcome: Self) -> Self {
+        match (noted, outcome) {
+            (None, outcome) => outcome,
+            (Some(Self::Deleted(a)), Self::Deleted(b)) => Self::Deleted(crate::shuffle::Deleted {
+                files: a.files + b.files,
+                bytes: a.bytes + b.bytes,
+            }),
+            _ => Self::Unreachable,
+        }
+    }
+}
+
 /// How long one job may take by default.
 pub const JOB_LIMIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -189,13 +204,8 @@ impl Coordinator {
                 .deletions
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let noted = deletions.entry(metadata.id).or_insert(outcome);
-            if let (Deletion::Deleted(sum), Deletion::Deleted(more)) = (&mut *noted, outcome) {
-                sum.files += more.files;
-                sum.bytes += more.bytes;
-            } else {
-                *noted = Deletion::Unreachable;
-            }
+            let noted = deletions.remove(&metadata.id);
+            deletions.insert(metadata.id, Deletion::merge(noted, outcome));
         }
     }
 
@@ -382,6 +392,19 @@ mod tests {
 
     use super::*;
     use crate::tls::NodeKey;
+
+    /// An executor's deletions add up over jobs, and one unreachable answer marks it for good.
+    #[test]
+    fn deletions_over_several_jobs_add_up() {
+        use crate::shuffle::Deleted;
+        let d = |files, bytes| Deletion::Deleted(Deleted { files, bytes });
+        let once = Deletion::merge(None, d(2, 10));
+        assert_eq!(once, d(2, 10));
+        assert_eq!(Deletion::merge(Some(once), d(3, 5)), d(5, 15));
+        let lost = Deletion::merge(Some(once), Deletion::Unreachable);
+        assert_eq!(lost, Deletion::Unreachable);
+        assert_eq!(Deletion::merge(Some(lost), d(1, 1)), Deletion::Unreachable);
+    }
 
     /// Whether a client with `tls` (or none) gets an answer from the scheduler at all.
     async fn answered(addr: SocketAddr, tls: Option<tonic::transport::ClientTlsConfig>) -> bool {
