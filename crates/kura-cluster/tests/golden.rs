@@ -81,11 +81,8 @@ async fn golden_queries_answer_on_a_cluster_as_on_one_node() {
         executor(&coordinator, "executor-2").await,
     ];
     assert_eq!(coordinator.alive().await.len(), 2);
-    let records = kura_engine::with_compute(
-        coordinator.clone(),
-        kura_engine::slt::golden_at_rest_without_dp(),
-    )
-    .await;
+    let records =
+        kura_engine::with_compute(coordinator.clone(), kura_engine::slt::golden_at_rest()).await;
     eprintln!("{records} golden records answered on the cluster as on one node");
 
     // After each job the coordinator had both executors delete what it left: they held sealed

@@ -301,27 +301,24 @@ async fn golden_queries_answer_the_same_from_encrypted_storage() {
     golden(true).await;
 }
 
-/// Every golden query that is not differentially private, with its tables read from encrypted
-/// files in a local store whose origin is its directory's path, run by whatever
+/// Every golden query, differentially private ones included, with its tables read from
+/// encrypted files in a local store whose origin is its directory's path, run by whatever
 /// [`crate::with_compute`] set (a cluster): the same rows and refusals as on one node. Returns
 /// the number of records run.
-pub async fn golden_at_rest_without_dp() -> usize {
-    run_golden(true, false).await
+pub async fn golden_at_rest() -> usize {
+    run_golden(true).await
 }
 
 async fn golden(at_rest: bool) {
-    run_golden(at_rest, true).await;
+    run_golden(at_rest).await;
 }
 
-async fn run_golden(at_rest: bool, with_dp: bool) -> usize {
+async fn run_golden(at_rest: bool) -> usize {
     let complete = !at_rest && std::env::var_os("KURA_SLT_COMPLETE").is_some();
     let mut failures = vec![];
     let mut records = 0;
     for path in files() {
         let dp = path.to_string_lossy().ends_with("_dp.slt");
-        if dp && !with_dp {
-            continue;
-        }
         let mut runner = Runner::new(move || async move {
             Ok(if at_rest {
                 Kura::at_rest(dp).await
@@ -358,7 +355,6 @@ async fn run_golden(at_rest: bool, with_dp: bool) -> usize {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     eprintln!("{records} golden records passed");
-    let least = if with_dp { 250 } else { 150 };
-    assert!(records >= least, "only {records} golden records");
+    assert!(records >= 250, "only {records} golden records");
     records
 }

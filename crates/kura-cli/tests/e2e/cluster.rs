@@ -59,8 +59,13 @@ struct Coordinated {
 impl Coordinated {
     /// Starts it after `prepare` wrote any further files into the directory.
     fn start(prepare: impl FnOnce(&Path)) -> Self {
+        Self::start_with("", prepare)
+    }
+
+    /// With `extra` appended to the contract (which makes the hospital an analyst).
+    fn start_with(extra: &str, prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let path = cli_setup_with(dir.path(), "", never_deleted);
+        let path = cli_setup_with(dir.path(), extra, never_deleted);
         prepare(dir.path());
         let contract = kura_contract::files::read_signed(&path).unwrap();
         let (coordinator, url) =
@@ -199,6 +204,51 @@ pub(crate) fn attested_executors_answer_as_one_node_would() {
             assert!(!text.contains(quoted), "{log} quotes {quoted}:\n{text}");
         }
     }
+}
+
+/// A differentially private query on a cluster: planned and bounded on the coordinator, its
+/// rows capped per person and aggregated by the executors, its noise drawn on the coordinator;
+/// the run names the executor, which deleted what the run left.
+#[test]
+pub(crate) fn a_differentially_private_query_runs_on_the_executors() {
+    let cluster = Coordinated::start_with(
+        "\n[adhoc]\nanalysts = [\"hospital-a\"]\nreceivers = [\"hospital-a\"]\n\
+         \n[privacy.dp]\nepsilon = 2.0\nquery_epsilon = 0.5\n\
+         domains = { \"activity.steps_band\" = [\"high\", \"mid\", \"low\"] }\n",
+        |_| {},
+    );
+    cluster.upload(&BOTH);
+    let _executor = cluster.executor("e1").unwrap();
+    let table = cluster.rt.block_on(async {
+        let mut h = cluster.client("hospital-a");
+        h.attest().await.unwrap();
+        let run = h.query(super::dp::DP_SQL, Some(0.5)).await.unwrap();
+        h.results(Some(&run.run_id)).await.unwrap().remove(0)
+    });
+    assert!(table.dp.is_some(), "a DP release says so");
+    let bands: Vec<&str> = table.rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(bands, ["high", "low", "mid"]);
+    let events = cluster.events();
+    let at = events
+        .iter()
+        .rposition(|e| matches!(e, Event::Run { .. }))
+        .unwrap();
+    let Event::Run { executors, dp, .. } = &events[at] else {
+        unreachable!()
+    };
+    assert!(dp.is_some());
+    assert_eq!(executors.len(), 1, "the run names its executor");
+    match &events[at - 1] {
+        Event::ShuffleDeleted {
+            executors: deleted,
+            unreachable,
+        } => {
+            assert_eq!(deleted, executors);
+            assert!(unreachable.is_empty());
+        }
+        other => panic!("the run's entry follows {other:?}"),
+    }
+    assert!(walk(&cluster.dir().join("e1-work")).is_empty());
 }
 
 /// Every file under `dir`.

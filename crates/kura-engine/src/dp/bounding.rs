@@ -92,7 +92,9 @@ impl DpPlan {
                 format!("GROUP BY {}", keys.join(", "))
             }
         );
-        let batches = rows_ctx.sql(&sql).await?.collect().await?;
+        // Run as the engine runs counted aggregations: on the cluster when there is one.
+        let physical = rows_ctx.sql(&sql).await?.create_physical_plan().await?;
+        let batches = crate::collect_counted(physical, &rows_ctx).await?;
         let mut groups = Vec::new();
         for batch in &batches {
             for row in 0..batch.num_rows() {

@@ -101,30 +101,35 @@ impl Service {
         })
     }
 
-    /// Runs `f` (an engine call) with this service's memory limit, its counted aggregations on
-    /// the cluster when it has a live executor. Returns the executors that could run them. A
-    /// run on the cluster is followed by the executors' deletion of what it left on them,
-    /// logged (`shuffle_deleted`) before the run's own entry.
-    pub(crate) async fn engine<F: std::future::Future>(
-        &self,
-        f: F,
-    ) -> Result<(F::Output, Vec<String>), ServiceError> {
-        let limited = kura_engine::with_memory_limit(self.query_memory, f);
+    /// The executors a run may use now: the live ones this start admitted (none without a
+    /// cluster, or before the first joins, or after the last is lost).
+    pub(crate) async fn executors(&self) -> Vec<String> {
         let Some(cluster) = &self.cluster else {
-            return Ok((limited.await, Vec::new()));
+            return Vec::new();
         };
         let admitted = cluster.admitted.lock().await.clone();
-        let executors: Vec<String> = cluster
+        cluster
             .coordinator
             .alive()
             .await
             .into_iter()
             .filter(|e| admitted.contains(e))
-            .collect();
-        if executors.is_empty() {
-            // No executor (yet, or any more): the coordinator runs everything itself.
-            return Ok((limited.await, Vec::new()));
-        }
+            .collect()
+    }
+
+    /// Runs `f` (an engine call) with this service's memory limit, its counted aggregations on
+    /// the cluster when `executors` (from [`Service::executors`]) names any, else on the
+    /// coordinator alone. A run on the cluster is followed by the executors' deletion of what
+    /// it left on them, logged (`shuffle_deleted`) before the run's own entry.
+    pub(crate) async fn engine<F: std::future::Future>(
+        &self,
+        executors: &[String],
+        f: F,
+    ) -> Result<F::Output, ServiceError> {
+        let limited = kura_engine::with_memory_limit(self.query_memory, f);
+        let Some(cluster) = self.cluster.as_ref().filter(|_| !executors.is_empty()) else {
+            return Ok(limited.await);
+        };
         let compute: Arc<dyn kura_engine::Compute> = cluster.coordinator.clone();
         let output = kura_engine::with_compute(compute, limited).await;
         let deletions = cluster.coordinator.take_deletions();
@@ -142,6 +147,6 @@ impl Service {
             })
             .await?;
         }
-        Ok((output, executors))
+        Ok(output)
     }
 }

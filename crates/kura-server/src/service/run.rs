@@ -132,13 +132,16 @@ impl Service {
         let adhoc = matches!(job, Job::Query(_));
         let executed = match job {
             Job::Dp(dp_sql, epsilon) => {
-                let prepared = kura_engine::with_memory_limit(
-                    self.query_memory,
-                    kura_engine::dp::prepare(&self.contract, dp_sql, epsilon, &tables),
-                )
-                .await
-                .map_err(ServiceError::from)?;
-                // Differentially private runs stay on the coordinator for now.
+                // Planned and run with one choice of executors: the plan's session knows how
+                // the cluster reads stored datasets only if it was made for the cluster.
+                let on = self.executors().await;
+                let prepared = self
+                    .engine(
+                        &on,
+                        kura_engine::dp::prepare(&self.contract, dp_sql, epsilon, &tables),
+                    )
+                    .await?
+                    .map_err(ServiceError::from)?;
                 if let Some(budget) = &state.budget {
                     budget
                         .check(&receivers, prepared.spend())
@@ -146,9 +149,11 @@ impl Service {
                 }
                 let spend = prepared.spend();
                 spent = Some(spend);
-                match kura_engine::with_memory_limit(self.query_memory, prepared.run(&tables)).await
-                {
-                    Ok(output) => Ok(same_for_all(output)),
+                match self.engine(&on, prepared.run(&tables)).await? {
+                    Ok(output) => {
+                        executors = on;
+                        Ok(same_for_all(output))
+                    }
                     // Refused before any row was read: not all data is there.
                     Err(e @ kura_engine::EngineError::MissingData(_)) => Err(e),
                     Err(e) => {
@@ -171,8 +176,9 @@ impl Service {
             }
             Job::Query(sql) | Job::Aggregate(sql) => {
                 let overlap = state.overlap.as_mut();
-                let (output, on) = self
-                    .engine(async {
+                let on = self.executors().await;
+                let output = self
+                    .engine(&on, async {
                         if adhoc {
                             kura_engine::run_query(&self.contract, sql, &tables, overlap).await
                         } else {
