@@ -1048,12 +1048,6 @@ fn end_to_end(rt: &tokio::runtime::Runtime, room: &Room, files: &Files) -> EndTo
         let again_secs = self::secs(start.elapsed());
         assert_eq!(result.suppressed_groups, 0);
         // Counts agree exactly; float sums only up to the order of addition.
-        let counts = |t: &kura_api::ResultTable| -> Vec<u64> {
-            t.rows
-                .iter()
-                .map(|r| r[2].as_u64().expect("claims count"))
-                .collect()
-        };
         assert_eq!(
             counts(&result),
             counts(&again),
@@ -1069,6 +1063,14 @@ fn end_to_end(rt: &tokio::runtime::Runtime, room: &Room, files: &Files) -> EndTo
             claims,
         }
     })
+}
+
+/// The claims count of each group of a result.
+fn counts(t: &kura_api::ResultTable) -> Vec<u64> {
+    t.rows
+        .iter()
+        .map(|r| r[2].as_u64().expect("claims count"))
+        .collect()
 }
 
 async fn run(hospital: &mut kura_client::Client) -> kura_api::ResultTable {

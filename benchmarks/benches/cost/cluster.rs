@@ -196,11 +196,7 @@ fn kura(
                 let start = Instant::now();
                 let result = run(&mut hospital).await;
                 times.push(secs(start.elapsed()));
-                claims = result
-                    .rows
-                    .iter()
-                    .map(|r| r[2].as_u64().expect("claims count"))
-                    .sum();
+                claims = super::counts(&result).iter().sum();
             }
         });
         let worked: Vec<f64> = executors

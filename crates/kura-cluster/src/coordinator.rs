@@ -56,7 +56,6 @@ impl Deletion {
             (None, outcome) => outcome,
             (Some(Self::Deleted(a)), Self::Deleted(b)) => Self::Deleted(crate::shuffle::Deleted {
                 files: a.files + b.files,
-                bytes: a.bytes + b.bytes,
             }),
             _ => Self::Unreachable,
         }
@@ -186,10 +185,11 @@ impl Coordinator {
             .unwrap_or_default()
     }
 
-    /// Has every executor the scheduler knows delete what `session`'s jobs left on it, and
-    /// notes what each did.
+    /// Has every executor the scheduler knows delete what `session`'s jobs left on it (all at
+    /// once: a lost one costs its connection timeout once, not once per executor before it),
+    /// and notes what each did.
     async fn delete(&self, session: &str) {
-        for (metadata, _) in self.executors().await {
+        let asked = self.executors().await.into_iter().map(|(metadata, _)| async move {
             let outcome = match self
                 .ask_delete(&metadata.host, metadata.port, session)
                 .await
@@ -200,12 +200,16 @@ impl Coordinator {
                     Deletion::Unreachable
                 }
             };
-            let mut deletions = self
-                .deletions
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let noted = deletions.remove(&metadata.id);
-            deletions.insert(metadata.id, Deletion::merge(noted, outcome));
+            (metadata.id, outcome)
+        });
+        let answers = futures_util::future::join_all(asked).await;
+        let mut deletions = self
+            .deletions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (executor, outcome) in answers {
+            let noted = deletions.remove(&executor);
+            deletions.insert(executor, Deletion::merge(noted, outcome));
         }
     }
 
@@ -393,17 +397,26 @@ mod tests {
     use super::*;
     use crate::tls::NodeKey;
 
+    /// A coordinator on a loopback port whose stores cannot be opened.
+    async fn storeless() -> Coordinator {
+        let open: OpenStore =
+            Arc::new(|_| Err(DataFusionError::Execution("no store in this test".into())));
+        Coordinator::start("127.0.0.1:0".parse().unwrap(), open)
+            .await
+            .unwrap()
+    }
+
     /// An executor's deletions add up over jobs, and one unreachable answer marks it for good.
     #[test]
     fn deletions_over_several_jobs_add_up() {
         use crate::shuffle::Deleted;
-        let d = |files, bytes| Deletion::Deleted(Deleted { files, bytes });
-        let once = Deletion::merge(None, d(2, 10));
-        assert_eq!(once, d(2, 10));
-        assert_eq!(Deletion::merge(Some(once), d(3, 5)), d(5, 15));
+        let d = |files| Deletion::Deleted(Deleted { files });
+        let once = Deletion::merge(None, d(2));
+        assert_eq!(once, d(2));
+        assert_eq!(Deletion::merge(Some(once), d(3)), d(5));
         let lost = Deletion::merge(Some(once), Deletion::Unreachable);
         assert_eq!(lost, Deletion::Unreachable);
-        assert_eq!(Deletion::merge(Some(lost), d(1, 1)), Deletion::Unreachable);
+        assert_eq!(Deletion::merge(Some(lost), d(1)), Deletion::Unreachable);
     }
 
     /// Whether a client with `tls` (or none) gets an answer from the scheduler at all.
@@ -429,11 +442,8 @@ mod tests {
     /// kura's words, not waited on for ever.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_job_over_its_time_limit_is_refused() {
-        let open: OpenStore =
-            Arc::new(|_| Err(DataFusionError::Execution("no store in this test".into())));
-        let coordinator = Coordinator::start("127.0.0.1:0".parse().unwrap(), open)
+        let coordinator = storeless()
             .await
-            .unwrap()
             .with_job_limit(std::time::Duration::from_millis(500));
         let ctx = SessionContext::new();
         let plan = ctx
@@ -457,11 +467,7 @@ mod tests {
     /// in the clear, not one without a certificate, not one certified by another authority.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_scheduler_answers_only_members_of_its_authority() {
-        let open: OpenStore =
-            Arc::new(|_| Err(DataFusionError::Execution("no store in this test".into())));
-        let coordinator = Coordinator::start("127.0.0.1:0".parse().unwrap(), open)
-            .await
-            .unwrap();
+        let coordinator = storeless().await;
         let addr = coordinator.addr();
         let key = NodeKey::generate().unwrap();
         let member = Membership::new(

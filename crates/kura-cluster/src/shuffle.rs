@@ -48,6 +48,7 @@ use kura_engine::datafusion::arrow::ipc::writer::StreamWriter;
 use kura_engine::datafusion::common::tree_node::{Transformed, TreeNode};
 use kura_engine::datafusion::error::{DataFusionError, Result};
 use kura_engine::datafusion::execution::TaskContext;
+use kura_engine::datafusion::physical_expr::PhysicalExpr;
 use kura_engine::datafusion::physical_plan::metrics::{MetricsSet, Time};
 use kura_engine::datafusion::physical_plan::repartition::BatchPartitioner;
 use kura_engine::datafusion::physical_plan::{ExecutionPlan, Partitioning};
@@ -108,8 +109,6 @@ pub const DELETE_SESSION: &str = "kura-delete-session";
 pub struct Deleted {
     /// Sealed files it had written (some Ballista may have removed already; their keys went now).
     pub files: u64,
-    /// Their size as written, in bytes.
-    pub bytes: u64,
 }
 
 /// One job's sealed files on an executor.
@@ -118,7 +117,6 @@ struct Job {
     /// The session (the coordinator's query) the job belongs to.
     session: String,
     keys: HashMap<FileId, DataKey>,
-    bytes: u64,
 }
 
 /// The keys of every sealed file an executor holds, by job. Memory only.
@@ -147,13 +145,6 @@ impl Keys {
         key
     }
 
-    /// Counts `bytes` more written for `job`.
-    fn written(&self, job: &str, bytes: u64) {
-        if let Some(entry) = self.lock().get_mut(job) {
-            entry.bytes += bytes;
-        }
-    }
-
     fn get(&self, job: &str, id: FileId) -> Option<DataKey> {
         let jobs = self.lock();
         let key = jobs.get(job)?.keys.get(&id)?;
@@ -177,7 +168,6 @@ impl Keys {
         let mut deleted = Deleted::default();
         for (name, job) in gone {
             deleted.files += job.keys.len() as u64;
-            deleted.bytes += job.bytes;
             drop(job);
             if let Ok(dir) = job_dir(work_dir, &name)
                 && let Err(e) = std::fs::remove_dir_all(&dir)
@@ -217,8 +207,6 @@ struct Sealer {
     encoder: StreamEncoder,
     plain: Zeroizing<Vec<u8>>,
     frame: Vec<u8>,
-    /// Bytes written to the file.
-    sealed: u64,
 }
 
 impl Sealer {
@@ -231,7 +219,6 @@ impl Sealer {
             encoder: StreamEncoder::new(key, context),
             plain: Zeroizing::new(Vec::with_capacity(CHUNK)),
             frame: Vec::with_capacity(CHUNK + 64),
-            sealed: 0,
         })
     }
 
@@ -242,15 +229,13 @@ impl Sealer {
             .map_err(std::io::Error::other)?;
         zeroize::Zeroize::zeroize(self.plain.as_mut_slice());
         self.plain.clear();
-        self.sealed += self.frame.len() as u64;
         self.file.write_all(&self.frame)
     }
 
-    /// Seals the rest as the final frame and closes the file; returns its size.
-    fn finish(mut self) -> std::io::Result<u64> {
+    /// Seals the rest as the final frame and closes the file.
+    fn finish(mut self) -> std::io::Result<()> {
         self.seal(true)?;
-        self.file.flush()?;
-        Ok(self.sealed)
+        self.file.flush()
     }
 }
 
@@ -340,15 +325,9 @@ impl Writer {
         Ok(())
     }
 
-    fn finish(
-        mut self,
-        place: &Place,
-        partition: usize,
-        file: u64,
-    ) -> Result<ShuffleWritePartition> {
+    fn finish(mut self, partition: usize, file: u64) -> Result<ShuffleWritePartition> {
         self.ipc.finish()?;
-        let sealed = self.ipc.into_inner()?.finish()?;
-        place.keys.written(&place.job, sealed);
+        self.ipc.into_inner()?.finish()?;
         Ok(ShuffleWritePartition {
             partition_id: partition as u64,
             num_batches: self.batches,
@@ -399,8 +378,13 @@ impl ExecutionEngine for Engine {
             .data;
         let output = if plan.downcast_ref::<ShuffleWriterExec>().is_some() {
             Output::Through(global_output_partition_ids)
-        } else if let Some(writer) = plan.downcast_ref::<SortShuffleWriterExec>() {
-            Output::Hash(writer.shuffle_output_partitioning().clone())
+        } else if let Some(writer) = plan.downcast_ref::<SortShuffleWriterExec>()
+            && let Partitioning::Hash(exprs, partitions) = writer.shuffle_output_partitioning()
+        {
+            Output::Hash {
+                exprs: exprs.clone(),
+                partitions: *partitions,
+            }
         } else {
             return Err(DataFusionError::Execution(
                 "this plan's shuffle is not one kura's cluster runs".into(),
@@ -449,8 +433,11 @@ fn session_of(context: &TaskContext) -> String {
 enum Output {
     /// Each input partition to one output partition, numbered as the scheduler says.
     Through(Vec<usize>),
-    /// Rows to the output partition their key hashes to.
-    Hash(Partitioning),
+    /// Rows to the output partition their key (`exprs`) hashes to.
+    Hash {
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+        partitions: usize,
+    },
 }
 
 /// One task of a stage: runs its input partitions and seals what they produce.
@@ -514,15 +501,11 @@ impl QueryStageExecutor for Stage {
                         while let Some(batch) = stream.next().await {
                             out.write(&batch?)?;
                         }
-                        Ok::<_, DataFusionError>(vec![out.finish(&place, id.partition, id.file)?])
+                        Ok::<_, DataFusionError>(vec![out.finish(id.partition, id.file)?])
                     });
                 }
-                Output::Hash(partitioning) => {
-                    let Partitioning::Hash(exprs, k) = partitioning.clone() else {
-                        return Err(DataFusionError::Execution(
-                            "a hash stage without hash partitioning".into(),
-                        ));
-                    };
+                Output::Hash { exprs, partitions } => {
+                    let (exprs, k) = (exprs.clone(), *partitions);
                     // One file per input partition and output partition: unique in the stage,
                     // since task ids are.
                     let file = ((task_id as u64) << 20) | local as u64;
@@ -549,9 +532,7 @@ impl QueryStageExecutor for Stage {
                         }
                         outs.into_iter()
                             .enumerate()
-                            .filter_map(|(partition, out)| {
-                                Some(out?.finish(&place, partition, file))
-                            })
+                            .filter_map(|(partition, out)| Some(out?.finish(partition, file)))
                             .collect::<Result<Vec<_>>>()
                     });
                 }
@@ -998,10 +979,7 @@ mod tests {
             .unwrap();
         let deleted = answer(done).await;
         assert_eq!(deleted.files, written.len() as u64);
-        assert_eq!(
-            deleted.bytes,
-            on_disk.iter().map(|b| b.len() as u64).sum::<u64>()
-        );
+
         assert_eq!(keys_held(&service), 0);
         assert!(
             !dir.path().join("job1").exists(),

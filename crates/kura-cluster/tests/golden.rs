@@ -92,11 +92,8 @@ async fn golden_queries_answer_on_a_cluster_as_on_one_node() {
     for (executor, outcome) in &deletions {
         match outcome {
             kura_cluster::coordinator::Deletion::Deleted(d) => {
-                assert!(d.files > 0 && d.bytes > 0, "{executor} held nothing: {d:?}");
-                eprintln!(
-                    "{executor} deleted {} sealed files ({} bytes)",
-                    d.files, d.bytes
-                );
+                assert!(d.files > 0, "{executor} held nothing: {d:?}");
+                eprintln!("{executor} deleted {} sealed files", d.files);
             }
             other => panic!("{executor}: {other:?}"),
         }
