@@ -43,7 +43,12 @@ pub async fn run_list(
         })?;
     let columns = crate::output::column_names(&plan);
     let types = crate::output::column_types(&plan);
-    let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+    // Run where the counted aggregations run (on a cluster, its executors); errors in the
+    // engine's fixed vocabulary, as for any query that reads data.
+    let physical = ctx.state().create_physical_plan(&plan).await?;
+    let batches = crate::collect_counted(physical, &ctx)
+        .await
+        .map_err(crate::error::runtime)?;
     // A list has no group counts; what limits it is the routing below.
     let all = Output {
         columns,
@@ -95,7 +100,11 @@ async fn own_units(
             .table(d.name.as_str())
             .await?
             .select(vec![ident(&d.privacy_unit)])?;
-        for batch in frame.collect().await? {
+        let physical = frame.create_physical_plan().await?;
+        let batches = crate::collect_counted(physical, ctx)
+            .await
+            .map_err(crate::error::runtime)?;
+        for batch in batches {
             let text = cast(batch.column(0), &DataType::Utf8)
                 .map_err(|e| EngineError::Execution(e.to_string()))?;
             units.extend(text.as_string::<i32>().iter().flatten().map(str::to_string));

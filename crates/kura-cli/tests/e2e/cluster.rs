@@ -251,6 +251,67 @@ pub(crate) fn a_differentially_private_query_runs_on_the_executors() {
     assert!(walk(&cluster.dir().join("e1-work")).is_empty());
 }
 
+/// A list analysis on a cluster: the executors join the datasets and read each party's privacy
+/// units; the coordinator routes each row to the party whose unit it names, as on one node.
+#[test]
+pub(crate) fn a_list_analysis_runs_on_the_executors_and_routes_rows_to_their_owners() {
+    let cluster = Coordinated::start_with(
+        "\n[[analyses]]\nname = \"unmatched\"\nkind = \"list\"\nlist_column = \"patient_id\"\n\
+         receivers = [\"hospital-a\", \"fitness-b\"]\n\
+         sql = \"SELECT COALESCE(e.patient_id, a.patient_id) AS patient_id FROM ehr e \
+         FULL JOIN activity a ON e.patient_id = a.patient_id \
+         WHERE e.patient_id IS NULL OR a.patient_id IS NULL ORDER BY 1\"\n",
+        |d| {
+            // People only one side knows: the hospital's q…, the fitness company's r….
+            let append = |file: &str, rows: &str| {
+                let mut text = std::fs::read_to_string(d.join(file)).unwrap();
+                text.push_str(rows);
+                std::fs::write(d.join(file), text).unwrap();
+            };
+            append("ehr.csv", "q1,old,true\nq2,young,false\n");
+            append("activity.csv", "r1,high\n");
+        },
+    );
+    cluster.upload(&BOTH);
+    let _executors: Vec<Served> = ["e1", "e2"]
+        .iter()
+        .map(|name| cluster.executor(name).unwrap())
+        .collect();
+    let rows = |party: &str, run_id: &str| -> Vec<String> {
+        cluster.rt.block_on(async {
+            let mut c = cluster.client(party);
+            c.attest().await.unwrap();
+            let table = c.results(Some(run_id)).await.unwrap().remove(0);
+            table
+                .rows
+                .iter()
+                .map(|r| r[0].as_str().unwrap().to_string())
+                .collect()
+        })
+    };
+    let run = cluster.rt.block_on(async {
+        let mut h = cluster.client("hospital-a");
+        h.attest().await.unwrap();
+        h.run("unmatched").await.unwrap()
+    });
+    assert_eq!(rows("hospital-a", &run.run_id), ["q1", "q2"]);
+    assert_eq!(rows("fitness-b", &run.run_id), ["r1"]);
+    let events = cluster.events();
+    let at = events
+        .iter()
+        .rposition(|e| matches!(e, Event::Run { .. }))
+        .unwrap();
+    let Event::Run { executors, .. } = &events[at] else {
+        unreachable!()
+    };
+    assert_eq!(executors.len(), 2, "the run names its executors");
+    assert!(
+        matches!(&events[at - 1], Event::ShuffleDeleted { executors: deleted, .. } if deleted == executors),
+        "the run's entry follows {:?}",
+        events[at - 1]
+    );
+}
+
 /// Every file under `dir`.
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files = vec![];

@@ -189,12 +189,17 @@ impl Service {
                 executors = on;
                 output.map(same_for_all)
             }
-            Job::List(analysis) => kura_engine::with_memory_limit(
-                self.query_memory,
-                kura_engine::list::run_list(&self.contract, analysis, &tables),
-            )
-            .await
-            .map(|m| m.into_iter().collect()),
+            Job::List(analysis) => {
+                let on = self.executors().await;
+                let output = self
+                    .engine(
+                        &on,
+                        kura_engine::list::run_list(&self.contract, analysis, &tables),
+                    )
+                    .await?;
+                executors = on;
+                output.map(|m| m.into_iter().collect())
+            }
         };
         let outputs: Vec<(String, kura_engine::Output)> = match executed {
             Ok(o) => o,
