@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arrow_flight::flight_service_client::FlightServiceClient;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
@@ -86,7 +85,7 @@ impl Coordinator {
     /// Starts the scheduler on `listen` (mutual TLS only) with a fresh authority.
     pub async fn start(listen: SocketAddr, open: OpenStore) -> anyhow::Result<Self> {
         let authority = Authority::new()?;
-        let membership = authority.member("coordinator")?;
+        let membership = authority.coordinator()?;
         let codec = Arc::new(Codec::new(open));
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -190,9 +189,13 @@ impl Coordinator {
     /// and notes what each did.
     async fn delete(&self, session: &str) {
         let asked = self.executors().await.into_iter().map(|(metadata, _)| async move {
-            let outcome = match self
-                .ask_delete(&metadata.host, metadata.port, session)
-                .await
+            let outcome = match crate::shuffle::ask_delete(
+                &self.membership,
+                &metadata.host,
+                metadata.port,
+                session,
+            )
+            .await
             {
                 Ok(deleted) => Deletion::Deleted(deleted),
                 Err(e) => {
@@ -211,32 +214,6 @@ impl Coordinator {
             let noted = deletions.remove(&executor);
             deletions.insert(executor, Deletion::merge(noted, outcome));
         }
-    }
-
-    /// One executor's answer to [`crate::shuffle::DELETE_SESSION`], over the cluster's TLS.
-    async fn ask_delete(
-        &self,
-        host: &str,
-        port: u16,
-        session: &str,
-    ) -> anyhow::Result<crate::shuffle::Deleted> {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{host}:{port}"))?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(30))
-            .tls_config(self.membership.client())?;
-        let mut client = FlightServiceClient::new(endpoint.connect().await?);
-        let mut answers = client
-            .do_action(arrow_flight::Action {
-                r#type: crate::shuffle::DELETE_SESSION.into(),
-                body: session.as_bytes().to_vec().into(),
-            })
-            .await?
-            .into_inner();
-        let answer = answers
-            .message()
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("an empty answer"))?;
-        Ok(serde_json::from_slice(&answer.body)?)
     }
 
     /// With another limit on how long one job may take.

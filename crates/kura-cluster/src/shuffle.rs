@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
@@ -710,6 +711,16 @@ impl FlightService for Service {
         &self,
         request: Request<Action>,
     ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
+        // Only the coordinator knows when a job's output has been read; any other member
+        // asking for a deletion could cut a neighbour's job short.
+        if !request
+            .peer_certs()
+            .is_some_and(|certs| crate::tls::is_coordinator(&certs))
+        {
+            return Err(Status::permission_denied(
+                "only the coordinator may delete a job's files",
+            ));
+        }
         let action = request.into_inner();
         if action.r#type != DELETE_SESSION {
             return unsupported();
@@ -730,6 +741,33 @@ impl FlightService for Service {
     ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
         unsupported()
     }
+}
+
+/// One executor's answer to [`DELETE_SESSION`] for `session`, asked over the cluster's TLS as
+/// `membership` (which must be the coordinator's).
+pub async fn ask_delete(
+    membership: &crate::tls::Membership,
+    host: &str,
+    port: u16,
+    session: &str,
+) -> anyhow::Result<Deleted> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{host}:{port}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30))
+        .tls_config(membership.client())?;
+    let mut client = FlightServiceClient::new(endpoint.connect().await?);
+    let mut answers = client
+        .do_action(arrow_flight::Action {
+            r#type: DELETE_SESSION.into(),
+            body: session.as_bytes().to_vec().into(),
+        })
+        .await?
+        .into_inner();
+    let answer = answers
+        .message()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("an empty answer"))?;
+    Ok(serde_json::from_slice(&answer.body)?)
 }
 
 #[cfg(test)]
@@ -887,7 +925,7 @@ mod tests {
             assert!(StreamReader::try_new(&bytes[..], None).is_err());
         }
 
-        let service = Service::new(work, keys);
+        let service = Service::new(work, keys.clone());
         let mut seen = std::collections::BTreeSet::new();
         for w in &written {
             let action: ballista_core::serde::protobuf::Action = BallistaAction::FetchPartition {
@@ -957,38 +995,63 @@ mod tests {
         let refused = service.do_get(Request::new(ticket)).await.err().unwrap();
         assert_eq!(refused.code(), tonic::Code::NotFound);
 
-        // Another session's deletion takes nothing; the task's own takes every file and key.
-        let delete = |session: &str| Action {
+        // Deletion is the coordinator's: a request without its certificate takes nothing.
+        let action = Action {
             r#type: DELETE_SESSION.into(),
-            body: session.as_bytes().to_vec().into(),
+            body: TaskContext::default().session_id().into_bytes().into(),
         };
-        let answer = |response: Response<<Service as FlightService>::DoActionStream>| async {
-            let results: Vec<_> = response.into_inner().try_collect().await.unwrap();
-            serde_json::from_slice::<Deleted>(&results[0].body).unwrap()
-        };
-        let other = service
-            .do_action(Request::new(delete("another")))
-            .await
-            .unwrap();
-        assert_eq!(answer(other).await, Deleted::default());
-        assert_eq!(keys_held(&service), written.len());
-        let session = TaskContext::default().session_id();
-        let done = service
-            .do_action(Request::new(delete(&session)))
-            .await
-            .unwrap();
-        let deleted = answer(done).await;
-        assert_eq!(deleted.files, written.len() as u64);
+        let refused = service.do_action(Request::new(action)).await.err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert_eq!(keys_held(&keys), written.len());
 
-        assert_eq!(keys_held(&service), 0);
+        // Over the cluster's TLS: another member is refused; the coordinator's deletion of
+        // another session takes nothing, and of the task's own takes every file and key.
+        let authority = crate::tls::Authority::new().unwrap();
+        let node = crate::tls::NodeKey::generate().unwrap();
+        let executor = crate::tls::Membership::new(
+            authority.pem().to_string(),
+            authority.certify(&node.public_pem(), "executor-1").unwrap(),
+            &node,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(executor.server())
+                .unwrap()
+                .add_service(arrow_flight::flight_service_server::FlightServiceServer::new(service))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let session = TaskContext::default().session_id();
+        let refused = ask_delete(&executor, "127.0.0.1", port, &session)
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("only the coordinator"),
+            "{refused}"
+        );
+        assert_eq!(keys_held(&keys), written.len());
+        let coordinator = authority.coordinator().unwrap();
+        let other = ask_delete(&coordinator, "127.0.0.1", port, "another")
+            .await
+            .unwrap();
+        assert_eq!(other, Deleted::default());
+        assert_eq!(keys_held(&keys), written.len());
+        let deleted = ask_delete(&coordinator, "127.0.0.1", port, &session)
+            .await
+            .unwrap();
+        assert_eq!(deleted.files, written.len() as u64);
+        server.abort();
+
+        assert_eq!(keys_held(&keys), 0);
         assert!(
             !dir.path().join("job1").exists(),
             "the job's files are removed"
         );
     }
 
-    fn keys_held(service: &Service) -> usize {
-        service.keys.lock().values().map(|j| j.keys.len()).sum()
+    fn keys_held(keys: &Keys) -> usize {
+        keys.lock().values().map(|j| j.keys.len()).sum()
     }
 
     #[test]

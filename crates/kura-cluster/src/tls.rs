@@ -19,6 +19,21 @@ use zeroize::Zeroizing;
 /// the authority, not from addresses the host assigns.
 pub const SERVER_NAME: &str = "kura-cluster";
 
+/// The common name of the coordinator's own certificate. The authority gives it to no other
+/// node, so a server of the cluster knows the coordinator among its clients
+/// ([`is_coordinator`]).
+pub const COORDINATOR: &str = "coordinator";
+
+/// Whether `certs` (a TLS peer's chain, leaf first, already verified against the authority)
+/// are the coordinator's.
+pub fn is_coordinator(certs: &[rustls::pki_types::CertificateDer<'_>]) -> bool {
+    use x509_cert::der::Decode;
+    certs
+        .first()
+        .and_then(|leaf| x509_cert::Certificate::from_der(leaf).ok())
+        .is_some_and(|leaf| leaf.tbs_certificate.subject.to_string() == format!("CN={COORDINATOR}"))
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cluster TLS: {0}")]
 pub struct TlsError(String);
@@ -86,8 +101,18 @@ impl Authority {
     }
 
     /// A certificate for the public key `public_pem` (a node whose evidence the caller
-    /// verified), valid as client and server under [`SERVER_NAME`].
+    /// verified), valid as client and server under [`SERVER_NAME`]. Never one in the
+    /// coordinator's name, which only [`Authority::coordinator`] gives.
     pub fn certify(&self, public_pem: &str, node: &str) -> Result<String, TlsError> {
+        if node == COORDINATOR {
+            return Err(TlsError(format!(
+                "{COORDINATOR:?} is the coordinator's name"
+            )));
+        }
+        self.issue(public_pem, node)
+    }
+
+    fn issue(&self, public_pem: &str, node: &str) -> Result<String, TlsError> {
         let public = SubjectPublicKeyInfo::from_pem(public_pem).map_err(tls)?;
         let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(tls)?;
         params.distinguished_name.push(DnType::CommonName, node);
@@ -98,10 +123,11 @@ impl Authority {
         Ok(params.signed_by(&public, &self.issuer).map_err(tls)?.pem())
     }
 
-    /// The coordinator's own membership: a key and a certificate of this authority.
-    pub fn member(&self, node: &str) -> Result<Membership, TlsError> {
+    /// The coordinator's own membership: a key and a certificate of this authority in the
+    /// name [`COORDINATOR`].
+    pub fn coordinator(&self) -> Result<Membership, TlsError> {
         let key = NodeKey::generate()?;
-        let certificate = self.certify(&key.public_pem(), node)?;
+        let certificate = self.issue(&key.public_pem(), COORDINATOR)?;
         Ok(Membership::new(self.pem.clone(), certificate, &key))
     }
 }
@@ -194,6 +220,13 @@ mod tests {
         let ca = <x509_cert::Certificate as x509_cert::der::Decode>::from_der(&issuer).unwrap();
         assert_eq!(cert.tbs_certificate.issuer, ca.tbs_certificate.subject);
         assert!(Authority::new().unwrap().certify("not a key", "x").is_err());
+        // Only the coordinator's own membership carries its name.
+        assert!(authority.certify(&key.public_pem(), COORDINATOR).is_err());
+        let own = authority.coordinator().unwrap();
+        let leaf = pem_der(&own.certificate);
+        assert!(is_coordinator(&[leaf.into()]));
+        assert!(!is_coordinator(&[der.into()]));
+        assert!(!is_coordinator(&[]));
     }
 
     fn pem_der(pem: &str) -> Vec<u8> {
