@@ -82,7 +82,7 @@ pub async fn run(
         print_thread_info: false,
         memory_pool_size: Some(options.memory_bytes),
         override_physical_codec: Some(codec),
-        override_execution_engine: Some(Arc::new(Engine::new(keys))),
+        override_execution_engine: Some(Arc::new(Engine::new(keys, admission.executor.clone()))),
         // A job's files are removed once they are older than any job may run, and every
         // file when the executor stops; its keys go with them (`Keys::forget_gone`).
         job_data_clean_up_interval_seconds: 60,

@@ -46,7 +46,7 @@ use kura_engine::RecordBatch;
 use kura_engine::datafusion::arrow::datatypes::SchemaRef;
 use kura_engine::datafusion::arrow::ipc::reader::StreamReader;
 use kura_engine::datafusion::arrow::ipc::writer::StreamWriter;
-use kura_engine::datafusion::common::tree_node::{Transformed, TreeNode};
+use kura_engine::datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use kura_engine::datafusion::error::{DataFusionError, Result};
 use kura_engine::datafusion::execution::TaskContext;
 use kura_engine::datafusion::physical_expr::PhysicalExpr;
@@ -343,15 +343,21 @@ impl Writer {
 // ---------------------------------------------------------------------------------------------
 // Writing a stage's output
 
-/// The execution engine of kura's executors: Ballista's stages, with sealed output.
+/// The execution engine of kura's executors: Ballista's stages, with sealed output, reading
+/// their own executor's files directly ([`LocalFirst`]).
 #[derive(Debug)]
 pub struct Engine {
     keys: Arc<Keys>,
+    /// This executor's id, as the scheduler names it in partition locations.
+    executor: String,
 }
 
 impl Engine {
-    pub fn new(keys: Arc<Keys>) -> Self {
-        Self { keys }
+    pub fn new(keys: Arc<Keys>, executor: impl Into<String>) -> Self {
+        Self {
+            keys,
+            executor: executor.into(),
+        }
     }
 }
 
@@ -368,12 +374,15 @@ impl ExecutionEngine for Engine {
     ) -> Result<Arc<dyn QueryStageExecutor>> {
         let work_dir = PathBuf::from(work_dir);
         self.keys.forget_gone(&work_dir);
-        let dir = work_dir.display().to_string();
         let plan = plan
             .transform(|p| match p.downcast_ref::<ShuffleReaderExec>() {
-                Some(reader) => Ok(Transformed::yes(
-                    Arc::new(reader.with_work_dir(dir.clone())) as Arc<dyn ExecutionPlan>,
-                )),
+                Some(reader) => Ok(Transformed::yes(Arc::new(LocalFirst::new(
+                    reader,
+                    &self.executor,
+                    &work_dir,
+                    self.keys.clone(),
+                ))
+                    as Arc<dyn ExecutionPlan>)),
                 None => Ok(Transformed::no(p)),
             })?
             .data;
@@ -600,18 +609,162 @@ impl Service {
                 "only whole partitions are fetched from kura's executors",
             ));
         }
-        let job = job_id.as_str();
-        let dir = job_dir(&self.work_dir, job).map_err(|_| missing())?;
         let id = FileId {
             stage: stage_id,
             partition: partition_id,
             file: file_id.ok_or_else(missing)?,
         };
-        let key = self.keys.get(job, id).ok_or_else(missing)?;
-        let opener = Opener::open(&id.path(&dir), &key, &id.context(job)).map_err(|_| missing())?;
-        let reader = StreamReader::try_new(BufReader::with_capacity(CHUNK, opener), None)
-            .map_err(|_| Status::data_loss("a shuffle file does not open"))?;
+        let reader = open_sealed(&self.work_dir, &self.keys, job_id.as_str(), id)?;
         Ok((reader.schema(), reader))
+    }
+}
+
+/// The batches of sealed file `id` of `job` under `work_dir`, opened with its key from `keys`:
+/// NotFound without the file or its key, DataLoss if it does not open as itself.
+fn open_sealed(
+    work_dir: &Path,
+    keys: &Keys,
+    job: &str,
+    id: FileId,
+) -> std::result::Result<StreamReader<BufReader<Opener>>, Status> {
+    let missing = || Status::not_found("no such shuffle output");
+    let dir = job_dir(work_dir, job).map_err(|_| missing())?;
+    let key = keys.get(job, id).ok_or_else(missing)?;
+    let opener = Opener::open(&id.path(&dir), &key, &id.context(job)).map_err(|_| missing())?;
+    StreamReader::try_new(BufReader::with_capacity(CHUNK, opener), None)
+        .map_err(|_| Status::data_loss("a shuffle file does not open"))
+}
+
+/// A stage's read of an earlier stage's output. What this executor wrote is opened here, from
+/// its own sealed files with the keys in its memory; what others wrote is fetched by Ballista's
+/// reader from them, over the cluster's TLS. (Before, every read went through the Flight
+/// service, so an executor sent its own files to itself over TLS: two more encryptions and
+/// four more copies of every byte that stayed on one machine.)
+#[derive(Debug)]
+struct LocalFirst {
+    /// Ballista's reader, left with the other executors' locations.
+    remote: Arc<ShuffleReaderExec>,
+    /// This executor's files, for each of the reader's partitions.
+    local: Vec<Vec<(String, FileId)>>,
+    work_dir: PathBuf,
+    keys: Arc<Keys>,
+}
+
+impl LocalFirst {
+    /// Splits `reader`'s locations between this executor (`own`) and the others.
+    fn new(reader: &ShuffleReaderExec, own: &str, work_dir: &Path, keys: Arc<Keys>) -> Self {
+        let mut remote = reader.with_work_dir(work_dir.display().to_string());
+        let mut local = Vec::with_capacity(remote.partition.len());
+        for locations in &mut remote.partition {
+            let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(locations)
+                .into_iter()
+                .partition(|l| l.executor_meta.id == own && l.file_id.is_some());
+            *locations = others;
+            local.push(
+                mine.into_iter()
+                    .filter_map(|l| {
+                        let file = l.file_id?;
+                        Some((
+                            l.partition_id.job_id.as_str().to_string(),
+                            FileId {
+                                stage: l.partition_id.stage_id,
+                                partition: l.partition_id.partition_id,
+                                file,
+                            },
+                        ))
+                    })
+                    .collect(),
+            );
+        }
+        Self {
+            remote: Arc::new(remote),
+            local,
+            work_dir: work_dir.to_path_buf(),
+            keys,
+        }
+    }
+}
+
+impl kura_engine::datafusion::physical_plan::DisplayAs for LocalFirst {
+    fn fmt_as(
+        &self,
+        _: kura_engine::datafusion::physical_plan::DisplayFormatType,
+        f: &mut fmt::Formatter,
+    ) -> fmt::Result {
+        write!(f, "LocalFirst: stage={}", self.remote.stage_id)
+    }
+}
+
+impl ExecutionPlan for LocalFirst {
+    fn name(&self) -> &str {
+        "LocalFirst"
+    }
+
+    fn properties(&self) -> &Arc<kura_engine::datafusion::physical_plan::PlanProperties> {
+        self.remote.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal(
+                "a shuffle read has no children".into(),
+            ))
+        }
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<kura_engine::datafusion::execution::SendableRecordBatchStream> {
+        // A broadcast read serves its one list of locations to every partition.
+        let index = if self.remote.broadcast { 0 } else { partition };
+        let files = self.local.get(index).cloned().unwrap_or_default();
+        let remote = self.remote.execute(partition, context)?;
+        let (work_dir, keys) = (self.work_dir.clone(), self.keys.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            let unreadable = || DataFusionError::Execution("a shuffle file does not open".into());
+            for (job, id) in files {
+                let reader = match open_sealed(&work_dir, &keys, &job, id) {
+                    Ok(reader) => reader,
+                    Err(_) => {
+                        let _ = tx.blocking_send(Err(unreadable()));
+                        return;
+                    }
+                };
+                for batch in reader {
+                    let batch = batch.map_err(|_| unreadable());
+                    let failed = batch.is_err();
+                    if tx.blocking_send(batch).is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        });
+        let local = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Box::pin(
+            kura_engine::datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                self.remote.schema(),
+                local.chain(remote),
+            ),
+        ))
     }
 }
 
@@ -890,7 +1043,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().to_str().unwrap();
         let keys = Arc::new(Keys::default());
-        let stage = Engine::new(keys.clone())
+        let stage = Engine::new(keys.clone(), "executor-1")
             .create_query_stage_exec(
                 JobId::from("job1".to_string()),
                 3,
@@ -974,6 +1127,86 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 1000);
+
+        // A later stage on this executor opens the same files here: every row once, with
+        // nothing left to Ballista's remote reader. Another executor's files stay remote.
+        {
+            use ballista_core::serde::scheduler::{
+                ExecutorMetadata, PartitionId, PartitionLocation,
+            };
+            let location = |w: &ShuffleWritePartition, executor: &str| PartitionLocation {
+                map_partition_id: 0,
+                partition_id: PartitionId::new(
+                    &JobId::from("job1".to_string()),
+                    3,
+                    w.partition_id as usize,
+                ),
+                executor_meta: ExecutorMetadata {
+                    id: executor.into(),
+                    host: "localhost".into(),
+                    port: 1,
+                    grpc_port: 1,
+                    specification: Default::default(),
+                    os_info: Default::default(),
+                },
+                partition_stats: Default::default(),
+                file_id: w.file_id,
+                is_sort_shuffle: true,
+            };
+            let by_partition = |executor: &str| -> Vec<Vec<PartitionLocation>> {
+                (0..4u64)
+                    .map(|p| {
+                        written
+                            .iter()
+                            .filter(|w| w.partition_id == p)
+                            .map(|w| location(w, executor))
+                            .collect()
+                    })
+                    .collect()
+            };
+            let reader = ShuffleReaderExec::try_new(
+                3,
+                by_partition("executor-1"),
+                schema.clone(),
+                hash.clone(),
+            )
+            .unwrap();
+            let local = LocalFirst::new(&reader, "executor-1", dir.path(), keys.clone());
+            assert!(local.remote.partition.iter().all(Vec::is_empty));
+            let mut rows = 0;
+            for p in 0..4 {
+                let batches: Vec<RecordBatch> = local
+                    .execute(p, Arc::new(TaskContext::default()))
+                    .unwrap()
+                    .try_collect()
+                    .await
+                    .unwrap();
+                rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+            }
+            assert_eq!(rows, 1000);
+            let theirs = ShuffleReaderExec::try_new(
+                3,
+                by_partition("executor-2"),
+                schema.clone(),
+                hash.clone(),
+            )
+            .unwrap();
+            let split = LocalFirst::new(&theirs, "executor-1", dir.path(), keys.clone());
+            assert!(split.local.iter().all(Vec::is_empty));
+            assert_eq!(
+                split.remote.partition.iter().map(Vec::len).sum::<usize>(),
+                written.len()
+            );
+            // A file whose key this executor does not hold does not open.
+            let stranger =
+                LocalFirst::new(&reader, "executor-1", dir.path(), Arc::new(Keys::default()));
+            let failed = stranger
+                .execute(0, Arc::new(TaskContext::default()))
+                .unwrap()
+                .try_collect::<Vec<RecordBatch>>()
+                .await;
+            assert!(failed.is_err());
+        }
 
         // A file of another stage, or one never written, is not there.
         let missing: ballista_core::serde::protobuf::Action = BallistaAction::FetchPartition {
