@@ -261,8 +261,9 @@ pub(crate) fn session_config(membership: &Membership, codec: &Arc<Codec>) -> Ses
         .with_ballista_use_tls(true)
         .with_ballista_override_create_grpc_client_endpoint(membership.endpoint_override())
         .with_ballista_physical_extension_codec(codec.clone())
-        // Every shuffle read, an executor's own included, goes through the Flight service
-        // that opens the sealed files ([`crate::shuffle`]).
+        // Ballista's reader never opens a shuffle file by its path: it fetches other executors'
+        // files through their Flight service, and an executor's own are opened by kura
+        // ([`crate::shuffle`]).
         .with_ballista_shuffle_reader_force_remote_read(true)
         .with_ballista_shuffle_reader_remote_prefer_flight(true)
         .with_information_schema(false)

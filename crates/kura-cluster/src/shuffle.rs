@@ -8,9 +8,11 @@
 //!   (AES-256-GCM, the dataset stream's framing) with a key of its own, drawn when the file is
 //!   created and kept in [`Keys`], in memory. Hash-partitioned stages are split with DataFusion's
 //!   own partitioner, so both sides of a join agree on where a key goes.
-//! - [`Service`] is the executor's Flight service, the only reader of those files: every read,
-//!   a neighbour's or the executor's own (the cluster forces remote reads), fetches a partition
-//!   over the cluster's mutual TLS, and the service opens the file with its key.
+//! - A stage reads what its own executor wrote directly, opening the sealed files with the keys
+//!   in memory ([`LocalFirst`]). What other executors wrote it fetches from them through
+//!   Ballista's reader, over the cluster's mutual TLS, and their [`Service`] (the Flight
+//!   service) opens the file with its key. Ballista never opens a file itself: the cluster
+//!   forces its reader to fetch remotely, and it is left only other executors' locations.
 //!
 //! A file's key never leaves its executor, so a file copied off the host's disk is noise, and
 //! once the executor forgets a job's keys the files are noise to everyone. It forgets them when
