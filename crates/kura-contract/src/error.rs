@@ -46,6 +46,8 @@ pub enum ContractError {
     Adhoc(String),
     #[error("{0}")]
     Dp(String),
+    #[error("{0}")]
+    Model(String),
     #[error("output.min_group_size must be at least 1")]
     MinGroupSize,
     #[error(

@@ -17,7 +17,8 @@ pub use error::ContractError;
 pub use model::{
     ADHOC_AGGREGATES, ADHOC_ANALYSIS, AcceptEntry, Adhoc, Analysis, AnalysisKind, Column,
     ColumnRole, ColumnType, Contract, ContractId, CryptoPolicy, Dataset, DeleteAfter,
-    EnclavePolicy, ONE_PERSON_AGGREGATES, OutputRules, Party, Platform, Retention, Role,
+    EnclavePolicy, ModelFamily, ModelSpec, ONE_PERSON_AGGREGATES, OutputRules, Party, Platform,
+    Retention, Role,
 };
 pub use signature::{
     SIGNATURE_DOMAIN, SignatureCheck, SignatureStatus, SignedContract, sign, verify_all,

@@ -202,6 +202,53 @@ pub struct Analysis {
     /// ε of each DP run; default `privacy.dp.query_epsilon`.
     #[serde(default)]
     pub epsilon: Option<f64>,
+    /// For `kind = "model"`: what to train on the query's rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
+}
+
+/// A model analysis's training: the query's output columns it learns from and the family and
+/// settings it uses. `[analyses.model]` in the contract.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub family: ModelFamily,
+    /// Output columns of the analysis's query used as features (numbers or booleans).
+    pub features: Vec<String>,
+    /// The output column to predict: a number (linear), or 0/1 or a boolean (logistic).
+    pub label: String,
+    /// Share of the rows held out of the fit to measure the model, from 0 to 0.5.
+    #[serde(default = "ModelSpec::default_holdout")]
+    pub holdout: f64,
+    /// L2 penalty of a logistic model, on standardised features.
+    #[serde(default = "ModelSpec::default_l2")]
+    pub l2: f64,
+    /// Solver iterations of a logistic model.
+    #[serde(default = "ModelSpec::default_max_iterations")]
+    pub max_iterations: u64,
+}
+
+impl ModelSpec {
+    fn default_holdout() -> f64 {
+        0.2
+    }
+
+    fn default_l2() -> f64 {
+        1.0
+    }
+
+    fn default_max_iterations() -> u64 {
+        100
+    }
+}
+
+/// The model families a contract may name: those whose parameters summarise everyone at once
+/// and cannot hold a person's row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFamily {
+    Linear,
+    Logistic,
 }
 
 /// The name under which ad-hoc queries run and are logged (no analysis can have it: names
@@ -218,6 +265,9 @@ pub enum AnalysisKind {
     /// Rows that name identifiers, each routed only to the party whose own dataset holds the
     /// identifier (for example a bank's own accounts in a cross-bank pattern).
     List,
+    /// A model trained on the query's rows (`[analyses.model]`): its coefficients and its
+    /// quality on held-out rows are released, never the rows.
+    Model,
 }
 
 /// Aggregate names a contract's `[adhoc].aggregates` may list. Those in
@@ -684,6 +734,11 @@ impl Contract {
                         "{context}: list_column applies only to kind = \"list\""
                     )));
                 }
+                (AnalysisKind::Model, Some(_)) => {
+                    return Err(ContractError::Adhoc(format!(
+                        "{context}: list_column applies only to kind = \"list\""
+                    )));
+                }
                 (AnalysisKind::List, Some(_)) => {
                     for r in &a.receivers {
                         if !self.datasets.iter().any(|d| &d.provider == r) {
@@ -696,6 +751,9 @@ impl Contract {
                 }
                 _ => {}
             }
+        }
+        for a in &self.analyses {
+            validate_model(a)?;
         }
         if let Some(adhoc) = &self.adhoc {
             self.validate_adhoc(adhoc)?;
@@ -724,6 +782,14 @@ impl Contract {
                 _ if a.dp && a.kind == AnalysisKind::List => {
                     return Err(ContractError::Dp(format!(
                         "{context}: a list cannot be differentially private"
+                    )));
+                }
+                // Until training itself is differentially private, a contract that promises
+                // DP releases cannot also release a model fitted exactly.
+                (Some(_), _, _) if a.kind == AnalysisKind::Model => {
+                    return Err(ContractError::Dp(format!(
+                        "{context}: models cannot be trained under [privacy.dp] yet (training \
+                         is not differentially private)"
                     )));
                 }
                 _ => {}
@@ -957,6 +1023,56 @@ impl Contract {
             }
         }
     }
+}
+
+/// A model analysis names what it trains, and nothing else does.
+fn validate_model(a: &Analysis) -> Result<(), ContractError> {
+    let context = format!("analysis {:?}", a.name);
+    let spec = match (a.kind, &a.model) {
+        (AnalysisKind::Model, Some(spec)) => spec,
+        (AnalysisKind::Model, None) => {
+            return Err(ContractError::Model(format!(
+                "{context} is a model: say what it trains in [analyses.model]"
+            )));
+        }
+        (_, Some(_)) => {
+            return Err(ContractError::Model(format!(
+                "{context}: [analyses.model] applies only to kind = \"model\""
+            )));
+        }
+        (_, None) => return Ok(()),
+    };
+    if spec.features.is_empty() {
+        return Err(ContractError::Model(format!("{context} names no features")));
+    }
+    unique("feature", spec.features.iter().map(String::as_str))?;
+    if spec.features.contains(&spec.label) {
+        return Err(ContractError::Model(format!(
+            "{context}: the label {:?} cannot also be a feature",
+            spec.label
+        )));
+    }
+    if !(0.0..=0.5).contains(&spec.holdout) {
+        return Err(ContractError::Model(format!(
+            "{context}: holdout must be between 0 and 0.5"
+        )));
+    }
+    if !(spec.l2.is_finite() && spec.l2 >= 0.0) {
+        return Err(ContractError::Model(format!(
+            "{context}: l2 must be a number of at least 0"
+        )));
+    }
+    if spec.family == ModelFamily::Linear && spec.l2 != ModelSpec::default_l2() {
+        return Err(ContractError::Model(format!(
+            "{context}: l2 applies only to family = \"logistic\""
+        )));
+    }
+    if !(1..=10_000).contains(&spec.max_iterations) {
+        return Err(ContractError::Model(format!(
+            "{context}: max_iterations must be from 1 to 10000"
+        )));
+    }
+    Ok(())
 }
 
 fn party_char_or_underscore(c: char) -> bool {

@@ -14,6 +14,7 @@ mod keep;
 mod lineage;
 pub mod list;
 pub mod load;
+pub mod model;
 mod output;
 pub mod overlap;
 pub mod roles;
@@ -291,6 +292,12 @@ fn unwrap_refusal(e: datafusion::error::DataFusionError) -> EngineError {
 pub async fn check_analyses(contract: &Contract) -> Result<(), EngineError> {
     let ctx = session(contract, &Tables::new())?;
     for analysis in &contract.analyses {
+        if analysis.kind == kura_contract::AnalysisKind::Model {
+            model::check(contract, &ctx, analysis)
+                .await
+                .map_err(|e| e.in_analysis(&analysis.name))?;
+            continue;
+        }
         let checked = match &analysis.list_column {
             None if analysis.dp => dp::cost(contract, &analysis.sql, analysis.epsilon)
                 .await

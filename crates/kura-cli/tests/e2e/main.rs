@@ -9,5 +9,6 @@ mod cluster;
 mod common;
 mod dp;
 mod hostile;
+mod models;
 mod protocol;
 mod storage;

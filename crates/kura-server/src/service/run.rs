@@ -9,13 +9,14 @@ use kura_ledger::Event;
 use super::Service;
 use crate::ServiceError;
 
-/// What a run executes: an ad-hoc query, a fixed aggregate analysis, a list, or either kind
-/// of query under differential privacy (with its ε, if it names one).
+/// What a run executes: an ad-hoc query, a fixed aggregate analysis, a list, a model, or
+/// either kind of query under differential privacy (with its ε, if it names one).
 enum Job<'a> {
     Query(&'a str),
     Dp(&'a str, Option<f64>),
     Aggregate(&'a str),
     List(&'a kura_contract::Analysis),
+    Model(&'a kura_contract::Analysis),
 }
 
 impl Service {
@@ -94,6 +95,7 @@ impl Service {
                 })?;
                 let job = match analysis.kind {
                     AnalysisKind::List => Job::List(analysis),
+                    AnalysisKind::Model => Job::Model(analysis),
                     AnalysisKind::Aggregate if analysis.dp => {
                         Job::Dp(&analysis.sql, analysis.epsilon)
                     }
@@ -199,6 +201,17 @@ impl Service {
                     .await?;
                 executors = on;
                 output.map(|m| m.into_iter().collect())
+            }
+            Job::Model(analysis) => {
+                let on = self.executors().await;
+                let output = self
+                    .engine(
+                        &on,
+                        kura_engine::model::train(&self.contract, analysis, &tables),
+                    )
+                    .await?;
+                executors = on;
+                output.map(same_for_all)
             }
         };
         let outputs: Vec<(String, kura_engine::Output)> = match executed {

@@ -1,0 +1,259 @@
+//! Model training inside the enclave, on a training set the engine assembled under the
+//! contract's rules (`kura_engine::model`).
+//!
+//! Only families whose parameters summarise everyone at once are offered: linear regression
+//! (ordinary least squares) and logistic regression (L2-regularised), both fitted by linfa.
+//! Neither can store a person's row in its parameters the way a nearest-neighbour model or a
+//! deep tree can; what a receiver gets is one coefficient per feature, an intercept, and the
+//! model's quality on rows it did not see.
+//!
+//! Features are standardised before fitting (the solver then converges on any units, and the
+//! penalty weighs every feature alike) and the coefficients converted back, so that a receiver
+//! applies them to raw values: `intercept + Σ coefficient × value`, through the logistic
+//! function for a logistic model. A share of the rows, drawn at random inside the enclave, is
+//! held out of the fit, and the model is measured on it.
+
+use linfa::prelude::*;
+use ndarray::{Array1, Array2, Axis};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+/// A model family a contract may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Ordinary least squares on a numeric label.
+    Linear,
+    /// Two-class logistic regression; the label is 0/1 (or false/true), and the model gives the
+    /// probability of 1.
+    Logistic,
+}
+
+/// The settings a contract fixes for a training run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub family: Family,
+    /// Share of rows held out of the fit and used to measure the model, in `[0, 0.5]`.
+    pub holdout: f64,
+    /// L2 penalty of a logistic model, on standardised features (`alpha` in linfa).
+    pub l2: f64,
+    /// Solver iterations of a logistic model.
+    pub max_iterations: u64,
+}
+
+/// The rows to learn from: `x` has one row per example and one column per feature, in the
+/// order of `features`; `y` has the labels.
+#[derive(Debug)]
+pub struct TrainingSet {
+    pub features: Vec<String>,
+    pub x: Array2<f64>,
+    pub y: Array1<f64>,
+}
+
+/// A trained model: what its receivers get.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub family: Family,
+    pub intercept: f64,
+    /// One coefficient per feature, on the features' own scale.
+    pub coefficients: Vec<(String, f64)>,
+    /// Measures on the held-out rows (absent without any): for a linear model `holdout_r2`
+    /// and `holdout_rmse`; for a logistic one `holdout_accuracy`, `holdout_auc` and
+    /// `holdout_log_loss`.
+    pub metrics: Vec<(String, f64)>,
+}
+
+impl Model {
+    /// The model's prediction for one row of raw feature values: the label's expected value
+    /// (linear) or the probability that it is 1 (logistic).
+    pub fn predict(&self, row: &[f64]) -> f64 {
+        let z = self.intercept
+            + self
+                .coefficients
+                .iter()
+                .zip(row)
+                .map(|((_, w), x)| w * x)
+                .sum::<f64>();
+        match self.family {
+            Family::Linear => z,
+            Family::Logistic => 1.0 / (1.0 + (-z).exp()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MlError {
+    /// The training set cannot give a model (too few rows, one class, a constant feature).
+    #[error("{0}")]
+    Data(String),
+    /// The solver failed.
+    #[error("training failed: {0}")]
+    Fit(String),
+}
+
+/// Trains a model of `settings.family` on `set`.
+pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
+    let (n, p) = set.x.dim();
+    if n != set.y.len() {
+        return Err(MlError::Data("features and labels differ in length".into()));
+    }
+    if set.x.iter().chain(set.y.iter()).any(|v| !v.is_finite()) {
+        return Err(MlError::Data(
+            "the training set holds a value that is not a finite number".into(),
+        ));
+    }
+    if settings.family == Family::Logistic && set.y.iter().any(|&y| y != 0.0 && y != 1.0) {
+        return Err(MlError::Data(
+            "a logistic model's label must be 0 or 1 (or a boolean)".into(),
+        ));
+    }
+    // The held-out rows are drawn inside the enclave, afresh for every run.
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| MlError::Fit(format!("no randomness: {e}")))?;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand::rngs::StdRng::from_seed(seed));
+    let held = (n as f64 * settings.holdout).round() as usize;
+    let (tested, trained) = order.split_at(held);
+    let rows = trained.len();
+    if rows <= p + 1 {
+        return Err(MlError::Data(format!(
+            "{rows} training rows cannot fit {} parameters",
+            p + 1
+        )));
+    }
+    let x = set.x.select(Axis(0), trained);
+    let y = set.y.select(Axis(0), trained);
+    let scale = Scale::of(&x)?;
+    let standard = scale.apply(&x);
+    let (intercept, weights) = match settings.family {
+        Family::Linear => {
+            let fitted = linfa_linear::LinearRegression::new()
+                .with_intercept(true)
+                .fit(&DatasetBase::new(standard, y))
+                .map_err(|e| MlError::Fit(e.to_string()))?;
+            (fitted.intercept(), fitted.params().to_owned())
+        }
+        Family::Logistic => logistic(standard, &y, settings)?,
+    };
+    let (intercept, coefficients) = scale.unapply(intercept, &weights);
+    let mut model = Model {
+        family: settings.family,
+        intercept,
+        coefficients: set.features.iter().cloned().zip(coefficients).collect(),
+        metrics: Vec::new(),
+    };
+    if !tested.is_empty() {
+        model.metrics = measure(
+            &model,
+            &set.x.select(Axis(0), tested),
+            &set.y.select(Axis(0), tested),
+        );
+    }
+    Ok(model)
+}
+
+/// A logistic fit on standardised features: the intercept and weights of the log-odds of 1.
+fn logistic(
+    standard: Array2<f64>,
+    y: &Array1<f64>,
+    settings: &Settings,
+) -> Result<(f64, Array1<f64>), MlError> {
+    // linfa takes the labels as classes; it calls the more frequent class "positive" and
+    // models the log-odds of that one, whatever its value.
+    let classes = y.mapv(|v| v == 1.0);
+    let ones = classes.iter().filter(|c| **c).count();
+    if ones == 0 || ones == classes.len() {
+        return Err(MlError::Data(
+            "the training rows hold one class only: a logistic model needs both".into(),
+        ));
+    }
+    let fitted = linfa_logistic::LogisticRegression::default()
+        .alpha(settings.l2)
+        .max_iterations(settings.max_iterations)
+        .with_intercept(true)
+        .fit(&DatasetBase::new(standard, classes))
+        .map_err(|e| MlError::Fit(e.to_string()))?;
+    let (intercept, weights) = (fitted.intercept(), fitted.params().to_owned());
+    Ok(if fitted.labels().pos.class {
+        (intercept, weights)
+    } else {
+        // The log-odds of 0 are minus those of 1.
+        (-intercept, -weights)
+    })
+}
+
+/// Each feature's mean and standard deviation over the training rows.
+struct Scale {
+    mean: Array1<f64>,
+    sd: Array1<f64>,
+}
+
+impl Scale {
+    fn of(x: &Array2<f64>) -> Result<Self, MlError> {
+        let mean = x
+            .mean_axis(Axis(0))
+            .ok_or_else(|| MlError::Data("no training rows".into()))?;
+        let sd = x.std_axis(Axis(0), 0.0);
+        if let Some(j) = sd.iter().position(|s| *s == 0.0 || !s.is_finite()) {
+            return Err(MlError::Data(format!(
+                "feature {} is the same in every training row",
+                j + 1
+            )));
+        }
+        Ok(Self { mean, sd })
+    }
+
+    fn apply(&self, x: &Array2<f64>) -> Array2<f64> {
+        (x - &self.mean) / &self.sd
+    }
+
+    /// The intercept and coefficients on raw values of a model fitted on standardised ones.
+    fn unapply(&self, intercept: f64, weights: &Array1<f64>) -> (f64, Vec<f64>) {
+        let raw = weights / &self.sd;
+        (intercept - raw.dot(&self.mean), raw.to_vec())
+    }
+}
+
+/// The model's quality on the held-out rows. A measure that is not a number (an AUC with one
+/// class held out) is left out.
+fn measure(model: &Model, x: &Array2<f64>, y: &Array1<f64>) -> Vec<(String, f64)> {
+    let predicted: Array1<f64> = x
+        .rows()
+        .into_iter()
+        .map(|r| model.predict(&r.to_vec()))
+        .collect();
+    let mut out = Vec::new();
+    match model.family {
+        Family::Linear => {
+            if let Ok(r2) = predicted.r2(y) {
+                out.push(("holdout_r2".to_string(), r2));
+            }
+            if let Ok(mse) = predicted.mean_squared_error(y) {
+                out.push(("holdout_rmse".to_string(), mse.sqrt()));
+            }
+        }
+        Family::Logistic => {
+            let truth: Vec<bool> = y.iter().map(|v| *v == 1.0).collect();
+            let correct = predicted
+                .iter()
+                .zip(&truth)
+                .filter(|(p, t)| (**p >= 0.5) == **t)
+                .count();
+            out.push((
+                "holdout_accuracy".to_string(),
+                correct as f64 / truth.len() as f64,
+            ));
+            let probabilities: Vec<Pr> = predicted.iter().map(|p| Pr::new(*p as f32)).collect();
+            if let Ok(roc) = probabilities.as_slice().roc(truth.as_slice()) {
+                out.push(("holdout_auc".to_string(), f64::from(roc.area_under_curve())));
+            }
+            if let Ok(loss) = probabilities.as_slice().log_loss(truth.as_slice()) {
+                out.push(("holdout_log_loss".to_string(), f64::from(loss)));
+            }
+        }
+    }
+    out.retain(|(_, v)| v.is_finite());
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+use ndarray::{Array1, Array2};
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+fn settings(family: Family, holdout: f64) -> Settings {
+    Settings {
+        family,
+        holdout,
+        l2: 1e-6,
+        max_iterations: 200,
+    }
+}
+
+/// `n` rows of two features on different scales (a few units and a few thousand).
+fn features(rng: &mut impl Rng, n: usize) -> Array2<f64> {
+    Array2::from_shape_fn((n, 2), |(_, j)| {
+        if j == 0 {
+            rng.r#gen::<f64>() * 10.0
+        } else {
+            1000.0 + rng.r#gen::<f64>() * 4000.0
+        }
+    })
+}
+
+fn set(x: Array2<f64>, y: Array1<f64>) -> TrainingSet {
+    TrainingSet {
+        features: vec!["a".into(), "b".into()],
+        x,
+        y,
+    }
+}
+
+/// The least-squares fit by the normal equations, solved here by Gaussian elimination: a
+/// reference that shares no code with linfa.
+fn normal_equations(x: &Array2<f64>, y: &Array1<f64>) -> Vec<f64> {
+    let (n, p) = x.dim();
+    let k = p + 1;
+    let row = |i: usize| -> Vec<f64> {
+        std::iter::once(1.0)
+            .chain(x.row(i).iter().copied())
+            .collect()
+    };
+    let mut a = vec![vec![0.0; k + 1]; k];
+    for i in 0..n {
+        let r = row(i);
+        for u in 0..k {
+            for v in 0..k {
+                a[u][v] += r[u] * r[v];
+            }
+            a[u][k] += r[u] * y[i];
+        }
+    }
+    for c in 0..k {
+        let pivot = (c..k)
+            .max_by(|&i, &j| a[i][c].abs().total_cmp(&a[j][c].abs()))
+            .unwrap();
+        a.swap(c, pivot);
+        let pivot_row = a[c].clone();
+        for (r, row) in a.iter_mut().enumerate() {
+            if r != c {
+                let f = row[c] / pivot_row[c];
+                for (x, p) in row.iter_mut().zip(&pivot_row).skip(c) {
+                    *x -= f * p;
+                }
+            }
+        }
+    }
+    (0..k).map(|i| a[i][k] / a[i][i]).collect()
+}
+
+/// Without a holdout, the linear model is the least-squares fit, to rounding.
+#[test]
+fn a_linear_model_is_the_least_squares_fit() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let x = features(&mut rng, 500);
+    let y: Array1<f64> = x
+        .rows()
+        .into_iter()
+        .map(|r| 2.0 + 3.0 * r[0] - 0.004 * r[1] + (rng.r#gen::<f64>() - 0.5))
+        .collect();
+    let model = train(&set(x.clone(), y.clone()), &settings(Family::Linear, 0.0)).unwrap();
+    let reference = normal_equations(&x, &y);
+    let got: Vec<f64> = std::iter::once(model.intercept)
+        .chain(model.coefficients.iter().map(|(_, w)| *w))
+        .collect();
+    for (g, r) in got.iter().zip(&reference) {
+        assert!(
+            (g - r).abs() <= 1e-9 * r.abs().max(1.0),
+            "{got:?} against {reference:?}"
+        );
+    }
+    assert!(
+        model.metrics.is_empty(),
+        "nothing held out, nothing measured"
+    );
+}
+
+/// A logistic model recovers the coefficients that generated its data, on the features' own
+/// scale, for a rare positive class (linfa models the more frequent class; kura gives the
+/// log-odds of 1), and is measured on the held-out rows.
+#[test]
+fn a_logistic_model_recovers_the_log_odds_of_one() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let n = 40_000;
+    let x = features(&mut rng, n);
+    let (b0, b1, b2) = (-3.0, 0.4, -0.0006);
+    let y: Array1<f64> = x
+        .rows()
+        .into_iter()
+        .map(|r| {
+            let p = 1.0 / (1.0 + (-(b0 + b1 * r[0] + b2 * r[1])).exp());
+            f64::from(u8::from(rng.r#gen::<f64>() < p))
+        })
+        .collect();
+    assert!(y.sum() < n as f64 / 4.0, "ones are the rare class");
+    let model = train(&set(x, y), &settings(Family::Logistic, 0.2)).unwrap();
+    let tolerance = [0.25, 0.03, 0.0001];
+    let got = [
+        model.intercept,
+        model.coefficients[0].1,
+        model.coefficients[1].1,
+    ];
+    for ((g, want), t) in got.iter().zip([b0, b1, b2]).zip(tolerance) {
+        assert!((g - want).abs() <= t, "{got:?} against {:?}", [b0, b1, b2]);
+    }
+    let metric = |name: &str| {
+        model
+            .metrics
+            .iter()
+            .find(|(m, _)| m == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", model.metrics))
+    };
+    assert!(metric("holdout_auc") > 0.7);
+    assert!((0.0..=1.0).contains(&metric("holdout_accuracy")));
+    assert!(metric("holdout_log_loss") > 0.0);
+}
+
+/// Training sets that cannot give a model are refused with the reason.
+#[test]
+fn what_cannot_be_fitted_is_refused() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let x = features(&mut rng, 100);
+    let zeros = Array1::zeros(100);
+    let refused = |set: TrainingSet, family| match train(&set, &settings(family, 0.2)) {
+        Err(MlError::Data(reason)) => reason,
+        other => panic!("{other:?}"),
+    };
+    assert!(refused(set(x.clone(), zeros.clone()), Family::Logistic).contains("one class"));
+    let twos = Array1::from_elem(100, 2.0);
+    assert!(refused(set(x.clone(), twos), Family::Logistic).contains("0 or 1"));
+    let mut constant = x.clone();
+    constant.column_mut(1).fill(5.0);
+    assert!(refused(set(constant, zeros.clone()), Family::Linear).contains("feature 2"));
+    let mut nan = x.clone();
+    nan[[4, 0]] = f64::NAN;
+    assert!(refused(set(nan, zeros.clone()), Family::Linear).contains("finite"));
+    let few = x.select(ndarray::Axis(0), &[0, 1, 2]);
+    assert!(
+        refused(set(few, Array1::zeros(3)), Family::Linear).contains("cannot fit 3 parameters")
+    );
+}
