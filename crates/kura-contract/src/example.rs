@@ -57,6 +57,19 @@ platforms = ["simulated"]
     )
 }
 
+/// The fraud scenario's contract (`kura demo --scenario fraud`): two banks, each providing its
+/// card transactions, train a logistic fraud model on both (`testdata/contracts/fraud-two-banks.toml`).
+pub fn fraud_two_banks(bank_a_pub: &str, bank_b_pub: &str) -> String {
+    fill(
+        include_str!("../../../testdata/contracts/fraud-two-banks.toml"),
+        |name| match name {
+            "key:bank-a" => bank_a_pub.to_string(),
+            "key:bank-b" => bank_b_pub.to_string(),
+            other => panic!("the fraud contract has no placeholder {other}"),
+        },
+    )
+}
+
 /// A contract template from `testdata/contracts/` with every `@NAME@` replaced by
 /// `value(NAME)`: tests keep their contracts as files and fill in what only exists at run time
 /// (`@key:PARTY@` with a fresh public key, and the like).

@@ -180,6 +180,48 @@ pub(crate) fn cli_demo_json() {
     assert_eq!(v["audit"]["valid"], true);
 }
 
+/// The fraud scenario: two banks' model comes back close to the pattern planted in their data,
+/// the same for both, and each bank scores its own new transactions with it.
+#[test]
+pub(crate) fn cli_demo_fraud_trains_a_model_both_banks_receive() {
+    let out = kura(&["demo", "--scenario", "fraud", "--rows", "4000", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SIMULATED PLATFORM"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["receivers_agree"], true);
+    assert_eq!(v["audit"]["valid"], true);
+    let rows = v["model"]["rows"].as_array().unwrap();
+    let term = |name: &str| {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .and_then(|r| r[1].as_f64())
+            .unwrap_or_else(|| panic!("no {name} in {v}"))
+    };
+    let planted: Vec<f64> = v["planted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    for ((name, want), tolerance) in ["intercept", "amount", "night", "foreign"]
+        .iter()
+        .zip(planted)
+        .zip([1.0, 0.0008, 0.6, 0.6])
+    {
+        let got = term(name);
+        assert!(
+            (got - want).abs() <= tolerance,
+            "{name}: {got} against {want}"
+        );
+    }
+    assert!(term("holdout_auc") > 0.7, "{v}");
+    assert_eq!(v["scored"].as_array().unwrap().len(), 6);
+}
+
 #[test]
 pub(crate) fn cli_attest_verify_simulated_evidence() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,4 @@
-//! `kura demo`: two organisations combine data through a real enclave service on loopback.
+//! `kura demo --scenario health` (the default): a hospital and a fitness company combine data.
 //!
 //! A hospital holds diagnoses, a fitness company holds step counts, for partly overlapping
 //! people. The generator plants a relationship (more activity, less diabetes) that only the
@@ -11,26 +11,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, ensure};
-use kura_client::Client;
-use kura_contract::Platform;
-
-use crate::splitmix::SplitMix;
-use crate::{files, render};
-
 use kura_contract::example::ANALYSIS;
 
-#[derive(clap::Args, Debug)]
-pub struct DemoArgs {
-    /// Patients in the hospital's data set.
-    #[arg(long, default_value_t = 5000)]
-    pub rows: usize,
-    /// Print one JSON summary on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Seed of the synthetic data generator.
-    #[arg(long, default_value_t = 7)]
-    pub seed: u64,
-}
+use super::{DemoArgs, Room};
+use crate::render;
+use crate::splitmix::SplitMix;
 
 const STEPS_BANDS: [&str; 5] = [
     "1 sedentary (<4k)",
@@ -77,110 +62,34 @@ pub fn generate(dir: &Path, people: usize, seed: u64) -> Result<()> {
 
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     ensure!(args.rows >= 1, "--rows must be at least 1");
-    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let root = dir.path();
-    let say = |line: String| {
-        if !args.json {
-            println!("{line}");
-        }
-    };
-    eprintln!("WARNING: {}", kura_attestation::simulated::WARNING);
-    say(format!(
+    let room = Room::new(args.json)?;
+    room.say(format!(
         "kura demo: a hospital and a fitness company combine data in {}",
-        root.display()
+        room.root().display()
     ));
 
     // 1. Identities and the contract, signed by both.
-    let keys = root.join("keys");
-    let hospital = kura_crypto::SecretIdentity::generate();
-    let fitness = kura_crypto::SecretIdentity::generate();
-    files::write_identity(&keys, "hospital-a", &hospital)?;
-    files::write_identity(&keys, "fitness-b", &fitness)?;
-    let contract_path = root.join("contract.toml");
-    std::fs::write(
-        &contract_path,
-        kura_contract::example::activity_and_diabetes(
-            &hospital.public().to_text(),
-            &fitness.public().to_text(),
-        ),
-    )?;
-    for key in ["hospital-a", "fitness-b"] {
-        let c = files::read_contract(&contract_path)?;
-        let id = files::read_identity(&keys.join(format!("{key}.key")))?;
-        let (party, text) = kura_contract::sign(&c, &id)?;
-        std::fs::write(files::signature_path(&contract_path, &party), text)?;
-    }
-    let contract = files::read_signed_contract(&contract_path)?;
-    say(format!(
-        "contract {} signed by hospital-a and fitness-b\n  id {}",
-        contract.name,
-        contract.id()
-    ));
+    let contract = room.sign(&["hospital-a", "fitness-b"], |keys| {
+        kura_contract::example::activity_and_diabetes(&keys[0], &keys[1])
+    })?;
 
     // 2. Each party's data stays on its side until it is encrypted.
-    let data = root.join("data");
+    let data = room.root().join("data");
     std::fs::create_dir_all(&data)?;
     generate(&data, args.rows, args.seed)?;
 
-    // 3. The enclave service, on loopback.
-    let running = kura_server::start(kura_server::Config {
-        contract: contract.clone(),
-        platform: Platform::Simulated,
-        listen: "127.0.0.1:0".parse().expect("loopback address"),
-        state_dir: root.join("enclave-state"),
-        max_upload_bytes: kura_server::Config::DEFAULT_MAX_UPLOAD,
-        query_memory_bytes: kura_server::Config::DEFAULT_QUERY_MEMORY,
-        evidence_certs: vec![],
-        evidence_collateral: None,
-        store_dir: None,
-        cluster: None,
-    })
-    .await?;
+    // 3. The enclave service, on loopback, attested by both.
+    let (running, mut clients, measurement) = room
+        .enclave(&contract, &["hospital-a", "fitness-b"])
+        .await?;
     let url = running.url();
-
-    let mut h = Client::new(
-        &url,
-        contract.clone(),
-        files::read_identity(&keys.join("hospital-a.key"))?,
-    )?;
-    let mut f = Client::new(
-        &url,
-        contract.clone(),
-        files::read_identity(&keys.join("fitness-b.key"))?,
-    )?;
-    let measurement = hex::encode(&h.attest().await?.claims.measurement);
-    f.attest().await?;
-    say(format!(
-        "enclave {url} attested by both parties (platform simulated, measurement {}…)",
-        &measurement[..16]
-    ));
+    let [mut h, mut f] = <[_; 2]>::try_from(std::mem::take(&mut clients))
+        .map_err(|_| anyhow::anyhow!("two parties"))?;
 
     // 4. Encrypted uploads.
-    for (client, dataset, file) in [
-        (&mut h, "ehr", "ehr.csv"),
-        (&mut f, "activity", "activity.csv"),
-    ] {
-        let path = data.join(file);
-        let size = std::fs::metadata(&path)?.len();
-        let bar = if args.json {
-            indicatif::ProgressBar::hidden()
-        } else {
-            render::progress(size, &format!("uploading {dataset}"))
-        };
-        let b = bar.clone();
-        let resp = client
-            .upload(dataset, &path, move |n| b.set_position(n))
-            .await;
-        bar.finish_and_clear();
-        let resp = resp?;
-        say(format!(
-            "{} uploaded {}: {} rows as {} encrypted bytes",
-            client.party(),
-            resp.dataset,
-            resp.rows,
-            resp.ciphertext_bytes
-        ));
-    }
+    room.upload(&mut h, "ehr", &data.join("ehr.csv")).await?;
+    room.upload(&mut f, "activity", &data.join("activity.csv"))
+        .await?;
 
     // 5. The run, and both receivers' results.
     let run = h.run(ANALYSIS).await?;
@@ -195,8 +104,8 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         .pop()
         .context("no result for fitness-b")?;
     ensure!(mine == theirs, "the two receivers got different results");
-    say(format!("\n{}", render::table(&mine)));
-    say("both receivers decrypted the same enclave-signed result".into());
+    room.say(format!("\n{}", render::table(&mine)));
+    room.say("both receivers decrypted the same enclave-signed result".into());
 
     // 6. Deletion and the audit log.
     let report = h.audit().await?;
@@ -207,14 +116,14 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         .filter(|b| matches!(b.event, kura_ledger::Event::Deletion { .. }))
         .collect();
     for d in &deletions {
-        say(format!(
+        room.say(format!(
             "deletion record #{} at {}: {}",
             d.seq,
             d.time,
             render::describe(&d.event)
         ));
     }
-    say(format!(
+    room.say(format!(
         "audit log verified: {} entries, chained and signed by the attested enclave key, head {}",
         report.chain.entries, report.chain.head
     ));

@@ -1,0 +1,179 @@
+//! `kura demo`: organisations combine data through a real enclave service on loopback.
+//!
+//! Everything goes through the same code paths as production: key files, a signed contract,
+//! attestation, encrypted upload over HTTP, the output rules, sealed results and the audit log.
+//! The platform is simulated, and says so. Each scenario is a module:
+//!
+//! - `health` (the default): a hospital and a fitness company, statistics under the threshold;
+//! - `fraud`: two banks train a fraud model on their pooled transactions, and each scores its
+//!   own new transactions with it.
+
+mod fraud;
+mod health;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use kura_client::Client;
+use kura_contract::{Platform, SignedContract};
+
+use crate::{files, render};
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Which collaboration to run.
+    #[arg(long, value_enum, default_value_t = Scenario::Health)]
+    pub scenario: Scenario,
+    /// Size of the synthetic data: patients in the hospital's data set (health), transactions
+    /// per bank (fraud).
+    #[arg(long, default_value_t = 5000)]
+    pub rows: usize,
+    /// Print one JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Seed of the synthetic data generator.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// A hospital and a fitness company: diabetes by activity, under the threshold.
+    Health,
+    /// Two banks train a fraud model on pooled transactions and score new ones.
+    Fraud,
+}
+
+pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+    eprintln!("WARNING: {}", kura_attestation::simulated::WARNING);
+    match args.scenario {
+        Scenario::Health => health::run(args).await,
+        Scenario::Fraud => fraud::run(args).await,
+    }
+}
+
+/// A demo's working directory, its parties' keys, and how it speaks.
+struct Room {
+    dir: tempfile::TempDir,
+    json: bool,
+}
+
+impl Room {
+    fn new(json: bool) -> Result<Self> {
+        Ok(Self {
+            dir: tempfile::tempdir().context("cannot create a temporary directory")?,
+            json,
+        })
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn keys(&self) -> PathBuf {
+        self.root().join("keys")
+    }
+
+    /// A line for the reader; nothing with `--json`, whose summary is all of stdout.
+    fn say(&self, line: String) {
+        if !self.json {
+            println!("{line}");
+        }
+    }
+
+    /// Makes each party's key, writes the contract `text(public keys)` and has every party
+    /// sign its exact bytes.
+    fn sign(
+        &self,
+        parties: &[&str],
+        text: impl FnOnce(&[String]) -> String,
+    ) -> Result<SignedContract> {
+        let mut public = Vec::new();
+        for party in parties {
+            let key = kura_crypto::SecretIdentity::generate();
+            files::write_identity(&self.keys(), party, &key)?;
+            public.push(key.public().to_text());
+        }
+        let path = self.root().join("contract.toml");
+        std::fs::write(&path, text(&public))?;
+        for party in parties {
+            let c = files::read_contract(&path)?;
+            let id = files::read_identity(&self.keys().join(format!("{party}.key")))?;
+            let (party, text) = kura_contract::sign(&c, &id)?;
+            std::fs::write(files::signature_path(&path, &party), text)?;
+        }
+        let contract = files::read_signed_contract(&path)?;
+        self.say(format!(
+            "contract {} signed by {}\n  id {}",
+            contract.name,
+            parties.join(" and "),
+            contract.id()
+        ));
+        Ok(contract)
+    }
+
+    /// The enclave service on loopback, and a client for each of `parties` that attested it.
+    /// Returns the measurement they verified (hex).
+    async fn enclave(
+        &self,
+        contract: &SignedContract,
+        parties: &[&str],
+    ) -> Result<(kura_server::Running, Vec<Client>, String)> {
+        let running = kura_server::start(kura_server::Config {
+            contract: contract.clone(),
+            platform: Platform::Simulated,
+            listen: "127.0.0.1:0".parse().expect("loopback address"),
+            state_dir: self.root().join("enclave-state"),
+            max_upload_bytes: kura_server::Config::DEFAULT_MAX_UPLOAD,
+            query_memory_bytes: kura_server::Config::DEFAULT_QUERY_MEMORY,
+            evidence_certs: vec![],
+            evidence_collateral: None,
+            store_dir: None,
+            cluster: None,
+        })
+        .await?;
+        let url = running.url();
+        let mut clients = Vec::new();
+        let mut measurement = String::new();
+        for party in parties {
+            let mut client = Client::new(
+                &url,
+                contract.clone(),
+                files::read_identity(&self.keys().join(format!("{party}.key")))?,
+            )?;
+            measurement = hex::encode(&client.attest().await?.claims.measurement);
+            clients.push(client);
+        }
+        self.say(format!(
+            "enclave {url} attested by {} (platform simulated, measurement {}…)",
+            parties.join(" and "),
+            &measurement[..16]
+        ));
+        Ok((running, clients, measurement))
+    }
+
+    /// `client` encrypts `path` on its side and uploads it as `dataset`, with a progress bar.
+    async fn upload(&self, client: &mut Client, dataset: &str, path: &Path) -> Result<()> {
+        let size = std::fs::metadata(path)?.len();
+        let bar = if self.json {
+            indicatif::ProgressBar::hidden()
+        } else {
+            render::progress(size, &format!("uploading {dataset}"))
+        };
+        let b = bar.clone();
+        let resp = client
+            .upload(dataset, path, move |n| b.set_position(n))
+            .await;
+        bar.finish_and_clear();
+        let resp = resp?;
+        self.say(format!(
+            "{} uploaded {}: {} rows as {} encrypted bytes",
+            client.party(),
+            resp.dataset,
+            resp.rows,
+            resp.ciphertext_bytes
+        ));
+        Ok(())
+    }
+}
