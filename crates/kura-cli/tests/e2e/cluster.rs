@@ -312,6 +312,61 @@ pub(crate) fn a_list_analysis_runs_on_the_executors_and_routes_rows_to_their_own
     );
 }
 
+/// A model analysis on a cluster: the executors join the datasets and count the training
+/// rows' people; the coordinator fits the model, the same as it fits alone.
+#[test]
+pub(crate) fn a_model_is_trained_on_rows_the_executors_read() {
+    let cluster = Coordinated::start_with(
+        "\n[[analyses]]\nname = \"diabetes_model\"\nkind = \"model\"\n\
+         receivers = [\"hospital-a\"]\n\
+         sql = \"SELECT CAST(a.steps_band = 'high' AS DOUBLE) AS active, \
+         CAST(e.age_band = 'old' AS DOUBLE) AS old, e.diabetes FROM ehr e \
+         JOIN activity a ON e.patient_id = a.patient_id\"\n\
+         [analyses.model]\nfamily = \"logistic\"\nfeatures = [\"active\", \"old\"]\n\
+         label = \"diabetes\"\nholdout = 0.0\n",
+        |_| {},
+    );
+    cluster.upload(&BOTH);
+    let model = || -> Vec<(String, f64)> {
+        cluster.rt.block_on(async {
+            let mut h = cluster.client("hospital-a");
+            h.attest().await.unwrap();
+            let run = h.run("diabetes_model").await.unwrap();
+            let table = h.results(Some(&run.run_id)).await.unwrap().remove(0);
+            table
+                .rows
+                .iter()
+                .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_f64().unwrap()))
+                .collect()
+        })
+    };
+    let alone = model();
+    let _executors: Vec<Served> = ["e1", "e2"]
+        .iter()
+        .map(|name| cluster.executor(name).unwrap())
+        .collect();
+    let clustered = model();
+    assert_eq!(alone.len(), 3, "{alone:?}");
+    for ((term, a), (other, c)) in alone.iter().zip(&clustered) {
+        assert_eq!(term, other);
+        // The rows may arrive in another order; the fit is the same to rounding.
+        assert!(
+            (a - c).abs() <= 1e-6 * a.abs().max(1.0),
+            "{term}: {a} alone, {c} on the cluster"
+        );
+    }
+    let events = cluster.events();
+    let at = events
+        .iter()
+        .rposition(|e| matches!(e, Event::Run { .. }))
+        .unwrap();
+    let Event::Run { executors, .. } = &events[at] else {
+        unreachable!()
+    };
+    assert_eq!(executors.len(), 2, "the run names its executors");
+    assert!(matches!(&events[at - 1], Event::ShuffleDeleted { .. }));
+}
+
 /// Every file under `dir`.
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files = vec![];
