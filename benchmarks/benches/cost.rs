@@ -6,6 +6,9 @@
 //! - a two-party join + aggregate through kura end to end (encrypted uploads, the run with its
 //!   minimum-group-size rule, the sealed result decrypted), against plain DataFusion and DuckDB
 //!   on the same Parquet files; and the same query on data already held in memory;
+//! - a model analysis (a linear model of the claim amount on the patient's age and region,
+//!   trained over the join) through kura, against the same SQL on plain DataFusion and the same
+//!   fit (kura-ml, on linfa) on its plaintext rows ([`model`]);
 //! - attestation verification per platform on the real vectors, certificates cached;
 //! - with `--cluster`, the join + aggregate on 1, 2 and 3 attested executors against plain
 //!   Ballista on the same files ([`cluster`]).
@@ -40,6 +43,8 @@ use kura_engine::datafusion;
 
 #[path = "cost/cluster.rs"]
 mod cluster;
+#[path = "cost/model.rs"]
+mod model;
 #[path = "../../crates/kura-cli/src/splitmix.rs"]
 #[allow(dead_code)]
 mod splitmix;
@@ -63,8 +68,9 @@ struct Opts {
     /// Rows of the scaling table, instead of 1M, 10M, 50M.
     #[arg(long, value_delimiter = ',')]
     scale_rows: Vec<usize>,
-    /// Run only these sections (aead, ingest, join, attestation; none); all of them by default.
-    #[arg(long, value_delimiter = ',', value_parser = ["aead", "ingest", "join", "attestation", "none"])]
+    /// Run only these sections (aead, ingest, join, model, attestation; none); all of them by
+    /// default.
+    #[arg(long, value_delimiter = ',', value_parser = ["aead", "ingest", "join", "model", "attestation", "none"])]
     only: Vec<String>,
     /// Also print the cluster table (kura's attested executors against plain Ballista).
     #[arg(long)]
@@ -138,6 +144,9 @@ fn main() {
     }
     if wanted("join") {
         join(&rt, &mut table, [&room, &room_adhoc], &files, opts.runs);
+    }
+    if wanted("model") {
+        model::model(&rt, &mut table, &files, opts.runs);
     }
     if wanted("attestation") {
         attestation(&mut table);
@@ -683,6 +692,17 @@ struct Room {
 impl Room {
     /// The bench's contract; with `adhoc`, it also allows ad-hoc queries.
     fn new(adhoc: bool) -> Self {
+        let extra = if adhoc {
+            "\n[adhoc]\nanalysts = [\"hospital\"]\nreceivers = [\"hospital\"]\n"
+        } else {
+            ""
+        };
+        Self::with_analysis(ANALYSIS, SQL, extra)
+    }
+
+    /// The bench's contract with another analysis, `extra` after its receivers (the rest of
+    /// the analysis's table, and further sections).
+    fn with_analysis(analysis: &str, sql: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let (hospital, insurer) = (SecretIdentity::generate(), SecretIdentity::generate());
         let text = kura_contract::example::fill(
@@ -690,12 +710,9 @@ impl Room {
             |name| match name {
                 "key:hospital" => hospital.public().to_text(),
                 "key:insurer" => insurer.public().to_text(),
-                "analysis" => ANALYSIS.to_string(),
-                "sql" => SQL.to_string(),
-                "adhoc" if adhoc => {
-                    "\n[adhoc]\nanalysts = [\"hospital\"]\nreceivers = [\"hospital\"]\n".into()
-                }
-                "adhoc" => String::new(),
+                "analysis" => analysis.to_string(),
+                "sql" => sql.to_string(),
+                "adhoc" => extra.to_string(),
                 other => panic!("bench-cost.toml: unknown placeholder {other}"),
             },
         );
