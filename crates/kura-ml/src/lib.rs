@@ -115,8 +115,9 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
     let (tested, trained) = order.split_at(held);
     let rows = trained.len();
     if rows <= p + 1 {
+        // Not how many: a refusal must not count a few people's rows.
         return Err(MlError::Data(format!(
-            "{rows} training rows cannot fit {} parameters",
+            "too few training rows to fit {} parameters",
             p + 1
         )));
     }

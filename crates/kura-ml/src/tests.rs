@@ -158,6 +158,7 @@ fn what_cannot_be_fitted_is_refused() {
     assert!(refused(set(nan, zeros.clone()), Family::Linear).contains("finite"));
     let few = x.select(ndarray::Axis(0), &[0, 1, 2]);
     assert!(
-        refused(set(few, Array1::zeros(3)), Family::Linear).contains("cannot fit 3 parameters")
+        refused(set(few, Array1::zeros(3)), Family::Linear)
+            .contains("too few training rows to fit 3 parameters")
     );
 }

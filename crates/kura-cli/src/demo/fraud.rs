@@ -148,11 +148,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         }
     }
 
-    let report = clients[0].audit().await?;
-    room.say(format!(
-        "audit log verified: {} entries, chained and signed by the attested enclave key, head {}",
-        report.chain.entries, report.chain.head
-    ));
+    let report = room.audit(&mut clients[0]).await?;
     running.shutdown().await?;
 
     if args.json {

@@ -153,6 +153,16 @@ impl Room {
         Ok((running, clients, measurement))
     }
 
+    /// Verifies the audit log as `client` and says so.
+    async fn audit(&self, client: &mut Client) -> Result<kura_client::AuditReport> {
+        let report = client.audit().await?;
+        self.say(format!(
+            "audit log verified: {} entries, chained and signed by the attested enclave key, head {}",
+            report.chain.entries, report.chain.head
+        ));
+        Ok(report)
+    }
+
     /// `client` encrypts `path` on its side and uploads it as `dataset`, with a progress bar.
     async fn upload(&self, client: &mut Client, dataset: &str, path: &Path) -> Result<()> {
         let size = std::fs::metadata(path)?.len();

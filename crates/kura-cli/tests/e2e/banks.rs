@@ -1,8 +1,6 @@
 //! List analyses routed to their owners: three banks.
 
 use kura_client::Client;
-use kura_contract::{Contract, SignedContract};
-use kura_crypto::SecretIdentity;
 use kura_ledger::Event;
 
 use crate::common::*;
@@ -14,33 +12,11 @@ use crate::common::*;
 pub(crate) async fn three_banks_get_only_their_own_accounts_from_a_cross_bank_list() {
     let dir = tempfile::tempdir().unwrap();
     let banks = ["bank-a", "bank-b", "bank-c"];
-    let parties: Vec<Party> = banks
-        .iter()
-        .map(|n| Party {
-            name: n,
-            key: SecretIdentity::generate(),
-        })
-        .collect();
-    let text = kura_contract::example::fill(
+    let (parties, contract) = signed_fixture(
         include_str!("../../../../testdata/contracts/aml-three-banks.toml"),
-        |name| {
-            let bank = name.strip_prefix("key:").expect("@key:NAME@");
-            let party = parties.iter().find(|p| p.name == bank).expect("a bank");
-            party.key.public().to_text()
-        },
-    );
-    let contract = Contract::parse(text.as_bytes()).unwrap();
-    kura_engine::check_analyses(&contract).await.unwrap();
-    let sigs: Vec<_> = parties
-        .iter()
-        .map(|p| kura_contract::sign(&contract, &p.key).unwrap())
-        .collect();
-    let contract = SignedContract::verify(contract, |party| {
-        sigs.iter()
-            .find(|(p, _)| p == party)
-            .map(|(_, s)| s.clone())
-    })
-    .unwrap();
+        &banks,
+    )
+    .await;
     let server = start(&contract, &dir.path().join("state")).await;
     // Planted chains: a001 -> b001 -> c001 -> a002 -> a999 and c050 -> b050 -> b051;
     // noise inside each bank (a1xx -> a1xx) is not cross-bank and must not be listed.

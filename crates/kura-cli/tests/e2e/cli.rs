@@ -160,16 +160,21 @@ pub(crate) fn cli_prints_completions_and_a_manual_page() {
     assert!(page.contains(".TH kura 1"), "{page}");
 }
 
-#[test]
-pub(crate) fn cli_demo_json() {
-    let out = kura(&["demo", "--rows", "3000", "--json"]);
+/// `kura demo ARGS --json`: its summary, after checking it ran and said it was simulated.
+fn demo_json(args: &[&str]) -> serde_json::Value {
+    let out = kura(&[&["demo", "--json"][..], args].concat());
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("SIMULATED PLATFORM"));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+pub(crate) fn cli_demo_json() {
+    let v = demo_json(&["--rows", "3000"]);
     let rows = v["result"]["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 4, "{v}");
     // The planted relationship shows: diabetes falls as activity rises.
@@ -184,14 +189,7 @@ pub(crate) fn cli_demo_json() {
 /// the same for both, and each bank scores its own new transactions with it.
 #[test]
 pub(crate) fn cli_demo_fraud_trains_a_model_both_banks_receive() {
-    let out = kura(&["demo", "--scenario", "fraud", "--rows", "4000", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("SIMULATED PLATFORM"));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = demo_json(&["--scenario", "fraud", "--rows", "4000"]);
     assert_eq!(v["receivers_agree"], true);
     assert_eq!(v["audit"]["valid"], true);
     let rows = v["model"]["rows"].as_array().unwrap();

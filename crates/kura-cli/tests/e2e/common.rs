@@ -154,6 +154,38 @@ pub(crate) fn write_data(dir: &Path) {
     std::fs::write(dir.join("claims.csv"), claims).unwrap();
 }
 
+/// Fresh keys for `names`, and `template` (from `testdata/contracts/`, with `@key:NAME@`
+/// placeholders) filled with them, checked and signed by every party.
+pub(crate) async fn signed_fixture(
+    template: &str,
+    names: &[&'static str],
+) -> (Vec<Party>, SignedContract) {
+    let parties: Vec<Party> = names
+        .iter()
+        .map(|n| Party {
+            name: n,
+            key: SecretIdentity::generate(),
+        })
+        .collect();
+    let text = kura_contract::example::fill(template, |name| {
+        let party = name.strip_prefix("key:").expect("@key:NAME@");
+        key_of(&parties, party).public().to_text()
+    });
+    let contract = Contract::parse(text.as_bytes()).unwrap();
+    kura_engine::check_analyses(&contract).await.unwrap();
+    let sigs: Vec<_> = parties
+        .iter()
+        .map(|p| kura_contract::sign(&contract, &p.key).unwrap())
+        .collect();
+    let contract = SignedContract::verify(contract, |party| {
+        sigs.iter()
+            .find(|(p, _)| p == party)
+            .map(|(_, s)| s.clone())
+    })
+    .unwrap();
+    (parties, contract)
+}
+
 pub(crate) fn key_of(parties: &[Party], name: &str) -> SecretIdentity {
     let p = parties.iter().find(|p| p.name == name).unwrap();
     SecretIdentity::parse(&p.key.to_text()).unwrap()

@@ -4,8 +4,6 @@
 use std::fmt::Write as _;
 
 use kura_client::Client;
-use kura_contract::{Contract, SignedContract};
-use kura_crypto::SecretIdentity;
 use kura_ledger::Event;
 
 use crate::common::*;
@@ -33,32 +31,11 @@ fn transactions(bank: &str, accounts: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 pub(crate) async fn two_banks_train_a_model_and_each_receives_only_the_model() {
     let dir = tempfile::tempdir().unwrap();
-    let parties: Vec<Party> = ["bank-a", "bank-b"]
-        .iter()
-        .map(|n| Party {
-            name: n,
-            key: SecretIdentity::generate(),
-        })
-        .collect();
-    let text = kura_contract::example::fill(
+    let (parties, contract) = signed_fixture(
         include_str!("../../../../testdata/contracts/fraud-two-banks.toml"),
-        |name| {
-            let bank = name.strip_prefix("key:").expect("@key:NAME@");
-            key_of(&parties, bank).public().to_text()
-        },
-    );
-    let contract = Contract::parse(text.as_bytes()).unwrap();
-    kura_engine::check_analyses(&contract).await.unwrap();
-    let sigs: Vec<_> = parties
-        .iter()
-        .map(|p| kura_contract::sign(&contract, &p.key).unwrap())
-        .collect();
-    let contract = SignedContract::verify(contract, |party| {
-        sigs.iter()
-            .find(|(p, _)| p == party)
-            .map(|(_, s)| s.clone())
-    })
-    .unwrap();
+        &["bank-a", "bank-b"],
+    )
+    .await;
     let server = start(&contract, &dir.path().join("state")).await;
     let mut clients = vec![];
     for (name, dataset, accounts) in [
