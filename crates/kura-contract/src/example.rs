@@ -132,6 +132,6 @@ mod tests {
             }
             parsed += 1;
         }
-        assert_eq!(parsed, 7, "the fixtures in {}", dir.display());
+        assert_eq!(parsed, 8, "the fixtures in {}", dir.display());
     }
 }
