@@ -54,13 +54,14 @@ pub(super) fn model(rt: &tokio::runtime::Runtime, table: &mut Table, files: &Fil
         let start = Instant::now();
         let reference = rt.block_on(fit_plaintext(dir));
         plain.push(secs(start.elapsed()));
-        // Both fit the same rows (each holds out its own random fifth): the coefficients agree
-        // to the noise of the split.
-        let kura_oldest = model.rows[1][1].as_f64().unwrap();
+        // Both fit the same rows, each holding out its own random fifth. The amounts are
+        // random, so the coefficients are noise of the split (about ±1 at 10M rows); the
+        // intercept, the mean amount, agrees closely.
+        let kura_intercept = model.rows[0][1].as_f64().unwrap();
         assert!(
-            (kura_oldest - reference.coefficients[0].1).abs() < 1.0,
-            "kura {kura_oldest}, plaintext {:?}",
-            reference.coefficients
+            (kura_intercept - reference.intercept).abs() < 0.01 * reference.intercept.abs(),
+            "kura {kura_intercept}, plaintext {}",
+            reference.intercept
         );
     }
     table.time(
