@@ -3,11 +3,11 @@
 //!
 //! The query is fixed in the contract and signed by every party, like a list's. Before any
 //! training, the rows must cover at least `min_group_size` distinct privacy units of every
-//! dataset they come from: the engine asks the threshold rule itself, by counting the query's
-//! rows as a guarded aggregate (`SELECT COUNT(*) FROM (query)`), and refuses when that count
-//! would be suppressed. The fit is `kura_ml`'s (linfa), in this process: the query's rows
-//! are collected where counted aggregations run (on a cluster, its executors), and only the
-//! features and label come back.
+//! dataset they come from: the engine asks the threshold rule itself, by counting the rows of
+//! each `UNION ALL` branch (before its final projection) as a guarded `COUNT(*)`, and refuses
+//! when a count would be suppressed. The fit is `kura_ml`'s (linfa), in this process: the
+//! query's output rows are collected where counted aggregations run (on a cluster, its
+//! executors), and only its features and label are kept.
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;

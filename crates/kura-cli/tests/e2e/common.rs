@@ -77,18 +77,7 @@ pub(crate) async fn room_custom(
         })
         .collect();
     let text = edit(contract_text(&parties, three, receivers));
-    let contract = Contract::parse(text.as_bytes()).unwrap();
-    let signatures: Vec<(String, String)> = parties
-        .iter()
-        .map(|p| kura_contract::sign(&contract, &p.key).unwrap())
-        .collect();
-    let contract = SignedContract::verify(contract, |party| {
-        signatures
-            .iter()
-            .find(|(p, _)| p == party)
-            .map(|(_, s)| s.clone())
-    })
-    .unwrap();
+    let contract = signed_by(Contract::parse(text.as_bytes()).unwrap(), &parties);
     let path = dir.path().to_path_buf();
     write_data(&path);
     let server = start(&contract, &path.join("state")).await;
@@ -173,17 +162,23 @@ pub(crate) async fn signed_fixture(
     });
     let contract = Contract::parse(text.as_bytes()).unwrap();
     kura_engine::check_analyses(&contract).await.unwrap();
-    let sigs: Vec<_> = parties
+    let contract = signed_by(contract, &parties);
+    (parties, contract)
+}
+
+/// `contract` signed by every one of `parties`.
+pub(crate) fn signed_by(contract: Contract, parties: &[Party]) -> SignedContract {
+    let signatures: Vec<(String, String)> = parties
         .iter()
         .map(|p| kura_contract::sign(&contract, &p.key).unwrap())
         .collect();
-    let contract = SignedContract::verify(contract, |party| {
-        sigs.iter()
+    SignedContract::verify(contract, |party| {
+        signatures
+            .iter()
             .find(|(p, _)| p == party)
             .map(|(_, s)| s.clone())
     })
-    .unwrap();
-    (parties, contract)
+    .unwrap()
 }
 
 pub(crate) fn key_of(parties: &[Party], name: &str) -> SecretIdentity {

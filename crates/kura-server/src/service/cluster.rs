@@ -117,6 +117,17 @@ impl Service {
             .collect()
     }
 
+    /// [`Service::engine`] on the executors alive now; also returns which they were, for the
+    /// run's entry.
+    pub(crate) async fn on_cluster<F: std::future::Future>(
+        &self,
+        f: F,
+    ) -> Result<(F::Output, Vec<String>), ServiceError> {
+        let on = self.executors().await;
+        let output = self.engine(&on, f).await?;
+        Ok((output, on))
+    }
+
     /// Runs `f` (an engine call) with this service's memory limit, its counted aggregations on
     /// the cluster when `executors` (from [`Service::executors`]) names any, else on the
     /// coordinator alone. A run on the cluster is followed by the executors' deletion of what

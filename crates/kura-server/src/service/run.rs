@@ -178,9 +178,9 @@ impl Service {
             }
             Job::Query(sql) | Job::Aggregate(sql) => {
                 let overlap = state.overlap.as_mut();
-                let on = self.executors().await;
-                let output = self
-                    .engine(&on, async {
+                let output;
+                (output, executors) = self
+                    .on_cluster(async {
                         if adhoc {
                             kura_engine::run_query(&self.contract, sql, &tables, overlap).await
                         } else {
@@ -188,29 +188,24 @@ impl Service {
                         }
                     })
                     .await?;
-                executors = on;
                 output.map(same_for_all)
             }
             Job::List(analysis) => {
-                let on = self.executors().await;
-                let output = self
-                    .engine(
-                        &on,
-                        kura_engine::list::run_list(&self.contract, analysis, &tables),
-                    )
+                let output;
+                (output, executors) = self
+                    .on_cluster(kura_engine::list::run_list(
+                        &self.contract,
+                        analysis,
+                        &tables,
+                    ))
                     .await?;
-                executors = on;
                 output.map(|m| m.into_iter().collect())
             }
             Job::Model(analysis) => {
-                let on = self.executors().await;
-                let output = self
-                    .engine(
-                        &on,
-                        kura_engine::model::train(&self.contract, analysis, &tables),
-                    )
+                let output;
+                (output, executors) = self
+                    .on_cluster(kura_engine::model::train(&self.contract, analysis, &tables))
                     .await?;
-                executors = on;
                 output.map(same_for_all)
             }
         };
