@@ -33,6 +33,9 @@ pub struct ResultTable {
     /// For a differentially private release: ε and δ spent and each statistic's noise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dp: Option<DpReport>,
+    /// A trained model's ONNX file (base64), for a model analysis whose family has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx: Option<String>,
 }
 
 /// The plaintext inside a sealed result: the table's exact JSON and the enclave's signature.
@@ -136,6 +139,7 @@ mod tests {
             rows: vec![vec!["high".into(), 40.into()]],
             suppressed_groups: 1,
             dp: None,
+            onnx: None,
         }
     }
 

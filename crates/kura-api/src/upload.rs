@@ -22,6 +22,10 @@ pub enum UploadFormat {
     /// the file from its first byte. kura's client sends Parquet files this way.
     #[serde(rename = "parquet-footer-first")]
     ParquetFooterFirst,
+    /// An ONNX model file (a `[[models]]` entry of the contract), gathered whole: its SHA-256
+    /// must be the one the contract pins.
+    #[serde(rename = "onnx")]
+    Onnx,
 }
 
 /// The two lengths that open a footer-first Parquet stream.
@@ -101,6 +105,7 @@ mod tests {
             (UploadFormat::Csv, "\"csv\""),
             (UploadFormat::Parquet, "\"parquet\""),
             (UploadFormat::ParquetFooterFirst, "\"parquet-footer-first\""),
+            (UploadFormat::Onnx, "\"onnx\""),
         ] {
             assert_eq!(serde_json::to_string(&f).unwrap(), name);
         }

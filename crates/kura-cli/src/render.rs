@@ -37,6 +37,10 @@ pub fn result_json(t: &ResultTable) -> Value {
     if let Some(dp) = &t.dp {
         v["dp"] = serde_json::json!(dp);
     }
+    // A trained model's ONNX file, base64.
+    if let Some(onnx) = &t.onnx {
+        v["onnx"] = serde_json::json!(onnx);
+    }
     v
 }
 

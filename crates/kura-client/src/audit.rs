@@ -86,18 +86,23 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 stored,
                 ..
             } => {
-                let Some(d) = contract.dataset(dataset) else {
+                let Some(owner) = contract.provider_of(dataset) else {
                     return bad(format!(
                         "upload of {dataset:?}, which is not in the contract"
                     ));
                 };
-                if &d.provider != provider {
+                if owner != provider {
                     return bad(format!(
                         "upload of {dataset:?} by {provider:?}, who is not its provider"
                     ));
                 }
                 if deleted.contains(dataset.as_str()) {
                     return bad(format!("upload of {dataset:?} after its deletion"));
+                }
+                if stored.is_some() && contract.model(dataset).is_some() {
+                    return bad(format!(
+                        "model {dataset:?} recorded at rest: models are held in memory only"
+                    ));
                 }
                 if let Some(s) = stored
                     && !batches.entry(dataset).or_default().insert(&s.batch)
@@ -173,7 +178,7 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 if let Some(d) = datasets.iter().find(|d| deleted.contains(d.as_str())) {
                     return bad(format!("run read {d:?} after its deletion"));
                 }
-                if let Some(d) = datasets.iter().find(|d| contract.dataset(d).is_none()) {
+                if let Some(d) = datasets.iter().find(|d| contract.provider_of(d).is_none()) {
                     return bad(format!("run read {d:?}, which is not in the contract"));
                 }
                 runs.insert(run_id, analysis);
@@ -192,7 +197,7 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 }
             }
             Event::Deletion { dataset, .. } => {
-                if contract.dataset(dataset).is_none() {
+                if contract.provider_of(dataset).is_none() {
                     return bad(format!(
                         "deletion of {dataset:?}, which is not in the contract"
                     ));

@@ -458,6 +458,26 @@ impl Client {
             reason: e.to_string(),
         };
         let mut file = std::fs::File::open(path).map_err(input_err)?;
+        if let Some(model) = self.contract.model(dataset) {
+            // A model is checked against the contract's pin here first: the enclave refuses any
+            // other file, and would say so only after the whole of it arrived.
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map_err(input_err)?;
+            if hex::encode(kura_crypto::sha256(&bytes)) != model.sha256 {
+                return Err(ClientError::Local(format!(
+                    "{} is not the model the contract pins for {dataset:?} (its SHA-256 differs)",
+                    path.display()
+                )));
+            }
+            return self
+                .upload_reader(
+                    dataset,
+                    UploadFormat::Onnx,
+                    std::io::Cursor::new(bytes),
+                    progress,
+                )
+                .await;
+        }
         match path.extension().and_then(|e| e.to_str()) {
             Some("parquet" | "pq") => {
                 let (head, rest) = kura_api::footer_first(&mut file).map_err(input_err)?;
@@ -486,17 +506,18 @@ impl Client {
     ) -> Result<UploadResponse, ClientError> {
         // Refuse locally what the enclave would refuse after the first bytes: it stops reading
         // then, and a large upload would end in a broken connection instead of a reason.
-        let Some(declared) = self.contract.dataset(dataset) else {
+        let Some(provider) = self.contract.provider_of(dataset) else {
             return Err(ClientError::Local(format!(
                 "dataset {dataset:?} is not in the contract"
             )));
         };
-        if declared.provider != self.party {
+        if provider != self.party {
             return Err(ClientError::Local(format!(
-                "party {:?} is not the provider of dataset {dataset:?} (its provider is {:?})",
-                self.party, declared.provider
+                "party {:?} is not the provider of {dataset:?} (its provider is {provider:?})",
+                self.party
             )));
         }
+        let model = self.contract.model(dataset).is_some();
         let enclave = self.enclave().await?;
         // The data key is wrapped under a context that includes the request's nonce, so the
         // nonce is drawn first and the signed header then carries the wrapped key.
@@ -548,18 +569,21 @@ impl Client {
         // The log must record this upload: this dataset, from this party, these exact bytes
         // (every upload's ciphertext is new: fresh key and nonce), for this request.
         // Its file key must be sealed to this party, or no later enclave instance could ever
-        // get it back.
+        // get it back; a model is held in memory, never at rest.
         let sha = hex::encode(sent.sha256);
         let location = kura_api::Storage::location(self.storage.as_ref());
         self.check_receipt(&enclave, &resp.receipt, after, "the upload", |e| {
             matches!(e, Event::Upload {
                 dataset: d, provider, rows, ciphertext_bytes, ciphertext_sha256, request: r,
-                stored: Some(stored),
+                stored,
             } if d == dataset && provider == &self.party && *rows == resp.rows
                 && *ciphertext_bytes == sent.bytes && ciphertext_sha256 == &sha
                 && r.as_deref() == Some(request.as_str())
-                && stored.location == location
-                && self.open_file_key(dataset, stored).is_ok())
+                && match stored {
+                    None => model,
+                    Some(stored) => !model && stored.location == location
+                        && self.open_file_key(dataset, stored).is_ok(),
+                })
         })?;
         if resp.dataset != dataset || resp.ciphertext_bytes != sent.bytes {
             return Err(ClientError::NotMine(

@@ -70,6 +70,23 @@ pub fn fraud_two_banks(bank_a_pub: &str, bank_b_pub: &str) -> String {
     )
 }
 
+/// The second half of the fraud scenario: a consortium's model, the file whose SHA-256 is
+/// `model_sha256`, scores two other banks' new transactions
+/// (`testdata/contracts/fraud-scoring.toml`).
+pub fn fraud_scoring(keys: &[(&str, &str)], model_sha256: &str) -> String {
+    fill(
+        include_str!("../../../testdata/contracts/fraud-scoring.toml"),
+        |name| match name {
+            "sha256:fraud_model" => model_sha256.to_string(),
+            key => keys
+                .iter()
+                .find(|(party, _)| Some(*party) == key.strip_prefix("key:"))
+                .map(|(_, k)| k.to_string())
+                .unwrap_or_else(|| panic!("the scoring contract has no placeholder {key}")),
+        },
+    )
+}
+
 /// A contract template from `testdata/contracts/` with every `@NAME@` replaced by
 /// `value(NAME)`: tests keep their contracts as files and fill in what only exists at run time
 /// (`@key:PARTY@` with a fresh public key, and the like).
@@ -122,6 +139,7 @@ mod tests {
                 "analysis" => "bench".into(),
                 "sql" => "SELECT COUNT(*) FROM claims".into(),
                 "adhoc" => String::new(),
+                "sha256:fraud_model" => "ab".repeat(32),
                 key => {
                     assert!(key.starts_with("key:"), "{}: @{key}@", path.display());
                     kura_crypto::SecretIdentity::generate().public().to_text()
@@ -132,6 +150,6 @@ mod tests {
             }
             parsed += 1;
         }
-        assert_eq!(parsed, 8, "the fixtures in {}", dir.display());
+        assert_eq!(parsed, 9, "the fixtures in {}", dir.display());
     }
 }

@@ -17,8 +17,8 @@ pub use error::ContractError;
 pub use model::{
     ADHOC_AGGREGATES, ADHOC_ANALYSIS, AcceptEntry, Adhoc, Analysis, AnalysisKind, Column,
     ColumnRole, ColumnType, Contract, ContractId, CryptoPolicy, Dataset, DeleteAfter,
-    EnclavePolicy, ModelFamily, ModelSpec, ONE_PERSON_AGGREGATES, OutputRules, Party, Platform,
-    Retention, Role,
+    EnclavePolicy, ModelFamily, ModelFile, ModelSpec, ONE_PERSON_AGGREGATES, OutputRules, Party,
+    Platform, Retention, Role, ScoreSpec,
 };
 pub use signature::{
     SIGNATURE_DOMAIN, SignatureCheck, SignatureStatus, SignedContract, sign, verify_all,

@@ -205,6 +205,46 @@ pub struct Analysis {
     /// For `kind = "model"`: what to train on the query's rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelSpec>,
+    /// For `kind = "score"`: which model scores the query's rows, and on which columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<ScoreSpec>,
+}
+
+/// A model file a party provides for scoring (`[[models]]`). Only the file with exactly this
+/// hash is ever run: every party signs for that model, though only its provider sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub name: String,
+    pub provider: String,
+    /// SHA-256 (hex) of the ONNX file.
+    pub sha256: String,
+}
+
+/// A scoring analysis (`[analyses.score]`): the model run on each row of the query, the row's
+/// score released to the owner of the row (by `list_column`, as a list routes rows), and to
+/// the model's provider only the distribution of the scores, cell by cell under the minimum
+/// group size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreSpec {
+    /// The `[[models]]` entry to run.
+    pub model: String,
+    /// The query's output columns the model takes, in its input's order (numbers or booleans).
+    pub features: Vec<String>,
+    /// Upper edges of the score buckets of the distribution, increasing; default 0.1 to 0.9 in
+    /// steps of 0.1 (ten buckets of a probability).
+    #[serde(default = "ScoreSpec::default_buckets")]
+    pub buckets: Vec<f64>,
+    /// An output column (not an identifier) by which the distribution is broken down.
+    #[serde(default)]
+    pub group_by: Option<String>,
+}
+
+impl ScoreSpec {
+    fn default_buckets() -> Vec<f64> {
+        (1..10).map(|i| f64::from(i) / 10.0).collect()
+    }
 }
 
 /// A model analysis's training: the query's output columns it learns from and the family and
@@ -268,6 +308,9 @@ pub enum AnalysisKind {
     /// A model trained on the query's rows (`[analyses.model]`): its coefficients and its
     /// quality on held-out rows are released, never the rows.
     Model,
+    /// The query's rows scored by a party's model (`[analyses.score]`): each row's score goes
+    /// to the row's owner, and only the scores' distribution to the model's provider.
+    Score,
 }
 
 /// Aggregate names a contract's `[adhoc].aggregates` may list. Those in
@@ -456,6 +499,8 @@ pub struct Contract {
     pub parties: Vec<Party>,
     pub datasets: Vec<Dataset>,
     pub analyses: Vec<Analysis>,
+    /// Model files parties provide for scoring analyses.
+    pub models: Vec<ModelFile>,
     pub adhoc: Option<Adhoc>,
     pub privacy: crate::dp::Privacy,
     pub output: OutputRules,
@@ -479,6 +524,8 @@ struct RawContract {
     datasets: Vec<Dataset>,
     #[serde(default)]
     analyses: Vec<Analysis>,
+    #[serde(default)]
+    models: Vec<ModelFile>,
     #[serde(default)]
     adhoc: Option<Adhoc>,
     #[serde(default)]
@@ -621,6 +668,7 @@ impl Contract {
             parties,
             datasets: raw.datasets,
             analyses: raw.analyses,
+            models: raw.models,
             adhoc: raw.adhoc,
             privacy: raw.privacy,
             output: raw.output,
@@ -736,9 +784,16 @@ impl Contract {
                 }
                 (AnalysisKind::Model, Some(_)) => {
                     return Err(ContractError::Adhoc(format!(
-                        "{context}: list_column applies only to kind = \"list\""
+                        "{context}: list_column applies only to kind = \"list\" or \"score\""
                     )));
                 }
+                (AnalysisKind::Score, None) => {
+                    return Err(ContractError::Model(format!(
+                        "{context} is a score: name the column that says whose each row is \
+                         with list_column"
+                    )));
+                }
+                (AnalysisKind::Score, Some(_)) => {}
                 (AnalysisKind::List, Some(_)) => {
                     for r in &a.receivers {
                         if !self.datasets.iter().any(|d| &d.provider == r) {
@@ -754,7 +809,9 @@ impl Contract {
         }
         for a in &self.analyses {
             validate_model(a)?;
+            self.validate_score(a)?;
         }
+        self.validate_models()?;
         if let Some(adhoc) = &self.adhoc {
             self.validate_adhoc(adhoc)?;
         }
@@ -790,6 +847,12 @@ impl Contract {
                     return Err(ContractError::Dp(format!(
                         "{context}: models cannot be trained under [privacy.dp] yet (training \
                          is not differentially private)"
+                    )));
+                }
+                (Some(_), _, _) if a.kind == AnalysisKind::Score => {
+                    return Err(ContractError::Dp(format!(
+                        "{context}: scores cannot be released under [privacy.dp] yet (the \
+                         distribution given to the model's provider is not noised)"
                     )));
                 }
                 _ => {}
@@ -949,6 +1012,131 @@ impl Contract {
 
     pub fn dataset(&self, name: &str) -> Option<&Dataset> {
         self.datasets.iter().find(|d| d.name == name)
+    }
+
+    /// The provider of the dataset or model named `name` (uploads, runs and deletions name
+    /// either).
+    pub fn provider_of(&self, name: &str) -> Option<&str> {
+        self.dataset(name)
+            .map(|d| d.provider.as_str())
+            .or_else(|| self.model(name).map(|m| m.provider.as_str()))
+    }
+
+    /// The `[[models]]` entry named `name`.
+    pub fn model(&self, name: &str) -> Option<&ModelFile> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    /// Model files: names shared with no dataset (uploads name either), a provider, and a
+    /// SHA-256 to pin.
+    fn validate_models(&self) -> Result<(), ContractError> {
+        unique(
+            "dataset or model",
+            self.datasets
+                .iter()
+                .map(|d| d.name.as_str())
+                .chain(self.models.iter().map(|m| m.name.as_str())),
+        )?;
+        for m in &self.models {
+            check_name("model", &m.name, sql_char, SQL_RULE)?;
+            let context = format!("model {:?}", m.name);
+            self.require_role(&context, &m.provider, Role::Provider)?;
+            let hex_ok = m.sha256.len() == 64
+                && m.sha256
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+            if !hex_ok {
+                return Err(ContractError::Model(format!(
+                    "{context}: sha256 must be the file's SHA-256 in 64 lowercase hex digits"
+                )));
+            }
+            if !self
+                .analyses
+                .iter()
+                .any(|a| a.score.as_ref().is_some_and(|s| s.model == m.name))
+            {
+                return Err(ContractError::Model(format!(
+                    "{context} is used by no scoring analysis"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A scoring analysis names a model of the contract, what it reads, and who gets what:
+    /// the model's provider the distribution, every other receiver its own rows.
+    fn validate_score(&self, a: &Analysis) -> Result<(), ContractError> {
+        let context = format!("analysis {:?}", a.name);
+        let spec = match (a.kind, &a.score) {
+            (AnalysisKind::Score, Some(spec)) => spec,
+            (AnalysisKind::Score, None) => {
+                return Err(ContractError::Model(format!(
+                    "{context} is a score: say which model and features in [analyses.score]"
+                )));
+            }
+            (_, Some(_)) => {
+                return Err(ContractError::Model(format!(
+                    "{context}: [analyses.score] applies only to kind = \"score\""
+                )));
+            }
+            (_, None) => return Ok(()),
+        };
+        let model = self.model(&spec.model).ok_or_else(|| {
+            ContractError::Model(format!(
+                "{context} scores with model {:?}, which is not in [[models]]",
+                spec.model
+            ))
+        })?;
+        if spec.features.is_empty() {
+            return Err(ContractError::Model(format!("{context} names no features")));
+        }
+        unique("feature", spec.features.iter().map(String::as_str))?;
+        let route = a.list_column.as_deref().unwrap_or_default();
+        if spec.features.iter().any(|f| f == route) || spec.group_by.as_deref() == Some(route) {
+            return Err(ContractError::Model(format!(
+                "{context}: the list_column {route:?} says whose a row is; it cannot also be a \
+                 feature or the distribution's group"
+            )));
+        }
+        if spec
+            .group_by
+            .as_ref()
+            .is_some_and(|g| spec.features.contains(g))
+        {
+            return Err(ContractError::Model(format!(
+                "{context}: group_by cannot also be a feature"
+            )));
+        }
+        let increasing = spec.buckets.windows(2).all(|w| w[0] < w[1]);
+        if spec.buckets.is_empty()
+            || spec.buckets.len() > 99
+            || !increasing
+            || spec.buckets.iter().any(|b| !b.is_finite())
+        {
+            return Err(ContractError::Model(format!(
+                "{context}: buckets must be 1 to 99 increasing finite numbers"
+            )));
+        }
+        for other in &self.analyses {
+            if let Some(o) = &other.score
+                && o.model == spec.model
+                && o.features.len() != spec.features.len()
+            {
+                return Err(ContractError::Model(format!(
+                    "analyses {:?} and {:?} give model {:?} different numbers of features",
+                    a.name, other.name, spec.model
+                )));
+            }
+        }
+        for r in a.receivers.iter().filter(|r| **r != model.provider) {
+            if !self.datasets.iter().any(|d| &d.provider == r) {
+                return Err(ContractError::Model(format!(
+                    "{context}: receiver {r:?} provides neither the model nor a dataset, so it \
+                     could only ever receive nothing"
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn analysis(&self, name: &str) -> Option<&Analysis> {

@@ -18,6 +18,7 @@ pub mod model;
 mod output;
 pub mod overlap;
 pub mod roles;
+pub mod score;
 pub mod stored;
 pub mod threshold;
 pub mod units;
@@ -298,6 +299,12 @@ pub async fn check_analyses(contract: &Contract) -> Result<(), EngineError> {
                 .map_err(|e| e.in_analysis(&analysis.name))?;
             continue;
         }
+        if analysis.kind == kura_contract::AnalysisKind::Score {
+            score::check(contract, &ctx, analysis)
+                .await
+                .map_err(|e| e.in_analysis(&analysis.name))?;
+            continue;
+        }
         let checked = match &analysis.list_column {
             None if analysis.dp => dp::cost(contract, &analysis.sql, analysis.epsilon)
                 .await
@@ -462,6 +469,7 @@ async fn execute(
         suppressed_groups: suppressed,
         datasets: guarded.datasets,
         dp: None,
+        onnx: None,
     })
 }
 

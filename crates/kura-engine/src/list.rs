@@ -57,6 +57,7 @@ pub async fn run_list(
         suppressed_groups: 0,
         datasets: datasets.into_iter().collect(),
         dp: None,
+        onnx: None,
     };
     let mut out = BTreeMap::new();
     for receiver in &analysis.receivers {
@@ -79,7 +80,7 @@ pub async fn run_list(
 }
 
 /// A value as text, the way it is compared with privacy units.
-fn key(v: &Value) -> Option<String> {
+pub(crate) fn key(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
@@ -88,7 +89,7 @@ fn key(v: &Value) -> Option<String> {
 }
 
 /// Every privacy-unit value of the datasets `party` provided (those present in `ctx`).
-async fn own_units(
+pub(crate) async fn own_units(
     contract: &Contract,
     party: &str,
     ctx: &datafusion::execution::context::SessionContext,

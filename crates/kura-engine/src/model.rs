@@ -35,8 +35,8 @@ pub async fn train(
     let plan = crate::written_plan(&ctx, &analysis.sql).await?;
     let datasets = crate::lineage::datasets_read(&plan, contract)?;
     crate::require_data(&datasets, tables)?;
-    let columns = columns(&plan, spec)?;
-    no_identifiers(contract, &plan, spec)?;
+    let columns = numeric_columns(&plan, &learned(spec), "model")?;
+    no_identifiers(contract, &plan, &learned(spec), RULE)?;
     covered(contract, &ctx, &plan).await?;
 
     let physical = ctx.state().create_physical_plan(&plan).await?;
@@ -63,6 +63,7 @@ pub async fn train(
         suppressed_groups: 0,
         datasets: datasets.into_iter().collect(),
         dp: None,
+        onnx: Some(kura_ml::onnx::export(&model)),
     })
 }
 
@@ -77,34 +78,43 @@ pub(crate) async fn check(
     let spec = spec(analysis)?;
     let plan = crate::written_plan(ctx, &analysis.sql).await?;
     crate::lineage::datasets_read(&plan, contract)?;
-    columns(&plan, spec)?;
-    no_identifiers(contract, &plan, spec)?;
+    numeric_columns(&plan, &learned(spec), "model")?;
+    no_identifiers(contract, &plan, &learned(spec), RULE)?;
     for count in counts(&plan)? {
         crate::threshold::guard(count, contract, None)?;
     }
     Ok(())
 }
 
-/// Refuses a feature or label computed from an identifier column: an indicator such as
-/// `account = 'A-17'` would put one person's label in its coefficient. Each must be computed,
-/// in each branch's final `SELECT`, from dataset columns that are not identifiers.
-fn no_identifiers(
+/// The features, then the label: the columns a model learns from.
+fn learned(spec: &ModelSpec) -> Vec<String> {
+    let mut names = spec.features.clone();
+    names.push(spec.label.clone());
+    names
+}
+
+/// Refuses any of `names` (output columns) computed from an identifier column: an indicator
+/// such as `account = 'A-17'` would put one person's label in a coefficient, or let a scoring
+/// model single one person out. Each must be computed, in each branch's final `SELECT`, from
+/// dataset columns that are not identifiers. Refusals name `rule`.
+pub(crate) fn no_identifiers(
     contract: &Contract,
     plan: &datafusion::logical_expr::LogicalPlan,
-    spec: &ModelSpec,
+    names: &[String],
+    rule: &'static str,
 ) -> Result<(), EngineError> {
     use datafusion::logical_expr::LogicalPlan;
-    let refuse = |reason: String| EngineError::Refused { rule: RULE, reason };
+    let refuse = |reason: String| EngineError::Refused { rule, reason };
     for branch in branches(plan) {
         let LogicalPlan::Projection(projection) = branch else {
             return Err(refuse(
-                "a model's query must end in a SELECT list (of each UNION ALL branch)".into(),
+                "the query must end in a SELECT list (of each UNION ALL branch)".into(),
             ));
         };
-        let names = branch.schema().fields();
-        for (expr, field) in projection.expr.iter().zip(names.iter()) {
+        let fields = branch.schema().fields();
+        for (expr, field) in projection.expr.iter().zip(fields.iter()) {
             let name = field.name();
-            if !spec.features.contains(name) && &spec.label != name {
+            if !names.contains(name) {
                 continue;
             }
             for column in expr.column_refs() {
@@ -116,8 +126,8 @@ fn no_identifiers(
                 let (dataset, source) = crate::lineage::origin(&projection.input, index)
                     .ok_or_else(|| {
                         refuse(format!(
-                            "the model's column {name:?} must be computed from the datasets' \
-                             columns in the final SELECT"
+                            "the column {name:?} must be computed from the datasets' columns in \
+                             the final SELECT"
                         ))
                     })?;
                 let role = contract
@@ -126,7 +136,7 @@ fn no_identifiers(
                     .map(|c| c.role);
                 if role == Some(kura_contract::ColumnRole::Identifier) {
                     return Err(refuse(format!(
-                        "the model's column {name:?} is computed from identifier column \
+                        "the column {name:?} is computed from identifier column \
                          {dataset}.{source}"
                     )));
                 }
@@ -137,7 +147,7 @@ fn no_identifiers(
 }
 
 /// The branches of a top-level `UNION ALL`, or the plan itself.
-fn branches(
+pub(crate) fn branches(
     plan: &datafusion::logical_expr::LogicalPlan,
 ) -> Vec<&datafusion::logical_expr::LogicalPlan> {
     match plan {
@@ -191,38 +201,65 @@ fn settings(spec: &ModelSpec) -> kura_ml::Settings {
     }
 }
 
-fn number(v: f64) -> Value {
+pub(crate) fn number(v: f64) -> Value {
     serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
 }
 
-/// The positions of the features, then the label, among the query's output columns, which
-/// must be numbers or booleans.
-fn columns(
+/// The positions of `names` among the query's output columns, which must be numbers or
+/// booleans; `what` says whose columns they are in errors.
+pub(crate) fn numeric_columns(
     plan: &datafusion::logical_expr::LogicalPlan,
-    spec: &ModelSpec,
+    names: &[String],
+    what: &str,
 ) -> Result<Vec<usize>, EngineError> {
     let schema = plan.schema();
-    spec.features
+    names
         .iter()
-        .chain(std::iter::once(&spec.label))
         .map(|name| {
             let index = schema
                 .fields()
                 .iter()
                 .position(|f| f.name() == name)
                 .ok_or_else(|| {
-                    EngineError::Sql(format!("the model's query has no output column {name:?}"))
+                    EngineError::Sql(format!("the {what}'s query has no output column {name:?}"))
                 })?;
             let kind = schema.field(index).data_type();
             if kind.is_numeric() || *kind == DataType::Boolean {
                 Ok(index)
             } else {
                 Err(EngineError::Sql(format!(
-                    "the model's column {name:?} is {kind}, not a number or a boolean"
+                    "the {what}'s column {name:?} is {kind}, not a number or a boolean"
                 )))
             }
         })
         .collect()
+}
+
+/// The values of the columns at `columns` in each row as numbers, row after row (`None` for a
+/// row where any of them is null).
+pub(crate) fn numbers(
+    batches: &[datafusion::arrow::record_batch::RecordBatch],
+    columns: &[usize],
+) -> Result<Vec<Option<Vec<f64>>>, EngineError> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let cast = columns
+            .iter()
+            .map(|&i| cast(batch.column(i), &DataType::Float64))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| EngineError::Runtime("a model's column did not read as numbers"))?;
+        let cast: Vec<_> = cast
+            .iter()
+            .map(|a| a.as_primitive::<Float64Type>())
+            .collect();
+        for row in 0..batch.num_rows() {
+            out.push(
+                (!cast.iter().any(|a| a.is_null(row)))
+                    .then(|| cast.iter().map(|a| a.value(row)).collect()),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// Refuses unless the query's rows cover at least `min_group_size` people of every dataset
@@ -256,24 +293,11 @@ fn training_set(
     columns: &[usize],
 ) -> Result<kura_ml::TrainingSet, EngineError> {
     let width = columns.len();
-    let mut values: Vec<f64> = Vec::new();
-    for batch in batches {
-        let numbers = columns
-            .iter()
-            .map(|&i| cast(batch.column(i), &DataType::Float64))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| EngineError::Runtime("a model's column did not read as numbers"))?;
-        let numbers: Vec<_> = numbers
-            .iter()
-            .map(|a| a.as_primitive::<Float64Type>())
-            .collect();
-        for row in 0..batch.num_rows() {
-            if numbers.iter().any(|a| a.is_null(row)) {
-                continue;
-            }
-            values.extend(numbers.iter().map(|a| a.value(row)));
-        }
-    }
+    let values: Vec<f64> = numbers(batches, columns)?
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
     let rows = values.len() / width;
     let all = ndarray::Array2::from_shape_vec((rows, width), values)
         .map_err(|e| EngineError::Execution(e.to_string()))?;

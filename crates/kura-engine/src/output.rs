@@ -28,6 +28,8 @@ pub struct Output {
     pub datasets: Vec<String>,
     /// For a differentially private release: ε and δ spent, and each statistic's noise.
     pub dp: Option<kura_contract::dp::DpReport>,
+    /// A trained model's ONNX file, released with its table.
+    pub onnx: Option<Vec<u8>>,
 }
 
 /// The released groups of one aggregation.

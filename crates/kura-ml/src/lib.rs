@@ -13,6 +13,8 @@
 //! function for a logistic model. A share of the rows, drawn at random inside the enclave, is
 //! held out of the fit, and the model is measured on it.
 
+pub mod onnx;
+
 use linfa::prelude::*;
 use ndarray::{Array1, Array2, Axis};
 use rand::SeedableRng;

@@ -42,6 +42,10 @@ pub struct ResultsArgs {
     /// Write to this file instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write the ONNX file of a model analysis's result here (the model the table
+    /// describes, ready for any ONNX runtime, or to upload as a `[[models]]` entry).
+    #[arg(long, value_name = "FILE")]
+    onnx: Option<PathBuf>,
 }
 
 pub async fn run(a: ResultsArgs) -> Result<ExitCode> {
@@ -52,6 +56,14 @@ pub async fn run(a: ResultsArgs) -> Result<ExitCode> {
             "there are no results for party {} on this enclave instance",
             client.party()
         );
+    }
+    if let Some(path) = &a.onnx {
+        let mut models = tables.iter().filter_map(|t| t.onnx.as_deref());
+        let (Some(model), None) = (models.next(), models.next()) else {
+            bail!("--onnx needs exactly one result with a model file: choose it with --run");
+        };
+        let bytes = kura_crypto::b64::decode(model).context("the result's model file")?;
+        files::write_atomic(path, &bytes)?;
     }
     let format = if a.json { Format::Json } else { a.format };
     let bytes = match format {

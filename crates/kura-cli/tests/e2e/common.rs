@@ -149,6 +149,15 @@ pub(crate) async fn signed_fixture(
     template: &str,
     names: &[&'static str],
 ) -> (Vec<Party>, SignedContract) {
+    signed_fixture_with(template, names, |name| panic!("no placeholder @{name}@")).await
+}
+
+/// [`signed_fixture`], with the placeholders other than keys filled by `other`.
+pub(crate) async fn signed_fixture_with(
+    template: &str,
+    names: &[&'static str],
+    other: impl Fn(&str) -> String,
+) -> (Vec<Party>, SignedContract) {
     let parties: Vec<Party> = names
         .iter()
         .map(|n| Party {
@@ -156,9 +165,9 @@ pub(crate) async fn signed_fixture(
             key: SecretIdentity::generate(),
         })
         .collect();
-    let text = kura_contract::example::fill(template, |name| {
-        let party = name.strip_prefix("key:").expect("@key:NAME@");
-        key_of(&parties, party).public().to_text()
+    let text = kura_contract::example::fill(template, |name| match name.strip_prefix("key:") {
+        Some(party) => key_of(&parties, party).public().to_text(),
+        None => other(name),
     });
     let contract = Contract::parse(text.as_bytes()).unwrap();
     kura_engine::check_analyses(&contract).await.unwrap();

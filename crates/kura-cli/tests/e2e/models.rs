@@ -104,6 +104,17 @@ pub(crate) async fn two_banks_train_a_model_and_each_receives_only_the_model() {
         ]
     );
 
+    // The ONNX file released with the table is the table's model: it scores as its terms do.
+    let onnx = kura_crypto::b64::decode(tables[0].onnx.as_deref().expect("an ONNX file")).unwrap();
+    let scorer = kura_ml::onnx::Scorer::load(&onnx, 3).unwrap();
+    let row = [1500.0, 1.0, 0.0];
+    let z = value("intercept") + value("amount") * row[0] + value("night") * row[1];
+    let p = scorer.score(&row).unwrap()[0];
+    assert!(
+        (p - 1.0 / (1.0 + (-z).exp())).abs() < 1e-5,
+        "{p} against z = {z}"
+    );
+
     // The log has the refusal and the run, and verifies.
     let events = events_of(&mut clients[0]).await;
     assert!(
@@ -116,4 +127,171 @@ pub(crate) async fn two_banks_train_a_model_and_each_receives_only_the_model() {
             .iter()
             .any(|e| matches!(e, Event::Run { analysis, .. } if analysis == "fraud_model"))
     );
+}
+
+/// The consortium's model: the logistic pattern [`transactions`] follows, roughly.
+fn consortium_model() -> kura_ml::Model {
+    kura_ml::Model {
+        family: kura_ml::Family::Logistic,
+        intercept: -6.0,
+        coefficients: vec![
+            ("amount".into(), 0.004),
+            ("night".into(), 1.5),
+            ("foreign".into(), 1.0),
+        ],
+        metrics: Vec::new(),
+    }
+}
+
+/// `accounts` accounts of 5 new transactions each, of `bank`, with their features.
+fn new_transactions(bank: &str, accounts: usize) -> (String, Vec<(String, [f64; 3])>) {
+    let mut csv = String::from("account,txn,channel,amount,night,foreign\n");
+    let mut rows = Vec::new();
+    for a in 0..accounts {
+        for t in 0..5 {
+            let amount = 20.0 + ((a * 53 + t * 211) % 1800) as f64;
+            let (night, foreign) = ((a + t) % 4 == 0, (a * 3 + t) % 7 == 0);
+            let channel = if t % 2 == 0 { "card" } else { "online" };
+            let txn = format!("{bank}-{a}-{t}");
+            writeln!(csv, "{bank}{a},{txn},{channel},{amount},{night},{foreign}").unwrap();
+            let flag = |b: bool| f64::from(u8::from(b));
+            rows.push((txn, [amount, flag(night), flag(foreign)]));
+        }
+    }
+    (csv, rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn a_model_scores_each_banks_rows_for_that_bank_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = consortium_model();
+    let onnx = kura_ml::onnx::export(&model);
+    let pinned = hex::encode(kura_crypto::sha256(&onnx));
+    let (parties, contract) = signed_fixture_with(
+        include_str!("../../../../testdata/contracts/fraud-scoring.toml"),
+        &["consortium", "bank-c", "bank-d"],
+        |name| {
+            assert_eq!(name, "sha256:fraud_model");
+            pinned.clone()
+        },
+    )
+    .await;
+    let server = start(&contract, &dir.path().join("state")).await;
+    let client = |name| {
+        let mut c = Client::new(&server.url(), contract.clone(), key_of(&parties, name)).unwrap();
+        async move {
+            c.attest().await.unwrap();
+            c
+        }
+    };
+    let mut consortium = client("consortium").await;
+
+    // Another file under the model's name is refused inside the enclave (the client's own
+    // check is passed by), and so is a model from a party that does not provide it.
+    let mut other = consortium_model();
+    other.intercept = 3.0;
+    let (status, reason) = refused(
+        consortium
+            .upload_reader(
+                "fraud_model",
+                kura_api::UploadFormat::Onnx,
+                std::io::Cursor::new(kura_ml::onnx::export(&other)),
+                |_| {},
+            )
+            .await,
+    );
+    assert_eq!(status, 409, "{reason}");
+    assert!(
+        reason.contains("not the model the contract pins"),
+        "{reason}"
+    );
+    let model_path = dir.path().join("model.onnx");
+    std::fs::write(&model_path, &onnx).unwrap();
+    let mut bank_c = client("bank-c").await;
+    let local = bank_c.upload("fraud_model", &model_path, |_| {}).await;
+    assert!(
+        format!("{local:?}").contains("not the provider"),
+        "{local:?}"
+    );
+
+    consortium
+        .upload("fraud_model", &model_path, |_| {})
+        .await
+        .unwrap();
+    let (status, reason) = refused(consortium.upload("fraud_model", &model_path, |_| {}).await);
+    assert_eq!(
+        (status, reason.contains("already uploaded")),
+        (409, true),
+        "{reason}"
+    );
+
+    let mut bank_d = client("bank-d").await;
+    let mut plain = std::collections::HashMap::new();
+    for (c, bank, dataset, accounts) in [
+        (&mut bank_c, "c", "new_c", 30),
+        (&mut bank_d, "d", "new_d", 20),
+    ] {
+        let (csv, rows) = new_transactions(bank, accounts);
+        let path = dir.path().join(format!("{dataset}.csv"));
+        std::fs::write(&path, csv).unwrap();
+        c.upload(dataset, &path, |_| {}).await.unwrap();
+        plain.extend(rows);
+    }
+
+    let run = bank_c.run("score_new").await.unwrap();
+    // Each bank gets its own transactions, each with the model's score, and no features.
+    for (c, bank, count) in [(&mut bank_c, "c", 150), (&mut bank_d, "d", 100)] {
+        let table = c.results(Some(&run.run_id)).await.unwrap().remove(0);
+        assert_eq!(table.columns, ["account", "txn", "channel", "score"]);
+        assert_eq!(table.rows.len(), count);
+        for row in &table.rows {
+            assert!(row[0].as_str().unwrap().starts_with(bank), "{row:?}");
+            let features = plain[row[1].as_str().unwrap()];
+            let score = row[3].as_f64().unwrap();
+            let expected = model.predict(&features);
+            assert!(
+                (score - expected).abs() < 1e-5,
+                "{score} against {expected}"
+            );
+        }
+    }
+    // The consortium gets the scores' distribution by channel, never a row: every released
+    // cell rests on at least 10 accounts, and the cells account for every transaction but those
+    // of suppressed cells.
+    let table = consortium
+        .results(Some(&run.run_id))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(table.columns, ["channel", "score_from", "score_to", "rows"]);
+    let released: u64 = table.rows.iter().map(|r| r[3].as_u64().unwrap()).sum();
+    assert!(!table.rows.is_empty());
+    assert!(released <= 250);
+    assert_eq!(released == 250, table.suppressed_groups == 0, "{table:?}");
+    let mut expected = std::collections::BTreeMap::new();
+    for (txn, features) in &plain {
+        let channel = if txn.ends_with(['0', '2', '4']) {
+            "card"
+        } else {
+            "online"
+        };
+        let bucket = (model.predict(features) * 10.0).floor().min(9.0) as i64;
+        *expected.entry((channel, bucket)).or_insert(0u64) += 1;
+    }
+    for row in &table.rows {
+        let bucket = row[1].as_f64().map_or(0, |f| (f * 10.0).round() as i64);
+        let cell = (row[0].as_str().unwrap(), bucket);
+        assert_eq!(
+            Some(&row[3].as_u64().unwrap()),
+            expected.get(&cell),
+            "{row:?}"
+        );
+    }
+
+    // The log records the model's upload (held in memory, never at rest) and verifies.
+    let events = events_of(&mut consortium).await;
+    assert!(events.iter().any(|e| matches!(e,
+        Event::Upload { dataset, stored: None, .. } if dataset == "fraud_model")));
+    assert!(events.iter().any(|e| matches!(e,
+        Event::UploadRefused { dataset, .. } if dataset == "fraud_model")));
 }

@@ -117,6 +117,7 @@ impl DpPlan {
             suppressed_groups: 0,
             datasets: self.datasets.clone(),
             dp: Some(report),
+            onnx: None,
         })
     }
 

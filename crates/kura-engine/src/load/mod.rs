@@ -182,6 +182,8 @@ enum Format {
     /// Parquet's footer comes last: the file is gathered, then decoded by row group.
     Parquet(Zeroizing<Vec<u8>>),
     ParquetFooterFirst(Box<FooterFirst>),
+    /// A model file: not a dataset, refused at its first byte.
+    Model,
 }
 
 impl Ingest {
@@ -206,6 +208,7 @@ impl Ingest {
                 UploadFormat::Csv => Format::Csv(Box::default()),
                 UploadFormat::Parquet => Format::Parquet(Zeroizing::new(Vec::new())),
                 UploadFormat::ParquetFooterFirst => Format::ParquetFooterFirst(Box::default()),
+                UploadFormat::Onnx => Format::Model,
             },
             scratch: Zeroizing::default(),
         }
@@ -226,6 +229,7 @@ impl Ingest {
                 Ok(())
             }
             Format::ParquetFooterFirst(parquet) => parquet.push(&self.shape, plaintext),
+            Format::Model => Err(not_a_dataset(&self.shape)),
         }
     }
 
@@ -281,7 +285,7 @@ impl Ingest {
                 Some(body) => body.parallel.ready(),
                 None => Ok(Vec::new()),
             },
-            Format::Parquet(_) => Ok(Vec::new()),
+            Format::Parquet(_) | Format::Model => Ok(Vec::new()),
         }
     }
 
@@ -292,8 +296,16 @@ impl Ingest {
             Format::Csv(csv) => csv.finish(&self.shape),
             Format::Parquet(file) => load_parquet(&self.shape, file),
             Format::ParquetFooterFirst(parquet) => parquet.finish(&self.shape),
+            Format::Model => Err(not_a_dataset(&self.shape)),
         }
     }
+}
+
+fn not_a_dataset(shape: &Shape) -> EngineError {
+    EngineError::schema(
+        &shape.declared.name,
+        "an ONNX file is a model: a dataset is uploaded as CSV or Parquet",
+    )
 }
 
 #[cfg(test)]
@@ -302,7 +314,7 @@ impl Ingest {
     pub(crate) fn pieces_handed_out(&self) -> usize {
         match &self.format {
             Format::Csv(csv) => csv.parallel.sent,
-            Format::Parquet(_) => 0,
+            Format::Parquet(_) | Format::Model => 0,
             Format::ParquetFooterFirst(p) => p.body.as_ref().map_or(0, |b| b.parallel.sent),
         }
     }

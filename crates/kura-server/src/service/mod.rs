@@ -76,6 +76,8 @@ impl StoredDataset {
 struct State {
     pending: std::collections::HashMap<String, Pending>,
     datasets: BTreeMap<String, StoredDataset>,
+    /// Uploaded model files, ready to run; in this instance's memory only.
+    models: BTreeMap<String, Arc<kura_ml::onnx::Scorer>>,
     /// Datasets that were deleted, with the reason; they cannot be uploaded or used again.
     deleted: BTreeMap<String, String>,
     /// Sealed results by run, until fetched (kept across restarts: [`kept`]).
@@ -298,6 +300,7 @@ impl Service {
         name: &str,
         reason: String,
     ) -> Result<Receipt, ServiceError> {
+        state.models.remove(name);
         if let Some(stored) = state.datasets.remove(name) {
             // The files' keys are dropped (zeroized) here; the files go from the store. Without
             // the store (a provider's bucket whose credentials this instance never got), the

@@ -36,6 +36,7 @@ impl Service {
                 .datasets
                 .iter()
                 .map(|d| d.name.clone())
+                .chain(service.contract.models.iter().map(|m| m.name.clone()))
                 .collect();
             for name in names {
                 if !state.deleted.contains_key(&name)

@@ -9,14 +9,15 @@ use kura_ledger::Event;
 use super::Service;
 use crate::ServiceError;
 
-/// What a run executes: an ad-hoc query, a fixed aggregate analysis, a list, a model, or
-/// either kind of query under differential privacy (with its ε, if it names one).
+/// What a run executes: an ad-hoc query, a fixed aggregate analysis, a list, a model, a
+/// scoring, or either kind of query under differential privacy (with its ε, if it names one).
 enum Job<'a> {
     Query(&'a str),
     Dp(&'a str, Option<f64>),
     Aggregate(&'a str),
     List(&'a kura_contract::Analysis),
     Model(&'a kura_contract::Analysis),
+    Score(&'a kura_contract::Analysis),
 }
 
 impl Service {
@@ -96,6 +97,7 @@ impl Service {
                 let job = match analysis.kind {
                     AnalysisKind::List => Job::List(analysis),
                     AnalysisKind::Model => Job::Model(analysis),
+                    AnalysisKind::Score => Job::Score(analysis),
                     AnalysisKind::Aggregate if analysis.dp => {
                         Job::Dp(&analysis.sql, analysis.epsilon)
                     }
@@ -208,6 +210,27 @@ impl Service {
                     .await?;
                 output.map(same_for_all)
             }
+            Job::Score(analysis) => {
+                let model = analysis
+                    .score
+                    .as_ref()
+                    .map_or_else(String::new, |s| s.model.clone());
+                match state.models.get(&model).cloned() {
+                    Some(scorer) => {
+                        let output;
+                        (output, executors) = self
+                            .on_cluster(kura_engine::score::score(
+                                &self.contract,
+                                analysis,
+                                &tables,
+                                &scorer,
+                            ))
+                            .await?;
+                        output.map(|m| m.into_iter().collect())
+                    }
+                    None => Err(kura_engine::EngineError::MissingData(vec![model])),
+                }
+            }
         };
         let outputs: Vec<(String, kura_engine::Output)> = match executed {
             Ok(o) => o,
@@ -257,6 +280,7 @@ impl Service {
                 rows: output.rows,
                 suppressed_groups: output.suppressed_groups,
                 dp: output.dp,
+                onnx: output.onnx.map(kura_crypto::b64::encode),
             };
             let key = &self
                 .contract

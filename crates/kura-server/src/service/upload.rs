@@ -19,7 +19,8 @@ pub(super) struct Pending {
     /// The header call's answer key: the stream's answer is its answer number 1.
     answer: Option<Arc<AnswerKey>>,
     party: String,
-    dataset: kura_contract::Dataset,
+    /// What arrives: a dataset's file, or a model file (`[[models]]`).
+    target: Target,
     format: UploadFormat,
     key: DataKey,
     context: Vec<u8>,
@@ -30,6 +31,21 @@ pub(super) struct Pending {
     origin: Arc<zeroize::Zeroizing<String>>,
     location: String,
     append: bool,
+}
+
+/// What an upload provides.
+enum Target {
+    Dataset(kura_contract::Dataset),
+    Model(kura_contract::ModelFile),
+}
+
+impl Target {
+    fn name(&self) -> &str {
+        match self {
+            Target::Dataset(d) => &d.name,
+            Target::Model(m) => &m.name,
+        }
+    }
 }
 
 /// A store that refused a write. The refusal goes to the log every party and the host read, and
@@ -151,6 +167,11 @@ impl Service {
                 "dataset {dataset:?} was deleted ({why}); the contract does not allow it to be provided again"
             )));
         }
+        if state.models.contains_key(dataset) {
+            return Err(ServiceError::Refused(format!(
+                "model {dataset:?} was already uploaded"
+            )));
+        }
         if let Some(held) = state.datasets.get(dataset) {
             if !append {
                 return Err(ServiceError::Refused(format!(
@@ -184,23 +205,59 @@ impl Service {
         body: &RequestBody,
         header: &UploadHeader,
     ) -> Result<Pending, ServiceError> {
-        let dataset = self.contract.dataset(&header.dataset).ok_or_else(|| {
-            ServiceError::NotFound(format!(
-                "dataset {:?} is not in the contract",
-                header.dataset
-            ))
-        })?;
-        if dataset.provider != party {
+        let target = match (
+            self.contract.dataset(&header.dataset),
+            self.contract.model(&header.dataset),
+        ) {
+            (Some(d), _) => Target::Dataset(d.clone()),
+            (None, Some(m)) => Target::Model(m.clone()),
+            (None, None) => {
+                return Err(ServiceError::NotFound(format!(
+                    "dataset {:?} is not in the contract",
+                    header.dataset
+                )));
+            }
+        };
+        let (kind, provider) = match &target {
+            Target::Dataset(d) => ("dataset", &d.provider),
+            Target::Model(m) => ("model", &m.provider),
+        };
+        if provider != party {
             return Err(ServiceError::Forbidden(format!(
-                "party {party:?} is not the provider of dataset {:?} (its provider is {:?})",
-                dataset.name, dataset.provider
+                "party {party:?} is not the provider of {kind} {:?} (its provider is {provider:?})",
+                header.dataset
             )));
         }
         let format = header.format;
+        match (&target, format) {
+            (Target::Model(_), UploadFormat::Onnx) => {
+                if header.append || header.storage.is_some() {
+                    return Err(ServiceError::BadRequest(
+                        "a model is uploaded once, to the enclave's memory: no --append, no \
+                         storage"
+                            .into(),
+                    ));
+                }
+            }
+            (Target::Model(_), _) => {
+                return Err(ServiceError::BadRequest(format!(
+                    "{:?} is a model: upload its ONNX file",
+                    header.dataset
+                )));
+            }
+            (Target::Dataset(_), UploadFormat::Onnx) => {
+                return Err(ServiceError::BadRequest(format!(
+                    "{:?} is a dataset: an ONNX file is not one",
+                    header.dataset
+                )));
+            }
+            (Target::Dataset(_), _) => {}
+        }
+        let dataset_name = header.dataset.clone();
         let location = kura_api::Storage::location(header.storage.as_ref());
         self.check_state(
             &*self.state.lock().await,
-            &dataset.name,
+            &dataset_name,
             header.append,
             &location,
         )
@@ -213,7 +270,7 @@ impl Service {
             None => (self.local.clone(), self.local_origin.clone()),
         };
         let context =
-            kura_api::upload_context(&body.contract_id, &dataset.name, &body.enclave, &body.nonce);
+            kura_api::upload_context(&body.contract_id, &dataset_name, &body.enclave, &body.nonce);
         let kem = self.contract.crypto.kem;
         let key_bytes = kura_crypto::open(&self.identity, kem, &context, b"", &header.wrapped_key)
             .map_err(|_| {
@@ -228,7 +285,7 @@ impl Service {
             request: String::new(),
             answer: None,
             party: party.to_string(),
-            dataset: dataset.clone(),
+            target,
             format,
             key,
             context,
@@ -263,7 +320,7 @@ impl Service {
             .ok_or_else(|| {
                 ServiceError::NotFound("unknown or already used upload ticket".into())
             })?;
-        let (dataset, party) = (pending.dataset.name.clone(), pending.party.clone());
+        let (dataset, party) = (pending.target.name().to_string(), pending.party.clone());
         let request = pending.request.clone();
         let answer = pending
             .answer
@@ -290,7 +347,7 @@ impl Service {
         let Pending {
             request,
             party,
-            dataset,
+            target,
             format,
             key,
             context,
@@ -300,6 +357,14 @@ impl Service {
             append,
             ..
         } = pending;
+        let dataset = match target {
+            Target::Dataset(dataset) => dataset,
+            Target::Model(model) => {
+                return self
+                    .receive_model(request, party, model, key, context, frames)
+                    .await;
+            }
+        };
         let contract_id = self.contract.id().to_string();
         let batch = kura_api::nonce();
         let object = store::object(&contract_id, &dataset.name, &batch);
@@ -479,6 +544,97 @@ impl Service {
         Ok(UploadResponse {
             dataset: dataset.name.clone(),
             rows,
+            ciphertext_bytes: received,
+            receipt,
+        })
+    }
+
+    /// Receives a model file: decrypted into memory (never written anywhere), refused unless
+    /// its SHA-256 is the contract's and tract can run it on rows of the features the
+    /// contract's scoring analyses give it. It is held as the runnable model only, in this
+    /// instance's memory: a restart loses it, and the log then records its deletion.
+    async fn receive_model<S, E>(
+        &self,
+        request: String,
+        party: String,
+        model: kura_contract::ModelFile,
+        key: DataKey,
+        context: Vec<u8>,
+        mut frames: S,
+    ) -> Result<UploadResponse, ServiceError>
+    where
+        S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt;
+
+        let limit = self
+            .max_upload_bytes
+            .min(kura_ml::onnx::MAX_MODEL_BYTES as u64);
+        let mut decoder = StreamDecoder::new(&key, &context);
+        drop(key);
+        let mut plain = zeroize::Zeroizing::new(Vec::new());
+        let mut received = 0u64;
+        let mut digest = <sha2::Sha256 as sha2::Digest>::new();
+        let mut failed = None;
+        while let Some(piece) = frames.next().await {
+            let piece =
+                piece.map_err(|e| ServiceError::BadRequest(format!("upload interrupted: {e}")))?;
+            received += piece.len() as u64;
+            if received > limit {
+                return Err(ServiceError::Refused(format!(
+                    "a model file may be at most {limit} bytes"
+                )));
+            }
+            sha2::Digest::update(&mut digest, &piece);
+            if failed.is_none()
+                && let Err(e) = decoder.push(&piece, &mut plain)
+            {
+                failed = Some(e);
+            }
+        }
+        if let Some(e) = failed.or_else(|| decoder.finish().err()) {
+            return Err(ServiceError::BadRequest(format!(
+                "encrypted stream refused: {e}"
+            )));
+        }
+        if hex::encode(kura_crypto::sha256(&plain)) != model.sha256 {
+            return Err(ServiceError::Refused(format!(
+                "the file is not the model the contract pins for {:?} (its SHA-256 differs)",
+                model.name
+            )));
+        }
+        let features = self
+            .contract
+            .analyses
+            .iter()
+            .filter_map(|a| a.score.as_ref())
+            .find(|s| s.model == model.name)
+            .map_or(0, |s| s.features.len());
+        let scorer =
+            tokio::task::spawn_blocking(move || kura_ml::onnx::Scorer::load(&plain, features))
+                .await
+                .map_err(|_| ServiceError::Internal("the model's loading stopped".into()))?
+                .map_err(|e| ServiceError::Refused(e.to_string()))?;
+
+        let mut state = self.state.lock().await;
+        self.check_state(&state, &model.name, false, store::LOCAL)
+            .await?;
+        let receipt = self
+            .log(Event::Upload {
+                dataset: model.name.clone(),
+                provider: party,
+                rows: 0,
+                ciphertext_bytes: received,
+                ciphertext_sha256: hex::encode(sha2::Digest::finalize(digest)),
+                request: Some(request),
+                stored: None,
+            })
+            .await?;
+        state.models.insert(model.name.clone(), Arc::new(scorer));
+        Ok(UploadResponse {
+            dataset: model.name,
+            rows: 0,
             ciphertext_bytes: received,
             receipt,
         })

@@ -1,0 +1,511 @@
+//! Scoring analyses: a party's model (an ONNX file whose hash the contract pins) run on the
+//! rows of the analysis's query, inside the enclave.
+//!
+//! - **Each row's score goes to the row's owner**, routed as a list routes rows: a receiver
+//!   gets the rows whose `list_column` value is a privacy unit of a dataset it provided. It
+//!   gets the query's columns other than the features, and `score`.
+//! - **The model's provider gets only the scores' distribution**: for each bucket of scores
+//!   (and each value of `group_by`, if named), how many rows fell in it, released only where
+//!   they come from at least `min_group_size` people; other cells are suppressed and counted.
+//!   It never sees a row.
+//!
+//! What the query may be is narrow, so that the people behind a cell are the distinct values
+//! of `list_column`: each `UNION ALL` branch reads one dataset, and its `list_column` is that
+//! dataset's privacy unit, as it is. Features and the group are never computed from an
+//! identifier (a model given `account = 'A-17'` could single that person out).
+
+use std::collections::{BTreeMap, HashSet};
+
+use kura_contract::{Analysis, ColumnType, Contract, ScoreSpec};
+use kura_ml::onnx::Scorer;
+use serde_json::Value;
+
+use crate::{EngineError, Output, Tables};
+
+/// What the rule that refuses a scoring query is called in refusals.
+const RULE: &str = "scoring";
+
+/// The columns of the distribution the model's provider receives (after the group, if any).
+pub const DISTRIBUTION: [&str; 3] = ["score_from", "score_to", "rows"];
+
+/// Scores `analysis`'s query rows over `tables` with `scorer`: each receiver's table.
+pub async fn score(
+    contract: &Contract,
+    analysis: &Analysis,
+    tables: &Tables,
+    scorer: &Scorer,
+) -> Result<BTreeMap<String, Output>, EngineError> {
+    let spec = spec(analysis)?;
+    let ctx = crate::session(contract, tables)?;
+    let plan = crate::written_plan(&ctx, &analysis.sql).await?;
+    let mut datasets = crate::lineage::datasets_read(&plan, contract)?;
+    crate::require_data(&datasets, tables)?;
+    let layout = Layout::of(contract, analysis, spec, &plan)?;
+
+    let physical = ctx.state().create_physical_plan(&plan).await?;
+    let batches = crate::collect_counted(physical, &ctx)
+        .await
+        .map_err(crate::error::runtime)?;
+    let features = crate::model::numbers(&batches, &layout.features)?;
+    let rows = crate::output::rows(&batches)?;
+    // Rows with a null feature are not scored; their score is null.
+    let complete: Vec<f64> = features.iter().flatten().flatten().copied().collect();
+    let mut computed = scorer
+        .score(&complete)
+        .map_err(|e| EngineError::Refused {
+            rule: RULE,
+            reason: e.to_string(),
+        })?
+        .into_iter();
+    let scores: Vec<Option<f64>> = features
+        .iter()
+        .map(|f| {
+            f.as_ref()
+                .and_then(|_| computed.next())
+                .filter(|s| s.is_finite())
+        })
+        .collect();
+
+    let model = contract
+        .model(&spec.model)
+        .ok_or_else(|| EngineError::Sql(format!("no model {:?}", spec.model)))?;
+    // The model, like every dataset the run used, is deleted with them under
+    // `delete_after = "run"`.
+    datasets.insert(model.name.clone());
+    let datasets: Vec<String> = datasets.into_iter().collect();
+    let mut out = BTreeMap::new();
+    for receiver in &analysis.receivers {
+        let output = if *receiver == model.provider {
+            distribution(contract, spec, &layout, &rows, &scores, &plan)
+        } else {
+            let own = crate::list::own_units(contract, receiver, &ctx).await?;
+            own_rows(&layout, &rows, &scores, &own, &plan)
+        };
+        out.insert(
+            receiver.clone(),
+            Output {
+                datasets: datasets.clone(),
+                ..output
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The checks of [`score`] that need no data, for a contract's analyses before anyone signs.
+pub(crate) async fn check(
+    contract: &Contract,
+    ctx: &datafusion::execution::context::SessionContext,
+    analysis: &Analysis,
+) -> Result<(), EngineError> {
+    let spec = spec(analysis)?;
+    let plan = crate::written_plan(ctx, &analysis.sql).await?;
+    crate::lineage::datasets_read(&plan, contract)?;
+    Layout::of(contract, analysis, spec, &plan).map(drop)
+}
+
+fn spec(analysis: &Analysis) -> Result<&ScoreSpec, EngineError> {
+    analysis
+        .score
+        .as_ref()
+        .ok_or_else(|| EngineError::Sql(format!("analysis {:?} is not a score", analysis.name)))
+}
+
+/// Where the query's output columns are, checked against the scoring rules.
+struct Layout {
+    /// The features, in the model's input order.
+    features: Vec<usize>,
+    /// The column that says whose a row is (a privacy unit).
+    route: usize,
+    group: Option<usize>,
+}
+
+impl Layout {
+    fn of(
+        contract: &Contract,
+        analysis: &Analysis,
+        spec: &ScoreSpec,
+        plan: &datafusion::logical_expr::LogicalPlan,
+    ) -> Result<Self, EngineError> {
+        let refuse = |reason: String| EngineError::Refused { rule: RULE, reason };
+        let features = crate::model::numeric_columns(plan, &spec.features, "score")?;
+        let position = |name: &str| {
+            plan.schema()
+                .fields()
+                .iter()
+                .position(|f| f.name() == name)
+                .ok_or_else(|| {
+                    EngineError::Sql(format!("the score's query has no output column {name:?}"))
+                })
+        };
+        let route_name = analysis.list_column.as_deref().unwrap_or_default();
+        let route = position(route_name)?;
+        let group = spec.group_by.as_deref().map(position).transpose()?;
+        let mut guarded = spec.features.clone();
+        guarded.extend(spec.group_by.iter().cloned());
+        crate::model::no_identifiers(contract, plan, &guarded, RULE)?;
+        for branch in crate::model::branches(plan) {
+            let read = crate::lineage::datasets_read(branch, contract)?;
+            let [dataset] = read.iter().collect::<Vec<_>>()[..] else {
+                return Err(refuse(
+                    "each part of a scoring query (each UNION ALL branch) must read exactly one \
+                     dataset, so that every row has one owner"
+                        .into(),
+                ));
+            };
+            let unit = contract
+                .dataset(dataset)
+                .map(|d| d.privacy_unit.as_str())
+                .unwrap_or_default();
+            if crate::lineage::origin(branch, route) != Some((dataset.clone(), unit.to_string())) {
+                return Err(refuse(format!(
+                    "list_column {route_name:?} must be the privacy unit of the dataset each \
+                     row comes from ({dataset}.{unit}), as it is"
+                )));
+            }
+        }
+        Ok(Self {
+            features,
+            route,
+            group,
+        })
+    }
+
+    /// The query's columns a row's owner receives: all but the features.
+    fn released(&self, width: usize) -> Vec<usize> {
+        (0..width).filter(|i| !self.features.contains(i)).collect()
+    }
+}
+
+/// A receiver's own rows: the query's columns other than the features, and the score.
+fn own_rows(
+    layout: &Layout,
+    rows: &[Vec<Value>],
+    scores: &[Option<f64>],
+    own: &HashSet<String>,
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> Output {
+    let names = crate::output::column_names(plan);
+    let types = crate::output::column_types(plan);
+    let kept = layout.released(names.len());
+    let mut columns: Vec<String> = kept.iter().map(|&i| names[i].clone()).collect();
+    let mut column_types: Vec<ColumnType> = kept.iter().map(|&i| types[i]).collect();
+    columns.push("score".into());
+    column_types.push(ColumnType::Float64);
+    let released = rows
+        .iter()
+        .zip(scores)
+        .filter(|(row, _)| crate::list::key(&row[layout.route]).is_some_and(|k| own.contains(&k)))
+        .map(|(row, score)| {
+            let mut out: Vec<Value> = kept.iter().map(|&i| row[i].clone()).collect();
+            out.push(score.map_or(Value::Null, crate::model::number));
+            out
+        })
+        .collect();
+    Output {
+        columns,
+        types: column_types,
+        rows: released,
+        suppressed_groups: 0,
+        datasets: Vec::new(),
+        dp: None,
+        onnx: None,
+    }
+}
+
+/// The scores' distribution for the model's provider: rows per (group, bucket) cell, each
+/// cell released only if its rows come from at least `min_group_size` people.
+fn distribution(
+    contract: &Contract,
+    spec: &ScoreSpec,
+    layout: &Layout,
+    rows: &[Vec<Value>],
+    scores: &[Option<f64>],
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> Output {
+    // (group as text, bucket) → (group value, rows, people).
+    let mut cells: BTreeMap<(String, usize), (Value, u64, HashSet<String>)> = BTreeMap::new();
+    for (row, score) in rows.iter().zip(scores) {
+        let (Some(score), Some(person)) = (score, crate::list::key(&row[layout.route])) else {
+            continue;
+        };
+        let bucket = spec.buckets.partition_point(|edge| *edge <= *score);
+        let group = layout.group.map_or(Value::Null, |g| row[g].clone());
+        let cell = cells
+            .entry((group.to_string(), bucket))
+            .or_insert_with(|| (group, 0, HashSet::new()));
+        cell.1 += 1;
+        cell.2.insert(person);
+    }
+    let edge = |i: Option<usize>| {
+        i.and_then(|i| spec.buckets.get(i))
+            .map_or(Value::Null, |e| crate::model::number(*e))
+    };
+    let min = contract.output.min_group_size;
+    let mut suppressed = 0;
+    let mut released = Vec::new();
+    for ((_, bucket), (group, count, people)) in cells {
+        if (people.len() as u64) < min {
+            suppressed += 1;
+            continue;
+        }
+        let mut row = Vec::new();
+        if layout.group.is_some() {
+            row.push(group);
+        }
+        row.extend([
+            edge(bucket.checked_sub(1)),
+            edge(Some(bucket)),
+            Value::from(count),
+        ]);
+        released.push(row);
+    }
+    let mut columns = Vec::new();
+    let mut types = Vec::new();
+    if let Some(g) = layout.group {
+        columns.push(crate::output::column_names(plan)[g].clone());
+        types.push(crate::output::column_types(plan)[g]);
+    }
+    columns.extend(DISTRIBUTION.iter().map(|c| c.to_string()));
+    types.extend([ColumnType::Float64, ColumnType::Float64, ColumnType::Int64]);
+    Output {
+        columns,
+        types,
+        rows: released,
+        suppressed_groups: suppressed,
+        datasets: Vec::new(),
+        dp: None,
+        onnx: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+
+    use kura_api::UploadFormat;
+    use kura_crypto::SecretIdentity;
+
+    use super::*;
+
+    const TEMPLATE: &str = include_str!("../../../testdata/contracts/fraud-scoring.toml");
+
+    fn model() -> kura_ml::Model {
+        kura_ml::Model {
+            family: kura_ml::Family::Logistic,
+            intercept: -3.0,
+            coefficients: vec![
+                ("amount".into(), 0.002),
+                ("night".into(), 1.0),
+                ("foreign".into(), 0.5),
+            ],
+            metrics: Vec::new(),
+        }
+    }
+
+    fn text(edit: impl Fn(String) -> String) -> String {
+        edit(kura_contract::example::fill(TEMPLATE, |name| {
+            match name.strip_prefix("key:") {
+                Some(_) => SecretIdentity::generate().public().to_text(),
+                None => "ab".repeat(32),
+            }
+        }))
+    }
+
+    fn contract(edit: impl Fn(String) -> String) -> Contract {
+        Contract::parse(text(edit).as_bytes()).unwrap()
+    }
+
+    /// Bank c's and bank d's new transactions: `accounts` accounts each, 4 transactions per
+    /// account; bank d's all by card.
+    fn tables(c: &Contract, accounts: [usize; 2]) -> Tables {
+        let mut t = Tables::new();
+        for ((name, bank), n) in [("new_c", "c"), ("new_d", "d")].iter().zip(accounts) {
+            let mut csv = String::from("account,txn,channel,amount,night,foreign\n");
+            for a in 0..n {
+                for i in 0..4 {
+                    let channel = if *bank == "d" || i % 2 == 0 {
+                        "card"
+                    } else {
+                        "online"
+                    };
+                    let amount = 10 + (a * 97 + i * 13) % 3000;
+                    writeln!(
+                        csv,
+                        "{bank}{a},{bank}-{a}-{i},{channel},{amount},{},{}",
+                        i == 3,
+                        a % 5 == 0
+                    )
+                    .unwrap();
+                }
+            }
+            let dataset = c.dataset(name).unwrap();
+            let loaded = crate::load::load(dataset, UploadFormat::Csv, csv.as_bytes()).unwrap();
+            t.insert(name.to_string(), loaded.into());
+        }
+        t
+    }
+
+    fn scorer() -> Scorer {
+        Scorer::load(&kura_ml::onnx::export(&model()), 3).unwrap()
+    }
+
+    /// Each bank's rows reach that bank only, with the model's scores; the consortium gets
+    /// the distribution, whose cells from fewer than `min_group_size` accounts are withheld.
+    #[tokio::test]
+    async fn scores_reach_their_owners_and_only_a_thresholded_distribution_the_model_owner() {
+        let c = contract(|t| t);
+        crate::check_analyses(&c).await.unwrap();
+        // Bank d has 8 accounts: its card cells alone could come from fewer than 10.
+        let out = score(&c, &c.analyses[0], &tables(&c, [40, 8]), &scorer())
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 3);
+        for (bank, rows) in [("bank-c", 160), ("bank-d", 32)] {
+            let own = &out[bank];
+            assert_eq!(own.columns, ["account", "txn", "channel", "score"]);
+            assert_eq!(own.rows.len(), rows);
+            let prefix = &bank[5..];
+            for row in &own.rows {
+                assert!(row[0].as_str().unwrap().starts_with(prefix), "{row:?}");
+                assert!(row[3].as_f64().is_some_and(|s| (0.0..=1.0).contains(&s)));
+            }
+        }
+        assert!(out["bank-c"].datasets.contains(&"fraud_model".to_string()));
+        let dist = &out["consortium"];
+        assert_eq!(dist.columns, ["channel", "score_from", "score_to", "rows"]);
+        assert!(!dist.rows.is_empty());
+        // What the consortium sees, recomputed from the plaintext: per (channel, bucket) the
+        // accounts behind it; a cell is released exactly when they are at least 10.
+        let mut cells: BTreeMap<(String, usize), (u64, HashSet<String>)> = BTreeMap::new();
+        for bank in ["bank-c", "bank-d"] {
+            for row in &out[bank].rows {
+                let s = row[3].as_f64().unwrap();
+                let bucket = ((s * 10.0).floor() as usize).min(9);
+                let cell = cells
+                    .entry((row[2].as_str().unwrap().to_string(), bucket))
+                    .or_default();
+                cell.0 += 1;
+                cell.1.insert(row[0].as_str().unwrap().to_string());
+            }
+        }
+        let expected: Vec<((String, usize), u64)> = cells
+            .iter()
+            .filter(|(_, (_, people))| people.len() >= 10)
+            .map(|(k, (n, _))| (k.clone(), *n))
+            .collect();
+        let got: Vec<((String, usize), u64)> = dist
+            .rows
+            .iter()
+            .map(|r| {
+                let bucket = r[1].as_f64().map_or(0, |f| (f * 10.0).round() as usize);
+                (
+                    (r[0].as_str().unwrap().to_string(), bucket),
+                    r[3].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(
+            dist.suppressed_groups as usize,
+            cells.len() - expected.len()
+        );
+        assert!(
+            dist.suppressed_groups > 0,
+            "bank d's few accounts leave a small cell"
+        );
+    }
+
+    /// Queries whose rows could not be told apart by owner, or whose features could single a
+    /// person out, are refused before anyone signs; so are scorings the contract cannot
+    /// describe.
+    #[tokio::test]
+    async fn scorings_are_checked_before_signing() {
+        async fn refused(edit: &dyn Fn(String) -> String) -> String {
+            crate::check_analyses(&contract(edit))
+                .await
+                .unwrap_err()
+                .to_string()
+        }
+        let why = refused(&|t| {
+            t.replace(
+                "SELECT account, txn, channel, amount, night, foreign FROM new_d",
+                "SELECT d.account, d.txn, d.channel, c.amount, d.night, d.foreign \
+                 FROM new_d d JOIN new_c c ON c.txn = d.txn",
+            )
+        })
+        .await;
+        assert!(why.contains("exactly one dataset"), "{why}");
+        let why =
+            refused(&|t| t.replace("list_column = \"account\"", "list_column = \"txn\"")).await;
+        assert!(why.contains("must be the privacy unit"), "{why}");
+        let why = refused(&|t| {
+            t.replace(
+                "SELECT account, txn, channel, amount, night, foreign FROM new_c",
+                "SELECT account, txn, channel, amount, account = 'c7' AS night, foreign FROM new_c",
+            )
+        })
+        .await;
+        assert!(why.contains("identifier column new_c.account"), "{why}");
+        let why = refused(&|t| {
+            t.replace(
+                "SELECT account, txn, channel, amount, night, foreign FROM new_d",
+                "SELECT account, txn, txn AS channel, amount, night, foreign FROM new_d",
+            )
+        })
+        .await;
+        assert!(why.contains("identifier column new_d.txn"), "{why}");
+
+        let invalid = |edit: &dyn Fn(String) -> String| {
+            Contract::parse(text(edit).as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        for (edit, reason) in [
+            (
+                ("model = \"fraud_model\"", "model = \"other\""),
+                "not in [[models]]",
+            ),
+            (
+                ("group_by = \"channel\"", "group_by = \"amount\""),
+                "group_by",
+            ),
+            (("list_column = \"account\"\n", ""), "list_column"),
+            (("sha256 = \"abab", "sha256 = \"ABAB"), "64 lowercase hex"),
+            (("kind = \"score\"\n", ""), "applies only"),
+            (
+                ("group_by = \"channel\"", "buckets = [0.5, 0.2]"),
+                "increasing",
+            ),
+            (
+                (
+                    "receivers = [\"consortium\", ",
+                    "receivers = [\"auditor\", \"consortium\", ",
+                ),
+                "provides neither",
+            ),
+            (
+                (
+                    "[output]",
+                    "[privacy.dp]\nepsilon = 1.0\nquery_epsilon = 0.5\n\n[output]",
+                ),
+                "scores cannot be released under [privacy.dp]",
+            ),
+            (
+                ("name = \"new_c\"", "name = \"fraud_model\""),
+                "fraud_model",
+            ),
+        ] {
+            let why = invalid(&|t| {
+                let t = t.replace(
+                    "[[models]]",
+                    "[[parties]]\nname = \"auditor\"\npublic_key = \"@key@\"\nroles = [\"receiver\"]\n\n[[models]]",
+                );
+                let key = SecretIdentity::generate().public().to_text();
+                assert!(t.contains(edit.0), "{}", edit.0);
+                t.replace("@key@", &key).replace(edit.0, edit.1)
+            });
+            assert!(why.contains(reason), "{edit:?}: {why}");
+        }
+    }
+}

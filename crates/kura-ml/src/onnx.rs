@@ -1,0 +1,326 @@
+//! Models as ONNX files: a trained model written out for its receivers ([`export`]), and a
+//! party's uploaded model run inside the enclave ([`Scorer`], with tract).
+//!
+//! The exported graph is the model's own formula and nothing else: `features` (float, one row
+//! per example) times the coefficients, plus the intercept, through `Sigmoid` for a logistic
+//! model; one output `score` with a row per example. It is written from the released
+//! parameters alone, byte for byte the same for the same model, so a receiver can check that
+//! the file it got is the table it got.
+//!
+//! A scorer accepts any ONNX file whose first input takes `rows × features` floats and whose
+//! first output has one number per row. The file comes from a party the enclave does not
+//! trust: it is read only after its hash matched the contract's, its size is capped, and
+//! anything tract cannot type for that shape is refused with the reason.
+
+use std::sync::Arc;
+
+use prost::Message;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+use crate::{Family, MlError, Model};
+
+/// The largest model file kura will read.
+pub const MAX_MODEL_BYTES: usize = 64 << 20;
+
+/// Rows scored per call of the model: the input tensor never holds more.
+const CHUNK_ROWS: usize = 65_536;
+
+/// The ONNX operator set the exported graphs use.
+const OPSET: i64 = 13;
+
+/// `model` as an ONNX file (IR version 8, opset 13): input `features` (float `[N, k]`), output
+/// `score` (float `[N, 1]`). The feature names and the family are in its metadata.
+pub fn export(model: &Model) -> Vec<u8> {
+    let k = model.coefficients.len() as i64;
+    let float = pb::tensor_proto::DataType::Float as i32;
+    let shape = |dims: &[Option<i64>]| pb::TypeProto {
+        denotation: String::new(),
+        value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+            elem_type: float,
+            shape: Some(pb::TensorShapeProto {
+                dim: dims
+                    .iter()
+                    .map(|d| pb::tensor_shape_proto::Dimension {
+                        denotation: String::new(),
+                        value: Some(match d {
+                            Some(n) => pb::tensor_shape_proto::dimension::Value::DimValue(*n),
+                            None => {
+                                pb::tensor_shape_proto::dimension::Value::DimParam("N".to_string())
+                            }
+                        }),
+                    })
+                    .collect(),
+            }),
+        })),
+    };
+    let value = |name: &str, dims: &[Option<i64>]| pb::ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(shape(dims)),
+        doc_string: String::new(),
+    };
+    let constant = |name: &str, dims: Vec<i64>, values: Vec<f32>| pb::TensorProto {
+        dims,
+        data_type: float,
+        float_data: values,
+        name: name.to_string(),
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: &[&str], output: &str| pb::NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        name: output.to_string(),
+        op_type: op.to_string(),
+        ..Default::default()
+    };
+    let linear_output = match model.family {
+        Family::Linear => "score",
+        Family::Logistic => "log_odds",
+    };
+    let mut nodes = vec![
+        node("MatMul", &["features", "coefficients"], "weighted"),
+        node("Add", &["weighted", "intercept"], linear_output),
+    ];
+    if model.family == Family::Logistic {
+        nodes.push(node("Sigmoid", &["log_odds"], "score"));
+    }
+    let family = match model.family {
+        Family::Linear => "linear",
+        Family::Logistic => "logistic",
+    };
+    let meta = |key: &str, value: String| pb::StringStringEntryProto {
+        key: key.to_string(),
+        value,
+    };
+    let names: Vec<&str> = model.coefficients.iter().map(|(n, _)| n.as_str()).collect();
+    pb::ModelProto {
+        ir_version: 8,
+        producer_name: "kura".to_string(),
+        producer_version: String::new(),
+        domain: String::new(),
+        model_version: 1,
+        doc_string: format!("A {family} model trained by kura inside an attested enclave."),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        metadata_props: vec![
+            meta("kura.family", family.to_string()),
+            meta("kura.features", names.join(",")),
+        ],
+        graph: Some(pb::GraphProto {
+            node: nodes,
+            name: "kura_model".to_string(),
+            initializer: vec![
+                constant(
+                    "coefficients",
+                    vec![k, 1],
+                    model.coefficients.iter().map(|(_, w)| *w as f32).collect(),
+                ),
+                constant("intercept", vec![1], vec![model.intercept as f32]),
+            ],
+            input: vec![value("features", &[None, Some(k)])],
+            output: vec![value("score", &[None, Some(1)])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// A model file ready to score rows of `features` numbers.
+#[derive(Clone)]
+pub struct Scorer {
+    plan: Arc<TypedRunnableModel>,
+    features: usize,
+}
+
+impl std::fmt::Debug for Scorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scorer")
+            .field("features", &self.features)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What tract said, without the model's own names: a refusal goes to the log, and node names
+/// are the model owner's words.
+fn refused(what: &str) -> impl Fn(TractError) -> MlError + '_ {
+    move |_| MlError::Data(format!("the model file {what}"))
+}
+
+impl Scorer {
+    /// Reads an ONNX file for rows of `features` numbers. Refuses a file over
+    /// [`MAX_MODEL_BYTES`], one that is not ONNX tract can read, and one that does not take
+    /// `rows × features` floats or does not give one number per row.
+    pub fn load(bytes: &[u8], features: usize) -> Result<Self, MlError> {
+        if bytes.len() > MAX_MODEL_BYTES {
+            return Err(MlError::Data(format!(
+                "the model file is larger than {} MiB",
+                MAX_MODEL_BYTES >> 20
+            )));
+        }
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .map_err(refused("is not an ONNX model kura can read"))?;
+        if model.inputs.is_empty() || model.outputs.is_empty() {
+            return Err(MlError::Data(
+                "the model file has no input or no output".into(),
+            ));
+        }
+        let rows = model.sym("N");
+        let fact = f32::fact(&[TDim::from(rows.clone()), TDim::from(features)]);
+        model
+            .set_input_fact(0, fact.into())
+            .map_err(refused("does not take rows of the analysis's features"))?;
+        model.inputs.truncate(1);
+        model.outputs.truncate(1);
+        let typed = model.into_optimized().map_err(refused(
+            "cannot be typed for rows of the analysis's features",
+        ))?;
+        let out = typed
+            .output_fact(0)
+            .map_err(refused("has no typed output"))?
+            .clone();
+        let dims: Vec<TDim> = out.shape.iter().cloned().collect();
+        let one_per_row = match dims.as_slice() {
+            [n] => *n == TDim::from(rows.clone()),
+            [n, one] => *n == TDim::from(rows.clone()) && *one == TDim::from(1),
+            _ => false,
+        };
+        if !one_per_row || !out.datum_type.is_float() {
+            return Err(MlError::Data(
+                "the model file's first output is not one number per row".into(),
+            ));
+        }
+        let plan = typed
+            .into_runnable()
+            .map_err(refused("cannot be prepared to run"))?;
+        Ok(Self { plan, features })
+    }
+
+    /// The model's number for each row of `x` (row-major, `features` values per row).
+    pub fn score(&self, x: &[f64]) -> Result<Vec<f64>, MlError> {
+        if self.features == 0 || !x.len().is_multiple_of(self.features) {
+            return Err(MlError::Data("rows of the wrong width".into()));
+        }
+        let mut out = Vec::with_capacity(x.len() / self.features);
+        for chunk in x.chunks(CHUNK_ROWS * self.features) {
+            let n = chunk.len() / self.features;
+            let input: Vec<f32> = chunk.iter().map(|v| *v as f32).collect();
+            let tensor = Tensor::from_shape(&[n, self.features], &input)
+                .map_err(refused("cannot take these rows"))?;
+            let result = self
+                .plan
+                .run(tvec!(tensor.into()))
+                .map_err(refused("failed while scoring"))?;
+            let scores = result[0]
+                .cast_to::<f64>()
+                .map_err(refused("gave no numbers"))?;
+            let scores = scores
+                .to_plain_array_view::<f64>()
+                .map_err(refused("gave no numbers"))?;
+            let scores: Vec<f64> = scores.iter().copied().collect();
+            if scores.len() != n {
+                return Err(MlError::Data(
+                    "the model file gave a different number of scores than rows".into(),
+                ));
+            }
+            out.extend(scores);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(family: Family) -> Model {
+        Model {
+            family,
+            intercept: -2.5,
+            coefficients: vec![
+                ("amount".into(), 0.0015),
+                ("night".into(), 1.2),
+                ("foreign".into(), -0.7),
+            ],
+            metrics: Vec::new(),
+        }
+    }
+
+    fn rows() -> Vec<Vec<f64>> {
+        (0..1000)
+            .map(|i| {
+                let i = f64::from(i);
+                vec![(i * 37.0) % 4000.0, i % 2.0, (i % 3.0).min(1.0)]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_exported_model_scores_as_its_formula() {
+        for family in [Family::Linear, Family::Logistic] {
+            let m = model(family);
+            let scorer = Scorer::load(&export(&m), 3).expect("kura's own export loads");
+            let rows = rows();
+            let scores = scorer.score(&rows.concat()).unwrap();
+            assert_eq!(scores.len(), rows.len());
+            for (row, score) in rows.iter().zip(&scores) {
+                let expected = m.predict(row);
+                // Float32 inside the graph: agreement to single precision.
+                assert!(
+                    (score - expected).abs() <= 1e-5 * expected.abs().max(1.0),
+                    "{family:?}: {score} against {expected}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_export_is_the_same_bytes_for_the_same_model() {
+        let m = model(Family::Logistic);
+        assert_eq!(export(&m), export(&m));
+        let mut other = m.clone();
+        other.intercept += 0.5;
+        assert_ne!(export(&m), export(&other));
+    }
+
+    #[test]
+    fn more_rows_than_one_chunk_are_all_scored() {
+        let m = model(Family::Linear);
+        let scorer = Scorer::load(&export(&m), 3).unwrap();
+        let n = CHUNK_ROWS + 17;
+        let x: Vec<f64> = (0..n * 3).map(|i| (i % 7) as f64).collect();
+        let scores = scorer.score(&x).unwrap();
+        assert_eq!(scores.len(), n);
+        let last = &x[(n - 1) * 3..];
+        assert!((scores[n - 1] - m.predict(last)).abs() < 1e-4);
+    }
+
+    #[test]
+    fn files_that_are_not_a_fitting_model_are_refused() {
+        let m = model(Family::Logistic);
+        let good = export(&m);
+        // The wrong number of features for the graph's coefficients.
+        let wrong_width = Scorer::load(&good, 4).unwrap_err();
+        assert!(
+            wrong_width.to_string().contains("model file"),
+            "{wrong_width}"
+        );
+        // Not ONNX at all, and a truncated file.
+        assert!(Scorer::load(b"not a model", 3).is_err());
+        assert!(Scorer::load(&good[..good.len() / 2], 3).is_err());
+        // Too large, whatever it holds.
+        let huge = vec![0u8; MAX_MODEL_BYTES + 1];
+        assert!(
+            Scorer::load(&huge, 3)
+                .unwrap_err()
+                .to_string()
+                .contains("MiB")
+        );
+        // Rows of the wrong width are refused, not misread.
+        let scorer = Scorer::load(&good, 3).unwrap();
+        assert!(scorer.score(&[1.0, 2.0]).is_err());
+    }
+}
