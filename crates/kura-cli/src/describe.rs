@@ -60,7 +60,11 @@ pub fn json(c: &Contract) -> Value {
             "receivers": a.receivers,
             "differentially_private": a.dp,
             "sql": a.sql,
+            "list_column": a.list_column,
+            "model": a.model,
+            "score": a.score,
         })).collect::<Vec<_>>(),
+        "models": c.models,
         "adhoc": adhoc,
         "min_group_size": c.output.min_group_size,
         "privacy_dp": c.privacy.dp,
@@ -109,7 +113,45 @@ pub fn text(c: &Contract) -> String {
                     ""
                 }
             );
+            if let Some(m) = &a.model {
+                let _ = writeln!(
+                    o,
+                    "  {:<20} trains a {:?} model of {} on {}; releases its terms, its ONNX file \
+                     and its quality on {:.0}% held-out rows",
+                    "",
+                    m.family,
+                    m.label,
+                    m.features.join(", "),
+                    m.holdout * 100.0
+                );
+            }
+            if let (Some(s), Some(model)) =
+                (&a.score, a.score.as_ref().and_then(|s| c.model(&s.model)))
+            {
+                let _ = writeln!(
+                    o,
+                    "  {:<20} scores {} with model {}: each row's score only to the owner of its \
+                     {}, to {} only how the scores are distributed{}",
+                    "",
+                    s.features.join(", "),
+                    s.model,
+                    a.list_column.as_deref().unwrap_or_default(),
+                    model.provider,
+                    s.group_by
+                        .as_deref()
+                        .map(|g| format!(" by {g}"))
+                        .unwrap_or_default()
+                );
+            }
         }
+    }
+    for m in &c.models {
+        let _ = writeln!(
+            o,
+            "\nmodel {} (from {}; only the ONNX file with SHA-256 {} is run, and no other party \
+             sees it)",
+            m.name, m.provider, m.sha256
+        );
     }
     match &c.adhoc {
         None => {

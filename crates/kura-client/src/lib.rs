@@ -511,13 +511,14 @@ impl Client {
                 "dataset {dataset:?} is not in the contract"
             )));
         };
+        let model = self.contract.model(dataset).is_some();
         if provider != self.party {
             return Err(ClientError::Local(format!(
-                "party {:?} is not the provider of {dataset:?} (its provider is {provider:?})",
-                self.party
+                "party {:?} is not the provider of {} {dataset:?} (its provider is {provider:?})",
+                self.party,
+                if model { "model" } else { "dataset" }
             )));
         }
-        let model = self.contract.model(dataset).is_some();
         let enclave = self.enclave().await?;
         // The data key is wrapped under a context that includes the request's nonce, so the
         // nonce is drawn first and the signed header then carries the wrapped key.

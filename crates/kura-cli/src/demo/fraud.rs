@@ -6,6 +6,12 @@
 //! a logistic model on both banks' rows (the contract's `fraud_model`), and each bank receives
 //! the coefficients and the model's quality on held-out rows, never a row of the other bank.
 //! Each bank then scores its own new transactions with the model, on its own side.
+//!
+//! Then the model leaves the banks as what the enclave released with it: an ONNX file. In a
+//! second room, under a contract that pins that file's SHA-256, the consortium of the two
+//! banks has it score two other banks' new transactions. Each of those banks gets its own
+//! transactions' fraud scores and never sees the model; the consortium gets only how the
+//! scores are distributed, by channel, and never a transaction.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -151,6 +157,12 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let report = room.audit(&mut clients[0]).await?;
     running.shutdown().await?;
 
+    let onnx = model
+        .onnx
+        .as_deref()
+        .context("the model came without its ONNX file")?;
+    let scoring = score(&args, &kura_crypto::b64::decode(onnx)?).await?;
+
     if args.json {
         println!(
             "{}",
@@ -165,8 +177,121 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
                 "receivers_agree": true,
                 "scored": scored,
                 "audit": {"valid": true, "entries": report.chain.entries, "head": report.chain.head},
+                "scoring": scoring,
             })
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `new_c.csv` and `new_d.csv` into `dir`: `rows` new transactions per bank, five per
+/// account, by card or online.
+fn generate_new(dir: &Path, rows: usize, seed: u64) -> Result<()> {
+    let mut rng = SplitMix(seed);
+    for bank in ["c", "d"] {
+        let mut csv = String::from("account,txn,channel,amount,night,foreign\n");
+        for i in 0..rows {
+            let (amount, night, abroad) = draw(&mut rng);
+            let channel = if rng.unit() < 0.6 { "card" } else { "online" };
+            let upper = bank.to_uppercase();
+            writeln!(
+                csv,
+                "{upper}{:06},{upper}-T{i:07},{channel},{amount},{night},{abroad}",
+                i / 5
+            )?;
+        }
+        std::fs::write(dir.join(format!("new_{bank}.csv")), csv)?;
+    }
+    Ok(())
+}
+
+/// The second room: the consortium's model `onnx` scores banks C's and D's new transactions.
+/// Returns the summary for `--json`.
+async fn score(args: &DemoArgs, onnx: &[u8]) -> Result<serde_json::Value> {
+    let room = Room::new(args.json)?;
+    room.say(format!(
+        "\nkura demo, second room: the consortium's model scores other banks' new transactions, \
+         in {}",
+        room.root().display()
+    ));
+    let parties = ["consortium", "bank-c", "bank-d"];
+    let sha256 = hex::encode(kura_crypto::sha256(onnx));
+    let contract = room.sign(&parties, |keys| {
+        let named: Vec<(&str, &str)> = parties
+            .iter()
+            .copied()
+            .zip(keys.iter().map(String::as_str))
+            .collect();
+        kura_contract::example::fraud_scoring(&named, &sha256)
+    })?;
+    room.say(format!(
+        "the contract pins the model file's SHA-256 {}…; banks C and D sign for it without \
+         seeing it",
+        &sha256[..16]
+    ));
+    let data = room.root().join("data");
+    std::fs::create_dir_all(&data)?;
+    let model_path = data.join("fraud_model.onnx");
+    std::fs::write(&model_path, onnx)?;
+    generate_new(&data, (args.rows / 5).max(200), args.seed ^ 0x5c0e)?;
+
+    let (running, mut clients, _) = room.enclave(&contract, &parties).await?;
+    room.upload(&mut clients[0], "fraud_model", &model_path)
+        .await?;
+    for (i, bank) in ["c", "d"].into_iter().enumerate() {
+        let dataset = format!("new_{bank}");
+        room.upload(
+            &mut clients[i + 1],
+            &dataset,
+            &data.join(format!("{dataset}.csv")),
+        )
+        .await?;
+    }
+    let run = clients[1].run("score_new").await?;
+    let mut tables = Vec::new();
+    for client in &mut clients {
+        tables.push(
+            client
+                .results(Some(&run.run_id))
+                .await?
+                .pop()
+                .with_context(|| format!("no result for {}", client.party()))?,
+        );
+    }
+    for (table, bank) in tables[1..].iter().zip(["bank-c", "bank-d"]) {
+        let mut top: Vec<&Vec<serde_json::Value>> = table.rows.iter().collect();
+        top.sort_by(|a, b| {
+            b[3].as_f64()
+                .partial_cmp(&a[3].as_f64())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        room.say(format!(
+            "{bank} received the scores of its own {} transactions, and no other's; its highest:",
+            table.rows.len()
+        ));
+        for row in top.iter().take(3) {
+            room.say(format!(
+                "  {} ({}, account {}): fraud probability {:.3}",
+                row[1].as_str().unwrap_or_default(),
+                row[2].as_str().unwrap_or_default(),
+                row[0].as_str().unwrap_or_default(),
+                row[3].as_f64().unwrap_or_default()
+            ));
+        }
+    }
+    room.say(format!(
+        "the consortium received only the distribution of the scores, each cell from at least \
+         {} accounts:\n{}",
+        contract.output.min_group_size,
+        render::table(&tables[0])
+    ));
+    let report = room.audit(&mut clients[0]).await?;
+    running.shutdown().await?;
+    Ok(serde_json::json!({
+        "contract_id": contract.id(),
+        "model_sha256": sha256,
+        "rows": {"bank-c": tables[1].rows.len(), "bank-d": tables[2].rows.len()},
+        "distribution": render::result_json(&tables[0]),
+        "audit": {"valid": true, "entries": report.chain.entries, "head": report.chain.head},
+    }))
 }

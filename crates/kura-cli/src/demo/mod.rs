@@ -177,11 +177,14 @@ impl Room {
             .await;
         bar.finish_and_clear();
         let resp = resp?;
+        let what = match client.contract().model(dataset) {
+            Some(_) => "its model file".to_string(),
+            None => format!("{} rows", resp.rows),
+        };
         self.say(format!(
-            "{} uploaded {}: {} rows as {} encrypted bytes",
+            "{} uploaded {}: {what} as {} encrypted bytes",
             client.party(),
             resp.dataset,
-            resp.rows,
             resp.ciphertext_bytes
         ));
         Ok(())

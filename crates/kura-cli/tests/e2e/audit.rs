@@ -182,7 +182,7 @@ pub(crate) async fn data_is_deleted_at_the_deadline_without_anyone_asking() {
     );
     let (_, reason) = refused(room.client("hospital-a").await.run("by_activity").await);
     assert!(
-        reason.contains("deleted under the contract's retention rule"),
+        reason.contains("were deleted (retention deadline reached"),
         "{reason}"
     );
 }

@@ -218,6 +218,24 @@ pub(crate) fn cli_demo_fraud_trains_a_model_both_banks_receive() {
     }
     assert!(term("holdout_auc") > 0.7, "{v}");
     assert_eq!(v["scored"].as_array().unwrap().len(), 6);
+    // The second room: the model file scored banks C's and D's 800 new transactions each; the
+    // consortium got only the distribution, which accounts for them, less its suppressed cells.
+    let scoring = &v["scoring"];
+    assert_eq!(scoring["audit"]["valid"], true);
+    assert_eq!(scoring["rows"]["bank-c"], 800);
+    assert_eq!(scoring["rows"]["bank-d"], 800);
+    let distribution = &scoring["distribution"];
+    assert_eq!(
+        distribution["columns"],
+        serde_json::json!(["channel", "score_from", "score_to", "rows"])
+    );
+    let counted: u64 = distribution["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[3].as_u64().unwrap())
+        .sum();
+    assert!(counted <= 1600 && counted > 1000, "{distribution}");
 }
 
 #[test]

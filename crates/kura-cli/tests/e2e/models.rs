@@ -294,4 +294,23 @@ pub(crate) async fn a_model_scores_each_banks_rows_for_that_bank_only() {
         Event::Upload { dataset, stored: None, .. } if dataset == "fraud_model")));
     assert!(events.iter().any(|e| matches!(e,
         Event::UploadRefused { dataset, .. } if dataset == "fraud_model")));
+
+    // The model lived in that instance's memory only: after a restart the log records its
+    // deletion, the datasets at rest are still there, and scoring is refused.
+    drop((consortium, bank_c, bank_d));
+    server.shutdown().await.unwrap();
+    let again = start(&contract, &dir.path().join("state")).await;
+    let mut c = Client::new(&again.url(), contract.clone(), key_of(&parties, "bank-c")).unwrap();
+    c.attest().await.unwrap();
+    let events = events_of(&mut c).await;
+    assert!(events.iter().any(|e| matches!(e,
+        Event::Deletion { dataset, reason } if dataset == "fraud_model"
+            && reason.contains("restarted"))));
+    let (status, reason) = refused(c.run("score_new").await);
+    assert_eq!(status, 409, "{reason}");
+    assert!(
+        reason.contains("\"fraud_model\"") && reason.contains("deleted"),
+        "{reason}"
+    );
+    again.shutdown().await.unwrap();
 }

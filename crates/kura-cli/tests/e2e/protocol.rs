@@ -59,7 +59,7 @@ pub(crate) async fn two_parties_end_to_end() {
     let (status, reason) = refused(h.run("by_activity").await);
     assert_eq!(status, 409);
     assert!(
-        reason.contains("deleted under the contract's retention rule"),
+        reason.contains("were deleted (delete_after = \"run\""),
         "{reason}"
     );
     let (_, reason) = refused(room.upload("hospital-a", "ehr").await);

@@ -254,7 +254,11 @@ impl Service {
                         missing.join(", ")
                     )
                 } else {
-                    format!("dataset(s) {gone:?} were deleted under the contract's retention rule")
+                    let why: Vec<&str> = gone
+                        .iter()
+                        .filter_map(|g| state.deleted.get(*g).map(String::as_str))
+                        .collect();
+                    format!("dataset(s) {gone:?} were deleted ({})", why.join("; "))
                 }));
             }
             Err(e) => return Err(e.into()),
