@@ -9,6 +9,9 @@
 //! - a model analysis (a linear model of the claim amount on the patient's age and region,
 //!   trained over the join) through kura, against the same SQL on plain DataFusion and the same
 //!   fit (kura-ml, on linfa) on its plaintext rows ([`model`]);
+//! - a scoring analysis (one party's ONNX model run on each of the other's 1M patients, the
+//!   scores routed back) through kura, against the same SQL on plain DataFusion and the same
+//!   model in tract on its plaintext rows ([`score`]);
 //! - attestation verification per platform on the real vectors, certificates cached;
 //! - with `--cluster`, the join + aggregate on 1, 2 and 3 attested executors against plain
 //!   Ballista on the same files ([`cluster`]).
@@ -45,6 +48,8 @@ use kura_engine::datafusion;
 mod cluster;
 #[path = "cost/model.rs"]
 mod model;
+#[path = "cost/score.rs"]
+mod score;
 #[path = "../../crates/kura-cli/src/splitmix.rs"]
 #[allow(dead_code)]
 mod splitmix;
@@ -68,9 +73,9 @@ struct Opts {
     /// Rows of the scaling table, instead of 1M, 10M, 50M.
     #[arg(long, value_delimiter = ',')]
     scale_rows: Vec<usize>,
-    /// Run only these sections (aead, ingest, join, model, attestation; none); all of them by
+    /// Run only these sections (aead, ingest, join, model, score, attestation; none); all of them by
     /// default.
-    #[arg(long, value_delimiter = ',', value_parser = ["aead", "ingest", "join", "model", "attestation", "none"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["aead", "ingest", "join", "model", "score", "attestation", "none"])]
     only: Vec<String>,
     /// Also print the cluster table (kura's attested executors against plain Ballista).
     #[arg(long)]
@@ -147,6 +152,9 @@ fn main() {
     }
     if wanted("model") {
         model::model(&rt, &mut table, &files, opts.runs);
+    }
+    if wanted("score") {
+        score::score(&rt, &mut table, &files, opts.runs);
     }
     if wanted("attestation") {
         attestation(&mut table);

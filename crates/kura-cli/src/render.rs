@@ -112,6 +112,10 @@ pub fn table(t: &ResultTable) -> String {
             for (name, c) in &dp.columns {
                 out += &format!("  {name}: {}\n", c.describe());
             }
+            // A model's terms: the noise each carries, on its own scale.
+            for (term, sd) in &dp.noise_sd {
+                out += &format!("  {term}: Laplace noise, standard deviation {sd:.4e}\n");
+            }
         }
         None => {
             out += &format!(

@@ -323,6 +323,9 @@ pub struct DpReport {
     pub threshold: Option<f64>,
     /// The noise on each statistic column, by column name.
     pub columns: BTreeMap<String, ColumnNoise>,
+    /// For a model: the standard deviation of the noise on each term, on the term's own scale.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub noise_sd: BTreeMap<String, f64>,
 }
 
 /// How a DP release chose its group keys.

@@ -266,6 +266,10 @@ pub struct ModelSpec {
     /// Solver iterations of a logistic model.
     #[serde(default = "ModelSpec::default_max_iterations")]
     pub max_iterations: u64,
+    /// With `dp = true`: each feature's public `[low, high]`, by name. Values are clamped to
+    /// them, and they scale the noise.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub bounds: std::collections::BTreeMap<String, [f64; 2]>,
 }
 
 impl ModelSpec {
@@ -841,12 +845,11 @@ impl Contract {
                         "{context}: a list cannot be differentially private"
                     )));
                 }
-                // Until training itself is differentially private, a contract that promises
-                // DP releases cannot also release a model fitted exactly.
-                (Some(_), _, _) if a.kind == AnalysisKind::Model => {
+                // A contract that promises DP releases cannot also release a model fitted
+                // exactly.
+                (Some(_), false, _) if a.kind == AnalysisKind::Model => {
                     return Err(ContractError::Dp(format!(
-                        "{context}: models cannot be trained under [privacy.dp] yet (training \
-                         is not differentially private)"
+                        "{context}: under [privacy.dp] a model must be trained with dp = true"
                     )));
                 }
                 (Some(_), _, _) if a.kind == AnalysisKind::Score => {
@@ -1259,6 +1262,43 @@ fn validate_model(a: &Analysis) -> Result<(), ContractError> {
         return Err(ContractError::Model(format!(
             "{context}: max_iterations must be from 1 to 10000"
         )));
+    }
+    if !a.dp {
+        if !spec.bounds.is_empty() {
+            return Err(ContractError::Model(format!(
+                "{context}: bounds apply only to a model trained with dp = true"
+            )));
+        }
+        return Ok(());
+    }
+    // Differentially private training: output perturbation of an L2-penalised logistic fit
+    // (kura_ml::private), which needs a penalty, public bounds, and no exact measures.
+    let refuse = |why: &str| Err(ContractError::Dp(format!("{context}: {why}")));
+    if spec.family != ModelFamily::Logistic {
+        return refuse("only logistic models can be trained with dp = true");
+    }
+    if spec.holdout != 0.0 {
+        return refuse(
+            "a model trained with dp = true needs holdout = 0 (measures on held-out rows are \
+             exact statistics)",
+        );
+    }
+    if spec.l2 <= 0.0 {
+        return refuse("a model trained with dp = true needs l2 > 0");
+    }
+    for f in &spec.features {
+        match spec.bounds.get(f) {
+            Some([low, high]) if low.is_finite() && high.is_finite() && low < high => {}
+            Some(_) => return refuse(&format!("bounds of {f:?} need finite low < high")),
+            None => {
+                return refuse(&format!(
+                    "a model trained with dp = true needs bounds for every feature ({f:?} has none)"
+                ));
+            }
+        }
+    }
+    if let Some(other) = spec.bounds.keys().find(|b| !spec.features.contains(b)) {
+        return refuse(&format!("bounds name {other:?}, which is not a feature"));
     }
     Ok(())
 }

@@ -35,6 +35,9 @@ pub async fn train(
     let plan = crate::written_plan(&ctx, &analysis.sql).await?;
     let datasets = crate::lineage::datasets_read(&plan, contract)?;
     crate::require_data(&datasets, tables)?;
+    if analysis.dp {
+        return private::train(contract, analysis, spec, &ctx, plan, datasets).await;
+    }
     let columns = numeric_columns(&plan, &learned(spec), "model")?;
     no_identifiers(contract, &plan, &learned(spec), RULE)?;
     covered(contract, &ctx, &plan).await?;
@@ -80,6 +83,11 @@ pub(crate) async fn check(
     crate::lineage::datasets_read(&plan, contract)?;
     numeric_columns(&plan, &learned(spec), "model")?;
     no_identifiers(contract, &plan, &learned(spec), RULE)?;
+    if analysis.dp {
+        private::spend(contract, analysis)?;
+        private::with_units(contract, &plan)?;
+        return Ok(());
+    }
     for count in counts(&plan)? {
         crate::threshold::guard(count, contract, None)?;
     }
@@ -181,6 +189,8 @@ fn counts(
         })
         .collect()
 }
+
+pub mod private;
 
 fn spec(analysis: &Analysis) -> Result<&ModelSpec, EngineError> {
     analysis
@@ -287,7 +297,7 @@ async fn covered(
 }
 
 /// The features and label of every row with none of them null.
-fn training_set(
+pub(crate) fn training_set(
     batches: &[datafusion::arrow::record_batch::RecordBatch],
     spec: &ModelSpec,
     columns: &[usize],
@@ -504,7 +514,126 @@ mod tests {
                 "[output]",
                 "[privacy.dp]\nepsilon = 1.0\nquery_epsilon = 0.5\n\n[output]"
             ))
-            .contains("models cannot be trained under [privacy.dp]")
+            .contains("must be trained with dp = true")
+        );
+    }
+
+    /// The fraud contract with its model trained under differential privacy at `epsilon`
+    /// (of a total of 1000), each account giving at most `k` rows.
+    fn private(epsilon: f64, k: u32) -> Contract {
+        contract(|t| {
+            t.replace(
+                "kind = \"model\"\n",
+                &format!("kind = \"model\"\ndp = true\nepsilon = {epsilon}\n"),
+            )
+            .replace(
+                "holdout = 0.2",
+                "holdout = 0.0\nbounds = { amount = [0.0, 2000.0], night = [0.0, 1.0], foreign = [0.0, 1.0] }",
+            )
+            .replace(
+                "[output]",
+                &format!(
+                    "[privacy.dp]\nepsilon = 1000.0\nquery_epsilon = 1.0\nmax_contributions = {k}\n\n[output]"
+                ),
+            )
+        })
+    }
+
+    /// A private model spends exactly its ε (and reports it with the noise on each term);
+    /// with much ε its noise is small and it is close to what generated the data, with little
+    /// ε the noise reported is proportionally larger.
+    #[tokio::test]
+    async fn a_private_model_spends_its_epsilon_and_reports_its_noise() {
+        let (csv, _) = banks([600, 600], 20);
+        let c = private(1000.0, 20);
+        crate::check_analyses(&c).await.unwrap();
+        assert_eq!(private::spend(&c, &c.analyses[0]).unwrap().epsilon, 1000.0);
+        let out = train(&c, &c.analyses[0], &tables(&c, &csv)).await.unwrap();
+        let dp = out.dp.as_ref().expect("a DP report");
+        assert_eq!(
+            (dp.epsilon, dp.delta, dp.max_contributions),
+            (1000.0, 0.0, 20)
+        );
+        let terms: Vec<&str> = out.rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+        assert_eq!(
+            terms,
+            ["intercept", "amount", "night", "foreign"],
+            "no measures"
+        );
+        assert_eq!(dp.noise_sd.len(), 4);
+        // The penalty (l2 = 1 on 24,000 rows) and the clamp barely move the fit; the noise at
+        // ε = 1000 is far smaller than these tolerances.
+        for ((name, truth), tolerance) in ["intercept", "amount", "night", "foreign"]
+            .iter()
+            .zip(TRUTH)
+            .zip([0.5, 0.0005, 0.3, 0.3])
+        {
+            let got = term(&out, name);
+            assert!(
+                (got - truth).abs() <= tolerance,
+                "{name}: {got} against {truth}"
+            );
+            assert!(dp.noise_sd[*name] < tolerance / 3.0, "{name}: {dp:?}");
+        }
+        let csv = &csv;
+        let run = |c: Contract| async move {
+            train(&c, &c.analyses[0], &tables(&c, csv))
+                .await
+                .unwrap()
+                .dp
+                .unwrap()
+        };
+        let small = run(private(5.0, 20)).await;
+        for (name, sd) in &dp.noise_sd {
+            let ratio = small.noise_sd[name] / sd;
+            assert!((ratio - 200.0).abs() < 1e-6, "{name}: {ratio}");
+        }
+        // Twenty rows per account count twenty times in the noise of one.
+        let one = run(private(1000.0, 1)).await;
+        let ratio = dp.noise_sd["amount"] / one.noise_sd["amount"];
+        assert!((ratio - 20.0).abs() < 1e-6, "{ratio}");
+    }
+
+    /// What private training cannot bound is refused before anyone signs.
+    #[tokio::test]
+    async fn private_models_are_checked_before_signing() {
+        let join = private(1.0, 1);
+        let text = |c: &Contract| String::from_utf8(c.bytes().to_vec()).unwrap();
+        let joined = Contract::parse(
+            text(&join)
+                .replace(
+                    "SELECT amount, night, foreign, fraud FROM transactions_b",
+                    "SELECT b.amount, b.night, a.foreign, b.fraud FROM transactions_b b \
+                     JOIN transactions_a a ON a.account = b.account",
+                )
+                .as_bytes(),
+        )
+        .unwrap();
+        let refused = crate::check_analyses(&joined)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("exactly one dataset"), "{refused}");
+        let invalid = |from: &str, to: &str| {
+            let t = text(&join);
+            assert!(t.contains(from), "{from}");
+            Contract::parse(t.replace(from, to).as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(invalid("family = \"logistic\"", "family = \"linear\"").contains("only logistic"));
+        assert!(invalid("holdout = 0.0", "holdout = 0.2").contains("holdout = 0"));
+        assert!(invalid("l2 = 1.0", "l2 = 0.0").contains("l2 > 0"));
+        assert!(invalid(", foreign = [0.0, 1.0] }", " }").contains("\"foreign\" has none"));
+        assert!(invalid("night = [0.0, 1.0]", "night = [1.0, 0.0]").contains("low < high"));
+        let exact = text(&join).replace("dp = true\nepsilon = 1\n", "").replace(
+            "\nbounds = { amount = [0.0, 2000.0], night = [0.0, 1.0], foreign = [0.0, 1.0] }",
+            "",
+        );
+        let refused = Contract::parse(exact.as_bytes()).unwrap_err().to_string();
+        assert!(
+            refused.contains("must be trained with dp = true"),
+            "{refused}"
         );
     }
 }

@@ -14,6 +14,7 @@
 //! held out of the fit, and the model is measured on it.
 
 pub mod onnx;
+pub mod private;
 
 use linfa::prelude::*;
 use ndarray::{Array1, Array2, Axis};

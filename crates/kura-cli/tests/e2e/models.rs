@@ -314,3 +314,75 @@ pub(crate) async fn a_model_scores_each_banks_rows_for_that_bank_only() {
     );
     again.shutdown().await.unwrap();
 }
+
+/// A model trained with differential privacy spends exactly its ε from each receiver's
+/// budget, every run on the record, and no run past the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn a_private_model_is_charged_to_the_budget_exactly_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = include_str!("../../../../testdata/contracts/fraud-two-banks.toml")
+        .replace("kind = \"model\"\n", "kind = \"model\"\ndp = true\nepsilon = 0.75\n")
+        .replace(
+            "holdout = 0.2",
+            "holdout = 0.0\nbounds = { amount = [0.0, 2100.0], night = [0.0, 1.0], foreign = [0.0, 1.0] }",
+        )
+        .replace(
+            "[output]",
+            "[privacy.dp]\nepsilon = 2.0\nquery_epsilon = 1.0\nmax_contributions = 5\n\n[output]",
+        );
+    let (parties, contract) = signed_fixture(&template, &["bank-a", "bank-b"]).await;
+    let server = start(&contract, &dir.path().join("state")).await;
+    let mut clients = vec![];
+    for (name, dataset) in [("bank-a", "transactions_a"), ("bank-b", "transactions_b")] {
+        let mut c = Client::new(&server.url(), contract.clone(), key_of(&parties, name)).unwrap();
+        c.attest().await.unwrap();
+        let path = dir.path().join(format!("{dataset}.csv"));
+        std::fs::write(&path, transactions(&name[5..], 60)).unwrap();
+        c.upload(dataset, &path, |_| {}).await.unwrap();
+        clients.push(c);
+    }
+    for _ in 0..2 {
+        let run = clients[0].run("fraud_model").await.unwrap();
+        let table = clients[1]
+            .results(Some(&run.run_id))
+            .await
+            .unwrap()
+            .remove(0);
+        let dp = table.dp.as_ref().expect("a DP report");
+        assert_eq!((dp.epsilon, dp.delta, dp.max_contributions), (0.75, 0.0, 5));
+        assert_eq!(table.rows.len(), 4, "the terms, no held-out measures");
+        assert!(table.onnx.is_some());
+    }
+    // 1.5 of 2.0 spent: a third run would need 0.75 more.
+    let (status, reason) = refused(clients[1].run("fraud_model").await);
+    assert_eq!(status, 409, "{reason}");
+    assert!(reason.contains("would be exceeded"), "{reason}");
+
+    let report = clients[0].audit().await.unwrap();
+    let bodies: Vec<_> = report
+        .entries
+        .iter()
+        .map(|e| e.parse_body().unwrap())
+        .collect();
+    let events: Vec<_> = bodies.iter().map(|b| b.event.clone()).collect();
+    let spends: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Run { analysis, dp, .. } if analysis == "fraud_model" => Some(*dp),
+            _ => None,
+        })
+        .collect();
+    let charge = kura_contract::dp::Spend {
+        epsilon: 0.75,
+        delta: 0.0,
+    };
+    assert_eq!(spends, [Some(charge), Some(charge)]);
+    let budget = kura_client::audit::budget(&contract, &bodies).expect("a budget");
+    for account in &budget.accounts_report() {
+        assert_eq!(
+            (account.spent_epsilon, account.releases),
+            (1.5, 2),
+            "{account:?}"
+        );
+    }
+}

@@ -196,6 +196,7 @@ fn dp_report_wire_shape() {
                 },
             ),
         ]),
+        noise_sd: BTreeMap::new(),
     };
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["groups"], "thresholded");

@@ -178,6 +178,7 @@ impl DpPlan {
             },
             threshold: self.thresholded().then(|| self.tau(count_scale)),
             columns,
+            noise_sd: BTreeMap::new(),
         })
     }
 }

@@ -20,7 +20,42 @@ enum Job<'a> {
     Score(&'a kura_contract::Analysis),
 }
 
+/// A differentially private run that failed after it read data.
+struct Failed<'a> {
+    analysis: &'a str,
+    party: &'a str,
+    sql: Option<&'a str>,
+    receivers: &'a [String],
+    spend: kura_contract::dp::Spend,
+}
+
 impl Service {
+    /// Charges a failed DP run in full and logs its refusal with the charge, before the state
+    /// lock is released (`logged`): failures would otherwise be free probes of the data.
+    /// Returns the refusal to answer with.
+    async fn charge(
+        &self,
+        state: &mut super::State,
+        failed: Failed<'_>,
+        e: kura_engine::EngineError,
+        logged: &mut bool,
+    ) -> Result<ServiceError, ServiceError> {
+        let error = ServiceError::from(e);
+        if let Some(budget) = &mut state.budget {
+            budget.record(failed.receivers, failed.spend);
+        }
+        self.log(Event::RunRefused {
+            analysis: failed.analysis.to_string(),
+            party: failed.party.to_string(),
+            reason: error.to_string(),
+            sql: failed.sql.map(str::to_string),
+            dp: Some(failed.spend),
+        })
+        .await?;
+        *logged = true;
+        Ok(error)
+    }
+
     /// Runs an analysis of the contract for `party`.
     pub(crate) async fn run(
         &self,
@@ -161,20 +196,43 @@ impl Service {
                     // Refused before any row was read: not all data is there.
                     Err(e @ kura_engine::EngineError::MissingData(_)) => Err(e),
                     Err(e) => {
-                        let error = ServiceError::from(e);
-                        if let Some(budget) = &mut state.budget {
-                            budget.record(&receivers, spend);
-                        }
-                        self.log(Event::RunRefused {
-                            analysis: analysis_name.to_string(),
-                            party: party.to_string(),
-                            reason: error.to_string(),
-                            sql: sql.map(str::to_string),
-                            dp: Some(spend),
-                        })
-                        .await?;
-                        *logged = true;
-                        return Err(error);
+                        let failed = Failed {
+                            analysis: analysis_name,
+                            party,
+                            sql,
+                            receivers: &receivers,
+                            spend,
+                        };
+                        return Err(self.charge(&mut state, failed, e, logged).await?);
+                    }
+                }
+            }
+            Job::Model(analysis) if analysis.dp => {
+                // Priced and checked against the budget before it reads a row, like a DP query.
+                let spend = kura_engine::model::private::spend(&self.contract, analysis)
+                    .map_err(ServiceError::from)?;
+                if let Some(budget) = &state.budget {
+                    budget
+                        .check(&receivers, spend)
+                        .map_err(ServiceError::Refused)?;
+                }
+                spent = Some(spend);
+                let output;
+                (output, executors) = self
+                    .on_cluster(kura_engine::model::train(&self.contract, analysis, &tables))
+                    .await?;
+                match output {
+                    Ok(o) => Ok(same_for_all(o)),
+                    Err(e @ kura_engine::EngineError::MissingData(_)) => Err(e),
+                    Err(e) => {
+                        let failed = Failed {
+                            analysis: analysis_name,
+                            party,
+                            sql,
+                            receivers: &receivers,
+                            spend,
+                        };
+                        return Err(self.charge(&mut state, failed, e, logged).await?);
                     }
                 }
             }

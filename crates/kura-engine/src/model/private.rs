@@ -1,0 +1,304 @@
+//! Differentially private training (`dp = true` under `[privacy.dp]`): a logistic model by
+//! output perturbation, charged to the budget like a DP query.
+//!
+//! 1. **Rows per person.** Each `UNION ALL` branch reads one dataset and keeps its privacy
+//!    unit, which the engine adds as a hidden column: rows are grouped by person, and at most
+//!    `privacy.dp.max_contributions` of each person's rows, drawn at random in the enclave, are
+//!    kept.
+//! 2. **The fit.** Features clamped to the contract's bounds, scaled so that no row is longer
+//!    than 1, fitted with the L2 penalty (`kura_ml::private`): one person moves the weights by
+//!    at most `√(k + 1)·m/α` in L1.
+//! 3. **The noise.** OpenDP's Laplace mechanism on the weight vector at that sensitivity and
+//!    the run's ε (its privacy map must give back no more than the ε charged), then the
+//!    weights become a model on raw values: post-processing.
+//!
+//! Nothing is measured on held-out rows (the contract requires `holdout = 0`), and no
+//! coverage check refuses a small training set: the noise protects it, and a refusal would
+//! not be noised. What the run spends is known before it reads a row ([`spend`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use datafusion::arrow::array::Array;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
+use kura_contract::dp::{DpReport, GroupRelease, Spend};
+use kura_contract::{Analysis, ColumnType, Contract, ModelSpec};
+use opendp::domains::{AtomDomain, VectorDomain};
+use opendp::measurements::make_laplace;
+use opendp::measures::MaxDivergence;
+use opendp::metrics::L1Distance;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde_json::Value;
+
+use crate::{EngineError, Output};
+
+/// The hidden column that carries each training row's person.
+const UNIT: &str = "__kura_unit";
+
+/// What a run of `analysis` spends: its ε (default `privacy.dp.query_epsilon`), no δ.
+pub fn spend(contract: &Contract, analysis: &Analysis) -> Result<Spend, EngineError> {
+    let dp = contract
+        .privacy
+        .dp
+        .as_ref()
+        .ok_or_else(|| refuse("the contract has no [privacy.dp]"))?;
+    let epsilon = analysis.epsilon.unwrap_or(dp.query_epsilon);
+    let units = kura_contract::dp::epsilon_units(epsilon);
+    if units == 0 || epsilon > dp.epsilon {
+        return Err(refuse(format!(
+            "ε = {epsilon} is not in (0, {}] (privacy.dp.epsilon)",
+            dp.epsilon
+        )));
+    }
+    Ok(Spend {
+        epsilon: units as f64 / 1e9,
+        delta: 0.0,
+    })
+}
+
+fn refuse(reason: impl Into<String>) -> EngineError {
+    EngineError::Refused {
+        rule: "dp",
+        reason: reason.into(),
+    }
+}
+
+/// `plan` with each training row's person as a last column ([`UNIT`], as text): each branch
+/// of a top-level `UNION ALL` must read one dataset and end in a `SELECT` over rows that still
+/// carry its privacy unit.
+pub(crate) fn with_units(
+    contract: &Contract,
+    plan: &LogicalPlan,
+) -> Result<LogicalPlan, EngineError> {
+    let mut branches = Vec::new();
+    for branch in super::branches(plan) {
+        let LogicalPlan::Projection(projection) = branch else {
+            return Err(refuse(
+                "a private model's query must end in a SELECT list (of each UNION ALL branch)",
+            ));
+        };
+        let read = crate::lineage::datasets_read(branch, contract)?;
+        let [dataset] = read.iter().collect::<Vec<_>>()[..] else {
+            return Err(refuse(
+                "each part of a private model's query (each UNION ALL branch) must read exactly \
+                 one dataset, so that every row has one person",
+            ));
+        };
+        let unit = contract
+            .dataset(dataset)
+            .map(|d| d.privacy_unit.clone())
+            .unwrap_or_default();
+        let input = projection.input.as_ref();
+        let index = (0..input.schema().fields().len())
+            .find(|&i| crate::lineage::origin(input, i) == Some((dataset.clone(), unit.clone())))
+            .ok_or_else(|| {
+                refuse(format!(
+                    "the rows of {dataset} must still carry its privacy unit {unit:?} under the \
+                     final SELECT (no aggregation there)"
+                ))
+            })?;
+        let column = Expr::Column(datafusion::common::Column::from(
+            input.schema().qualified_field(index),
+        ));
+        let mut exprs = projection.expr.clone();
+        exprs.push(datafusion::logical_expr::cast(column, DataType::Utf8).alias(UNIT));
+        branches.push(
+            LogicalPlanBuilder::from(input.clone())
+                .project(exprs)?
+                .build()?,
+        );
+    }
+    let mut branches = branches.into_iter();
+    let first = branches
+        .next()
+        .ok_or_else(|| refuse("the query has no rows"))?;
+    let mut union = LogicalPlanBuilder::from(first);
+    for b in branches {
+        union = union.union(b)?;
+    }
+    Ok(union.build()?)
+}
+
+/// Trains `analysis`'s model with differential privacy.
+pub(super) async fn train(
+    contract: &Contract,
+    analysis: &Analysis,
+    spec: &ModelSpec,
+    ctx: &datafusion::execution::context::SessionContext,
+    plan: LogicalPlan,
+    datasets: BTreeSet<String>,
+) -> Result<Output, EngineError> {
+    let spend = spend(contract, analysis)?;
+    let dp = contract.privacy.dp.as_ref().expect("checked by spend");
+    let columns = super::numeric_columns(&plan, &super::learned(spec), "model")?;
+    super::no_identifiers(contract, &plan, &super::learned(spec), super::RULE)?;
+    let plan = with_units(contract, &plan)?;
+    let unit_index = plan.schema().fields().len() - 1;
+
+    let physical = ctx.state().create_physical_plan(&plan).await?;
+    let batches = crate::collect_counted(physical, ctx)
+        .await
+        .map_err(crate::error::runtime)?;
+    let k = dp.max_contributions as usize;
+    let kept = at_most(&batches, unit_index, k)?;
+    let set = super::training_set(&kept, spec, &columns)?;
+    let bounds: Vec<[f64; 2]> = spec
+        .features
+        .iter()
+        .map(|f| {
+            spec.bounds
+                .get(f)
+                .copied()
+                .ok_or_else(|| refuse(format!("no bounds for {f:?}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let fit = kura_ml::private::fit_bounded_logistic(
+        &set,
+        &bounds,
+        k as u64,
+        spec.l2,
+        spec.max_iterations,
+    )
+    .map_err(|e| EngineError::Execution(e.to_string()))?;
+
+    // OpenDP's Laplace mechanism on the weights; a hair more noise than ε asks for, so that its
+    // own (conservatively rounded) accounting stays within what is charged.
+    let epsilon = spend.epsilon;
+    let scale = fit.l1_sensitivity / epsilon * (1.0 + 1e-9);
+    let opendp = |e: opendp::error::Error| EngineError::Execution(format!("OpenDP: {e}"));
+    let mechanism = make_laplace::<_, _, MaxDivergence>(
+        VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
+        L1Distance::<f64>::default(),
+        scale,
+        None,
+    )
+    .map_err(opendp)?;
+    let spent = mechanism.map(&fit.l1_sensitivity).map_err(opendp)?;
+    if spent > epsilon {
+        return Err(EngineError::Execution(format!(
+            "the mechanism would spend ε = {spent}, more than the {epsilon} charged"
+        )));
+    }
+    let noisy = mechanism.invoke(&fit.weights).map_err(opendp)?;
+    let model = fit.model(&noisy);
+
+    let mut rows = vec![vec![
+        Value::from("intercept"),
+        super::number(model.intercept),
+    ]];
+    rows.extend(
+        model
+            .coefficients
+            .iter()
+            .map(|(term, v)| vec![Value::from(term.as_str()), super::number(*v)]),
+    );
+    Ok(Output {
+        columns: super::COLUMNS.iter().map(|c| c.to_string()).collect(),
+        types: vec![ColumnType::Utf8, ColumnType::Float64],
+        rows,
+        suppressed_groups: 0,
+        datasets: datasets.into_iter().collect(),
+        dp: Some(DpReport {
+            epsilon,
+            delta: 0.0,
+            max_contributions: k as u64,
+            groups: GroupRelease::PublicDomain,
+            threshold: None,
+            columns: BTreeMap::new(),
+            noise_sd: noise_sd(spec, &bounds, scale),
+        }),
+        onnx: Some(kura_ml::onnx::export(&model)),
+    })
+}
+
+/// At most `k` rows of each person (by the text in column `unit`), drawn at random in the
+/// enclave; rows without a person are dropped.
+fn at_most(
+    batches: &[RecordBatch],
+    unit: usize,
+    k: usize,
+) -> Result<Vec<RecordBatch>, EngineError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|e| EngineError::Execution(format!("no randomness: {e}")))?;
+    let mut rng = rand::rngs::StdRng::from_seed(seed);
+    let mut by_person: HashMap<&str, Vec<RecordBatch>> = HashMap::new();
+    for batch in batches {
+        let units = batch.column(unit).as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            if !units.is_null(row) {
+                by_person
+                    .entry(units.value(row))
+                    .or_default()
+                    .push(batch.slice(row, 1));
+            }
+        }
+    }
+    let mut kept = Vec::new();
+    for rows in by_person.values_mut() {
+        rows.shuffle(&mut rng);
+        kept.extend(rows.drain(..).take(k));
+    }
+    Ok(kept)
+}
+
+/// The standard deviation of the noise on each term on raw values: Laplace noise of `scale`
+/// on each scaled weight (variance 2·scale²), carried through [`kura_ml::private::BoundedFit::model`].
+fn noise_sd(spec: &ModelSpec, bounds: &[[f64; 2]], scale: f64) -> BTreeMap<String, f64> {
+    let root = ((bounds.len() + 1) as f64).sqrt();
+    let sd = std::f64::consts::SQRT_2 * scale;
+    let mut out = BTreeMap::new();
+    let mut intercept = 1.0;
+    for (name, [lo, hi]) in spec.features.iter().zip(bounds) {
+        out.insert(name.clone(), sd * 2.0 / ((hi - lo) * root));
+        intercept += (2.0 * lo / (hi - lo) + 1.0).powi(2);
+    }
+    out.insert("intercept".into(), sd * intercept.sqrt() / root);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Float64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    use super::*;
+
+    /// One person with many rows keeps `k` of them; everyone else keeps theirs; rows without a
+    /// person go.
+    #[test]
+    fn each_person_keeps_at_most_k_rows() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("x", DataType::Float64, false),
+            Field::new(UNIT, DataType::Utf8, true),
+        ]));
+        let mut units: Vec<Option<String>> = (0..500).map(|_| Some("heavy".to_string())).collect();
+        units.extend((0..40).map(|i| Some(format!("p{}", i % 20))));
+        units.push(None);
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Float64Array::from_iter_values(
+                    (0..units.len()).map(|i| i as f64),
+                )),
+                Arc::new(StringArray::from(units)),
+            ],
+        )
+        .unwrap();
+        let kept = at_most(&[batch], 1, 3).unwrap();
+        let mut per: HashMap<String, usize> = HashMap::new();
+        for b in &kept {
+            let u = b.column(1).as_string::<i32>();
+            *per.entry(u.value(0).to_string()).or_default() += 1;
+        }
+        assert_eq!(per["heavy"], 3);
+        assert_eq!(per.len(), 21);
+        assert!(per.iter().all(|(p, n)| p == "heavy" || *n == 2), "{per:?}");
+        assert_eq!(kept.len(), 3 + 40);
+    }
+}
