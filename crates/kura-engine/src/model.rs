@@ -49,7 +49,8 @@ pub async fn train(
     let set = training_set(&batches, spec, &columns)?;
     let model = kura_ml::train(&set, &settings(spec)).map_err(|e| match e {
         kura_ml::MlError::Data(reason) => EngineError::Refused { rule: RULE, reason },
-        kura_ml::MlError::Fit(reason) => EngineError::Execution(reason),
+        // The solver's own words could carry values of the data.
+        kura_ml::MlError::Fit(_) => EngineError::Runtime("the solver could not fit the model"),
     })?;
     let mut rows = vec![vec![Value::from("intercept"), number(model.intercept)]];
     rows.extend(

@@ -12,11 +12,11 @@ use crate::render;
 pub struct UploadArgs {
     #[command(flatten)]
     party: Party,
-    /// The contract's name of the dataset you provide.
+    /// The contract's name of the dataset (or `[[models]]` entry) you provide.
     #[arg(long)]
     dataset: String,
-    /// CSV (with a header line) or Parquet (.parquet). Repeat to upload several files, each
-    /// a batch of the dataset.
+    /// CSV (with a header line) or Parquet (.parquet); for a model, its ONNX file (the one whose
+    /// SHA-256 the contract pins). Repeat to upload several files, each a batch of the dataset.
     #[arg(long, required = true)]
     file: Vec<PathBuf>,
     /// Add to a dataset already uploaded, as a new batch (without it, a dataset takes one
@@ -47,10 +47,13 @@ pub async fn run(a: UploadArgs) -> Result<ExitCode> {
         let resp = resp?;
         // The log now holds this upload: a later view without it is a rollback.
         save_head(&client)?;
+        let what = match client.contract().model(&a.dataset) {
+            Some(_) => "the model file".to_string(),
+            None => format!("{} rows", resp.rows),
+        };
         println!(
-            "uploaded {}: {} rows, {} encrypted bytes; receipt {}",
+            "uploaded {}: {what}, {} encrypted bytes; receipt {}",
             resp.dataset,
-            resp.rows,
             resp.ciphertext_bytes,
             resp.receipt.entry.hash()
         );

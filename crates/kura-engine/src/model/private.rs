@@ -162,7 +162,14 @@ pub(super) async fn train(
         spec.l2,
         spec.max_iterations,
     )
-    .map_err(|e| EngineError::Execution(e.to_string()))?;
+    .map_err(|e| match e {
+        kura_ml::MlError::Data(reason) => EngineError::Refused {
+            rule: super::RULE,
+            reason,
+        },
+        // The solver's own words could carry values of the data.
+        kura_ml::MlError::Fit(_) => EngineError::Runtime("the solver could not fit the model"),
+    })?;
 
     // OpenDP's Laplace mechanism on the weights; a hair more noise than ε asks for, so that its
     // own (conservatively rounded) accounting stays within what is charged.

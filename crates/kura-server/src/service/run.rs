@@ -20,8 +20,9 @@ enum Job<'a> {
     Score(&'a kura_contract::Analysis),
 }
 
-/// A differentially private run that failed after it read data.
-struct Failed<'a> {
+/// A differentially private run's charge: what it spends, from whom, and how its refusal is
+/// logged if it fails after reading data.
+struct Charge<'a> {
     analysis: &'a str,
     party: &'a str,
     sql: Option<&'a str>,
@@ -29,31 +30,48 @@ struct Failed<'a> {
     spend: kura_contract::dp::Spend,
 }
 
+impl Charge<'_> {
+    /// The spend, if every receiver's budget allows it.
+    fn priced(&self, state: &super::State) -> Result<kura_contract::dp::Spend, ServiceError> {
+        if let Some(budget) = &state.budget {
+            budget
+                .check(self.receivers, self.spend)
+                .map_err(ServiceError::Refused)?;
+        }
+        Ok(self.spend)
+    }
+}
+
 impl Service {
-    /// Charges a failed DP run in full and logs its refusal with the charge, before the state
-    /// lock is released (`logged`): failures would otherwise be free probes of the data.
-    /// Returns the refusal to answer with.
-    async fn charge(
+    /// The outcome of a DP run. One refused before it read a row (not all data is there)
+    /// spends nothing. One that failed after is charged in full and its refusal logged with the
+    /// charge, before the state lock is released (`logged`): failures would otherwise be free
+    /// probes of the data.
+    async fn settle(
         &self,
         state: &mut super::State,
-        failed: Failed<'_>,
-        e: kura_engine::EngineError,
+        output: Result<kura_engine::Output, kura_engine::EngineError>,
+        charge: Charge<'_>,
         logged: &mut bool,
-    ) -> Result<ServiceError, ServiceError> {
+    ) -> Result<Result<kura_engine::Output, kura_engine::EngineError>, ServiceError> {
+        let e = match output {
+            Err(e) if !matches!(e, kura_engine::EngineError::MissingData(_)) => e,
+            other => return Ok(other),
+        };
         let error = ServiceError::from(e);
         if let Some(budget) = &mut state.budget {
-            budget.record(failed.receivers, failed.spend);
+            budget.record(charge.receivers, charge.spend);
         }
         self.log(Event::RunRefused {
-            analysis: failed.analysis.to_string(),
-            party: failed.party.to_string(),
+            analysis: charge.analysis.to_string(),
+            party: charge.party.to_string(),
             reason: error.to_string(),
-            sql: failed.sql.map(str::to_string),
-            dp: Some(failed.spend),
+            sql: charge.sql.map(str::to_string),
+            dp: Some(charge.spend),
         })
         .await?;
         *logged = true;
-        Ok(error)
+        Err(error)
     }
 
     /// Runs an analysis of the contract for `party`.
@@ -181,60 +199,39 @@ impl Service {
                     )
                     .await?
                     .map_err(ServiceError::from)?;
-                if let Some(budget) = &state.budget {
-                    budget
-                        .check(&receivers, prepared.spend())
-                        .map_err(ServiceError::Refused)?;
+                let charge = Charge {
+                    analysis: analysis_name,
+                    party,
+                    sql,
+                    receivers: &receivers,
+                    spend: prepared.spend(),
+                };
+                spent = Some(charge.priced(&state)?);
+                let output = self.engine(&on, prepared.run(&tables)).await?;
+                let output = self.settle(&mut state, output, charge, logged).await?;
+                if output.is_ok() {
+                    executors = on;
                 }
-                let spend = prepared.spend();
-                spent = Some(spend);
-                match self.engine(&on, prepared.run(&tables)).await? {
-                    Ok(output) => {
-                        executors = on;
-                        Ok(same_for_all(output))
-                    }
-                    // Refused before any row was read: not all data is there.
-                    Err(e @ kura_engine::EngineError::MissingData(_)) => Err(e),
-                    Err(e) => {
-                        let failed = Failed {
-                            analysis: analysis_name,
-                            party,
-                            sql,
-                            receivers: &receivers,
-                            spend,
-                        };
-                        return Err(self.charge(&mut state, failed, e, logged).await?);
-                    }
-                }
+                output.map(same_for_all)
             }
             Job::Model(analysis) if analysis.dp => {
                 // Priced and checked against the budget before it reads a row, like a DP query.
-                let spend = kura_engine::model::private::spend(&self.contract, analysis)
-                    .map_err(ServiceError::from)?;
-                if let Some(budget) = &state.budget {
-                    budget
-                        .check(&receivers, spend)
-                        .map_err(ServiceError::Refused)?;
-                }
-                spent = Some(spend);
+                let charge = Charge {
+                    analysis: analysis_name,
+                    party,
+                    sql,
+                    receivers: &receivers,
+                    spend: kura_engine::model::private::spend(&self.contract, analysis)
+                        .map_err(ServiceError::from)?,
+                };
+                spent = Some(charge.priced(&state)?);
                 let output;
                 (output, executors) = self
                     .on_cluster(kura_engine::model::train(&self.contract, analysis, &tables))
                     .await?;
-                match output {
-                    Ok(o) => Ok(same_for_all(o)),
-                    Err(e @ kura_engine::EngineError::MissingData(_)) => Err(e),
-                    Err(e) => {
-                        let failed = Failed {
-                            analysis: analysis_name,
-                            party,
-                            sql,
-                            receivers: &receivers,
-                            spend,
-                        };
-                        return Err(self.charge(&mut state, failed, e, logged).await?);
-                    }
-                }
+                self.settle(&mut state, output, charge, logged)
+                    .await?
+                    .map(same_for_all)
             }
             Job::Query(sql) | Job::Aggregate(sql) => {
                 let overlap = state.overlap.as_mut();
