@@ -155,6 +155,34 @@ pub(crate) fn no_identifiers(
     Ok(())
 }
 
+/// The dataset `branch` (of a top-level `UNION ALL`) reads, and its privacy unit: exactly
+/// one, so that each of its rows belongs to one person. `query` names the query in the
+/// refusal, whose rule is `rule`.
+pub(crate) fn one_dataset(
+    contract: &Contract,
+    branch: &datafusion::logical_expr::LogicalPlan,
+    query: &str,
+    rule: &'static str,
+) -> Result<(String, String), EngineError> {
+    let read = crate::lineage::datasets_read(branch, contract)?;
+    match read.iter().collect::<Vec<_>>()[..] {
+        [name] => Ok((
+            name.clone(),
+            contract
+                .dataset(name)
+                .map(|d| d.privacy_unit.clone())
+                .unwrap_or_default(),
+        )),
+        _ => Err(EngineError::Refused {
+            rule,
+            reason: format!(
+                "each part of {query} (each UNION ALL branch) must read exactly one dataset, so \
+                 that every row belongs to one person"
+            ),
+        }),
+    }
+}
+
 /// The branches of a top-level `UNION ALL`, or the plan itself.
 pub(crate) fn branches(
     plan: &datafusion::logical_expr::LogicalPlan,

@@ -145,19 +145,9 @@ impl Layout {
         guarded.extend(spec.group_by.iter().cloned());
         crate::model::no_identifiers(contract, plan, &guarded, RULE)?;
         for branch in crate::model::branches(plan) {
-            let read = crate::lineage::datasets_read(branch, contract)?;
-            let [dataset] = read.iter().collect::<Vec<_>>()[..] else {
-                return Err(refuse(
-                    "each part of a scoring query (each UNION ALL branch) must read exactly one \
-                     dataset, so that every row has one owner"
-                        .into(),
-                ));
-            };
-            let unit = contract
-                .dataset(dataset)
-                .map(|d| d.privacy_unit.as_str())
-                .unwrap_or_default();
-            if crate::lineage::origin(branch, route) != Some((dataset.clone(), unit.to_string())) {
+            let (dataset, unit) =
+                crate::model::one_dataset(contract, branch, "a scoring query", RULE)?;
+            if crate::lineage::origin(branch, route) != Some((dataset.clone(), unit.clone())) {
                 return Err(refuse(format!(
                     "list_column {route_name:?} must be the privacy unit of the dataset each \
                      row comes from ({dataset}.{unit}), as it is"

@@ -123,6 +123,22 @@ impl BoundedFit {
             metrics: Vec::new(),
         }
     }
+
+    /// The standard deviation of the noise each term of [`BoundedFit::model`] carries when
+    /// every weight got independent Laplace noise of `scale` (variance 2·scale²), by term:
+    /// the intercept, then each feature.
+    pub fn noise_sd(&self, scale: f64) -> Vec<(String, f64)> {
+        let root = ((self.features.len() + 1) as f64).sqrt();
+        let sd = std::f64::consts::SQRT_2 * scale;
+        let mut intercept = 1.0;
+        let mut terms = Vec::with_capacity(self.features.len() + 1);
+        for (name, [lo, hi]) in self.features.iter().zip(&self.bounds) {
+            terms.push((name.clone(), sd * 2.0 / ((hi - lo) * root)));
+            intercept += (2.0 * lo / (hi - lo) + 1.0).powi(2);
+        }
+        terms.insert(0, ("intercept".to_string(), sd * intercept.sqrt() / root));
+        terms
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +185,40 @@ mod tests {
         let z_scaled: f64 = scaled.iter().zip(&fit.weights).map(|(x, w)| x * w).sum();
         let p = m.predict(&row);
         assert!((p - 1.0 / (1.0 + (-z_scaled).exp())).abs() < 1e-12);
+    }
+
+    /// The noise reported on each term is what the weights' noise becomes through
+    /// [`BoundedFit::model`]: each term is linear in the weights, so its variance is
+    /// 2·scale² times the sum of its squared slopes, read off `model` itself.
+    #[test]
+    fn the_reported_noise_follows_the_model_the_weights_become() {
+        let fit = fit_bounded_logistic(&set(300, 6), &[[-50.0, 1000.0], [0.0, 1.0]], 2, 1.0, 100)
+            .unwrap();
+        let terms = |m: &Model| {
+            let mut t = vec![m.intercept];
+            t.extend(m.coefficients.iter().map(|(_, c)| c));
+            t
+        };
+        let base = terms(&fit.model(&fit.weights));
+        let mut slopes = vec![0.0; base.len()];
+        for j in 0..fit.weights.len() {
+            let mut moved = fit.weights.clone();
+            moved[j] += 1.0;
+            for (s, (a, b)) in slopes
+                .iter_mut()
+                .zip(terms(&fit.model(&moved)).iter().zip(&base))
+            {
+                *s += (a - b).powi(2);
+            }
+        }
+        let scale = 0.37;
+        for ((name, sd), slope) in fit.noise_sd(scale).iter().zip(slopes) {
+            let want = (2.0 * scale * scale * slope).sqrt();
+            assert!(
+                (sd - want).abs() < 1e-9 * want,
+                "{name}: {sd} against {want}"
+            );
+        }
     }
 
     /// The sensitivity is what the analysis above says: √(k+1)·m/α.

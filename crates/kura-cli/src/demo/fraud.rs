@@ -91,16 +91,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
 
     // Training, and both banks' copies of the model.
     let run = clients[0].run(ANALYSIS).await?;
-    let mut models = Vec::new();
-    for client in &mut clients {
-        models.push(
-            client
-                .results(Some(&run.run_id))
-                .await?
-                .pop()
-                .with_context(|| format!("no model for {}", client.party()))?,
-        );
-    }
+    let models = Room::results(&mut clients, &run.run_id).await?;
     ensure!(
         models[0] == models[1],
         "the two banks received different models"
@@ -248,16 +239,7 @@ async fn score(args: &DemoArgs, onnx: &[u8]) -> Result<serde_json::Value> {
         .await?;
     }
     let run = clients[1].run("score_new").await?;
-    let mut tables = Vec::new();
-    for client in &mut clients {
-        tables.push(
-            client
-                .results(Some(&run.run_id))
-                .await?
-                .pop()
-                .with_context(|| format!("no result for {}", client.party()))?,
-        );
-    }
+    let tables = Room::results(&mut clients, &run.run_id).await?;
     for (table, bank) in tables[1..].iter().zip(["bank-c", "bank-d"]) {
         let mut top: Vec<&Vec<serde_json::Value>> = table.rows.iter().collect();
         top.sort_by(|a, b| {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use kura_api::ResultTable;
 use kura_client::Client;
 use kura_contract::{Platform, SignedContract};
 
@@ -151,6 +152,21 @@ impl Room {
             &measurement[..16]
         ));
         Ok((running, clients, measurement))
+    }
+
+    /// What each of `clients` received from run `run_id`, in the clients' order.
+    async fn results(clients: &mut [Client], run_id: &str) -> Result<Vec<ResultTable>> {
+        let mut tables = Vec::new();
+        for client in clients {
+            tables.push(
+                client
+                    .results(Some(run_id))
+                    .await?
+                    .pop()
+                    .with_context(|| format!("no result for {}", client.party()))?,
+            );
+        }
+        Ok(tables)
     }
 
     /// Verifies the audit log as `client` and says so.

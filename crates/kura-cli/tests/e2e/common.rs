@@ -69,13 +69,7 @@ pub(crate) async fn room_custom(
     edit: impl Fn(String) -> String,
 ) -> Room {
     let dir = tempfile::tempdir().unwrap();
-    let parties: Vec<Party> = names
-        .iter()
-        .map(|n| Party {
-            name: n,
-            key: SecretIdentity::generate(),
-        })
-        .collect();
+    let parties = fresh_parties(names);
     let text = edit(contract_text(&parties, three, receivers));
     let contract = signed_by(Contract::parse(text.as_bytes()).unwrap(), &parties);
     let path = dir.path().to_path_buf();
@@ -158,13 +152,7 @@ pub(crate) async fn signed_fixture_with(
     names: &[&'static str],
     other: impl Fn(&str) -> String,
 ) -> (Vec<Party>, SignedContract) {
-    let parties: Vec<Party> = names
-        .iter()
-        .map(|n| Party {
-            name: n,
-            key: SecretIdentity::generate(),
-        })
-        .collect();
+    let parties = fresh_parties(names);
     let text = kura_contract::example::fill(template, |name| match name.strip_prefix("key:") {
         Some(party) => key_of(&parties, party).public().to_text(),
         None => other(name),
@@ -173,6 +161,17 @@ pub(crate) async fn signed_fixture_with(
     kura_engine::check_analyses(&contract).await.unwrap();
     let contract = signed_by(contract, &parties);
     (parties, contract)
+}
+
+/// `names` with a fresh key each.
+fn fresh_parties(names: &[&'static str]) -> Vec<Party> {
+    names
+        .iter()
+        .map(|n| Party {
+            name: n,
+            key: SecretIdentity::generate(),
+        })
+        .collect()
 }
 
 /// `contract` signed by every one of `parties`.

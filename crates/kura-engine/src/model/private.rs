@@ -80,17 +80,8 @@ pub(crate) fn with_units(
                 "a private model's query must end in a SELECT list (of each UNION ALL branch)",
             ));
         };
-        let read = crate::lineage::datasets_read(branch, contract)?;
-        let [dataset] = read.iter().collect::<Vec<_>>()[..] else {
-            return Err(refuse(
-                "each part of a private model's query (each UNION ALL branch) must read exactly \
-                 one dataset, so that every row has one person",
-            ));
-        };
-        let unit = contract
-            .dataset(dataset)
-            .map(|d| d.privacy_unit.clone())
-            .unwrap_or_default();
+        let (dataset, unit) =
+            super::one_dataset(contract, branch, "a private model's query", "dp")?;
         let input = projection.input.as_ref();
         let index = (0..input.schema().fields().len())
             .find(|&i| crate::lineage::origin(input, i) == Some((dataset.clone(), unit.clone())))
@@ -215,7 +206,7 @@ pub(super) async fn train(
             groups: GroupRelease::PublicDomain,
             threshold: None,
             columns: BTreeMap::new(),
-            noise_sd: noise_sd(spec, &bounds, scale),
+            noise_sd: fit.noise_sd(scale).into_iter().collect(),
         }),
         onnx: Some(kura_ml::onnx::export(&model)),
     })
@@ -250,21 +241,6 @@ fn at_most(
         kept.extend(rows.drain(..).take(k));
     }
     Ok(kept)
-}
-
-/// The standard deviation of the noise on each term on raw values: Laplace noise of `scale`
-/// on each scaled weight (variance 2·scale²), carried through [`kura_ml::private::BoundedFit::model`].
-fn noise_sd(spec: &ModelSpec, bounds: &[[f64; 2]], scale: f64) -> BTreeMap<String, f64> {
-    let root = ((bounds.len() + 1) as f64).sqrt();
-    let sd = std::f64::consts::SQRT_2 * scale;
-    let mut out = BTreeMap::new();
-    let mut intercept = 1.0;
-    for (name, [lo, hi]) in spec.features.iter().zip(bounds) {
-        out.insert(name.clone(), sd * 2.0 / ((hi - lo) * root));
-        intercept += (2.0 * lo / (hi - lo) + 1.0).powi(2);
-    }
-    out.insert("intercept".into(), sd * intercept.sqrt() / root);
-    out
 }
 
 #[cfg(test)]
