@@ -9,6 +9,9 @@
 //! - a model analysis (a linear model of the claim amount on the patient's age and region,
 //!   trained over the join) through kura, against the same SQL on plain DataFusion and the same
 //!   fit (kura-ml, on linfa) on its plaintext rows ([`model`]);
+//! - a tree analysis (depth 4 on every claim, splits at the contract's cut points, each leaf
+//!   over ten patients) through kura, against the same SQL on plain DataFusion and the same
+//!   grower on its plaintext rows ([`model::tree`]);
 //! - a scoring analysis (one party's ONNX model run on each of the other's 1M patients, the
 //!   scores routed back) through kura, against the same SQL on plain DataFusion and the same
 //!   model in tract on its plaintext rows ([`score`]);
@@ -73,9 +76,9 @@ struct Opts {
     /// Rows of the scaling table, instead of 1M, 10M, 50M.
     #[arg(long, value_delimiter = ',')]
     scale_rows: Vec<usize>,
-    /// Run only these sections (aead, ingest, join, model, score, attestation; none); all of them by
-    /// default.
-    #[arg(long, value_delimiter = ',', value_parser = ["aead", "ingest", "join", "model", "score", "attestation", "none"])]
+    /// Run only these sections (aead, ingest, join, model, tree, score, attestation; none); all of
+    /// them by default.
+    #[arg(long, value_delimiter = ',', value_parser = ["aead", "ingest", "join", "model", "tree", "score", "attestation", "none"])]
     only: Vec<String>,
     /// Also print the cluster table (kura's attested executors against plain Ballista).
     #[arg(long)]
@@ -152,6 +155,9 @@ fn main() {
     }
     if wanted("model") {
         model::model(&rt, &mut table, &files, opts.runs);
+    }
+    if wanted("tree") {
+        model::tree(&rt, &mut table, &files, opts.runs);
     }
     if wanted("score") {
         score::score(&rt, &mut table, &files, opts.runs);

@@ -114,12 +114,22 @@ pub fn text(c: &Contract) -> String {
                 }
             );
             if let Some(m) = &a.model {
+                let released = match m.family {
+                    kura_contract::ModelFamily::Tree => format!(
+                        "splits only at the contract's cut points, at most {} deep, each leaf's \
+                         rate over at least {} people",
+                        m.max_depth
+                            .unwrap_or(kura_contract::ModelSpec::DEFAULT_MAX_DEPTH),
+                        c.output.min_group_size
+                    ),
+                    _ => "its terms".to_string(),
+                };
                 let _ = writeln!(
                     o,
-                    "  {:<20} trains a {:?} model of {} on {}; releases its terms, its ONNX file \
+                    "  {:<20} trains a {} model of {} on {}; releases {released}, its ONNX file \
                      and its quality on {:.0}% held-out rows",
                     "",
-                    m.family,
+                    m.family.as_str(),
                     m.label,
                     m.features.join(", "),
                     m.holdout * 100.0

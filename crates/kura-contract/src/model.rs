@@ -270,6 +270,13 @@ pub struct ModelSpec {
     /// them, and they scale the noise.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub bounds: std::collections::BTreeMap<String, [f64; 2]>,
+    /// For `family = "tree"`: each feature's public cut points, by name, increasing. A split
+    /// may fall only on one of them, so no released number lies between two people's values.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub cuts: std::collections::BTreeMap<String, Vec<f64>>,
+    /// For `family = "tree"`: the most splits from the root to a leaf (1 to 8; default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u32>,
 }
 
 impl ModelSpec {
@@ -284,15 +291,34 @@ impl ModelSpec {
     fn default_max_iterations() -> u64 {
         100
     }
+
+    /// The deepest a tree may grow when the contract does not say.
+    pub const DEFAULT_MAX_DEPTH: u32 = 4;
+
+    /// The most cut points a feature may have.
+    pub const MAX_CUTS: usize = 255;
 }
 
-/// The model families a contract may name: those whose parameters summarise everyone at once
-/// and cannot hold a person's row.
+/// The model families a contract may name: those whose parameters summarise many people at
+/// once and cannot hold a person's row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelFamily {
     Linear,
     Logistic,
+    /// A classification tree on a 0/1 label: splits only at the contract's cut points, and
+    /// every leaf's rate over at least `min_group_size` people of each dataset in it.
+    Tree,
+}
+
+impl ModelFamily {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelFamily::Linear => "linear",
+            ModelFamily::Logistic => "logistic",
+            ModelFamily::Tree => "tree",
+        }
+    }
 }
 
 /// The name under which ad-hoc queries run and are logged (no analysis can have it: names
@@ -1263,6 +1289,7 @@ fn validate_model(a: &Analysis) -> Result<(), ContractError> {
             "{context}: max_iterations must be from 1 to 10000"
         )));
     }
+    validate_tree(&context, spec)?;
     if !a.dp {
         if !spec.bounds.is_empty() {
             return Err(ContractError::Model(format!(
@@ -1274,6 +1301,12 @@ fn validate_model(a: &Analysis) -> Result<(), ContractError> {
     // Differentially private training: output perturbation of an L2-penalised logistic fit
     // (kura_ml::private), which needs a penalty, public bounds, and no exact measures.
     let refuse = |why: &str| Err(ContractError::Dp(format!("{context}: {why}")));
+    if spec.family == ModelFamily::Tree {
+        return refuse(
+            "trees cannot be trained with dp = true (their leaf rates would need noise, which \
+             kura does not add yet); train a logistic model instead",
+        );
+    }
     if spec.family != ModelFamily::Logistic {
         return refuse("only logistic models can be trained with dp = true");
     }
@@ -1299,6 +1332,46 @@ fn validate_model(a: &Analysis) -> Result<(), ContractError> {
     }
     if let Some(other) = spec.bounds.keys().find(|b| !spec.features.contains(b)) {
         return refuse(&format!("bounds name {other:?}, which is not a feature"));
+    }
+    Ok(())
+}
+
+/// A tree's cut points and depth, and no tree settings on other families.
+fn validate_tree(context: &str, spec: &ModelSpec) -> Result<(), ContractError> {
+    let refuse = |why: String| Err(ContractError::Model(format!("{context}: {why}")));
+    if spec.family != ModelFamily::Tree {
+        if !spec.cuts.is_empty() || spec.max_depth.is_some() {
+            return refuse("cuts and max_depth apply only to family = \"tree\"".into());
+        }
+        return Ok(());
+    }
+    if spec.l2 != ModelSpec::default_l2() {
+        return refuse("l2 applies only to family = \"logistic\"".into());
+    }
+    if !(1..=8).contains(&spec.max_depth.unwrap_or(ModelSpec::DEFAULT_MAX_DEPTH)) {
+        return refuse("max_depth must be from 1 to 8".into());
+    }
+    for f in &spec.features {
+        let Some(cuts) = spec.cuts.get(f) else {
+            return refuse(format!(
+                "a tree needs public cut points for every feature ({f:?} has none): splits may \
+                 fall only on them"
+            ));
+        };
+        if cuts.is_empty() || cuts.len() > ModelSpec::MAX_CUTS {
+            return refuse(format!(
+                "the cuts of {f:?} must be 1 to {} numbers",
+                ModelSpec::MAX_CUTS
+            ));
+        }
+        if cuts.iter().any(|c| !c.is_finite()) || cuts.windows(2).any(|w| w[0] >= w[1]) {
+            return refuse(format!(
+                "the cuts of {f:?} must be finite numbers in increasing order"
+            ));
+        }
+    }
+    if let Some(other) = spec.cuts.keys().find(|c| !spec.features.contains(c)) {
+        return refuse(format!("cuts name {other:?}, which is not a feature"));
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use kura_contract::{Analysis, ColumnType, Contract, ModelFamily, ModelSpec};
 use serde_json::Value;
 
@@ -38,6 +39,9 @@ pub async fn train(
     if analysis.dp {
         return private::train(contract, analysis, spec, &ctx, plan, datasets).await;
     }
+    if spec.family == ModelFamily::Tree {
+        return tree::train(contract, spec, &ctx, plan, datasets).await;
+    }
     let columns = numeric_columns(&plan, &learned(spec), "model")?;
     no_identifiers(contract, &plan, &learned(spec), RULE)?;
     covered(contract, &ctx, &plan).await?;
@@ -47,11 +51,7 @@ pub async fn train(
         .await
         .map_err(crate::error::runtime)?;
     let set = training_set(&batches, spec, &columns)?;
-    let model = kura_ml::train(&set, &settings(spec)).map_err(|e| match e {
-        kura_ml::MlError::Data(reason) => EngineError::Refused { rule: RULE, reason },
-        // The solver's own words could carry values of the data.
-        kura_ml::MlError::Fit(_) => EngineError::Runtime("the solver could not fit the model"),
-    })?;
+    let model = kura_ml::train(&set, &settings(spec)?).map_err(refused)?;
     let mut rows = vec![vec![Value::from("intercept"), number(model.intercept)]];
     rows.extend(
         model
@@ -86,8 +86,11 @@ pub(crate) async fn check(
     no_identifiers(contract, &plan, &learned(spec), RULE)?;
     if analysis.dp {
         private::spend(contract, analysis)?;
-        private::with_units(contract, &plan)?;
+        with_units(contract, &plan, "dp")?;
         return Ok(());
+    }
+    if spec.family == ModelFamily::Tree {
+        with_units(contract, &plan, RULE)?;
     }
     for count in counts(&plan)? {
         crate::threshold::guard(count, contract, None)?;
@@ -108,11 +111,10 @@ fn learned(spec: &ModelSpec) -> Vec<String> {
 /// dataset columns that are not identifiers. Refusals name `rule`.
 pub(crate) fn no_identifiers(
     contract: &Contract,
-    plan: &datafusion::logical_expr::LogicalPlan,
+    plan: &LogicalPlan,
     names: &[String],
     rule: &'static str,
 ) -> Result<(), EngineError> {
-    use datafusion::logical_expr::LogicalPlan;
     let refuse = |reason: String| EngineError::Refused { rule, reason };
     for branch in branches(plan) {
         let LogicalPlan::Projection(projection) = branch else {
@@ -160,7 +162,7 @@ pub(crate) fn no_identifiers(
 /// refusal, whose rule is `rule`.
 pub(crate) fn one_dataset(
     contract: &Contract,
-    branch: &datafusion::logical_expr::LogicalPlan,
+    branch: &LogicalPlan,
     query: &str,
     rule: &'static str,
 ) -> Result<(String, String), EngineError> {
@@ -183,14 +185,64 @@ pub(crate) fn one_dataset(
     }
 }
 
+/// The hidden columns that carry each training row's person (as text) and the dataset it is a
+/// person of.
+pub(crate) const UNIT: &str = "__kura_unit";
+pub(crate) const DATASET: &str = "__kura_dataset";
+
+/// `plan` with each row's person and dataset as its last two columns ([`UNIT`], [`DATASET`]):
+/// each branch of a top-level `UNION ALL` must read one dataset and end in a `SELECT` over rows
+/// that still carry its privacy unit. Refusals name `rule`.
+pub(crate) fn with_units(
+    contract: &Contract,
+    plan: &LogicalPlan,
+    rule: &'static str,
+) -> Result<LogicalPlan, EngineError> {
+    let refuse = |reason: String| EngineError::Refused { rule, reason };
+    let mut branches = Vec::new();
+    for branch in self::branches(plan) {
+        let LogicalPlan::Projection(projection) = branch else {
+            return Err(refuse(
+                "a model's query must end in a SELECT list (of each UNION ALL branch)".into(),
+            ));
+        };
+        let (dataset, unit) = one_dataset(contract, branch, "a model's query", rule)?;
+        let input = projection.input.as_ref();
+        let index = (0..input.schema().fields().len())
+            .find(|&i| crate::lineage::origin(input, i) == Some((dataset.clone(), unit.clone())))
+            .ok_or_else(|| {
+                refuse(format!(
+                    "the rows of {dataset} must still carry its privacy unit {unit:?} under the \
+                     final SELECT (no aggregation there)"
+                ))
+            })?;
+        let column = Expr::Column(datafusion::common::Column::from(
+            input.schema().qualified_field(index),
+        ));
+        let mut exprs = projection.expr.clone();
+        exprs.push(datafusion::logical_expr::cast(column, DataType::Utf8).alias(UNIT));
+        exprs.push(datafusion::logical_expr::lit(dataset).alias(DATASET));
+        branches.push(
+            LogicalPlanBuilder::from(input.clone())
+                .project(exprs)?
+                .build()?,
+        );
+    }
+    let mut branches = branches.into_iter();
+    let first = branches
+        .next()
+        .ok_or_else(|| refuse("the query has no rows".into()))?;
+    let mut union = LogicalPlanBuilder::from(first);
+    for b in branches {
+        union = union.union(b)?;
+    }
+    Ok(union.build()?)
+}
+
 /// The branches of a top-level `UNION ALL`, or the plan itself.
-pub(crate) fn branches(
-    plan: &datafusion::logical_expr::LogicalPlan,
-) -> Vec<&datafusion::logical_expr::LogicalPlan> {
+pub(crate) fn branches(plan: &LogicalPlan) -> Vec<&LogicalPlan> {
     match plan {
-        datafusion::logical_expr::LogicalPlan::Union(union) => {
-            union.inputs.iter().map(AsRef::as_ref).collect()
-        }
+        LogicalPlan::Union(union) => union.inputs.iter().map(AsRef::as_ref).collect(),
         other => vec![other],
     }
 }
@@ -198,10 +250,7 @@ pub(crate) fn branches(
 /// Plans that count a model query's rows, one per branch of a top-level `UNION ALL`: each
 /// branch's rows before its final projection (which would drop the privacy units the threshold
 /// rule counts), under `COUNT(*)`.
-fn counts(
-    plan: &datafusion::logical_expr::LogicalPlan,
-) -> Result<Vec<datafusion::logical_expr::LogicalPlan>, EngineError> {
-    use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
+fn counts(plan: &LogicalPlan) -> Result<Vec<LogicalPlan>, EngineError> {
     branches(plan)
         .into_iter()
         .map(|branch| {
@@ -211,7 +260,7 @@ fn counts(
             };
             Ok(LogicalPlanBuilder::from(rows)
                 .aggregate(
-                    Vec::<datafusion::logical_expr::Expr>::new(),
+                    Vec::<Expr>::new(),
                     vec![datafusion::functions_aggregate::count::count_all()],
                 )?
                 .build()?)
@@ -220,6 +269,16 @@ fn counts(
 }
 
 pub mod private;
+mod tree;
+
+/// A training failure as the engine reports it: the training set's reason as a refusal of the
+/// rule; the solver's own words could carry values of the data, so they are replaced.
+fn refused(e: kura_ml::MlError) -> EngineError {
+    match e {
+        kura_ml::MlError::Data(reason) => EngineError::Refused { rule: RULE, reason },
+        kura_ml::MlError::Fit(_) => EngineError::Runtime("the solver could not fit the model"),
+    }
+}
 
 fn spec(analysis: &Analysis) -> Result<&ModelSpec, EngineError> {
     analysis
@@ -228,16 +287,22 @@ fn spec(analysis: &Analysis) -> Result<&ModelSpec, EngineError> {
         .ok_or_else(|| EngineError::Sql(format!("analysis {:?} is not a model", analysis.name)))
 }
 
-fn settings(spec: &ModelSpec) -> kura_ml::Settings {
-    kura_ml::Settings {
+/// A regression's settings (a tree has its own, [`tree`]).
+fn settings(spec: &ModelSpec) -> Result<kura_ml::Settings, EngineError> {
+    Ok(kura_ml::Settings {
         family: match spec.family {
             ModelFamily::Linear => kura_ml::Family::Linear,
             ModelFamily::Logistic => kura_ml::Family::Logistic,
+            ModelFamily::Tree => {
+                return Err(EngineError::Execution(
+                    "a tree is not trained as a regression".into(),
+                ));
+            }
         },
         holdout: spec.holdout,
         l2: spec.l2,
         max_iterations: spec.max_iterations,
-    }
+    })
 }
 
 pub(crate) fn number(v: f64) -> Value {
@@ -247,7 +312,7 @@ pub(crate) fn number(v: f64) -> Value {
 /// The positions of `names` among the query's output columns, which must be numbers or
 /// booleans; `what` says whose columns they are in errors.
 pub(crate) fn numeric_columns(
-    plan: &datafusion::logical_expr::LogicalPlan,
+    plan: &LogicalPlan,
     names: &[String],
     what: &str,
 ) -> Result<Vec<usize>, EngineError> {
@@ -306,7 +371,7 @@ pub(crate) fn numbers(
 async fn covered(
     contract: &Contract,
     ctx: &datafusion::execution::context::SessionContext,
-    plan: &datafusion::logical_expr::LogicalPlan,
+    plan: &LogicalPlan,
 ) -> Result<(), EngineError> {
     for count in counts(plan)? {
         let guarded = crate::threshold::guard(count, contract, None)?;
@@ -331,16 +396,23 @@ pub(crate) fn training_set(
     spec: &ModelSpec,
     columns: &[usize],
 ) -> Result<kura_ml::TrainingSet, EngineError> {
-    let width = columns.len();
     let values: Vec<f64> = numbers(batches, columns)?
         .into_iter()
         .flatten()
         .flatten()
         .collect();
-    let rows = values.len() / width;
-    let all = ndarray::Array2::from_shape_vec((rows, width), values)
-        .map_err(|e| EngineError::Execution(e.to_string()))?;
+    as_set(spec, values)
+}
+
+/// `values`, the features then the label of each row in turn, as a training set.
+pub(crate) fn as_set(
+    spec: &ModelSpec,
+    values: Vec<f64>,
+) -> Result<kura_ml::TrainingSet, EngineError> {
     let p = spec.features.len();
+    let rows = values.len() / (p + 1);
+    let all = ndarray::Array2::from_shape_vec((rows, p + 1), values)
+        .map_err(|e| EngineError::Execution(e.to_string()))?;
     Ok(kura_ml::TrainingSet {
         features: spec.features.clone(),
         x: all.select(ndarray::Axis(1), &(0..p).collect::<Vec<_>>()),
@@ -358,12 +430,20 @@ mod tests {
 
     use super::*;
 
-    /// The two-bank fraud contract, its model edited by `edit`.
-    fn contract(edit: impl Fn(String) -> String) -> Contract {
-        let text = kura_contract::example::fill(
+    /// The two-bank fraud contract's text, its keys filled in.
+    fn fixture() -> String {
+        kura_contract::example::fill(
             include_str!("../../../testdata/contracts/fraud-two-banks.toml"),
             |_| SecretIdentity::generate().public().to_text(),
-        );
+        )
+    }
+
+    /// The two-bank fraud contract without its tree, its model edited by `edit`.
+    fn contract(edit: impl Fn(String) -> String) -> Contract {
+        let text = fixture();
+        let tree = text.find("# A tree on the same rows").unwrap();
+        let end = text.find("[output]").unwrap();
+        let text = format!("{}{}", &text[..tree], &text[end..]);
         Contract::parse(edit(text).as_bytes()).unwrap()
     }
 
@@ -469,7 +549,7 @@ mod tests {
             y: plain.iter().map(|r| r[3]).collect(),
         };
         let spec = c.analyses[0].model.as_ref().unwrap();
-        let reference = kura_ml::train(&set, &settings(spec)).unwrap();
+        let reference = kura_ml::train(&set, &settings(spec).unwrap()).unwrap();
         let mut want = vec![("intercept".to_string(), reference.intercept)];
         want.extend(reference.coefficients);
         for (name, w) in want {
@@ -521,11 +601,7 @@ mod tests {
             "{refused}"
         );
         let invalid = |edit: &dyn Fn(String) -> String| {
-            let text = kura_contract::example::fill(
-                include_str!("../../../testdata/contracts/fraud-two-banks.toml"),
-                |_| SecretIdentity::generate().public().to_text(),
-            );
-            Contract::parse(edit(text).as_bytes())
+            Contract::parse(edit(fixture()).as_bytes())
                 .unwrap_err()
                 .to_string()
         };
@@ -663,6 +739,123 @@ mod tests {
         assert!(
             refused.contains("must be trained with dp = true"),
             "{refused}"
+        );
+    }
+
+    /// The fraud contract with only its tree, edited by `edit`.
+    fn tree_contract(edit: impl Fn(String) -> String) -> Contract {
+        let text = fixture();
+        let model = text.find("[[analyses]]").unwrap();
+        let tree = text.find("# A tree on the same rows").unwrap();
+        Contract::parse(edit(format!("{}{}", &text[..model], &text[tree..])).as_bytes()).unwrap()
+    }
+
+    /// The engine's tree is the one kura_ml grows on the same plaintext outside any enclave,
+    /// leaf for leaf and byte for byte in its ONNX file; it splits at the contract's cut points
+    /// only, and it separates what generated the data.
+    #[tokio::test]
+    async fn a_tree_is_the_reference_tree_on_the_same_plaintext() {
+        let c = tree_contract(|t| t.replace("holdout = 0.2", "holdout = 0.0"));
+        crate::check_analyses(&c).await.unwrap();
+        let per = 10;
+        let (csv, plain) = banks([300, 200], per);
+        let out = train(&c, &c.analyses[0], &tables(&c, &csv)).await.unwrap();
+        assert_eq!(out.columns, COLUMNS);
+
+        let set = kura_ml::TrainingSet {
+            features: vec!["amount".into(), "night".into(), "foreign".into()],
+            x: ndarray::Array2::from_shape_fn((plain.len(), 3), |(i, j)| plain[i][j]),
+            y: plain.iter().map(|r| r[3]).collect(),
+        };
+        let people: Vec<(u32, u32)> = (0..plain.len())
+            .map(|i| {
+                let bank = u32::from(i >= 300 * per);
+                (bank, (i / per) as u32)
+            })
+            .collect();
+        let spec = c.analyses[0].model.as_ref().unwrap();
+        let cuts: Vec<Vec<f64>> = spec.features.iter().map(|f| spec.cuts[f].clone()).collect();
+        let settings = kura_ml::tree::TreeSettings {
+            max_depth: 3,
+            min_units: 10,
+            holdout: 0.0,
+        };
+        let reference = kura_ml::tree::train_tree(&set, &people, &cuts, &settings).unwrap();
+        let leaves: Vec<(String, f64)> = out
+            .rows
+            .iter()
+            .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_f64().unwrap()))
+            .collect();
+        assert_eq!(leaves, reference.leaves());
+        assert!(leaves.len() >= 3, "{leaves:?}");
+        assert_eq!(out.onnx, Some(kura_ml::onnx::export_tree(&reference)));
+        for node in &reference.nodes {
+            if let kura_ml::tree::Node::Split { feature, cut, .. } = node {
+                assert!(cuts[*feature].contains(cut), "{cut}");
+            }
+        }
+        // The planted log-odds rise with the amount and at night.
+        let p = |row: [f64; 3]| reference.predict(&row);
+        assert!(
+            p([1800.0, 1.0, 1.0]) > p([50.0, 0.0, 0.0]) + 0.3,
+            "{leaves:?}"
+        );
+    }
+
+    /// A tree needs one person per row and public cut points for every feature; both are
+    /// checked before anyone signs, and a tree cannot be trained under DP.
+    #[tokio::test]
+    async fn trees_are_checked_before_signing() {
+        let joined = tree_contract(|t| {
+            t.replace(
+                "SELECT amount, night, foreign, fraud FROM transactions_b",
+                "SELECT b.amount, b.night, a.foreign, b.fraud FROM transactions_b b \
+                 JOIN transactions_a a ON a.account = b.account",
+            )
+        });
+        let refused = crate::check_analyses(&joined)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("exactly one dataset"), "{refused}");
+        let invalid = |from: &str, to: &str| {
+            let text = fixture();
+            let tree = text.find("# A tree on the same rows").unwrap();
+            let (head, tail) = text.split_at(tree);
+            assert!(tail.contains(from), "{from}");
+            Contract::parse(format!("{head}{}", tail.replacen(from, to, 1)).as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        let cuts =
+            "cuts = { amount = [100, 250, 500, 1000, 1500], night = [0.5], foreign = [0.5] }";
+        for (to, says) in [
+            (
+                "cuts = { amount = [100, 250], night = [0.5] }",
+                "\"foreign\" has none",
+            ),
+            (
+                "cuts = { amount = [250, 100], night = [0.5], foreign = [0.5] }",
+                "increasing order",
+            ),
+            (
+                "cuts = { amount = [], night = [0.5], foreign = [0.5] }",
+                "1 to 255 numbers",
+            ),
+            (
+                "cuts = { amount = [1], night = [0.5], foreign = [0.5], fraud = [0.5] }",
+                "not a feature",
+            ),
+        ] {
+            let refused = invalid(cuts, to);
+            assert!(refused.contains(says), "{to}: {refused}");
+        }
+        assert!(invalid("max_depth = 3", "max_depth = 9").contains("1 to 8"));
+        assert!(invalid("max_depth = 3", "max_depth = 3\nl2 = 2.0").contains("l2 applies"));
+        assert!(invalid("family = \"tree\"", "family = \"logistic\"").contains("only to family"));
+        assert!(
+            invalid("kind = \"model\"\n", "kind = \"model\"\ndp = true\n")
+                .contains("trees cannot be trained with dp = true")
         );
     }
 }

@@ -1,11 +1,13 @@
 //! Model training inside the enclave, on a training set the engine assembled under the
 //! contract's rules (`kura_engine::model`).
 //!
-//! Only families whose parameters summarise everyone at once are offered: linear regression
-//! (ordinary least squares) and logistic regression (L2-regularised), both fitted by linfa.
-//! Neither can store a person's row in its parameters the way a nearest-neighbour model or a
-//! deep tree can; what a receiver gets is one coefficient per feature, an intercept, and the
-//! model's quality on rows it did not see.
+//! Only families whose parameters summarise many people at once are offered: linear regression
+//! (ordinary least squares) and logistic regression (L2-regularised), both fitted by linfa,
+//! and classification trees ([`tree`]: linfa's CART, split only at public cut points, every
+//! leaf over at least a minimum of people). None can store a person's row in its parameters
+//! the way a nearest-neighbour model or an unpruned tree can; what a receiver gets is one
+//! coefficient per feature and an intercept, or a tree's leaf rates, and the model's quality
+//! on rows it did not see.
 //!
 //! Features are standardised before fitting (the solver then converges on any units, and the
 //! penalty weighs every feature alike) and the coefficients converted back, so that a receiver
@@ -15,6 +17,7 @@
 
 pub mod onnx;
 pub mod private;
+pub mod tree;
 
 use linfa::prelude::*;
 use ndarray::{Array1, Array2, Axis};
@@ -99,23 +102,13 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
     if n != set.y.len() {
         return Err(MlError::Data("features and labels differ in length".into()));
     }
-    if set.x.iter().chain(set.y.iter()).any(|v| !v.is_finite()) {
-        return Err(MlError::Data(
-            "the training set holds a value that is not a finite number".into(),
-        ));
-    }
+    finite(set)?;
     if settings.family == Family::Logistic && set.y.iter().any(|&y| y != 0.0 && y != 1.0) {
         return Err(MlError::Data(
             "a logistic model's label must be 0 or 1 (or a boolean)".into(),
         ));
     }
-    // The held-out rows are drawn inside the enclave, afresh for every run.
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| MlError::Fit(format!("no randomness: {e}")))?;
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut rand::rngs::StdRng::from_seed(seed));
-    let held = (n as f64 * settings.holdout).round() as usize;
-    let (tested, trained) = order.split_at(held);
+    let (tested, trained) = hold_out(n, settings.holdout)?;
     let rows = trained.len();
     if rows <= p + 1 {
         // Not how many: a refusal must not count a few people's rows.
@@ -124,8 +117,8 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
             p + 1
         )));
     }
-    let x = set.x.select(Axis(0), trained);
-    let y = set.y.select(Axis(0), trained);
+    let x = set.x.select(Axis(0), &trained);
+    let y = set.y.select(Axis(0), &trained);
     let scale = Scale::of(&x)?;
     let standard = scale.apply(&x);
     let (intercept, weights) = match settings.family {
@@ -148,11 +141,33 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
     if !tested.is_empty() {
         model.metrics = measure(
             &model,
-            &set.x.select(Axis(0), tested),
-            &set.y.select(Axis(0), tested),
+            &set.x.select(Axis(0), &tested),
+            &set.y.select(Axis(0), &tested),
         );
     }
     Ok(model)
+}
+
+/// Refuses a training set with a value that is not a finite number.
+fn finite(set: &TrainingSet) -> Result<(), MlError> {
+    if set.x.iter().chain(set.y.iter()).any(|v| !v.is_finite()) {
+        return Err(MlError::Data(
+            "the training set holds a value that is not a finite number".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `n` rows dealt at random into those held out to measure the model (a `share` of them) and
+/// those it is fitted on. The draw is made inside the enclave, afresh for every run.
+fn hold_out(n: usize, share: f64) -> Result<(Vec<usize>, Vec<usize>), MlError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| MlError::Fit(format!("no randomness: {e}")))?;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand::rngs::StdRng::from_seed(seed));
+    let held = (n as f64 * share).round() as usize;
+    let trained = order.split_off(held);
+    Ok((order, trained))
 }
 
 /// A logistic fit on standardised features: the intercept and weights of the log-odds of 1.
@@ -235,25 +250,31 @@ fn measure(model: &Model, x: &Array2<f64>, y: &Array1<f64>) -> Vec<(String, f64)
                 out.push(("holdout_rmse".to_string(), mse.sqrt()));
             }
         }
-        Family::Logistic => {
-            let truth: Vec<bool> = y.iter().map(|v| *v == 1.0).collect();
-            let correct = predicted
-                .iter()
-                .zip(&truth)
-                .filter(|(p, t)| (**p >= 0.5) == **t)
-                .count();
-            out.push((
-                "holdout_accuracy".to_string(),
-                correct as f64 / truth.len() as f64,
-            ));
-            let probabilities: Vec<Pr> = predicted.iter().map(|p| Pr::new(*p as f32)).collect();
-            if let Ok(roc) = probabilities.as_slice().roc(truth.as_slice()) {
-                out.push(("holdout_auc".to_string(), f64::from(roc.area_under_curve())));
-            }
-            if let Ok(loss) = probabilities.as_slice().log_loss(truth.as_slice()) {
-                out.push(("holdout_log_loss".to_string(), f64::from(loss)));
-            }
-        }
+        Family::Logistic => return measure_binary(&predicted.to_vec(), y),
+    }
+    out.retain(|(_, v)| v.is_finite());
+    out
+}
+
+/// The quality of probabilities `predicted` of labels `y` (0 or 1): accuracy at 0.5, the area
+/// under the ROC curve and the log loss, leaving out a measure that is not a number.
+fn measure_binary(predicted: &[f64], y: &Array1<f64>) -> Vec<(String, f64)> {
+    let truth: Vec<bool> = y.iter().map(|v| *v == 1.0).collect();
+    let correct = predicted
+        .iter()
+        .zip(&truth)
+        .filter(|(p, t)| (**p >= 0.5) == **t)
+        .count();
+    let mut out = vec![(
+        "holdout_accuracy".to_string(),
+        correct as f64 / truth.len() as f64,
+    )];
+    let probabilities: Vec<Pr> = predicted.iter().map(|p| Pr::new(*p as f32)).collect();
+    if let Ok(roc) = probabilities.as_slice().roc(truth.as_slice()) {
+        out.push(("holdout_auc".to_string(), f64::from(roc.area_under_curve())));
+    }
+    if let Ok(loss) = probabilities.as_slice().log_loss(truth.as_slice()) {
+        out.push(("holdout_log_loss".to_string(), f64::from(loss)));
     }
     out.retain(|(_, v)| v.is_finite());
     out

@@ -3,9 +3,11 @@
 //!
 //! The exported graph is the model's own formula and nothing else: `features` (float, one row
 //! per example) times the coefficients, plus the intercept, through `Sigmoid` for a logistic
-//! model; one output `score` with a row per example. It is written from the released
-//! parameters alone, byte for byte the same for the same model, so a receiver can check that
-//! the file it got is the table it got.
+//! model; one output `score` with a row per example. A tree is written in standard operators
+//! too ([`export_tree`]), so a scoring analysis runs a trained tree like any other model. The
+//! file is written from the released parameters alone, byte for byte the same for the same
+//! model, so a receiver can check that the file it got is the table it got. It computes in
+//! 32-bit floats: a value within a float's rounding of a tree's cut may fall on the other side.
 //!
 //! A scorer accepts any ONNX file whose first input takes `rows × features` floats and whose
 //! first output has one number per row. The file comes from a party the enclave does not
@@ -18,6 +20,7 @@ use prost::Message;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
+use crate::tree::{Node, Tree};
 use crate::{Family, MlError, Model};
 
 /// The largest model file kura will read.
@@ -33,49 +36,9 @@ const OPSET: i64 = 13;
 /// `score` (float `[N, 1]`). The feature names and the family are in its metadata.
 pub fn export(model: &Model) -> Vec<u8> {
     let k = model.coefficients.len() as i64;
-    let float = pb::tensor_proto::DataType::Float as i32;
-    let shape = |dims: &[Option<i64>]| pb::TypeProto {
-        denotation: String::new(),
-        value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-            elem_type: float,
-            shape: Some(pb::TensorShapeProto {
-                dim: dims
-                    .iter()
-                    .map(|d| pb::tensor_shape_proto::Dimension {
-                        denotation: String::new(),
-                        value: Some(match d {
-                            Some(n) => pb::tensor_shape_proto::dimension::Value::DimValue(*n),
-                            None => {
-                                pb::tensor_shape_proto::dimension::Value::DimParam("N".to_string())
-                            }
-                        }),
-                    })
-                    .collect(),
-            }),
-        })),
-    };
-    let value = |name: &str, dims: &[Option<i64>]| pb::ValueInfoProto {
-        name: name.to_string(),
-        r#type: Some(shape(dims)),
-        doc_string: String::new(),
-    };
-    let constant = |name: &str, dims: Vec<i64>, values: Vec<f32>| pb::TensorProto {
-        dims,
-        data_type: float,
-        float_data: values,
-        name: name.to_string(),
-        ..Default::default()
-    };
-    let node = |op: &str, inputs: &[&str], output: &str| pb::NodeProto {
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.to_string()],
-        name: output.to_string(),
-        op_type: op.to_string(),
-        ..Default::default()
-    };
-    let linear_output = match model.family {
-        Family::Linear => "score",
-        Family::Logistic => "log_odds",
+    let (family, linear_output) = match model.family {
+        Family::Linear => ("linear", "score"),
+        Family::Logistic => ("logistic", "log_odds"),
     };
     let mut nodes = vec![
         node("MatMul", &["features", "coefficients"], "weighted"),
@@ -84,15 +47,147 @@ pub fn export(model: &Model) -> Vec<u8> {
     if model.family == Family::Logistic {
         nodes.push(node("Sigmoid", &["log_odds"], "score"));
     }
-    let family = match model.family {
-        Family::Linear => "linear",
-        Family::Logistic => "logistic",
-    };
+    let names: Vec<&str> = model.coefficients.iter().map(|(n, _)| n.as_str()).collect();
+    file(
+        family,
+        &names,
+        nodes,
+        vec![
+            floats(
+                "coefficients",
+                vec![k, 1],
+                model.coefficients.iter().map(|(_, w)| *w as f32).collect(),
+            ),
+            floats("intercept", vec![1], vec![model.intercept as f32]),
+        ],
+    )
+}
+
+/// `tree` as an ONNX file with the same input and output as [`export`]'s, in standard operators
+/// only (tract reads no `ai.onnx.ml` regressor):
+///
+/// 1. `Gather` takes each split's feature, `Less` compares it with the split's cut: `below`,
+///    one 0/1 column per split (a value that is not a number is not below, as in
+///    [`Tree::predict`]).
+/// 2. A leaf is reached when every split on its path goes its way. `MatMul` of `below` with
+///    `paths` (+1 where the path goes below, −1 where it goes above) plus `aboves` (how many
+///    times it goes above) counts the splits that agree, and `Equal` to the path's length marks
+///    the one leaf reached.
+/// 3. That 0/1 row times the leaves' rates is the score.
+///
+/// A tree of one leaf gets one split that no path uses, so that the graph keeps its shape.
+pub fn export_tree(tree: &Tree) -> Vec<u8> {
+    let mut splits: Vec<(usize, f32)> = Vec::new();
+    let mut leaves: Vec<(f32, Vec<(usize, bool)>)> = Vec::new();
+    collect(tree, 0, &mut Vec::new(), &mut splits, &mut leaves);
+    if splits.is_empty() {
+        splits.push((0, 0.0));
+    }
+    let (s, l) = (splits.len(), leaves.len());
+    let mut paths = vec![0f32; s * l];
+    let mut aboves = vec![0f32; l];
+    for (j, (_, path)) in leaves.iter().enumerate() {
+        for &(split, below) in path {
+            if below {
+                paths[split * l + j] = 1.0;
+            } else {
+                paths[split * l + j] = -1.0;
+                aboves[j] += 1.0;
+            }
+        }
+    }
+    let lengths: Vec<f32> = leaves.iter().map(|(_, p)| p.len() as f32).collect();
+    let mut cast = node("Cast", &["is_below"], "below");
+    cast.attribute.push(int_attribute("to", FLOAT));
+    let mut gather = node("Gather", &["features", "split_features"], "split_values");
+    gather.attribute.push(int_attribute("axis", 1));
+    let mut reached = node("Cast", &["is_reached"], "reached");
+    reached.attribute.push(int_attribute("to", FLOAT));
+    let nodes = vec![
+        gather,
+        node("Less", &["split_values", "cuts"], "is_below"),
+        cast,
+        node("MatMul", &["below", "paths"], "agreeing_below"),
+        node("Add", &["agreeing_below", "aboves"], "agreeing"),
+        node("Equal", &["agreeing", "lengths"], "is_reached"),
+        reached,
+        node("MatMul", &["reached", "rates"], "score"),
+    ];
+    let names: Vec<&str> = tree.features.iter().map(String::as_str).collect();
+    file(
+        "tree",
+        &names,
+        nodes,
+        vec![
+            pb::TensorProto {
+                dims: vec![s as i64],
+                data_type: pb::tensor_proto::DataType::Int64 as i32,
+                int64_data: splits.iter().map(|(f, _)| *f as i64).collect(),
+                name: "split_features".to_string(),
+                ..Default::default()
+            },
+            floats(
+                "cuts",
+                vec![s as i64],
+                splits.iter().map(|(_, c)| *c).collect(),
+            ),
+            floats("paths", vec![s as i64, l as i64], paths),
+            floats("aboves", vec![l as i64], aboves),
+            floats("lengths", vec![l as i64], lengths),
+            floats(
+                "rates",
+                vec![l as i64, 1],
+                leaves.iter().map(|(r, _)| *r).collect(),
+            ),
+        ],
+    )
+}
+
+/// The splits of `tree` below node `at` in order, and each leaf's rate with its path: which
+/// splits it passes and whether below each.
+#[allow(clippy::type_complexity)]
+fn collect(
+    tree: &Tree,
+    at: usize,
+    path: &mut Vec<(usize, bool)>,
+    splits: &mut Vec<(usize, f32)>,
+    leaves: &mut Vec<(f32, Vec<(usize, bool)>)>,
+) {
+    match tree.nodes[at] {
+        Node::Leaf { rate } => leaves.push((rate as f32, path.clone())),
+        Node::Split {
+            feature,
+            cut,
+            below,
+            above,
+        } => {
+            let split = splits.len();
+            splits.push((feature, cut as f32));
+            for (child, is_below) in [(below, true), (above, false)] {
+                path.push((split, is_below));
+                collect(tree, child, path, splits, leaves);
+                path.pop();
+            }
+        }
+    }
+}
+
+/// ONNX's code for 32-bit floats.
+const FLOAT: i64 = pb::tensor_proto::DataType::Float as i64;
+
+/// A model file: `nodes` and their constants between input `features` (`[N, k]` for the `k`
+/// feature `names`) and output `score` (`[N, 1]`), with the family and names as metadata.
+fn file(
+    family: &str,
+    names: &[&str],
+    nodes: Vec<pb::NodeProto>,
+    initializer: Vec<pb::TensorProto>,
+) -> Vec<u8> {
+    let k = names.len() as i64;
     let meta = |key: &str, value: String| pb::StringStringEntryProto {
         key: key.to_string(),
         value,
     };
-    let names: Vec<&str> = model.coefficients.iter().map(|(n, _)| n.as_str()).collect();
     pb::ModelProto {
         ir_version: 8,
         producer_name: "kura".to_string(),
@@ -111,14 +206,7 @@ pub fn export(model: &Model) -> Vec<u8> {
         graph: Some(pb::GraphProto {
             node: nodes,
             name: "kura_model".to_string(),
-            initializer: vec![
-                constant(
-                    "coefficients",
-                    vec![k, 1],
-                    model.coefficients.iter().map(|(_, w)| *w as f32).collect(),
-                ),
-                constant("intercept", vec![1], vec![model.intercept as f32]),
-            ],
+            initializer,
             input: vec![value("features", &[None, Some(k)])],
             output: vec![value("score", &[None, Some(1)])],
             ..Default::default()
@@ -126,6 +214,62 @@ pub fn export(model: &Model) -> Vec<u8> {
         ..Default::default()
     }
     .encode_to_vec()
+}
+
+/// A float tensor of shape `dims` (`None`: the rows, named `N`).
+fn value(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::dimension::Value as Dim;
+    pb::ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: FLOAT as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| pb::tensor_shape_proto::Dimension {
+                            denotation: String::new(),
+                            value: Some(match d {
+                                Some(n) => Dim::DimValue(*n),
+                                None => Dim::DimParam("N".to_string()),
+                            }),
+                        })
+                        .collect(),
+                }),
+            })),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+fn floats(name: &str, dims: Vec<i64>, values: Vec<f32>) -> pb::TensorProto {
+    pb::TensorProto {
+        dims,
+        data_type: FLOAT as i32,
+        float_data: values,
+        name: name.to_string(),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
+    pb::NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        name: output.to_string(),
+        op_type: op.to_string(),
+        ..Default::default()
+    }
+}
+
+fn int_attribute(name: &str, value: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_string(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: value,
+        ..Default::default()
+    }
 }
 
 /// A model file ready to score rows of `features` numbers.
@@ -296,6 +440,57 @@ mod tests {
         assert_eq!(scores.len(), n);
         let last = &x[(n - 1) * 3..];
         assert!((scores[n - 1] - m.predict(last)).abs() < 1e-4);
+    }
+
+    /// A tree of three leaves: amount below 500; at or above it, by night.
+    fn tree() -> Tree {
+        Tree {
+            features: vec!["amount".into(), "night".into(), "foreign".into()],
+            nodes: vec![
+                Node::Split {
+                    feature: 0,
+                    cut: 500.0,
+                    below: 1,
+                    above: 2,
+                },
+                Node::Leaf { rate: 0.02 },
+                Node::Split {
+                    feature: 1,
+                    cut: 0.5,
+                    below: 3,
+                    above: 4,
+                },
+                Node::Leaf { rate: 0.25 },
+                Node::Leaf { rate: 0.625 },
+            ],
+            metrics: Vec::new(),
+        }
+    }
+
+    /// The exported tree gives each row its leaf's rate, as the tree itself does: on every
+    /// side of every cut, for a value that is not a number, and for a tree of one leaf.
+    #[test]
+    fn an_exported_tree_scores_as_the_tree() {
+        let one_leaf = Tree {
+            nodes: vec![Node::Leaf { rate: 0.125 }],
+            ..tree()
+        };
+        let mut rows = rows();
+        rows.push(vec![f64::NAN, 1.0, 0.0]);
+        rows.push(vec![500.0, 0.5, 0.0]);
+        for t in [tree(), one_leaf] {
+            let scorer = Scorer::load(&export_tree(&t), 3).expect("kura's own export loads");
+            let scores = scorer.score(&rows.concat()).unwrap();
+            assert_eq!(scores.len(), rows.len());
+            for (row, score) in rows.iter().zip(&scores) {
+                let expected = t.predict(row);
+                assert!(
+                    (score - expected).abs() <= 1e-6,
+                    "{row:?}: {score} against {expected}"
+                );
+            }
+        }
+        assert_eq!(export_tree(&tree()), export_tree(&tree()));
     }
 
     #[test]

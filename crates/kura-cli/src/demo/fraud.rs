@@ -5,7 +5,10 @@
 //! pattern; either bank alone has few fraud cases, together they have more. The enclave trains
 //! a logistic model on both banks' rows (the contract's `fraud_model`), and each bank receives
 //! the coefficients and the model's quality on held-out rows, never a row of the other bank.
-//! Each bank then scores its own new transactions with the model, on its own side.
+//! It also grows a tree on the same rows (`fraud_tree`): its splits fall only on the contract's
+//! public cut points, and each leaf's fraud rate covers at least `min_group_size` accounts of
+//! each bank in it. Each bank then scores its own new transactions with the model, on its own
+//! side.
 //!
 //! Then the model leaves the banks as what the enclave released with it: an ONNX file. In a
 //! second room, under a contract that pins that file's SHA-256, the consortium of the two
@@ -23,8 +26,9 @@ use super::{DemoArgs, Room};
 use crate::render;
 use crate::splitmix::SplitMix;
 
-/// The analysis the banks run.
+/// The analyses the banks run: a logistic model, and a tree on the same rows.
 const ANALYSIS: &str = "fraud_model";
+const TREE: &str = "fraud_tree";
 
 /// The log-odds of fraud that the generator plants: intercept, per unit of amount, at night,
 /// abroad.
@@ -124,6 +128,20 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         w[0], w[1], w[2], w[3]
     ));
 
+    // The same rows as a tree, which the banks can read as rules.
+    let run = clients[1].run(TREE).await?;
+    let trees = Room::results(&mut clients, &run.run_id).await?;
+    ensure!(
+        trees[0] == trees[1],
+        "the two banks received different trees"
+    );
+    room.say(format!("\n{}", render::table(&trees[0])));
+    room.say(format!(
+        "the tree splits only at the contract's cut points, and each leaf's fraud rate is over at \
+         least {} accounts of each bank in it",
+        contract.output.min_group_size
+    ));
+
     // Each bank scores its own new transactions with the model it received: on its own side,
     // with no enclave involved.
     let mut rng = SplitMix(args.seed ^ 0x5eed);
@@ -164,6 +182,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
                 "contract_id": contract.id(),
                 "measurement": measurement,
                 "model": render::result_json(model),
+                "tree": render::result_json(&trees[0]),
                 "planted": PLANTED,
                 "receivers_agree": true,
                 "scored": scored,

@@ -217,6 +217,23 @@ pub(crate) fn cli_demo_fraud_trains_a_model_both_banks_receive() {
         );
     }
     assert!(term("holdout_auc") > 0.7, "{v}");
+    // The tree: its riskiest leaf is the largest amounts abroad, its safest among smaller
+    // amounts, far apart, as planted.
+    let mut leaves: Vec<(&str, f64)> = v["tree"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_str().unwrap(), r[1].as_f64().unwrap()))
+        .filter(|(rule, _)| !rule.starts_with("holdout_"))
+        .collect();
+    leaves.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let ((safest, low), (riskiest, high)) = (leaves[0], leaves[leaves.len() - 1]);
+    assert!(
+        riskiest.contains("amount >= 1500") && riskiest.contains("foreign >= 0.5"),
+        "{leaves:?}"
+    );
+    assert!(safest.contains("amount <"), "{leaves:?}");
+    assert!(high - low > 0.3, "{leaves:?}");
     assert_eq!(v["scored"].as_array().unwrap().len(), 6);
     // The second room: the model file scored banks C's and D's 800 new transactions each; the
     // consortium got only the distribution, which accounts for them, less its suppressed cells.

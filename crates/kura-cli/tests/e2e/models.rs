@@ -115,7 +115,37 @@ pub(crate) async fn two_banks_train_a_model_and_each_receives_only_the_model() {
         "{p} against z = {z}"
     );
 
-    // The log has the refusal and the run, and verifies.
+    // The tree on the same rows: both banks get its leaves, each a rule on the contract's cut
+    // points with its rate, and an ONNX file that scores a row as the rate of its leaf.
+    let run = clients[0].run("fraud_tree").await.unwrap();
+    let mut trees = vec![];
+    for c in &mut clients {
+        trees.push(c.results(Some(&run.run_id)).await.unwrap().remove(0));
+    }
+    assert_eq!(trees[0].rows, trees[1].rows);
+    let leaves: Vec<(&str, f64)> = trees[0]
+        .rows
+        .iter()
+        .map(|r| (r[0].as_str().unwrap(), r[1].as_f64().unwrap()))
+        .filter(|(term, _)| !term.starts_with("holdout_"))
+        .collect();
+    assert!(leaves.len() >= 2, "{:?}", trees[0].rows);
+    let cut_points = ["100", "250", "500", "1000", "1500", "0.5"];
+    for (rule, rate) in &leaves {
+        assert!((0.0..=1.0).contains(rate), "{rule}: {rate}");
+        for number in rule.split(' ').filter(|w| w.parse::<f64>().is_ok()) {
+            assert!(cut_points.contains(&number), "{rule}");
+        }
+    }
+    let onnx = kura_crypto::b64::decode(trees[0].onnx.as_deref().expect("an ONNX file")).unwrap();
+    let scorer = kura_ml::onnx::Scorer::load(&onnx, 3).unwrap();
+    let score = scorer.score(&[1900.0, 1.0, 1.0]).unwrap()[0];
+    assert!(
+        leaves.iter().any(|(_, rate)| (rate - score).abs() < 1e-6),
+        "{score} is no leaf's rate: {leaves:?}"
+    );
+
+    // The log has the refusal and the runs, and verifies.
     let events = events_of(&mut clients[0]).await;
     assert!(
         events
@@ -320,11 +350,20 @@ pub(crate) async fn a_model_scores_each_banks_rows_for_that_bank_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 pub(crate) async fn a_private_model_is_charged_to_the_budget_exactly_and_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let template = include_str!("../../../../testdata/contracts/fraud-two-banks.toml")
-        .replace("kind = \"model\"\n", "kind = \"model\"\ndp = true\nepsilon = 0.75\n")
-        .replace(
+    // The fixture's tree goes: under [privacy.dp] every model must be private, and a tree
+    // cannot be.
+    let fixture = include_str!("../../../../testdata/contracts/fraud-two-banks.toml");
+    let (head, tree) = fixture.split_at(fixture.find("# A tree on the same rows").unwrap());
+    let template = format!("{head}{}", &tree[tree.find("[output]").unwrap()..])
+        .replacen(
+            "kind = \"model\"\n",
+            "kind = \"model\"\ndp = true\nepsilon = 0.75\n",
+            1,
+        )
+        .replacen(
             "holdout = 0.2",
             "holdout = 0.0\nbounds = { amount = [0.0, 2100.0], night = [0.0, 1.0], foreign = [0.0, 1.0] }",
+            1,
         )
         .replace(
             "[output]",

@@ -20,9 +20,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use datafusion::arrow::array::Array;
 use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::logical_expr::LogicalPlan;
 use kura_contract::dp::{DpReport, GroupRelease, Spend};
 use kura_contract::{Analysis, ColumnType, Contract, ModelSpec};
 use opendp::domains::{AtomDomain, VectorDomain};
@@ -34,9 +33,6 @@ use rand::seq::SliceRandom;
 use serde_json::Value;
 
 use crate::{EngineError, Output};
-
-/// The hidden column that carries each training row's person.
-const UNIT: &str = "__kura_unit";
 
 /// What a run of `analysis` spends: its ε (default `privacy.dp.query_epsilon`), no δ.
 pub fn spend(contract: &Contract, analysis: &Analysis) -> Result<Spend, EngineError> {
@@ -66,53 +62,6 @@ fn refuse(reason: impl Into<String>) -> EngineError {
     }
 }
 
-/// `plan` with each training row's person as a last column ([`UNIT`], as text): each branch
-/// of a top-level `UNION ALL` must read one dataset and end in a `SELECT` over rows that still
-/// carry its privacy unit.
-pub(crate) fn with_units(
-    contract: &Contract,
-    plan: &LogicalPlan,
-) -> Result<LogicalPlan, EngineError> {
-    let mut branches = Vec::new();
-    for branch in super::branches(plan) {
-        let LogicalPlan::Projection(projection) = branch else {
-            return Err(refuse(
-                "a private model's query must end in a SELECT list (of each UNION ALL branch)",
-            ));
-        };
-        let (dataset, unit) =
-            super::one_dataset(contract, branch, "a private model's query", "dp")?;
-        let input = projection.input.as_ref();
-        let index = (0..input.schema().fields().len())
-            .find(|&i| crate::lineage::origin(input, i) == Some((dataset.clone(), unit.clone())))
-            .ok_or_else(|| {
-                refuse(format!(
-                    "the rows of {dataset} must still carry its privacy unit {unit:?} under the \
-                     final SELECT (no aggregation there)"
-                ))
-            })?;
-        let column = Expr::Column(datafusion::common::Column::from(
-            input.schema().qualified_field(index),
-        ));
-        let mut exprs = projection.expr.clone();
-        exprs.push(datafusion::logical_expr::cast(column, DataType::Utf8).alias(UNIT));
-        branches.push(
-            LogicalPlanBuilder::from(input.clone())
-                .project(exprs)?
-                .build()?,
-        );
-    }
-    let mut branches = branches.into_iter();
-    let first = branches
-        .next()
-        .ok_or_else(|| refuse("the query has no rows"))?;
-    let mut union = LogicalPlanBuilder::from(first);
-    for b in branches {
-        union = union.union(b)?;
-    }
-    Ok(union.build()?)
-}
-
 /// Trains `analysis`'s model with differential privacy.
 pub(super) async fn train(
     contract: &Contract,
@@ -126,8 +75,8 @@ pub(super) async fn train(
     let dp = contract.privacy.dp.as_ref().expect("checked by spend");
     let columns = super::numeric_columns(&plan, &super::learned(spec), "model")?;
     super::no_identifiers(contract, &plan, &super::learned(spec), super::RULE)?;
-    let plan = with_units(contract, &plan)?;
-    let unit_index = plan.schema().fields().len() - 1;
+    let plan = super::with_units(contract, &plan, "dp")?;
+    let unit_index = plan.schema().fields().len() - 2;
 
     let physical = ctx.state().create_physical_plan(&plan).await?;
     let batches = crate::collect_counted(physical, ctx)
@@ -153,14 +102,7 @@ pub(super) async fn train(
         spec.l2,
         spec.max_iterations,
     )
-    .map_err(|e| match e {
-        kura_ml::MlError::Data(reason) => EngineError::Refused {
-            rule: super::RULE,
-            reason,
-        },
-        // The solver's own words could carry values of the data.
-        kura_ml::MlError::Fit(_) => EngineError::Runtime("the solver could not fit the model"),
-    })?;
+    .map_err(super::refused)?;
 
     // OpenDP's Laplace mechanism on the weights; a hair more noise than ε asks for, so that its
     // own (conservatively rounded) accounting stays within what is charged.
@@ -248,9 +190,10 @@ mod tests {
     use std::sync::Arc;
 
     use datafusion::arrow::array::{Float64Array, StringArray};
-    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
+    use crate::model::UNIT;
 
     /// One person with many rows keeps `k` of them; everyone else keeps theirs; rows without a
     /// person go.
