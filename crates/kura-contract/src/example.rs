@@ -78,13 +78,27 @@ pub fn fraud_scoring(keys: &[(&str, &str)], model_sha256: &str) -> String {
         include_str!("../../../testdata/contracts/fraud-scoring.toml"),
         |name| match name {
             "sha256:fraud_model" => model_sha256.to_string(),
-            key => keys
-                .iter()
-                .find(|(party, _)| Some(*party) == key.strip_prefix("key:"))
-                .map(|(_, k)| k.to_string())
-                .unwrap_or_else(|| panic!("the scoring contract has no placeholder {key}")),
+            key => key_of(keys, key, "scoring"),
         },
     )
+}
+
+/// The AML scenario's contract (`kura demo --scenario aml`): three banks list the accounts
+/// that receive money from another bank's customers and pass it on, each bank only its own
+/// (`testdata/contracts/aml-three-banks.toml`).
+pub fn aml_three_banks(keys: &[(&str, &str)]) -> String {
+    fill(
+        include_str!("../../../testdata/contracts/aml-three-banks.toml"),
+        |key| key_of(keys, key, "AML"),
+    )
+}
+
+/// The public key of the party that placeholder `@key:PARTY@` names, from `keys`.
+fn key_of(keys: &[(&str, &str)], placeholder: &str, contract: &str) -> String {
+    keys.iter()
+        .find(|(party, _)| Some(*party) == placeholder.strip_prefix("key:"))
+        .map(|(_, k)| k.to_string())
+        .unwrap_or_else(|| panic!("the {contract} contract has no placeholder {placeholder}"))
 }
 
 /// A contract template from `testdata/contracts/` with every `@NAME@` replaced by

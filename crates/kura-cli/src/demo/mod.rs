@@ -6,8 +6,10 @@
 //!
 //! - `health` (the default): a hospital and a fitness company, statistics under the threshold;
 //! - `fraud`: two banks train a fraud model on their pooled transactions, and each scores its
-//!   own new transactions with it.
+//!   own new transactions with it;
+//! - `aml`: three banks find money mules across banks, each bank only its own accounts.
 
+mod aml;
 mod fraud;
 mod health;
 
@@ -27,7 +29,7 @@ pub struct DemoArgs {
     #[arg(long, value_enum, default_value_t = Scenario::Health)]
     pub scenario: Scenario,
     /// Size of the synthetic data: patients in the hospital's data set (health), transactions
-    /// per bank (fraud).
+    /// per bank (fraud), transfers per bank (aml).
     #[arg(long, default_value_t = 5000)]
     pub rows: usize,
     /// Print one JSON summary on stdout.
@@ -44,6 +46,8 @@ pub enum Scenario {
     Health,
     /// Two banks train a fraud model on pooled transactions and score new ones.
     Fraud,
+    /// Three banks find money mules across banks; each sees only its own accounts.
+    Aml,
 }
 
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
@@ -51,6 +55,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     match args.scenario {
         Scenario::Health => health::run(args).await,
         Scenario::Fraud => fraud::run(args).await,
+        Scenario::Aml => aml::run(args).await,
     }
 }
 

@@ -255,6 +255,37 @@ pub(crate) fn cli_demo_fraud_trains_a_model_both_banks_receive() {
     assert!(counted <= 1600 && counted > 1000, "{distribution}");
 }
 
+/// The AML scenario: each bank receives exactly the mule accounts planted at it (the demo
+/// checks that, and fails otherwise), none of another bank's; bank A's three attempts to see
+/// other banks' customers are refused by a named rule; the log verifies.
+#[test]
+pub(crate) fn cli_demo_aml_gives_each_bank_its_own_mules_and_refuses_the_detours() {
+    let v = demo_json(&["--scenario", "aml", "--rows", "2000"]);
+    assert_eq!(v["audit"]["valid"], true);
+    let received = v["received"].as_array().unwrap();
+    assert_eq!(received.len(), 3);
+    let mut total = 0;
+    for (entry, prefix) in received.iter().zip(["A", "B", "C"]) {
+        let accounts = entry["accounts"].as_array().unwrap();
+        assert_eq!(accounts.len() as u64, entry["planted"].as_u64().unwrap());
+        assert!(
+            accounts
+                .iter()
+                .all(|a| a.as_str().unwrap().starts_with(prefix)),
+            "{entry}"
+        );
+        total += accounts.len();
+    }
+    assert!(total >= 4, "{v}");
+    let rules: Vec<&str> = v["refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["identifier-use", "identifier-use", "measure-use"]);
+}
+
 #[test]
 pub(crate) fn cli_attest_verify_simulated_evidence() {
     let dir = tempfile::tempdir().unwrap();
