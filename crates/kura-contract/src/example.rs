@@ -93,6 +93,16 @@ pub fn aml_three_banks(keys: &[(&str, &str)]) -> String {
     )
 }
 
+/// The statistics-provision scenario's contract (`kura demo --scenario statistics`): a mobile
+/// operator provides a city with visit statistics only, under a published purpose, the records
+/// deleted after the run (`testdata/contracts/statistics-provision.toml`).
+pub fn statistics_provision(keys: &[(&str, &str)]) -> String {
+    fill(
+        include_str!("../../../testdata/contracts/statistics-provision.toml"),
+        |key| key_of(keys, key, "statistics"),
+    )
+}
+
 /// The public key of the party that placeholder `@key:PARTY@` names, from `keys`.
 fn key_of(keys: &[(&str, &str)], placeholder: &str, contract: &str) -> String {
     keys.iter()
@@ -164,6 +174,6 @@ mod tests {
             }
             parsed += 1;
         }
-        assert_eq!(parsed, 9, "the fixtures in {}", dir.display());
+        assert_eq!(parsed, 10, "the fixtures in {}", dir.display());
     }
 }

@@ -7,11 +7,14 @@
 //! - `health` (the default): a hospital and a fitness company, statistics under the threshold;
 //! - `fraud`: two banks train a fraud model on their pooled transactions, and each scores its
 //!   own new transactions with it;
-//! - `aml`: three banks find money mules across banks, each bank only its own accounts.
+//! - `aml`: three banks find money mules across banks, each bank only its own accounts;
+//! - `statistics`: a mobile operator provides a city with statistics only, under a published
+//!   purpose; the deliverable is the transparency report and the deletion record.
 
 mod aml;
 mod fraud;
 mod health;
+mod statistics;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,7 +32,7 @@ pub struct DemoArgs {
     #[arg(long, value_enum, default_value_t = Scenario::Health)]
     pub scenario: Scenario,
     /// Size of the synthetic data: patients in the hospital's data set (health), transactions
-    /// per bank (fraud), transfers per bank (aml).
+    /// per bank (fraud), transfers per bank (aml), visits (statistics).
     #[arg(long, default_value_t = 5000)]
     pub rows: usize,
     /// Print one JSON summary on stdout.
@@ -48,6 +51,9 @@ pub enum Scenario {
     Fraud,
     /// Three banks find money mules across banks; each sees only its own accounts.
     Aml,
+    /// A company provides statistics only to a third party, with the transparency report and
+    /// the deletion record.
+    Statistics,
 }
 
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
@@ -56,6 +62,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         Scenario::Health => health::run(args).await,
         Scenario::Fraud => fraud::run(args).await,
         Scenario::Aml => aml::run(args).await,
+        Scenario::Statistics => statistics::run(args).await,
     }
 }
 

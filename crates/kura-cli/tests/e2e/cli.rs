@@ -255,6 +255,48 @@ pub(crate) fn cli_demo_fraud_trains_a_model_both_banks_receive() {
     assert!(counted <= 1600 && counted > 1000, "{distribution}");
 }
 
+/// The statistics-provision scenario: the city gets the table, with the night-time hillside
+/// group (too few subscribers) suppressed; the records are deleted by the run, a second run is
+/// refused for it, and the transparency report built from the auditor's verified log names the
+/// purpose, the run and the deletion.
+#[test]
+pub(crate) fn cli_demo_statistics_delivers_the_table_the_deletion_and_the_report() {
+    let v = demo_json(&["--scenario", "statistics", "--rows", "20000"]);
+    assert_eq!(v["audit"]["valid"], true);
+    let rows = v["result"]["rows"].as_array().unwrap();
+    assert!(!rows.is_empty(), "{v}");
+    assert!(
+        rows.iter()
+            .all(|r| r[2].as_u64().unwrap() >= 20 && r[1] != "4 night"),
+        "{rows:?}"
+    );
+    assert!(
+        v["result"]["suppressed_groups"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
+    assert_eq!(v["deleted"], serde_json::json!(["visits"]));
+    assert!(
+        v["second_run_refused"]
+            .as_str()
+            .unwrap()
+            .contains("were deleted"),
+        "{v}"
+    );
+    assert_eq!(v["deletions"].as_array().unwrap().len(), 1);
+    let t = &v["transparency"];
+    assert!(
+        t["contract"]["purpose"]
+            .as_str()
+            .unwrap()
+            .contains("bus network")
+    );
+    let dataset = &t["datasets"][0];
+    assert_eq!(dataset["name"], "visits");
+    assert!(dataset["deleted"].is_object(), "{dataset}");
+    assert_eq!(t["analyses"][0]["runs"].as_array().unwrap().len(), 1, "{t}");
+    assert_eq!(t["refused_runs"], 1);
+}
+
 /// The AML scenario: each bank receives exactly the mule accounts planted at it (the demo
 /// checks that, and fails otherwise), none of another bank's; bank A's three attempts to see
 /// other banks' customers are refused by a named rule; the log verifies.
