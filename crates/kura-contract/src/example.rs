@@ -103,6 +103,16 @@ pub fn statistics_provision(keys: &[(&str, &str)]) -> String {
     )
 }
 
+/// The ads scenario's contract (`kura demo --scenario ads`): a publisher and an advertiser
+/// measure audience overlap and conversion by segment under differential privacy
+/// (`testdata/contracts/ads-measurement.toml`).
+pub fn ads_measurement(keys: &[(&str, &str)]) -> String {
+    fill(
+        include_str!("../../../testdata/contracts/ads-measurement.toml"),
+        |key| key_of(keys, key, "ads"),
+    )
+}
+
 /// The public key of the party that placeholder `@key:PARTY@` names, from `keys`.
 fn key_of(keys: &[(&str, &str)], placeholder: &str, contract: &str) -> String {
     keys.iter()
@@ -174,6 +184,6 @@ mod tests {
             }
             parsed += 1;
         }
-        assert_eq!(parsed, 10, "the fixtures in {}", dir.display());
+        assert_eq!(parsed, 11, "the fixtures in {}", dir.display());
     }
 }

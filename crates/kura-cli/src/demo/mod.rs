@@ -9,8 +9,11 @@
 //!   own new transactions with it;
 //! - `aml`: three banks find money mules across banks, each bank only its own accounts;
 //! - `statistics`: a mobile operator provides a city with statistics only, under a published
-//!   purpose; the deliverable is the transparency report and the deletion record.
+//!   purpose; the deliverable is the transparency report and the deletion record;
+//! - `ads`: a publisher and an advertiser measure audience overlap and conversion by segment
+//!   under differential privacy, until the budget is spent.
 
+mod ads;
 mod aml;
 mod fraud;
 mod health;
@@ -32,7 +35,7 @@ pub struct DemoArgs {
     #[arg(long, value_enum, default_value_t = Scenario::Health)]
     pub scenario: Scenario,
     /// Size of the synthetic data: patients in the hospital's data set (health), transactions
-    /// per bank (fraud), transfers per bank (aml), visits (statistics).
+    /// per bank (fraud), transfers per bank (aml), visits (statistics), readers (ads).
     #[arg(long, default_value_t = 5000)]
     pub rows: usize,
     /// Print one JSON summary on stdout.
@@ -54,6 +57,9 @@ pub enum Scenario {
     /// A company provides statistics only to a third party, with the transparency report and
     /// the deletion record.
     Statistics,
+    /// A publisher and an advertiser measure audience overlap and conversion by segment, under
+    /// differential privacy.
+    Ads,
 }
 
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
@@ -63,6 +69,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         Scenario::Fraud => fraud::run(args).await,
         Scenario::Aml => aml::run(args).await,
         Scenario::Statistics => statistics::run(args).await,
+        Scenario::Ads => ads::run(args).await,
     }
 }
 

@@ -297,6 +297,40 @@ pub(crate) fn cli_demo_statistics_delivers_the_table_the_deletion_and_the_report
     assert_eq!(t["refused_runs"], 1);
 }
 
+/// The ads scenario: three differentially private releases, each with every segment of the
+/// public list and shared counts near the truth (the noise's 95 % interval at ε = 1/3 per
+/// column is ±10; ±40 cannot fail by chance in practice), no two alike; a fourth run is refused
+/// by the budget, which the verified log shows spent.
+#[test]
+pub(crate) fn cli_demo_ads_releases_noisy_segments_until_the_budget_is_spent() {
+    let v = demo_json(&["--scenario", "ads", "--rows", "4000"]);
+    assert_eq!(v["audit"]["valid"], true);
+    let releases = v["releases"].as_array().unwrap();
+    assert_eq!(releases.len(), 3);
+    for release in releases {
+        let rows = release["rows"].as_array().unwrap();
+        let segments: Vec<&str> = rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+        assert_eq!(segments.len(), 5, "{release}");
+        for row in rows {
+            let truth = v["truth"][row[0].as_str().unwrap()][0].as_f64().unwrap();
+            let shared = row[1].as_f64().unwrap();
+            assert!((shared - truth).abs() <= 40.0, "{row:?} against {truth}");
+        }
+        assert_eq!(release["dp"]["epsilon"], 1.0, "{release}");
+    }
+    assert_ne!(releases[0]["rows"], releases[1]["rows"]);
+    assert!(
+        v["fourth_run_refused"]
+            .as_str()
+            .unwrap()
+            .contains("privacy budget"),
+        "{v}"
+    );
+    for account in v["budget"].as_array().unwrap() {
+        assert_eq!(account["spent_epsilon"], 3.0, "{account}");
+    }
+}
+
 /// The AML scenario: each bank receives exactly the mule accounts planted at it (the demo
 /// checks that, and fails otherwise), none of another bank's; bank A's three attempts to see
 /// other banks' customers are refused by a named rule; the log verifies.
