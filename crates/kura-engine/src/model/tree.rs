@@ -82,22 +82,36 @@ fn rows(
     columns: &[usize],
     unit: usize,
 ) -> Result<(kura_ml::TrainingSet, Vec<(u32, u32)>), EngineError> {
-    let mut datasets: HashMap<String, u32> = HashMap::new();
-    let mut persons: HashMap<(u32, String), u32> = HashMap::new();
+    // Each dataset's people by name, looked up without allocating for the people already met.
+    let mut datasets: Vec<(String, HashMap<String, u32>)> = Vec::new();
+    let mut met = 0u32;
     let mut owners = Vec::new();
     for batch in batches {
         let units = batch.column(unit).as_string::<i32>();
         let names = batch.column(unit + 1).as_string::<i32>();
         for row in 0..batch.num_rows() {
-            owners.push((!units.is_null(row)).then(|| {
-                let next = datasets.len() as u32;
-                let d = *datasets.entry(names.value(row).to_string()).or_insert(next);
-                let next = persons.len() as u32;
-                let p = *persons
-                    .entry((d, units.value(row).to_string()))
-                    .or_insert(next);
-                (d, p)
-            }));
+            if units.is_null(row) {
+                owners.push(None);
+                continue;
+            }
+            let name = names.value(row);
+            let d = match datasets.iter().position(|(n, _)| n == name) {
+                Some(d) => d,
+                None => {
+                    datasets.push((name.to_string(), HashMap::new()));
+                    datasets.len() - 1
+                }
+            };
+            let people = &mut datasets[d].1;
+            let person = match people.get(units.value(row)) {
+                Some(&p) => p,
+                None => {
+                    people.insert(units.value(row).to_string(), met);
+                    met += 1;
+                    met - 1
+                }
+            };
+            owners.push(Some((d as u32, person)));
         }
     }
     let mut values = Vec::new();
