@@ -72,16 +72,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         room.root().display()
     ));
     let parties = ["publisher", "advertiser"];
-    let contract = room.sign(&parties, |keys| {
-        let named: Vec<(&str, &str)> = parties
-            .iter()
-            .copied()
-            .zip(keys.iter().map(String::as_str))
-            .collect();
-        kura_contract::example::ads_measurement(&named)
+    let contract = room.sign_named(&parties, |named| {
+        kura_contract::example::ads_measurement(named)
     })?;
-    let data = room.root().join("data");
-    std::fs::create_dir_all(&data)?;
+    let data = room.data()?;
     let truth = generate(&data, args.rows, args.seed)?;
 
     let (running, mut clients, measurement) = room.enclave(&contract, &parties).await?;

@@ -108,16 +108,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         room.root().display()
     ));
     let parties = ["bank-a", "bank-b", "bank-c"];
-    let contract = room.sign(&parties, |keys| {
-        let named: Vec<(&str, &str)> = parties
-            .iter()
-            .copied()
-            .zip(keys.iter().map(String::as_str))
-            .collect();
-        kura_contract::example::aml_three_banks(&named)
+    let contract = room.sign_named(&parties, |named| {
+        kura_contract::example::aml_three_banks(named)
     })?;
-    let data = room.root().join("data");
-    std::fs::create_dir_all(&data)?;
+    let data = room.data()?;
     let planted = generate(&data, args.rows, args.seed)?;
 
     let (running, mut clients, measurement) = room.enclave(&contract, &parties).await?;

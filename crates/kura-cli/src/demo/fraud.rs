@@ -82,8 +82,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let contract = room.sign(&banks, |keys| {
         kura_contract::example::fraud_two_banks(&keys[0], &keys[1])
     })?;
-    let data = room.root().join("data");
-    std::fs::create_dir_all(&data)?;
+    let data = room.data()?;
     generate(&data, args.rows, args.seed)?;
 
     let (running, mut clients, measurement) = room.enclave(&contract, &banks).await?;
@@ -226,21 +225,15 @@ async fn score(args: &DemoArgs, onnx: &[u8]) -> Result<serde_json::Value> {
     ));
     let parties = ["consortium", "bank-c", "bank-d"];
     let sha256 = hex::encode(kura_crypto::sha256(onnx));
-    let contract = room.sign(&parties, |keys| {
-        let named: Vec<(&str, &str)> = parties
-            .iter()
-            .copied()
-            .zip(keys.iter().map(String::as_str))
-            .collect();
-        kura_contract::example::fraud_scoring(&named, &sha256)
+    let contract = room.sign_named(&parties, |named| {
+        kura_contract::example::fraud_scoring(named, &sha256)
     })?;
     room.say(format!(
         "the contract pins the model file's SHA-256 {}…; banks C and D sign for it without \
          seeing it",
         &sha256[..16]
     ));
-    let data = room.root().join("data");
-    std::fs::create_dir_all(&data)?;
+    let data = room.data()?;
     let model_path = data.join("fraud_model.onnx");
     std::fs::write(&model_path, onnx)?;
     generate_new(&data, (args.rows / 5).max(200), args.seed ^ 0x5c0e)?;

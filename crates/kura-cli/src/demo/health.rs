@@ -74,8 +74,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     })?;
 
     // 2. Each party's data stays on its side until it is encrypted.
-    let data = room.root().join("data");
-    std::fs::create_dir_all(&data)?;
+    let data = room.data()?;
     generate(&data, args.rows, args.seed)?;
 
     // 3. The enclave service, on loopback, attested by both.

@@ -133,6 +133,30 @@ impl Room {
         Ok(contract)
     }
 
+    /// [`Room::sign`] for a contract whose keys go by party name: `text` gets each of `parties`
+    /// with its public key.
+    fn sign_named(
+        &self,
+        parties: &[&str],
+        text: impl FnOnce(&[(&str, &str)]) -> String,
+    ) -> Result<SignedContract> {
+        self.sign(parties, |keys| {
+            let named: Vec<(&str, &str)> = parties
+                .iter()
+                .copied()
+                .zip(keys.iter().map(String::as_str))
+                .collect();
+            text(&named)
+        })
+    }
+
+    /// The folder where the parties' plaintext files are generated.
+    fn data(&self) -> Result<PathBuf> {
+        let data = self.root().join("data");
+        std::fs::create_dir_all(&data)?;
+        Ok(data)
+    }
+
     /// The enclave service on loopback, and a client for each of `parties` that attested it.
     /// Returns the measurement they verified (hex).
     async fn enclave(

@@ -73,17 +73,11 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         room.root().display()
     ));
     let parties = ["telco", "city", "auditor"];
-    let contract = room.sign(&parties, |keys| {
-        let named: Vec<(&str, &str)> = parties
-            .iter()
-            .copied()
-            .zip(keys.iter().map(String::as_str))
-            .collect();
-        kura_contract::example::statistics_provision(&named)
+    let contract = room.sign_named(&parties, |named| {
+        kura_contract::example::statistics_provision(named)
     })?;
     room.say(format!("published purpose: {}", contract.purpose));
-    let data = room.root().join("data");
-    std::fs::create_dir_all(&data)?;
+    let data = room.data()?;
     generate(&data, args.rows, args.seed)?;
 
     let (running, mut clients, measurement) = room.enclave(&contract, &parties).await?;
