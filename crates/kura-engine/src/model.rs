@@ -42,14 +42,9 @@ pub async fn train(
     if spec.family == ModelFamily::Tree {
         return tree::train(contract, spec, &ctx, plan, datasets).await;
     }
-    let columns = numeric_columns(&plan, &learned(spec), "model")?;
-    no_identifiers(contract, &plan, &learned(spec), RULE)?;
+    let columns = learned_columns(contract, &plan, spec)?;
     covered(contract, &ctx, &plan).await?;
-
-    let physical = ctx.state().create_physical_plan(&plan).await?;
-    let batches = crate::collect_counted(physical, &ctx)
-        .await
-        .map_err(crate::error::runtime)?;
+    let batches = collect(&ctx, &plan).await?;
     let set = training_set(&batches, spec, &columns)?;
     let model = kura_ml::train(&set, &settings(spec)?).map_err(refused)?;
     let mut rows = vec![vec![Value::from("intercept"), number(model.intercept)]];
@@ -82,8 +77,7 @@ pub(crate) async fn check(
     let spec = spec(analysis)?;
     let plan = crate::written_plan(ctx, &analysis.sql).await?;
     crate::lineage::datasets_read(&plan, contract)?;
-    numeric_columns(&plan, &learned(spec), "model")?;
-    no_identifiers(contract, &plan, &learned(spec), RULE)?;
+    learned_columns(contract, &plan, spec)?;
     if analysis.dp {
         private::spend(contract, analysis)?;
         with_units(contract, &plan, "dp")?;
@@ -96,6 +90,29 @@ pub(crate) async fn check(
         crate::threshold::guard(count, contract, None)?;
     }
     Ok(())
+}
+
+/// The positions of the features, then the label, among `plan`'s output columns: numbers or
+/// booleans, none computed from an identifier.
+fn learned_columns(
+    contract: &Contract,
+    plan: &LogicalPlan,
+    spec: &ModelSpec,
+) -> Result<Vec<usize>, EngineError> {
+    let columns = numeric_columns(plan, &learned(spec), "model")?;
+    no_identifiers(contract, plan, &learned(spec), RULE)?;
+    Ok(columns)
+}
+
+/// `plan`'s rows, collected where counted aggregations run (on a cluster, its executors).
+async fn collect(
+    ctx: &datafusion::execution::context::SessionContext,
+    plan: &LogicalPlan,
+) -> Result<Vec<datafusion::arrow::record_batch::RecordBatch>, EngineError> {
+    let physical = ctx.state().create_physical_plan(plan).await?;
+    crate::collect_counted(physical, ctx)
+        .await
+        .map_err(crate::error::runtime)
 }
 
 /// The features, then the label: the columns a model learns from.
@@ -449,6 +466,12 @@ mod tests {
 
     const TRUTH: [f64; 4] = [-4.0, 0.002, 1.5, 1.0];
 
+    /// Bank B's branch of the fixture's queries, and the same rows joined to bank A's: a query
+    /// whose rows are no longer one person's.
+    const BANK_B: &str = "SELECT amount, night, foreign, fraud FROM transactions_b";
+    const JOINED_B: &str = "SELECT b.amount, b.night, a.foreign, b.fraud FROM transactions_b b \
+                            JOIN transactions_a a ON a.account = b.account";
+
     /// Each bank's transactions as CSV, `accounts` accounts of `per` transactions each, fraud
     /// drawn from the logistic model [`TRUTH`]; and the same rows as numbers.
     fn banks(accounts: [usize; 2], per: usize) -> ([String; 2], Vec<[f64; 4]>) {
@@ -704,16 +727,7 @@ mod tests {
     async fn private_models_are_checked_before_signing() {
         let join = private(1.0, 1);
         let text = |c: &Contract| String::from_utf8(c.bytes().to_vec()).unwrap();
-        let joined = Contract::parse(
-            text(&join)
-                .replace(
-                    "SELECT amount, night, foreign, fraud FROM transactions_b",
-                    "SELECT b.amount, b.night, a.foreign, b.fraud FROM transactions_b b \
-                     JOIN transactions_a a ON a.account = b.account",
-                )
-                .as_bytes(),
-        )
-        .unwrap();
+        let joined = Contract::parse(text(&join).replace(BANK_B, JOINED_B).as_bytes()).unwrap();
         let refused = crate::check_analyses(&joined)
             .await
             .unwrap_err()
@@ -806,13 +820,7 @@ mod tests {
     /// checked before anyone signs, and a tree cannot be trained under DP.
     #[tokio::test]
     async fn trees_are_checked_before_signing() {
-        let joined = tree_contract(|t| {
-            t.replace(
-                "SELECT amount, night, foreign, fraud FROM transactions_b",
-                "SELECT b.amount, b.night, a.foreign, b.fraud FROM transactions_b b \
-                 JOIN transactions_a a ON a.account = b.account",
-            )
-        });
+        let joined = tree_contract(|t| t.replace(BANK_B, JOINED_B));
         let refused = crate::check_analyses(&joined)
             .await
             .unwrap_err()

@@ -77,12 +77,26 @@ pub fn export(model: &Model) -> Vec<u8> {
 ///
 /// A tree of one leaf gets one split that no path uses, so that the graph keeps its shape.
 pub fn export_tree(tree: &Tree) -> Vec<u8> {
+    // The splits in node order, each a column of `below`.
+    let mut column = vec![usize::MAX; tree.nodes.len()];
     let mut splits: Vec<(usize, f32)> = Vec::new();
-    let mut leaves: Vec<(f32, Vec<(usize, bool)>)> = Vec::new();
-    collect(tree, 0, &mut Vec::new(), &mut splits, &mut leaves);
+    for (at, node) in tree.nodes.iter().enumerate() {
+        if let Node::Split { feature, cut, .. } = node {
+            column[at] = splits.len();
+            splits.push((*feature, *cut as f32));
+        }
+    }
     if splits.is_empty() {
         splits.push((0, 0.0));
     }
+    let leaves: Vec<(f32, Vec<(usize, bool)>)> = tree
+        .paths()
+        .into_iter()
+        .map(|(rate, path)| {
+            let path = path.into_iter().map(|(at, below)| (column[at], below));
+            (rate as f32, path.collect())
+        })
+        .collect();
     let (s, l) = (splits.len(), leaves.len());
     let mut paths = vec![0f32; s * l];
     let mut aboves = vec![0f32; l];
@@ -141,35 +155,6 @@ pub fn export_tree(tree: &Tree) -> Vec<u8> {
             ),
         ],
     )
-}
-
-/// The splits of `tree` below node `at` in order, and each leaf's rate with its path: which
-/// splits it passes and whether below each.
-#[allow(clippy::type_complexity)]
-fn collect(
-    tree: &Tree,
-    at: usize,
-    path: &mut Vec<(usize, bool)>,
-    splits: &mut Vec<(usize, f32)>,
-    leaves: &mut Vec<(f32, Vec<(usize, bool)>)>,
-) {
-    match tree.nodes[at] {
-        Node::Leaf { rate } => leaves.push((rate as f32, path.clone())),
-        Node::Split {
-            feature,
-            cut,
-            below,
-            above,
-        } => {
-            let split = splits.len();
-            splits.push((feature, cut as f32));
-            for (child, is_below) in [(below, true), (above, false)] {
-                path.push((split, is_below));
-                collect(tree, child, path, splits, leaves);
-                path.pop();
-            }
-        }
-    }
 }
 
 /// ONNX's code for 32-bit floats.

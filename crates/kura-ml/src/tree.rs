@@ -93,26 +93,25 @@ impl Tree {
     /// features' order (`"250 <= amount < 500 and night >= 0.5"`, or `"all rows"` for a tree
     /// of one leaf), and its rate; below before above.
     pub fn leaves(&self) -> Vec<(String, f64)> {
-        let mut out = Vec::new();
-        self.walk(0, &mut vec![(None, None); self.features.len()], &mut out);
-        out
-    }
-
-    /// The leaves below node `at`, reached within `bounds` (each feature's lowest value and the
-    /// value it stays below, where the path says).
-    fn walk(
-        &self,
-        at: usize,
-        bounds: &mut Vec<(Option<f64>, Option<f64>)>,
-        out: &mut Vec<(String, f64)>,
-    ) {
-        match &self.nodes[at] {
-            Node::Leaf { rate } => {
+        self.paths()
+            .into_iter()
+            .map(|(rate, path)| {
+                // Each feature's lowest value and the value it stays below, on this path.
+                let mut bounds = vec![(None, None); self.features.len()];
+                for (split, below) in path {
+                    if let Node::Split { feature, cut, .. } = self.nodes[split] {
+                        if below {
+                            bounds[feature].1 = Some(cut);
+                        } else {
+                            bounds[feature].0 = Some(cut);
+                        }
+                    }
+                }
                 let conditions: Vec<String> = self
                     .features
                     .iter()
-                    .zip(bounds.iter())
-                    .filter_map(|(name, bound)| match *bound {
+                    .zip(bounds)
+                    .filter_map(|(name, bound)| match bound {
                         (None, None) => None,
                         (Some(low), None) => Some(format!("{name} >= {low}")),
                         (None, Some(high)) => Some(format!("{name} < {high}")),
@@ -124,22 +123,31 @@ impl Tree {
                 } else {
                     conditions.join(" and ")
                 };
-                out.push((rule, *rate));
-            }
-            Node::Split {
-                feature,
-                cut,
-                below,
-                above,
-            } => {
-                let before = bounds[*feature];
-                bounds[*feature].1 = Some(*cut);
-                self.walk(*below, bounds, out);
-                bounds[*feature] = (Some(*cut), before.1);
-                self.walk(*above, bounds, out);
-                bounds[*feature] = before;
+                (rule, rate)
+            })
+            .collect()
+    }
+
+    /// Each leaf's rate and its path: the splits it passes (node indices, root first) and
+    /// whether it goes below each; below before above.
+    pub fn paths(&self) -> Vec<(f64, Vec<(usize, bool)>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![(0, Vec::new())];
+        while let Some((at, path)) = stack.pop() {
+            match self.nodes[at] {
+                Node::Leaf { rate } => out.push((rate, path)),
+                Node::Split { below, above, .. } => {
+                    let mut up = path.clone();
+                    up.push((at, false));
+                    let mut down = path;
+                    down.push((at, true));
+                    // Popped last in, so below comes out first.
+                    stack.push((above, up));
+                    stack.push((below, down));
+                }
             }
         }
+        out
     }
 }
 
@@ -242,10 +250,11 @@ struct Grower<'a> {
 }
 
 impl Grower<'_> {
-    /// The subtree of `rows`, `depth` splits below the root: linfa's best split of them, unless
-    /// there is none or a leaf below it would cover too few people.
+    /// The subtree of `rows` (which cover enough people), `depth` splits below the root:
+    /// linfa's best split of them, unless there is none or a side of it would cover too few
+    /// people. Each leaf of a subtree is a side some split checked, or the subtree's own rows.
     fn grow(&self, rows: Vec<usize>, depth: usize) -> Result<Placed, MlError> {
-        if depth >= self.max_depth || !covers(&rows, self.people, self.min_units) {
+        if depth >= self.max_depth {
             return Ok(Placed::Leaf(rows));
         }
         let Some((feature, cut)) = self.split(&rows)? else {
@@ -253,24 +262,15 @@ impl Grower<'_> {
         };
         let (below, above): (Vec<usize>, Vec<usize>) =
             rows.iter().partition(|&&r| self.x[(r, feature)] < cut);
-        if below.is_empty() || above.is_empty() {
-            return Ok(Placed::Leaf(rows));
-        }
-        let below = self.grow(below, depth + 1)?;
-        let above = self.grow(above, depth + 1)?;
-        let enough = |child: &Placed| match child {
-            Placed::Leaf(rows) => covers(rows, self.people, self.min_units),
-            // Every leaf below covers enough people, so their union does.
-            Placed::Split { .. } => true,
-        };
+        let enough = |side: &[usize]| covers(side, self.people, self.min_units);
         if !(enough(&below) && enough(&above)) {
             return Ok(Placed::Leaf(rows));
         }
         Ok(Placed::Split {
             feature,
             cut,
-            below: Box::new(below),
-            above: Box::new(above),
+            below: Box::new(self.grow(below, depth + 1)?),
+            above: Box::new(self.grow(above, depth + 1)?),
         })
     }
 

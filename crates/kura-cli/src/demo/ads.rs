@@ -65,12 +65,11 @@ pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<Truth> {
 
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     ensure!(args.rows >= 100, "--rows must be at least 100 (readers)");
-    let room = Room::new(args.json)?;
-    room.say(format!(
+    let room = Room::new(
+        args.json,
         "kura demo: a publisher and an advertiser measure their shared audience under \
-         differential privacy, in {}",
-        room.root().display()
-    ));
+         differential privacy",
+    )?;
     let parties = ["publisher", "advertiser"];
     let contract = room.sign_named(&parties, |named| {
         kura_contract::example::ads_measurement(named)

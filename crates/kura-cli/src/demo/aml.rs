@@ -102,11 +102,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         args.rows >= 500,
         "--rows must be at least 500 (transfers per bank)"
     );
-    let room = Room::new(args.json)?;
-    room.say(format!(
-        "kura demo: three banks look for money mules across banks in {}",
-        room.root().display()
-    ));
+    let room = Room::new(
+        args.json,
+        "kura demo: three banks look for money mules across banks",
+    )?;
     let parties = ["bank-a", "bank-b", "bank-c"];
     let contract = room.sign_named(&parties, |named| {
         kura_contract::example::aml_three_banks(named)

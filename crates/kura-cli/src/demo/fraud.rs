@@ -73,11 +73,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         args.rows >= 200,
         "--rows must be at least 200 (transactions per bank) for a model"
     );
-    let room = Room::new(args.json)?;
-    room.say(format!(
-        "kura demo: two banks train a fraud model on pooled transactions in {}",
-        room.root().display()
-    ));
+    let room = Room::new(
+        args.json,
+        "kura demo: two banks train a fraud model on pooled transactions",
+    )?;
     let banks = ["bank-a", "bank-b"];
     let contract = room.sign(&banks, |keys| {
         kura_contract::example::fraud_two_banks(&keys[0], &keys[1])
@@ -217,12 +216,10 @@ fn generate_new(dir: &Path, rows: usize, seed: u64) -> Result<()> {
 /// The second room: the consortium's model `onnx` scores banks C's and D's new transactions.
 /// Returns the summary for `--json`.
 async fn score(args: &DemoArgs, onnx: &[u8]) -> Result<serde_json::Value> {
-    let room = Room::new(args.json)?;
-    room.say(format!(
-        "\nkura demo, second room: the consortium's model scores other banks' new transactions, \
-         in {}",
-        room.root().display()
-    ));
+    let room = Room::new(
+        args.json,
+        "\nkura demo, second room: the consortium's model scores other banks' new transactions",
+    )?;
     let parties = ["consortium", "bank-c", "bank-d"];
     let sha256 = hex::encode(kura_crypto::sha256(onnx));
     let contract = room.sign_named(&parties, |named| {

@@ -62,11 +62,10 @@ pub fn generate(dir: &Path, people: usize, seed: u64) -> Result<()> {
 
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     ensure!(args.rows >= 1, "--rows must be at least 1");
-    let room = Room::new(args.json)?;
-    room.say(format!(
-        "kura demo: a hospital and a fitness company combine data in {}",
-        room.root().display()
-    ));
+    let room = Room::new(
+        args.json,
+        "kura demo: a hospital and a fitness company combine data",
+    )?;
 
     // 1. Identities and the contract, signed by both.
     let contract = room.sign(&["hospital-a", "fitness-b"], |keys| {

@@ -80,11 +80,14 @@ struct Room {
 }
 
 impl Room {
-    fn new(json: bool) -> Result<Self> {
-        Ok(Self {
+    /// A fresh room, announced by `title` and where it lives.
+    fn new(json: bool, title: &str) -> Result<Self> {
+        let room = Self {
             dir: tempfile::tempdir().context("cannot create a temporary directory")?,
             json,
-        })
+        };
+        room.say(format!("{title}, in {}", room.root().display()));
+        Ok(room)
     }
 
     fn root(&self) -> &Path {

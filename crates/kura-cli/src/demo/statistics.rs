@@ -67,11 +67,10 @@ pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<()> {
 
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     ensure!(args.rows >= 1, "--rows must be at least 1");
-    let room = Room::new(args.json)?;
-    room.say(format!(
-        "kura demo: a mobile operator provides a city with statistics only, in {}",
-        room.root().display()
-    ));
+    let room = Room::new(
+        args.json,
+        "kura demo: a mobile operator provides a city with statistics only",
+    )?;
     let parties = ["telco", "city", "auditor"];
     let contract = room.sign_named(&parties, |named| {
         kura_contract::example::statistics_provision(named)

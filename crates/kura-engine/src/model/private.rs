@@ -73,15 +73,10 @@ pub(super) async fn train(
 ) -> Result<Output, EngineError> {
     let spend = spend(contract, analysis)?;
     let dp = contract.privacy.dp.as_ref().expect("checked by spend");
-    let columns = super::numeric_columns(&plan, &super::learned(spec), "model")?;
-    super::no_identifiers(contract, &plan, &super::learned(spec), super::RULE)?;
+    let columns = super::learned_columns(contract, &plan, spec)?;
     let plan = super::with_units(contract, &plan, "dp")?;
     let unit_index = plan.schema().fields().len() - 2;
-
-    let physical = ctx.state().create_physical_plan(&plan).await?;
-    let batches = crate::collect_counted(physical, ctx)
-        .await
-        .map_err(crate::error::runtime)?;
+    let batches = super::collect(ctx, &plan).await?;
     let k = dp.max_contributions as usize;
     let kept = at_most(&batches, unit_index, k)?;
     let set = super::training_set(&kept, spec, &columns)?;

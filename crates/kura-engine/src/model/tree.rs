@@ -25,17 +25,12 @@ pub(super) async fn train(
     plan: LogicalPlan,
     datasets: BTreeSet<String>,
 ) -> Result<Output, EngineError> {
-    let columns = super::numeric_columns(&plan, &super::learned(spec), "model")?;
-    super::no_identifiers(contract, &plan, &super::learned(spec), super::RULE)?;
+    let columns = super::learned_columns(contract, &plan, spec)?;
     super::covered(contract, ctx, &plan).await?;
     let plan = super::with_units(contract, &plan, super::RULE)?;
-    let width = plan.schema().fields().len();
-
-    let physical = ctx.state().create_physical_plan(&plan).await?;
-    let batches = crate::collect_counted(physical, ctx)
-        .await
-        .map_err(crate::error::runtime)?;
-    let (set, people) = rows(&batches, spec, &columns, width - 2)?;
+    let unit = plan.schema().fields().len() - 2;
+    let batches = super::collect(ctx, &plan).await?;
+    let (set, people) = rows(&batches, spec, &columns, unit)?;
     let cuts: Vec<Vec<f64>> = spec
         .features
         .iter()
