@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
+use kura_contract::dp::{Account, DpSettings};
 
 use super::{Party, attested, save_head};
 use crate::render;
@@ -21,33 +22,43 @@ pub async fn run(a: BudgetArgs) -> Result<ExitCode> {
     let mut client = attested(&a.party).await?;
     let report = client.audit().await?;
     save_head(&client)?;
+    let Some((dp, accounts)) = accounts(client.contract(), &report)? else {
+        bail!("the contract has no [privacy.dp] section: there is no privacy budget");
+    };
+    if a.json {
+        println!("{}", json(&dp, &accounts));
+    } else {
+        print!("{}", render::budget(&dp, &accounts));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The contract's DP settings and each budget account, replayed from the verified log; `None`
+/// when the contract has no `[privacy.dp]`.
+pub(crate) fn accounts(
+    contract: &kura_contract::Contract,
+    report: &kura_client::AuditReport,
+) -> Result<Option<(DpSettings, Vec<Account>)>> {
     let bodies = report
         .entries
         .iter()
         .map(|e| e.parse_body())
         .collect::<Result<Vec<_>, _>>()?;
-    let Some(budget) = kura_client::audit::budget(client.contract(), &bodies) else {
-        bail!("the contract has no [privacy.dp] section: there is no privacy budget");
+    let (Some(budget), Some(dp)) = (
+        kura_client::audit::budget(contract, &bodies),
+        contract.privacy.dp.clone(),
+    ) else {
+        return Ok(None);
     };
-    let dp = client
-        .contract()
-        .privacy
-        .dp
-        .clone()
-        .expect("budget implies dp");
-    let accounts = budget.accounts_report();
-    if a.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "epsilon": dp.epsilon,
-                "delta": dp.delta,
-                "split": dp.split,
-                "accounts": accounts,
-            })
-        );
-    } else {
-        print!("{}", render::budget(&dp, &accounts));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(Some((dp, budget.accounts_report())))
+}
+
+/// The JSON of `kura budget --json`.
+pub(crate) fn json(dp: &DpSettings, accounts: &[Account]) -> serde_json::Value {
+    serde_json::json!({
+        "epsilon": dp.epsilon,
+        "delta": dp.delta,
+        "split": dp.split,
+        "accounts": accounts,
+    })
 }

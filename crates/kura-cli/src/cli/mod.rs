@@ -3,6 +3,7 @@
 mod attest;
 mod audit;
 mod budget;
+pub(crate) mod console;
 mod contract;
 mod keys;
 mod profile;
@@ -78,6 +79,8 @@ pub enum Command {
     Query(query::QueryArgs),
     /// Fetch, decrypt and verify your results.
     Results(results::ResultsArgs),
+    /// Serve this party's console: the clean room in a browser, on 127.0.0.1 only.
+    Console(console::ConsoleArgs),
     /// Show the differential-privacy budget spent and remaining, from the verified log.
     Budget(budget::BudgetArgs),
     /// Verify the enclave's audit log.
@@ -221,6 +224,7 @@ pub async fn dispatch(args: Args) -> Result<ExitCode> {
         Command::Run(a) => query::run(a).await,
         Command::Query(a) => query::query(a).await,
         Command::Budget(a) => budget::run(a).await,
+        Command::Console(a) => console::run(a).await,
         Command::Results(a) => results::run(a).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Attest(cmd) => attest::run(cmd).await,

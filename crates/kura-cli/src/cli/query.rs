@@ -105,46 +105,59 @@ async fn show_run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// refused (as the enclave would refuse it).
+/// The rules' verdict on an ad-hoc query, read from the contract alone (nothing is sent and
+/// no data is read): whether it would be answered, which rule would refuse it and why, and its
+/// cost under differential privacy. The JSON of `kura query --explain --json`, which the console
+/// shows too.
+pub(crate) async fn verdict(
+    contract: &kura_contract::Contract,
+    sql: &str,
+    epsilon: Option<f64>,
+) -> serde_json::Value {
+    let verdict = kura_engine::check_query(contract, sql, epsilon).await;
+    let mut out = match &verdict {
+        Ok(_) => serde_json::json!({ "allowed": true, "reason": null }),
+        Err(kura_engine::EngineError::Refused { rule, reason }) => {
+            serde_json::json!({ "allowed": false, "rule": rule, "reason": reason })
+        }
+        Err(e) => serde_json::json!({ "allowed": false, "reason": e.to_string() }),
+    };
+    match verdict {
+        Ok(Some(s)) => out["dp"] = serde_json::json!({ "epsilon": s.epsilon, "delta": s.delta }),
+        Ok(None) => out["min_group_size"] = contract.output.min_group_size.into(),
+        Err(_) => {}
+    }
+    out
+}
+
+/// `--explain`: says whether the rules would answer, or which rule would refuse it.
 async fn explain(contract: &Path, sql: &str, epsilon: Option<f64>, json: bool) -> Result<ExitCode> {
     let contract = files::read_contract(contract)?;
-    let verdict = kura_engine::check_query(&contract, sql, epsilon).await;
-    let k = contract.output.min_group_size;
-    let (allowed, rule, reason) = match &verdict {
-        Ok(_) => (true, None, None),
-        Err(kura_engine::EngineError::Refused { rule, reason }) => {
-            (false, Some(*rule), Some(reason.clone()))
-        }
-        Err(e) => (false, None, Some(e.to_string())),
-    };
-    let spend = verdict.as_ref().ok().copied().flatten();
+    let out = verdict(&contract, sql, epsilon).await;
+    let allowed = out["allowed"] == true;
     if json {
-        let mut out = serde_json::json!({ "allowed": allowed, "reason": reason });
-        if let Some(rule) = rule {
-            out["rule"] = rule.into();
-        }
-        match spend {
-            Some(s) => out["dp"] = serde_json::json!({ "epsilon": s.epsilon, "delta": s.delta }),
-            None if allowed => out["min_group_size"] = k.into(),
-            None => {}
-        }
         println!("{out}");
-    } else if let Some(s) = spend {
+    } else if let Some(dp) = out.get("dp") {
         println!(
             "would be answered under differential privacy, spending ε = {} and δ = {:e} of each \
              receiver's budget",
-            s.epsilon, s.delta
+            dp["epsilon"].as_f64().unwrap_or_default(),
+            dp["delta"].as_f64().unwrap_or_default()
         );
     } else if allowed {
         println!(
-            "would be answered: groups and aggregates resting on fewer than {k} people are \
-             suppressed before HAVING, and only their number is reported"
+            "would be answered: groups and aggregates resting on fewer than {} people are \
+             suppressed before HAVING, and only their number is reported",
+            out["min_group_size"]
         );
     } else {
         eprintln!(
             "error: would be refused{}: {}",
-            rule.map(|r| format!(" by rule {r}")).unwrap_or_default(),
-            reason.as_deref().unwrap_or_default()
+            out["rule"]
+                .as_str()
+                .map(|r| format!(" by rule {r}"))
+                .unwrap_or_default(),
+            out["reason"].as_str().unwrap_or_default()
         );
     }
     Ok(if allowed {

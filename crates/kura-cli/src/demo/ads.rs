@@ -63,19 +63,30 @@ pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<Truth> {
     Ok(truth)
 }
 
-pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+const PARTIES: [&str; 2] = ["publisher", "advertiser"];
+
+/// The room, its signed contract and its parties' generated data (`kura demo --console` opens
+/// the same room in the parties' consoles).
+pub(super) fn setup(args: &DemoArgs) -> Result<(Room, kura_contract::SignedContract, Truth)> {
     ensure!(args.rows >= 100, "--rows must be at least 100 (readers)");
     let room = Room::new(
         args.json,
         "kura demo: a publisher and an advertiser measure their shared audience under \
          differential privacy",
     )?;
-    let parties = ["publisher", "advertiser"];
+    let parties = PARTIES;
     let contract = room.sign_named(&parties, |named| {
         kura_contract::example::ads_measurement(named)
     })?;
     let data = room.data()?;
     let truth = generate(&data, args.rows, args.seed)?;
+    Ok((room, contract, truth))
+}
+
+pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+    let (room, contract, truth) = setup(&args)?;
+    let data = room.data()?;
+    let parties = PARTIES;
 
     let (running, mut clients, measurement) = room.enclave(&contract, &parties).await?;
     room.upload(&mut clients[0], "readers", &data.join("readers.csv"))

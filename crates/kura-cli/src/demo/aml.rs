@@ -97,7 +97,11 @@ const ATTEMPTS: [(&str, &str); 3] = [
     ),
 ];
 
-pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+const PARTIES: [&str; 3] = ["bank-a", "bank-b", "bank-c"];
+
+/// The room, its signed contract and its parties' generated data (`kura demo --console` opens
+/// the same room in the parties' consoles).
+pub(super) fn setup(args: &DemoArgs) -> Result<(Room, kura_contract::SignedContract, Planted)> {
     ensure!(
         args.rows >= 500,
         "--rows must be at least 500 (transfers per bank)"
@@ -106,12 +110,19 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         args.json,
         "kura demo: three banks look for money mules across banks",
     )?;
-    let parties = ["bank-a", "bank-b", "bank-c"];
+    let parties = PARTIES;
     let contract = room.sign_named(&parties, |named| {
         kura_contract::example::aml_three_banks(named)
     })?;
     let data = room.data()?;
     let planted = generate(&data, args.rows, args.seed)?;
+    Ok((room, contract, planted))
+}
+
+pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+    let (room, contract, planted) = setup(&args)?;
+    let data = room.data()?;
+    let parties = PARTIES;
 
     let (running, mut clients, measurement) = room.enclave(&contract, &parties).await?;
     for (client, bank) in clients.iter_mut().zip(BANKS) {

@@ -68,7 +68,11 @@ pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+const BANKS: [&str; 2] = ["bank-a", "bank-b"];
+
+/// The room, its signed contract and its parties' generated data (`kura demo --console` opens
+/// the same room in the parties' consoles).
+pub(super) fn setup(args: &DemoArgs) -> Result<(Room, kura_contract::SignedContract)> {
     ensure!(
         args.rows >= 200,
         "--rows must be at least 200 (transactions per bank) for a model"
@@ -77,12 +81,19 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         args.json,
         "kura demo: two banks train a fraud model on pooled transactions",
     )?;
-    let banks = ["bank-a", "bank-b"];
+    let banks = BANKS;
     let contract = room.sign(&banks, |keys| {
         kura_contract::example::fraud_two_banks(&keys[0], &keys[1])
     })?;
     let data = room.data()?;
     generate(&data, args.rows, args.seed)?;
+    Ok((room, contract))
+}
+
+pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+    let (room, contract) = setup(&args)?;
+    let data = room.data()?;
+    let banks = BANKS;
 
     let (running, mut clients, measurement) = room.enclave(&contract, &banks).await?;
     for (client, bank) in clients.iter_mut().zip(["a", "b"]) {

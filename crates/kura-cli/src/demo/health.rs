@@ -60,7 +60,9 @@ pub fn generate(dir: &Path, people: usize, seed: u64) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+/// The room, its signed contract and its parties' generated data (`kura demo --console` opens
+/// the same room in the parties' consoles).
+pub(super) fn setup(args: &DemoArgs) -> Result<(Room, kura_contract::SignedContract)> {
     ensure!(args.rows >= 1, "--rows must be at least 1");
     let room = Room::new(
         args.json,
@@ -75,6 +77,12 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     // 2. Each party's data stays on its side until it is encrypted.
     let data = room.data()?;
     generate(&data, args.rows, args.seed)?;
+    Ok((room, contract))
+}
+
+pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+    let (room, contract) = setup(&args)?;
+    let data = room.data()?;
 
     // 3. The enclave service, on loopback, attested by both.
     let (running, mut clients, measurement) = room

@@ -44,6 +44,11 @@ pub struct DemoArgs {
     /// Seed of the synthetic data generator.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Open the scenario's room in each party's console instead of running its steps: the
+    /// contract is signed, the data generated and the enclave started; the parties upload,
+    /// run and verify in their browsers. Prints each party's console address; Ctrl-C stops.
+    #[arg(long)]
+    pub console: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +69,9 @@ pub enum Scenario {
 
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     eprintln!("WARNING: {}", kura_attestation::simulated::WARNING);
+    if args.console {
+        return consoles(args).await;
+    }
     match args.scenario {
         Scenario::Health => health::run(args).await,
         Scenario::Fraud => fraud::run(args).await,
@@ -71,6 +79,82 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         Scenario::Statistics => statistics::run(args).await,
         Scenario::Ads => ads::run(args).await,
     }
+}
+
+/// `--console`: the scenario's room, with one console per party and nothing done yet.
+async fn consoles(args: DemoArgs) -> Result<ExitCode> {
+    let (room, contract) = match args.scenario {
+        Scenario::Health => health::setup(&args)?,
+        Scenario::Fraud => fraud::setup(&args)?,
+        Scenario::Aml => aml::setup(&args).map(|(room, contract, _)| (room, contract))?,
+        Scenario::Statistics => statistics::setup(&args)?,
+        Scenario::Ads => ads::setup(&args).map(|(room, contract, _)| (room, contract))?,
+    };
+    let parties: Vec<&str> = contract.parties.iter().map(|p| p.name.as_str()).collect();
+    let (running, _, _) = room.enclave(&contract, &parties).await?;
+    let data = room.data()?;
+    let mut plan = Vec::new();
+    for party in &parties {
+        let key = room.keys().join(format!("{party}.key"));
+        let console = crate::cli::console::start(
+            crate::cli::console::Setup {
+                enclave: running.url(),
+                contract: room.root().join("contract.toml"),
+                key: files::read_identity(&key)?,
+                certs: None,
+                storage: None,
+                persist_heads: false,
+            },
+            0,
+        )
+        .await?;
+        let mut uploads = Vec::new();
+        for d in contract.datasets.iter().filter(|d| d.provider == *party) {
+            let file = data.join(format!("{}.csv", d.name));
+            anyhow::ensure!(file.exists(), "the generator wrote no {}", file.display());
+            uploads.push(serde_json::json!({ "dataset": d.name, "file": file }));
+        }
+        room.say(format!("{party}'s console: {}", console.url));
+        for u in &uploads {
+            room.say(format!("  uploads {} from {}", u["dataset"], u["file"]));
+        }
+        plan.push(serde_json::json!({
+            "party": party,
+            "console": console.url,
+            "key": key,
+            "uploads": uploads,
+        }));
+    }
+    let analyses: Vec<_> = contract
+        .analyses
+        .iter()
+        .map(|a| serde_json::json!({ "name": a.name, "receivers": a.receivers }))
+        .collect();
+    if args.json {
+        let scenario = clap::ValueEnum::to_possible_value(&args.scenario)
+            .map(|v| v.get_name().to_string());
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": scenario,
+                "platform": "simulated",
+                "warning": kura_attestation::simulated::WARNING,
+                "contract": room.root().join("contract.toml"),
+                "contract_id": contract.id(),
+                "purpose": contract.purpose,
+                "enclave": running.url(),
+                "parties": plan,
+                "analyses": analyses,
+            })
+        );
+    } else {
+        room.say("open each party's address in a browser; Ctrl-C stops the room".into());
+    }
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    running.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A demo's working directory, its parties' keys, and how it speaks.

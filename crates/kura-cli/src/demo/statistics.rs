@@ -65,19 +65,30 @@ pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+const PARTIES: [&str; 3] = ["telco", "city", "auditor"];
+
+/// The room, its signed contract and its parties' generated data (`kura demo --console` opens
+/// the same room in the parties' consoles).
+pub(super) fn setup(args: &DemoArgs) -> Result<(Room, kura_contract::SignedContract)> {
     ensure!(args.rows >= 1, "--rows must be at least 1");
     let room = Room::new(
         args.json,
         "kura demo: a mobile operator provides a city with statistics only",
     )?;
-    let parties = ["telco", "city", "auditor"];
+    let parties = PARTIES;
     let contract = room.sign_named(&parties, |named| {
         kura_contract::example::statistics_provision(named)
     })?;
     room.say(format!("published purpose: {}", contract.purpose));
     let data = room.data()?;
     generate(&data, args.rows, args.seed)?;
+    Ok((room, contract))
+}
+
+pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+    let (room, contract) = setup(&args)?;
+    let data = room.data()?;
+    let parties = PARTIES;
 
     let (running, mut clients, measurement) = room.enclave(&contract, &parties).await?;
     room.upload(&mut clients[0], "visits", &data.join("visits.csv"))

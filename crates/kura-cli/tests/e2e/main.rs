@@ -7,6 +7,7 @@ mod banks;
 mod cli;
 mod cluster;
 mod common;
+mod console;
 mod dp;
 mod hostile;
 mod models;
