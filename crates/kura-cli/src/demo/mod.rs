@@ -131,8 +131,8 @@ async fn consoles(args: DemoArgs) -> Result<ExitCode> {
         .map(|a| serde_json::json!({ "name": a.name, "receivers": a.receivers }))
         .collect();
     if args.json {
-        let scenario = clap::ValueEnum::to_possible_value(&args.scenario)
-            .map(|v| v.get_name().to_string());
+        let scenario =
+            clap::ValueEnum::to_possible_value(&args.scenario).map(|v| v.get_name().to_string());
         println!(
             "{}",
             serde_json::json!({

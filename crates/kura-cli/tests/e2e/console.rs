@@ -13,8 +13,14 @@ use crate::cli::{Served, kura_home};
 
 /// `kura ARGS` left running (killed when dropped), and the first line it printed.
 fn started(args: &[&str]) -> (Served, String) {
+    started_in(args, &std::env::temp_dir())
+}
+
+/// [`started`], with `tmp` as the process's temporary directory.
+fn started_in(args: &[&str], tmp: &Path) -> (Served, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kura"))
         .env("KURA_HOME", kura_home())
+        .env("TMPDIR", tmp)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -55,7 +61,9 @@ fn driver() -> std::path::PathBuf {
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&dir)
             .output()
-            .expect("the console test needs node and npm (apt-get install nodejs npm; .ci/run does)");
+            .expect(
+                "the console test needs node and npm (apt-get install nodejs npm; .ci/run does)",
+            );
         assert!(
             out.status.success(),
             "npm ci in {}: {}",
@@ -137,4 +145,119 @@ fn console_in_chromium() {
     assert!(out.status.success(), "{said}");
     assert!(said.contains("all checks passed"), "{said}");
     println!("{said}");
+}
+
+/// The console answers only its own loopback address and only with its token; it takes only
+/// the file formats kura reads, and keeps no plaintext once an upload ends, refused or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_refuses_other_hosts_missing_tokens_and_stray_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_room, line) = started_in(
+        &["demo", "--console", "--json", "--rows", "300"],
+        tmp.path(),
+    );
+    let plan: Value = serde_json::from_str(&line).unwrap();
+    let url = plan["parties"][0]["console"].as_str().unwrap();
+    let (base, token) = url.split_once("/#token=").unwrap();
+    let host = base.strip_prefix("http://").unwrap();
+    kura_client::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let status = |path: &str, host: &str, token: Option<&str>| {
+        let mut req = http
+            .get(format!("{base}{path}"))
+            .header(reqwest::header::HOST, host);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("/api/session", host, Some(token)).await, 200);
+    let port = host.rsplit_once(':').unwrap().1;
+    assert_eq!(
+        status("/api/session", &format!("localhost:{port}"), Some(token)).await,
+        200
+    );
+    // DNS rebinding: a page of another name that resolves to 127.0.0.1 is not this console.
+    for other in [
+        "evil.example".to_string(),
+        format!("evil.example:{port}"),
+        format!("127.0.0.1:{}", port.parse::<u16>().unwrap() ^ 1),
+        format!("localhost.evil.example:{port}"),
+    ] {
+        assert_eq!(status("/", &other, None).await, 421, "{other}");
+        assert_eq!(
+            status("/api/session", &other, Some(token)).await,
+            421,
+            "{other}"
+        );
+    }
+    // Every token but the one: no access (each of its characters changed in turn, one cut
+    // short, one too long, none).
+    let mut wrong: Vec<String> = (0..token.len())
+        .map(|i| {
+            let mut t = token.as_bytes().to_vec();
+            t[i] = if t[i] == b'0' { b'1' } else { b'0' };
+            String::from_utf8(t).unwrap()
+        })
+        .collect();
+    wrong.extend([token[1..].to_string(), format!("{token}0"), String::new()]);
+    for t in &wrong {
+        assert_eq!(status("/api/contract", host, Some(t)).await, 401, "{t}");
+    }
+    assert_eq!(status("/api/contract", host, None).await, 401);
+    // The page itself holds no secret, and may load nothing from elsewhere.
+    let page = http.get(format!("{base}/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+
+    let upload = |name: &str, dataset: &str, body: &'static str| {
+        let req = http
+            .post(format!("{base}/api/upload?dataset={dataset}&name={name}"))
+            .bearer_auth(token)
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (code, v) = upload("rows.exe", "ehr", "patient_id\n").await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"]["reason"].as_str().unwrap().contains("CSV"),
+        "{v}"
+    );
+    // hospital-a's console, fitness-b's dataset: refused before anything is sent.
+    let (code, v) = upload("activity.csv", "activity", "patient_id,steps_band\nP1,x\n").await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not the provider"),
+        "{v}"
+    );
+    // The scratch directory is empty again.
+    let scratch: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("kura-console-")
+        })
+        .collect();
+    assert!(!scratch.is_empty());
+    for dir in scratch {
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "{}",
+            dir.display()
+        );
+    }
 }

@@ -382,7 +382,9 @@ fn table_json(t: &ResultTable) -> Value {
 async fn results(State(c): State<Arc<Console>>) -> Result<Json<Value>, Failure> {
     let mut client = c.attested().await?;
     let tables = client.results(None).await?;
-    Ok(Json(json!(tables.iter().map(table_json).collect::<Vec<_>>())))
+    Ok(Json(json!(
+        tables.iter().map(table_json).collect::<Vec<_>>()
+    )))
 }
 
 /// One result as a file: CSV, Parquet (typed), JSON, or a model's ONNX file.

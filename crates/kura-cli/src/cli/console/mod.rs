@@ -70,7 +70,6 @@ impl Running {
         self.task.await.context("the console stopped")??;
         Ok(())
     }
-
 }
 
 pub async fn run(a: ConsoleArgs) -> Result<ExitCode> {
@@ -190,7 +189,10 @@ fn assets() -> Router<Arc<Console>> {
     Router::new()
         .route(
             "/",
-            file(include_str!("assets/index.html"), "text/html; charset=utf-8"),
+            file(
+                include_str!("assets/index.html"),
+                "text/html; charset=utf-8",
+            ),
         )
         .route(
             "/app.js",
@@ -213,7 +215,11 @@ async fn guard(State(console): State<Arc<Console>>, request: Request, next: Next
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
     if !host.is_some_and(|h| console.hosts.iter().any(|ok| ok == h)) {
-        return (StatusCode::MISDIRECTED_REQUEST, "not this console's address").into_response();
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "not this console's address",
+        )
+            .into_response();
     }
     if request.uri().path().starts_with("/api/") {
         let given = request
