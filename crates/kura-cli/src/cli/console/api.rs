@@ -190,7 +190,7 @@ async fn contract(State(c): State<Arc<Console>>) -> Json<Value> {
 /// A fresh attestation, with its verdict: what was verified, or which check failed and why.
 async fn attestation(State(c): State<Arc<Console>>) -> Result<Json<Value>, Failure> {
     let mut client = c.client()?.lock().await;
-    let verified = client.attest().await.map(Clone::clone);
+    let verified = client.attest().await.cloned();
     Ok(Json(match verified {
         Ok(enclave) => {
             c.keep_head(&client)?;
