@@ -50,6 +50,8 @@ pub enum ContractError {
     Model(String),
     #[error("output.min_group_size must be at least 1")]
     MinGroupSize,
+    #[error("output.min_pooled_datasets must be at least 1")]
+    MinPooledDatasets,
     #[error(
         "retention.delete_after {0:?} is not \"run\", \"never\" or an RFC 3339 time such as 2027-01-31T00:00:00Z"
     )]

@@ -113,6 +113,16 @@ pub fn ads_measurement(keys: &[(&str, &str)]) -> String {
     )
 }
 
+/// The supply scenario's contract (`kura demo --scenario supply`): a maker and four suppliers
+/// compare defect rates by process step, pooled across suppliers
+/// (`testdata/contracts/supply-defects.toml`).
+pub fn supply_defects(keys: &[(&str, &str)]) -> String {
+    fill(
+        include_str!("../../../testdata/contracts/supply-defects.toml"),
+        |key| key_of(keys, key, "supply"),
+    )
+}
+
 /// The public key of the party that placeholder `@key:PARTY@` names, from `keys`.
 fn key_of(keys: &[(&str, &str)], placeholder: &str, contract: &str) -> String {
     keys.iter()
@@ -184,6 +194,6 @@ mod tests {
             }
             parsed += 1;
         }
-        assert_eq!(parsed, 11, "the fixtures in {}", dir.display());
+        assert_eq!(parsed, 12, "the fixtures in {}", dir.display());
     }
 }

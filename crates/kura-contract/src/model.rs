@@ -408,6 +408,21 @@ pub struct OutputRules {
     /// Groups covering fewer distinct privacy units (of any contributing dataset) are
     /// suppressed.
     pub min_group_size: u64,
+    /// Where an aggregation pools several datasets with `UNION ALL` (suppliers' records of the
+    /// same kind), a group is released only if rows of at least this many of them are in it, so
+    /// that no released figure is one provider's alone. The default, 1, releases a group of one
+    /// dataset's rows; each pooled dataset's part of a group must in any case be empty or cover
+    /// `min_group_size` of its people.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub min_pooled_datasets: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
 }
 
 /// When uploaded data is deleted.
@@ -890,6 +905,9 @@ impl Contract {
 
         if self.output.min_group_size == 0 {
             return Err(ContractError::MinGroupSize);
+        }
+        if self.output.min_pooled_datasets == 0 {
+            return Err(ContractError::MinPooledDatasets);
         }
         if self.enclave.platforms.is_empty() {
             return Err(ContractError::NoPlatforms);

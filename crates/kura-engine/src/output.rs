@@ -78,14 +78,19 @@ pub(crate) fn release(
                     sets.push(crate::overlap::sets(column)?);
                     continue;
                 }
-                Check::AtLeast => |n: u64, min: u64| n >= min,
-                Check::ZeroOrAtLeast => |n: u64, min: u64| n == 0 || n >= min,
+                Check::AtLeast => |n: u64, min: u64, _| n >= min,
+                Check::ZeroOrAtLeast => |n: u64, min: u64, _| n == 0 || n >= min,
+                Check::Pooled(_) => |n: u64, _, pooled: u64| n >= pooled,
+            };
+            let pooled = match check {
+                Check::Pooled(m) => *m,
+                _ => 0,
             };
             let counts = cast(column, &DataType::Int64).map_err(failed)?;
             let counts = counts.as_primitive::<Int64Type>();
             for (row, keep) in keep.iter_mut().enumerate() {
-                *keep &=
-                    counts.is_valid(row) && bound(counts.value(row).max(0) as u64, min_group_size);
+                *keep &= counts.is_valid(row)
+                    && bound(counts.value(row).max(0) as u64, min_group_size, pooled);
             }
         }
         if !keys.is_empty() {

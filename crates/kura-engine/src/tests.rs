@@ -1127,3 +1127,169 @@ fn corrupt_parquet_metadata_is_refused_not_panicked_on() {
         }
     }
 }
+
+const SUPPLIERS: [&str; 4] = ["a", "b", "c", "d"];
+
+/// The supply contract (`testdata/contracts/supply-defects.toml`) with `min_pooled_datasets`
+/// set to `min_pooled`.
+fn supply_contract(min_pooled: u64) -> Contract {
+    let parties = [
+        "maker",
+        "supplier-a",
+        "supplier-b",
+        "supplier-c",
+        "supplier-d",
+    ];
+    let keys: Vec<String> = parties
+        .iter()
+        .map(|_| SecretIdentity::generate().public().to_text())
+        .collect();
+    let named: Vec<(&str, &str)> = parties
+        .iter()
+        .copied()
+        .zip(keys.iter().map(String::as_str))
+        .collect();
+    let text = kura_contract::example::supply_defects(&named).replace(
+        "min_pooled_datasets = 3",
+        &format!("min_pooled_datasets = {min_pooled}"),
+    );
+    Contract::parse(text.as_bytes()).unwrap()
+}
+
+/// Each supplier's step records and the maker's inspections: `lots[s][step]` lots of supplier
+/// `s` went through `step`; every third lot is defective.
+fn supply_tables(c: &Contract, lots: &[Vec<(&str, usize)>]) -> Tables {
+    let mut inspections = String::from("lot,defect\n");
+    let mut t = Tables::new();
+    let mut n = 0;
+    for (s, steps) in SUPPLIERS.iter().zip(lots) {
+        let mut csv = String::from("lot,step\n");
+        for (step, count) in steps {
+            for _ in 0..*count {
+                writeln!(csv, "L{n},{step}").unwrap();
+                writeln!(inspections, "L{n},{}", n % 3 == 0).unwrap();
+                n += 1;
+            }
+        }
+        let name = format!("steps_{s}");
+        let table = load::load(c.dataset(&name).unwrap(), UploadFormat::Csv, csv.as_bytes());
+        t.insert(name, table.unwrap().into());
+    }
+    let table = load::load(
+        c.dataset("inspections").unwrap(),
+        UploadFormat::Csv,
+        inspections.as_bytes(),
+    );
+    t.insert("inspections".into(), table.unwrap().into());
+    t
+}
+
+/// The steps the supply analysis releases, and how many it suppressed.
+async fn released_steps(c: &Contract, t: &Tables) -> (Vec<String>, u64) {
+    let sql = &c.analysis("defects_by_step").unwrap().sql;
+    let out = run_analysis(c, sql, t, None).await.unwrap();
+    let steps = out.rows.iter().map(|r| r[0].as_str().unwrap().to_string());
+    (steps.collect(), out.suppressed_groups)
+}
+
+/// A step pooled by `UNION ALL` is released when each supplier's part is empty or covers the
+/// minimum, and enough suppliers have a part; its figures are plain DataFusion's.
+#[tokio::test]
+async fn pooled_suppliers_release_a_step_only_when_enough_of_them_have_enough_lots() {
+    let lots = vec![
+        vec![("casting", 12), ("coating", 12), ("welding", 12)],
+        vec![("casting", 12), ("coating", 12), ("welding", 12)],
+        vec![("casting", 12), ("welding", 3)],
+        vec![("plating", 30)],
+    ];
+    let expect = [
+        (1, vec!["casting", "coating", "plating"]),
+        (2, vec!["casting", "coating"]),
+        (3, vec!["casting"]),
+        (4, vec![]),
+    ];
+    for (min_pooled, steps) in expect {
+        let c = supply_contract(min_pooled);
+        let t = supply_tables(&c, &lots);
+        let (released, suppressed) = released_steps(&c, &t).await;
+        assert_eq!(released, steps, "min_pooled_datasets = {min_pooled}");
+        // welding always falls: supplier c's part is 3 lots.
+        assert_eq!(suppressed as usize, 4 - steps.len(), "{min_pooled}");
+    }
+    let c = supply_contract(1);
+    let t = supply_tables(&c, &lots);
+    let sql = &c.analysis("defects_by_step").unwrap().sql;
+    let out = run_analysis(&c, sql, &t, None).await.unwrap();
+    let expected: Vec<_> = plain(&t, sql)
+        .await
+        .into_iter()
+        .filter(|r| r[0] != "welding")
+        .collect();
+    assert_eq!(out.rows, expected);
+}
+
+/// What the threshold cannot count through a union is refused, with its reason.
+#[tokio::test]
+async fn unions_the_threshold_cannot_count_through_are_refused() {
+    let c = supply_contract(1);
+    let t = supply_tables(&c, &[vec![("casting", 12)], vec![], vec![], vec![]]);
+    for (sql, reason) in [
+        (
+            "SELECT u.step, COUNT(*) FROM (SELECT s.lot, s.step FROM steps_a s JOIN steps_b t \
+             ON s.lot = t.lot UNION ALL SELECT lot, step FROM steps_c) u GROUP BY u.step",
+            "must read exactly one dataset",
+        ),
+        (
+            "SELECT step, COUNT(*) FROM (SELECT step, lot FROM (SELECT lot, step FROM steps_a \
+             UNION ALL SELECT lot, step FROM steps_b) p GROUP BY step, lot) q GROUP BY step",
+            "UNION ALL under",
+        ),
+        (
+            "SELECT u.step, COUNT(*) FROM (SELECT lot, step FROM steps_a UNION ALL SELECT lot, \
+             step FROM steps_a WHERE step = 'casting') u GROUP BY u.step",
+            "two branches of the UNION ALL read \"steps_a\"",
+        ),
+    ] {
+        let err = run_analysis(&c, sql, &t, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(reason), "{sql}: {err}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 32, ..Default::default() })]
+    /// For any lots per supplier and step, and any `min_pooled_datasets`, exactly the steps
+    /// whose every supplier part is empty or at least 10 lots, with enough suppliers, are
+    /// released.
+    #[test]
+    fn the_pooled_rule_releases_exactly_the_steps_it_should(
+        counts in proptest::collection::vec(proptest::collection::vec(0usize..16, 3), 4),
+        min_pooled in 1u64..5,
+    ) {
+        let steps = ["casting", "coating", "welding"];
+        let lots: Vec<Vec<(&str, usize)>> = counts
+            .iter()
+            .map(|per| steps.iter().copied().zip(per.iter().copied()).collect())
+            .collect();
+        let c = supply_contract(min_pooled);
+        let t = supply_tables(&c, &lots);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (released, suppressed) = runtime.block_on(released_steps(&c, &t));
+        let mut expected = Vec::new();
+        let mut present = 0;
+        for (i, step) in steps.iter().enumerate() {
+            let parts: Vec<usize> = counts.iter().map(|per| per[i]).filter(|n| *n > 0).collect();
+            if parts.is_empty() {
+                continue;
+            }
+            present += 1;
+            if parts.iter().all(|n| *n >= 10) && parts.len() as u64 >= min_pooled {
+                expected.push(step.to_string());
+            }
+        }
+        proptest::prop_assert_eq!(&released, &expected);
+        proptest::prop_assert_eq!(suppressed as usize, present - expected.len());
+    }
+}

@@ -25,11 +25,13 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Column, TableReference};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{
     Aggregate, Expr, ExprFunctionExt, ExprSchemable, LogicalPlan, LogicalPlanBuilder, Union,
 };
+use datafusion::prelude::lit;
 use kura_contract::Contract;
 
 use crate::EngineError;
@@ -50,6 +52,8 @@ pub enum Check {
     /// The contributors of a cell (measure and dataset named here), for overlap control
     /// ([`crate::overlap`]).
     Cell(String),
+    /// The datasets pooled by a `UNION ALL` that have rows in the group: at least this many.
+    Pooled(u64),
 }
 
 /// One aggregation of the query with its hidden counts.
@@ -225,23 +229,32 @@ fn count(
     contract: &Contract,
     overlap: Option<&crate::overlap::Overlap>,
 ) -> Result<Counted, EngineError> {
-    let input = agg.input.clone();
+    // Datasets pooled by a UNION ALL carry their privacy unit and their name up to here.
+    let mut pools = Vec::new();
+    let input = Arc::new(pooled(
+        Arc::unwrap_or_clone(agg.input),
+        contract,
+        &mut pools,
+    )?);
     let schema = input.schema().clone();
     let datasets = datasets_read(&input, contract)?;
     // Each contributing dataset's privacy unit, as it reaches the aggregation.
-    let mut units = Vec::new();
-    let mut unit_datasets = Vec::new();
+    let mut units: Vec<Unit> = Vec::new();
     for name in &datasets {
         let dataset = contract.dataset(name).expect("checked in datasets_read");
         let before = units.len();
         for i in 0..schema.fields().len() {
             if origin(&input, i).as_ref() == Some(&(name.clone(), dataset.privacy_unit.clone())) {
                 let (qualifier, field) = schema.qualified_field(i);
-                units.push(Expr::Column(Column::new(qualifier.cloned(), field.name())));
-                unit_datasets.push(name.clone());
+                units.push(Unit {
+                    expr: Expr::Column(Column::new(qualifier.cloned(), field.name())),
+                    only: None,
+                    dataset: name.clone(),
+                });
             }
         }
-        if units.len() == before {
+        let pooled = pools.iter().any(|p| p.datasets.contains(name));
+        if units.len() == before && !pooled {
             return Err(refuse(format!(
                 "cannot count the distinct people behind each group: the privacy unit \
                  {name}.{} does not reach the aggregation (a subquery dropped it?)",
@@ -249,8 +262,24 @@ fn count(
             )));
         }
     }
+    // A pooled dataset's people are the unit column's values on the rows tagged with its name.
+    for pool in &pools {
+        for name in &pool.datasets {
+            units.push(Unit {
+                expr: pool.column(&schema, &pool.unit)?,
+                only: Some(pool.column(&schema, &pool.dataset)?.eq(lit(name.as_str()))),
+                dataset: name.clone(),
+            });
+        }
+    }
     if units.is_empty() {
         return Err(refuse("the aggregation reads no dataset of the contract"));
+    }
+    if overlap.is_some() && !pools.is_empty() {
+        return Err(refuse(
+            "overlap control does not count contributors through a UNION ALL inside an \
+             aggregation yet: pool the datasets in separate queries",
+        ));
     }
     // Whose rows each aggregate's value rests on: the group (`None`) or a narrower condition.
     let contributions = agg
@@ -269,13 +298,21 @@ fn count(
     let mut checks = Vec::new();
     let mut add = |condition: Option<Expr>, check: Check| -> Result<(), EngineError> {
         for unit in &units {
-            let counted = crate::units::expr(unit.clone(), cap);
-            let counted = match &condition {
+            let counted = crate::units::expr(unit.expr.clone(), cap);
+            let counted = match [unit.only.clone(), condition.clone()]
+                .into_iter()
+                .flatten()
+                .reduce(Expr::and)
+            {
                 None => counted,
-                Some(c) => counted.filter(c.clone()).build()?,
+                Some(c) => counted.filter(c).build()?,
             };
             extra.push(counted.alias(format!("{HIDDEN_PREFIX}{}", checks.len())));
-            checks.push(check.clone());
+            // A pooled dataset may have no rows in a group; if it has any, enough people.
+            checks.push(match (&unit.only, &check) {
+                (Some(_), Check::AtLeast) => Check::ZeroOrAtLeast,
+                _ => check.clone(),
+            });
         }
         Ok(())
     };
@@ -297,6 +334,15 @@ fn count(
             add(Some(differ), Check::ZeroOrAtLeast)?;
         }
     }
+    // Pooled groups: rows of enough of the pool's datasets.
+    let min_pooled = contract.output.min_pooled_datasets;
+    if min_pooled > 1 {
+        for pool in &pools {
+            let names = crate::units::expr(pool.column(&schema, &pool.dataset)?, min_pooled);
+            extra.push(names.alias(format!("{HIDDEN_PREFIX}{}", checks.len())));
+            checks.push(Check::Pooled(min_pooled));
+        }
+    }
     // Overlap control: each cell's contributors, per measure and dataset.
     if let Some(overlap) = overlap {
         let mut cells: Vec<(String, Expr, &Option<Expr>)> =
@@ -311,7 +357,12 @@ fn count(
             }
         }
         for (measure, value, condition) in cells {
-            for (unit, dataset) in units.iter().zip(&unit_datasets) {
+            for Unit {
+                expr: unit,
+                dataset,
+                ..
+            } in &units
+            {
                 let set = overlap.expr(unit.clone(), value.clone());
                 let set = match &condition {
                     None => set,
@@ -331,6 +382,180 @@ fn count(
         visible,
         checks,
     })
+}
+
+/// One dataset's privacy unit at an aggregation: a column, on the rows `only` selects (a pooled
+/// dataset's rows among its pool's).
+struct Unit {
+    expr: Expr,
+    only: Option<Expr>,
+    dataset: String,
+}
+
+/// A `UNION ALL` inside an aggregation's input whose branches each read one dataset: every
+/// branch carries its dataset's privacy unit (as text) and its dataset's name in two hidden
+/// columns, passed up to the aggregation.
+struct Pool {
+    unit: String,
+    dataset: String,
+    datasets: BTreeSet<String>,
+}
+
+impl Pool {
+    /// The hidden column `name` as it reaches the aggregation.
+    fn column(
+        &self,
+        schema: &datafusion::common::DFSchema,
+        name: &str,
+    ) -> Result<Expr, EngineError> {
+        let (qualifier, field) =
+            schema
+                .qualified_field_with_unqualified_name(name)
+                .map_err(|_| {
+                    refuse("a pooled dataset's privacy unit does not reach the aggregation")
+                })?;
+        Ok(Expr::Column(Column::new(qualifier.cloned(), field.name())))
+    }
+}
+
+/// `plan` (an aggregation's input) with every `UNION ALL` in it tagged as a [`Pool`], and the
+/// tags passed up through the operators between it and the aggregation. Refuses a union the
+/// threshold cannot count through: a branch that reads more or less than one dataset, or does
+/// not reach that dataset's privacy unit, or an operator above it that does not pass columns
+/// through (an inner aggregation, a window, `DISTINCT`).
+fn pooled(
+    plan: LogicalPlan,
+    contract: &Contract,
+    pools: &mut Vec<Pool>,
+) -> Result<LogicalPlan, EngineError> {
+    let has_union = datafusion::common::tree_node::TreeNode::exists(&plan, |node| {
+        Ok(matches!(node, LogicalPlan::Union(_)))
+    })
+    .unwrap_or(true);
+    if !has_union {
+        return Ok(plan);
+    }
+    let before = pools.len();
+    let plan = match plan {
+        LogicalPlan::Union(union) => {
+            let n = pools.len();
+            let pool = Pool {
+                unit: format!("{HIDDEN_PREFIX}pool_{n}_unit"),
+                dataset: format!("{HIDDEN_PREFIX}pool_{n}_dataset"),
+                datasets: BTreeSet::new(),
+            };
+            pools.push(pool);
+            let mut branches = Vec::new();
+            // `a UNION ALL b UNION ALL c` is planned as unions of unions: one pool.
+            let mut inputs = union.inputs;
+            while let Some(i) = inputs
+                .iter()
+                .position(|b| matches!(b.as_ref(), LogicalPlan::Union(_)))
+            {
+                let LogicalPlan::Union(inner) = Arc::unwrap_or_clone(inputs.remove(i)) else {
+                    unreachable!("matched above")
+                };
+                for (j, b) in inner.inputs.into_iter().enumerate() {
+                    inputs.insert(i + j, b);
+                }
+            }
+            for branch in inputs {
+                let branch = Arc::unwrap_or_clone(branch);
+                let read = datasets_read(&branch, contract)?;
+                let (Some(name), 1) = (read.first(), read.len()) else {
+                    return Err(refuse(
+                        "each branch of a UNION ALL inside an aggregation must read exactly one \
+                         dataset, so that each dataset's people can be counted",
+                    ));
+                };
+                if pools[n].datasets.contains(name) {
+                    return Err(EngineError::Refused {
+                        rule: "union-complement",
+                        reason: format!(
+                            "two branches of the UNION ALL read {name:?}: a row counted twice \
+                             weighs one person against the rest; read each dataset once"
+                        ),
+                    });
+                }
+                let unit = &contract.dataset(name).expect("checked").privacy_unit;
+                let (tagged, name) = (tag(branch, name, unit, &pools[n])?, name.clone());
+                pools[n].datasets.insert(name);
+                branches.push(Arc::new(tagged));
+            }
+            LogicalPlan::Union(Union::try_new_with_loose_types(branches)?)
+        }
+        LogicalPlan::Projection(p) => {
+            let input = pooled(Arc::unwrap_or_clone(p.input), contract, pools)?;
+            let mut expr = p.expr;
+            for pool in &pools[before..] {
+                expr.push(pool.column(input.schema(), &pool.unit)?);
+                expr.push(pool.column(input.schema(), &pool.dataset)?);
+            }
+            LogicalPlan::Projection(datafusion::logical_expr::Projection::try_new(
+                expr,
+                Arc::new(input),
+            )?)
+        }
+        plan @ (LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Repartition(_)
+        | LogicalPlan::Join(_)) => {
+            let inputs = plan
+                .inputs()
+                .into_iter()
+                .map(|i| pooled(i.clone(), contract, pools))
+                .collect::<Result<Vec<_>, _>>()?;
+            plan.with_new_exprs(plan.expressions(), inputs)?
+        }
+        other => {
+            return Err(refuse(format!(
+                "cannot count the people behind a UNION ALL under {}: pool the datasets right \
+                 below the aggregation",
+                describe(&other)
+            )));
+        }
+    };
+    Ok(plan)
+}
+
+/// A union's branch reading `dataset`, with the pool's two hidden columns appended: its
+/// privacy unit as text, and the dataset's name.
+fn tag(
+    branch: LogicalPlan,
+    dataset: &str,
+    unit: &str,
+    pool: &Pool,
+) -> Result<LogicalPlan, EngineError> {
+    let (input, mut expr) = match branch {
+        LogicalPlan::Projection(p) => (p.input, p.expr),
+        other => {
+            let expr = other
+                .schema()
+                .columns()
+                .into_iter()
+                .map(Expr::Column)
+                .collect();
+            (Arc::new(other), expr)
+        }
+    };
+    let schema = input.schema();
+    let found = (0..schema.fields().len())
+        .find(|&i| origin(&input, i) == Some((dataset.to_string(), unit.to_string())))
+        .ok_or_else(|| {
+            refuse(format!(
+                "cannot count the distinct people behind each group: the privacy unit \
+                 {dataset}.{unit} does not reach its branch of the UNION ALL"
+            ))
+        })?;
+    let (qualifier, field) = schema.qualified_field(found);
+    let column = Expr::Column(Column::new(qualifier.cloned(), field.name()));
+    expr.push(datafusion::logical_expr::cast(column, DataType::Utf8).alias(&pool.unit));
+    expr.push(datafusion::prelude::lit(dataset).alias(&pool.dataset));
+    Ok(LogicalPlan::Projection(
+        datafusion::logical_expr::Projection::try_new(expr, input)?,
+    ))
 }
 
 /// The measure an aggregate reads, for overlap control: the contract column of its argument
