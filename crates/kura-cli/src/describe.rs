@@ -67,6 +67,7 @@ pub fn json(c: &Contract) -> Value {
         "models": c.models,
         "adhoc": adhoc,
         "min_group_size": c.output.min_group_size,
+        "min_pooled_datasets": c.output.min_pooled_datasets,
         "privacy_dp": c.privacy.dp,
         "retention": retention(c),
         "platforms": c.enclave.platforms,
@@ -200,12 +201,15 @@ pub fn text(c: &Contract) -> String {
             );
         }
     }
-    let _ = writeln!(
-        o,
-        "\nminimum group size: {}\ndata deleted: {}",
-        c.output.min_group_size,
-        retention(c)
-    );
+    let _ = writeln!(o, "\nminimum group size: {}", c.output.min_group_size);
+    if c.output.min_pooled_datasets > 1 {
+        let _ = writeln!(
+            o,
+            "datasets pooled by UNION ALL: every group rests on rows of at least {} of them",
+            c.output.min_pooled_datasets
+        );
+    }
+    let _ = writeln!(o, "data deleted: {}", retention(c));
     if let Some(dp) = &c.privacy.dp {
         let _ = writeln!(
             o,

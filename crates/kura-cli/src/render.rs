@@ -119,7 +119,7 @@ pub fn table(t: &ResultTable) -> String {
         }
         None => {
             out += &format!(
-                "{} group(s) suppressed (fewer people than the contract's minimum)\n",
+                "{} group(s) suppressed (resting on fewer people, or fewer pooled datasets, than the contract requires)\n",
                 t.suppressed_groups
             );
         }

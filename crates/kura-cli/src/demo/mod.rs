@@ -12,12 +12,15 @@
 //!   purpose; the deliverable is the transparency report and the deletion record;
 //! - `ads`: a publisher and an advertiser measure audience overlap and conversion by segment
 //!   under differential privacy, until the budget is spent.
+//! - `supply`: a maker and four suppliers compare defect rates by process step, pooled so that
+//!   no figure is one supplier's.
 
 mod ads;
 mod aml;
 mod fraud;
 mod health;
 mod statistics;
+mod supply;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,7 +38,8 @@ pub struct DemoArgs {
     #[arg(long, value_enum, default_value_t = Scenario::Health)]
     pub scenario: Scenario,
     /// Size of the synthetic data: patients in the hospital's data set (health), transactions
-    /// per bank (fraud), transfers per bank (aml), visits (statistics), readers (ads).
+    /// per bank (fraud), transfers per bank (aml), visits (statistics), readers (ads), lots per
+    /// supplier (supply).
     #[arg(long, default_value_t = 5000)]
     pub rows: usize,
     /// Print one JSON summary on stdout.
@@ -65,6 +69,9 @@ pub enum Scenario {
     /// A publisher and an advertiser measure audience overlap and conversion by segment, under
     /// differential privacy.
     Ads,
+    /// A maker and four suppliers compare defect rates by process step, pooled across
+    /// suppliers so that no figure is one supplier's.
+    Supply,
 }
 
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
@@ -78,6 +85,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         Scenario::Aml => aml::run(args).await,
         Scenario::Statistics => statistics::run(args).await,
         Scenario::Ads => ads::run(args).await,
+        Scenario::Supply => supply::run(args).await,
     }
 }
 
@@ -89,6 +97,7 @@ async fn consoles(args: DemoArgs) -> Result<ExitCode> {
         Scenario::Aml => aml::setup(&args).map(|(room, contract, _)| (room, contract))?,
         Scenario::Statistics => statistics::setup(&args)?,
         Scenario::Ads => ads::setup(&args).map(|(room, contract, _)| (room, contract))?,
+        Scenario::Supply => supply::setup(&args)?,
     };
     let parties: Vec<&str> = contract.parties.iter().map(|p| p.name.as_str()).collect();
     let (running, _, _) = room.enclave(&contract, &parties).await?;

@@ -297,6 +297,22 @@ pub(crate) fn cli_demo_statistics_delivers_the_table_the_deletion_and_the_report
     assert_eq!(t["refused_runs"], 1);
 }
 
+/// The supply scenario: the steps pooled over at least three suppliers are released to all
+/// five parties alike, heat treatment (two suppliers) and plating (one) are not, the planted
+/// problem step comes out worst, and everyone's records are deleted.
+#[test]
+pub(crate) fn cli_demo_supply_pools_suppliers_and_releases_no_suppliers_own_figure() {
+    let v = demo_json(&["--scenario", "supply", "--rows", "2000"]);
+    assert_eq!(v["audit"]["valid"], true);
+    assert_eq!(v["receivers_agree"], true);
+    let rows = v["result"]["rows"].as_array().unwrap();
+    let steps: Vec<&str> = rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(steps, ["1 casting", "2 machining", "4 coating"], "{v}");
+    assert_eq!(v["result"]["suppressed_groups"], 2, "{v}");
+    assert_eq!(v["worst_step"], "4 coating", "{v}");
+    assert_eq!(v["deleted"].as_array().unwrap().len(), 5, "{v}");
+}
+
 /// The ads scenario: three differentially private releases, each with every segment of the
 /// public list and shared counts near the truth (the noise's 95 % interval at ε = 1/3 per
 /// column is ±10; ±40 cannot fail by chance in practice), no two alike; a fourth run is refused

@@ -1,4 +1,4 @@
-//! The console in a real browser: each scenario's room opened in its parties' consoles
+//! The console in a real browser: each of the six scenarios' rooms opened in its parties' consoles
 //! (`kura demo --console`) and a `kura console` the enclave must refuse, all driven by Debian's
 //! headless Chromium through playwright-core (`tests/browser/console.mjs`, which holds the
 //! checks). Screenshots and downloaded results are kept in the target directory.
@@ -103,6 +103,7 @@ fn console_in_chromium() {
             }}),
         ),
         room("fraud", "4000", json!({})),
+        room("supply", "600", json!({ "expect_deletion": true })),
     ];
     // The ads room's contract and key, against the health room's enclave: refused.
     let (health, ads) = (&rooms[0].1, &rooms[2].1);

@@ -139,6 +139,7 @@ async function contractPage() {
       c.adhoc.differentially_private ? el("p", {}, "Every answer is differentially private and spends budget.") : null) : null,
     section("Output rules",
       el("p", {}, `Any group or aggregate resting on fewer than ${c.min_group_size} people is suppressed; only the number of suppressed groups is reported.`),
+      c.min_pooled_datasets > 1 ? el("p", {}, `Where datasets are pooled with UNION ALL, every group must rest on rows of at least ${c.min_pooled_datasets} of them, so that no figure is one provider's.`) : null,
       c.privacy_dp ? el("p", {}, `Differential privacy: a total budget of ε = ${c.privacy_dp.epsilon}, δ = ${c.privacy_dp.delta}, split ${c.privacy_dp.split || "per receiver"}.`) : null),
     section("Retention", el("p", {}, `The data is deleted ${c.retention}.`)),
     section("Platforms", el("p", {}, `The enclave may run on: ${c.platforms.join(", ")}.`),
@@ -376,7 +377,7 @@ function resultCard(t) {
   return el("article", { class: "card result-card", "data-run": t.run_id },
     el("h2", {}, t.analysis),
     dl([["Run", el("code", {}, t.run_id)], ["Question", t.sql ? el("code", {}, t.sql) : null]]),
-    t.suppressed_groups ? el("p", { class: "notice warn" }, `${t.suppressed_groups} groups were suppressed: they rest on too few people.`) : null,
+    t.suppressed_groups ? el("p", { class: "notice warn" }, `${t.suppressed_groups} groups were suppressed: they rest on fewer people, or fewer pooled datasets, than the contract requires.`) : null,
     t.dp ? el("p", { class: "notice" }, `Differentially private: ε = ${t.dp.epsilon}, δ = ${t.dp.delta} spent; each number carries noise.`) : null,
     chart(t, types), el("div", { class: "scroll" }, table), downloads);
 }
