@@ -78,19 +78,29 @@ pub(crate) fn release(
                     sets.push(crate::overlap::sets(column)?);
                     continue;
                 }
-                Check::AtLeast => |n: u64, min: u64, _| n >= min,
-                Check::ZeroOrAtLeast => |n: u64, min: u64, _| n == 0 || n >= min,
-                Check::Pooled(_) => |n: u64, _, pooled: u64| n >= pooled,
-            };
-            let pooled = match check {
-                Check::Pooled(m) => *m,
-                _ => 0,
+                Check::AtLeast => |n: u64, min: u64| n >= min,
+                Check::ZeroOrAtLeast => |n: u64, min: u64| n == 0 || n >= min,
             };
             let counts = cast(column, &DataType::Int64).map_err(failed)?;
             let counts = counts.as_primitive::<Int64Type>();
             for (row, keep) in keep.iter_mut().enumerate() {
-                *keep &= counts.is_valid(row)
-                    && bound(counts.value(row).max(0) as u64, min_group_size, pooled);
+                *keep &=
+                    counts.is_valid(row) && bound(counts.value(row).max(0) as u64, min_group_size);
+            }
+        }
+        // Pooled groups: rows of enough of the pool's datasets (their group counts above zero).
+        for (min, of) in &counted.pooled {
+            let mut present = vec![0u64; batch.num_rows()];
+            for &i in of {
+                let counts =
+                    cast(batch.column(counted.visible + i), &DataType::Int64).map_err(failed)?;
+                let counts = counts.as_primitive::<Int64Type>();
+                for (row, n) in present.iter_mut().enumerate() {
+                    *n += u64::from(counts.is_valid(row) && counts.value(row) > 0);
+                }
+            }
+            for (keep, n) in keep.iter_mut().zip(present) {
+                *keep &= n >= *min;
             }
         }
         if !keys.is_empty() {

@@ -1249,6 +1249,11 @@ async fn unions_the_threshold_cannot_count_through_are_refused() {
              step FROM steps_a WHERE step = 'casting') u GROUP BY u.step",
             "two branches of the UNION ALL read \"steps_a\"",
         ),
+        (
+            "SELECT u.step, COUNT(*) FROM (SELECT step, 'x' AS __kura_pool_0_unit FROM steps_a \
+             UNION ALL SELECT step, lot FROM steps_b) u GROUP BY u.step",
+            "are reserved",
+        ),
     ] {
         let err = run_analysis(&c, sql, &t, None)
             .await

@@ -25,7 +25,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Column, TableReference};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{
@@ -40,6 +39,10 @@ use crate::lineage::{datasets_read, origin, tables_scanned};
 /// Prefix of the hidden count columns.
 pub const HIDDEN_PREFIX: &str = "__kura_units_";
 
+/// Prefix of the columns that carry a pooled dataset's privacy unit and name from its
+/// `UNION ALL` branch to the aggregation (a query's own columns may not use it).
+const POOL_PREFIX: &str = "__kura_pool_";
+
 const RULE: &str = "min-group-size";
 
 /// How a hidden column decides whether its group may be released.
@@ -52,8 +55,6 @@ pub enum Check {
     /// The contributors of a cell (measure and dataset named here), for overlap control
     /// ([`crate::overlap`]).
     Cell(String),
-    /// The datasets pooled by a `UNION ALL` that have rows in the group: at least this many.
-    Pooled(u64),
 }
 
 /// One aggregation of the query with its hidden counts.
@@ -65,6 +66,10 @@ pub struct Counted {
     pub visible: usize,
     /// What each hidden column checks.
     pub checks: Vec<Check>,
+    /// For each `UNION ALL` pool with `min_pooled_datasets` above 1: that minimum, and the
+    /// hidden columns (indices into `checks`) that count each pooled dataset's people in the
+    /// group. A group needs that many of them above zero.
+    pub pooled: Vec<(u64, Vec<usize>)>,
 }
 
 /// A query whose aggregations carry the threshold's counts.
@@ -250,6 +255,7 @@ fn count(
                     expr: Expr::Column(Column::new(qualifier.cloned(), field.name())),
                     only: None,
                     dataset: name.clone(),
+                    pool: None,
                 });
             }
         }
@@ -269,6 +275,7 @@ fn count(
                 expr: pool.column(&schema, &pool.unit)?,
                 only: Some(pool.column(&schema, &pool.dataset)?.eq(lit(name.as_str()))),
                 dataset: name.clone(),
+                pool: Some(pool.index),
             });
         }
     }
@@ -318,6 +325,24 @@ fn count(
     };
     // The group itself (its keys are released), then each narrower set of contributors.
     add(None, Check::AtLeast)?;
+    // Pooled groups need rows of enough of the pool's datasets: their group counts above zero
+    // (the hidden columns just added, one per unit in `units`' order).
+    let min_pooled = contract.output.min_pooled_datasets;
+    let pooled = match min_pooled {
+        1 => Vec::new(),
+        _ => pools
+            .iter()
+            .map(|pool| {
+                let of = units
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, u)| u.pool == Some(pool.index))
+                    .map(|(i, _)| i)
+                    .collect();
+                (min_pooled, of)
+            })
+            .collect(),
+    };
     for c in conditions.iter().copied().flatten() {
         add(Some(c.clone()), Check::AtLeast)?;
     }
@@ -332,15 +357,6 @@ fn count(
                 (None, None) => continue,
             };
             add(Some(differ), Check::ZeroOrAtLeast)?;
-        }
-    }
-    // Pooled groups: rows of enough of the pool's datasets.
-    let min_pooled = contract.output.min_pooled_datasets;
-    if min_pooled > 1 {
-        for pool in &pools {
-            let names = crate::units::expr(pool.column(&schema, &pool.dataset)?, min_pooled);
-            extra.push(names.alias(format!("{HIDDEN_PREFIX}{}", checks.len())));
-            checks.push(Check::Pooled(min_pooled));
         }
     }
     // Overlap control: each cell's contributors, per measure and dataset.
@@ -381,6 +397,7 @@ fn count(
         plan,
         visible,
         checks,
+        pooled,
     })
 }
 
@@ -390,12 +407,15 @@ struct Unit {
     expr: Expr,
     only: Option<Expr>,
     dataset: String,
+    /// The pool (its index) a pooled dataset's unit belongs to.
+    pool: Option<usize>,
 }
 
 /// A `UNION ALL` inside an aggregation's input whose branches each read one dataset: every
 /// branch carries its dataset's privacy unit (as text) and its dataset's name in two hidden
 /// columns, passed up to the aggregation.
 struct Pool {
+    index: usize,
     unit: String,
     dataset: String,
     datasets: BTreeSet<String>,
@@ -435,13 +455,27 @@ fn pooled(
     if !has_union {
         return Ok(plan);
     }
+    let reserved = datafusion::common::tree_node::TreeNode::exists(&plan, |node| {
+        Ok(node
+            .schema()
+            .fields()
+            .iter()
+            .any(|f| f.name().starts_with(POOL_PREFIX)))
+    })
+    .unwrap_or(true);
+    if reserved && pools.is_empty() {
+        return Err(refuse(format!(
+            "names starting with {POOL_PREFIX} are reserved"
+        )));
+    }
     let before = pools.len();
     let plan = match plan {
         LogicalPlan::Union(union) => {
             let n = pools.len();
             let pool = Pool {
-                unit: format!("{HIDDEN_PREFIX}pool_{n}_unit"),
-                dataset: format!("{HIDDEN_PREFIX}pool_{n}_dataset"),
+                index: n,
+                unit: format!("{POOL_PREFIX}{n}_unit"),
+                dataset: format!("{POOL_PREFIX}{n}_dataset"),
                 datasets: BTreeSet::new(),
             };
             pools.push(pool);
@@ -521,7 +555,7 @@ fn pooled(
 }
 
 /// A union's branch reading `dataset`, with the pool's two hidden columns appended: its
-/// privacy unit as text, and the dataset's name.
+/// privacy unit, and the dataset's name.
 fn tag(
     branch: LogicalPlan,
     dataset: &str,
@@ -551,7 +585,7 @@ fn tag(
         })?;
     let (qualifier, field) = schema.qualified_field(found);
     let column = Expr::Column(Column::new(qualifier.cloned(), field.name()));
-    expr.push(datafusion::logical_expr::cast(column, DataType::Utf8).alias(&pool.unit));
+    expr.push(column.alias(&pool.unit));
     expr.push(datafusion::prelude::lit(dataset).alias(&pool.dataset));
     Ok(LogicalPlan::Projection(
         datafusion::logical_expr::Projection::try_new(expr, input)?,
