@@ -155,22 +155,17 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     ));
     running.shutdown().await?;
 
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "scenario": "ads",
-                "platform": "simulated",
-                "warning": kura_attestation::simulated::WARNING,
-                "contract_id": contract.id(),
-                "measurement": measurement,
-                "releases": releases.iter().map(render::result_json).collect::<Vec<_>>(),
-                "truth": truth,
-                "fourth_run_refused": refusal,
-                "budget": budget,
-                "audit": {"valid": true, "entries": report.chain.entries, "head": report.chain.head},
-            })
-        );
-    }
+    room.summary(
+        "ads",
+        &contract,
+        &measurement,
+        &report,
+        serde_json::json!({
+            "releases": releases.iter().map(render::result_json).collect::<Vec<_>>(),
+            "truth": truth,
+            "fourth_run_refused": refusal,
+            "budget": budget,
+        }),
+    );
     Ok(ExitCode::SUCCESS)
 }

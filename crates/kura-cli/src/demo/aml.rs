@@ -205,20 +205,15 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
 
     let report = room.audit(&mut clients[0]).await?;
     running.shutdown().await?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "scenario": "aml",
-                "platform": "simulated",
-                "warning": kura_attestation::simulated::WARNING,
-                "contract_id": contract.id(),
-                "measurement": measurement,
-                "received": received,
-                "refusals": refusals,
-                "audit": {"valid": true, "entries": report.chain.entries, "head": report.chain.head},
-            })
-        );
-    }
+    room.summary(
+        "aml",
+        &contract,
+        &measurement,
+        &report,
+        serde_json::json!({
+            "received": received,
+            "refusals": refusals,
+        }),
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -181,25 +181,20 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         .context("the model came without its ONNX file")?;
     let scoring = score(&args, &kura_crypto::b64::decode(onnx)?).await?;
 
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "scenario": "fraud",
-                "platform": "simulated",
-                "warning": kura_attestation::simulated::WARNING,
-                "contract_id": contract.id(),
-                "measurement": measurement,
-                "model": render::result_json(model),
-                "tree": render::result_json(&trees[0]),
-                "planted": PLANTED,
-                "receivers_agree": true,
-                "scored": scored,
-                "audit": {"valid": true, "entries": report.chain.entries, "head": report.chain.head},
-                "scoring": scoring,
-            })
-        );
-    }
+    room.summary(
+        "fraud",
+        &contract,
+        &measurement,
+        &report,
+        serde_json::json!({
+            "model": render::result_json(model),
+            "tree": render::result_json(&trees[0]),
+            "planted": PLANTED,
+            "receivers_agree": true,
+            "scored": scored,
+            "scoring": scoring,
+        }),
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -131,22 +131,18 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     running.shutdown().await?;
 
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "platform": "simulated",
-                "warning": kura_attestation::simulated::WARNING,
-                "contract_id": contract.id(),
-                "enclave": url,
-                "measurement": measurement,
-                "result": render::result_json(&mine),
-                "receivers_agree": true,
-                "deleted": run.deleted,
-                "deletions": deletions,
-                "audit": {"valid": true, "entries": report.chain.entries, "head": report.chain.head},
-            })
-        );
-    }
+    room.summary(
+        "health",
+        &contract,
+        &measurement,
+        &report,
+        serde_json::json!({
+            "enclave": url,
+            "result": render::result_json(&mine),
+            "receivers_agree": true,
+            "deleted": run.deleted,
+            "deletions": deletions,
+        }),
+    );
     Ok(ExitCode::SUCCESS)
 }

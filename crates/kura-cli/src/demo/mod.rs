@@ -318,6 +318,36 @@ impl Room {
         Ok(report)
     }
 
+    /// With `--json`, prints the scenario's summary: what every scenario reports (the
+    /// simulated platform, the contract, the measurement its parties verified, the verified
+    /// log) and its own `fields`.
+    fn summary(
+        &self,
+        scenario: &str,
+        contract: &SignedContract,
+        measurement: &str,
+        report: &kura_client::AuditReport,
+        fields: serde_json::Value,
+    ) {
+        if !self.json {
+            return;
+        }
+        let mut out = serde_json::json!({
+            "scenario": scenario,
+            "platform": "simulated",
+            "warning": kura_attestation::simulated::WARNING,
+            "contract_id": contract.id(),
+            "measurement": measurement,
+            "audit": {"valid": true, "entries": report.chain.entries, "head": report.chain.head},
+        });
+        if let serde_json::Value::Object(fields) = fields {
+            for (k, v) in fields {
+                out[k] = v;
+            }
+        }
+        println!("{out}");
+    }
+
     /// `client` encrypts `path` on its side and uploads it as `dataset`, with a progress bar.
     async fn upload(&self, client: &mut Client, dataset: &str, path: &Path) -> Result<()> {
         let size = std::fs::metadata(path)?.len();

@@ -146,23 +146,18 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     ));
     running.shutdown().await?;
 
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "scenario": "statistics",
-                "platform": "simulated",
-                "warning": kura_attestation::simulated::WARNING,
-                "contract_id": contract.id(),
-                "measurement": measurement,
-                "result": render::result_json(&table),
-                "deleted": run.deleted,
-                "second_run_refused": refusal,
-                "deletions": deletions,
-                "transparency": transparency,
-                "audit": {"valid": true, "entries": report.chain.entries, "head": report.chain.head},
-            })
-        );
-    }
+    room.summary(
+        "statistics",
+        &contract,
+        &measurement,
+        &report,
+        serde_json::json!({
+            "result": render::result_json(&table),
+            "deleted": run.deleted,
+            "second_run_refused": refusal,
+            "deletions": deletions,
+            "transparency": transparency,
+        }),
+    );
     Ok(ExitCode::SUCCESS)
 }

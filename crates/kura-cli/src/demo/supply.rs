@@ -143,22 +143,17 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let report = room.audit(&mut clients[0]).await?;
     running.shutdown().await?;
 
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "scenario": "supply",
-                "platform": "simulated",
-                "warning": kura_attestation::simulated::WARNING,
-                "contract_id": contract.id(),
-                "measurement": measurement,
-                "result": render::result_json(table),
-                "receivers_agree": true,
-                "worst_step": worst,
-                "deleted": run.deleted,
-                "audit": {"valid": true, "entries": report.chain.entries, "head": report.chain.head},
-            })
-        );
-    }
+    room.summary(
+        "supply",
+        &contract,
+        &measurement,
+        &report,
+        serde_json::json!({
+            "result": render::result_json(table),
+            "receivers_agree": true,
+            "worst_step": worst,
+            "deleted": run.deleted,
+        }),
+    );
     Ok(ExitCode::SUCCESS)
 }
