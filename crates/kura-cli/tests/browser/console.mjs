@@ -213,9 +213,16 @@ async function scenario(s) {
     await page.fill("#sql", s.adhoc.allowed);
     await page.click("#check");
     await page.waitForSelector("#verdict .notice.ok");
+    if (s.adhoc.costs) {
+      const price = await text(page, "#verdict");
+      check(price.includes(`spends ${s.adhoc.costs}`), `${name}: the check prices the query: ${price}`);
+    }
     await page.click("form button[type=submit]");
     await page.waitForSelector("#query-out article, #query-out .notice", { timeout: 120000 });
     check(await page.locator("#query-out article.result-card").count() === 1, `${name}: the ad-hoc answer: ${await text(page, "#query-out")}`);
+    if (s.adhoc.costs) {
+      check((await text(page, "#query-out")).includes("Differentially private"), `${name}: the answer says it is noised`);
+    }
     await shot(page, `${name}-6-query-answered`);
   }
 

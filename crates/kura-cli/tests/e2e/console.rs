@@ -91,7 +91,18 @@ fn console_in_chromium() {
             json!({ "expect_text": "(<4k)", "expect_chart": true }),
         ),
         room("statistics", "20000", json!({ "expect_deletion": true })),
-        room("ads", "4000", json!({ "dp": true })),
+        room(
+            "ads",
+            "4000",
+            json!({ "dp": true, "adhoc": {
+                "party": "advertiser",
+                "refused": "SELECT email_hash, SUM(spend) FROM customers GROUP BY email_hash",
+                "rule": "identifier-use",
+                "allowed": "SELECT r.segment, SUM(c.spend) AS spend FROM readers r JOIN customers c \
+                            ON r.email_hash = c.email_hash GROUP BY r.segment",
+                "costs": "ε = 1",
+            }}),
+        ),
         room(
             "aml",
             "2000",
