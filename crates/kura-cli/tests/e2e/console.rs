@@ -160,9 +160,10 @@ fn console_in_chromium() {
 }
 
 /// The console answers only its own loopback address and only with its token; it takes only
-/// the file formats kura reads, and keeps no plaintext once an upload ends, refused or not.
+/// the file formats kura reads, keeps no plaintext once an upload ends, refused or not, and
+/// acts on no contract that a party has not signed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_refuses_other_hosts_missing_tokens_and_stray_files() {
+async fn console_refuses_other_hosts_missing_tokens_stray_files_and_unsigned_contracts() {
     let tmp = tempfile::tempdir().unwrap();
     let (_room, line) = started_in(
         &["demo", "--console", "--json", "--rows", "300"],
@@ -252,6 +253,57 @@ async fn console_refuses_other_hosts_missing_tokens_and_stray_files() {
             .contains("not the provider"),
         "{v}"
     );
+    // A contract fitness-b has not signed: the console shows it and who signed, and acts on
+    // nothing.
+    let unsigned = tempfile::tempdir().unwrap();
+    let contract = Path::new(plan["contract"].as_str().unwrap());
+    let copy = unsigned.path().join("contract.toml");
+    std::fs::copy(contract, &copy).unwrap();
+    let sig = |dir: &Path| dir.join("contract.toml.hospital-a.sig");
+    std::fs::copy(sig(contract.parent().unwrap()), sig(unsigned.path())).unwrap();
+    let (_console, url) = started(&[
+        "console",
+        "--enclave",
+        plan["enclave"].as_str().unwrap(),
+        "--contract",
+        copy.to_str().unwrap(),
+        "--key",
+        plan["parties"][0]["key"].as_str().unwrap(),
+    ]);
+    let (base, token) = url.split_once("/#token=").unwrap();
+    let get = |path: &str| {
+        let req = http.get(format!("{base}{path}")).bearer_auth(token);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let session = get("/api/session").await;
+    assert_eq!(session["signed"], false, "{session}");
+    assert!(
+        session["unsigned_reason"]
+            .as_str()
+            .unwrap()
+            .contains("fitness-b"),
+        "{session}"
+    );
+    let signatures = &get("/api/contract").await["signatures"];
+    assert_eq!(signatures[0]["status"], "valid", "{signatures}");
+    assert_eq!(signatures[1]["status"], "missing", "{signatures}");
+    let run = http
+        .post(format!("{base}/api/run"))
+        .bearer_auth(token)
+        .json(&json!({ "analysis": "diabetes_by_activity" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status().as_u16(), 409);
+    let v: Value = run.json().await.unwrap();
+    assert!(
+        v["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("every party signed"),
+        "{v}"
+    );
+
     // The scratch directory is empty again.
     let scratch: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
