@@ -243,7 +243,7 @@ async fn console_refuses_other_hosts_missing_tokens_stray_files_and_unsigned_con
         v["error"]["reason"].as_str().unwrap().contains("CSV"),
         "{v}"
     );
-    // hospital-a's console, fitness-b's dataset: refused before anything is sent.
+    // hospital-a's console, fitness-b's dataset: refused before the file is taken.
     let (code, v) = upload("activity.csv", "activity", "patient_id,steps_band\nP1,x\n").await;
     assert_eq!(code, 400, "{v}");
     assert!(
@@ -251,6 +251,13 @@ async fn console_refuses_other_hosts_missing_tokens_stray_files_and_unsigned_con
             .as_str()
             .unwrap()
             .contains("not the provider"),
+        "{v}"
+    );
+    // hospital-a's dataset with the wrong columns: taken, sent, refused by the enclave.
+    let (code, v) = upload("ehr.csv", "ehr", "wrong,columns\n1,2\n").await;
+    assert!(code >= 400, "{v}");
+    assert!(
+        v["error"]["reason"].as_str().unwrap().contains("column"),
         "{v}"
     );
     // A contract fitness-b has not signed: the console shows it and who signed, and acts on

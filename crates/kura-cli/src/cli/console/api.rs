@@ -64,6 +64,14 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        anyhow::Error::new(e)
+            .context("the console's scratch file")
+            .into()
+    }
+}
+
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let reason = e.to_string();
@@ -247,29 +255,35 @@ async fn upload(
         .ok_or_else(|| {
             bad_request("the file must be CSV (.csv), Parquet (.parquet) or a model (.onnx)")
         })?;
+    // Refused before a byte is taken: the file would only wait for the client to refuse it.
+    match c.contract.provider_of(&q.dataset) {
+        None => {
+            return Err(bad_request(format!(
+                "{:?} is neither a dataset nor a model of the contract",
+                q.dataset
+            )));
+        }
+        Some(provider) if provider != c.party => {
+            return Err(bad_request(format!(
+                "party {:?} is not the provider of {:?} (its provider is {provider:?})",
+                c.party, q.dataset
+            )));
+        }
+        Some(_) => {}
+    }
     let path = c
         .scratch
         .path()
         .join(format!("{}.{ext}", kura_api::nonce()));
     let _remove = Remove(path.clone());
-    let mut file = tokio::fs::File::create(&path)
-        .await
-        .map_err(|e| Failure::from(anyhow::Error::new(e)))?;
+    let mut file = tokio::fs::File::create(&path).await?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| bad_request(format!("the page's upload broke off: {e}")))?;
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| Failure::from(anyhow::Error::new(e)))?;
+        file.write_all(&chunk).await?;
     }
-    file.flush()
-        .await
-        .map_err(|e| Failure::from(anyhow::Error::new(e)))?;
-    let size = file
-        .metadata()
-        .await
-        .map_err(|e| Failure::from(anyhow::Error::new(e)))?
-        .len();
+    file.flush().await?;
+    let size = file.metadata().await?.len();
     drop(file);
 
     let mut client = c.attested().await?;
