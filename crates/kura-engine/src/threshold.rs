@@ -234,7 +234,21 @@ fn count(
     contract: &Contract,
     overlap: Option<&crate::overlap::Overlap>,
 ) -> Result<Counted, EngineError> {
-    // Datasets pooled by a UNION ALL carry their privacy unit and their name up to here.
+    // Datasets pooled by a UNION ALL carry their privacy unit and their name up to here, in
+    // columns whose names the query may not use itself.
+    let reserved = datafusion::common::tree_node::TreeNode::exists(agg.input.as_ref(), |node| {
+        Ok(node
+            .schema()
+            .fields()
+            .iter()
+            .any(|f| f.name().starts_with(POOL_PREFIX)))
+    })
+    .unwrap_or(true);
+    if reserved {
+        return Err(refuse(format!(
+            "names starting with {POOL_PREFIX} are reserved"
+        )));
+    }
     let mut pools = Vec::new();
     let input = Arc::new(pooled(
         Arc::unwrap_or_clone(agg.input),
@@ -259,8 +273,8 @@ fn count(
                 });
             }
         }
-        let pooled = pools.iter().any(|p| p.datasets.contains(name));
-        if units.len() == before && !pooled {
+        let in_pool = pools.iter().any(|p| p.datasets.contains(name));
+        if units.len() == before && !in_pool {
             return Err(refuse(format!(
                 "cannot count the distinct people behind each group: the privacy unit \
                  {name}.{} does not reach the aggregation (a subquery dropped it?)",
@@ -412,7 +426,7 @@ struct Unit {
 }
 
 /// A `UNION ALL` inside an aggregation's input whose branches each read one dataset: every
-/// branch carries its dataset's privacy unit (as text) and its dataset's name in two hidden
+/// branch carries its dataset's privacy unit and its dataset's name in two hidden
 /// columns, passed up to the aggregation.
 struct Pool {
     index: usize,
@@ -454,19 +468,6 @@ fn pooled(
     .unwrap_or(true);
     if !has_union {
         return Ok(plan);
-    }
-    let reserved = datafusion::common::tree_node::TreeNode::exists(&plan, |node| {
-        Ok(node
-            .schema()
-            .fields()
-            .iter()
-            .any(|f| f.name().starts_with(POOL_PREFIX)))
-    })
-    .unwrap_or(true);
-    if reserved && pools.is_empty() {
-        return Err(refuse(format!(
-            "names starting with {POOL_PREFIX} are reserved"
-        )));
     }
     let before = pools.len();
     let plan = match plan {

@@ -152,7 +152,8 @@ impl Console {
     /// The client, after it attested the enclave afresh (as every CLI command does).
     async fn attested(&self) -> Result<tokio::sync::MutexGuard<'_, Client>, Failure> {
         let mut client = self.client()?.lock().await;
-        if client.attest().await?.is_simulated() {
+        // Said once on the console's terminal; the page shows it on every page.
+        if client.attest().await?.is_simulated() && !self.warned.swap(true, Ordering::Relaxed) {
             eprintln!("WARNING: {}", kura_attestation::simulated::WARNING);
         }
         self.keep_head(&client)?;
@@ -183,8 +184,6 @@ async fn session(State(c): State<Arc<Console>>) -> Json<Value> {
         "enclave": c.enclave,
         "signed": c.client.is_ok(),
         "unsigned_reason": c.client.as_ref().err(),
-        "simulated_allowed": c.contract.enclave.platforms.contains(&kura_contract::Platform::Simulated),
-        "kura_version": env!("CARGO_PKG_VERSION"),
     }))
 }
 

@@ -118,6 +118,8 @@ struct Console {
     /// The `Host` values a request may carry: this console's loopback address only.
     hosts: [String; 2],
     progress: Progress,
+    /// Whether the simulated platform's warning was printed.
+    warned: AtomicBool,
     /// Where a file from the page waits while it is encrypted and sent (removed after).
     scratch: tempfile::TempDir,
 }
@@ -165,6 +167,7 @@ pub(crate) async fn start(setup: Setup, port: u16) -> Result<Running> {
             format!("localhost:{}", addr.port()),
         ],
         progress: Progress::default(),
+        warned: AtomicBool::new(false),
         scratch: tempfile::Builder::new()
             .prefix("kura-console-")
             .tempdir()

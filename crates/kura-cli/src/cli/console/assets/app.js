@@ -400,13 +400,14 @@ async function download(button, run, format) {
 // labels are ordered numbers or dates. Nothing when the result has no number to draw.
 function chart(t, types) {
   const label = types.findIndex((ty) => !numeric.has(ty));
-  const value = types.findIndex((ty, i) => numeric.has(ty) && i !== label && i !== 0) >= 0
-    ? types.findIndex((ty, i) => numeric.has(ty) && i !== label && i !== 0)
-    : types.findIndex((ty, i) => numeric.has(ty) && i !== label);
+  // The labels, or without a label column the first column, are the x axis; the value drawn is
+  // the first number after it, else the first before it.
+  const x = label < 0 ? 0 : label;
+  const numbers = types.map((_, i) => i).filter((i) => numeric.has(types[i]) && i !== x);
+  const value = numbers.find((i) => i > x) ?? (numbers.length ? numbers[0] : -1);
   const rows = t.rows.filter((r) => typeof r[value] === "number").slice(0, 40);
   if (value < 0 || rows.length < 2) return null;
   const ordered = label < 0 || types[label] === "date";
-  const x = label < 0 ? 0 : label;
   const svgNS = "http://www.w3.org/2000/svg";
   const s = (tag, attrs, text) => {
     const n = document.createElementNS(svgNS, tag);
