@@ -91,19 +91,14 @@ pub fn runtime(e: DataFusionError) -> EngineError {
     if matches!(root, DataFusionError::ResourcesExhausted(_)) {
         return EngineError::Runtime("the query needed more memory than the enclave allows");
     }
-    let text = root.to_string().to_ascii_lowercase();
-    EngineError::Runtime(
-        if text.contains("divide by zero") || text.contains("division by zero") {
-            "a division by zero"
-        } else if text.contains("overflow") {
-            "an arithmetic overflow"
-        } else if text.contains("cast") || text.contains("pars") {
-            "a cast of a column value failed"
-        } else {
-            "an operation on column values failed (details are withheld: they may quote data)"
-        },
-    )
+    // One refusal for every failure on a value, whatever its kind: which operator failed
+    // (a division, a cast, an overflow) would itself say something about the values.
+    EngineError::Runtime(VALUE_FAILED)
 }
+
+/// Why a query failed on a value of the data, in the same words for every such failure.
+pub const VALUE_FAILED: &str =
+    "an operation on the data's values failed (no detail is given: it could describe the data)";
 
 /// Whether reading a stored file caused `e`: the store's error, or the Parquet reader's (which
 /// the reader sometimes passes on only as text), found by type in `e`'s chain of causes.

@@ -81,6 +81,8 @@ pub(crate) fn load_csv<const N: usize>(c: &Contract, files: [(&str, String); N])
 /// What plain DataFusion answers to `sql` over the held tables `t`.
 pub(crate) async fn plain(t: &Tables, sql: &str) -> Vec<Vec<serde_json::Value>> {
     let ctx = datafusion::execution::context::SessionContext::new();
+    // The same total casts and divisions as kura's sessions (a cast that does not fit is NULL).
+    ctx.add_analyzer_rule(std::sync::Arc::new(crate::total::Total));
     for (name, table) in t {
         let batches = table.batches();
         ctx.register_batch(

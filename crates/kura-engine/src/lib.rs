@@ -21,6 +21,7 @@ pub mod roles;
 pub mod score;
 pub mod stored;
 pub mod threshold;
+mod total;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -160,6 +161,8 @@ pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionCon
         Err(_) => config,
     };
     let ctx = SessionContext::new_with_config_rt(config, runtime()?);
+    // Whatever runs in this session, no expression in it fails on a value.
+    ctx.add_analyzer_rule(Arc::new(total::Total));
     for (index, dataset) in contract.datasets.iter().enumerate() {
         let table: Arc<dyn datafusion::datasource::TableProvider> = match tables.get(&dataset.name)
         {
@@ -324,6 +327,42 @@ pub async fn check_analyses(contract: &Contract) -> Result<(), EngineError> {
         checked.map_err(|e| e.in_analysis(&analysis.name))?;
     }
     Ok(())
+}
+
+/// What a party should know before signing: each fixed analysis (a query or a differentially
+/// private query) that the ad-hoc rules ([`roles`]) would refuse, with the rule and
+/// its reason. A fixed analysis runs as the parties signed it, so these are warnings, not
+/// refusals: `kura contract verify` and `kura contract sign` print them, so that no contract
+/// signs a leak unknowingly.
+pub async fn analysis_warnings(contract: &Contract) -> Vec<String> {
+    let Ok(ctx) = session(contract, &Tables::new()) else {
+        return Vec::new();
+    };
+    let rules = roles::Rules::for_signing(contract);
+    let mut out = Vec::new();
+    for analysis in &contract.analyses {
+        // Lists release rows to each row's owner by design; models and scorings have checks
+        // of their own.
+        if analysis.list_column.is_some()
+            || matches!(
+                analysis.kind,
+                kura_contract::AnalysisKind::Model | kura_contract::AnalysisKind::Score
+            )
+        {
+            continue;
+        }
+        let Ok(written) = written_plan(&ctx, &analysis.sql).await else {
+            continue;
+        };
+        if let Err(EngineError::Refused { rule, reason }) = rules.check(&written) {
+            out.push(format!(
+                "analysis {:?} would be refused as an ad-hoc query by rule {rule}: {reason}. \
+                 It runs as signed; sign it only if that is intended",
+                analysis.name
+            ));
+        }
+    }
+    out
 }
 
 /// What the enclave would make of an ad-hoc query, found without data (`kura query

@@ -98,6 +98,28 @@ impl Rules {
         Ok(Self { roles, adhoc })
     }
 
+    /// The same rules for a contract's fixed analyses, which the parties sign as written: the
+    /// column roles with every aggregate the ad-hoc rules know, so that a fixed analysis is
+    /// held to the shape an ad-hoc query must have ([`crate::analysis_warnings`]).
+    pub fn for_signing(contract: &Contract) -> Self {
+        let adhoc = Adhoc {
+            analysts: Vec::new(),
+            receivers: Vec::new(),
+            aggregates: kura_contract::ADHOC_AGGREGATES
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            column_aggregates: Default::default(),
+            dimension_functions: Default::default(),
+            require_dp: false,
+            overlap_control: false,
+            overlap_memory: None,
+        };
+        let mut with = contract.clone();
+        with.adhoc = Some(adhoc);
+        Self::of(&with).expect("an [adhoc] section is set")
+    }
+
     /// Checks `plan`; the output may hold only dimensions, statistics and constants.
     pub fn check(&self, plan: &LogicalPlan) -> Result<(), EngineError> {
         let labels = self.labels(plan, false)?;
@@ -329,6 +351,9 @@ impl Rules {
                         ),
                     ));
                 }
+                if l.kind == Kind::Measure {
+                    return Err(measure_computed(&l, what));
+                }
                 if l.kind > out.kind {
                     out = Label {
                         kind: l.kind,
@@ -378,8 +403,24 @@ impl Rules {
                 combine(&[&l.expr, &l.pattern], &format!("the pattern match {expr}"))
             }
             Expr::Between(b) => combine(&[&b.expr, &b.low, &b.high], &format!("{expr}")),
-            Expr::Cast(c) => combine(&[&c.expr], "a CAST"),
-            Expr::TryCast(c) => combine(&[&c.expr], "a TRY_CAST"),
+            Expr::Cast(Cast { expr: inner, field })
+            | Expr::TryCast(TryCast { expr: inner, field }) => {
+                let l = self.label(inner, input, schema)?;
+                if l.kind != Kind::Measure {
+                    return combine(&[inner], "a CAST");
+                }
+                // A measure passes a cast only where the cast keeps every value apart and
+                // cannot fail on one: it still reaches its aggregate as the person's own value.
+                let from = inner.get_type(schema)?;
+                if lossless(&from, field.data_type()) {
+                    Ok(l)
+                } else {
+                    Err(measure_computed(
+                        &l,
+                        &format!("a cast from {from} to {}", field.data_type()),
+                    ))
+                }
+            }
             Expr::InList(l) => {
                 let mut all: Vec<&Expr> = vec![&l.expr];
                 all.extend(l.list.iter());
@@ -397,8 +438,15 @@ impl Rules {
             }
             Expr::ScalarFunction(f) => {
                 let name = f.func.name().to_ascii_lowercase();
-                for arg in &f.args {
-                    let l = self.label(arg, input, schema)?;
+                let args: Vec<&Expr> = f.args.iter().collect();
+                // Identifiers and measures first: they may not reach a function at all.
+                let out = combine(&args, &format!("the function {name}"))?;
+                let labels = f
+                    .args
+                    .iter()
+                    .map(|arg| self.label(arg, input, schema))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for l in &labels {
                     if l.kind == Kind::Dimension
                         && let Some(allowed) = l
                             .column
@@ -416,8 +464,13 @@ impl Rules {
                         ));
                     }
                 }
-                let args: Vec<&Expr> = f.args.iter().collect();
-                combine(&args, &format!("the function {name}"))
+                // Above the aggregations a function sees released statistics only; below them
+                // it sees rows, and a function that can fail on a value would answer a
+                // question about that value with its failure.
+                if !labels.iter().any(|l| l.kind == Kind::Statistic) {
+                    total_function(&name, &f.args)?;
+                }
+                Ok(out)
             }
             Expr::AggregateFunction(_) => Err(refuse(
                 "unsupported-construct",
@@ -597,10 +650,31 @@ impl Rules {
         }
         let mut labels = Vec::new();
         for arg in &params.args {
-            labels.push(self.label(arg, input, schema)?);
+            // A measure computed on inside the aggregate is refused by the measure rule; the
+            // aggregate's own rule says more precisely what to write instead.
+            let label = self.label(arg, input, schema).map_err(|e| {
+                match (&e, plain_argument(arg, schema)) {
+                    (
+                        EngineError::Refused {
+                            rule: "measure-use",
+                            ..
+                        },
+                        Err(why),
+                    ) => aggregate_argument(kind, arg, &why),
+                    _ => e,
+                }
+            })?;
+            labels.push(label);
         }
         if let Some(filter) = &params.filter {
-            let l = self.label(filter, input, schema)?;
+            // A filter on a measure falls to the FILTER rule below, which says what to write.
+            let l = match self.label(filter, input, schema) {
+                Err(EngineError::Refused {
+                    rule: "measure-use",
+                    ..
+                }) => Label::of(Kind::Measure),
+                other => other?,
+            };
             if l.kind == Kind::Identifier {
                 return Err(refuse(
                     "identifier-use",
@@ -661,19 +735,23 @@ impl Rules {
         }
         for arg in &params.args {
             if let Err(why) = plain_argument(arg, schema) {
-                return Err(refuse(
-                    "aggregate-argument",
-                    format!(
-                        "{kind}({arg}): {why}. An aggregate takes a column, or a lossless cast of \
-                         one, so that every row of the group contributes its own value; do \
-                         arithmetic on the aggregate instead (2 * AVG(x) + 1, not AVG(2 * x + 1)) \
-                         and conditions in GROUP BY or WHERE"
-                    ),
-                ));
+                return Err(aggregate_argument(kind, arg, &why));
             }
         }
         Ok(())
     }
+}
+
+fn aggregate_argument(kind: &str, arg: &Expr, why: &str) -> EngineError {
+    refuse(
+        "aggregate-argument",
+        format!(
+            "{kind}({arg}): {why}. An aggregate takes a column, or a lossless cast of one, so \
+             that every row of the group contributes its own value; do arithmetic on the \
+             aggregate instead (2 * AVG(x) + 1, not AVG(2 * x + 1)) and conditions in GROUP BY \
+             or WHERE"
+        ),
+    )
 }
 
 /// An aggregate's argument as the whitelist has it: a constant, a column, or a lossless cast
@@ -748,6 +826,132 @@ fn lossless(from: &DataType, to: &DataType) -> bool {
             _ => false,
         },
     }
+}
+
+/// Which arguments of a scalar function may vary from row to row.
+enum Varying {
+    /// Any argument: the function returns a value (or NULL) for every input.
+    All,
+    /// Only this one; the others must be constants (a length, a position, a unit of time).
+    Only(usize),
+}
+
+/// Scalar functions that return a value for every row they are given (NULL, NaN or infinity at
+/// worst), and never fail: the allow-list of row-level functions. A function DataFusion adds
+/// is refused until it is classified here; one that can fail on a value (`abs` of the smallest
+/// integer, parsing a date from text, `make_date`) stays off it, since a failure is an answer.
+const TOTAL_FUNCTIONS: &[(&str, Varying)] = &[
+    ("lower", Varying::All),
+    ("upper", Varying::All),
+    ("initcap", Varying::All),
+    ("trim", Varying::All),
+    ("btrim", Varying::All),
+    ("ltrim", Varying::All),
+    ("rtrim", Varying::All),
+    ("length", Varying::All),
+    ("char_length", Varying::All),
+    ("character_length", Varying::All),
+    ("octet_length", Varying::All),
+    ("bit_length", Varying::All),
+    ("reverse", Varying::All),
+    ("concat", Varying::All),
+    ("concat_ws", Varying::All),
+    ("replace", Varying::All),
+    ("starts_with", Varying::All),
+    ("ends_with", Varying::All),
+    ("strpos", Varying::All),
+    ("instr", Varying::All),
+    ("md5", Varying::All),
+    ("sha256", Varying::All),
+    ("substr", Varying::Only(0)),
+    ("substring", Varying::Only(0)),
+    ("left", Varying::Only(0)),
+    ("right", Varying::Only(0)),
+    ("lpad", Varying::Only(0)),
+    ("rpad", Varying::Only(0)),
+    ("split_part", Varying::Only(0)),
+    ("coalesce", Varying::All),
+    ("nullif", Varying::All),
+    ("nvl", Varying::All),
+    ("ifnull", Varying::All),
+    ("nvl2", Varying::All),
+    ("greatest", Varying::All),
+    ("least", Varying::All),
+    ("round", Varying::Only(0)),
+    ("trunc", Varying::Only(0)),
+    ("floor", Varying::All),
+    ("ceil", Varying::All),
+    ("signum", Varying::All),
+    ("sqrt", Varying::All),
+    ("cbrt", Varying::All),
+    ("ln", Varying::All),
+    ("log2", Varying::All),
+    ("log10", Varying::All),
+    ("exp", Varying::All),
+    ("isnan", Varying::All),
+    ("iszero", Varying::All),
+    ("date_part", Varying::Only(1)),
+    ("datepart", Varying::Only(1)),
+    ("date_trunc", Varying::Only(1)),
+    ("datetrunc", Varying::Only(1)),
+];
+
+/// Refuses a row-level call of a function off [`TOTAL_FUNCTIONS`], or one whose fixed arguments
+/// are not constants.
+fn total_function(name: &str, args: &[Expr]) -> Result<(), EngineError> {
+    let Some((_, varying)) = TOTAL_FUNCTIONS.iter().find(|(n, _)| *n == name) else {
+        return Err(refuse(
+            "total-functions",
+            format!(
+                "the function {name} is not on kura's list of functions that cannot fail on a \
+                 row's value (a failure that depends on a value answers a question about it), \
+                 so it is refused on rows; it may be applied to the aggregates' results"
+            ),
+        ));
+    };
+    if let Varying::Only(i) = varying {
+        for (j, arg) in args.iter().enumerate() {
+            if j != *i && !constant(arg) {
+                return Err(refuse(
+                    "total-functions",
+                    format!(
+                        "argument {} of {name} must be a constant: it can make the function \
+                         fail on some rows' values",
+                        j + 1
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A literal, possibly cast or negated: the same for every row, whatever the data.
+fn constant(expr: &Expr) -> bool {
+    match expr {
+        Expr::Literal(..) => true,
+        Expr::Alias(a) => constant(&a.expr),
+        Expr::Cast(Cast { expr, .. }) | Expr::TryCast(TryCast { expr, .. }) => constant(expr),
+        Expr::Negative(e) => constant(e),
+        _ => false,
+    }
+}
+
+/// The one place a measure may flow is from its scan to the aggregate that consumes it,
+/// unchanged or through a lossless cast: a computation on it anywhere in the plan (a derived
+/// table's column, a filter, a join key, `CASE`, a function, arithmetic) can make one person's
+/// value the only one that counts, however many people the group holds.
+fn measure_computed(label: &Label, what: &str) -> EngineError {
+    refuse(
+        "measure-use",
+        format!(
+            "the measure {} is used in {what}: a measure may only reach an aggregate as it is \
+             stored (or through a lossless cast), at any depth of the query: not in a derived \
+             table's or CTE's expression, a filter, a join key, CASE or a function. Compute on \
+             the aggregate instead (2 * SUM(x), not SUM(2 * x)), and select rows by dimensions",
+            label.name()
+        ),
+    )
 }
 
 fn limit_before_aggregation() -> EngineError {

@@ -969,26 +969,73 @@ async fn aggregates_count_their_own_contributors_and_how_they_differ() {
     assert_eq!(out.suppressed_groups, 2);
 }
 
-/// A run-time error says what kind of operation failed, never on which value.
+/// Casts are total: a cast that does not fit a value gives NULL instead of failing. A failure
+/// that remains (a fixed analysis may call a function that parses text) is one generic
+/// refusal, which says neither which operation failed nor on which value.
 #[tokio::test]
-async fn run_time_errors_quote_no_value() {
+async fn run_time_failures_are_total_or_generic() {
     let c = crate::golden::contract();
     let t = crate::golden::tables(&c);
-    let err = run_query(
+    let out = run_query(
         &c,
-        "SELECT region, COUNT(*) FROM patients WHERE CAST(region AS INT) > 0 GROUP BY region",
+        "SELECT COUNT(*) AS n FROM patients WHERE CAST(region AS INT) IS NULL",
+        &t,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.rows, vec![vec![serde_json::json!(200)]]);
+    let err = run_analysis(
+        &c,
+        "SELECT sex, COUNT(*) AS n FROM patients WHERE to_date(region) IS NULL GROUP BY sex",
         &t,
         None,
     )
     .await
     .unwrap_err();
     assert!(
-        matches!(err, EngineError::Runtime("a cast of a column value failed")),
+        matches!(err, EngineError::Runtime(error::VALUE_FAILED)),
         "{err}"
     );
-    for value in ["north", "south", "east", "isle"] {
+    for value in ["north", "south", "east", "isle", "pars", "cast"] {
         assert!(!err.to_string().contains(value), "{err}");
     }
+    // The ad-hoc rules refuse the same function before anything runs.
+    let err = run_query(
+        &c,
+        "SELECT sex, COUNT(*) AS n FROM patients WHERE to_date(region) IS NULL GROUP BY sex",
+        &t,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::Refused {
+                rule: "total-functions",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// A fixed analysis that the ad-hoc rules would refuse is signed as written, but `kura
+/// contract verify` warns, naming the rule.
+#[tokio::test]
+async fn fixed_analyses_the_rules_would_refuse_are_warned_of() {
+    let c = contract(Some(
+        "SELECT SUM(v) AS s FROM (SELECT patient_id, CASE WHEN age_band = 'old' THEN CAST(diabetes AS INT) ELSE 0 END AS v FROM ehr) t",
+    ));
+    check_analyses(&c).await.unwrap();
+    let warnings = analysis_warnings(&c).await;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("rule measure-use"), "{}", warnings[0]);
+    let fine = contract(Some(
+        "SELECT age_band, AVG(CAST(diabetes AS DOUBLE)) AS a FROM ehr GROUP BY age_band",
+    ));
+    assert!(analysis_warnings(&fine).await.is_empty());
 }
 
 /// `people` people, each in an age band of their own and in one of two steps bands.
@@ -1297,4 +1344,51 @@ proptest::proptest! {
         proptest::prop_assert_eq!(&released, &expected);
         proptest::prop_assert_eq!(suppressed as usize, present - expected.len());
     }
+}
+
+/// `min_pooled_datasets` holds for every released figure, not only for pools: a query over
+/// one supplier's records, or over one supplier joined to the maker, is refused, and so is a
+/// pool whose other branches supply the figure's values as constants; a pool whose other
+/// branches supply NULLs at run time has its figure suppressed.
+#[tokio::test]
+async fn every_figure_rests_on_enough_pooled_datasets() {
+    let c = supply_contract(3);
+    let lots = vec![vec![("casting", 12)]; 4];
+    let t = supply_tables(&c, &lots);
+    for sql in [
+        "SELECT step, COUNT(*) AS n FROM steps_a GROUP BY step",
+        "SELECT s.step, AVG(CAST(i.defect AS DOUBLE)) AS rate FROM steps_a s \
+         JOIN inspections i ON i.lot = s.lot GROUP BY s.step",
+        "SELECT COUNT(DISTINCT u.v) AS n FROM (SELECT lot, step AS v FROM steps_a \
+         UNION ALL SELECT lot, NULL FROM steps_b UNION ALL SELECT lot, 'x' FROM steps_c \
+         UNION ALL SELECT lot, upper('y') FROM steps_d) u",
+    ] {
+        let err = run_analysis(&c, sql, &t, None).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                EngineError::Refused {
+                    rule: "min-pooled-datasets",
+                    ..
+                }
+            ),
+            "{sql}: {err}"
+        );
+    }
+    // NULLs decided by the data: the other suppliers' rows contribute no value, so the figure
+    // is one supplier's and is suppressed; with every supplier's values it is released.
+    let padded = "SELECT u.step, COUNT(DISTINCT u.v) AS n FROM (SELECT lot, step, step AS v \
+                  FROM steps_a UNION ALL SELECT lot, step, CASE WHEN step = 'zz' THEN step END \
+                  FROM steps_b UNION ALL SELECT lot, step, CASE WHEN step = 'zz' THEN step END \
+                  FROM steps_c UNION ALL SELECT lot, step, CASE WHEN step = 'zz' THEN step END \
+                  FROM steps_d) u GROUP BY u.step";
+    let out = run_analysis(&c, padded, &t, None).await.unwrap();
+    assert!(out.rows.is_empty(), "{:?}", out.rows);
+    assert_eq!(out.suppressed_groups, 1);
+    let full = padded.replace("CASE WHEN step = 'zz' THEN step END", "concat(step, '')");
+    let out = run_analysis(&c, &full, &t, None).await.unwrap();
+    assert_eq!(out.rows.len(), 1, "{:?}", out.rows);
+    // The contract's own analysis still runs.
+    let (released, _) = released_steps(&c, &t).await;
+    assert_eq!(released, ["casting"]);
 }

@@ -337,29 +337,30 @@ fn count(
         }
         Ok(())
     };
-    // The group itself (its keys are released), then each narrower set of contributors.
+    // The group itself (its keys are released), then each narrower set of contributors: one
+    // block of hidden columns per set, one column per unit in `units`' order.
     add(None, Check::AtLeast)?;
-    // Pooled groups need rows of enough of the pool's datasets: their group counts above zero
-    // (the hidden columns just added, one per unit in `units`' order).
-    let min_pooled = contract.output.min_pooled_datasets;
-    let pooled = match min_pooled {
-        1 => Vec::new(),
-        _ => pools
-            .iter()
-            .map(|pool| {
-                let of = units
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, u)| u.pool == Some(pool.index))
-                    .map(|(i, _)| i)
-                    .collect();
-                (min_pooled, of)
-            })
-            .collect(),
-    };
-    for c in conditions.iter().copied().flatten() {
-        add(Some(c.clone()), Check::AtLeast)?;
+    let narrower: Vec<&Expr> = conditions.iter().copied().flatten().collect();
+    for c in &narrower {
+        add(Some((*c).clone()), Check::AtLeast)?;
     }
+    let block = |condition: &Option<Expr>| {
+        let n = match condition {
+            None => 0,
+            Some(c) => 1 + narrower.iter().position(|n| *n == c).unwrap_or(0),
+        };
+        n * units.len()
+    };
+    let pooled = pooled_minimum(
+        contract,
+        &agg.aggr_expr,
+        &contributions,
+        &block,
+        &units,
+        &pools,
+        &input,
+        &datasets,
+    )?;
     // People counted by one released aggregate but not by another (booleans here are never
     // null). Only aggregates that are released are compared: without a `COUNT(*)` beside it,
     // an `AVG(x)` over fewer people than its group reveals nothing about the others.
@@ -413,6 +414,157 @@ fn count(
         checks,
         pooled,
     })
+}
+
+/// `output.min_pooled_datasets` for every figure of an aggregation: for each aggregate (and
+/// the group's keys) and each pool under it, the hidden columns that count the people of each
+/// pooled dataset among its contributors; at release, at least the minimum of them must be above
+/// zero. A pooled dataset whose branch supplies the aggregate's argument as a constant (or a
+/// computation on constants) does not count: its rows pad the pool without contributing a
+/// value. An aggregation with no pool must read at least the minimum of datasets (each joined
+/// dataset is in every row), or it is refused before it runs.
+#[allow(clippy::too_many_arguments)]
+fn pooled_minimum(
+    contract: &Contract,
+    aggregates: &[Expr],
+    contributions: &[Option<Expr>],
+    block: &dyn Fn(&Option<Expr>) -> usize,
+    units: &[Unit],
+    pools: &[Pool],
+    input: &LogicalPlan,
+    datasets: &BTreeSet<String>,
+) -> Result<Vec<(u64, Vec<usize>)>, EngineError> {
+    let min = contract.output.min_pooled_datasets;
+    if min <= 1 {
+        return Ok(Vec::new());
+    }
+    let too_few = |what: &str, rest_on: Vec<&String>| EngineError::Refused {
+        rule: "min-pooled-datasets",
+        reason: format!(
+            "{what} can rest on {} dataset(s) ({}), and the contract asks that every released \
+             figure rest on rows of at least {min} datasets (output.min_pooled_datasets): pool \
+             more datasets with UNION ALL, each branch supplying the figure's values",
+            rest_on.len(),
+            rest_on
+                .iter()
+                .map(|d| d.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    if pools.is_empty() {
+        return if (datasets.len() as u64) < min {
+            Err(too_few("this aggregation", datasets.iter().collect()))
+        } else {
+            Ok(Vec::new())
+        };
+    }
+    let mut out: Vec<(u64, Vec<usize>)> = Vec::new();
+    let figures =
+        std::iter::once((None, &None)).chain(aggregates.iter().map(Some).zip(contributions));
+    for (aggregate, condition) in figures {
+        let padding = aggregate.map_or_else(BTreeSet::new, |a| constant_argument(a, input));
+        for pool in pools {
+            let of: Vec<usize> = units
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| u.pool == Some(pool.index) && !padding.contains(&u.dataset))
+                .map(|(i, _)| block(condition) + i)
+                .collect();
+            if (of.len() as u64) < min {
+                let what = aggregate.map_or_else(|| "the group".to_string(), |a| a.to_string());
+                let rest_on = pool.datasets.iter().filter(|d| !padding.contains(*d));
+                return Err(too_few(&what, rest_on.collect()));
+            }
+            if !out.iter().any(|(_, o)| *o == of) {
+                out.push((min, of));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The datasets in whose rows the argument of `aggregate` is a constant: pooled branches that
+/// supply it as a literal or a computation on literals.
+fn constant_argument(aggregate: &Expr, input: &LogicalPlan) -> BTreeSet<String> {
+    let mut expr = aggregate;
+    while let Expr::Alias(a) = expr {
+        expr = &a.expr;
+    }
+    let Expr::AggregateFunction(AggregateFunction { func, params }) = expr else {
+        return BTreeSet::new();
+    };
+    // `COUNT(*)` (planned as `COUNT(1)`) and `COUNT(x)` count rows, and every branch's rows
+    // are rows of its dataset.
+    if func.name().eq_ignore_ascii_case("count") && !params.distinct {
+        return BTreeSet::new();
+    }
+    let mut constant: Option<BTreeSet<String>> = None;
+    for arg in &params.args {
+        let here = constant_in_expr(arg, input);
+        constant = Some(match constant {
+            None => here,
+            Some(c) => c.intersection(&here).cloned().collect(),
+        });
+    }
+    // `COUNT(*)` counts rows: every branch's rows count.
+    constant.unwrap_or_default()
+}
+
+/// The datasets in whose rows `expr` (over `plan`'s output) is a constant.
+fn constant_in_expr(expr: &Expr, plan: &LogicalPlan) -> BTreeSet<String> {
+    let columns = expr.column_refs();
+    if columns.is_empty() {
+        return tables_scanned(plan);
+    }
+    let mut constant: Option<BTreeSet<String>> = None;
+    for column in columns {
+        let here = plan
+            .schema()
+            .index_of_column(column)
+            .map(|i| constant_in(plan, i))
+            .unwrap_or_default();
+        constant = Some(match constant {
+            None => here,
+            Some(c) => c.intersection(&here).cloned().collect(),
+        });
+    }
+    constant.unwrap_or_default()
+}
+
+/// The datasets in whose rows output field `index` of `plan` is a constant.
+fn constant_in(plan: &LogicalPlan, index: usize) -> BTreeSet<String> {
+    use datafusion::common::JoinType;
+    match plan {
+        LogicalPlan::Projection(p) => match p.expr.get(index) {
+            Some(e) => constant_in_expr(e, &p.input),
+            None => BTreeSet::new(),
+        },
+        LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::Repartition(_) => constant_in(plan.inputs()[0], index),
+        LogicalPlan::Union(u) => u
+            .inputs
+            .iter()
+            .flat_map(|branch| constant_in(branch, index))
+            .collect(),
+        LogicalPlan::Join(j) => {
+            let left = j.left.schema().fields().len();
+            match j.join_type {
+                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+                    constant_in(&j.left, index)
+                }
+                JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+                    constant_in(&j.right, index)
+                }
+                _ if index < left => constant_in(&j.left, index),
+                _ => constant_in(&j.right, index - left),
+            }
+        }
+        _ => BTreeSet::new(),
+    }
 }
 
 /// One dataset's privacy unit at an aggregation: a column, on the rows `only` selects (a pooled
@@ -652,7 +804,12 @@ fn contribution(
         parts.push(Expr::IsTrue(filter.clone()));
     }
     for arg in &params.args {
-        if arg.nullable(schema)? {
+        // A cast is made total ([`crate::total`]): where it cannot fit a value, it gives NULL.
+        let cast = datafusion::common::tree_node::TreeNode::exists(arg, |e| {
+            Ok(matches!(e, Expr::Cast(_) | Expr::TryCast(_)))
+        })
+        .unwrap_or(true);
+        if cast || arg.nullable(schema)? {
             parts.push(arg.clone().is_not_null());
         }
     }

@@ -48,6 +48,9 @@ pub async fn run(cmd: ContractCmd) -> Result<ExitCode> {
             kura_engine::check_analyses(&c)
                 .await
                 .context("the contract's analyses are invalid")?;
+            for w in kura_engine::analysis_warnings(&c).await {
+                eprintln!("warning: {w}");
+            }
             let id = files::read_identity(&key)?;
             let (party, text) = kura_contract::sign(&c, &id)?;
             let path = files::signature_path(&contract, &party);
@@ -76,7 +79,8 @@ async fn verify_contract(path: &Path, json: bool) -> Result<ExitCode> {
     let checks = files::check_signatures(&contract, path);
     let signed = checks.iter().all(|c| c.status == SignatureStatus::Valid);
     let valid = signed && analyses.is_ok();
-    let warnings = contract.warnings();
+    let mut warnings = contract.warnings();
+    warnings.extend(kura_engine::analysis_warnings(&contract).await);
     let reason = match (&analyses, signed) {
         (Err(e), _) => Some(format!("the contract's analyses are invalid: {e}")),
         (Ok(()), false) => Some(
