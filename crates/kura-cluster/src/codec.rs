@@ -161,6 +161,7 @@ impl ObjectStoreRegistry for Stores {
 
 const SCAN: &[u8] = b"kura-stored-scan-v2\0";
 const UNITS: &[u8] = b"kura-units-v1\0";
+const ROWS: &[u8] = b"kura-rows-per-unit-v1\0";
 
 /// Ballista's codec (shuffles) with kura's stored scans and aggregate.
 pub struct Codec {
@@ -234,7 +235,14 @@ impl PhysicalExtensionCodec for Codec {
                 let cap = u64::from_be_bytes(cap.try_into().map_err(|_| malformed("count"))?);
                 Ok(Arc::new(kura_engine::units::udaf(cap)))
             }
-            _ => self.ballista.try_decode_udaf(name, buf),
+            _ => match buf.strip_prefix(ROWS) {
+                Some(cap) if name == kura_engine::rows::NAME => {
+                    let cap =
+                        u64::from_be_bytes(cap.try_into().map_err(|_| malformed("row count"))?);
+                    Ok(Arc::new(kura_engine::rows::udaf(cap)))
+                }
+                _ => self.ballista.try_decode_udaf(name, buf),
+            },
         }
     }
 
@@ -245,7 +253,14 @@ impl PhysicalExtensionCodec for Codec {
                 buf.extend_from_slice(&cap.to_be_bytes());
                 Ok(())
             }
-            None => self.ballista.try_encode_udaf(node, buf),
+            None => match kura_engine::rows::cap_of(node) {
+                Some(cap) => {
+                    buf.extend_from_slice(ROWS);
+                    buf.extend_from_slice(&cap.to_be_bytes());
+                    Ok(())
+                }
+                None => self.ballista.try_encode_udaf(node, buf),
+            },
         }
     }
 }

@@ -52,6 +52,8 @@ pub enum ContractError {
     MinGroupSize,
     #[error("output.min_pooled_datasets must be at least 1")]
     MinPooledDatasets,
+    #[error("datasets.{0}.max_contributions must be 1 to 1000")]
+    MaxContributions(String),
     #[error(
         "retention.delete_after {0:?} is not \"run\", \"never\" or an RFC 3339 time such as 2027-01-31T00:00:00Z"
     )]

@@ -171,6 +171,24 @@ pub struct Dataset {
     pub provider: String,
     pub privacy_unit: String,
     pub columns: Vec<Column>,
+    /// How many rows of one person (privacy unit) of this dataset may stand behind one
+    /// released figure of an aggregation over a join (default 1). A join repeats a row once
+    /// for each row it meets on the other side, so another party's rows could otherwise weigh
+    /// this dataset's person twice in one cell and once in another; a cell in which a person
+    /// of this dataset has more rows than this under a figure that reads this dataset's values
+    /// (or counts its rows) is suppressed. Set it to the most rows one person has in one cell
+    /// by right (three claims of a patient in one age band): a party that provides another
+    /// dataset can then weigh this dataset's person up to that many times (docs/privacy.md).
+    #[serde(default = "one_u32", skip_serializing_if = "is_one_u32")]
+    pub max_contributions: u32,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+fn is_one_u32(n: &u32) -> bool {
+    *n == 1
 }
 
 impl Dataset {
@@ -779,6 +797,9 @@ impl Contract {
                 },
                 other => other,
             })?;
+            if !(1..=1000).contains(&d.max_contributions) {
+                return Err(ContractError::MaxContributions(d.name.clone()));
+            }
             match d.column(&d.privacy_unit) {
                 None => {
                     return Err(ContractError::PrivacyUnit {

@@ -106,6 +106,20 @@ fn tables(changed: bool) -> Tables {
         }
     }
     assert!(r_planted);
+    // Rows crafted by the insurer, which is also an analyst: nine patients with one claim of
+    // kind "xa" and one of "xb" each, and P with two of "xa" and one of "xb". Joined to the
+    // patients, each kind's cell holds the same ten people, P weighed twice in "xa": the
+    // difference of two sums of P's dataset's measure would be P's value.
+    for (n, i) in (0..9u64).chain([100]).enumerate() {
+        let kinds: &[&str] = if i == 100 {
+            &["xa", "xa", "xb"]
+        } else {
+            &["xa", "xb"]
+        };
+        for (k, kind) in kinds.iter().enumerate() {
+            writeln!(c, "clx{n}{k},pat{i:04},{kind},2026-01-01,1.00").unwrap();
+        }
+    }
     load_csv(contract(), [("patients", p), ("claims", c)])
 }
 
@@ -242,7 +256,7 @@ fn value_of(dimension: &str, i: usize) -> String {
         "p.region" => &["north", "south", "east", "west", "atoll"],
         "p.age_band" => &["18-39", "40-59", "60-79", "80+"],
         "p.sex" => &["f", "m"],
-        "c.kind" => &["visit", "drug", "lab"],
+        "c.kind" => &["visit", "drug", "lab", "xa", "xb"],
         _ => return (1930 + i % 70).to_string(),
     };
     format!("'{}'", pick(pool, i))
@@ -924,6 +938,10 @@ fn the_known_attacks_recover_nothing() {
         "SELECT COUNT(*) FROM (SELECT patient_id, CAST(CAST(amount AS BIGINT) * 100000000000000 AS INT) AS v FROM claims) t",
         "SELECT p.sex, COUNT(*) FROM patients p WHERE CAST(p.birth_year AS BIGINT) / (p.birth_year - 1985) > 0 GROUP BY p.sex",
         "SELECT p.sex, COUNT(*) FROM patients p WHERE abs(CAST(p.birth_year AS BIGINT) - 1985 + -9223372036854775807 - 1) > 0 GROUP BY p.sex",
+        // another party's rows weigh one person twice in one cell, once in the other
+        "SELECT c.kind, SUM(p.bmi) FROM patients p JOIN claims c ON p.patient_id = c.patient_id GROUP BY c.kind",
+        "SELECT c.kind, AVG(p.bmi), COUNT(*) FROM patients p JOIN claims c ON p.patient_id = c.patient_id WHERE c.kind IN ('xa', 'xb') GROUP BY c.kind",
+        "SELECT t.kind, SUM(t.v) FROM (SELECT p.patient_id, p.bmi AS v, c.kind FROM patients p JOIN claims c ON p.patient_id = c.patient_id) t GROUP BY t.kind",
         // errors that would quote values
         "SELECT p.region, COUNT(*) FROM patients p WHERE CAST(p.region AS INT) > 0 GROUP BY p.region",
         "SELECT c.kind, COUNT(*) FROM claims c WHERE CAST(c.claim_id AS INT) > 0 GROUP BY c.kind",

@@ -18,6 +18,7 @@ pub mod model;
 mod output;
 pub mod overlap;
 pub mod roles;
+pub mod rows;
 pub mod score;
 pub mod stored;
 pub mod threshold;

@@ -87,7 +87,7 @@ pub(crate) async fn check(
         with_units(contract, &plan, RULE)?;
     }
     for count in counts(&plan)? {
-        crate::threshold::guard(count, contract, None)?;
+        crate::threshold::guard_coverage(count, contract)?;
     }
     Ok(())
 }
@@ -391,7 +391,7 @@ async fn covered(
     plan: &LogicalPlan,
 ) -> Result<(), EngineError> {
     for count in counts(plan)? {
-        let guarded = crate::threshold::guard(count, contract, None)?;
+        let guarded = crate::threshold::guard_coverage(count, contract)?;
         let counted =
             crate::execute(ctx, guarded, contract.output.min_group_size, false, None).await?;
         if counted.rows.is_empty() {

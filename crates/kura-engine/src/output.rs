@@ -80,6 +80,15 @@ pub(crate) fn release(
                 }
                 Check::AtLeast => |n: u64, min: u64| n >= min,
                 Check::ZeroOrAtLeast => |n: u64, min: u64| n == 0 || n >= min,
+                Check::AtMost(most) => {
+                    let most = *most;
+                    let counts = cast(column, &DataType::Int64).map_err(failed)?;
+                    let counts = counts.as_primitive::<Int64Type>();
+                    for (row, keep) in keep.iter_mut().enumerate() {
+                        *keep &= counts.is_valid(row) && counts.value(row).max(0) as u64 <= most;
+                    }
+                    continue;
+                }
             };
             let counts = cast(column, &DataType::Int64).map_err(failed)?;
             let counts = counts.as_primitive::<Int64Type>();

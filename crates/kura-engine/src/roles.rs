@@ -598,7 +598,9 @@ impl Rules {
             // `kura_units(unit)`, or `kura_units_set(unit, value)` whose value (a column or a
             // constant) is only hashed into a fingerprint that never leaves the enclave.
             let unit = match (func.name(), params.args.as_slice()) {
-                (crate::units::NAME, [unit]) => Some(self.label(unit, input, schema)?),
+                (crate::units::NAME | crate::rows::NAME, [unit]) => {
+                    Some(self.label(unit, input, schema)?)
+                }
                 (crate::overlap::NAME, [unit, Expr::Column(_) | Expr::Literal(..)]) => {
                     Some(self.label(unit, input, schema)?)
                 }

@@ -137,10 +137,18 @@ async fn self_joins_count_both_sides() {
         plan(&ctx, &c, sql).await.unwrap()
     };
     let counted = &guarded.counted[0];
+    let checks = |f: fn(&threshold::Check) -> bool| counted.checks.iter().filter(|c| f(c)).count();
+    assert_eq!(
+        checks(|c| *c == threshold::Check::AtLeast),
+        2,
+        "one count per side of the self-join"
+    );
+    // The join repeats each side's rows once per match: each side's rows per person are
+    // bounded, on their own (the join is not on the privacy unit).
+    assert_eq!(checks(|c| *c == threshold::Check::AtMost(1)), 2);
     assert_eq!(
         counted.plan.schema().fields().len(),
-        counted.visible + 2,
-        "one count per side of the self-join"
+        counted.visible + counted.checks.len()
     );
 }
 

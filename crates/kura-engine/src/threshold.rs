@@ -55,6 +55,9 @@ pub enum Check {
     /// The contributors of a cell (measure and dataset named here), for overlap control
     /// ([`crate::overlap`]).
     Cell(String),
+    /// No person of a dataset stands behind more than this many of the rows an aggregate
+    /// reads ([`crate::rows`]): a join may not weigh one person more than the dataset allows.
+    AtMost(u64),
 }
 
 /// One aggregation of the query with its hidden counts.
@@ -100,6 +103,24 @@ pub fn guard(
     contract: &Contract,
     overlap: Option<&crate::overlap::Overlap>,
 ) -> Result<Guarded, EngineError> {
+    guard_with(plan, contract, overlap, true)
+}
+
+/// [`guard`] for a count that only asks how many people a model's rows cover: no bound on one
+/// person's rows per cell, which weighs released figures, not coverage.
+pub(crate) fn guard_coverage(
+    plan: LogicalPlan,
+    contract: &Contract,
+) -> Result<Guarded, EngineError> {
+    guard_with(plan, contract, None, false)
+}
+
+fn guard_with(
+    plan: LogicalPlan,
+    contract: &Contract,
+    overlap: Option<&crate::overlap::Overlap>,
+    bound_rows: bool,
+) -> Result<Guarded, EngineError> {
     let visible_columns = plan.schema().fields().len();
     if let Some(f) = plan
         .schema()
@@ -115,7 +136,7 @@ pub fn guard(
     let datasets = datasets_read(&plan, contract)?;
     let mut counted = Vec::new();
     let plan = map_chain(plan, &mut |agg| {
-        counted.push(count(agg.clone(), contract, overlap)?);
+        counted.push(count(agg.clone(), contract, overlap, bound_rows)?);
         Ok(LogicalPlan::Aggregate(agg))
     })?;
     Ok(Guarded {
@@ -233,6 +254,7 @@ fn count(
     agg: Aggregate,
     contract: &Contract,
     overlap: Option<&crate::overlap::Overlap>,
+    bound_rows: bool,
 ) -> Result<Counted, EngineError> {
     // Datasets pooled by a UNION ALL carry their privacy unit and their name up to here, in
     // columns whose names the query may not use itself.
@@ -374,6 +396,56 @@ fn count(
             add(Some(differ), Check::ZeroOrAtLeast)?;
         }
     }
+    // Over a join, each aggregate's rows per person of every dataset whose values it reads (or,
+    // for a count of rows, of every dataset): at most the dataset's `max_contributions`.
+    let joined = bound_rows
+        && datafusion::common::tree_node::TreeNode::exists(input.as_ref(), |node| {
+            Ok(matches!(node, LogicalPlan::Join(_)))
+        })
+        .unwrap_or(true);
+    if joined {
+        // Units an inner join made equal have the same rows per person: one count serves them
+        // all, under the tightest bound among the datasets the aggregate weighs.
+        let same = equal_units(&units, &input);
+        let mut bounded: Vec<(usize, u64, &Option<Expr>)> = Vec::new();
+        for (e, condition) in agg.aggr_expr.iter().zip(&contributions) {
+            let read = datasets_weighed(e, &input);
+            let mut bounds: Vec<(usize, u64)> = Vec::new();
+            for (i, unit) in units.iter().enumerate() {
+                if !read.contains(&unit.dataset) {
+                    continue;
+                }
+                let most = u64::from(
+                    contract
+                        .dataset(&unit.dataset)
+                        .expect("checked in datasets_read")
+                        .max_contributions,
+                );
+                match bounds.iter_mut().find(|(j, _)| same[*j] == same[i]) {
+                    Some((_, m)) => *m = (*m).min(most),
+                    None => bounds.push((i, most)),
+                }
+            }
+            for (i, most) in bounds {
+                if bounded.contains(&(i, most, condition)) {
+                    continue;
+                }
+                bounded.push((i, most, condition));
+                let unit = &units[i];
+                let rows = crate::rows::expr(unit.expr.clone(), most + 1);
+                let rows = match [unit.only.clone(), condition.clone()]
+                    .into_iter()
+                    .flatten()
+                    .reduce(Expr::and)
+                {
+                    None => rows,
+                    Some(c) => rows.filter(c).build()?,
+                };
+                extra.push(rows.alias(format!("{HIDDEN_PREFIX}{}", checks.len())));
+                checks.push(Check::AtMost(most));
+            }
+        }
+    }
     // Overlap control: each cell's contributors, per measure and dataset.
     if let Some(overlap) = overlap {
         let mut cells: Vec<(String, Expr, &Option<Expr>)> =
@@ -509,6 +581,114 @@ fn constant_argument(aggregate: &Expr, input: &LogicalPlan) -> BTreeSet<String> 
     }
     // `COUNT(*)` counts rows: every branch's rows count.
     constant.unwrap_or_default()
+}
+
+/// For each unit, the first unit equal to it on every row: two units are equal where an inner
+/// join's condition compares them as the columns that reach the aggregation (a pooled unit,
+/// which stands for several datasets, only itself).
+fn equal_units(units: &[Unit], input: &LogicalPlan) -> Vec<usize> {
+    let mut same: Vec<usize> = (0..units.len()).collect();
+    let column = |e: &Expr| match e {
+        Expr::Column(c) => Some(c.clone()),
+        _ => None,
+    };
+    let _ = datafusion::common::tree_node::TreeNode::apply(input, |node| {
+        if let LogicalPlan::Join(j) = node
+            && j.join_type == datafusion::common::JoinType::Inner
+        {
+            for (l, r) in &j.on {
+                let (Some(l), Some(r)) = (column(l), column(r)) else {
+                    continue;
+                };
+                let find = |c: &Column| {
+                    units
+                        .iter()
+                        .position(|u| u.only.is_none() && column(&u.expr).as_ref() == Some(c))
+                };
+                if let (Some(a), Some(b)) = (find(&l), find(&r)) {
+                    let (from, to) = (same[a].max(same[b]), same[a].min(same[b]));
+                    for s in same.iter_mut() {
+                        if *s == from {
+                            *s = to;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    same
+}
+
+/// The datasets whose rows an aggregate weighs: those its argument's values come from, every
+/// dataset for a count of rows, none for a count of distinct values (a repeated row adds
+/// nothing to it).
+fn datasets_weighed(aggregate: &Expr, input: &LogicalPlan) -> BTreeSet<String> {
+    let mut expr = aggregate;
+    while let Expr::Alias(a) = expr {
+        expr = &a.expr;
+    }
+    let Expr::AggregateFunction(AggregateFunction { func, params }) = expr else {
+        return tables_scanned(input);
+    };
+    if params.distinct {
+        return BTreeSet::new();
+    }
+    let count = func.name().eq_ignore_ascii_case("count");
+    let read: BTreeSet<String> = params
+        .args
+        .iter()
+        .flat_map(|arg| sources_in_expr(arg, input))
+        .collect();
+    if read.is_empty() || (count && params.args.iter().all(|a| a.column_refs().is_empty())) {
+        // `COUNT(*)` (planned as `COUNT(1)`), or an aggregate of a constant: it counts rows.
+        tables_scanned(input)
+    } else {
+        read
+    }
+}
+
+/// The datasets whose columns `expr` (over `plan`'s output) is computed from.
+fn sources_in_expr(expr: &Expr, plan: &LogicalPlan) -> BTreeSet<String> {
+    expr.column_refs()
+        .into_iter()
+        .flat_map(|c| match plan.schema().index_of_column(c) {
+            Ok(i) => sources(plan, i),
+            Err(_) => tables_scanned(plan),
+        })
+        .collect()
+}
+
+/// The datasets whose columns output field `index` of `plan` is computed from (every dataset
+/// the plan reads where it cannot tell).
+fn sources(plan: &LogicalPlan, index: usize) -> BTreeSet<String> {
+    use datafusion::common::JoinType;
+    match plan {
+        LogicalPlan::TableScan(scan) => [scan.table_name.table().to_string()].into(),
+        LogicalPlan::Projection(p) => match p.expr.get(index) {
+            Some(e) => sources_in_expr(e, &p.input),
+            None => tables_scanned(plan),
+        },
+        LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::Repartition(_) => sources(plan.inputs()[0], index),
+        LogicalPlan::Union(u) => u.inputs.iter().flat_map(|b| sources(b, index)).collect(),
+        LogicalPlan::Join(j) => {
+            let left = j.left.schema().fields().len();
+            match j.join_type {
+                JoinType::LeftSemi | JoinType::LeftAnti => sources(&j.left, index),
+                JoinType::RightSemi | JoinType::RightAnti => sources(&j.right, index),
+                _ if index < left => sources(&j.left, index),
+                _ if matches!(j.join_type, JoinType::LeftMark | JoinType::RightMark) => {
+                    tables_scanned(plan)
+                }
+                _ => sources(&j.right, index - left),
+            }
+        }
+        _ => tables_scanned(plan),
+    }
 }
 
 /// The datasets in whose rows `expr` (over `plan`'s output) is a constant.

@@ -1230,3 +1230,35 @@ pub(crate) fn a_decoder_panic_refuses_the_file_and_the_log_withholds_its_message
     assert!(log.contains("a thread panicked at"), "{log}");
     assert!(!log.contains("Decoder for dict"), "{log}");
 }
+
+/// A fixed analysis runs as its parties signed it, but `kura contract verify` (and `sign`)
+/// warn when an ad-hoc query of the same shape would be refused, naming the rule: here a
+/// measure computed in a derived table before it is aggregated.
+#[test]
+pub(crate) fn cli_contract_verify_warns_of_a_fixed_analysis_the_rules_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let contract = cli_setup_with(d, "", |text| {
+        text.replace(
+            "AVG(CAST(e.diabetes AS DOUBLE)) AS rate FROM ehr e JOIN activity a ON e.patient_id",
+            "AVG(e.v) AS rate FROM (SELECT patient_id, CASE WHEN age_band = 'old' THEN \
+             CAST(diabetes AS DOUBLE) ELSE 0 END AS v FROM ehr) e JOIN activity a ON e.patient_id",
+        )
+    });
+    let c = contract.to_str().unwrap();
+    let verified = kura(&["contract", "verify", "--contract", c, "--json"]);
+    assert!(verified.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
+    assert_eq!(v["valid"], true, "{v}");
+    let warnings = v["warnings"].as_array().unwrap();
+    assert!(
+        warnings.iter().any(|w| {
+            let w = w.as_str().unwrap();
+            w.contains("\"by_activity\"") && w.contains("rule measure-use")
+        }),
+        "{v}"
+    );
+    let text = kura(&["contract", "verify", "--contract", c]);
+    let err = String::from_utf8(text.stderr).unwrap();
+    assert!(err.contains("warning: analysis \"by_activity\""), "{err}");
+}
