@@ -833,6 +833,30 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// A runner for `cases` generated cases, seeded from `KURA_HUNT_SEED` when it is set and
+/// from the clock otherwise; the seed is printed, so that a failure found by a random run can
+/// be run again exactly.
+fn runner(cases: u32) -> TestRunner {
+    use proptest::test_runner::{RngAlgorithm, TestRng};
+    let seed: u64 = std::env::var("KURA_HUNT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+    eprintln!("hunt seed {seed} (KURA_HUNT_SEED={seed} runs the same cases)");
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
+}
+
 /// How many queries to generate: `KURA_HUNT_CASES`, default 1500.
 fn cases() -> u32 {
     std::env::var("KURA_HUNT_CASES")
@@ -844,11 +868,7 @@ fn cases() -> u32 {
 #[test]
 fn no_generated_query_recovers_a_planted_value() {
     let (original, changed) = (tables(false), tables(true));
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner(cases());
     let outcomes = std::cell::RefCell::new(std::collections::BTreeMap::<String, u32>::new());
     let result = runner.run(&query(), |q| {
         let sql = q.sql();
@@ -881,11 +901,7 @@ fn no_generated_query_recovers_a_planted_value() {
 #[test]
 fn no_nested_query_recovers_a_planted_value() {
     let (original, changed) = (tables(false), tables(true));
-    let mut runner = TestRunner::new(Config {
-        cases: cases() / 2,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner(cases() / 2);
     let outcomes = std::cell::RefCell::new(std::collections::BTreeMap::<String, u32>::new());
     let result = runner.run(&nested(), |q| {
         let sql = q.sql();
@@ -959,11 +975,7 @@ fn the_known_attacks_recover_nothing() {
 fn under_overlap_control_no_pair_of_answers_recovers_a_planted_value() {
     let original = tables(false);
     let c = overlap_contract();
-    let mut runner = TestRunner::new(Config {
-        cases: cases() / 5,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner(cases() / 5);
     let answered = std::cell::Cell::new(0u32);
     // The same statistics asked again under different filters: the shape of a differencing
     // attack, whose filters the grammar draws.

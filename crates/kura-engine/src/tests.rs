@@ -1046,6 +1046,39 @@ async fn fixed_analyses_the_rules_would_refuse_are_warned_of() {
     assert!(analysis_warnings(&fine).await.is_empty());
 }
 
+/// Units an inner join makes equal share one count of rows per person: a join on the privacy
+/// unit with a count and a sum costs one hidden count, under the tighter bound.
+#[tokio::test]
+async fn units_joined_on_the_privacy_unit_share_one_row_bound() {
+    let c = crate::golden::contract();
+    let t = crate::golden::tables(&c);
+    let sql = "SELECT p.age_band, COUNT(*) AS n, SUM(c.amount) AS s FROM patients p \
+               JOIN claims c ON p.patient_id = c.patient_id GROUP BY p.age_band";
+    let ctx = session(&c, &t).unwrap();
+    let guarded = plan(&ctx, &c, sql).await.unwrap();
+    let mut bounds: Vec<u64> = guarded.counted[0]
+        .checks
+        .iter()
+        .filter_map(|c| match c {
+            threshold::Check::AtMost(m) => Some(*m),
+            _ => None,
+        })
+        .collect();
+    bounds.sort();
+    // patients allow 1 row per person, claims 3: COUNT(*) weighs both, SUM(c.amount) claims.
+    assert_eq!(bounds, [1, 3]);
+    // Joined on another column, the two sides are counted apart.
+    let sql = "SELECT p.age_band, COUNT(*) AS n FROM patients p \
+               JOIN claims c ON p.patient_id = c.claim_id GROUP BY p.age_band";
+    let guarded = plan(&ctx, &c, sql).await.unwrap();
+    let bounds = guarded.counted[0]
+        .checks
+        .iter()
+        .filter(|c| matches!(c, threshold::Check::AtMost(_)))
+        .count();
+    assert_eq!(bounds, 2);
+}
+
 /// `people` people, each in an age band of their own and in one of two steps bands.
 fn wide_tables(c: &Contract, people: usize) -> Tables {
     let mut ehr = String::from("patient_id,age_band,diabetes\n");

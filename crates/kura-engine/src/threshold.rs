@@ -421,9 +421,9 @@ fn count(
                         .expect("checked in datasets_read")
                         .max_contributions,
                 );
-                match bounds.iter_mut().find(|(j, _)| same[*j] == same[i]) {
+                match bounds.iter_mut().find(|(j, _)| *j == same[i]) {
                     Some((_, m)) => *m = (*m).min(most),
-                    None => bounds.push((i, most)),
+                    None => bounds.push((same[i], most)),
                 }
             }
             for (i, most) in bounds {
