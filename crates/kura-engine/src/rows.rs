@@ -22,11 +22,12 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, UInt32Array, UInt64Array,
+    new_empty_array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, UInt32Type, UInt64Type};
+use datafusion::common::Result;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
-use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, Expr, GroupsAccumulator, Signature,
@@ -103,8 +104,11 @@ impl AggregateUDFImpl for RowsPerUnit {
         false
     }
 
-    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(One(Groups::new(self.cap))))
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(crate::units::Single {
+            groups: Groups::new(self.cap),
+            empty: new_empty_array(args.expr_fields[0].data_type()),
+        }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -386,40 +390,6 @@ impl GroupsAccumulator for Groups {
             + self.groups.capacity() * std::mem::size_of::<Group>()
             + self.hashes.capacity() * 8
             + maps
-    }
-}
-
-/// The same for an aggregation without GROUP BY: one group.
-#[derive(Debug)]
-struct One(Groups);
-
-impl Accumulator for One {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let n = values[0].len();
-        GroupsAccumulator::update_batch(&mut self.0, values, &vec![0; n], None, 1)
-    }
-
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        self.0.resize(1);
-        Ok(ScalarValue::Int64(Some(self.0.value(&self.0.groups[0]))))
-    }
-
-    fn size(&self) -> usize {
-        self.0.size()
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        self.0.resize(1);
-        Groups::state_of(&self.0.groups)?
-            .iter()
-            .map(|a| ScalarValue::try_from_array(a, 0))
-            .collect()
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.0.resize(1);
-        self.0.merge(states, |_| 0);
-        Ok(())
     }
 }
 

@@ -993,14 +993,9 @@ async fn run_time_failures_are_total_or_generic() {
     .await
     .unwrap();
     assert_eq!(out.rows, vec![vec![serde_json::json!(200)]]);
-    let err = run_analysis(
-        &c,
-        "SELECT sex, COUNT(*) AS n FROM patients WHERE to_date(region) IS NULL GROUP BY sex",
-        &t,
-        None,
-    )
-    .await
-    .unwrap_err();
+    const PARSING: &str =
+        "SELECT sex, COUNT(*) AS n FROM patients WHERE to_date(region) IS NULL GROUP BY sex";
+    let err = run_analysis(&c, PARSING, &t, None).await.unwrap_err();
     assert!(
         matches!(err, EngineError::Runtime(error::VALUE_FAILED)),
         "{err}"
@@ -1009,14 +1004,7 @@ async fn run_time_failures_are_total_or_generic() {
         assert!(!err.to_string().contains(value), "{err}");
     }
     // The ad-hoc rules refuse the same function before anything runs.
-    let err = run_query(
-        &c,
-        "SELECT sex, COUNT(*) AS n FROM patients WHERE to_date(region) IS NULL GROUP BY sex",
-        &t,
-        None,
-    )
-    .await
-    .unwrap_err();
+    let err = run_query(&c, PARSING, &t, None).await.unwrap_err();
     assert!(
         matches!(
             err,

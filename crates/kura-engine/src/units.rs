@@ -74,7 +74,11 @@ impl AggregateUDFImpl for UnitsAtLeast {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(One(Groups::new(self.cap, unit_type(&args)))))
+        let unit = unit_type(&args);
+        Ok(Box::new(Single {
+            empty: new_empty_array(&unit),
+            groups: Groups::new(self.cap, unit),
+        }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -321,40 +325,49 @@ impl GroupsAccumulator for Groups {
     }
 }
 
-/// The same for an aggregation without GROUP BY: one group.
+/// A groups accumulator used for an aggregation without GROUP BY: one group, group 0. `empty`
+/// is an empty array of the aggregate's input type, fed once so that the group exists even
+/// when no row arrives.
 #[derive(Debug)]
-struct One(Groups);
+pub(crate) struct Single<G> {
+    pub(crate) groups: G,
+    pub(crate) empty: ArrayRef,
+}
 
-impl Accumulator for One {
+impl<G: GroupsAccumulator> Single<G> {
+    fn one_group(&mut self) -> Result<()> {
+        self.groups
+            .update_batch(std::slice::from_ref(&self.empty), &[], None, 1)
+    }
+}
+
+impl<G: GroupsAccumulator + Sync + std::fmt::Debug> Accumulator for Single<G> {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        self.0.resize(1);
-        for row in 0..values[0].len() {
-            self.0.add(0, &values[0], row)?;
-        }
-        Ok(())
+        let rows = values.first().map_or(0, |v| v.len());
+        self.groups.update_batch(values, &vec![0; rows], None, 1)
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        self.0.resize(1);
-        Ok(ScalarValue::Int64(Some(self.0.count(&self.0.groups[0]))))
+        self.one_group()?;
+        ScalarValue::try_from_array(&self.groups.evaluate(EmitTo::All)?, 0)
     }
 
     fn size(&self) -> usize {
-        self.0.size()
+        self.groups.size()
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        self.0.resize(1);
-        self.0
-            .state_of(&self.0.groups)?
+        self.one_group()?;
+        self.groups
+            .state(EmitTo::All)?
             .iter()
             .map(|a| ScalarValue::try_from_array(a, 0))
             .collect()
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.0.resize(1);
-        self.0.merge(states, |_| 0)
+        let rows = states.first().map_or(0, |s| s.len());
+        self.groups.merge_batch(states, &vec![0; rows], 1)
     }
 }
 
