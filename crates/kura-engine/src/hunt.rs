@@ -1120,3 +1120,620 @@ fn overlap_control_refuses_the_region_plus_one() {
         .unwrap_err();
     assert!(err.to_string().contains("overlap control"), "{err}");
 }
+
+/// An attack session by hand (146 queries in eleven classes, kept as they were written): joins
+/// with `VALUES` or a `DISTINCT` of the same dataset that put one person in two groups of one
+/// answer, aggregations inside a join side, a union that passes a built string as an
+/// identifier, decimal and date arithmetic and functions with constants that fail on some rows,
+/// functions on released statistics that fail, set operations, lateral joins, outer joins and
+/// coercions. Every query goes through [`check`]; every failure is listed before the test fails.
+#[test]
+fn an_attack_session_by_hand_recovers_nothing() {
+    let (original, changed) = (tables(false), tables(true));
+    let queries: Vec<(&str, String)> = attack_list();
+    let mut failed = Vec::new();
+    for (class, sql) in &queries {
+        if let Err(why) = check(sql, &original, &changed) {
+            failed.push(format!("[{class}] {sql}\n    => {why}"));
+        }
+    }
+    for f in &failed {
+        eprintln!("FAILED {f}");
+    }
+    eprintln!("{} queries, {} failed", queries.len(), failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} attack queries failed the check",
+        failed.len()
+    );
+}
+
+fn attack_list() -> Vec<(&'static str, String)> {
+    let mut q: Vec<(&'static str, String)> = Vec::new();
+    let mut add = |class: &'static str, sql: &str| q.push((class, sql.to_string()));
+    add(
+        "values-overlap",
+        r#"SELECT v.g, SUM(p.bmi) FROM patients p JOIN (VALUES ('west','x'),('atoll','x'),('west','y')) v(r, g) ON p.region = v.r GROUP BY v.g"#,
+    );
+    add(
+        "values-overlap",
+        r#"SELECT v.g, SUM(p.bmi), COUNT(*) FROM patients p CROSS JOIN (VALUES ('x'),('y')) v(g) WHERE (v.g = 'x' AND p.region IN ('west','atoll')) OR (v.g = 'y' AND p.region = 'west') GROUP BY v.g"#,
+    );
+    add(
+        "values-overlap",
+        r#"WITH v(r, g) AS (VALUES ('east','x'),('east','y')) SELECT v.g, SUM(p.bmi) FROM patients p JOIN v ON p.region = v.r WHERE v.g = 'x' OR p.age_band <> '80+' GROUP BY v.g"#,
+    );
+    add(
+        "values-overlap",
+        r#"SELECT v.g, SUM(c.amount) FROM patients p JOIN claims c ON p.patient_id = c.patient_id JOIN (VALUES ('west','x'),('atoll','x'),('west','y')) v(r, g) ON p.region = v.r GROUP BY v.g"#,
+    );
+    add(
+        "values-overlap",
+        r#"SELECT v.g, AVG(p.bmi), COUNT(p.bmi) FROM patients p JOIN (VALUES ('west','x'),('atoll','x'),('west','y')) v(r, g) ON p.region = v.r GROUP BY v.g"#,
+    );
+    add(
+        "values-overlap",
+        r#"SELECT v.g, STDDEV(p.bmi), VAR(p.bmi), AVG(p.bmi), COUNT(*) FROM patients p JOIN (VALUES ('west','x'),('atoll','x'),('west','y')) v(r, g) ON p.region = v.r GROUP BY v.g"#,
+    );
+    add(
+        "values-overlap",
+        r#"SELECT v.g, STDDEV(p.bmi), AVG(p.bmi), COUNT(*) FROM patients p JOIN (VALUES ('west','x'),('atoll','x'),('west','y')) v(r, g) ON p.region = v.r GROUP BY v.g"#,
+    );
+    add(
+        "values-overlap",
+        r#"SELECT v.g, SUM(p.bmi) FROM patients p LEFT JOIN (VALUES ('west','x'),('atoll','x'),('west','y')) v(r, g) ON p.region = v.r WHERE v.g IS NOT NULL GROUP BY v.g"#,
+    );
+    add(
+        "values-overlap",
+        r#"SELECT v.g, SUM(p.bmi) FROM (VALUES ('west','x'),('atoll','x'),('west','y')) v(r, g) JOIN patients p ON v.r = p.region GROUP BY v.g ORDER BY v.g"#,
+    );
+    add(
+        "values-overlap",
+        r#"SELECT v.g, SUM(p.bmi) FROM patients p CROSS JOIN (VALUES ('x'),('y')) v(g) WHERE p.region = 'south' AND p.age_band = '18-39' AND (v.g = 'x' OR p.birth_year <> 1960) GROUP BY v.g"#,
+    );
+    add(
+        "values-overlap",
+        r#"SELECT v.k, SUM(c.amount), COUNT(*) FROM claims c JOIN (VALUES ('xa'), ('xa')) v(k) ON c.kind = v.k GROUP BY v.k"#,
+    );
+    add(
+        "distinct-overlap",
+        r#"SELECT r.g, SUM(p.bmi) FROM patients p JOIN (SELECT DISTINCT region AS g FROM patients WHERE region IN ('west','atoll')) r ON p.region = 'west' OR p.region = r.g GROUP BY r.g"#,
+    );
+    add(
+        "distinct-overlap",
+        r#"SELECT r.g, SUM(c.amount) FROM claims c JOIN patients p ON c.patient_id = p.patient_id JOIN (SELECT DISTINCT region AS g FROM patients WHERE region IN ('west','atoll')) r ON p.region = 'west' OR p.region = r.g GROUP BY r.g"#,
+    );
+    add(
+        "distinct-overlap",
+        r#"SELECT r.g, SUM(p.bmi) FROM patients p JOIN (SELECT DISTINCT age_band AS g FROM patients WHERE age_band IN ('60-79','80+')) r ON p.region = 'east' AND (p.age_band = '60-79' OR p.age_band = r.g) GROUP BY r.g"#,
+    );
+    add(
+        "nested-aggregation",
+        r#"SELECT p.sex, AVG(r.s), COUNT(*) FROM patients p JOIN (SELECT region AS g, SUM(bmi) AS s FROM patients GROUP BY region) r ON p.region = 'west' AND r.g = 'atoll' GROUP BY p.sex"#,
+    );
+    add(
+        "nested-aggregation",
+        r#"WITH r AS (SELECT region AS g, age_band AS b, AVG(bmi) AS s FROM patients GROUP BY region, age_band) SELECT p.sex, AVG(r.s) FROM patients p JOIN r ON r.g = 'east' AND r.b = '80+' WHERE p.region = 'west' GROUP BY p.sex"#,
+    );
+    add(
+        "nested-aggregation",
+        r#"SELECT COUNT(*), AVG(r.s) FROM patients p JOIN claims c ON p.patient_id = c.patient_id CROSS JOIN (SELECT SUM(c2.amount) AS s FROM claims c2 JOIN patients p2 ON c2.patient_id = p2.patient_id WHERE p2.region = 'atoll') r WHERE c.kind = 'xb'"#,
+    );
+    add(
+        "nested-aggregation",
+        r#"SELECT p.sex, AVG(r.s) FROM patients p JOIN claims c ON p.patient_id = c.patient_id CROSS JOIN (SELECT SUM(c2.amount) AS s FROM claims c2 JOIN patients p2 ON c2.patient_id = p2.patient_id WHERE p2.region = 'atoll') r WHERE c.kind = 'xb' GROUP BY p.sex"#,
+    );
+    add(
+        "nested-aggregation",
+        r#"SELECT p.sex, COUNT(*) FROM patients p JOIN (SELECT region AS g, SUM(bmi) AS s FROM patients GROUP BY region) r ON p.region = r.g WHERE r.s > 88 AND r.s < 89 GROUP BY p.sex"#,
+    );
+    add(
+        "nested-aggregation",
+        r#"SELECT p.sex, COUNT(*) FROM patients p JOIN (SELECT region AS g, SUM(bmi) AS s FROM patients GROUP BY region) r ON p.region = 'west' AND r.g = 'atoll' AND p.birth_year = CAST(r.s AS BIGINT) + 1900 GROUP BY p.sex"#,
+    );
+    add(
+        "nested-aggregation",
+        r#"SELECT p.sex, COUNT(*) FROM patients p JOIN (SELECT region AS g, SUM(bmi) AS s FROM patients GROUP BY region) r ON p.region = r.g WHERE to_date(CAST(CAST(r.s * 1000 AS BIGINT) AS VARCHAR)) IS NOT NULL GROUP BY p.sex"#,
+    );
+    add(
+        "nested-aggregation",
+        r#"SELECT p.sex, AVG(r.n) FROM patients p JOIN (SELECT region AS g, COUNT(*) AS n FROM patients WHERE birth_year = 1940 GROUP BY region) r ON p.region = 'west' AND r.g = 'atoll' GROUP BY p.sex"#,
+    );
+    add(
+        "nested-aggregation",
+        r#"SELECT p.sex, COUNT(*) FROM patients p JOIN (SELECT region AS g, age_band AS b, sex AS s, birth_year AS y, COUNT(*) AS n FROM patients GROUP BY region, age_band, sex, birth_year) r ON p.region = 'west' AND r.g = 'atoll' AND r.y = 1940 GROUP BY p.sex"#,
+    );
+    add(
+        "nested-aggregation",
+        r#"SELECT p.region, SUM(r.s) FROM patients p JOIN (SELECT region AS g, SUM(bmi) AS s FROM patients GROUP BY region) r ON p.region = r.g GROUP BY p.region"#,
+    );
+    add(
+        "nested-aggregation",
+        r#"SELECT p.sex, COUNT(*) FROM patients p JOIN (SELECT region AS g, SUM(bmi) AS s FROM patients GROUP BY region) r ON p.region = 'west' AND r.g = 'atoll' GROUP BY p.sex, CASE WHEN r.s > 88 THEN 'a' ELSE 'b' END"#,
+    );
+    add(
+        "nested-aggregation",
+        r#"SELECT p.sex, AVG(r.s) FROM patients p CROSS JOIN (SELECT SUM(amount) AS s FROM claims c2 JOIN patients p2 ON c2.patient_id = p2.patient_id WHERE p2.region = 'atoll') r GROUP BY p.sex"#,
+    );
+    add(
+        "union-identifier",
+        r#"SELECT u.t, SUM(p.bmi), COUNT(*) FROM (SELECT patient_id AS id, 'a' AS t FROM claims WHERE kind = 'nope' UNION ALL SELECT 'pat0' || CAST(birth_year - 1830 AS VARCHAR) AS id, CASE WHEN region = 'north' THEN 'b' ELSE 'c' END AS t FROM patients WHERE (region = 'north' AND birth_year IN (1930, 1933, 1935, 1936, 1938, 1943)) OR (region = 'south' AND birth_year IN (1933, 1935, 1936, 1938, 1943))) u JOIN patients p ON u.id = p.patient_id GROUP BY u.t"#,
+    );
+    add(
+        "union-identifier",
+        r#"SELECT u.t, SUM(c.amount), COUNT(*) FROM (SELECT patient_id AS id, 'a' AS t FROM claims WHERE kind = 'nope' UNION ALL SELECT 'pat0' || CAST(birth_year - 1830 AS VARCHAR) AS id, CASE WHEN region = 'north' THEN 'b' ELSE 'c' END AS t FROM patients WHERE (region = 'north' AND birth_year IN (1930, 1933, 1935, 1936, 1938, 1943)) OR (region = 'south' AND birth_year IN (1933, 1935, 1936, 1938, 1943))) u JOIN claims c ON u.id = c.patient_id GROUP BY u.t"#,
+    );
+    add(
+        "union-identifier",
+        r#"SELECT u.t, COUNT(*) FROM (SELECT patient_id AS id, 'a' AS t FROM claims UNION ALL SELECT CASE WHEN region = 'atoll' THEN 'pat0100' ELSE 'zz' END AS id, 'b' AS t FROM patients) u JOIN patients p ON u.id = p.patient_id GROUP BY u.t"#,
+    );
+    add(
+        "union-identifier",
+        r#"SELECT u.t, COUNT(DISTINCT p.patient_id), COUNT(*) FROM (SELECT patient_id AS id, 'a' AS t FROM claims WHERE kind = 'xb' UNION ALL SELECT 'pat0' || CAST(birth_year - 1830 AS VARCHAR) AS id, CASE WHEN region = 'north' THEN 'b' ELSE 'c' END AS t FROM patients WHERE (region = 'north' AND birth_year IN (1930, 1933, 1935, 1936, 1937, 1938)) OR (region = 'south' AND birth_year IN (1933, 1935, 1936, 1937, 1938))) u JOIN patients p ON u.id = p.patient_id GROUP BY u.t"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE CAST(p.birth_year - 1960 AS DECIMAL(38,0)) * CAST(10000000000000000000000000000000000 AS DECIMAL(38,0)) > 0 GROUP BY p.sex"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' AND CAST(p.birth_year AS DECIMAL(38,0)) * CAST(100000000000000000000000000000000000 AS DECIMAL(38,0)) > 0 GROUP BY p.sex"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' AND CAST(p.birth_year - 1990 AS DECIMAL(38,0)) * CAST(10000000000000000000000000000000000000 AS DECIMAL(38,0)) > 0 GROUP BY p.sex"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, SUM(CAST(p.birth_year AS DECIMAL(38,0))) FROM patients p GROUP BY p.sex"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE CAST(p.birth_year AS DECIMAL(38,0)) + CAST(99999999999999999999999999999999999999 AS DECIMAL(38,0)) > 0 GROUP BY p.sex"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE CAST(p.birth_year AS DECIMAL(38,0)) / CAST(p.birth_year - 1959 AS DECIMAL(38,30)) > 0 GROUP BY p.sex"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE CAST(p.birth_year - 1990 AS DECIMAL(38,0)) - CAST(99999999999999999999999999999999999980 AS DECIMAL(38,0)) < 0 GROUP BY p.sex"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, SUM(CAST(p.birth_year AS DECIMAL(38,0)) * CAST(1 AS DECIMAL(38,0))) FROM patients p GROUP BY p.sex"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' GROUP BY p.sex, lpad(p.region, 2147483648)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' GROUP BY p.sex, lpad(p.region, 100000000)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' GROUP BY p.sex, rpad(p.region, -1)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' GROUP BY p.sex, split_part(p.region, 'o', 0)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT COUNT(*) FROM patients p WHERE p.region = 'atoll' AND p.birth_year = 1940 AND split_part(p.region, 'o', 0) = 'x'"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT COUNT(*) FROM patients p WHERE p.region = 'atoll' AND p.birth_year = 1941 AND split_part(p.region, 'o', 0) = 'x'"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p GROUP BY p.sex, split_part(p.region, 'o', -9223372036854775808)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' GROUP BY p.sex, substr(p.region, 1, -1)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' GROUP BY p.sex, substr(p.region, -9223372036854775808, 5)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' GROUP BY p.sex, substr(p.region, 9223372036854775807, 9223372036854775807)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' GROUP BY p.sex, left(p.region, -9223372036854775808)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' GROUP BY p.sex, right(p.region, -9223372036854775808)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' GROUP BY p.sex, round(p.birth_year, 2147483648)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' GROUP BY p.sex, round(CAST(p.birth_year AS DOUBLE), -2147483648)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' GROUP BY p.sex, trunc(p.birth_year, 2147483647)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region = 'atoll' GROUP BY p.sex, exp(CAST(p.birth_year AS DOUBLE)), ln(CAST(p.birth_year - 1940 AS DOUBLE)), sqrt(CAST(1940 - p.birth_year AS DOUBLE))"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.birth_year * 4611686018427387904 > 0 GROUP BY p.sex"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE -(p.birth_year - 1930 - 9223372036854775807 - 1) > 0 GROUP BY p.sex"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE CAST(p.birth_year AS TINYINT) * CAST(p.birth_year AS TINYINT) > 0 GROUP BY p.sex"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p GROUP BY p.sex, CAST(p.region AS DATE)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p GROUP BY p.sex, concat_ws(NULL, p.region, p.sex), md5(p.region), sha256(p.region), reverse(p.region), initcap(p.region)"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p GROUP BY p.sex, strpos(p.region, ''), instr(p.region, NULL), replace(p.region, '', 'x')"#,
+    );
+    add(
+        "runtime-dimension",
+        r#"SELECT p.sex, COUNT(*) FROM patients p GROUP BY p.sex, nvl2(p.region, p.birth_year, 'x')"#,
+    );
+    add(
+        "runtime-date",
+        r#"SELECT c.kind, COUNT(*) FROM claims c GROUP BY c.kind, c.month + INTERVAL '260116 years 10 months'"#,
+    );
+    add(
+        "runtime-date",
+        r#"SELECT c.kind, COUNT(*) FROM claims c GROUP BY c.kind, date_trunc('month', CAST(c.month AS TIMESTAMP) + INTERVAL '236 years')"#,
+    );
+    add(
+        "runtime-date",
+        r#"SELECT c.kind, COUNT(*) FROM claims c GROUP BY c.kind, CAST(c.month AS TIMESTAMP) - INTERVAL '1000 years'"#,
+    );
+    add(
+        "runtime-date",
+        r#"SELECT p.sex, COUNT(*) FROM patients p GROUP BY p.sex, CAST(p.birth_year * 1000000000000000 AS TIMESTAMP) + INTERVAL '230 years'"#,
+    );
+    add(
+        "runtime-date",
+        r#"SELECT c.kind, COUNT(*) FROM claims c GROUP BY c.kind, date_part('epoch', c.month + INTERVAL '100000 years')"#,
+    );
+    add(
+        "runtime-date",
+        r#"SELECT c.kind, COUNT(*) FROM claims c GROUP BY c.kind, c.month - DATE '1970-01-01'"#,
+    );
+    add(
+        "runtime-date",
+        r#"SELECT c.kind, COUNT(*) FROM claims c GROUP BY c.kind, c.month + 2147483647"#,
+    );
+    add(
+        "runtime-date",
+        r#"SELECT p.sex, COUNT(*) FROM patients p GROUP BY p.sex, date_trunc('invalid', CAST(p.birth_year AS TIMESTAMP))"#,
+    );
+    add(
+        "runtime-date",
+        r#"SELECT p.sex, COUNT(*) FROM patients p GROUP BY p.sex, date_part('year', CAST(p.birth_year * 100000000000000000 AS TIMESTAMP))"#,
+    );
+    add(
+        "runtime-date",
+        r#"SELECT p.sex, COUNT(*) FROM patients p GROUP BY p.sex, CAST(p.birth_year AS DATE) + INTERVAL '1 day' * (p.birth_year * 100000)"#,
+    );
+    add(
+        "runtime-statistic",
+        r#"SELECT p.region, COUNT(*) FROM patients p GROUP BY p.region HAVING to_date(CAST(CAST(SUM(p.bmi) AS BIGINT) AS VARCHAR)) IS NULL"#,
+    );
+    add(
+        "runtime-statistic",
+        r#"SELECT p.region, make_date(CAST(SUM(p.bmi) AS INT), 1, 1) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "runtime-statistic",
+        r#"SELECT p.region, SUM(p.bmi) / (COUNT(*) - 60) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "runtime-statistic",
+        r#"SELECT p.region, CAST(COUNT(*) AS INT) / (COUNT(*) - 60) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "runtime-statistic",
+        r#"SELECT p.region, CAST(SUM(p.bmi) * 1e17 AS BIGINT) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "runtime-statistic",
+        r#"SELECT p.region, arrow_cast(SUM(p.bmi), 'Int8') FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "runtime-statistic",
+        r#"SELECT p.region, abs(CAST(COUNT(*) AS BIGINT) - 60 + -9223372036854775807 - 1) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "set-operations",
+        r#"SELECT SUM(bmi) FROM (SELECT patient_id, bmi FROM patients EXCEPT SELECT patient_id, bmi FROM patients WHERE region = 'atoll') t"#,
+    );
+    add(
+        "set-operations",
+        r#"SELECT COUNT(*) FROM (SELECT patient_id, region FROM patients INTERSECT SELECT patient_id, region FROM patients WHERE region = 'atoll') t"#,
+    );
+    add(
+        "set-operations",
+        r#"SELECT 'p', SUM(bmi) FROM patients UNION ALL SELECT 'c', SUM(amount) FROM claims"#,
+    );
+    add(
+        "set-operations",
+        r#"SELECT 'p', SUM(bmi) FROM patients WHERE region IN ('west','atoll') UNION ALL SELECT 'c', SUM(p.bmi) FROM claims c JOIN patients p ON c.patient_id = p.patient_id WHERE p.region = 'west'"#,
+    );
+    add(
+        "set-operations",
+        r#"SELECT region, SUM(bmi) FROM patients GROUP BY region UNION SELECT kind, SUM(amount) FROM claims GROUP BY kind"#,
+    );
+    add(
+        "set-operations",
+        r#"SELECT 'x', SUM(v) FROM (VALUES (1.0)) t(v)"#,
+    );
+    add(
+        "set-operations",
+        r#"SELECT 'a', 88.88 UNION ALL SELECT p.region, SUM(p.bmi) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "lateral-subquery",
+        r#"SELECT COUNT(*) FROM patients p CROSS JOIN unnest(make_array(1, 2)) u"#,
+    );
+    add(
+        "lateral-subquery",
+        r#"SELECT p.sex, SUM(l.s) FROM patients p, LATERAL (SELECT SUM(c.amount) AS s FROM claims c WHERE c.patient_id = p.patient_id) l GROUP BY p.sex"#,
+    );
+    add(
+        "lateral-subquery",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE EXISTS (SELECT 1 FROM claims c WHERE c.patient_id = p.patient_id AND c.amount > 90000) GROUP BY p.sex"#,
+    );
+    add(
+        "lateral-subquery",
+        r#"SELECT p.sex, COUNT(*) FROM patients p WHERE p.region IN (SELECT region FROM patients WHERE region = 'atoll') GROUP BY p.sex"#,
+    );
+    add(
+        "lateral-subquery",
+        r#"SELECT p.sex, (SELECT SUM(bmi) FROM patients WHERE region = 'atoll') FROM patients p GROUP BY p.sex"#,
+    );
+    add(
+        "lateral-subquery",
+        r#"SELECT COUNT(*) FROM patients p CROSS JOIN generate_series(1, 2) g"#,
+    );
+    add(
+        "group-ordinal",
+        r#"SELECT p.bmi, COUNT(*) FROM patients p GROUP BY 1"#,
+    );
+    add(
+        "group-ordinal",
+        r#"SELECT p.region, COUNT(*) FROM patients p GROUP BY 1, p.bmi"#,
+    );
+    add(
+        "distinct-aggregate",
+        r#"SELECT p.region, COUNT(DISTINCT p.bmi), COUNT(p.bmi), COUNT(*) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "distinct-aggregate",
+        r#"SELECT p.region, SUM(DISTINCT p.bmi) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "distinct-aggregate",
+        r#"SELECT p.region, SUM(d.amount) FROM patients p JOIN (SELECT DISTINCT patient_id, amount FROM claims) d ON p.patient_id = d.patient_id GROUP BY p.region"#,
+    );
+    add(
+        "distinct-aggregate",
+        r#"SELECT p.region, SUM(d.amount) FROM patients p JOIN claims c ON p.patient_id = c.patient_id JOIN (SELECT DISTINCT patient_id AS pid, amount FROM claims) d ON c.patient_id = d.pid WHERE c.kind = 'xb' GROUP BY p.region"#,
+    );
+    add(
+        "distinct-aggregate",
+        r#"SELECT p.sex, COUNT(*) FROM (SELECT DISTINCT patient_id, sex FROM patients) p GROUP BY p.sex"#,
+    );
+    add(
+        "join-on-measure",
+        r#"SELECT p.sex, SUM(c.amount) FROM patients p JOIN claims c ON p.patient_id = c.patient_id AND c.amount > 50000 GROUP BY p.sex"#,
+    );
+    add(
+        "join-on-measure",
+        r#"SELECT p.sex, SUM(c.amount) FROM patients p JOIN claims c ON p.patient_id = c.patient_id OR c.amount > 50000 GROUP BY p.sex"#,
+    );
+    add(
+        "join-on-measure",
+        r#"SELECT p.sex, COUNT(*) FROM (SELECT patient_id, bmi AS x FROM patients) p NATURAL JOIN (SELECT patient_id, amount AS x FROM claims) c GROUP BY p.sex"#,
+    );
+    add(
+        "join-on-measure",
+        r#"SELECT p.sex, COUNT(*) FROM patients p JOIN claims c ON p.patient_id = c.patient_id AND p.bmi = c.amount GROUP BY p.sex"#,
+    );
+    add(
+        "join-on-measure",
+        r#"SELECT p.sex, COUNT(*) FROM patients p JOIN claims c ON p.patient_id = c.patient_id AND p.birth_year = c.amount GROUP BY p.sex"#,
+    );
+    add(
+        "outer-join-nullness",
+        r#"SELECT c.kind, SUM(p.bmi), COUNT(*) FROM patients p LEFT JOIN claims c ON p.patient_id = c.patient_id AND c.kind = 'xa' GROUP BY c.kind"#,
+    );
+    add(
+        "outer-join-nullness",
+        r#"SELECT c.kind, COUNT(c.amount), COUNT(*) FROM patients p LEFT JOIN claims c ON p.patient_id = c.patient_id AND c.kind = 'xb' GROUP BY c.kind"#,
+    );
+    add(
+        "outer-join-nullness",
+        r#"SELECT p.sex, COUNT(*) FROM patients p LEFT JOIN claims c ON p.patient_id = c.patient_id WHERE c.amount IS NULL GROUP BY p.sex"#,
+    );
+    add(
+        "outer-join-nullness",
+        r#"SELECT c.kind IS NULL, SUM(p.bmi) FROM patients p LEFT JOIN claims c ON p.patient_id = c.patient_id AND c.kind = 'xb' GROUP BY 1"#,
+    );
+    add(
+        "outer-join-nullness",
+        r#"SELECT c.kind, SUM(p.bmi), SUM(c.amount) FROM patients p FULL JOIN claims c ON p.patient_id = c.patient_id GROUP BY c.kind"#,
+    );
+    add(
+        "count-vs-star",
+        r#"SELECT p.age_band, COUNT(p.bmi), COUNT(*) FROM patients p WHERE p.region = 'east' GROUP BY p.age_band"#,
+    );
+    add(
+        "count-vs-star",
+        r#"SELECT p.age_band, AVG(p.bmi), SUM(p.bmi), COUNT(p.bmi) FROM patients p WHERE p.region = 'east' GROUP BY p.age_band"#,
+    );
+    add(
+        "count-vs-star",
+        r#"SELECT p.age_band, STDDEV(p.bmi), AVG(p.bmi), COUNT(p.bmi) FROM patients p WHERE p.region = 'east' GROUP BY p.age_band"#,
+    );
+    add(
+        "count-vs-star",
+        r#"SELECT p.region, SUM(p.bmi), COUNT(*) - COUNT(p.bmi) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "count-vs-star",
+        r#"SELECT p.region, AVG(p.bmi) * COUNT(p.bmi) - SUM(p.bmi) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "type-coercion",
+        r#"SELECT p.region, SUM(p.diabetes) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "type-coercion",
+        r#"SELECT p.region, AVG(CAST(p.diabetes AS DOUBLE)), SUM(CAST(p.diabetes AS TINYINT)) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "type-coercion",
+        r#"SELECT p.region, SUM(CAST(p.bmi AS DECIMAL(10,2))) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "type-coercion",
+        r#"SELECT p.region, SUM(CAST(p.bmi AS REAL)) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "type-coercion",
+        r#"SELECT p.region, COUNT(CAST(p.bmi AS INT)) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "type-coercion",
+        r#"SELECT p.region, SUM(p.birth_year), AVG(p.birth_year) FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "type-coercion",
+        r#"SELECT p.region, COUNT(*) FROM patients p WHERE p.birth_year = '1960' GROUP BY p.region"#,
+    );
+    add(
+        "type-coercion",
+        r#"SELECT t.r, SUM(t.v) FROM (SELECT patient_id, region AS r, bmi AS v FROM patients UNION ALL SELECT patient_id, kind AS r, claim_id AS v FROM claims) t GROUP BY t.r"#,
+    );
+    add(
+        "type-coercion",
+        r#"SELECT t.r, SUM(t.v) FROM (SELECT patient_id, region AS r, bmi AS v FROM patients UNION ALL SELECT patient_id, kind AS r, 1 AS v FROM claims) t GROUP BY t.r"#,
+    );
+    add(
+        "union-constant",
+        r#"SELECT SUM(v), COUNT(v), COUNT(*) FROM (SELECT patient_id, bmi AS v FROM patients WHERE region = 'atoll' UNION ALL SELECT patient_id, 0.0 AS v FROM claims) t"#,
+    );
+    add(
+        "union-constant",
+        r#"SELECT SUM(v), COUNT(*) FROM (SELECT patient_id, bmi AS v FROM patients UNION ALL SELECT patient_id, amount AS v FROM claims) t"#,
+    );
+    add(
+        "union-constant",
+        r#"SELECT t.k, SUM(t.v) FROM (SELECT patient_id, region AS k, bmi AS v FROM patients UNION ALL SELECT patient_id, kind AS k, amount AS v FROM claims) t GROUP BY t.k"#,
+    );
+    add(
+        "union-constant",
+        r#"SELECT t.k, SUM(t.v) FROM (SELECT patient_id, bmi AS v, 'a' AS k FROM patients UNION ALL SELECT patient_id, CAST(NULL AS DOUBLE) AS v, 'a' AS k FROM claims) t GROUP BY t.k"#,
+    );
+    add(
+        "union-constant",
+        r#"SELECT t.k, SUM(t.v), COUNT(*) FROM (SELECT patient_id, bmi AS v, region AS k FROM patients UNION ALL SELECT patient_id, -1000.0 AS v, 'atoll' AS k FROM claims WHERE kind = 'xb') t GROUP BY t.k"#,
+    );
+    add(
+        "union-constant",
+        r#"SELECT SUM(v) FROM (SELECT patient_id, bmi AS v FROM patients UNION ALL SELECT patient_id, bmi AS v FROM patients WHERE region = 'atoll') t"#,
+    );
+    add(
+        "insurer-fanout",
+        r#"SELECT c.kind, SUM(p.bmi) FROM patients p JOIN claims c ON p.patient_id = c.patient_id GROUP BY c.kind"#,
+    );
+    add(
+        "insurer-fanout",
+        r#"SELECT c.kind, AVG(p.bmi), COUNT(*) FROM patients p JOIN claims c ON p.patient_id = c.patient_id WHERE c.kind IN ('xa', 'xb') GROUP BY c.kind"#,
+    );
+    add(
+        "insurer-fanout",
+        r#"SELECT c.kind, COUNT(DISTINCT p.patient_id), COUNT(*), STDDEV(p.bmi) FROM patients p JOIN claims c ON p.patient_id = c.patient_id WHERE c.kind IN ('xa', 'xb') GROUP BY c.kind"#,
+    );
+    add(
+        "insurer-fanout",
+        r#"SELECT c.kind, SUM(CAST(p.diabetes AS INT)) FROM patients p JOIN claims c ON p.patient_id = c.patient_id WHERE c.kind IN ('xa', 'xb') GROUP BY c.kind"#,
+    );
+    add(
+        "insurer-fanout",
+        r#"SELECT c.kind, SUM(p.bmi) FROM patients p JOIN claims c ON p.patient_id = c.patient_id JOIN claims c2 ON c.patient_id = c2.patient_id WHERE c.kind = 'xb' AND c2.kind = 'xb' GROUP BY c.kind"#,
+    );
+    add(
+        "insurer-fanout",
+        r#"SELECT c.month, SUM(p.bmi) FROM patients p JOIN claims c ON p.patient_id = c.patient_id WHERE c.kind IN ('xa', 'xb') GROUP BY c.month"#,
+    );
+    add(
+        "self-join",
+        r#"SELECT q.region, SUM(p.bmi) FROM patients p JOIN patients q ON p.patient_id = q.patient_id GROUP BY q.region"#,
+    );
+    add(
+        "self-join",
+        r#"SELECT q.sex, SUM(p.bmi) FROM patients p JOIN patients q ON p.region = q.region AND q.birth_year = 1930 GROUP BY q.sex"#,
+    );
+    add(
+        "self-join",
+        r#"SELECT q.region, SUM(p.bmi) FROM patients p JOIN patients q ON p.region = 'west' OR (p.region = q.region) WHERE q.region IN ('west', 'atoll') GROUP BY q.region"#,
+    );
+    add(
+        "having-order-limit",
+        r#"SELECT p.region, SUM(p.bmi) FROM patients p GROUP BY p.region HAVING COUNT(*) > 1 ORDER BY 2 LIMIT 1"#,
+    );
+    add(
+        "having-order-limit",
+        r#"SELECT p.region, COUNT(*) FROM patients p GROUP BY p.region HAVING SUM(p.bmi) > 88 AND SUM(p.bmi) < 89"#,
+    );
+    add(
+        "having-order-limit",
+        r#"SELECT p.region, SUM(p.bmi) FROM (SELECT * FROM patients ORDER BY region LIMIT 10) p GROUP BY p.region"#,
+    );
+    add(
+        "having-order-limit",
+        r#"SELECT p.sex, SUM(p.bmi) FROM patients p GROUP BY p.sex ORDER BY SUM(p.bmi) DESC LIMIT 1 OFFSET 1"#,
+    );
+    add(
+        "window",
+        r#"SELECT p.region, SUM(SUM(p.bmi)) OVER () FROM patients p GROUP BY p.region"#,
+    );
+    add(
+        "window",
+        r#"SELECT p.region, SUM(v) FROM (SELECT region, patient_id, ROW_NUMBER() OVER (ORDER BY bmi) AS v FROM patients) p GROUP BY p.region"#,
+    );
+    add(
+        "dimension-functions",
+        r#"SELECT p.birth_year / 10, COUNT(*) FROM patients p GROUP BY p.birth_year / 10"#,
+    );
+    add(
+        "dimension-functions",
+        r#"SELECT p.birth_year % 7, COUNT(*) FROM patients p GROUP BY p.birth_year % 7"#,
+    );
+    add(
+        "dimension-functions",
+        r#"SELECT 'y' || CAST(p.birth_year AS VARCHAR), COUNT(*) FROM patients p GROUP BY 1"#,
+    );
+    q
+}

@@ -493,7 +493,10 @@ async fn execute(
     let plan = threshold::substitute(guarded.plan, released)?;
     let columns = output::column_names(&plan);
     let types = output::column_types(&plan);
-    let batches = SessionContext::new_with_config_rt(SessionConfig::new(), runtime()?)
+    // Above the aggregations, over released groups only; no expression fails there either.
+    let upper = SessionContext::new_with_config_rt(SessionConfig::new(), runtime()?);
+    upper.add_analyzer_rule(Arc::new(total::Total));
+    let batches = upper
         .execute_logical_plan(plan)
         .await?
         .collect()

@@ -36,6 +36,10 @@ pub async fn train(
     let plan = crate::written_plan(&ctx, &analysis.sql).await?;
     let datasets = crate::lineage::datasets_read(&plan, contract)?;
     crate::require_data(&datasets, tables)?;
+    if analysis.dp || spec.family == ModelFamily::Tree {
+        learned_columns(contract, &plan, spec)?;
+        crate::roles::Rules::for_signing(contract).check_flow(&plan)?;
+    }
     if analysis.dp {
         return private::train(contract, analysis, spec, &ctx, plan, datasets).await;
     }
@@ -43,6 +47,7 @@ pub async fn train(
         return tree::train(contract, spec, &ctx, plan, datasets).await;
     }
     let columns = learned_columns(contract, &plan, spec)?;
+    crate::roles::Rules::for_signing(contract).check_flow(&plan)?;
     covered(contract, &ctx, &plan).await?;
     let batches = collect(&ctx, &plan).await?;
     let set = training_set(&batches, spec, &columns)?;
@@ -78,6 +83,7 @@ pub(crate) async fn check(
     let plan = crate::written_plan(ctx, &analysis.sql).await?;
     crate::lineage::datasets_read(&plan, contract)?;
     learned_columns(contract, &plan, spec)?;
+    crate::roles::Rules::for_signing(contract).check_flow(&plan)?;
     if analysis.dp {
         private::spend(contract, analysis)?;
         with_units(contract, &plan, "dp")?;
@@ -597,6 +603,40 @@ mod tests {
             .to_string();
         assert!(refused.contains("training-set"), "{refused}");
         assert!(refused.contains("fewer than 10 people"), "{refused}");
+    }
+
+    /// The rows a model learns from are held to the same whole-plan rules as a query's: a
+    /// feature computed from a measure in a derived table, or rows picked by their identifiers
+    /// (in `WHERE` or a join's condition), is refused before anyone signs, whatever the
+    /// threshold would count.
+    #[tokio::test]
+    async fn model_rows_follow_the_whole_plan_rules() {
+        for (edit, rule) in [
+            (
+                "SELECT CASE WHEN night THEN amount ELSE 0 END AS amount, night, foreign, \
+                 fraud FROM transactions_a",
+                "rule measure-use",
+            ),
+            (
+                "SELECT amount, night, foreign, fraud FROM transactions_a WHERE account IN \
+                 ('0-1', '0-2', '0-3')",
+                "rule identifier-use",
+            ),
+            (
+                "SELECT a.amount, a.night, a.foreign, a.fraud FROM transactions_a a LEFT JOIN \
+                 transactions_b b ON a.account = b.account AND a.account IN ('0-1', '0-2')",
+                "rule identifier-use",
+            ),
+        ] {
+            let c = contract(|t| {
+                t.replace(
+                    "SELECT amount, night, foreign, fraud FROM transactions_a",
+                    edit,
+                )
+            });
+            let refused = crate::check_analyses(&c).await.unwrap_err().to_string();
+            assert!(refused.contains(rule), "{edit}: {refused}");
+        }
     }
 
     /// A model whose features are not numbers, or are not in the query's output, is refused

@@ -120,9 +120,18 @@ impl Rules {
         Self::of(&with).expect("an [adhoc] section is set")
     }
 
+    /// Checks every node and expression of `plan` as [`Rules::check`] does, but not its
+    /// output: for the rows a model is trained on or a scoring model reads, which leave the
+    /// enclave only as a model or as each row's own score. Measures still reach their consumer
+    /// unchanged, identifiers are still only joined (`ON id IN (...)` builds a feature of a
+    /// few chosen people), and row-level functions come from the allow-list.
+    pub fn check_flow(&self, plan: &LogicalPlan) -> Result<(), EngineError> {
+        self.labels(&explicit_joins(plan), false).map(drop)
+    }
+
     /// Checks `plan`; the output may hold only dimensions, statistics and constants.
     pub fn check(&self, plan: &LogicalPlan) -> Result<(), EngineError> {
-        let labels = self.labels(plan, false)?;
+        let labels = self.labels(&explicit_joins(plan), false)?;
         if labels.len() != plan.schema().fields().len() {
             return Err(refuse(
                 "unsupported-construct",
@@ -194,8 +203,18 @@ impl Rules {
                     .collect()
             }
             LogicalPlan::Filter(f) => {
-                let input = self.labels(&f.input, under_aggregate)?;
+                let cross = match f.input.as_ref() {
+                    LogicalPlan::Join(j) if j.on.is_empty() => Some(j),
+                    _ => None,
+                };
+                let input = match cross {
+                    Some(j) => self.join_labels(j, under_aggregate, false)?,
+                    None => self.labels(&f.input, under_aggregate)?,
+                };
                 self.check_predicate(&f.predicate, &input, f.input.schema())?;
+                if cross.is_some() {
+                    return Err(join_refused());
+                }
                 Ok(input)
             }
             LogicalPlan::SubqueryAlias(a) => self.labels(&a.input, under_aggregate),
@@ -218,6 +237,15 @@ impl Rules {
                 self.labels(&l.input, under_aggregate)
             }
             LogicalPlan::Aggregate(a) => {
+                if under_aggregate {
+                    return Err(refuse(
+                        "unsupported-construct",
+                        "an aggregation inside the input of another aggregation (a derived \
+                         table, CTE or join side that aggregates): its groups would reach the \
+                         outer query without the threshold, so one person's sum could travel as \
+                         a value; ask for each aggregation in a query of its own",
+                    ));
+                }
                 let input = self.labels(&a.input, true)?;
                 let schema = a.input.schema();
                 let mut out = Vec::new();
@@ -276,40 +304,14 @@ impl Rules {
                 }
                 Ok(out)
             }
-            LogicalPlan::Join(j) => {
-                if matches!(j.join_type, JoinType::LeftMark | JoinType::RightMark) {
-                    return Err(subquery_refused());
-                }
-                let left = self.labels(&j.left, under_aggregate)?;
-                let right = self.labels(&j.right, under_aggregate)?;
-                for (l, r) in &j.on {
-                    let l = self.label(l, &left, j.left.schema())?;
-                    let r = self.label(r, &right, j.right.schema())?;
-                    self.check_equi(&l, &r)?;
-                }
-                let mut all = left.clone();
-                all.extend(right.iter().cloned());
-                if let Some(filter) = &j.filter {
-                    let schema = j.left.schema().join(j.right.schema())?;
-                    self.check_predicate(filter, &all, &schema)?;
-                }
-                Ok(match j.join_type {
-                    JoinType::LeftSemi | JoinType::LeftAnti => left,
-                    JoinType::RightSemi | JoinType::RightAnti => right,
-                    _ => all,
-                })
-            }
+            LogicalPlan::Join(j) => self.join_labels(j, under_aggregate, true),
             LogicalPlan::Union(u) => {
                 let mut out: Option<Vec<Label>> = None;
                 for input in &u.inputs {
                     let labels = self.labels(input, under_aggregate)?;
                     out = Some(match out {
                         None => labels,
-                        Some(prev) => prev
-                            .into_iter()
-                            .zip(labels)
-                            .map(|(a, b)| if b.kind > a.kind { b } else { a })
-                            .collect(),
+                        Some(prev) => prev.into_iter().zip(labels).map(merge).collect(),
                     });
                 }
                 Ok(out.unwrap_or_default())
@@ -333,6 +335,43 @@ impl Rules {
                 ),
             )),
         }
+    }
+
+    /// The labels of a join's output. Its keys must be equal identifiers (`require_keys`; a
+    /// filter above a cross join is checked first, for a precise reason, and then this refuses).
+    fn join_labels(
+        &self,
+        j: &datafusion::logical_expr::Join,
+        under_aggregate: bool,
+        require_keys: bool,
+    ) -> Result<Vec<Label>, EngineError> {
+        if matches!(j.join_type, JoinType::LeftMark | JoinType::RightMark) {
+            return Err(subquery_refused());
+        }
+        let left = self.labels(&j.left, under_aggregate)?;
+        let right = self.labels(&j.right, under_aggregate)?;
+        for (l, r) in &j.on {
+            let l = self.label(l, &left, j.left.schema())?;
+            let r = self.label(r, &right, j.right.schema())?;
+            self.check_equi(&l, &r)?;
+            if !(l.kind == Kind::Identifier && r.kind == Kind::Identifier) {
+                return Err(join_refused());
+            }
+        }
+        let mut all = left.clone();
+        all.extend(right.iter().cloned());
+        if let Some(filter) = &j.filter {
+            let schema = j.left.schema().join(j.right.schema())?;
+            self.check_predicate(filter, &all, &schema)?;
+        }
+        if require_keys && j.on.is_empty() {
+            return Err(join_refused());
+        }
+        Ok(match j.join_type {
+            JoinType::LeftSemi | JoinType::LeftAnti => left,
+            JoinType::RightSemi | JoinType::RightAnti => right,
+            _ => all,
+        })
     }
 
     /// The label of `expr` over an input with `input` labels.
@@ -388,7 +427,11 @@ impl Rules {
                 self.label(&a.expr, input, schema)
             }
             Expr::Literal(..) => Ok(Label::of(Kind::Constant)),
-            Expr::BinaryExpr(b) => combine(&[&b.left, &b.right], &format!("the expression {expr}")),
+            Expr::BinaryExpr(b) => {
+                let out = combine(&[&b.left, &b.right], &format!("the expression {expr}"))?;
+                total_arithmetic(b, schema)?;
+                Ok(out)
+            }
             Expr::Not(e)
             | Expr::IsNotNull(e)
             | Expr::IsNull(e)
@@ -407,7 +450,13 @@ impl Rules {
             | Expr::TryCast(TryCast { expr: inner, field }) => {
                 let l = self.label(inner, input, schema)?;
                 if l.kind != Kind::Measure {
-                    return combine(&[inner], "a CAST");
+                    let lossless_dimension = l.kind == Kind::Dimension
+                        && lossless(&inner.get_type(schema)?, field.data_type());
+                    return if lossless_dimension {
+                        Ok(l)
+                    } else {
+                        combine(&[inner], "a CAST")
+                    };
                 }
                 // A measure passes a cast only where the cast keeps every value apart and
                 // cannot fail on one: it still reaches its aggregate as the person's own value.
@@ -464,12 +513,10 @@ impl Rules {
                         ));
                     }
                 }
-                // Above the aggregations a function sees released statistics only; below them
-                // it sees rows, and a function that can fail on a value would answer a
-                // question about that value with its failure.
-                if !labels.iter().any(|l| l.kind == Kind::Statistic) {
-                    total_function(&name, &f.args)?;
-                }
+                // A function that can fail on a value would answer a question about that value
+                // with its failure: on rows below the aggregations, and (though only released
+                // numbers reach it there) above them too, so that nothing fails on a value.
+                total_function(&name, &f.args)?;
                 Ok(out)
             }
             Expr::AggregateFunction(_) => Err(refuse(
@@ -735,9 +782,20 @@ impl Rules {
                  (GROUP BY ...) or filter the whole query (WHERE ...) instead",
             ));
         }
-        for arg in &params.args {
+        for (arg, label) in params.args.iter().zip(&labels) {
             if let Err(why) = plain_argument(arg, schema) {
                 return Err(aggregate_argument(kind, arg, &why));
+            }
+            // A column of a derived table, CTE or union is plain only if it is a dataset's
+            // column passed through unchanged: `CASE WHEN region = 'x' THEN 100 ELSE 0 END AS v`
+            // one level down is the conditional count it would be inside the aggregate.
+            if !(label.bare || label.kind == Kind::Constant) {
+                return Err(aggregate_argument(
+                    kind,
+                    arg,
+                    "it is computed below the aggregate (in a derived table, CTE or union), not a \
+                     dataset's column passed through unchanged",
+                ));
             }
         }
         Ok(())
@@ -830,6 +888,60 @@ fn lossless(from: &DataType, to: &DataType) -> bool {
     }
 }
 
+/// One column of a `UNION ALL` from two branches: the more sensitive label, and unchanged
+/// (bare) only where every branch passes a column unchanged, or (but for identifiers) a
+/// constant. A union of an identifier with a string built from dimensions is no identifier
+/// to join on, and of a measure with a computation is no measure to aggregate.
+fn merge((a, b): (Label, Label)) -> Label {
+    let plain = |l: &Label, top: Kind| {
+        (l.bare && l.kind == top) || (l.kind == Kind::Constant && top != Kind::Identifier)
+    };
+    let top = a.kind.max(b.kind);
+    let bare = plain(&a, top) && plain(&b, top);
+    let mut out = if b.kind > a.kind { b } else { a };
+    out.bare = bare;
+    out
+}
+
+/// `plan` with its joins written as joins: `ON a.id = b.id` is planned as a join filter, and
+/// `FROM a, b WHERE a.id = b.id` as a cross join under a filter; DataFusion's own rewrites make
+/// them the inner joins they mean (the equalities in `ON`), so that the join rule judges what
+/// runs. Where the rewrites do not apply, the plan as it is (and a join without equalities is
+/// refused).
+fn explicit_joins(plan: &LogicalPlan) -> LogicalPlan {
+    use datafusion::optimizer::eliminate_cross_join::EliminateCrossJoin;
+    use datafusion::optimizer::extract_equijoin_predicate::ExtractEquijoinPredicate;
+    use datafusion::optimizer::{Optimizer, OptimizerContext, OptimizerRule};
+    let joins = datafusion::common::tree_node::TreeNode::exists(plan, |node| {
+        Ok(matches!(node, LogicalPlan::Join(j) if j.on.is_empty()))
+    })
+    .unwrap_or(false);
+    if !joins {
+        return plan.clone();
+    }
+    // The SQL planner writes `ON a = b` as a join filter: its equalities move into `ON`
+    // first, then cross joins under a filter become inner joins, whose keys move too.
+    let rules: Vec<Arc<dyn OptimizerRule + Send + Sync>> = vec![
+        Arc::new(ExtractEquijoinPredicate::new()),
+        Arc::new(EliminateCrossJoin::new()),
+        Arc::new(ExtractEquijoinPredicate::new()),
+    ];
+    let config = OptimizerContext::new().with_max_passes(1);
+    Optimizer::with_rules(rules)
+        .optimize(plan.clone(), &config, |_, _| {})
+        .unwrap_or_else(|_| plan.clone())
+}
+
+fn join_refused() -> EngineError {
+    refuse(
+        "join-on-identifiers",
+        "a join may only link one person's rows across datasets, by equal identifiers (ON a.id \
+         = b.id, other conditions beside it): a join on dimensions, a cross join or a join with \
+         constants (VALUES) can put one person's rows into two groups of one answer that \
+         differ only by that person, and their difference is that person's value",
+    )
+}
+
 /// Which arguments of a scalar function may vary from row to row.
 enum Varying {
     /// Any argument: the function returns a value (or NULL) for every input.
@@ -906,8 +1018,7 @@ fn total_function(name: &str, args: &[Expr]) -> Result<(), EngineError> {
             "total-functions",
             format!(
                 "the function {name} is not on kura's list of functions that cannot fail on a \
-                 row's value (a failure that depends on a value answers a question about it), \
-                 so it is refused on rows; it may be applied to the aggregates' results"
+                 value (a failure that depends on a value answers a question about it)"
             ),
         ));
     };
@@ -923,6 +1034,117 @@ fn total_function(name: &str, args: &[Expr]) -> Result<(), EngineError> {
                     ),
                 ));
             }
+        }
+    }
+    total_constants(name, args)
+}
+
+/// The constant arguments of a row-level function within the range where it cannot fail (it
+/// fails only when a row reaches it, so an invalid constant asks whether any row does).
+fn total_constants(name: &str, args: &[Expr]) -> Result<(), EngineError> {
+    let whole = |i: usize, range: std::ops::RangeInclusive<i64>, not: Option<i64>| {
+        let Some(arg) = args.get(i) else {
+            return Ok(());
+        };
+        match literal_int(arg) {
+            Some(n) if range.contains(&n) && Some(n) != not => Ok(()),
+            _ => Err(refuse(
+                "total-functions",
+                format!(
+                    "argument {} of {name} must be a whole number from {} to {}{}: outside it the \
+                     function fails on the rows that reach it",
+                    i + 1,
+                    range.start(),
+                    range.end(),
+                    not.map_or(String::new(), |n| format!(", not {n}"))
+                ),
+            )),
+        }
+    };
+    let unit = |i: usize, units: &[&str]| match args.get(i).and_then(literal_text) {
+        Some(u) if units.contains(&u.to_ascii_lowercase().as_str()) => Ok(()),
+        _ => Err(refuse(
+            "total-functions",
+            format!(
+                "argument {} of {name} must be one of {}",
+                i + 1,
+                units.join(", ")
+            ),
+        )),
+    };
+    const LENGTH: i64 = 1 << 20;
+    match name {
+        "substr" | "substring" => {
+            whole(1, -LENGTH..=LENGTH, None)?;
+            whole(2, 0..=LENGTH, None)
+        }
+        "left" | "right" => whole(1, -LENGTH..=LENGTH, None),
+        "lpad" | "rpad" => whole(1, 0..=1000, None),
+        "split_part" => whole(2, -1000..=1000, Some(0)),
+        "round" | "trunc" => whole(1, -30..=30, None),
+        "date_part" | "datepart" => unit(
+            0,
+            &["year", "quarter", "month", "week", "day", "dow", "doy"],
+        ),
+        "date_trunc" | "datetrunc" => unit(0, &["year", "quarter", "month", "week", "day"]),
+        _ => Ok(()),
+    }
+}
+
+/// A whole-number literal, possibly negated or cast.
+fn literal_int(expr: &Expr) -> Option<i64> {
+    match expr {
+        Expr::Literal(v, _) => match v {
+            ScalarValue::Int8(Some(n)) => Some(i64::from(*n)),
+            ScalarValue::Int16(Some(n)) => Some(i64::from(*n)),
+            ScalarValue::Int32(Some(n)) => Some(i64::from(*n)),
+            ScalarValue::Int64(Some(n)) => Some(*n),
+            ScalarValue::UInt8(Some(n)) => Some(i64::from(*n)),
+            ScalarValue::UInt16(Some(n)) => Some(i64::from(*n)),
+            ScalarValue::UInt32(Some(n)) => Some(i64::from(*n)),
+            ScalarValue::UInt64(Some(n)) => i64::try_from(*n).ok(),
+            _ => None,
+        },
+        Expr::Alias(a) => literal_int(&a.expr),
+        Expr::Cast(Cast { expr, .. }) | Expr::TryCast(TryCast { expr, .. }) => literal_int(expr),
+        Expr::Negative(e) => literal_int(e).and_then(i64::checked_neg),
+        _ => None,
+    }
+}
+
+fn literal_text(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Literal(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+            _,
+        ) => Some(s),
+        Expr::Alias(a) => literal_text(&a.expr),
+        Expr::Cast(Cast { expr, .. }) | Expr::TryCast(TryCast { expr, .. }) => literal_text(expr),
+        _ => None,
+    }
+}
+
+/// Row-level arithmetic only on integers (which wrap) and floats (which give infinity or NaN):
+/// decimals fail when a result leaves their precision, dates and times when an interval takes
+/// them out of range, each only for the rows whose values do.
+fn total_arithmetic(b: &BinaryExpr, schema: &DFSchema) -> Result<(), EngineError> {
+    use Operator::*;
+    if !matches!(b.op, Plus | Minus | Multiply | Divide | Modulo) {
+        return Ok(());
+    }
+    for side in [&b.left, &b.right] {
+        let ty = side.get_type(schema)?;
+        if !(ty.is_integer() || ty.is_floating() || ty == DataType::Null) {
+            return Err(refuse(
+                "total-functions",
+                format!(
+                    "arithmetic on {ty} ({}) can fail on the rows whose values leave its range: \
+                     only integers and floating-point numbers are computed on rows",
+                    Expr::BinaryExpr(b.clone())
+                ),
+            ));
         }
     }
     Ok(())

@@ -41,6 +41,7 @@ pub async fn score(
     let mut datasets = crate::lineage::datasets_read(&plan, contract)?;
     crate::require_data(&datasets, tables)?;
     let layout = Layout::of(contract, analysis, spec, &plan)?;
+    crate::roles::Rules::for_signing(contract).check_flow(&plan)?;
 
     let physical = ctx.state().create_physical_plan(&plan).await?;
     let batches = crate::collect_counted(physical, &ctx)
@@ -101,7 +102,8 @@ pub(crate) async fn check(
     let spec = spec(analysis)?;
     let plan = crate::written_plan(ctx, &analysis.sql).await?;
     crate::lineage::datasets_read(&plan, contract)?;
-    Layout::of(contract, analysis, spec, &plan).map(drop)
+    Layout::of(contract, analysis, spec, &plan)?;
+    crate::roles::Rules::for_signing(contract).check_flow(&plan)
 }
 
 fn spec(analysis: &Analysis) -> Result<&ScoreSpec, EngineError> {

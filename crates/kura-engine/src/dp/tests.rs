@@ -258,7 +258,7 @@ async fn queries_that_dp_cannot_bound_are_refused_with_a_reason() {
         (
             &c,
             "SELECT p.sex, COUNT(*) FROM patients p JOIN claims c ON p.sex = c.kind GROUP BY p.sex",
-            "on their privacy units",
+            "by equal identifiers",
         ),
         (
             &c,
