@@ -83,11 +83,10 @@ pub(crate) async fn check(
     let plan = crate::written_plan(ctx, &analysis.sql).await?;
     crate::lineage::datasets_read(&plan, contract)?;
     learned_columns(contract, &plan, spec)?;
-    crate::roles::Rules::for_signing(contract).check_flow(&plan)?;
     if analysis.dp {
         private::spend(contract, analysis)?;
         with_units(contract, &plan, "dp")?;
-        return Ok(());
+        return crate::roles::Rules::for_signing(contract).check_flow(&plan);
     }
     if spec.family == ModelFamily::Tree {
         with_units(contract, &plan, RULE)?;
@@ -95,7 +94,7 @@ pub(crate) async fn check(
     for count in counts(&plan)? {
         crate::threshold::guard_coverage(count, contract)?;
     }
-    Ok(())
+    crate::roles::Rules::for_signing(contract).check_flow(&plan)
 }
 
 /// The positions of the features, then the label, among `plan`'s output columns: numbers or

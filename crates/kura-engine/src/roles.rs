@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{DFSchema, JoinType, ScalarValue};
 use datafusion::logical_expr::expr::{AggregateFunction, Cast, TryCast};
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator};
@@ -126,7 +127,8 @@ impl Rules {
     /// unchanged, identifiers are still only joined (`ON id IN (...)` builds a feature of a
     /// few chosen people), and row-level functions come from the allow-list.
     pub fn check_flow(&self, plan: &LogicalPlan) -> Result<(), EngineError> {
-        self.labels(&explicit_joins(plan), false).map(drop)
+        self.labels(&explicit_joins(plan), false)?;
+        read_once(plan)
     }
 
     /// Checks `plan`; the output may hold only dimensions, statistics and constants.
@@ -247,6 +249,7 @@ impl Rules {
                     ));
                 }
                 let input = self.labels(&a.input, true)?;
+                read_once(&a.input)?;
                 let schema = a.input.schema();
                 let mut out = Vec::new();
                 for g in &a.group_expr {
@@ -427,6 +430,14 @@ impl Rules {
                 self.label(&a.expr, input, schema)
             }
             Expr::Literal(..) => Ok(Label::of(Kind::Constant)),
+            Expr::BinaryExpr(BinaryExpr {
+                op:
+                    Operator::RegexMatch
+                    | Operator::RegexIMatch
+                    | Operator::RegexNotMatch
+                    | Operator::RegexNotIMatch,
+                ..
+            }) => Err(regex_refused(expr)),
             Expr::BinaryExpr(b) => {
                 let out = combine(&[&b.left, &b.right], &format!("the expression {expr}"))?;
                 total_arithmetic(b, schema)?;
@@ -442,9 +453,10 @@ impl Rules {
             | Expr::IsNotFalse(e)
             | Expr::IsNotUnknown(e)
             | Expr::Negative(e) => combine(&[e], &format!("the expression {expr}")),
-            Expr::Like(l) | Expr::SimilarTo(l) => {
-                combine(&[&l.expr, &l.pattern], &format!("the pattern match {expr}"))
-            }
+            Expr::Like(l) => combine(&[&l.expr, &l.pattern], &format!("the pattern match {expr}")),
+            // A regular expression fails to compile, or past its size limit, on the rows that
+            // reach it: whether any row does is the answer.
+            Expr::SimilarTo(_) => Err(regex_refused(expr)),
             Expr::Between(b) => combine(&[&b.expr, &b.low, &b.high], &format!("{expr}")),
             Expr::Cast(Cast { expr: inner, field })
             | Expr::TryCast(TryCast { expr: inner, field }) => {
@@ -517,6 +529,9 @@ impl Rules {
                 // with its failure: on rows below the aggregations, and (though only released
                 // numbers reach it there) above them too, so that nothing fails on a value.
                 total_function(&name, &f.args)?;
+                for arg in &f.args {
+                    total_argument(&name, arg, schema)?;
+                }
                 Ok(out)
             }
             Expr::AggregateFunction(_) => Err(refuse(
@@ -932,6 +947,36 @@ fn explicit_joins(plan: &LogicalPlan) -> LogicalPlan {
         .unwrap_or_else(|_| plan.clone())
 }
 
+/// Each dataset is read once by one aggregation (or one model's rows): a second copy of the
+/// same rows, joined on the identifier with a condition (`LEFT JOIN patients f ON p.id = f.id
+/// AND f.region = 'west'`), is a `FILTER` by another name, whose parts can be subtracted from
+/// the total, and a self-join weighs each person by their own rows.
+fn read_once(plan: &LogicalPlan) -> Result<(), EngineError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut twice = None;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && !seen.insert(scan.table_name.table().to_string())
+        {
+            twice = Some(scan.table_name.table().to_string());
+            return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    match twice {
+        None => Ok(()),
+        Some(table) => Err(refuse(
+            "read-once",
+            format!(
+                "the dataset {table:?} is read twice by one aggregation (a self-join, or a \
+                 pool beside a join): one copy joined to the other with a condition is a FILTER \
+                 by another name, whose parts subtract from the total, and a self-join weighs \
+                 each person by their own rows"
+            ),
+        )),
+    }
+}
+
 fn join_refused() -> EngineError {
     refuse(
         "join-on-identifiers",
@@ -953,7 +998,8 @@ enum Varying {
 /// Scalar functions that return a value for every row they are given (NULL, NaN or infinity at
 /// worst), and never fail: the allow-list of row-level functions. A function DataFusion adds
 /// is refused until it is classified here; one that can fail on a value (`abs` of the smallest
-/// integer, parsing a date from text, `make_date`) stays off it, since a failure is an answer.
+/// integer, parsing a date from text, `make_date`, `sqrt` and logarithms of a negative number)
+/// stays off it, since a failure is an answer.
 const TOTAL_FUNCTIONS: &[(&str, Varying)] = &[
     ("lower", Varying::All),
     ("upper", Varying::All),
@@ -996,12 +1042,6 @@ const TOTAL_FUNCTIONS: &[(&str, Varying)] = &[
     ("floor", Varying::All),
     ("ceil", Varying::All),
     ("signum", Varying::All),
-    ("sqrt", Varying::All),
-    ("cbrt", Varying::All),
-    ("ln", Varying::All),
-    ("log2", Varying::All),
-    ("log10", Varying::All),
-    ("exp", Varying::All),
     ("isnan", Varying::All),
     ("iszero", Varying::All),
     ("date_part", Varying::Only(1)),
@@ -1081,7 +1121,8 @@ fn total_constants(name: &str, args: &[Expr]) -> Result<(), EngineError> {
         "left" | "right" => whole(1, -LENGTH..=LENGTH, None),
         "lpad" | "rpad" => whole(1, 0..=1000, None),
         "split_part" => whole(2, -1000..=1000, Some(0)),
-        "round" | "trunc" => whole(1, -30..=30, None),
+        // A negative precision rounds an integer near its limit past it.
+        "round" | "trunc" => whole(1, 0..=30, None),
         "date_part" | "datepart" => unit(
             0,
             &["year", "quarter", "month", "week", "day", "dow", "doy"],
@@ -1089,6 +1130,34 @@ fn total_constants(name: &str, args: &[Expr]) -> Result<(), EngineError> {
         "date_trunc" | "datetrunc" => unit(0, &["year", "quarter", "month", "week", "day"]),
         _ => Ok(()),
     }
+}
+
+/// No function takes a decimal: rounding, flooring or ceiling one near its precision's limit
+/// fails on the rows whose values are there.
+fn total_argument(name: &str, arg: &Expr, schema: &DFSchema) -> Result<(), EngineError> {
+    if matches!(
+        arg.get_type(schema)?,
+        DataType::Decimal32(..)
+            | DataType::Decimal64(..)
+            | DataType::Decimal128(..)
+            | DataType::Decimal256(..)
+    ) {
+        return Err(refuse(
+            "total-functions",
+            format!("{name} of a decimal can fail on values near its precision's limit"),
+        ));
+    }
+    Ok(())
+}
+
+fn regex_refused(expr: &Expr) -> EngineError {
+    refuse(
+        "total-functions",
+        format!(
+            "regular expressions ({expr}) are refused: one fails to compile, or grows past its \
+             limit, on the rows that reach it, so whether any row does is an answer; use LIKE"
+        ),
+    )
 }
 
 /// A whole-number literal, possibly negated or cast.

@@ -396,6 +396,17 @@ fn count(
             add(Some(differ), Check::ZeroOrAtLeast)?;
         }
     }
+    // A group key taken from another dataset than the one an aggregate reads must come from a
+    // dataset with one row per person: otherwise one row of the read dataset reaches several
+    // groups (a patient's BMI in the cell of each kind of their claims), and a filter that
+    // drops one of them makes two cells of one answer differ by that person alone.
+    if datafusion::common::tree_node::TreeNode::exists(input.as_ref(), |node| {
+        Ok(matches!(node, LogicalPlan::Join(_)))
+    })
+    .unwrap_or(true)
+    {
+        keys_of_one_row_per_person(contract, &agg.group_expr, &agg.aggr_expr, &input)?;
+    }
     // Over a join, each aggregate's rows per person of every dataset whose values it reads (or,
     // for a count of rows, of every dataset): at most the dataset's `max_contributions`.
     let joined = bound_rows
@@ -618,6 +629,64 @@ fn equal_units(units: &[Unit], input: &LogicalPlan) -> Vec<usize> {
         Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
     });
     same
+}
+
+/// Refuses a group key from a dataset with more than one row per person (its
+/// `max_contributions` above 1) beside an aggregate that reads another dataset.
+fn keys_of_one_row_per_person(
+    contract: &Contract,
+    group_expr: &[Expr],
+    aggr_expr: &[Expr],
+    input: &LogicalPlan,
+) -> Result<(), EngineError> {
+    let keys: BTreeSet<String> = group_expr
+        .iter()
+        .flat_map(|k| sources_in_expr(k, input))
+        .collect();
+    for aggregate in aggr_expr {
+        let read = datasets_read_by(aggregate, input);
+        for key in &keys {
+            let many = contract
+                .dataset(key)
+                .is_some_and(|d| d.max_contributions > 1);
+            if many && read.iter().any(|d| d != key) {
+                return Err(EngineError::Refused {
+                    rule: "group-keys",
+                    reason: format!(
+                        "{aggregate} reads {} but is grouped by a column of {key:?}, which has \
+                         several rows per person (max_contributions): one person's row would \
+                         stand in several groups of one answer, and two of them could differ by \
+                         that person alone. Group by columns of the dataset the aggregate reads, \
+                         or of a dataset with one row per person",
+                        read.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The datasets an aggregate's value depends on: its argument's (every dataset for a count of
+/// rows), whether or not repeated rows change it.
+fn datasets_read_by(aggregate: &Expr, input: &LogicalPlan) -> BTreeSet<String> {
+    let mut expr = aggregate;
+    while let Expr::Alias(a) = expr {
+        expr = &a.expr;
+    }
+    let Expr::AggregateFunction(AggregateFunction { params, .. }) = expr else {
+        return tables_scanned(input);
+    };
+    let read: BTreeSet<String> = params
+        .args
+        .iter()
+        .flat_map(|arg| sources_in_expr(arg, input))
+        .collect();
+    if read.is_empty() {
+        tables_scanned(input)
+    } else {
+        read
+    }
 }
 
 /// The datasets whose rows an aggregate weighs: those its argument's values come from, every
