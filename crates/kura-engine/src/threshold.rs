@@ -341,15 +341,7 @@ fn count(
     let mut checks = Vec::new();
     let mut add = |condition: Option<Expr>, check: Check| -> Result<(), EngineError> {
         for unit in &units {
-            let counted = crate::units::expr(unit.expr.clone(), cap);
-            let counted = match [unit.only.clone(), condition.clone()]
-                .into_iter()
-                .flatten()
-                .reduce(Expr::and)
-            {
-                None => counted,
-                Some(c) => counted.filter(c).build()?,
-            };
+            let counted = unit.on_rows(crate::units::expr(unit.expr.clone(), cap), &condition)?;
             extra.push(counted.alias(format!("{HIDDEN_PREFIX}{}", checks.len())));
             // A pooled dataset may have no rows in a group; if it has any, enough people.
             checks.push(match (&unit.only, &check) {
@@ -443,15 +435,8 @@ fn count(
                 }
                 bounded.push((i, most, condition));
                 let unit = &units[i];
-                let rows = crate::rows::expr(unit.expr.clone(), most + 1);
-                let rows = match [unit.only.clone(), condition.clone()]
-                    .into_iter()
-                    .flatten()
-                    .reduce(Expr::and)
-                {
-                    None => rows,
-                    Some(c) => rows.filter(c).build()?,
-                };
+                let rows =
+                    unit.on_rows(crate::rows::expr(unit.expr.clone(), most + 1), condition)?;
                 extra.push(rows.alias(format!("{HIDDEN_PREFIX}{}", checks.len())));
                 checks.push(Check::AtMost(most));
             }
@@ -824,6 +809,23 @@ struct Unit {
     dataset: String,
     /// The pool (its index) a pooled dataset's unit belongs to.
     pool: Option<usize>,
+}
+
+impl Unit {
+    /// The hidden aggregate `counted` over this unit's rows (a pooled dataset's among its
+    /// pool's) where `condition` holds.
+    fn on_rows(&self, counted: Expr, condition: &Option<Expr>) -> Result<Expr, EngineError> {
+        Ok(
+            match [self.only.clone(), condition.clone()]
+                .into_iter()
+                .flatten()
+                .reduce(Expr::and)
+            {
+                None => counted,
+                Some(c) => counted.filter(c).build()?,
+            },
+        )
+    }
 }
 
 /// A `UNION ALL` inside an aggregation's input whose branches each read one dataset: every
