@@ -418,6 +418,21 @@ fn count(
                 if !read.contains(&unit.dataset) {
                     continue;
                 }
+                // A join repeats this dataset's rows only through a partner joined on something
+                // else than this unit, or one with several rows per person. Joined on the unit
+                // to datasets that declare one row per person, nothing repeats its rows (and its
+                // own rows are its provider's): no count is needed.
+                let repeated = units.iter().enumerate().any(|(j, other)| {
+                    j != i
+                        && (other.pool.is_none() || other.pool != unit.pool)
+                        && (same[j] != same[i]
+                            || contract
+                                .dataset(&other.dataset)
+                                .is_some_and(|d| d.max_contributions > 1))
+                });
+                if !repeated {
+                    continue;
+                }
                 let most = u64::from(
                     contract
                         .dataset(&unit.dataset)
@@ -588,11 +603,36 @@ fn equal_units(units: &[Unit], input: &LogicalPlan) -> Vec<usize> {
         Expr::Column(c) => Some(c.clone()),
         _ => None,
     };
+    // The written plan keeps `ON a = b` in the join's filter, and an implicit join's in a
+    // filter above it: equalities of two columns there count as the join's keys.
+    let inner = |plan: &LogicalPlan| matches!(plan, LogicalPlan::Join(j) if j.join_type == datafusion::common::JoinType::Inner);
     let _ = datafusion::common::tree_node::TreeNode::apply(input, |node| {
-        if let LogicalPlan::Join(j) = node
-            && j.join_type == datafusion::common::JoinType::Inner
+        let equalities = |predicate: Option<&Expr>| -> Vec<(Expr, Expr)> {
+            predicate
+                .map(datafusion::logical_expr::utils::split_conjunction)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|conjunct| match conjunct {
+                    Expr::BinaryExpr(datafusion::logical_expr::BinaryExpr {
+                        left,
+                        op: datafusion::logical_expr::Operator::Eq,
+                        right,
+                    }) => Some((left.as_ref().clone(), right.as_ref().clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        let pairs: Vec<(Expr, Expr)> = match node {
+            LogicalPlan::Join(j) if inner(node) => {
+                let mut pairs = j.on.clone();
+                pairs.extend(equalities(j.filter.as_ref()));
+                pairs
+            }
+            LogicalPlan::Filter(f) if inner(&f.input) => equalities(Some(&f.predicate)),
+            _ => Vec::new(),
+        };
         {
-            for (l, r) in &j.on {
+            for (l, r) in &pairs {
                 let (Some(l), Some(r)) = (column(l), column(r)) else {
                     continue;
                 };
