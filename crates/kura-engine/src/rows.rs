@@ -247,19 +247,7 @@ impl Groups {
                 }
             }
         }
-        let list = |values: ArrayRef, ty: DataType| -> Result<ArrayRef> {
-            Ok(Arc::new(ListArray::try_new(
-                Arc::new(Field::new_list_field(ty, true)),
-                OffsetBuffer::from_lengths(lengths.iter().copied()),
-                values,
-                None,
-            )?))
-        };
-        Ok(vec![
-            list(Arc::new(UInt64Array::from(hashes)), DataType::UInt64)?,
-            list(Arc::new(UInt32Array::from(rows)), DataType::UInt32)?,
-            Arc::new(BooleanArray::from(reached)),
-        ])
+        state(&lengths, hashes, rows, reached)
     }
 
     fn merge(&mut self, states: &[ArrayRef], group_of: impl Fn(usize) -> usize) {
@@ -288,6 +276,29 @@ impl Groups {
             }
         }
     }
+}
+
+/// A state of groups: per group, `lengths[g]` of the unit hashes and their rows, and whether
+/// the group reached the cap.
+fn state(
+    lengths: &[usize],
+    hashes: Vec<u64>,
+    rows: Vec<u32>,
+    reached: Vec<bool>,
+) -> Result<Vec<ArrayRef>> {
+    let list = |values: ArrayRef, ty: DataType| -> Result<ArrayRef> {
+        Ok(Arc::new(ListArray::try_new(
+            Arc::new(Field::new_list_field(ty, true)),
+            OffsetBuffer::from_lengths(lengths.iter().copied()),
+            values,
+            None,
+        )?))
+    };
+    Ok(vec![
+        list(Arc::new(UInt64Array::from(hashes)), DataType::UInt64)?,
+        list(Arc::new(UInt32Array::from(rows)), DataType::UInt32)?,
+        Arc::new(BooleanArray::from(reached)),
+    ])
 }
 
 impl GroupsAccumulator for Groups {
@@ -362,19 +373,8 @@ impl GroupsAccumulator for Groups {
             .map(|(h, _)| *h)
             .collect();
         let ones = vec![1u32; kept.len()];
-        let list = |values: ArrayRef, ty: DataType| -> Result<ArrayRef> {
-            Ok(Arc::new(ListArray::try_new(
-                Arc::new(Field::new_list_field(ty, true)),
-                OffsetBuffer::from_lengths(keep.iter().map(|k| usize::from(*k))),
-                values,
-                None,
-            )?))
-        };
-        Ok(vec![
-            list(Arc::new(UInt64Array::from(kept)), DataType::UInt64)?,
-            list(Arc::new(UInt32Array::from(ones)), DataType::UInt32)?,
-            Arc::new(BooleanArray::from(vec![false; units.len()])),
-        ])
+        let lengths: Vec<usize> = keep.iter().map(|k| usize::from(*k)).collect();
+        state(&lengths, kept, ones, vec![false; units.len()])
     }
 
     fn size(&self) -> usize {
