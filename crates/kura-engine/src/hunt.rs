@@ -2248,3 +2248,78 @@ fn second_attack_list() -> Vec<(&'static str, String)> {
     );
     q
 }
+
+/// One step of a computation on the golden contract's narrowed dimension `birth_year` (allowed
+/// only `floor` and `round`): a function (named, listed or not) or an operator, a cast or a
+/// `CASE`, which `dimension_functions` leaves alone.
+const DIMENSION_STEPS: &[(Option<&str>, &str)] = &[
+    (Some("floor"), "floor(CAST({x} AS DOUBLE))"),
+    (Some("round"), "round(CAST({x} AS DOUBLE))"),
+    (Some("concat"), "concat(region, CAST({x} AS VARCHAR))"),
+    (Some("lower"), "lower(CAST({x} AS VARCHAR))"),
+    (Some("substr"), "substr(CAST({x} AS VARCHAR), 1, 3)"),
+    (Some("coalesce"), "coalesce(CAST({x} AS DOUBLE), 0.0)"),
+    (Some("length"), "length(CAST({x} AS VARCHAR))"),
+    (None, "CASE WHEN region <> '' THEN {x} END"),
+    (None, "CASE WHEN CAST({x} AS DOUBLE) > 1950 THEN 'a' ELSE 'b' END"),
+    (None, "CAST({x} AS VARCHAR)"),
+    (None, "CAST({x} AS DOUBLE) + 1"),
+    (None, "({x})"),
+];
+
+/// `birth_year` through the `inner` steps in a derived table, then the `outer` steps on the
+/// derived column (a CTE when `cte`).
+fn narrowed_sql((inner, outer, cte): &(Vec<usize>, Vec<usize>, bool)) -> String {
+    let apply = |start: &str, steps: &[usize]| {
+        steps.iter().fold(start.to_string(), |x, &i| {
+            DIMENSION_STEPS[i].1.replace("{x}", &x)
+        })
+    };
+    let inner = apply("birth_year", inner);
+    let outer = apply("t.d", outer).replace("region", "t.region");
+    let derived = format!("SELECT patient_id, region, {inner} AS d FROM patients");
+    if *cte {
+        format!("WITH t AS ({derived}) SELECT {outer} AS k, COUNT(*) FROM t GROUP BY 1")
+    } else {
+        format!("SELECT {outer} AS k, COUNT(*) FROM ({derived}) t GROUP BY 1")
+    }
+}
+
+/// The contract's narrowing of a dimension to a few functions holds however the dimension gets
+/// to a function: bare, through a `CASE`, a cast, arithmetic or a concatenation, in a derived
+/// table or CTE. Whenever a function off the list sits anywhere on the way, the query is
+/// refused by `dimension-functions`; when only listed functions do, it is not.
+#[test]
+fn a_narrowed_dimension_reaches_only_its_listed_functions() {
+    let t = tables(false);
+    let steps = || proptest::collection::vec(0..DIMENSION_STEPS.len(), 0..4);
+    let strategy = (steps(), steps(), any::<bool>());
+    let counts = std::cell::Cell::new((0u32, 0u32));
+    let result = runner(cases() / 5).run(&strategy, |q| {
+        let sql = narrowed_sql(&q);
+        let unlisted = q.0.iter().chain(&q.1).any(|&i| {
+            DIMENSION_STEPS[i]
+                .0
+                .is_some_and(|f| f != "floor" && f != "round")
+        });
+        let outcome = runtime().block_on(run_query(contract(), &sql, &t, None));
+        let by_rule = matches!(
+            &outcome,
+            Err(EngineError::Refused { rule: "dimension-functions", .. })
+        );
+        prop_assert_eq!(by_rule, unlisted, "{}: {:?}", sql, outcome.err());
+        let (refused, passed) = counts.get();
+        counts.set(if by_rule {
+            (refused + 1, passed)
+        } else {
+            (refused, passed + 1)
+        });
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let (refused, passed) = counts.get();
+    eprintln!("{refused} refused by dimension-functions, {passed} not");
+    assert!(refused > 0 && passed > 0);
+}

@@ -17,6 +17,7 @@ pub mod load;
 pub mod model;
 mod output;
 pub mod overlap;
+pub mod people;
 pub mod roles;
 pub mod rows;
 pub mod score;

@@ -16,7 +16,7 @@
 //! plan as written, for precise reasons, and as a DataFusion analyzer rule on the plan that
 //! executes (after the threshold rewrite), where failure is fatal and nothing can skip it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
@@ -48,6 +48,9 @@ struct Label {
     column: Option<String>,
     /// An unchanged copy of that column (not a computation on it).
     bare: bool,
+    /// The dimensions with a function list (`dimension_functions`) that this value is computed
+    /// from, however deep: every function it passes through must be on each one's list.
+    narrowed: BTreeSet<String>,
 }
 
 impl Label {
@@ -56,6 +59,7 @@ impl Label {
             kind,
             column: None,
             bare: false,
+            narrowed: BTreeSet::new(),
         }
     }
 
@@ -185,10 +189,19 @@ impl Rules {
                             // Not a contract column: treat as the most sensitive.
                             None => Kind::Identifier,
                         };
+                        let column = format!("{table}.{}", f.name());
+                        let narrowed = if kind == Kind::Dimension
+                            && self.adhoc.dimension_functions.contains_key(&column)
+                        {
+                            BTreeSet::from([column.clone()])
+                        } else {
+                            BTreeSet::new()
+                        };
                         Label {
                             kind,
-                            column: Some(format!("{table}.{}", f.name())),
+                            column: Some(column),
                             bare: true,
+                            narrowed,
                         }
                     })
                     .collect();
@@ -396,11 +409,13 @@ impl Rules {
                 if l.kind == Kind::Measure {
                     return Err(measure_computed(&l, what));
                 }
+                out.narrowed.extend(l.narrowed.iter().cloned());
                 if l.kind > out.kind {
                     out = Label {
                         kind: l.kind,
                         column: l.column,
                         bare: false,
+                        narrowed: std::mem::take(&mut out.narrowed),
                     };
                 }
             }
@@ -507,19 +522,17 @@ impl Rules {
                     .iter()
                     .map(|arg| self.label(arg, input, schema))
                     .collect::<Result<Vec<_>, _>>()?;
-                for l in &labels {
-                    if l.kind == Kind::Dimension
-                        && let Some(allowed) = l
-                            .column
-                            .as_ref()
-                            .and_then(|c| self.adhoc.dimension_functions.get(c))
-                        && !allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
-                    {
+                // A dimension the contract narrows reaches only its listed functions, however
+                // it got here: through a CASE, a cast, an operator, a concatenation or a
+                // derived table, as well as bare.
+                for column in labels.iter().flat_map(|l| l.narrowed.iter()) {
+                    let allowed = &self.adhoc.dimension_functions[column];
+                    if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&name)) {
                         return Err(refuse(
                             "dimension-functions",
                             format!(
-                                "function {name} on the dimension {} is not among those the contract allows for it ({})",
-                                l.name(),
+                                "function {name} on a value computed from the dimension \
+                                 {column} is not among those the contract allows for it ({})",
                                 allowed.join(", ")
                             ),
                         ));
@@ -913,8 +926,10 @@ fn merge((a, b): (Label, Label)) -> Label {
     };
     let top = a.kind.max(b.kind);
     let bare = plain(&a, top) && plain(&b, top);
+    let narrowed: BTreeSet<String> = a.narrowed.union(&b.narrowed).cloned().collect();
     let mut out = if b.kind > a.kind { b } else { a };
     out.bare = bare;
+    out.narrowed = narrowed;
     out
 }
 

@@ -145,16 +145,50 @@ pub(crate) fn cli_budget_shows_what_dp_queries_spent() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["split"], "shared");
     assert_eq!(v["accounts"][0]["name"], "(collaboration)");
-    // The answered query. (A query that failed on a value used to be charged here too; no
-    // operator fails on a value any more, and a cast that does not fit gives NULL: see
-    // kura_engine::total and tests::run_time_failures_are_total_or_generic.)
     assert_eq!(v["accounts"][0]["spent_epsilon"], 0.25);
-    assert_eq!(v["accounts"][0]["remaining_epsilon"], 0.75);
+
+    // A query that fails while it runs is charged in full: whether it fails could depend on
+    // the data. No operator fails on a value any more (a cast that does not fit gives NULL:
+    // kura_engine::total), so the failure here is the host's: a byte of every stored file is
+    // changed, and its pages no longer decrypt.
+    let store = d.join("state").join("store");
+    let mut damaged = 0;
+    for entry in walk(&store) {
+        if entry.extension().is_some_and(|e| e == "parquet") {
+            let mut bytes = std::fs::read(&entry).unwrap();
+            let middle = bytes.len() / 3;
+            bytes[middle] ^= 0x5a;
+            std::fs::write(&entry, bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert_eq!(damaged, 2);
+    let (code, _, err) = as_party("hospital-a", &["query", "--sql", DP_SQL]);
+    assert_eq!(code, Some(1), "{err}");
+    let (code, out, err) = as_party("fitness-b", &["budget", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["accounts"][0]["spent_epsilon"], 0.5, "{v}");
+    assert_eq!(v["accounts"][0]["remaining_epsilon"], 0.5);
     let (code, text, _) = as_party("hospital-a", &["budget"]);
     assert_eq!(code, Some(0));
-    assert!(text.contains("remaining ε = 0.75"), "{text}");
+    assert!(text.contains("remaining ε = 0.5"), "{text}");
     let (code, _, err) = as_party("fitness-b", &["audit", "verify"]);
     assert_eq!(code, Some(0), "{err}");
 
     drop(served);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -227,6 +227,64 @@ pub(crate) async fn batches_append_and_are_read_together() {
     );
 }
 
+/// A dataset that declares one row per person (the default) is held to it at upload: a file
+/// that repeats a person is refused, and so is an appended batch that brings back a person
+/// already held, and neither leaves a file in the store or an identifier in the log; a batch of
+/// new people is appended as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn a_dataset_of_one_row_per_person_never_holds_a_person_twice() {
+    let room = kept_room().await;
+    let text = std::fs::read_to_string(room.dir.join("ehr.csv")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let write = |name: &str, rows: &[&str]| {
+        let path = room.dir.join(name);
+        std::fs::write(&path, format!("{}\n{}\n", lines[0], rows.join("\n"))).unwrap();
+        path
+    };
+    let store = room.dir.join("state").join("store");
+    let mut h = room.client("hospital-a").await;
+    let people = &lines[1..];
+
+    // One person twice in one file (far apart, in different parsed batches or the same).
+    let mut twice = people.to_vec();
+    twice.push(people[3]);
+    let (status, reason) = refused(h.upload("ehr", &write("twice.csv", &twice), |_| {}).await);
+    assert_eq!(status, 400, "{reason}");
+    assert!(reason.contains("one-row-per-person"), "{reason}");
+    assert!(!reason.contains(PLANTED), "{reason}");
+    assert!(parquet_files(&store).is_empty());
+
+    // The first 30 people, then a batch that repeats five of them beside new ones.
+    h.upload("ehr", &write("first.csv", &people[..30]), |_| {})
+        .await
+        .unwrap();
+    h.set_append(true);
+    let overlapping = write("overlapping.csv", &people[25..]);
+    let (status, reason) = refused(h.upload("ehr", &overlapping, |_| {}).await);
+    assert_eq!(status, 400, "{reason}");
+    assert!(reason.contains("one-row-per-person"), "{reason}");
+    assert!(!reason.contains(PLANTED), "{reason}");
+    assert_eq!(parquet_files(&store).len(), 1);
+
+    // The rest of the people are new: appended, and the answer is the one of one file.
+    h.upload("ehr", &write("rest.csv", &people[30..]), |_| {})
+        .await
+        .unwrap();
+    room.upload("fitness-b", "activity").await.unwrap();
+    let rows = by_activity(&mut h).await;
+    let counts: Vec<_> = rows.iter().map(|r| r[1].clone()).collect();
+    assert_eq!(counts, [serde_json::json!(40), serde_json::json!(25)]);
+    let events = room.events().await;
+    let refusals: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind() == "upload_refused")
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert!(refusals.iter().all(|r| !r.contains(PLANTED)), "{refusals:?}");
+    assert_eq!(parquet_files(&store).len(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 pub(crate) async fn a_deadline_that_passes_while_the_service_is_down_deletes_at_restart() {
     let deadline = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);

@@ -73,6 +73,7 @@ impl DpPlan {
         } = agg;
         let input = Arc::unwrap_or_clone(input);
         let datasets: Vec<String> = datasets_read(&input, contract)?.into_iter().collect();
+        let k = u64::from(dp.max_contributions).min(rows_per_person(contract, &datasets));
         check_input(&input, contract)?;
 
         // The privacy unit: every dataset's unit is joined to the others, so any will do.
@@ -193,7 +194,11 @@ impl DpPlan {
             columns,
             order,
             datasets,
-            k: u64::from(dp.max_contributions),
+            // A person has at most the product of each dataset's rows per person in the
+            // joined rows (one row each where datasets hold one row per person, which uploads
+            // enforce); bounding keeps at most k of them whatever the data, so a smaller k is
+            // only less noise, never a weaker bound.
+            k,
             epsilon,
             delta: if thresholded { dp.query_delta } else { 0.0 },
         })
@@ -220,6 +225,15 @@ impl DpPlan {
             .sum();
         per_stat + usize::from(self.thresholded())
     }
+}
+
+/// The most rows one person can have after joining `datasets` on their privacy units: the
+/// product of their `max_contributions`.
+fn rows_per_person(contract: &Contract, datasets: &[String]) -> u64 {
+    datasets
+        .iter()
+        .filter_map(|d| contract.dataset(d))
+        .fold(1u64, |k, d| k.saturating_mul(u64::from(d.max_contributions)))
 }
 
 /// The dataset column `e` reads unchanged, if it is a column of `plan`'s output.

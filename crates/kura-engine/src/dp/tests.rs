@@ -135,8 +135,9 @@ async fn repeated_counts_spread_as_declared() {
         }
         declared = out.dp.as_ref().unwrap().columns["n"].scale();
     }
-    // One statistic, k = 2, ε = 1: scale 2. Every patient has one row, so bounding removes none.
-    assert_eq!(declared, 2.0);
+    // One statistic, ε = 1, and k = 1 (the contract's bound is 2, but the patients hold one
+    // row per person): scale 1.
+    assert_eq!(declared, 1.0);
     let p = (-1.0f64 / declared).exp();
     let var = 2.0 * p / (1.0 - p).powi(2);
     let n = errors.len() as f64;
@@ -187,6 +188,25 @@ async fn contributions_are_bounded_after_the_join_and_measures_clamped() {
     assert_eq!(report.epsilon, 500.0);
     assert_eq!(report.groups, GroupRelease::PublicDomain);
     assert_eq!(report.max_contributions, 2);
+}
+
+/// The bound on a person's rows is the contract's `max_contributions` or, where less, what
+/// the datasets read allow: patients hold one row per person, claims three; a query of the
+/// patients alone bounds (and is noised for) one row a person, a join with the claims for two,
+/// the contract's bound, which is below three.
+#[tokio::test]
+async fn the_bound_is_what_the_datasets_read_allow() {
+    let (c, t) = skewed();
+    let alone = "SELECT sex, COUNT(*) AS n FROM patients GROUP BY sex";
+    let (out, _) = run(&c, alone, Some(500.0), &t).await.unwrap();
+    assert_eq!(out.dp.unwrap().max_contributions, 1);
+    let joined = "SELECT p.sex, COUNT(*) AS n FROM patients p \
+                  JOIN claims c ON p.patient_id = c.patient_id GROUP BY p.sex";
+    let (out, _) = run(&c, joined, Some(500.0), &t).await.unwrap();
+    assert_eq!(out.dp.unwrap().max_contributions, 2);
+    let claims = c.dataset("claims").unwrap().max_contributions;
+    let dp = c.privacy.dp.as_ref().unwrap().max_contributions;
+    assert!(claims > dp, "the test needs the contract's bound below the claims' ({claims}, {dp})");
 }
 
 #[tokio::test]

@@ -388,6 +388,7 @@ impl Service {
                 let mut kept_ds = ds.clone();
                 kept_ds.columns.retain(|c| keep(&c.name));
                 let mut ingest = kura_engine::load::Ingest::keeping(&ds, format, keep);
+                let mut people = kura_engine::people::OneRowPerPerson::of(&ds);
                 let writer = kura_engine::stored::FileWriter::create(
                     handle,
                     store,
@@ -410,9 +411,19 @@ impl Service {
                     };
                     let parse =
                         |e: kura_engine::EngineError| ServiceError::BadRequest(e.to_string());
-                    // A send fails only once the writer has failed: its error is the answer.
-                    let send = |batches: Vec<kura_engine::RecordBatch>| {
-                        batches.into_iter().all(|b| to_writer.send(Some(b)).is_ok())
+                    // A dataset of one row per person is held to it batch by batch, before a
+                    // batch is written. A send fails only once the writer has failed: its error
+                    // is the answer.
+                    let mut send = |batches: Vec<kura_engine::RecordBatch>| {
+                        for b in batches {
+                            if let Some(people) = people.as_mut() {
+                                people.add(&b).map_err(parse)?;
+                            }
+                            if to_writer.send(Some(b)).is_err() {
+                                return Ok(false);
+                            }
+                        }
+                        Ok::<_, ServiceError>(true)
                     };
                     while let Some(piece) = rx.blocking_recv() {
                         // Decrypted straight into the ingest's buffer.
@@ -420,12 +431,12 @@ impl Service {
                             .push_with(|buf| decoder.push(&piece, buf))
                             .map_err(parse)?
                             .map_err(refused)?;
-                        if !send(ingest.take_ready().map_err(parse)?) {
+                        if !send(ingest.take_ready().map_err(parse)?)? {
                             return Ok(());
                         }
                     }
                     decoder.finish().map_err(refused)?;
-                    if send(ingest.finish().map_err(parse)?) {
+                    if send(ingest.finish().map_err(parse)?)? {
                         // The end of the file: only now is the object completed.
                         let _ = to_writer.send(None);
                     }
@@ -438,7 +449,7 @@ impl Service {
                 // A refusal of the file comes first; then whatever stopped the writer.
                 parsed?;
                 let (rows, bytes) = written?;
-                Ok::<_, ServiceError>((file_key, rows, bytes))
+                Ok::<_, ServiceError>((file_key, rows, bytes, people))
             })
         };
         let mut received = 0u64;
@@ -463,7 +474,7 @@ impl Service {
             }
         }
         drop(tx);
-        let (file_key, rows, bytes) = worker
+        let (file_key, rows, bytes, people) = worker
             .await
             // A panic's message could quote what it was parsing: the log gets no words of it.
             .map_err(|_| {
@@ -507,6 +518,27 @@ impl Service {
             .await
         {
             return Err(discard(e).await);
+        }
+        // An appended batch of a dataset of one row per person brings only new people. The
+        // state stays locked meanwhile, so that two appends cannot both pass against the same
+        // held batches.
+        if let (Some(mut people), Some(held)) = (
+            people,
+            state.datasets.get(&dataset.name).and_then(|d| d.table()),
+        ) && let Err(e) = people.add_held(&self.contract, &held).await
+        {
+            return Err(discard(match e {
+                kura_engine::EngineError::Refused { .. } => ServiceError::BadRequest(e.to_string()),
+                _ => {
+                    tracing::warn!("the batches already held could not be read");
+                    ServiceError::Refused(
+                        "the dataset's batches already held could not be read to check that \
+                         the appended batch brings only new people, so nothing was kept"
+                            .into(),
+                    )
+                }
+            })
+            .await);
         }
         let receipt = self
             .log(Event::Upload {
