@@ -48,7 +48,7 @@ pub async fn train(
     }
     let columns = learned_columns(contract, &plan, spec)?;
     crate::roles::Rules::for_signing(contract).check_flow(&plan)?;
-    covered(contract, &ctx, &plan).await?;
+    covered(contract, &ctx, &plan, &columns).await?;
     let batches = collect(&ctx, &plan).await?;
     let set = training_set(&batches, spec, &columns)?;
     let model = kura_ml::train(&set, &settings(spec)?).map_err(refused)?;
@@ -82,7 +82,7 @@ pub(crate) async fn check(
     let spec = spec(analysis)?;
     let plan = crate::written_plan(ctx, &analysis.sql).await?;
     crate::lineage::datasets_read(&plan, contract)?;
-    learned_columns(contract, &plan, spec)?;
+    let columns = learned_columns(contract, &plan, spec)?;
     if analysis.dp {
         private::spend(contract, analysis)?;
         with_units(contract, &plan, "dp")?;
@@ -91,7 +91,7 @@ pub(crate) async fn check(
     if spec.family == ModelFamily::Tree {
         with_units(contract, &plan, RULE)?;
     }
-    for count in counts(&plan)? {
+    for count in counts(&plan, &columns)? {
         crate::threshold::guard_coverage(count, contract)?;
     }
     crate::roles::Rules::for_signing(contract).check_flow(&plan)
@@ -271,16 +271,39 @@ pub(crate) fn branches(plan: &LogicalPlan) -> Vec<&LogicalPlan> {
 
 /// Plans that count a model query's rows, one per branch of a top-level `UNION ALL`: each
 /// branch's rows before its final projection (which would drop the privacy units the threshold
-/// rule counts), under `COUNT(*)`.
-fn counts(plan: &LogicalPlan) -> Result<Vec<LogicalPlan>, EngineError> {
+/// rule counts), under `COUNT(*)`. Only the rows the fit will use are counted: those whose
+/// features and label (`learned`, positions among the output columns) are all present, as
+/// [`training_set`] drops the others; a provider that leaves a feature empty for all but one
+/// person does not get a model of that person's rows behind a count of everyone's.
+fn counts(plan: &LogicalPlan, learned: &[usize]) -> Result<Vec<LogicalPlan>, EngineError> {
     branches(plan)
         .into_iter()
         .map(|branch| {
-            let rows = match branch {
-                LogicalPlan::Projection(p) => p.input.as_ref().clone(),
-                other => other.clone(),
+            let (rows, values): (LogicalPlan, Vec<Expr>) = match branch {
+                LogicalPlan::Projection(p) => (
+                    p.input.as_ref().clone(),
+                    learned
+                        .iter()
+                        .map(|&i| p.expr[i].clone().unalias())
+                        .collect(),
+                ),
+                other => (
+                    other.clone(),
+                    learned
+                        .iter()
+                        .map(|&i| Expr::Column(datafusion::common::Column::from(
+                            other.schema().qualified_field(i),
+                        )))
+                        .collect(),
+                ),
             };
+            let present = values
+                .into_iter()
+                .map(Expr::is_not_null)
+                .reduce(Expr::and)
+                .unwrap_or_else(|| datafusion::prelude::lit(true));
             Ok(LogicalPlanBuilder::from(rows)
+                .filter(present)?
                 .aggregate(
                     Vec::<Expr>::new(),
                     vec![datafusion::functions_aggregate::count::count_all()],
@@ -394,8 +417,9 @@ async fn covered(
     contract: &Contract,
     ctx: &datafusion::execution::context::SessionContext,
     plan: &LogicalPlan,
+    learned: &[usize],
 ) -> Result<(), EngineError> {
-    for count in counts(plan)? {
+    for count in counts(plan, learned)? {
         let guarded = crate::threshold::guard_coverage(count, contract)?;
         let counted =
             crate::execute(ctx, guarded, contract.output.min_group_size, false, None).await?;
@@ -602,6 +626,37 @@ mod tests {
             .to_string();
         assert!(refused.contains("training-set"), "{refused}");
         assert!(refused.contains("fewer than 10 people"), "{refused}");
+    }
+
+    /// The training set's people are counted on the rows the fit uses: bank B has 200
+    /// accounts, but fills the amount for 3 of them only, and rows with a missing feature are
+    /// not fitted; the count (3, under 10) refuses the model.
+    #[tokio::test]
+    async fn people_are_counted_on_the_rows_fitted() {
+        let c = contract(|t| t);
+        let (mut csv, _) = banks([200, 200], 5);
+        let mut text = String::new();
+        for (i, line) in csv[1].lines().enumerate() {
+            let mut fields: Vec<&str> = line.split(',').collect();
+            let account: usize = fields[0]
+                .split('-')
+                .nth(1)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0);
+            if i > 0 && account >= 3 {
+                fields[1] = "";
+            }
+            writeln!(text, "{}", fields.join(",")).unwrap();
+        }
+        csv[1] = text;
+        let refused = train(&c, &c.analyses[0], &tables(&c, &csv))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("fewer than 10 people"), "{refused}");
+        // With every amount present, the same banks give a model.
+        let (full, _) = banks([200, 200], 5);
+        train(&c, &c.analyses[0], &tables(&c, &full)).await.unwrap();
     }
 
     /// The rows a model learns from are held to the same whole-plan rules as a query's: a

@@ -6,9 +6,10 @@
 //! of one answer; so the enclave checks it on every batch as it is parsed, and on every batch
 //! appended against the batches already held.
 //!
-//! Each privacy unit is remembered as a 128-bit keyed hash (two independent SipHash keys drawn
-//! for this check): a repeat is found exactly, and two different people share a hash with
-//! probability about 2⁻¹²⁸ per pair. A refusal names the dataset and its privacy-unit column,
+//! Each privacy unit is remembered as a 128-bit keyed hash (SipHash under two different keys
+//! drawn at random for this check): a repeat is always found, and two different people share a
+//! hash, and are refused as one, only by a collision of both. A NULL unit is refused as a
+//! repeat of another NULL. A refusal names the dataset and its privacy-unit column,
 //! never a value: the upload log that every party reads gets no identifier from it.
 
 use std::collections::HashSet;

@@ -233,7 +233,14 @@ impl Rules {
                 Ok(input)
             }
             LogicalPlan::SubqueryAlias(a) => self.labels(&a.input, under_aggregate),
-            LogicalPlan::Repartition(r) => self.labels(&r.input, under_aggregate),
+            LogicalPlan::Repartition(r) => match &r.partitioning_scheme {
+                // `DISTRIBUTE BY` partitions by expressions the labeller would not see.
+                datafusion::logical_expr::Partitioning::DistributeBy(_) => Err(refuse(
+                    "unsupported-construct",
+                    "DISTRIBUTE BY is refused",
+                )),
+                _ => self.labels(&r.input, under_aggregate),
+            },
             LogicalPlan::Sort(s) => {
                 let input = self.labels(&s.input, under_aggregate)?;
                 for key in &s.expr {
@@ -316,7 +323,21 @@ impl Rules {
                 }
                 for e in &a.aggr_expr {
                     self.check_aggregate(e, &input, schema)?;
-                    out.push(Label::of(Kind::Statistic));
+                    // A statistic of a narrowed dimension is still computed from it: a
+                    // function above the aggregation is held to the dimension's list too.
+                    let mut statistic = Label::of(Kind::Statistic);
+                    let mut inner = e;
+                    while let Expr::Alias(a) = inner {
+                        inner = a.expr.as_ref();
+                    }
+                    if let Expr::AggregateFunction(f) = inner {
+                        for arg in &f.params.args {
+                            if let Ok(l) = self.label(arg, &input, schema) {
+                                statistic.narrowed.extend(l.narrowed);
+                            }
+                        }
+                    }
+                    out.push(statistic);
                 }
                 Ok(out)
             }

@@ -1057,16 +1057,31 @@ async fn units_joined_on_the_privacy_unit_share_one_row_bound() {
     // each patient's row; SUM(c.amount) weighs the claims, which the patients (one row per
     // person) do not repeat: no count for it.
     assert_eq!(bounds, [1]);
-    // Joined on another column, the two sides are counted apart.
+    // Joined on another column, a key of the patients no longer stands beside the claims'
+    // figures: a claim could meet two patients' rows, in two groups.
     let sql = "SELECT p.age_band, COUNT(*) AS n FROM patients p \
                JOIN claims c ON p.patient_id = c.claim_id GROUP BY p.age_band";
+    let refused = plan(&ctx, &c, sql).await.unwrap_err().to_string();
+    assert!(refused.contains("rule group-keys"), "{refused}");
+    assert!(refused.contains("not joined to it on their privacy units"), "{refused}");
+    // The claims grouped by their own column are counted: the patients, joined on another
+    // column, could repeat them.
+    let sql = "SELECT c.kind, COUNT(c.amount) AS n FROM patients p \
+               JOIN claims c ON p.patient_id = c.claim_id GROUP BY c.kind";
     let guarded = plan(&ctx, &c, sql).await.unwrap();
-    let bounds = guarded.counted[0]
+    let bounds: Vec<u64> = guarded.counted[0]
         .checks
         .iter()
-        .filter(|c| matches!(c, threshold::Check::AtMost(_)))
-        .count();
-    assert_eq!(bounds, 2);
+        .filter_map(|c| match c {
+            threshold::Check::AtMost(m) => Some(*m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bounds, [3]);
+    // Through a left join on the units, the key is the patient's own.
+    let sql = "SELECT p.age_band, SUM(c.amount) AS s FROM patients p \
+               LEFT JOIN claims c ON p.patient_id = c.patient_id GROUP BY p.age_band";
+    plan(&ctx, &c, sql).await.unwrap();
     // The cost bench's query (claims counted and summed by the patients' bands) needs no
     // count at all: nothing repeats the claims.
     let sql = "SELECT p.age_band, COUNT(c.amount) AS n, SUM(c.amount) AS s FROM patients p \

@@ -397,7 +397,14 @@ fn count(
     })
     .unwrap_or(true)
     {
-        keys_of_one_row_per_person(contract, &agg.group_expr, &agg.aggr_expr, &input)?;
+        let joined = equal_units_in(&units, &input, true);
+        keys_of_one_row_per_person(
+            contract,
+            &agg.group_expr,
+            &agg.aggr_expr,
+            &input,
+            (&units, &joined),
+        )?;
     }
     // Over a join, each aggregate's rows per person of every dataset whose values it reads (or,
     // for a count of rows, of every dataset): at most the dataset's `max_contributions`.
@@ -598,6 +605,12 @@ fn constant_argument(aggregate: &Expr, input: &LogicalPlan) -> BTreeSet<String> 
 /// join's condition compares them as the columns that reach the aggregation (a pooled unit,
 /// which stands for several datasets, only itself).
 fn equal_units(units: &[Unit], input: &LogicalPlan) -> Vec<usize> {
+    equal_units_in(units, input, false)
+}
+
+/// [`equal_units`], with `outer` also through outer joins: a left join of patients to claims
+/// on the patient pairs each claim with that patient's row or none, never another's.
+fn equal_units_in(units: &[Unit], input: &LogicalPlan, outer: bool) -> Vec<usize> {
     let mut same: Vec<usize> = (0..units.len()).collect();
     let column = |e: &Expr| match e {
         Expr::Column(c) => Some(c.clone()),
@@ -605,7 +618,11 @@ fn equal_units(units: &[Unit], input: &LogicalPlan) -> Vec<usize> {
     };
     // The written plan keeps `ON a = b` in the join's filter, and an implicit join's in a
     // filter above it: equalities of two columns there count as the join's keys.
-    let inner = |plan: &LogicalPlan| matches!(plan, LogicalPlan::Join(j) if j.join_type == datafusion::common::JoinType::Inner);
+    let inner = |plan: &LogicalPlan| {
+        use datafusion::common::JoinType::{Full, Inner, Left, Right};
+        matches!(plan, LogicalPlan::Join(j)
+            if j.join_type == Inner || (outer && matches!(j.join_type, Left | Right | Full)))
+    };
     let _ = datafusion::common::tree_node::TreeNode::apply(input, |node| {
         let equalities = |predicate: Option<&Expr>| -> Vec<(Expr, Expr)> {
             predicate
@@ -656,25 +673,44 @@ fn equal_units(units: &[Unit], input: &LogicalPlan) -> Vec<usize> {
     same
 }
 
-/// Refuses a group key from a dataset with more than one row per person (its
-/// `max_contributions` above 1) beside an aggregate that reads another dataset.
+/// Refuses a group key from another dataset than the one an aggregate reads, unless that
+/// dataset holds one row per person (its `max_contributions` is 1, which uploads enforce) and
+/// is joined to the aggregate's dataset on their privacy units (`joined`: units made equal by a
+/// join, [`equal_units_in`]): only then does each row the aggregate reads meet one row of the
+/// key's dataset, and so stand in one group. Joined on another identifier (a household), a
+/// person's rows could meet two rows of the key's dataset, in two groups of one answer.
 fn keys_of_one_row_per_person(
     contract: &Contract,
     group_expr: &[Expr],
     aggr_expr: &[Expr],
     input: &LogicalPlan,
+    (units, joined): (&[Unit], &[usize]),
 ) -> Result<(), EngineError> {
     let keys: BTreeSet<String> = group_expr
         .iter()
         .flat_map(|k| sources_in_expr(k, input))
         .collect();
+    // The classes of equal units each dataset's unit belongs to (a pooled dataset's unit is
+    // equal to none: its pool may hold a person in several datasets).
+    let classes = |dataset: &str| -> BTreeSet<usize> {
+        units
+            .iter()
+            .zip(joined)
+            .filter(|(u, _)| u.dataset == dataset && u.only.is_none())
+            .map(|(_, class)| *class)
+            .collect()
+    };
     for aggregate in aggr_expr {
         let read = datasets_read_by(aggregate, input);
         for key in &keys {
             let many = contract
                 .dataset(key)
                 .is_some_and(|d| d.max_contributions > 1);
-            if many && read.iter().any(|d| d != key) {
+            let others: Vec<&String> = read.iter().filter(|d| *d != key).collect();
+            if others.is_empty() {
+                continue;
+            }
+            if many {
                 return Err(EngineError::Refused {
                     rule: "group-keys",
                     reason: format!(
@@ -684,6 +720,24 @@ fn keys_of_one_row_per_person(
                          that person alone. Group by columns of the dataset the aggregate reads, \
                          or of a dataset with one row per person",
                         read.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+            let pooled = units.iter().any(|u| &u.dataset == key && u.pool.is_some());
+            let key_classes = classes(key);
+            let on_units = others
+                .iter()
+                .all(|d| !classes(d).is_disjoint(&key_classes));
+            if !pooled && !on_units {
+                return Err(EngineError::Refused {
+                    rule: "group-keys",
+                    reason: format!(
+                        "{aggregate} reads {} but is grouped by a column of {key:?}, which is \
+                         not joined to it on their privacy units: joined on another column, one \
+                         person's rows could meet two rows of {key:?} and stand in two groups \
+                         of one answer. Join {key:?} on its privacy unit, or group by columns of \
+                         the dataset the aggregate reads",
+                        others.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
                     ),
                 });
             }
