@@ -1,6 +1,6 @@
 //! Ad-hoc queries under differential privacy and their budget.
 
-use crate::cli::{as_party, cli_setup, kura, serve, upload_both};
+use crate::cli::{as_party, cli_setup_with, kura, serve, upload_both};
 use crate::common::*;
 
 /// The two-party room with ad-hoc queries under differential privacy: ε = 2 per receiver,
@@ -104,11 +104,13 @@ pub(crate) async fn dp_queries_spread_as_declared_and_cannot_overspend_the_budge
 pub(crate) fn cli_budget_shows_what_dp_queries_spent() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let contract = cli_setup(
+    let contract = cli_setup_with(
         d,
         "\n[adhoc]\nanalysts = [\"hospital-a\"]\nreceivers = [\"hospital-a\"]\n\
          \n[privacy.dp]\nepsilon = 1.0\nquery_epsilon = 0.25\nsplit = \"shared\"\n\
          domains = { \"activity.steps_band\" = [\"high\", \"mid\", \"low\"] }\n",
+        // Kept at rest, where the host can damage a stored file (below).
+        crate::storage::never_deleted,
     );
     let c = contract.to_str().unwrap();
     let (served, url) = serve(d, &contract);
