@@ -2261,7 +2261,10 @@ const DIMENSION_STEPS: &[(Option<&str>, &str)] = &[
     (Some("coalesce"), "coalesce(CAST({x} AS DOUBLE), 0.0)"),
     (Some("length"), "length(CAST({x} AS VARCHAR))"),
     (None, "CASE WHEN region <> '' THEN {x} END"),
-    (None, "CASE WHEN CAST({x} AS DOUBLE) > 1950 THEN 'a' ELSE 'b' END"),
+    (
+        None,
+        "CASE WHEN CAST({x} AS DOUBLE) > 1950 THEN 'a' ELSE 'b' END",
+    ),
     (None, "CAST({x} AS VARCHAR)"),
     (None, "CAST({x} AS DOUBLE) + 1"),
     (None, "({x})"),
@@ -2305,7 +2308,10 @@ fn a_narrowed_dimension_reaches_only_its_listed_functions() {
         let outcome = runtime().block_on(run_query(contract(), &sql, &t, None));
         let by_rule = matches!(
             &outcome,
-            Err(EngineError::Refused { rule: "dimension-functions", .. })
+            Err(EngineError::Refused {
+                rule: "dimension-functions",
+                ..
+            })
         );
         prop_assert_eq!(by_rule, unlisted, "{}: {:?}", sql, outcome.err());
         let (refused, passed) = counts.get();
@@ -2329,7 +2335,13 @@ fn a_narrowed_dimension_reaches_only_its_listed_functions() {
     ] {
         let outcome = runtime().block_on(run_query(contract(), sql, &t, None));
         assert!(
-            matches!(&outcome, Err(EngineError::Refused { rule: "dimension-functions", .. })),
+            matches!(
+                &outcome,
+                Err(EngineError::Refused {
+                    rule: "dimension-functions",
+                    ..
+                })
+            ),
             "{sql}: {:?}",
             outcome.err()
         );

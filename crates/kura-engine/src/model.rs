@@ -291,9 +291,11 @@ fn counts(plan: &LogicalPlan, learned: &[usize]) -> Result<Vec<LogicalPlan>, Eng
                     other.clone(),
                     learned
                         .iter()
-                        .map(|&i| Expr::Column(datafusion::common::Column::from(
-                            other.schema().qualified_field(i),
-                        )))
+                        .map(|&i| {
+                            Expr::Column(datafusion::common::Column::from(
+                                other.schema().qualified_field(i),
+                            ))
+                        })
                         .collect(),
                 ),
             };

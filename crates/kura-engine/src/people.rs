@@ -69,7 +69,11 @@ impl OneRowPerPerson {
 
     /// Remembers the privacy units of every batch the dataset already holds (`table`), read
     /// through the same session a query would use: what is appended must be new people.
-    pub async fn add_held(&mut self, contract: &Contract, table: &Table) -> Result<(), EngineError> {
+    pub async fn add_held(
+        &mut self,
+        contract: &Contract,
+        table: &Table,
+    ) -> Result<(), EngineError> {
         let tables = Tables::from([(self.dataset.clone(), table.clone())]);
         let ctx = crate::session(contract, &tables)?;
         let units = ctx
@@ -110,8 +114,12 @@ mod tests {
 
     fn golden_batches(dataset: &str, csv: &str) -> (Contract, Vec<RecordBatch>) {
         let c = crate::golden::contract();
-        let batches = load::load(c.dataset(dataset).unwrap(), UploadFormat::Csv, csv.as_bytes())
-            .unwrap();
+        let batches = load::load(
+            c.dataset(dataset).unwrap(),
+            UploadFormat::Csv,
+            csv.as_bytes(),
+        )
+        .unwrap();
         (c, batches)
     }
 
@@ -168,7 +176,13 @@ mod tests {
         back.add(&batch[0]).unwrap();
         let err = back.add_held(&c, &table).await.unwrap_err();
         assert!(
-            matches!(err, EngineError::Refused { rule: "one-row-per-person", .. }),
+            matches!(
+                err,
+                EngineError::Refused {
+                    rule: "one-row-per-person",
+                    ..
+                }
+            ),
             "{err}"
         );
     }

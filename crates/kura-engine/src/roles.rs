@@ -235,10 +235,9 @@ impl Rules {
             LogicalPlan::SubqueryAlias(a) => self.labels(&a.input, under_aggregate),
             LogicalPlan::Repartition(r) => match &r.partitioning_scheme {
                 // `DISTRIBUTE BY` partitions by expressions the labeller would not see.
-                datafusion::logical_expr::Partitioning::DistributeBy(_) => Err(refuse(
-                    "unsupported-construct",
-                    "DISTRIBUTE BY is refused",
-                )),
+                datafusion::logical_expr::Partitioning::DistributeBy(_) => {
+                    Err(refuse("unsupported-construct", "DISTRIBUTE BY is refused"))
+                }
                 _ => self.labels(&r.input, under_aggregate),
             },
             LogicalPlan::Sort(s) => {

@@ -1063,7 +1063,10 @@ async fn units_joined_on_the_privacy_unit_share_one_row_bound() {
                JOIN claims c ON p.patient_id = c.claim_id GROUP BY p.age_band";
     let refused = plan(&ctx, &c, sql).await.unwrap_err().to_string();
     assert!(refused.contains("rule group-keys"), "{refused}");
-    assert!(refused.contains("not joined to it on their privacy units"), "{refused}");
+    assert!(
+        refused.contains("not joined to it on their privacy units"),
+        "{refused}"
+    );
     // The claims grouped by their own column are counted: the patients, joined on another
     // column, could repeat them.
     let sql = "SELECT c.kind, COUNT(c.amount) AS n FROM patients p \

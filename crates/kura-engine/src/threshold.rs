@@ -725,9 +725,7 @@ fn keys_of_one_row_per_person(
             }
             let pooled = units.iter().any(|u| &u.dataset == key && u.pool.is_some());
             let key_classes = classes(key);
-            let on_units = others
-                .iter()
-                .all(|d| !classes(d).is_disjoint(&key_classes));
+            let on_units = others.iter().all(|d| !classes(d).is_disjoint(&key_classes));
             if !pooled && !on_units {
                 return Err(EngineError::Refused {
                     rule: "group-keys",
@@ -737,7 +735,11 @@ fn keys_of_one_row_per_person(
                          person's rows could meet two rows of {key:?} and stand in two groups \
                          of one answer. Join {key:?} on its privacy unit, or group by columns of \
                          the dataset the aggregate reads",
-                        others.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
+                        others
+                            .iter()
+                            .map(|d| d.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 });
             }

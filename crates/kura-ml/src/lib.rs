@@ -17,6 +17,7 @@
 
 pub mod onnx;
 pub mod private;
+mod rowwise;
 pub mod tree;
 
 use linfa::prelude::*;

@@ -304,7 +304,15 @@ impl Scorer {
             .map_err(refused("does not take rows of the analysis's features"))?;
         model.inputs.truncate(1);
         model.outputs.truncate(1);
-        let typed = model.into_optimized().map_err(refused(
+        let typed = model
+            .into_typed()
+            .and_then(|m| m.into_decluttered())
+            .map_err(refused(
+                "cannot be typed for rows of the analysis's features",
+            ))?;
+        // Each row's score from that row alone, checked on the graph before it runs.
+        crate::rowwise::check(&typed)?;
+        let typed = typed.into_optimized().map_err(refused(
             "cannot be typed for rows of the analysis's features",
         ))?;
         let out = typed
@@ -502,5 +510,313 @@ mod tests {
         // Rows of the wrong width are refused, not misread.
         let scorer = Scorer::load(&good, 3).unwrap();
         assert!(scorer.score(&[1.0, 2.0]).is_err());
+    }
+
+    /// Attributes and constants the crafted graphs below need.
+    fn ints(name: &str, values: &[i64]) -> pb::AttributeProto {
+        pb::AttributeProto {
+            name: name.to_string(),
+            r#type: pb::attribute_proto::AttributeType::Ints as i32,
+            ints: values.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn int64s(name: &str, dims: Vec<i64>, values: Vec<i64>) -> pb::TensorProto {
+        pb::TensorProto {
+            dims,
+            data_type: 7,
+            int64_data: values,
+            name: name.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn with(mut n: pb::NodeProto, attributes: Vec<pb::AttributeProto>) -> pb::NodeProto {
+        n.attribute = attributes;
+        n
+    }
+
+    /// A graph over three features ending in `mixed` (`[N, 3]`), summed per row into `score`.
+    fn crafted(mut nodes: Vec<pb::NodeProto>, mut init: Vec<pb::TensorProto>) -> Vec<u8> {
+        nodes.push(node("MatMul", &["mixed", "ones"], "score"));
+        init.push(floats("ones", vec![3, 1], vec![1.0; 3]));
+        file("crafted", &["a", "b", "c"], nodes, init)
+    }
+
+    /// Models that read across rows, one per family of operators that can: each is refused
+    /// when it is loaded, with the operator named, before it sees a row.
+    #[test]
+    fn models_that_read_across_rows_are_refused() {
+        let add = |from: &str| node("Add", &["features", from], "mixed");
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "the largest value of each column over the rows, added to every row",
+                crafted(
+                    vec![
+                        with(
+                            node("ReduceMax", &["features"], "top"),
+                            vec![ints("axes", &[0]), int_attribute("keepdims", 1)],
+                        ),
+                        add("top"),
+                    ],
+                    vec![],
+                ),
+            ),
+            (
+                "a running sum down the rows",
+                crafted(
+                    vec![node("CumSum", &["features", "axis"], "mixed")],
+                    vec![int64s("axis", vec![], vec![0])],
+                ),
+            ),
+            (
+                "a softmax over the rows",
+                crafted(
+                    vec![with(
+                        node("Softmax", &["features"], "mixed"),
+                        vec![int_attribute("axis", 0)],
+                    )],
+                    vec![],
+                ),
+            ),
+            (
+                "the first row, added to every row",
+                crafted(
+                    vec![
+                        with(
+                            node("Gather", &["features", "first"], "row"),
+                            vec![int_attribute("axis", 0)],
+                        ),
+                        add("row"),
+                    ],
+                    vec![int64s("first", vec![1], vec![0])],
+                ),
+            ),
+            (
+                "each row times every row (x·xᵀ), averaged",
+                file(
+                    "crafted",
+                    &["a", "b", "c"],
+                    vec![
+                        with(
+                            node("Transpose", &["features"], "t"),
+                            vec![ints("perm", &[1, 0])],
+                        ),
+                        node("MatMul", &["features", "t"], "gram"),
+                        with(
+                            node("ReduceMean", &["gram"], "score"),
+                            vec![ints("axes", &[1]), int_attribute("keepdims", 1)],
+                        ),
+                    ],
+                    vec![],
+                ),
+            ),
+            (
+                "all rows reshaped into one, its largest value added to every row",
+                crafted(
+                    vec![
+                        node("Reshape", &["features", "flat"], "long"),
+                        with(
+                            node("ReduceMax", &["long"], "top"),
+                            vec![ints("axes", &[1]), int_attribute("keepdims", 1)],
+                        ),
+                        add("top"),
+                    ],
+                    vec![int64s("flat", vec![2], vec![1, -1])],
+                ),
+            ),
+        ];
+        for (what, bytes) in cases {
+            let refused = Scorer::load(&bytes, 3).expect_err(what).to_string();
+            eprintln!("{what}: {refused}");
+            assert!(
+                refused.contains("each row's score from that row alone")
+                    || refused.contains("not computed row by row"),
+                "{what}: {refused}"
+            );
+        }
+    }
+
+    /// Models that keep rows apart are accepted, and score a row the same alone as in a batch
+    /// of others: kura's own exports, and a graph with reductions, a softmax and transposes
+    /// along the features.
+    #[test]
+    fn row_wise_models_score_a_row_alone_as_in_a_batch() {
+        let along_features = crafted(
+            vec![
+                with(
+                    node("Softmax", &["features"], "soft"),
+                    vec![int_attribute("axis", 1)],
+                ),
+                with(
+                    node("ReduceMax", &["features"], "top"),
+                    vec![ints("axes", &[1]), int_attribute("keepdims", 1)],
+                ),
+                node("Mul", &["soft", "top"], "scaled"),
+                with(
+                    node("Transpose", &["scaled"], "t"),
+                    vec![ints("perm", &[1, 0])],
+                ),
+                with(
+                    node("Transpose", &["t"], "back"),
+                    vec![ints("perm", &[1, 0])],
+                ),
+                node("Add", &["back", "features"], "mixed"),
+            ],
+            vec![],
+        );
+        let files = [
+            export(&model(Family::Linear)),
+            export(&model(Family::Logistic)),
+            export_tree(&tree()),
+            along_features,
+        ];
+        let batch = rows();
+        for bytes in files {
+            let scorer = Scorer::load(&bytes, 3).unwrap();
+            let together = scorer.score(&batch.concat()).unwrap();
+            for (row, score) in batch.iter().zip(&together) {
+                assert_eq!(scorer.score(row).unwrap(), vec![*score]);
+            }
+        }
+    }
+
+    /// One step of a generated graph on `[N, 3]` values, along axis 0 (the rows) or 1.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// The largest value along the axis, added back to every element.
+        Max(i64),
+        Softmax(i64),
+        CumSum(i64),
+        /// The first element along the axis, added back to every element.
+        First(i64),
+        /// Transposed and back.
+        Transposes,
+        Sigmoid,
+        Square,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..2i64).prop_map(Step::Max),
+            (0..2i64).prop_map(Step::Softmax),
+            (0..2i64).prop_map(Step::CumSum),
+            (0..2i64).prop_map(Step::First),
+            Just(Step::Transposes),
+            Just(Step::Sigmoid),
+            Just(Step::Square),
+        ]
+    }
+
+    /// The ONNX file of `steps`, applied in turn to the features.
+    fn generated(steps: &[Step]) -> Vec<u8> {
+        let mut nodes = Vec::new();
+        let mut init = vec![int64s("zero", vec![1], vec![0])];
+        let mut at = "features".to_string();
+        for (i, s) in steps.iter().enumerate() {
+            let out = if i + 1 == steps.len() {
+                "mixed".to_string()
+            } else {
+                format!("v{i}")
+            };
+            let tmp = format!("t{i}");
+            match s {
+                Step::Max(axis) => {
+                    nodes.push(with(
+                        node("ReduceMax", &[&at], &tmp),
+                        vec![ints("axes", &[*axis]), int_attribute("keepdims", 1)],
+                    ));
+                    nodes.push(node("Add", &[&at, &tmp], &out));
+                }
+                Step::Softmax(axis) => nodes.push(with(
+                    node("Softmax", &[&at], &out),
+                    vec![int_attribute("axis", *axis)],
+                )),
+                Step::CumSum(axis) => {
+                    let a = format!("axis{i}");
+                    init.push(int64s(&a, vec![], vec![*axis]));
+                    nodes.push(node("CumSum", &[&at, &a], &out));
+                }
+                Step::First(axis) => {
+                    nodes.push(with(
+                        node("Gather", &[&at, "zero"], &tmp),
+                        vec![int_attribute("axis", *axis)],
+                    ));
+                    nodes.push(node("Add", &[&at, &tmp], &out));
+                }
+                Step::Transposes => {
+                    nodes.push(with(
+                        node("Transpose", &[&at], &tmp),
+                        vec![ints("perm", &[1, 0])],
+                    ));
+                    nodes.push(with(
+                        node("Transpose", &[&tmp], &out),
+                        vec![ints("perm", &[1, 0])],
+                    ));
+                }
+                Step::Sigmoid => nodes.push(node("Sigmoid", &[&at], &out)),
+                Step::Square => nodes.push(node("Mul", &[&at, &at], &out)),
+            }
+            at = out;
+        }
+        crafted(nodes, init)
+    }
+
+    /// Generated graphs of operators along the rows or along the features: whatever the check
+    /// accepts scores every row of a batch as it scores that row alone (a differential test
+    /// against tract running the same file), and every graph with a step along the rows is
+    /// refused.
+    #[test]
+    fn generated_graphs_are_accepted_only_where_rows_stay_apart() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let batch: Vec<Vec<f64>> = (0..12)
+            .map(|i| {
+                let i = f64::from(i);
+                vec![(i * 0.37) % 2.0, 1.0 - i / 12.0, (i % 3.0) - 1.0]
+            })
+            .collect();
+        let accepted = std::cell::Cell::new((0u32, 0u32));
+        let strategy = proptest::collection::vec(step(), 1..5);
+        let mut runner = TestRunner::new(Config {
+            cases: 200,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(&strategy, |steps| {
+                let along_rows = steps.iter().any(|s| {
+                    matches!(
+                        s,
+                        Step::Max(0) | Step::Softmax(0) | Step::CumSum(0) | Step::First(0)
+                    )
+                });
+                let (yes, no) = accepted.get();
+                match Scorer::load(&generated(&steps), 3) {
+                    Ok(scorer) => {
+                        prop_assert!(!along_rows, "accepted: {steps:?}");
+                        accepted.set((yes + 1, no));
+                        let together = scorer.score(&batch.concat()).unwrap();
+                        for (row, score) in batch.iter().zip(&together) {
+                            let alone = scorer.score(row).unwrap()[0];
+                            prop_assert!(
+                                (alone - score).abs() <= 1e-5 * score.abs().max(1.0),
+                                "{steps:?}: {alone} alone, {score} in a batch"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        // A step along the features only is never refused for mixing rows.
+                        prop_assert!(along_rows, "refused: {steps:?}: {e}");
+                        accepted.set((yes, no + 1));
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        let (yes, no) = accepted.get();
+        assert!(yes > 10 && no > 10, "{yes} accepted, {no} refused");
     }
 }

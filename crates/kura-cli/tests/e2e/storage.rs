@@ -281,7 +281,10 @@ pub(crate) async fn a_dataset_of_one_row_per_person_never_holds_a_person_twice()
         .map(|e| serde_json::to_string(e).unwrap())
         .collect();
     assert_eq!(refusals.len(), 2, "{refusals:?}");
-    assert!(refusals.iter().all(|r| !r.contains(PLANTED)), "{refusals:?}");
+    assert!(
+        refusals.iter().all(|r| !r.contains(PLANTED)),
+        "{refusals:?}"
+    );
     assert_eq!(parquet_files(&store).len(), 3);
 }
 

@@ -233,7 +233,9 @@ fn rows_per_person(contract: &Contract, datasets: &[String]) -> u64 {
     datasets
         .iter()
         .filter_map(|d| contract.dataset(d))
-        .fold(1u64, |k, d| k.saturating_mul(u64::from(d.max_contributions)))
+        .fold(1u64, |k, d| {
+            k.saturating_mul(u64::from(d.max_contributions))
+        })
 }
 
 /// The dataset column `e` reads unchanged, if it is a column of `plan`'s output.

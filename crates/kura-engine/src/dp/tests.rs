@@ -206,7 +206,10 @@ async fn the_bound_is_what_the_datasets_read_allow() {
     assert_eq!(out.dp.unwrap().max_contributions, 2);
     let claims = c.dataset("claims").unwrap().max_contributions;
     let dp = c.privacy.dp.as_ref().unwrap().max_contributions;
-    assert!(claims > dp, "the test needs the contract's bound below the claims' ({claims}, {dp})");
+    assert!(
+        claims > dp,
+        "the test needs the contract's bound below the claims' ({claims}, {dp})"
+    );
 }
 
 #[tokio::test]
