@@ -48,7 +48,7 @@ pub async fn train(
     }
     let columns = learned_columns(contract, &plan, spec)?;
     crate::roles::Rules::for_signing(contract).check_flow(&plan)?;
-    covered(contract, &ctx, &plan, &columns).await?;
+    covered(contract, &ctx, &plan, &columns, Some(spec)).await?;
     let batches = collect(&ctx, &plan).await?;
     let set = training_set(&batches, spec, &columns)?;
     let model = kura_ml::train(&set, &settings(spec)?).map_err(refused)?;
@@ -91,7 +91,8 @@ pub(crate) async fn check(
     if spec.family == ModelFamily::Tree {
         with_units(contract, &plan, RULE)?;
     }
-    for count in counts(&plan, &columns)? {
+    let support = spec.family != ModelFamily::Tree;
+    for (count, _) in counts(&plan, &columns, support)? {
         crate::threshold::guard_coverage(count, contract)?;
     }
     crate::roles::Rules::for_signing(contract).check_flow(&plan)
@@ -269,50 +270,81 @@ pub(crate) fn branches(plan: &LogicalPlan) -> Vec<&LogicalPlan> {
     }
 }
 
+/// What a count of a model's rows must show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// The rows the fit uses come from at least `min_group_size` people of each dataset.
+    Cover,
+    /// A feature's rows on one side of zero come from no one, or from at least
+    /// `min_group_size` people of each dataset: a coefficient never rests on fewer.
+    NoneOrCover(usize),
+}
+
 /// Plans that count a model query's rows, one per branch of a top-level `UNION ALL`: each
 /// branch's rows before its final projection (which would drop the privacy units the threshold
 /// rule counts), under `COUNT(*)`. Only the rows the fit will use are counted: those whose
-/// features and label (`learned`, positions among the output columns) are all present, as
-/// [`training_set`] drops the others; a provider that leaves a feature empty for all but one
-/// person does not get a model of that person's rows behind a count of everyone's.
-fn counts(plan: &LogicalPlan, learned: &[usize]) -> Result<Vec<LogicalPlan>, EngineError> {
-    branches(plan)
-        .into_iter()
-        .map(|branch| {
-            let (rows, values): (LogicalPlan, Vec<Expr>) = match branch {
-                LogicalPlan::Projection(p) => (
-                    p.input.as_ref().clone(),
-                    learned
-                        .iter()
-                        .map(|&i| p.expr[i].clone().unalias())
-                        .collect(),
-                ),
-                other => (
-                    other.clone(),
-                    learned
-                        .iter()
-                        .map(|&i| {
-                            Expr::Column(datafusion::common::Column::from(
-                                other.schema().qualified_field(i),
-                            ))
-                        })
-                        .collect(),
-                ),
-            };
-            let present = values
-                .into_iter()
-                .map(Expr::is_not_null)
-                .reduce(Expr::and)
-                .unwrap_or_else(|| datafusion::prelude::lit(true));
-            Ok(LogicalPlanBuilder::from(rows)
-                .filter(present)?
+/// features and label (`learned`, positions among the output columns, the label last) are all
+/// present, as [`training_set`] drops the others; a provider that leaves a feature empty for
+/// all but one person does not get a model of that person's rows behind a count of everyone's.
+/// With `support`, also each feature's rows where it is not 0, and where it is: a category held
+/// by one person (a one-hot feature that is 1 in that person's rows only) would give a
+/// coefficient that is that person's label less the others', so each side must hold no one or
+/// enough people.
+fn counts(
+    plan: &LogicalPlan,
+    learned: &[usize],
+    support: bool,
+) -> Result<Vec<(LogicalPlan, Need)>, EngineError> {
+    use datafusion::prelude::lit;
+    let mut out = Vec::new();
+    for branch in branches(plan) {
+        let (rows, values): (LogicalPlan, Vec<Expr>) = match branch {
+            LogicalPlan::Projection(p) => (
+                p.input.as_ref().clone(),
+                learned
+                    .iter()
+                    .map(|&i| p.expr[i].clone().unalias())
+                    .collect(),
+            ),
+            other => (
+                other.clone(),
+                learned
+                    .iter()
+                    .map(|&i| {
+                        Expr::Column(datafusion::common::Column::from(
+                            other.schema().qualified_field(i),
+                        ))
+                    })
+                    .collect(),
+            ),
+        };
+        let present = values
+            .iter()
+            .cloned()
+            .map(Expr::is_not_null)
+            .reduce(Expr::and)
+            .unwrap_or_else(|| lit(true));
+        let count = |filter: Expr| -> Result<LogicalPlan, EngineError> {
+            Ok(LogicalPlanBuilder::from(rows.clone())
+                .filter(filter)?
                 .aggregate(
                     Vec::<Expr>::new(),
                     vec![datafusion::functions_aggregate::count::count_all()],
                 )?
                 .build()?)
-        })
-        .collect()
+        };
+        out.push((count(present.clone())?, Need::Cover));
+        if support {
+            let features = &values[..values.len().saturating_sub(1)];
+            for (f, value) in features.iter().enumerate() {
+                let number = datafusion::logical_expr::cast(value.clone(), DataType::Float64);
+                for side in [number.clone().not_eq(lit(0.0)), number.eq(lit(0.0))] {
+                    out.push((count(present.clone().and(side))?, Need::NoneOrCover(f)));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub mod private;
@@ -414,24 +446,55 @@ pub(crate) fn numbers(
 }
 
 /// Refuses unless the query's rows cover at least `min_group_size` people of every dataset
-/// they come from, as the threshold rule counts them ([`counts`]).
+/// they come from, as the threshold rule counts them ([`counts`]); with `support` (linear and
+/// logistic models), unless each feature's rows on either side of zero come from no one or
+/// from that many people too. A refusal names the rule and the feature, never a count.
 async fn covered(
     contract: &Contract,
     ctx: &datafusion::execution::context::SessionContext,
     plan: &LogicalPlan,
     learned: &[usize],
+    support: Option<&ModelSpec>,
 ) -> Result<(), EngineError> {
-    for count in counts(plan, learned)? {
+    let k = contract.output.min_group_size;
+    for (count, need) in counts(plan, learned, support.is_some())? {
+        if let Need::NoneOrCover(_) = need {
+            // No one on this side: nothing rests on it. The exact count stays here.
+            let exact = ctx
+                .execute_logical_plan(count.clone())
+                .await?
+                .collect()
+                .await?;
+            let rows = exact
+                .first()
+                .and_then(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                        .map(|a| a.value(0))
+                })
+                .unwrap_or(0);
+            if rows == 0 {
+                continue;
+            }
+        }
         let guarded = crate::threshold::guard_coverage(count, contract)?;
-        let counted =
-            crate::execute(ctx, guarded, contract.output.min_group_size, false, None).await?;
+        let counted = crate::execute(ctx, guarded, k, false, None).await?;
         if counted.rows.is_empty() {
             return Err(EngineError::Refused {
                 rule: RULE,
-                reason: format!(
-                    "the training rows come from fewer than {} people of some dataset",
-                    contract.output.min_group_size
-                ),
+                reason: match (need, support) {
+                    (Need::NoneOrCover(f), Some(spec)) => format!(
+                        "the feature {:?} is 0 in the training rows of fewer than {k} people of \
+                         some dataset, or other than 0 in those of fewer than {k}: its \
+                         coefficient would rest on them (a category needs {k} people on each \
+                         side, or none)",
+                        spec.features[f]
+                    ),
+                    _ => {
+                        format!("the training rows come from fewer than {k} people of some dataset")
+                    }
+                },
             });
         }
     }
@@ -659,6 +722,85 @@ mod tests {
         // With every amount present, the same banks give a model.
         let (full, _) = banks([200, 200], 5);
         train(&c, &c.analyses[0], &tables(&c, &full)).await.unwrap();
+    }
+
+    /// A coefficient must rest on many people: bank B's transactions are foreign for one
+    /// account only, so the coefficient of `foreign` would be that account's fraud rate against
+    /// the others'; refused, naming the feature. Spread over many accounts, it is fitted.
+    #[tokio::test]
+    async fn a_category_held_by_one_person_is_refused() {
+        let c = contract(|t| t);
+        let (mut csv, _) = banks([200, 200], 5);
+        let mut text = String::new();
+        for (i, line) in csv[1].lines().enumerate() {
+            let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
+            if i > 0 {
+                fields[3] = (fields[0] == "1-7").to_string();
+            }
+            writeln!(text, "{}", fields.join(",")).unwrap();
+        }
+        csv[1] = text;
+        let refused = train(&c, &c.analyses[0], &tables(&c, &csv))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("rule training-set"), "{refused}");
+        assert!(refused.contains("\"foreign\""), "{refused}");
+        assert!(!refused.contains("1-7"), "{refused}");
+        // Foreign for the first ten accounts of bank B: enough people on each side.
+        let (mut csv, _) = banks([200, 200], 5);
+        let mut text = String::new();
+        for (i, line) in csv[1].lines().enumerate() {
+            let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
+            if i > 0 {
+                let account: usize = fields[0][2..].parse().unwrap();
+                fields[3] = (account < 10).to_string();
+            }
+            writeln!(text, "{}", fields.join(",")).unwrap();
+        }
+        csv[1] = text;
+        train(&c, &c.analyses[0], &tables(&c, &csv)).await.unwrap();
+    }
+
+    /// Generated: bank B marks `m` of its 40 accounts foreign (and the rest not; none or all
+    /// would make the feature constant, refused for that); the model is fitted exactly when both
+    /// sides hold at least 10 of B's people.
+    #[test]
+    fn a_feature_is_fitted_only_when_each_side_holds_enough_people() {
+        use proptest::test_runner::{Config, TestRunner};
+        let c = contract(|t| t);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut runner = TestRunner::new(Config {
+            cases: 16,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(&(1usize..40), |m| {
+                let (mut csv, _) = banks([200, 40], 5);
+                let mut text = String::new();
+                for (i, line) in csv[1].lines().enumerate() {
+                    let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
+                    if i > 0 {
+                        let account: usize = fields[0][2..].parse().unwrap();
+                        fields[3] = (account < m).to_string();
+                    }
+                    writeln!(text, "{}", fields.join(",")).unwrap();
+                }
+                csv[1] = text;
+                let fitted = runtime
+                    .block_on(train(&c, &c.analyses[0], &tables(&c, &csv)))
+                    .map_err(|e| e.to_string());
+                proptest::prop_assert_eq!(
+                    fitted.is_ok(),
+                    m >= 10 && 40 - m >= 10,
+                    "{} foreign: {:?}",
+                    m,
+                    fitted.err()
+                );
+                Ok(())
+            })
+            .unwrap();
     }
 
     /// The rows a model learns from are held to the same whole-plan rules as a query's: a
