@@ -43,7 +43,11 @@ pub async fn score(
     let layout = Layout::of(contract, analysis, spec, &plan)?;
     crate::roles::Rules::for_signing(contract).check_flow(&plan)?;
 
-    let physical = ctx.state().create_physical_plan(&plan).await?;
+    // Each row with its dataset (the last column), for the distribution's count per dataset.
+    let physical = ctx
+        .state()
+        .create_physical_plan(&crate::model::with_units(contract, &plan, RULE)?)
+        .await?;
     let batches = crate::collect_counted(physical, &ctx)
         .await
         .map_err(crate::error::runtime)?;
@@ -77,7 +81,15 @@ pub async fn score(
     let mut out = BTreeMap::new();
     for receiver in &analysis.receivers {
         let output = if *receiver == model.provider {
-            distribution(contract, spec, &layout, &rows, &scores, &plan)
+            distribution(
+                contract,
+                spec,
+                &layout,
+                &rows,
+                &scores,
+                &plan,
+                &model.provider,
+            )
         } else {
             let own = crate::list::own_units(contract, receiver, &ctx).await?;
             own_rows(&layout, &rows, &scores, &own, &plan)
@@ -205,8 +217,12 @@ fn own_rows(
     }
 }
 
-/// The scores' distribution for the model's provider: rows per (group, bucket) cell, each
-/// cell released only if its rows come from at least `min_group_size` people.
+/// The scores' distribution for the model's provider: rows per (group, bucket) cell. A cell
+/// is released only where its rows come, for every dataset, from no one or from at least
+/// `min_group_size` people, and from that many people of datasets the model's provider did not
+/// provide: its own rows never count toward a cell it receives (they could pad one person of
+/// another party into a cell that passes), and a cell of one dataset's few people beside many
+/// of another's is withheld.
 fn distribution(
     contract: &Contract,
     spec: &ScoreSpec,
@@ -214,21 +230,30 @@ fn distribution(
     rows: &[Vec<Value>],
     scores: &[Option<f64>],
     plan: &datafusion::logical_expr::LogicalPlan,
+    provider: &str,
 ) -> Output {
-    // (group as text, bucket) → (group value, rows, people).
-    let mut cells: BTreeMap<(String, usize), (Value, u64, HashSet<String>)> = BTreeMap::new();
+    type People = BTreeMap<String, HashSet<String>>;
+    // (group as text, bucket) → (group value, rows, people per dataset).
+    let mut cells: BTreeMap<(String, usize), (Value, u64, People)> = BTreeMap::new();
     for (row, score) in rows.iter().zip(scores) {
-        let (Some(score), Some(person)) = (score, crate::list::key(&row[layout.route])) else {
+        let (Some(score), Some(person), Some(Value::String(dataset))) =
+            (score, crate::list::key(&row[layout.route]), row.last())
+        else {
             continue;
         };
         let bucket = spec.buckets.partition_point(|edge| *edge <= *score);
         let group = layout.group.map_or(Value::Null, |g| row[g].clone());
         let cell = cells
             .entry((group.to_string(), bucket))
-            .or_insert_with(|| (group, 0, HashSet::new()));
+            .or_insert_with(|| (group, 0, People::new()));
         cell.1 += 1;
-        cell.2.insert(person);
+        cell.2.entry(dataset.clone()).or_default().insert(person);
     }
+    let own = |dataset: &str| {
+        contract
+            .dataset(dataset)
+            .is_some_and(|d| d.provider == provider)
+    };
     let edge = |i: Option<usize>| {
         i.and_then(|i| spec.buckets.get(i))
             .map_or(Value::Null, |e| crate::model::number(*e))
@@ -237,7 +262,10 @@ fn distribution(
     let mut suppressed = 0;
     let mut released = Vec::new();
     for ((_, bucket), (group, count, people)) in cells {
-        if (people.len() as u64) < min {
+        let others = people.iter().filter(|(d, _)| !own(d));
+        let each = others.clone().all(|(_, p)| p.len() as u64 >= min);
+        let any = others.map(|(_, p)| p.len()).max().unwrap_or(0) as u64 >= min;
+        if !(each && any) {
             suppressed += 1;
             continue;
         }
@@ -368,24 +396,9 @@ mod tests {
         assert_eq!(dist.columns, ["channel", "score_from", "score_to", "rows"]);
         assert!(!dist.rows.is_empty());
         // What the consortium sees, recomputed from the plaintext: per (channel, bucket) the
-        // accounts behind it; a cell is released exactly when they are at least 10.
-        let mut cells: BTreeMap<(String, usize), (u64, HashSet<String>)> = BTreeMap::new();
-        for bank in ["bank-c", "bank-d"] {
-            for row in &out[bank].rows {
-                let s = row[3].as_f64().unwrap();
-                let bucket = ((s * 10.0).floor() as usize).min(9);
-                let cell = cells
-                    .entry((row[2].as_str().unwrap().to_string(), bucket))
-                    .or_default();
-                cell.0 += 1;
-                cell.1.insert(row[0].as_str().unwrap().to_string());
-            }
-        }
-        let expected: Vec<((String, usize), u64)> = cells
-            .iter()
-            .filter(|(_, (_, people))| people.len() >= 10)
-            .map(|(k, (n, _))| (k.clone(), *n))
-            .collect();
+        // accounts behind it of each bank; a cell is released exactly when each bank has none
+        // or at least 10 there.
+        let expected = expected_cells(&out, &[]);
         let got: Vec<((String, usize), u64)> = dist
             .rows
             .iter()
@@ -397,15 +410,104 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(got, expected);
-        assert_eq!(
-            dist.suppressed_groups as usize,
-            cells.len() - expected.len()
-        );
+        assert_eq!(got, expected.0);
+        assert_eq!(dist.suppressed_groups as usize, expected.1);
         assert!(
             dist.suppressed_groups > 0,
             "bank d's few accounts leave a small cell"
         );
+    }
+
+    /// The distribution's cells from the banks' own scored rows: (released cells with their
+    /// rows, how many withheld), where a cell is released when every bank not in `uncounted`
+    /// has none or at least 10 accounts in it, and one has.
+    fn expected_cells(
+        out: &BTreeMap<String, Output>,
+        uncounted: &[&str],
+    ) -> (Vec<((String, usize), u64)>, usize) {
+        type Cell = (u64, BTreeMap<&'static str, HashSet<String>>);
+        let mut cells: BTreeMap<(String, usize), Cell> = BTreeMap::new();
+        for bank in ["bank-c", "bank-d"] {
+            for row in &out[bank].rows {
+                let s = row[3].as_f64().unwrap();
+                let bucket = ((s * 10.0).floor() as usize).min(9);
+                let cell = cells
+                    .entry((row[2].as_str().unwrap().to_string(), bucket))
+                    .or_default();
+                cell.0 += 1;
+                cell.1
+                    .entry(bank)
+                    .or_default()
+                    .insert(row[0].as_str().unwrap().to_string());
+            }
+        }
+        let released: Vec<((String, usize), u64)> = cells
+            .iter()
+            .filter(|(_, (_, people))| {
+                let counted: Vec<usize> = people
+                    .iter()
+                    .filter(|(bank, _)| !uncounted.contains(bank))
+                    .map(|(_, p)| p.len())
+                    .collect();
+                !counted.is_empty() && counted.iter().all(|n| *n >= 10)
+            })
+            .map(|(k, (n, _))| (k.clone(), *n))
+            .collect();
+        let withheld = cells.len() - released.len();
+        (released, withheld)
+    }
+
+    /// The model's provider's own rows never count toward a cell it receives: with bank C as
+    /// the model's provider, its 40 accounts cannot pad bank D's few into a released cell.
+    #[tokio::test]
+    async fn the_model_providers_own_rows_never_fill_its_cells() {
+        let c = contract(|t| {
+            t.replacen("provider = \"consortium\"", "provider = \"bank-c\"", 1)
+                .replace(
+                    "receivers = [\"consortium\", \"bank-c\", \"bank-d\"]",
+                    "receivers = [\"bank-c\", \"bank-d\"]",
+                )
+        });
+        assert_eq!(c.model("fraud_model").unwrap().provider, "bank-c");
+        for d in [8, 30] {
+            let out = score(&c, &c.analyses[0], &tables(&c, [40, d]), &scorer())
+                .await
+                .unwrap();
+            let dist = &out["bank-c"];
+            assert_eq!(dist.columns, ["channel", "score_from", "score_to", "rows"]);
+            let got: Vec<((String, usize), u64)> = dist
+                .rows
+                .iter()
+                .map(|r| {
+                    let bucket = r[1].as_f64().map_or(0, |f| (f * 10.0).round() as usize);
+                    (
+                        (r[0].as_str().unwrap().to_string(), bucket),
+                        r[3].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            // Bank C's scores, as it would see them, stand in for its rows in the recount.
+            let mut rows = out.clone();
+            rows.insert("bank-c".into(), own_scores(d).await);
+            let expected = expected_cells(&rows, &["bank-c"]);
+            assert_eq!(got, expected.0, "{d} accounts at bank D");
+            if d < 10 {
+                assert!(
+                    got.is_empty(),
+                    "bank D's {d} accounts are under 10 in every cell"
+                );
+            }
+        }
+    }
+
+    /// Bank C's own rows scored, as the receiver of its rows would get them (under the
+    /// original contract, where the consortium provides the model).
+    async fn own_scores(d: usize) -> Output {
+        let c = contract(|t| t);
+        let mut out = score(&c, &c.analyses[0], &tables(&c, [40, d]), &scorer())
+            .await
+            .unwrap();
+        out.remove("bank-c").unwrap()
     }
 
     /// Queries whose rows could not be told apart by owner, or whose features could single a
