@@ -51,7 +51,7 @@ pub async fn train(
     covered(contract, &ctx, &plan, &columns, Some(spec)).await?;
     let batches = collect(&ctx, &plan).await?;
     let set = training_set(&batches, spec, &columns)?;
-    let model = kura_ml::train(&set, &settings(spec)?).map_err(refused)?;
+    let model = kura_ml::train(&set, &settings(spec, contract)?).map_err(refused)?;
     let mut rows = vec![vec![Value::from("intercept"), number(model.intercept)]];
     rows.extend(
         model
@@ -367,7 +367,7 @@ fn spec(analysis: &Analysis) -> Result<&ModelSpec, EngineError> {
 }
 
 /// A regression's settings (a tree has its own, [`tree`]).
-fn settings(spec: &ModelSpec) -> Result<kura_ml::Settings, EngineError> {
+fn settings(spec: &ModelSpec, contract: &Contract) -> Result<kura_ml::Settings, EngineError> {
     Ok(kura_ml::Settings {
         family: match spec.family {
             ModelFamily::Linear => kura_ml::Family::Linear,
@@ -381,6 +381,8 @@ fn settings(spec: &ModelSpec) -> Result<kura_ml::Settings, EngineError> {
         holdout: spec.holdout,
         l2: spec.l2,
         max_iterations: spec.max_iterations,
+        // No fitted row may weigh more than one of `min_group_size` rows.
+        max_leverage: Some(1.0 / contract.output.min_group_size.max(1) as f64),
     })
 }
 
@@ -666,7 +668,7 @@ mod tests {
             y: plain.iter().map(|r| r[3]).collect(),
         };
         let spec = c.analyses[0].model.as_ref().unwrap();
-        let reference = kura_ml::train(&set, &settings(spec).unwrap()).unwrap();
+        let reference = kura_ml::train(&set, &settings(spec, &c).unwrap()).unwrap();
         let mut want = vec![("intercept".to_string(), reference.intercept)];
         want.extend(reference.coefficients);
         for (name, w) in want {
@@ -760,6 +762,33 @@ mod tests {
         }
         csv[1] = text;
         train(&c, &c.analyses[0], &tables(&c, &csv)).await.unwrap();
+    }
+
+    /// One account's outlying amount would carry the fit through its own rows (their leverage
+    /// near 1, against a bound of 1/10): refused, without a value or an account.
+    #[tokio::test]
+    async fn an_outlying_person_is_refused() {
+        let c = contract(|t| t);
+        let (mut csv, _) = banks([200, 200], 5);
+        let mut text = String::new();
+        for (i, line) in csv[1].lines().enumerate() {
+            let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
+            if i > 0 && fields[0] == "1-7" {
+                fields[1] = "98765432.1".into();
+            }
+            writeln!(text, "{}", fields.join(",")).unwrap();
+        }
+        csv[1] = text;
+        let refused = train(&c, &c.analyses[0], &tables(&c, &csv))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("rule training-set"), "{refused}");
+        assert!(refused.contains("leverage"), "{refused}");
+        assert!(
+            !refused.contains("1-7") && !refused.contains("98765"),
+            "{refused}"
+        );
     }
 
     /// Generated: bank B marks `m` of its 40 accounts foreign (and the rest not; none or all

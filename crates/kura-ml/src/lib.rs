@@ -45,6 +45,10 @@ pub struct Settings {
     pub l2: f64,
     /// Solver iterations of a logistic model.
     pub max_iterations: u64,
+    /// The most a fitted row may weigh in the fit (its leverage, the diagonal of the hat
+    /// matrix): `1 / min_group_size`, so that no row moves the model as more than one of
+    /// `min_group_size` rows would. `None`: not checked (trees, which have their leaf rule).
+    pub max_leverage: Option<f64>,
 }
 
 /// The rows to learn from: `x` has one row per example and one column per feature, in the
@@ -122,6 +126,9 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
     let y = set.y.select(Axis(0), &trained);
     let scale = Scale::of(&x)?;
     let standard = scale.apply(&x);
+    if let Some(most) = settings.max_leverage {
+        bounded_leverage(&standard, most)?;
+    }
     let (intercept, weights) = match settings.family {
         Family::Linear => {
             let fitted = linfa_linear::LinearRegression::new()
@@ -147,6 +154,36 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
         );
     }
     Ok(model)
+}
+
+/// Refuses fitted rows of which one weighs more than `most` in the fit: its leverage
+/// `hᵢ = 1/n + xᵢᵀ (XᵀX)⁻¹ xᵢ` on the standardised (so centred) features with an intercept. A
+/// row far from the others in some direction (one person's outlying amount, or the only row of a
+/// combination of features) has a leverage near 1: the fit passes through it, and the model
+/// gives that row's label away. With `n` rows the leverages add up to `p + 1`, so every row can
+/// stay under `1/k` only when there are at least `k·(p + 1)` of them.
+fn bounded_leverage(standard: &Array2<f64>, most: f64) -> Result<(), MlError> {
+    use linfa_linalg::cholesky::SolveC;
+    let n = standard.nrows() as f64;
+    let mut gram = standard.t().dot(standard);
+    let solved = gram
+        .solvec(&standard.t().to_owned())
+        .map_err(|_| MlError::Data("the features are collinear in the training rows".into()))?;
+    let heaviest = standard
+        .rows()
+        .into_iter()
+        .zip(solved.columns())
+        .map(|(x, z)| 1.0 / n + x.dot(&z))
+        .fold(0.0f64, f64::max);
+    if heaviest > most || !heaviest.is_finite() {
+        // Not which row, nor how heavy: a refusal must not point at anyone.
+        return Err(MlError::Data(format!(
+            "a training row would weigh more than {most:.3} of the fit (its leverage): one \
+             person's values would shape the model; fit on more rows, or leave out the feature \
+             values few people have"
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a training set with a value that is not a finite number.

@@ -9,6 +9,7 @@ fn settings(family: Family, holdout: f64) -> Settings {
         holdout,
         l2: 1e-6,
         max_iterations: 200,
+        max_leverage: None,
     }
 }
 
@@ -161,4 +162,92 @@ fn what_cannot_be_fitted_is_refused() {
         refused(set(few, Array1::zeros(3)), Family::Linear)
             .contains("too few training rows to fit 3 parameters")
     );
+}
+
+/// The hat matrix's diagonal of `x` with an intercept, by Gauss-Jordan inversion of `RᵀR` on
+/// the raw rows (the same as on standardised ones): a reference sharing no code with the
+/// Cholesky solve of [`bounded_leverage`].
+fn leverages(x: &Array2<f64>) -> Vec<f64> {
+    let (n, p) = x.dim();
+    let k = p + 1;
+    let row = |i: usize| -> Vec<f64> {
+        std::iter::once(1.0)
+            .chain(x.row(i).iter().copied())
+            .collect()
+    };
+    // [RᵀR | I], reduced to [I | (RᵀR)⁻¹].
+    let mut a = vec![vec![0.0; 2 * k]; k];
+    for i in 0..n {
+        let r = row(i);
+        for u in 0..k {
+            for v in 0..k {
+                a[u][v] += r[u] * r[v];
+            }
+        }
+    }
+    for (u, line) in a.iter_mut().enumerate() {
+        line[k + u] = 1.0;
+    }
+    for c in 0..k {
+        let pivot = (c..k)
+            .max_by(|&i, &j| a[i][c].abs().total_cmp(&a[j][c].abs()))
+            .unwrap();
+        a.swap(c, pivot);
+        let lead = a[c][c];
+        for v in 0..2 * k {
+            a[c][v] /= lead;
+        }
+        for u in 0..k {
+            if u != c {
+                let f = a[u][c];
+                let pivot_row = a[c].clone();
+                for v in 0..2 * k {
+                    a[u][v] -= f * pivot_row[v];
+                }
+            }
+        }
+    }
+    (0..n)
+        .map(|i| {
+            let r = row(i);
+            (0..k)
+                .map(|u| (0..k).map(|v| r[u] * a[u][k + v] * r[v]).sum::<f64>())
+                .sum()
+        })
+        .collect()
+}
+
+/// No fitted row may weigh more than `max_leverage`: the bound is the reference leverage's
+/// (accepted just above the heaviest row, refused just below, without saying which row), and
+/// one outlying value, whose row the fit would pass through, is refused at 1/10.
+#[test]
+fn a_row_that_weighs_more_than_allowed_is_refused() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let x = features(&mut rng, 300);
+    let y: Array1<f64> = x
+        .rows()
+        .into_iter()
+        .map(|r| 2.0 * r[0] + 0.01 * r[1])
+        .collect();
+    let heaviest = leverages(&x).into_iter().fold(0.0, f64::max);
+    for family in [Family::Linear, Family::Logistic] {
+        let y = if family == Family::Logistic {
+            y.mapv(|v| f64::from(u8::from(v > 40.0)))
+        } else {
+            y.clone()
+        };
+        let at = |bound: f64| Settings {
+            max_leverage: Some(bound),
+            ..settings(family, 0.0)
+        };
+        assert!(train(&set(x.clone(), y.clone()), &at(heaviest * 1.0001)).is_ok());
+        let refused = train(&set(x.clone(), y.clone()), &at(heaviest * 0.9999)).unwrap_err();
+        assert!(refused.to_string().contains("leverage"), "{refused}");
+        // One person's outlying amount: the fit would pass through that row.
+        let mut outlier = x.clone();
+        outlier[[7, 1]] = 1e7;
+        let refused = train(&set(outlier, y.clone()), &at(0.1)).unwrap_err();
+        assert!(refused.to_string().contains("leverage"), "{refused}");
+        assert!(!refused.to_string().contains("1000000"), "{refused}");
+    }
 }
