@@ -1,13 +1,15 @@
 //! Scoring analyses: a party's model (an ONNX file whose hash the contract pins) run on the
 //! rows of the analysis's query, inside the enclave.
 //!
-//! - **Each row's score goes to the row's owner**, routed as a list routes rows: a receiver
-//!   gets the rows whose `list_column` value is a privacy unit of a dataset it provided. It
-//!   gets the query's columns other than the features, and `score`.
+//! - **Each row's score goes to the row's owner**: a receiver gets the rows of the datasets it
+//!   provided (each `UNION ALL` branch reads one dataset), whatever unit values its other
+//!   datasets hold. It gets the query's columns other than the features, and `score`.
 //! - **The model's provider gets only the scores' distribution**: for each bucket of scores
 //!   (and each value of `group_by`, if named), how many rows fell in it, released only where
-//!   they come from at least `min_group_size` people; other cells are suppressed and counted.
-//!   It never sees a row.
+//!   every dataset in the cell has no one or at least `min_group_size` people there, not
+//!   counting the provider's own datasets. Withheld cells are not counted for it: its model
+//!   chooses the cells, and a count of small ones would say whether anyone matched a pattern of
+//!   its choosing. It never sees a row.
 //!
 //! What the query may be is narrow, so that the people behind a cell are the distinct values
 //! of `list_column`: each `UNION ALL` branch reads one dataset, and its `list_column` is that
@@ -91,7 +93,14 @@ pub async fn score(
                 &model.provider,
             )
         } else {
-            let own = crate::list::own_units(contract, receiver, &ctx).await?;
+            // A row is its dataset's: a receiver gets the rows of the datasets it provides,
+            // whatever unit values its other datasets hold.
+            let own: HashSet<String> = contract
+                .datasets
+                .iter()
+                .filter(|d| d.provider == *receiver)
+                .map(|d| d.name.clone())
+                .collect();
             own_rows(&layout, &rows, &scores, &own, &plan)
         };
         out.insert(
@@ -181,7 +190,8 @@ impl Layout {
     }
 }
 
-/// A receiver's own rows: the query's columns other than the features, and the score.
+/// A receiver's own rows (those of the datasets in `own`): the query's columns other than the
+/// features, and the score.
 fn own_rows(
     layout: &Layout,
     rows: &[Vec<Value>],
@@ -199,7 +209,7 @@ fn own_rows(
     let released = rows
         .iter()
         .zip(scores)
-        .filter(|(row, _)| crate::list::key(&row[layout.route]).is_some_and(|k| own.contains(&k)))
+        .filter(|(row, _)| matches!(row.last(), Some(Value::String(d)) if own.contains(d)))
         .map(|(row, score)| {
             let mut out: Vec<Value> = kept.iter().map(|&i| row[i].clone()).collect();
             out.push(score.map_or(Value::Null, crate::model::number));
@@ -259,14 +269,12 @@ fn distribution(
             .map_or(Value::Null, |e| crate::model::number(*e))
     };
     let min = contract.output.min_group_size;
-    let mut suppressed = 0;
     let mut released = Vec::new();
     for ((_, bucket), (group, count, people)) in cells {
         let others = people.iter().filter(|(d, _)| !own(d));
         let each = others.clone().all(|(_, p)| p.len() as u64 >= min);
         let any = others.map(|(_, p)| p.len()).max().unwrap_or(0) as u64 >= min;
         if !(each && any) {
-            suppressed += 1;
             continue;
         }
         let mut row = Vec::new();
@@ -292,7 +300,8 @@ fn distribution(
         columns,
         types,
         rows: released,
-        suppressed_groups: suppressed,
+        // Not how many cells were withheld (module docs).
+        suppressed_groups: 0,
         datasets: Vec::new(),
         dp: None,
         onnx: None,
@@ -411,11 +420,10 @@ mod tests {
             })
             .collect();
         assert_eq!(got, expected.0);
-        assert_eq!(dist.suppressed_groups as usize, expected.1);
-        assert!(
-            dist.suppressed_groups > 0,
-            "bank d's few accounts leave a small cell"
-        );
+        // Cells were withheld (bank d's few accounts leave small ones), but the model's
+        // provider is not told how many.
+        assert!(expected.1 > 0, "bank d's few accounts leave a small cell");
+        assert_eq!(dist.suppressed_groups, 0);
     }
 
     /// The distribution's cells from the banks' own scored rows: (released cells with their
@@ -455,6 +463,42 @@ mod tests {
             .collect();
         let withheld = cells.len() - released.len();
         (released, withheld)
+    }
+
+    /// A row goes to the provider of the dataset it comes from, not to whoever holds the same
+    /// unit value: bank C writes one of bank D's account numbers into its own file, and still
+    /// gets its own rows only (the one it wrote among them), never bank D's rows for that
+    /// account.
+    #[tokio::test]
+    async fn rows_go_to_their_datasets_provider_only() {
+        let c = contract(|t| t);
+        let mut t = tables(&c, [40, 12]);
+        let csv = "account,txn,channel,amount,night,foreign\nd3,c-planted,card,10,false,false\n";
+        let mut c_rows = match t.remove("new_c").unwrap() {
+            crate::Table::Held(b) => b,
+            crate::Table::Stored(_) => unreachable!(),
+        };
+        c_rows.extend(
+            crate::load::load(
+                c.dataset("new_c").unwrap(),
+                UploadFormat::Csv,
+                csv.as_bytes(),
+            )
+            .unwrap(),
+        );
+        t.insert("new_c".into(), c_rows.into());
+        let out = score(&c, &c.analyses[0], &t, &scorer()).await.unwrap();
+        let txns = |bank: &str| -> Vec<String> {
+            out[bank]
+                .rows
+                .iter()
+                .map(|r| r[1].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert!(txns("bank-c").iter().all(|t| t.starts_with("c-")));
+        assert!(txns("bank-c").contains(&"c-planted".to_string()));
+        assert!(txns("bank-d").iter().all(|t| t.starts_with("d-")));
+        assert_eq!(txns("bank-d").len(), 48);
     }
 
     /// The model's provider's own rows never count toward a cell it receives: with bank C as

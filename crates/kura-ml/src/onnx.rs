@@ -613,6 +613,27 @@ mod tests {
                 ),
             ),
             (
+                "the number of rows in the batch, added to every row's score",
+                file(
+                    "crafted",
+                    &["a", "b", "c"],
+                    vec![
+                        node("Shape", &["features"], "shape"),
+                        with(
+                            node("Gather", &["shape", "zero"], "count"),
+                            vec![int_attribute("axis", 0)],
+                        ),
+                        with(node("Cast", &["count"], "n"), vec![int_attribute("to", 1)]),
+                        node("MatMul", &["features", "ones"], "sum"),
+                        node("Add", &["sum", "n"], "score"),
+                    ],
+                    vec![
+                        int64s("zero", vec![1], vec![0]),
+                        floats("ones", vec![3, 1], vec![1.0; 3]),
+                    ],
+                ),
+            ),
+            (
                 "all rows reshaped into one, its largest value added to every row",
                 crafted(
                     vec![
@@ -693,6 +714,8 @@ mod tests {
         First(i64),
         /// Transposed and back.
         Transposes,
+        /// The number of rows in the batch, added to every element.
+        Count,
         Sigmoid,
         Square,
     }
@@ -705,6 +728,7 @@ mod tests {
             (0..2i64).prop_map(Step::CumSum),
             (0..2i64).prop_map(Step::First),
             Just(Step::Transposes),
+            Just(Step::Count),
             Just(Step::Sigmoid),
             Just(Step::Square),
         ]
@@ -756,6 +780,19 @@ mod tests {
                         vec![ints("perm", &[1, 0])],
                     ));
                 }
+                Step::Count => {
+                    let (shape, count) = (format!("shape{i}"), format!("count{i}"));
+                    nodes.push(node("Shape", &[&at], &shape));
+                    nodes.push(with(
+                        node("Gather", &[&shape, "zero"], &count),
+                        vec![int_attribute("axis", 0)],
+                    ));
+                    nodes.push(with(
+                        node("Cast", &[&count], &tmp),
+                        vec![int_attribute("to", 1)],
+                    ));
+                    nodes.push(node("Add", &[&at, &tmp], &out));
+                }
                 Step::Sigmoid => nodes.push(node("Sigmoid", &[&at], &out)),
                 Step::Square => nodes.push(node("Mul", &[&at, &at], &out)),
             }
@@ -790,7 +827,11 @@ mod tests {
                 let along_rows = steps.iter().any(|s| {
                     matches!(
                         s,
-                        Step::Max(0) | Step::Softmax(0) | Step::CumSum(0) | Step::First(0)
+                        Step::Max(0)
+                            | Step::Softmax(0)
+                            | Step::CumSum(0)
+                            | Step::First(0)
+                            | Step::Count
                     )
                 });
                 let (yes, no) = accepted.get();

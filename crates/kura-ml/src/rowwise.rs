@@ -21,11 +21,13 @@
 //!
 //! Everything else that the rows reach is refused with its operator's name: `TopK`, `Sort`,
 //! `Scan`, loops, `NonZero`, shape arithmetic and any operator tract adds later. Nodes the rows
-//! do not reach (constants and what is computed from them) are not limited. The output must
+//! do not reach (constants and what is computed from them) are not limited, but for one thing:
+//! none may depend on the number of rows (a `Shape` or `Range` of the batch would give every
+//! row the count of all parties' rows scored with it). The output must
 //! carry the batch axis first. An allow-list, not a block-list: an operator nobody has looked
 //! at is refused until somebody has.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::{CumSum, Gather, Slice, TypedConcat};
@@ -55,6 +57,12 @@ pub(crate) fn check(model: &TypedModel) -> Result<(), MlError> {
         .map_err(|_| mixes("?", "has no input"))?[0];
     // The batch axis of every outlet the rows reach.
     let mut rows: HashMap<OutletId, usize> = HashMap::from([(input, 0)]);
+    // The symbols of the batch's size.
+    let batch: HashSet<Symbol> = model
+        .outlet_fact(input)
+        .ok()
+        .and_then(|f| f.shape.iter().next().map(|d| d.symbols()))
+        .unwrap_or_default();
     let order = model
         .eval_order()
         .map_err(|_| MlError::Data("the model file's graph cannot be ordered".into()))?;
@@ -66,6 +74,16 @@ pub(crate) fn check(model: &TypedModel) -> Result<(), MlError> {
             .enumerate()
             .filter_map(|(slot, outlet)| rows.get(outlet).map(|axis| (slot, *axis)))
             .collect();
+        if reached.is_empty() && id != input.node {
+            // What the rows do not reach must not depend on how many there are either: a
+            // `Shape` or `Range` of the batch is a count of every party's rows in the batch.
+            for output in &node.outputs {
+                if mentions(&output.fact, &batch) {
+                    return Err(mixes(&node.op.name(), "computes with the number of rows"));
+                }
+            }
+            continue;
+        }
         if reached.is_empty() {
             continue;
         }
@@ -175,4 +193,15 @@ pub(crate) fn check(model: &TypedModel) -> Result<(), MlError> {
             "the model file's first output is not computed row by row from its input".into(),
         )),
     }
+}
+
+/// Whether `fact`'s shape or constant value depends on one of the `batch` symbols.
+fn mentions(fact: &TypedFact, batch: &HashSet<Symbol>) -> bool {
+    let hit = |d: &TDim| !d.symbols().is_disjoint(batch);
+    fact.shape.iter().any(|d| hit(&d))
+        || fact.konst.as_ref().is_some_and(|k| {
+            k.datum_type() == TDim::datum_type()
+                && k.to_plain_array_view::<TDim>()
+                    .is_ok_and(|values| values.iter().any(hit))
+        })
 }
