@@ -12,6 +12,9 @@
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type};
+use std::collections::HashMap;
+
+use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use kura_contract::{Analysis, ColumnType, Contract, ModelFamily, ModelSpec};
 use serde_json::Value;
@@ -49,8 +52,11 @@ pub async fn train(
     let columns = learned_columns(contract, &plan, spec)?;
     crate::roles::Rules::for_signing(contract).check_flow(&plan)?;
     covered(contract, &ctx, &plan, &columns, Some(spec)).await?;
-    let batches = collect(&ctx, &plan).await?;
-    let set = training_set(&batches, spec, &columns)?;
+    // Each row with its people, for the leverage bound per person.
+    let width = plan.schema().fields().len();
+    let batches = collect(&ctx, &with_owners(contract, &plan)?).await?;
+    let mut set = training_set(&batches, spec, &columns)?;
+    set.owners = owners(&batches, &columns, width..width + contract.datasets.len())?;
     let model = kura_ml::train(&set, &settings(spec, contract)?).map_err(refused)?;
     let mut rows = vec![vec![Value::from("intercept"), number(model.intercept)]];
     rows.extend(
@@ -212,6 +218,98 @@ pub(crate) fn one_dataset(
 /// person of.
 pub(crate) const UNIT: &str = "__kura_unit";
 pub(crate) const DATASET: &str = "__kura_dataset";
+
+/// `plan` with one more column per contract dataset, in the contract's order: the privacy unit
+/// (as text) of that dataset's row behind each output row, or NULL where the branch does not
+/// read the dataset. A joined row belongs to one person of each dataset it joins.
+fn with_owners(contract: &Contract, plan: &LogicalPlan) -> Result<LogicalPlan, EngineError> {
+    let refuse = |reason: String| EngineError::Refused { rule: RULE, reason };
+    let mut branches = Vec::new();
+    for branch in self::branches(plan) {
+        let LogicalPlan::Projection(projection) = branch else {
+            return Err(refuse(
+                "a model's query must end in a SELECT list (of each UNION ALL branch)".into(),
+            ));
+        };
+        let read = crate::lineage::datasets_read(branch, contract)?;
+        let input = projection.input.as_ref();
+        let mut exprs = projection.expr.clone();
+        for (i, d) in contract.datasets.iter().enumerate() {
+            let name = format!("{HIDDEN_OWNER}{i}");
+            if !read.contains(&d.name) {
+                exprs.push(datafusion::logical_expr::lit(ScalarValue::Utf8(None)).alias(name));
+                continue;
+            }
+            let index = (0..input.schema().fields().len())
+                .find(|&c| {
+                    crate::lineage::origin(input, c)
+                        == Some((d.name.clone(), d.privacy_unit.clone()))
+                })
+                .ok_or_else(|| {
+                    refuse(format!(
+                        "the rows of {} must still carry its privacy unit {:?} under the final \
+                         SELECT, so that no person's rows weigh too much in the fit",
+                        d.name, d.privacy_unit
+                    ))
+                })?;
+            let column = Expr::Column(datafusion::common::Column::from(
+                input.schema().qualified_field(index),
+            ));
+            exprs.push(datafusion::logical_expr::cast(column, DataType::Utf8).alias(name));
+        }
+        branches.push(
+            LogicalPlanBuilder::from(input.clone())
+                .project(exprs)?
+                .build()?,
+        );
+    }
+    let mut branches = branches.into_iter();
+    let first = branches
+        .next()
+        .ok_or_else(|| refuse("the query has no rows".into()))?;
+    let mut union = LogicalPlanBuilder::from(first);
+    for b in branches {
+        union = union.union(b)?;
+    }
+    Ok(union.build()?)
+}
+
+const HIDDEN_OWNER: &str = "__kura_owner_";
+
+/// The people of each row [`training_set`] keeps (those with every learned value present): for
+/// each of the `owners` columns ([`with_owners`]) that is not NULL, a number for that dataset's
+/// person.
+fn owners(
+    batches: &[datafusion::arrow::record_batch::RecordBatch],
+    columns: &[usize],
+    owners: std::ops::Range<usize>,
+) -> Result<Vec<Vec<u32>>, EngineError> {
+    let mut people: HashMap<(usize, String), u32> = HashMap::new();
+    let mut out = Vec::new();
+    let kept = numbers(batches, columns)?;
+    let mut row = 0;
+    for batch in batches {
+        let texts: Vec<_> = owners
+            .clone()
+            .map(|c| batch.column(c).as_string::<i32>())
+            .collect();
+        for r in 0..batch.num_rows() {
+            if kept[row].is_some() {
+                let mut mine = Vec::new();
+                for (d, text) in texts.iter().enumerate() {
+                    if text.is_valid(r) {
+                        let next = people.len() as u32;
+                        let id = *people.entry((d, text.value(r).to_string())).or_insert(next);
+                        mine.push(id);
+                    }
+                }
+                out.push(mine);
+            }
+            row += 1;
+        }
+    }
+    Ok(out)
+}
 
 /// `plan` with each row's person and dataset as its last two columns ([`UNIT`], [`DATASET`]):
 /// each branch of a top-level `UNION ALL` must read one dataset and end in a `SELECT` over rows
@@ -530,6 +628,7 @@ pub(crate) fn as_set(
         features: spec.features.clone(),
         x: all.select(ndarray::Axis(1), &(0..p).collect::<Vec<_>>()),
         y: all.column(p).to_owned(),
+        owners: Vec::new(),
     })
 }
 
@@ -666,6 +765,7 @@ mod tests {
             features: vec!["amount".into(), "night".into(), "foreign".into()],
             x: ndarray::Array2::from_shape_fn((plain.len(), 3), |(i, j)| plain[i][j]),
             y: plain.iter().map(|r| r[3]).collect(),
+            owners: Vec::new(),
         };
         let spec = c.analyses[0].model.as_ref().unwrap();
         let reference = kura_ml::train(&set, &settings(spec, &c).unwrap()).unwrap();
@@ -789,6 +889,46 @@ mod tests {
             !refused.contains("1-7") && !refused.contains("98765"),
             "{refused}"
         );
+    }
+
+    /// The bound on a row's weight holds per person: bank A joins rows of its own to bank B's
+    /// accounts, marking eleven of them `night` and `foreign` and one more, P, `foreign` only,
+    /// with eleven rows of A's for P. Each feature has enough people on both sides, and each of
+    /// P's 55 joined rows weighs about 1/55; but P's rows together are a cell of their own that
+    /// the fit passes through (`foreign`'s coefficient would be P's fraud rate against the
+    /// eleven's). Refused, per person.
+    #[tokio::test]
+    async fn one_persons_many_rows_weigh_as_one_person() {
+        let join = "SELECT b.amount, a.night, a.foreign, b.fraud FROM transactions_b b \
+                    JOIN transactions_a a ON a.account = b.account";
+        let c = contract(|t| {
+            t.replacen(
+                "SELECT amount, night, foreign, fraud FROM transactions_a\nUNION ALL\n\
+                 SELECT amount, night, foreign, fraud FROM transactions_b",
+                join,
+                1,
+            )
+        });
+        assert!(c.analyses[0].sql.contains("JOIN"), "{}", c.analyses[0].sql);
+        let (csv, _) = banks([1, 200], 5);
+        let mut attacker = String::from("account,amount,night,foreign,fraud\n");
+        for a in 0..200 {
+            let (night, foreign, copies) = match a {
+                0..=10 => (true, true, 1),
+                11 => (false, true, 11),
+                _ => (false, false, 1),
+            };
+            for _ in 0..copies {
+                writeln!(attacker, "1-{a},1.0,{night},{foreign},false").unwrap();
+            }
+        }
+        let refused = train(&c, &c.analyses[0], &tables(&c, &[attacker, csv[1].clone()]))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("leverage"), "{refused}");
+        assert!(refused.contains("one person's training rows"), "{refused}");
+        assert!(!refused.contains("1-11"), "{refused}");
     }
 
     /// Generated: bank B marks `m` of its 40 accounts foreign (and the rest not; none or all
@@ -1047,6 +1187,7 @@ mod tests {
             features: vec!["amount".into(), "night".into(), "foreign".into()],
             x: ndarray::Array2::from_shape_fn((plain.len(), 3), |(i, j)| plain[i][j]),
             y: plain.iter().map(|r| r[3]).collect(),
+            owners: Vec::new(),
         };
         let people: Vec<(u32, u32)> = (0..plain.len())
             .map(|i| {

@@ -58,6 +58,9 @@ pub struct TrainingSet {
     pub features: Vec<String>,
     pub x: Array2<f64>,
     pub y: Array1<f64>,
+    /// For each row, the people it belongs to (one per dataset it joins, numbered by the
+    /// caller); empty: every row is a person of its own. The leverage bound holds per person.
+    pub owners: Vec<Vec<u32>>,
 }
 
 /// A trained model: what its receivers get.
@@ -127,7 +130,11 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
     let scale = Scale::of(&x)?;
     let standard = scale.apply(&x);
     if let Some(most) = settings.max_leverage {
-        bounded_leverage(&standard, most)?;
+        let owners: Vec<&[u32]> = trained
+            .iter()
+            .map(|&i| set.owners.get(i).map_or(&[][..], Vec::as_slice))
+            .collect();
+        bounded_leverage(&standard, &owners, most)?;
     }
     let (intercept, weights) = match settings.family {
         Family::Linear => {
@@ -156,31 +163,50 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
     Ok(model)
 }
 
-/// Refuses fitted rows of which one weighs more than `most` in the fit: its leverage
-/// `hᵢ = 1/n + xᵢᵀ (XᵀX)⁻¹ xᵢ` on the standardised (so centred) features with an intercept. A
-/// row far from the others in some direction (one person's outlying amount, or the only row of a
-/// combination of features) has a leverage near 1: the fit passes through it, and the model
-/// gives that row's label away. With `n` rows the leverages add up to `p + 1`, so every row can
-/// stay under `1/k` only when there are at least `k·(p + 1)` of them.
-fn bounded_leverage(standard: &Array2<f64>, most: f64) -> Result<(), MlError> {
+/// Refuses fitted rows of which one person's weigh more than `most` in the fit together: the
+/// leverage of each row, `hᵢ = 1/n + xᵢᵀ (XᵀX)⁻¹ xᵢ` on the standardised (so centred) features
+/// with an intercept, summed over the rows of each person (`owners[i]`: the people row `i`
+/// belongs to; a row of no one counts alone). A row far from the others in some direction (one
+/// person's outlying amount, or the only rows of a combination of features) has a leverage near
+/// 1: the fit passes through it, and the model gives that person's label away. A person with
+/// many rows in a cell of their own weighs 1 however many rows they have, so the bound is per
+/// person, not per row. With `n` rows the leverages add up to `p + 1`.
+fn bounded_leverage(standard: &Array2<f64>, owners: &[&[u32]], most: f64) -> Result<(), MlError> {
     use linfa_linalg::cholesky::SolveC;
     let n = standard.nrows() as f64;
     let mut gram = standard.t().dot(standard);
     let solved = gram
         .solvec(&standard.t().to_owned())
         .map_err(|_| MlError::Data("the features are collinear in the training rows".into()))?;
-    let heaviest = standard
+    let mut people: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
+    let mut heaviest = 0.0f64;
+    for (i, (x, z)) in standard
         .rows()
         .into_iter()
         .zip(solved.columns())
-        .map(|(x, z)| 1.0 / n + x.dot(&z))
-        .fold(0.0f64, f64::max);
-    if heaviest > most || !heaviest.is_finite() {
-        // Not which row, nor how heavy: a refusal must not point at anyone.
+        .enumerate()
+    {
+        let h = 1.0 / n + x.dot(&z);
+        match owners.get(i).filter(|o| !o.is_empty()) {
+            Some(owners) => {
+                for o in owners.iter() {
+                    let sum = people.entry(*o).or_default();
+                    *sum += h;
+                    heaviest = heaviest.max(*sum);
+                }
+            }
+            None => heaviest = heaviest.max(h),
+        }
+        if !h.is_finite() {
+            heaviest = f64::INFINITY;
+        }
+    }
+    if heaviest > most {
+        // Not whose rows, nor how heavy: a refusal must not point at anyone.
         return Err(MlError::Data(format!(
-            "a training row would weigh more than {most:.3} of the fit (its leverage): one \
-             person's values would shape the model; fit on more rows, or leave out the feature \
-             values few people have"
+            "one person's training rows would weigh more than {most:.3} of the fit (their \
+             leverage): that person's values would shape the model; fit on more people, or \
+             leave out the feature values few people have"
         )));
     }
     Ok(())

@@ -165,6 +165,7 @@ mod tests {
             features: vec!["amount".into(), "night".into()],
             x,
             y,
+            owners: Vec::new(),
         }
     }
 
@@ -252,6 +253,7 @@ mod tests {
                     features: base.features.clone(),
                     x,
                     y: Array1::from(y),
+                    owners: Vec::new(),
                 };
                 let moved = fit_bounded_logistic(&with, &bounds, m, alpha, 500).unwrap();
                 let l2: f64 = moved

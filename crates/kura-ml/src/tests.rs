@@ -29,6 +29,7 @@ fn set(x: Array2<f64>, y: Array1<f64>) -> TrainingSet {
         features: vec!["a".into(), "b".into()],
         x,
         y,
+        owners: Vec::new(),
     }
 }
 

@@ -395,6 +395,7 @@ mod tests {
             features: vec!["amount".into(), "flag".into()],
             x,
             y,
+            owners: Vec::new(),
         };
         (set, people)
     }
@@ -567,6 +568,7 @@ mod tests {
             features: set.features.clone(),
             x: set.x.clone(),
             y: set.y.clone(),
+            owners: Vec::new(),
         };
         bad.y[0] = 2.0;
         assert!(train_tree(&bad, &people, &cuts(), &settings(1, 0.0)).is_err());
