@@ -92,6 +92,7 @@ async fn fit_plaintext(dir: &Path) -> kura_ml::Model {
         features: vec!["oldest".into(), "north".into()],
         x: all.select(ndarray::Axis(1), &[0, 1]),
         y: all.column(2).to_owned(),
+        owners: Vec::new(),
     };
     kura_ml::train(
         &set,
@@ -100,6 +101,8 @@ async fn fit_plaintext(dir: &Path) -> kura_ml::Model {
             holdout: 0.2,
             l2: 1.0,
             max_iterations: 100,
+            // The plain fit: no rule's check, as outside any clean room.
+            max_leverage: None,
         },
     )
     .expect("the plaintext fit")
@@ -208,6 +211,7 @@ async fn grow_plaintext(dir: &Path) -> kura_ml::tree::Tree {
         features: vec!["amount".into(), "surgery".into(), "dental".into()],
         x: all.select(ndarray::Axis(1), &[0, 1, 2]),
         y: all.column(3).to_owned(),
+        owners: Vec::new(),
     };
     let cuts = vec![
         vec![100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0],

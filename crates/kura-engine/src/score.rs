@@ -429,10 +429,9 @@ mod tests {
     /// The distribution's cells from the banks' own scored rows: (released cells with their
     /// rows, how many withheld), where a cell is released when every bank not in `uncounted`
     /// has none or at least 10 accounts in it, and one has.
-    fn expected_cells(
-        out: &BTreeMap<String, Output>,
-        uncounted: &[&str],
-    ) -> (Vec<((String, usize), u64)>, usize) {
+    type Cells = Vec<((String, usize), u64)>;
+
+    fn expected_cells(out: &BTreeMap<String, Output>, uncounted: &[&str]) -> (Cells, usize) {
         type Cell = (u64, BTreeMap<&'static str, HashSet<String>>);
         let mut cells: BTreeMap<(String, usize), Cell> = BTreeMap::new();
         for bank in ["bank-c", "bank-d"] {

@@ -198,7 +198,7 @@ pub(crate) fn check(model: &TypedModel) -> Result<(), MlError> {
 /// Whether `fact`'s shape or constant value depends on one of the `batch` symbols.
 fn mentions(fact: &TypedFact, batch: &HashSet<Symbol>) -> bool {
     let hit = |d: &TDim| !d.symbols().is_disjoint(batch);
-    fact.shape.iter().any(|d| hit(&d))
+    fact.shape.iter().any(hit)
         || fact.konst.as_ref().is_some_and(|k| {
             k.datum_type() == TDim::datum_type()
                 && k.to_plain_array_view::<TDim>()

@@ -195,15 +195,15 @@ fn leverages(x: &Array2<f64>) -> Vec<f64> {
             .unwrap();
         a.swap(c, pivot);
         let lead = a[c][c];
-        for v in 0..2 * k {
-            a[c][v] /= lead;
+        for value in a[c].iter_mut() {
+            *value /= lead;
         }
-        for u in 0..k {
+        let pivot_row = a[c].clone();
+        for (u, line) in a.iter_mut().enumerate() {
             if u != c {
-                let f = a[u][c];
-                let pivot_row = a[c].clone();
-                for v in 0..2 * k {
-                    a[u][v] -= f * pivot_row[v];
+                let f = line[c];
+                for (value, p) in line.iter_mut().zip(&pivot_row) {
+                    *value -= f * p;
                 }
             }
         }
