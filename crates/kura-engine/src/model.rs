@@ -223,40 +223,67 @@ pub(crate) const DATASET: &str = "__kura_dataset";
 /// (as text) of that dataset's row behind each output row, or NULL where the branch does not
 /// read the dataset. A joined row belongs to one person of each dataset it joins.
 fn with_owners(contract: &Contract, plan: &LogicalPlan) -> Result<LogicalPlan, EngineError> {
-    let refuse = |reason: String| EngineError::Refused { rule: RULE, reason };
+    with_columns(plan, RULE, |branch, input| {
+        let read = crate::lineage::datasets_read(branch, contract)?;
+        let mut exprs = Vec::new();
+        for (i, d) in contract.datasets.iter().enumerate() {
+            let name = format!("{HIDDEN_OWNER}{i}");
+            if read.contains(&d.name) {
+                let unit = unit_column(input, &d.name, &d.privacy_unit, RULE)?;
+                exprs.push(datafusion::logical_expr::cast(unit, DataType::Utf8).alias(name));
+            } else {
+                exprs.push(datafusion::logical_expr::lit(ScalarValue::Utf8(None)).alias(name));
+            }
+        }
+        Ok(exprs)
+    })
+}
+
+/// The column of `input` that carries `dataset`'s privacy unit `unit`, unchanged.
+fn unit_column(
+    input: &LogicalPlan,
+    dataset: &str,
+    unit: &str,
+    rule: &'static str,
+) -> Result<Expr, EngineError> {
+    let index = (0..input.schema().fields().len())
+        .find(|&i| {
+            crate::lineage::origin(input, i) == Some((dataset.to_string(), unit.to_string()))
+        })
+        .ok_or_else(|| EngineError::Refused {
+            rule,
+            reason: format!(
+                "the rows of {dataset} must still carry its privacy unit {unit:?} under the final \
+                 SELECT (no aggregation there)"
+            ),
+        })?;
+    Ok(Expr::Column(datafusion::common::Column::from(
+        input.schema().qualified_field(index),
+    )))
+}
+
+/// `plan` with the columns `extra` gives each branch of a top-level `UNION ALL` (from the
+/// branch and the input of its final `SELECT`) added after the branch's own. Refusals name
+/// `rule`.
+fn with_columns(
+    plan: &LogicalPlan,
+    rule: &'static str,
+    mut extra: impl FnMut(&LogicalPlan, &LogicalPlan) -> Result<Vec<Expr>, EngineError>,
+) -> Result<LogicalPlan, EngineError> {
+    let refuse = |reason: &str| EngineError::Refused {
+        rule,
+        reason: reason.to_string(),
+    };
     let mut branches = Vec::new();
     for branch in self::branches(plan) {
         let LogicalPlan::Projection(projection) = branch else {
             return Err(refuse(
-                "a model's query must end in a SELECT list (of each UNION ALL branch)".into(),
+                "a model's query must end in a SELECT list (of each UNION ALL branch)",
             ));
         };
-        let read = crate::lineage::datasets_read(branch, contract)?;
         let input = projection.input.as_ref();
         let mut exprs = projection.expr.clone();
-        for (i, d) in contract.datasets.iter().enumerate() {
-            let name = format!("{HIDDEN_OWNER}{i}");
-            if !read.contains(&d.name) {
-                exprs.push(datafusion::logical_expr::lit(ScalarValue::Utf8(None)).alias(name));
-                continue;
-            }
-            let index = (0..input.schema().fields().len())
-                .find(|&c| {
-                    crate::lineage::origin(input, c)
-                        == Some((d.name.clone(), d.privacy_unit.clone()))
-                })
-                .ok_or_else(|| {
-                    refuse(format!(
-                        "the rows of {} must still carry its privacy unit {:?} under the final \
-                         SELECT, so that no person's rows weigh too much in the fit",
-                        d.name, d.privacy_unit
-                    ))
-                })?;
-            let column = Expr::Column(datafusion::common::Column::from(
-                input.schema().qualified_field(index),
-            ));
-            exprs.push(datafusion::logical_expr::cast(column, DataType::Utf8).alias(name));
-        }
+        exprs.extend(extra(branch, input)?);
         branches.push(
             LogicalPlanBuilder::from(input.clone())
                 .project(exprs)?
@@ -266,7 +293,7 @@ fn with_owners(contract: &Contract, plan: &LogicalPlan) -> Result<LogicalPlan, E
     let mut branches = branches.into_iter();
     let first = branches
         .next()
-        .ok_or_else(|| refuse("the query has no rows".into()))?;
+        .ok_or_else(|| refuse("the query has no rows"))?;
     let mut union = LogicalPlanBuilder::from(first);
     for b in branches {
         union = union.union(b)?;
@@ -319,45 +346,14 @@ pub(crate) fn with_units(
     plan: &LogicalPlan,
     rule: &'static str,
 ) -> Result<LogicalPlan, EngineError> {
-    let refuse = |reason: String| EngineError::Refused { rule, reason };
-    let mut branches = Vec::new();
-    for branch in self::branches(plan) {
-        let LogicalPlan::Projection(projection) = branch else {
-            return Err(refuse(
-                "a model's query must end in a SELECT list (of each UNION ALL branch)".into(),
-            ));
-        };
+    with_columns(plan, rule, |branch, input| {
         let (dataset, unit) = one_dataset(contract, branch, "a model's query", rule)?;
-        let input = projection.input.as_ref();
-        let index = (0..input.schema().fields().len())
-            .find(|&i| crate::lineage::origin(input, i) == Some((dataset.clone(), unit.clone())))
-            .ok_or_else(|| {
-                refuse(format!(
-                    "the rows of {dataset} must still carry its privacy unit {unit:?} under the \
-                     final SELECT (no aggregation there)"
-                ))
-            })?;
-        let column = Expr::Column(datafusion::common::Column::from(
-            input.schema().qualified_field(index),
-        ));
-        let mut exprs = projection.expr.clone();
-        exprs.push(datafusion::logical_expr::cast(column, DataType::Utf8).alias(UNIT));
-        exprs.push(datafusion::logical_expr::lit(dataset).alias(DATASET));
-        branches.push(
-            LogicalPlanBuilder::from(input.clone())
-                .project(exprs)?
-                .build()?,
-        );
-    }
-    let mut branches = branches.into_iter();
-    let first = branches
-        .next()
-        .ok_or_else(|| refuse("the query has no rows".into()))?;
-    let mut union = LogicalPlanBuilder::from(first);
-    for b in branches {
-        union = union.union(b)?;
-    }
-    Ok(union.build()?)
+        let column = unit_column(input, &dataset, &unit, rule)?;
+        Ok(vec![
+            datafusion::logical_expr::cast(column, DataType::Utf8).alias(UNIT),
+            datafusion::logical_expr::lit(dataset).alias(DATASET),
+        ])
+    })
 }
 
 /// The branches of a top-level `UNION ALL`, or the plan itself.
@@ -698,6 +694,19 @@ mod tests {
         (csv, plain)
     }
 
+    /// `csv` with `edit` applied to the fields of each row after the header.
+    fn edited(csv: &str, edit: impl Fn(&mut Vec<String>)) -> String {
+        let mut text = String::new();
+        for (i, line) in csv.lines().enumerate() {
+            let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
+            if i > 0 {
+                edit(&mut fields);
+            }
+            writeln!(text, "{}", fields.join(",")).unwrap();
+        }
+        text
+    }
+
     fn tables(c: &Contract, csv: &[String; 2]) -> Tables {
         let mut t = Tables::new();
         for (name, text) in ["transactions_a", "transactions_b"].iter().zip(csv) {
@@ -802,20 +811,12 @@ mod tests {
     async fn people_are_counted_on_the_rows_fitted() {
         let c = contract(|t| t);
         let (mut csv, _) = banks([200, 200], 5);
-        let mut text = String::new();
-        for (i, line) in csv[1].lines().enumerate() {
-            let mut fields: Vec<&str> = line.split(',').collect();
-            let account: usize = fields[0]
-                .split('-')
-                .nth(1)
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(0);
-            if i > 0 && account >= 3 {
-                fields[1] = "";
+        csv[1] = edited(&csv[1], |fields| {
+            let account: usize = fields[0][2..].parse().unwrap();
+            if account >= 3 {
+                fields[1] = String::new();
             }
-            writeln!(text, "{}", fields.join(",")).unwrap();
-        }
-        csv[1] = text;
+        });
         let refused = train(&c, &c.analyses[0], &tables(&c, &csv))
             .await
             .unwrap_err()
@@ -833,15 +834,9 @@ mod tests {
     async fn a_category_held_by_one_person_is_refused() {
         let c = contract(|t| t);
         let (mut csv, _) = banks([200, 200], 5);
-        let mut text = String::new();
-        for (i, line) in csv[1].lines().enumerate() {
-            let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
-            if i > 0 {
-                fields[3] = (fields[0] == "1-7").to_string();
-            }
-            writeln!(text, "{}", fields.join(",")).unwrap();
-        }
-        csv[1] = text;
+        csv[1] = edited(&csv[1], |fields| {
+            fields[3] = (fields[0] == "1-7").to_string();
+        });
         let refused = train(&c, &c.analyses[0], &tables(&c, &csv))
             .await
             .unwrap_err()
@@ -851,16 +846,10 @@ mod tests {
         assert!(!refused.contains("1-7"), "{refused}");
         // Foreign for the first ten accounts of bank B: enough people on each side.
         let (mut csv, _) = banks([200, 200], 5);
-        let mut text = String::new();
-        for (i, line) in csv[1].lines().enumerate() {
-            let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
-            if i > 0 {
-                let account: usize = fields[0][2..].parse().unwrap();
-                fields[3] = (account < 10).to_string();
-            }
-            writeln!(text, "{}", fields.join(",")).unwrap();
-        }
-        csv[1] = text;
+        csv[1] = edited(&csv[1], |fields| {
+            let account: usize = fields[0][2..].parse().unwrap();
+            fields[3] = (account < 10).to_string();
+        });
         train(&c, &c.analyses[0], &tables(&c, &csv)).await.unwrap();
     }
 
@@ -870,15 +859,11 @@ mod tests {
     async fn an_outlying_person_is_refused() {
         let c = contract(|t| t);
         let (mut csv, _) = banks([200, 200], 5);
-        let mut text = String::new();
-        for (i, line) in csv[1].lines().enumerate() {
-            let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
-            if i > 0 && fields[0] == "1-7" {
+        csv[1] = edited(&csv[1], |fields| {
+            if fields[0] == "1-7" {
                 fields[1] = "98765432.1".into();
             }
-            writeln!(text, "{}", fields.join(",")).unwrap();
-        }
-        csv[1] = text;
+        });
         let refused = train(&c, &c.analyses[0], &tables(&c, &csv))
             .await
             .unwrap_err()
@@ -947,16 +932,10 @@ mod tests {
         runner
             .run(&(1usize..40), |m| {
                 let (mut csv, _) = banks([200, 40], 5);
-                let mut text = String::new();
-                for (i, line) in csv[1].lines().enumerate() {
-                    let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
-                    if i > 0 {
-                        let account: usize = fields[0][2..].parse().unwrap();
-                        fields[3] = (account < m).to_string();
-                    }
-                    writeln!(text, "{}", fields.join(",")).unwrap();
-                }
-                csv[1] = text;
+                csv[1] = edited(&csv[1], |fields| {
+                    let account: usize = fields[0][2..].parse().unwrap();
+                    fields[3] = (account < m).to_string();
+                });
                 let fitted = runtime
                     .block_on(train(&c, &c.analyses[0], &tables(&c, &csv)))
                     .map_err(|e| e.to_string());

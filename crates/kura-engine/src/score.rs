@@ -408,17 +408,7 @@ mod tests {
         // accounts behind it of each bank; a cell is released exactly when each bank has none
         // or at least 10 there.
         let expected = expected_cells(&out, &[]);
-        let got: Vec<((String, usize), u64)> = dist
-            .rows
-            .iter()
-            .map(|r| {
-                let bucket = r[1].as_f64().map_or(0, |f| (f * 10.0).round() as usize);
-                (
-                    (r[0].as_str().unwrap().to_string(), bucket),
-                    r[3].as_u64().unwrap(),
-                )
-            })
-            .collect();
+        let got = released_cells(dist);
         assert_eq!(got, expected.0);
         // Cells were withheld (bank d's few accounts leave small ones), but the model's
         // provider is not told how many.
@@ -430,6 +420,20 @@ mod tests {
     /// rows, how many withheld), where a cell is released when every bank not in `uncounted`
     /// has none or at least 10 accounts in it, and one has.
     type Cells = Vec<((String, usize), u64)>;
+
+    /// The cells of a distribution as released: ((channel, bucket), rows).
+    fn released_cells(dist: &Output) -> Cells {
+        dist.rows
+            .iter()
+            .map(|r| {
+                let bucket = r[1].as_f64().map_or(0, |f| (f * 10.0).round() as usize);
+                (
+                    (r[0].as_str().unwrap().to_string(), bucket),
+                    r[3].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
 
     fn expected_cells(out: &BTreeMap<String, Output>, uncounted: &[&str]) -> (Cells, usize) {
         type Cell = (u64, BTreeMap<&'static str, HashSet<String>>);
@@ -518,17 +522,7 @@ mod tests {
                 .unwrap();
             let dist = &out["bank-c"];
             assert_eq!(dist.columns, ["channel", "score_from", "score_to", "rows"]);
-            let got: Vec<((String, usize), u64)> = dist
-                .rows
-                .iter()
-                .map(|r| {
-                    let bucket = r[1].as_f64().map_or(0, |f| (f * 10.0).round() as usize);
-                    (
-                        (r[0].as_str().unwrap().to_string(), bucket),
-                        r[3].as_u64().unwrap(),
-                    )
-                })
-                .collect();
+            let got = released_cells(dist);
             // Bank C's scores, as it would see them, stand in for its rows in the recount.
             let mut rows = out.clone();
             rows.insert("bank-c".into(), own_scores(d).await);
