@@ -55,8 +55,10 @@ pub async fn train(
     // Each row with its people, for the leverage bound per person.
     let width = plan.schema().fields().len();
     let batches = collect(&ctx, &with_owners(contract, &plan)?).await?;
-    let mut set = training_set(&batches, spec, &columns)?;
-    set.owners = owners(&batches, &columns, width..width + contract.datasets.len())?;
+    let rows = numbers(&batches, &columns)?;
+    let owners = owners(&batches, &rows, width..width + contract.datasets.len());
+    let mut set = as_set(spec, rows.into_iter().flatten().flatten().collect())?;
+    set.owners = owners;
     let model = kura_ml::train(&set, &settings(spec, contract)?).map_err(refused)?;
     let mut rows = vec![vec![Value::from("intercept"), number(model.intercept)]];
     rows.extend(
@@ -303,17 +305,15 @@ fn with_columns(
 
 const HIDDEN_OWNER: &str = "__kura_owner_";
 
-/// The people of each row [`training_set`] keeps (those with every learned value present): for
-/// each of the `owners` columns ([`with_owners`]) that is not NULL, a number for that dataset's
-/// person.
+/// The people of each row kept (`rows[i]` present: every learned value there): for each of
+/// the `owners` columns ([`with_owners`]) that is not NULL, the number of that dataset's person.
 fn owners(
     batches: &[datafusion::arrow::record_batch::RecordBatch],
-    columns: &[usize],
+    rows: &[Option<Vec<f64>>],
     owners: std::ops::Range<usize>,
-) -> Result<Vec<Vec<u32>>, EngineError> {
-    let mut people: HashMap<(usize, String), u32> = HashMap::new();
+) -> Vec<Vec<u32>> {
+    let mut people = People::default();
     let mut out = Vec::new();
-    let kept = numbers(batches, columns)?;
     let mut row = 0;
     for batch in batches {
         let texts: Vec<_> = owners
@@ -321,21 +321,43 @@ fn owners(
             .map(|c| batch.column(c).as_string::<i32>())
             .collect();
         for r in 0..batch.num_rows() {
-            if kept[row].is_some() {
-                let mut mine = Vec::new();
-                for (d, text) in texts.iter().enumerate() {
-                    if text.is_valid(r) {
-                        let next = people.len() as u32;
-                        let id = *people.entry((d, text.value(r).to_string())).or_insert(next);
-                        mine.push(id);
-                    }
-                }
+            if rows[row].is_some() {
+                let mine = texts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, text)| text.is_valid(r))
+                    .map(|(d, text)| people.number(d, text.value(r)))
+                    .collect();
                 out.push(mine);
             }
             row += 1;
         }
     }
-    Ok(out)
+    out
+}
+
+/// People numbered in the order they are met, each dataset's apart (the same account name at
+/// two banks is two people), looked up without allocating for those met before.
+#[derive(Default)]
+pub(crate) struct People {
+    datasets: Vec<HashMap<String, u32>>,
+    met: u32,
+}
+
+impl People {
+    /// The number of `unit`, a person of the `dataset`-th dataset.
+    pub(crate) fn number(&mut self, dataset: usize, unit: &str) -> u32 {
+        if self.datasets.len() <= dataset {
+            self.datasets.resize_with(dataset + 1, HashMap::new);
+        }
+        let people = &mut self.datasets[dataset];
+        if let Some(&p) = people.get(unit) {
+            return p;
+        }
+        people.insert(unit.to_string(), self.met);
+        self.met += 1;
+        self.met - 1
+    }
 }
 
 /// `plan` with each row's person and dataset as its last two columns ([`UNIT`], [`DATASET`]):

@@ -7,7 +7,7 @@
 //! ([`super::with_units`]). The released table has one row per leaf (the conditions that lead to
 //! it, and its rate of 1), then the measures on held-out rows; the ONNX file has the tree.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -77,9 +77,8 @@ fn rows(
     columns: &[usize],
     unit: usize,
 ) -> Result<(kura_ml::TrainingSet, Vec<(u32, u32)>), EngineError> {
-    // Each dataset's people by name, looked up without allocating for the people already met.
-    let mut datasets: Vec<(String, HashMap<String, u32>)> = Vec::new();
-    let mut met = 0u32;
+    let mut datasets: Vec<String> = Vec::new();
+    let mut numbered = super::People::default();
     let mut owners = Vec::new();
     for batch in batches {
         let units = batch.column(unit).as_string::<i32>();
@@ -90,23 +89,14 @@ fn rows(
                 continue;
             }
             let name = names.value(row);
-            let d = match datasets.iter().position(|(n, _)| n == name) {
+            let d = match datasets.iter().position(|n| n == name) {
                 Some(d) => d,
                 None => {
-                    datasets.push((name.to_string(), HashMap::new()));
+                    datasets.push(name.to_string());
                     datasets.len() - 1
                 }
             };
-            let people = &mut datasets[d].1;
-            let person = match people.get(units.value(row)) {
-                Some(&p) => p,
-                None => {
-                    people.insert(units.value(row).to_string(), met);
-                    met += 1;
-                    met - 1
-                }
-            };
-            owners.push(Some((d as u32, person)));
+            owners.push(Some((d as u32, numbered.number(d, units.value(row)))));
         }
     }
     let mut values = Vec::new();
