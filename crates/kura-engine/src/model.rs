@@ -100,7 +100,7 @@ pub(crate) async fn check(
         with_units(contract, &plan, RULE)?;
     }
     let support = spec.family != ModelFamily::Tree;
-    for (count, _) in counts(&plan, &columns, support)? {
+    for (count, _) in counts(&plan, &columns, support)?.guarded {
         crate::threshold::guard_coverage(count, contract)?;
     }
     crate::roles::Rules::for_signing(contract).check_flow(&plan)
@@ -392,8 +392,24 @@ enum Need {
     /// The rows the fit uses come from at least `min_group_size` people of each dataset.
     Cover,
     /// A feature's rows on one side of zero come from no one, or from at least
-    /// `min_group_size` people of each dataset: a coefficient never rests on fewer.
-    NoneOrCover(usize),
+    /// `min_group_size` people of each dataset: a coefficient never rests on fewer. With the
+    /// feature's position, and where the side's exact row count is: the column of the
+    /// branch's plan of exact counts ([`Counts::exact`]).
+    NoneOrCover {
+        feature: usize,
+        branch: usize,
+        column: usize,
+    },
+}
+
+/// The counts a model's rows must pass ([`counts`]).
+struct Counts {
+    /// Each a `COUNT(*)` to guard with the threshold rule, and what it must show.
+    guarded: Vec<(LogicalPlan, Need)>,
+    /// Per `UNION ALL` branch, one pass over its rows counting each feature's two sides
+    /// exactly (`COUNT(*) FILTER (WHERE ...)`), so that a side no one is on needs no guarded
+    /// count; these numbers never leave the enclave.
+    exact: Vec<LogicalPlan>,
 }
 
 /// Plans that count a model query's rows, one per branch of a top-level `UNION ALL`: each
@@ -406,14 +422,12 @@ enum Need {
 /// by one person (a one-hot feature that is 1 in that person's rows only) would give a
 /// coefficient that is that person's label less the others', so each side must hold no one or
 /// enough people.
-fn counts(
-    plan: &LogicalPlan,
-    learned: &[usize],
-    support: bool,
-) -> Result<Vec<(LogicalPlan, Need)>, EngineError> {
+fn counts(plan: &LogicalPlan, learned: &[usize], support: bool) -> Result<Counts, EngineError> {
+    use datafusion::logical_expr::ExprFunctionExt;
     use datafusion::prelude::lit;
     let mut out = Vec::new();
-    for branch in branches(plan) {
+    let mut exact = Vec::new();
+    for (b, branch) in branches(plan).into_iter().enumerate() {
         let (rows, values): (LogicalPlan, Vec<Expr>) = match branch {
             LogicalPlan::Projection(p) => (
                 p.input.as_ref().clone(),
@@ -452,15 +466,36 @@ fn counts(
         out.push((count(present.clone())?, Need::Cover));
         if support {
             let features = &values[..values.len().saturating_sub(1)];
+            let mut sides = Vec::new();
             for (f, value) in features.iter().enumerate() {
                 let number = datafusion::logical_expr::cast(value.clone(), DataType::Float64);
                 for side in [number.clone().not_eq(lit(0.0)), number.eq(lit(0.0))] {
-                    out.push((count(present.clone().and(side))?, Need::NoneOrCover(f)));
+                    let rows = present.clone().and(side);
+                    let need = Need::NoneOrCover {
+                        feature: f,
+                        branch: b,
+                        column: sides.len(),
+                    };
+                    sides.push(
+                        datafusion::functions_aggregate::expr_fn::count(lit(1i64))
+                            .filter(rows.clone())
+                            .build()?
+                            .alias(format!("side{}", sides.len())),
+                    );
+                    out.push((count(rows)?, need));
                 }
             }
+            exact.push(
+                LogicalPlanBuilder::from(rows.clone())
+                    .aggregate(Vec::<Expr>::new(), sides)?
+                    .build()?,
+            );
         }
     }
-    Ok(out)
+    Ok(Counts {
+        guarded: out,
+        exact,
+    })
 }
 
 pub mod private;
@@ -575,26 +610,30 @@ async fn covered(
     support: Option<&ModelSpec>,
 ) -> Result<(), EngineError> {
     let k = contract.output.min_group_size;
-    for (count, need) in counts(plan, learned, support.is_some())? {
-        if let Need::NoneOrCover(_) = need {
-            // No one on this side: nothing rests on it. The exact count stays here.
-            let exact = ctx
-                .execute_logical_plan(count.clone())
-                .await?
-                .collect()
-                .await?;
-            let rows = exact
-                .first()
-                .and_then(|b| {
-                    b.column(0)
-                        .as_any()
-                        .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                        .map(|a| a.value(0))
+    let counts = counts(plan, learned, support.is_some())?;
+    let mut exact: Vec<Vec<i64>> = Vec::new();
+    for plan in counts.exact {
+        let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+        let batch = batches
+            .first()
+            .ok_or_else(|| EngineError::Execution("an aggregation gave no row".into()))?;
+        exact.push(
+            batch
+                .columns()
+                .iter()
+                .map(|c| {
+                    c.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                        .value(0)
                 })
-                .unwrap_or(0);
-            if rows == 0 {
-                continue;
-            }
+                .collect(),
+        );
+    }
+    for (count, need) in counts.guarded {
+        // No one on this side: nothing rests on it.
+        if let Need::NoneOrCover { branch, column, .. } = need
+            && exact[branch][column] == 0
+        {
+            continue;
         }
         let guarded = crate::threshold::guard_coverage(count, contract)?;
         let counted = crate::execute(ctx, guarded, k, false, None).await?;
@@ -602,7 +641,7 @@ async fn covered(
             return Err(EngineError::Refused {
                 rule: RULE,
                 reason: match (need, support) {
-                    (Need::NoneOrCover(f), Some(spec)) => format!(
+                    (Need::NoneOrCover { feature: f, .. }, Some(spec)) => format!(
                         "the feature {:?} is 0 in the training rows of fewer than {k} people of \
                          some dataset, or other than 0 in those of fewer than {k}: its \
                          coefficient would rest on them (a category needs {k} people on each \
