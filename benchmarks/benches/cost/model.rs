@@ -103,6 +103,7 @@ async fn fit_plaintext(dir: &Path) -> kura_ml::Model {
             max_iterations: 100,
             // The plain fit: no rule's check, as outside any clean room.
             max_leverage: None,
+            min_people: None,
         },
     )
     .expect("the plaintext fit")

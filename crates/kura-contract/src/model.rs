@@ -1337,40 +1337,61 @@ fn validate_model(a: &Analysis) -> Result<(), ContractError> {
         }
         return Ok(());
     }
-    // Differentially private training: output perturbation of an L2-penalised logistic fit
-    // (kura_ml::private), which needs a penalty, public bounds, and no exact measures.
+    // Differentially private training (kura_ml::private): a logistic model by output
+    // perturbation of an L2-penalised fit, a linear one by noisy sufficient statistics, a tree
+    // grown and rated from noisy counts. None releases exact measures on held-out rows.
     let refuse = |why: &str| Err(ContractError::Dp(format!("{context}: {why}")));
-    if spec.family == ModelFamily::Tree {
-        return refuse(
-            "trees cannot be trained with dp = true (their leaf rates would need noise, which \
-             kura does not add yet); train a logistic model instead",
-        );
-    }
-    if spec.family != ModelFamily::Logistic {
-        return refuse("only logistic models can be trained with dp = true");
-    }
     if spec.holdout != 0.0 {
         return refuse(
             "a model trained with dp = true needs holdout = 0 (measures on held-out rows are \
              exact statistics)",
         );
     }
-    if spec.l2 <= 0.0 {
-        return refuse("a model trained with dp = true needs l2 > 0");
-    }
-    for f in &spec.features {
-        match spec.bounds.get(f) {
+    // What must be bounded: each feature of a regression, and a linear model's label too.
+    let bounded: Vec<&String> = match spec.family {
+        ModelFamily::Tree => {
+            if !spec.bounds.is_empty() {
+                return refuse(
+                    "bounds do not apply to a tree (its cut points are public; its label is 0 or 1)",
+                );
+            }
+            return Ok(());
+        }
+        ModelFamily::Logistic => {
+            if spec.l2 <= 0.0 {
+                return refuse("a model trained with dp = true needs l2 > 0");
+            }
+            spec.features.iter().collect()
+        }
+        ModelFamily::Linear => spec.features.iter().chain([&spec.label]).collect(),
+    };
+    for f in &bounded {
+        match spec.bounds.get(*f) {
             Some([low, high]) if low.is_finite() && high.is_finite() && low < high => {}
             Some(_) => return refuse(&format!("bounds of {f:?} need finite low < high")),
             None => {
                 return refuse(&format!(
-                    "a model trained with dp = true needs bounds for every feature ({f:?} has none)"
+                    "a {} model trained with dp = true needs bounds for every feature{} ({f:?} \
+                     has none)",
+                    spec.family.as_str(),
+                    if spec.family == ModelFamily::Linear {
+                        " and its label"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }
     }
-    if let Some(other) = spec.bounds.keys().find(|b| !spec.features.contains(b)) {
-        return refuse(&format!("bounds name {other:?}, which is not a feature"));
+    if let Some(other) = spec.bounds.keys().find(|b| !bounded.contains(b)) {
+        return refuse(&format!(
+            "bounds name {other:?}, which is not a feature{}",
+            if spec.family == ModelFamily::Linear {
+                " or the label"
+            } else {
+                ""
+            }
+        ));
     }
     Ok(())
 }

@@ -1,13 +1,17 @@
 //! Model analyses: a model trained on the rows of the analysis's query, released as its
 //! coefficients and its quality on held-out rows, never the rows.
 //!
-//! The query is fixed in the contract and signed by every party, like a list's. Before any
-//! training, the rows must cover at least `min_group_size` distinct privacy units of every
-//! dataset they come from: the engine asks the threshold rule itself, by counting the rows of
-//! each `UNION ALL` branch (before its final projection) as a guarded `COUNT(*)`, and refuses
-//! when a count would be suppressed. The fit is `kura_ml`'s (linfa), in this process: the
-//! query's output rows are collected where counted aggregations run (on a cluster, its
-//! executors), and only its features and label are kept.
+//! The query is fixed in the contract and signed by every party, like a list's. At signing,
+//! the engine checks that its rows' count can be guarded by the threshold rule ([`counts`]).
+//! At run time each output row carries, hidden, the privacy unit of every dataset it joins
+//! ([`with_owners`]); `kura_ml` then counts people on exactly the rows it fits, after rows with
+//! a missing value are dropped and the held-out rows drawn: the fitted rows, each side of each
+//! feature and the held-out rows rest on at least `min_group_size` people of each dataset (a
+//! side may rest on no one), and no person's rows weigh more than one of `min_group_size` in
+//! the fit. A tree asks the threshold rule for its rows' coverage before it grows
+//! ([`covered`]), then counts each leaf's people. The fit is `kura_ml`'s (linfa), in this
+//! process: the query's output rows are collected where counted aggregations run (on a
+//! cluster, its executors), and only its features and label are kept.
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
@@ -51,8 +55,8 @@ pub async fn train(
     }
     let columns = learned_columns(contract, &plan, spec)?;
     crate::roles::Rules::for_signing(contract).check_flow(&plan)?;
-    covered(contract, &ctx, &plan, &columns, Some(spec)).await?;
-    // Each row with its people, for the leverage bound per person.
+    // Each row with its people: the training set's coverage, its features' support and the
+    // leverage bound are counted per person, on the rows fitted (`kura_ml::Settings`).
     let width = plan.schema().fields().len();
     let batches = collect(&ctx, &with_owners(contract, &plan)?).await?;
     let rows = numbers(&batches, &columns)?;
@@ -99,8 +103,7 @@ pub(crate) async fn check(
     if spec.family == ModelFamily::Tree {
         with_units(contract, &plan, RULE)?;
     }
-    let support = spec.family != ModelFamily::Tree;
-    for (count, _) in counts(&plan, &columns, support)?.guarded {
+    for count in counts(&plan, &columns)? {
         crate::threshold::guard_coverage(count, contract)?;
     }
     crate::roles::Rules::for_signing(contract).check_flow(&plan)
@@ -306,12 +309,13 @@ fn with_columns(
 const HIDDEN_OWNER: &str = "__kura_owner_";
 
 /// The people of each row kept (`rows[i]` present: every learned value there): for each of
-/// the `owners` columns ([`with_owners`]) that is not NULL, the number of that dataset's person.
+/// the `owners` columns ([`with_owners`]) that is not NULL, that dataset's position among them
+/// and the number of its person.
 fn owners(
     batches: &[datafusion::arrow::record_batch::RecordBatch],
     rows: &[Option<Vec<f64>>],
     owners: std::ops::Range<usize>,
-) -> Vec<Vec<u32>> {
+) -> Vec<Vec<kura_ml::Person>> {
     let mut people = People::default();
     let mut out = Vec::new();
     let mut row = 0;
@@ -326,7 +330,7 @@ fn owners(
                     .iter()
                     .enumerate()
                     .filter(|(_, text)| text.is_valid(r))
-                    .map(|(d, text)| people.number(d, text.value(r)))
+                    .map(|(d, text)| (d as u32, people.number(d, text.value(r))))
                     .collect();
                 out.push(mine);
             }
@@ -386,48 +390,16 @@ pub(crate) fn branches(plan: &LogicalPlan) -> Vec<&LogicalPlan> {
     }
 }
 
-/// What a count of a model's rows must show.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Need {
-    /// The rows the fit uses come from at least `min_group_size` people of each dataset.
-    Cover,
-    /// A feature's rows on one side of zero come from no one, or from at least
-    /// `min_group_size` people of each dataset: a coefficient never rests on fewer. With the
-    /// feature's position, and where the side's exact row count is: the column of the
-    /// branch's plan of exact counts ([`Counts::exact`]).
-    NoneOrCover {
-        feature: usize,
-        branch: usize,
-        column: usize,
-    },
-}
-
-/// The counts a model's rows must pass ([`counts`]).
-struct Counts {
-    /// Each a `COUNT(*)` to guard with the threshold rule, and what it must show.
-    guarded: Vec<(LogicalPlan, Need)>,
-    /// Per `UNION ALL` branch, one pass over its rows counting each feature's two sides
-    /// exactly (`COUNT(*) FILTER (WHERE ...)`), so that a side no one is on needs no guarded
-    /// count; these numbers never leave the enclave.
-    exact: Vec<LogicalPlan>,
-}
-
 /// Plans that count a model query's rows, one per branch of a top-level `UNION ALL`: each
 /// branch's rows before its final projection (which would drop the privacy units the threshold
 /// rule counts), under `COUNT(*)`. Only the rows the fit will use are counted: those whose
-/// features and label (`learned`, positions among the output columns, the label last) are all
-/// present, as [`training_set`] drops the others; a provider that leaves a feature empty for
-/// all but one person does not get a model of that person's rows behind a count of everyone's.
-/// With `support`, also each feature's rows where it is not 0, and where it is: a category held
-/// by one person (a one-hot feature that is 1 in that person's rows only) would give a
-/// coefficient that is that person's label less the others', so each side must hold no one or
-/// enough people.
-fn counts(plan: &LogicalPlan, learned: &[usize], support: bool) -> Result<Counts, EngineError> {
-    use datafusion::logical_expr::ExprFunctionExt;
+/// features and label (`learned`, positions among the output columns) are all present, as
+/// [`training_set`] drops the others; a provider that leaves a feature empty for all but one
+/// person does not get a model of that person's rows behind a count of everyone's.
+fn counts(plan: &LogicalPlan, learned: &[usize]) -> Result<Vec<LogicalPlan>, EngineError> {
     use datafusion::prelude::lit;
     let mut out = Vec::new();
-    let mut exact = Vec::new();
-    for (b, branch) in branches(plan).into_iter().enumerate() {
+    for branch in branches(plan) {
         let (rows, values): (LogicalPlan, Vec<Expr>) = match branch {
             LogicalPlan::Projection(p) => (
                 p.input.as_ref().clone(),
@@ -449,53 +421,21 @@ fn counts(plan: &LogicalPlan, learned: &[usize], support: bool) -> Result<Counts
             ),
         };
         let present = values
-            .iter()
-            .cloned()
+            .into_iter()
             .map(Expr::is_not_null)
             .reduce(Expr::and)
             .unwrap_or_else(|| lit(true));
-        let count = |filter: Expr| -> Result<LogicalPlan, EngineError> {
-            Ok(LogicalPlanBuilder::from(rows.clone())
-                .filter(filter)?
+        out.push(
+            LogicalPlanBuilder::from(rows)
+                .filter(present)?
                 .aggregate(
                     Vec::<Expr>::new(),
                     vec![datafusion::functions_aggregate::count::count_all()],
                 )?
-                .build()?)
-        };
-        out.push((count(present.clone())?, Need::Cover));
-        if support {
-            let features = &values[..values.len().saturating_sub(1)];
-            let mut sides = Vec::new();
-            for (f, value) in features.iter().enumerate() {
-                let number = datafusion::logical_expr::cast(value.clone(), DataType::Float64);
-                for side in [number.clone().not_eq(lit(0.0)), number.eq(lit(0.0))] {
-                    let rows = present.clone().and(side);
-                    let need = Need::NoneOrCover {
-                        feature: f,
-                        branch: b,
-                        column: sides.len(),
-                    };
-                    sides.push(
-                        datafusion::functions_aggregate::expr_fn::count(lit(1i64))
-                            .filter(rows.clone())
-                            .build()?
-                            .alias(format!("side{}", sides.len())),
-                    );
-                    out.push((count(rows)?, need));
-                }
-            }
-            exact.push(
-                LogicalPlanBuilder::from(rows.clone())
-                    .aggregate(Vec::<Expr>::new(), sides)?
-                    .build()?,
-            );
-        }
+                .build()?,
+        );
     }
-    Ok(Counts {
-        guarded: out,
-        exact,
-    })
+    Ok(out)
 }
 
 pub mod private;
@@ -534,6 +474,9 @@ fn settings(spec: &ModelSpec, contract: &Contract) -> Result<kura_ml::Settings, 
         max_iterations: spec.max_iterations,
         // No fitted row may weigh more than one of `min_group_size` rows.
         max_leverage: Some(1.0 / contract.output.min_group_size.max(1) as f64),
+        // The fitted rows, each feature's two sides and the held-out rows rest on
+        // `min_group_size` people of each dataset, or (a side) on no one.
+        min_people: Some(usize::try_from(contract.output.min_group_size).unwrap_or(usize::MAX)),
     })
 }
 
@@ -599,59 +542,24 @@ pub(crate) fn numbers(
 }
 
 /// Refuses unless the query's rows cover at least `min_group_size` people of every dataset
-/// they come from, as the threshold rule counts them ([`counts`]); with `support` (linear and
-/// logistic models), unless each feature's rows on either side of zero come from no one or
-/// from that many people too. A refusal names the rule and the feature, never a count.
+/// they come from, as the threshold rule counts them ([`counts`]). A refusal names the rule,
+/// never a count.
 async fn covered(
     contract: &Contract,
     ctx: &datafusion::execution::context::SessionContext,
     plan: &LogicalPlan,
     learned: &[usize],
-    support: Option<&ModelSpec>,
 ) -> Result<(), EngineError> {
     let k = contract.output.min_group_size;
-    let counts = counts(plan, learned, support.is_some())?;
-    let mut exact: Vec<Vec<i64>> = Vec::new();
-    for plan in counts.exact {
-        let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
-        let batch = batches
-            .first()
-            .ok_or_else(|| EngineError::Execution("an aggregation gave no row".into()))?;
-        exact.push(
-            batch
-                .columns()
-                .iter()
-                .map(|c| {
-                    c.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
-                        .value(0)
-                })
-                .collect(),
-        );
-    }
-    for (count, need) in counts.guarded {
-        // No one on this side: nothing rests on it.
-        if let Need::NoneOrCover { branch, column, .. } = need
-            && exact[branch][column] == 0
-        {
-            continue;
-        }
+    for count in counts(plan, learned)? {
         let guarded = crate::threshold::guard_coverage(count, contract)?;
         let counted = crate::execute(ctx, guarded, k, false, None).await?;
         if counted.rows.is_empty() {
             return Err(EngineError::Refused {
                 rule: RULE,
-                reason: match (need, support) {
-                    (Need::NoneOrCover { feature: f, .. }, Some(spec)) => format!(
-                        "the feature {:?} is 0 in the training rows of fewer than {k} people of \
-                         some dataset, or other than 0 in those of fewer than {k}: its \
-                         coefficient would rest on them (a category needs {k} people on each \
-                         side, or none)",
-                        spec.features[f]
-                    ),
-                    _ => {
-                        format!("the training rows come from fewer than {k} people of some dataset")
-                    }
-                },
+                reason: format!(
+                    "the training rows come from fewer than {k} people of some dataset"
+                ),
             });
         }
     }
@@ -1096,7 +1004,11 @@ mod tests {
     /// The fraud contract with its model trained under differential privacy at `epsilon`
     /// (of a total of 1000), each account giving at most `k` rows.
     fn private(epsilon: f64, k: u32) -> Contract {
-        contract(|t| {
+        contract(|t| private_text(t, epsilon, k))
+    }
+
+    fn private_text(t: String, epsilon: f64, k: u32) -> String {
+        {
             t.replace(
                 "kind = \"model\"\n",
                 &format!("kind = \"model\"\ndp = true\nepsilon = {epsilon}\n"),
@@ -1111,7 +1023,7 @@ mod tests {
                     "[privacy.dp]\nepsilon = 1000.0\nquery_epsilon = 1.0\nmax_contributions = {k}\n\n[output]"
                 ),
             )
-        })
+        }
     }
 
     /// A private model spends exactly its ε (and reports it with the noise on each term);
@@ -1120,6 +1032,8 @@ mod tests {
     #[tokio::test]
     async fn a_private_model_spends_its_epsilon_and_reports_its_noise() {
         let (csv, _) = banks([600, 600], 20);
+        // The DP bound is 20 rows per account; the banks declare at most 10, which is the k
+        // the run uses.
         let c = private(1000.0, 20);
         crate::check_analyses(&c).await.unwrap();
         assert_eq!(private::spend(&c, &c.analyses[0]).unwrap().epsilon, 1000.0);
@@ -1127,7 +1041,7 @@ mod tests {
         let dp = out.dp.as_ref().expect("a DP report");
         assert_eq!(
             (dp.epsilon, dp.delta, dp.max_contributions),
-            (1000.0, 0.0, 20)
+            (1000.0, 0.0, 10)
         );
         let terms: Vec<&str> = out.rows.iter().map(|r| r[0].as_str().unwrap()).collect();
         assert_eq!(
@@ -1163,10 +1077,132 @@ mod tests {
             let ratio = small.noise_sd[name] / sd;
             assert!((ratio - 200.0).abs() < 1e-6, "{name}: {ratio}");
         }
-        // Twenty rows per account count twenty times in the noise of one.
+        // Ten rows per account count ten times in the noise of one.
         let one = run(private(1000.0, 1)).await;
+        assert_eq!(one.max_contributions, 1);
         let ratio = dp.noise_sd["amount"] / one.noise_sd["amount"];
-        assert!((ratio - 20.0).abs() < 1e-6, "{ratio}");
+        assert!((ratio - 10.0).abs() < 1e-6, "{ratio}");
+    }
+
+    /// The fraud contract's model as a private linear model of the amount on `night`,
+    /// `foreign` and `fraud`, at `epsilon`.
+    fn private_linear(epsilon: f64) -> Contract {
+        contract(|t| {
+            private_text(t, epsilon, 10)
+            .replace("family = \"logistic\"", "family = \"linear\"")
+            .replace(
+                "features = [\"amount\", \"night\", \"foreign\"]\nlabel = \"fraud\"",
+                "features = [\"night\", \"foreign\", \"fraud\"]\nlabel = \"amount\"",
+            )
+            .replace("l2 = 1.0\n", "")
+            .replace(
+                "bounds = { amount = [0.0, 2000.0], night = [0.0, 1.0], foreign = [0.0, 1.0] }",
+                "bounds = { night = [0.0, 1.0], foreign = [0.0, 1.0], fraud = [0.0, 1.0], amount = [0.0, 2000.0] }",
+            )
+        })
+    }
+
+    /// A private linear model comes from noisy sums: with much ε it is the least-squares fit
+    /// of the same rows (the rows kept per account are drawn at random, so to sampling error);
+    /// it spends its ε, reports the noise on each term, growing as ε shrinks, and measures
+    /// nothing.
+    #[tokio::test]
+    async fn a_private_linear_model_is_the_least_squares_fit_under_noise() {
+        let (csv, plain) = banks([600, 600], 20);
+        let c = private_linear(1000.0);
+        crate::check_analyses(&c).await.unwrap();
+        let out = train(&c, &c.analyses[0], &tables(&c, &csv)).await.unwrap();
+        let terms: Vec<&str> = out.rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+        assert_eq!(terms, ["intercept", "night", "foreign", "fraud"]);
+        let dp = out.dp.as_ref().unwrap();
+        assert_eq!((dp.epsilon, dp.max_contributions), (1000.0, 10));
+        let set = kura_ml::TrainingSet {
+            features: vec!["night".into(), "foreign".into(), "fraud".into()],
+            x: ndarray::Array2::from_shape_fn((plain.len(), 3), |(i, j)| plain[i][j + 1]),
+            y: plain.iter().map(|r| r[0]).collect(),
+            owners: Vec::new(),
+        };
+        let exact = kura_ml::train(
+            &set,
+            &kura_ml::Settings {
+                family: kura_ml::Family::Linear,
+                holdout: 0.0,
+                l2: 1.0,
+                max_iterations: 100,
+                max_leverage: None,
+                min_people: None,
+            },
+        )
+        .unwrap();
+        assert!(
+            (term(&out, "intercept") - exact.intercept).abs() < 25.0,
+            "{out:?} {exact:?}"
+        );
+        for (name, value) in &exact.coefficients {
+            assert!(
+                (term(&out, name) - value).abs() < 60.0,
+                "{name}: {out:?} {exact:?}"
+            );
+        }
+        assert_eq!(dp.noise_sd.len(), 4);
+        assert!(dp.noise_sd["fraud"] < 5.0, "{dp:?}");
+        let c = private_linear(5.0);
+        let small = train(&c, &c.analyses[0], &tables(&c, &csv)).await.unwrap();
+        let ratio = small.dp.unwrap().noise_sd["fraud"] / dp.noise_sd["fraud"];
+        assert!((50.0..400.0).contains(&ratio), "{ratio}");
+    }
+
+    /// A private tree is grown from noisy counts at the contract's cut points only: with much
+    /// ε it finds what generated the data, reports the noise on each leaf's rate and measures
+    /// nothing; with very little, the noise hides every split and it is one leaf, not a
+    /// refusal.
+    #[tokio::test]
+    async fn a_private_tree_grows_from_noisy_counts() {
+        let tree = |epsilon: f64| {
+            tree_contract(|t| {
+                t.replace(
+                    "kind = \"model\"\n",
+                    &format!("kind = \"model\"\ndp = true\nepsilon = {epsilon}\n"),
+                )
+                .replace("holdout = 0.2", "holdout = 0.0")
+                .replace(
+                    "[output]",
+                    "[privacy.dp]\nepsilon = 1000.0\nquery_epsilon = 1.0\nmax_contributions = 10\n\n[output]",
+                )
+            })
+        };
+        let (csv, _) = banks([600, 600], 20);
+        let c = tree(1000.0);
+        crate::check_analyses(&c).await.unwrap();
+        let out = train(&c, &c.analyses[0], &tables(&c, &csv)).await.unwrap();
+        let dp = out.dp.as_ref().unwrap();
+        assert_eq!((dp.epsilon, dp.max_contributions), (1000.0, 10));
+        assert!(out.rows.len() >= 3, "{:?}", out.rows);
+        assert!(
+            out.rows
+                .iter()
+                .all(|r| !r[0].as_str().unwrap().starts_with("holdout"))
+        );
+        assert_eq!(dp.noise_sd.len(), out.rows.len(), "{dp:?}");
+        let onnx = out.onnx.as_ref().unwrap();
+        let scorer = kura_ml::onnx::Scorer::load(onnx, 3).unwrap();
+        let p = |row: [f64; 3]| scorer.score(&row).unwrap()[0];
+        assert!(
+            p([1800.0, 1.0, 1.0]) > p([50.0, 0.0, 0.0]) + 0.3,
+            "{:?}",
+            out.rows
+        );
+        for (leaf, _) in out.rows.iter().map(|r| (r[0].as_str().unwrap(), ())) {
+            for number in leaf.split(' ').filter_map(|w| w.parse::<f64>().ok()) {
+                assert!(
+                    [100.0, 250.0, 500.0, 1000.0, 1500.0, 0.5].contains(&number),
+                    "{leaf}"
+                );
+            }
+        }
+        let c = tree(0.001);
+        let out = train(&c, &c.analyses[0], &tables(&c, &csv)).await.unwrap();
+        assert_eq!(out.rows.len(), 1, "{:?}", out.rows);
     }
 
     /// What private training cannot bound is refused before anyone signs.
@@ -1187,7 +1223,18 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        assert!(invalid("family = \"logistic\"", "family = \"linear\"").contains("only logistic"));
+        // A linear model's label is bounded too: it scales the noise.
+        assert!(
+            invalid("family = \"logistic\"", "family = \"linear\"")
+                .contains("needs bounds for every feature and its label (\"fraud\" has none)")
+        );
+        assert!(
+            invalid(
+                "night = [0.0, 1.0], foreign",
+                "night = [0.0, 1.0], fraud = [0.0, 1.0], foreign"
+            )
+            .contains("\"fraud\", which is not a feature")
+        );
         assert!(invalid("holdout = 0.0", "holdout = 0.2").contains("holdout = 0"));
         assert!(invalid("l2 = 1.0", "l2 = 0.0").contains("l2 > 0"));
         assert!(invalid(", foreign = [0.0, 1.0] }", " }").contains("\"foreign\" has none"));
@@ -1265,7 +1312,7 @@ mod tests {
     }
 
     /// A tree needs one person per row and public cut points for every feature; both are
-    /// checked before anyone signs, and a tree cannot be trained under DP.
+    /// checked before anyone signs, and under DP a tree holds no rows out.
     #[tokio::test]
     async fn trees_are_checked_before_signing() {
         let joined = tree_contract(|t| t.replace(BANK_B, JOINED_B));
@@ -1309,9 +1356,10 @@ mod tests {
         assert!(invalid("max_depth = 3", "max_depth = 9").contains("1 to 8"));
         assert!(invalid("max_depth = 3", "max_depth = 3\nl2 = 2.0").contains("l2 applies"));
         assert!(invalid("family = \"tree\"", "family = \"logistic\"").contains("only to family"));
+        // Under DP a tree measures nothing on held-out rows, which would be exact.
         assert!(
             invalid("kind = \"model\"\n", "kind = \"model\"\ndp = true\n")
-                .contains("trees cannot be trained with dp = true")
+                .contains("needs holdout = 0")
         );
     }
 }

@@ -18,7 +18,10 @@
 pub mod onnx;
 pub mod private;
 mod rowwise;
+mod support;
 pub mod tree;
+
+pub use support::Person;
 
 use linfa::prelude::*;
 use ndarray::{Array1, Array2, Axis};
@@ -49,6 +52,10 @@ pub struct Settings {
     /// matrix): `1 / min_group_size`, so that no row moves the model as more than one of
     /// `min_group_size` rows would. `None`: not checked (trees, which have their leaf rule).
     pub max_leverage: Option<f64>,
+    /// The fewest people of each dataset the fitted rows, each side of each feature (0 and
+    /// not 0) and the held-out rows may rest on, unless none (`support`): `min_group_size`.
+    /// `None`: not checked.
+    pub min_people: Option<usize>,
 }
 
 /// The rows to learn from: `x` has one row per example and one column per feature, in the
@@ -59,8 +66,9 @@ pub struct TrainingSet {
     pub x: Array2<f64>,
     pub y: Array1<f64>,
     /// For each row, the people it belongs to (one per dataset it joins, numbered by the
-    /// caller); empty: every row is a person of its own. The leverage bound holds per person.
-    pub owners: Vec<Vec<u32>>,
+    /// caller); empty: every row is a person of its own. The leverage bound holds per person,
+    /// and the support rules count people.
+    pub owners: Vec<Vec<Person>>,
 }
 
 /// A trained model: what its receivers get.
@@ -117,6 +125,34 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
         ));
     }
     let (tested, trained) = hold_out(n, settings.holdout)?;
+    let x = set.x.select(Axis(0), &trained);
+    let y = set.y.select(Axis(0), &trained);
+    // Each row's people; a row of no one is a person of its own, of a dataset of its own.
+    let alone: Vec<[Person; 1]> =
+        if set.owners.len() == n && set.owners.iter().all(|o| !o.is_empty()) {
+            Vec::new()
+        } else {
+            let spare = set
+                .owners
+                .iter()
+                .flatten()
+                .map(|&(d, _)| d + 1)
+                .max()
+                .unwrap_or(0);
+            (0..n as u32).map(|i| [(spare, i)]).collect()
+        };
+    let owners = |rows: &[usize]| -> Vec<&[Person]> {
+        rows.iter()
+            .map(|&i| match set.owners.get(i) {
+                Some(o) if !o.is_empty() => o.as_slice(),
+                _ => &alone[i][..],
+            })
+            .collect()
+    };
+    if let Some(k) = settings.min_people {
+        support::check_fitted(x.view(), &owners(&trained), &set.features, k)?;
+        support::check_held_out(&owners(&tested), k)?;
+    }
     let rows = trained.len();
     if rows <= p + 1 {
         // Not how many: a refusal must not count a few people's rows.
@@ -125,16 +161,10 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
             p + 1
         )));
     }
-    let x = set.x.select(Axis(0), &trained);
-    let y = set.y.select(Axis(0), &trained);
     let scale = Scale::of(&x)?;
     let standard = scale.apply(&x);
     if let Some(most) = settings.max_leverage {
-        let owners: Vec<&[u32]> = trained
-            .iter()
-            .map(|&i| set.owners.get(i).map_or(&[][..], Vec::as_slice))
-            .collect();
-        bounded_leverage(&standard, &owners, most)?;
+        bounded_leverage(&standard, &owners(&trained), most)?;
     }
     let (intercept, weights) = match settings.family {
         Family::Linear => {
@@ -166,19 +196,23 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
 /// Refuses fitted rows of which one person's weigh more than `most` in the fit together: the
 /// leverage of each row, `hᵢ = 1/n + xᵢᵀ (XᵀX)⁻¹ xᵢ` on the standardised (so centred) features
 /// with an intercept, summed over the rows of each person (`owners[i]`: the people row `i`
-/// belongs to; a row of no one counts alone). A row far from the others in some direction (one
+/// belongs to). A row far from the others in some direction (one
 /// person's outlying amount, or the only rows of a combination of features) has a leverage near
 /// 1: the fit passes through it, and the model gives that person's label away. A person with
 /// many rows in a cell of their own weighs 1 however many rows they have, so the bound is per
 /// person, not per row. With `n` rows the leverages add up to `p + 1`.
-fn bounded_leverage(standard: &Array2<f64>, owners: &[&[u32]], most: f64) -> Result<(), MlError> {
+fn bounded_leverage(
+    standard: &Array2<f64>,
+    owners: &[&[Person]],
+    most: f64,
+) -> Result<(), MlError> {
     use linfa_linalg::cholesky::SolveC;
     let n = standard.nrows() as f64;
     let mut gram = standard.t().dot(standard);
     let solved = gram
         .solvec(&standard.t().to_owned())
         .map_err(|_| MlError::Data("the features are collinear in the training rows".into()))?;
-    let mut people: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
+    let mut people: std::collections::HashMap<Person, f64> = std::collections::HashMap::new();
     let mut heaviest = 0.0f64;
     for (i, (x, z)) in standard
         .rows()
@@ -187,15 +221,10 @@ fn bounded_leverage(standard: &Array2<f64>, owners: &[&[u32]], most: f64) -> Res
         .enumerate()
     {
         let h = 1.0 / n + x.dot(&z);
-        match owners.get(i).filter(|o| !o.is_empty()) {
-            Some(owners) => {
-                for o in owners.iter() {
-                    let sum = people.entry(*o).or_default();
-                    *sum += h;
-                    heaviest = heaviest.max(*sum);
-                }
-            }
-            None => heaviest = heaviest.max(h),
+        for o in owners.get(i).copied().unwrap_or_default() {
+            let sum = people.entry(*o).or_default();
+            *sum += h;
+            heaviest = heaviest.max(*sum);
         }
         if !h.is_finite() {
             heaviest = f64::INFINITY;

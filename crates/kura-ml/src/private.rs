@@ -19,6 +19,14 @@ use ndarray::{Array1, Array2};
 
 use crate::{Family, MlError, Model, TrainingSet};
 
+pub mod linear;
+pub mod tree;
+
+/// How a private fit releases numbers: `values`, exact, come back with noise for an L1
+/// sensitivity of `sensitivity` (one person's rows move them by at most that much), spending
+/// `epsilon`. The engine gives OpenDP's Laplace mechanism, and counts what is spent.
+pub type Release<'a> = dyn FnMut(Vec<f64>, f64, f64) -> Result<Vec<f64>, MlError> + 'a;
+
 /// A logistic fit on clamped, scaled rows: its weights before any noise.
 #[derive(Clone, Debug)]
 pub struct BoundedFit {

@@ -10,6 +10,7 @@ fn settings(family: Family, holdout: f64) -> Settings {
         l2: 1e-6,
         max_iterations: 200,
         max_leverage: None,
+        min_people: None,
     }
 }
 

@@ -221,7 +221,7 @@ pub fn train_tree(
 }
 
 /// The bin of `value`: how many of `cuts` lie at or below it.
-fn bin(value: f64, cuts: &[f64]) -> usize {
+pub(crate) fn bin(value: f64, cuts: &[f64]) -> usize {
     cuts.partition_point(|c| *c <= value)
 }
 

@@ -26,7 +26,7 @@ pub(super) async fn train(
     datasets: BTreeSet<String>,
 ) -> Result<Output, EngineError> {
     let columns = super::learned_columns(contract, &plan, spec)?;
-    super::covered(contract, ctx, &plan, &columns, None).await?;
+    super::covered(contract, ctx, &plan, &columns).await?;
     let plan = super::with_units(contract, &plan, super::RULE)?;
     let unit = plan.schema().fields().len() - 2;
     let batches = super::collect(ctx, &plan).await?;
