@@ -836,7 +836,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// A runner for `cases` generated cases, seeded from `KURA_HUNT_SEED` when it is set and
 /// from the clock otherwise; the seed is printed, so that a failure found by a random run can
 /// be run again exactly.
-fn runner(cases: u32) -> TestRunner {
+pub(crate) fn runner(cases: u32) -> TestRunner {
     use proptest::test_runner::{RngAlgorithm, TestRng};
     let seed: u64 = std::env::var("KURA_HUNT_SEED")
         .ok()
