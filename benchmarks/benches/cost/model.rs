@@ -92,7 +92,7 @@ async fn fit_plaintext(dir: &Path) -> kura_ml::Model {
         features: vec!["oldest".into(), "north".into()],
         x: all.select(ndarray::Axis(1), &[0, 1]),
         y: all.column(2).to_owned(),
-        owners: Vec::new(),
+        owners: Default::default(),
     };
     kura_ml::train(
         &set,
@@ -212,7 +212,7 @@ async fn grow_plaintext(dir: &Path) -> kura_ml::tree::Tree {
         features: vec!["amount".into(), "surgery".into(), "dental".into()],
         x: all.select(ndarray::Axis(1), &[0, 1, 2]),
         y: all.column(3).to_owned(),
-        owners: Vec::new(),
+        owners: Default::default(),
     };
     let cuts = vec![
         vec![100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0],

@@ -55,20 +55,21 @@ pub async fn score(
         .map_err(crate::error::runtime)?;
     let features = crate::model::numbers(&batches, &layout.features)?;
     let rows = crate::output::rows(&batches)?;
-    // Rows with a null feature are not scored; their score is null.
-    let complete: Vec<f64> = features.iter().flatten().flatten().copied().collect();
+    // Rows with a null feature (or one that is not a finite number) are not scored; their
+    // score is null.
     let mut computed = scorer
-        .score(&complete)
+        .score(&features.values)
         .map_err(|e| EngineError::Refused {
             rule: RULE,
             reason: e.to_string(),
         })?
         .into_iter();
     let scores: Vec<Option<f64>> = features
+        .kept
         .iter()
-        .map(|f| {
-            f.as_ref()
-                .and_then(|_| computed.next())
+        .map(|&kept| {
+            kept.then(|| computed.next())
+                .flatten()
                 .filter(|s| s.is_finite())
         })
         .collect();

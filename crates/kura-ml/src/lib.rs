@@ -21,12 +21,11 @@ mod rowwise;
 mod support;
 pub mod tree;
 
-pub use support::Person;
+pub use support::{Owners, Person};
 
 use linfa::prelude::*;
 use ndarray::{Array1, Array2, Axis};
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 
 /// A model family a contract may name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,9 +65,9 @@ pub struct TrainingSet {
     pub x: Array2<f64>,
     pub y: Array1<f64>,
     /// For each row, the people it belongs to (one per dataset it joins, numbered by the
-    /// caller); empty: every row is a person of its own. The leverage bound holds per person,
-    /// and the support rules count people.
-    pub owners: Vec<Vec<Person>>,
+    /// caller); a row without any (or all of them, when empty) is a person of its own. The
+    /// leverage bound holds per person, and the support rules count people.
+    pub owners: Owners,
 }
 
 /// A trained model: what its receivers get.
@@ -112,59 +111,50 @@ pub enum MlError {
     Fit(String),
 }
 
-/// Trains a model of `settings.family` on `set`.
+/// Trains a model of `settings.family` on `set`. A logistic model's label is 1 (the class it
+/// gives the probability of) or anything else (the other): a label of another value is not a
+/// refusal, which would tell that someone has it.
 pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
     let (n, p) = set.x.dim();
     if n != set.y.len() {
         return Err(MlError::Data("features and labels differ in length".into()));
     }
     finite(set)?;
-    if settings.family == Family::Logistic && set.y.iter().any(|&y| y != 0.0 && y != 1.0) {
-        return Err(MlError::Data(
-            "a logistic model's label must be 0 or 1 (or a boolean)".into(),
-        ));
-    }
+    let labels = match settings.family {
+        Family::Linear => set.y.clone(),
+        Family::Logistic => set.y.mapv(|v| f64::from(u8::from(v == 1.0))),
+    };
+    // Under the people rules every refusal that depends on the rows is the same one.
+    let refuse = |specific: MlError| settings.min_people.map_or(specific, support::thin);
     let (tested, trained) = hold_out(n, settings.holdout)?;
     let x = set.x.select(Axis(0), &trained);
-    let y = set.y.select(Axis(0), &trained);
-    // Each row's people; a row of no one is a person of its own, of a dataset of its own.
-    let alone: Vec<[Person; 1]> =
-        if set.owners.len() == n && set.owners.iter().all(|o| !o.is_empty()) {
-            Vec::new()
-        } else {
-            let spare = set
-                .owners
-                .iter()
-                .flatten()
-                .map(|&(d, _)| d + 1)
-                .max()
-                .unwrap_or(0);
-            (0..n as u32).map(|i| [(spare, i)]).collect()
-        };
-    let owners = |rows: &[usize]| -> Vec<&[Person]> {
-        rows.iter()
-            .map(|&i| match set.owners.get(i) {
-                Some(o) if !o.is_empty() => o.as_slice(),
-                _ => &alone[i][..],
-            })
-            .collect()
-    };
+    let y = labels.select(Axis(0), &trained);
+    let fitted = set.owners.of_rows(&trained);
+    let held = set.owners.of_rows(&tested);
     if let Some(k) = settings.min_people {
-        support::check_fitted(x.view(), &owners(&trained), &set.features, k)?;
-        support::check_held_out(&owners(&tested), k)?;
+        support::check_fitted(x.view(), y.view(), &fitted, k)?;
+        support::check_held_out(&held, k)?;
     }
     let rows = trained.len();
     if rows <= p + 1 {
         // Not how many: a refusal must not count a few people's rows.
-        return Err(MlError::Data(format!(
+        return Err(refuse(MlError::Data(format!(
             "too few training rows to fit {} parameters",
             p + 1
-        )));
+        ))));
     }
-    let scale = Scale::of(&x)?;
+    let scale = Scale::of(&x).map_err(refuse)?;
     let standard = scale.apply(&x);
     if let Some(most) = settings.max_leverage {
-        bounded_leverage(&standard, &owners(&trained), most)?;
+        bounded_leverage(&standard, &fitted, most).map_err(refuse)?;
+    }
+    if settings.family == Family::Logistic {
+        let ones = y.iter().filter(|v| **v == 1.0).count();
+        if ones == 0 || ones == y.len() {
+            return Err(refuse(MlError::Data(
+                "the training rows hold one class only: a logistic model needs both".into(),
+            )));
+        }
     }
     let (intercept, weights) = match settings.family {
         Family::Linear => {
@@ -187,47 +177,125 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
         model.metrics = measure(
             &model,
             &set.x.select(Axis(0), &tested),
-            &set.y.select(Axis(0), &tested),
+            &labels.select(Axis(0), &tested),
         );
     }
     Ok(model)
 }
 
-/// Refuses fitted rows of which one person's weigh more than `most` in the fit together: the
-/// leverage of each row, `hᵢ = 1/n + xᵢᵀ (XᵀX)⁻¹ xᵢ` on the standardised (so centred) features
-/// with an intercept, summed over the rows of each person (`owners[i]`: the people row `i`
-/// belongs to). A row far from the others in some direction (one
-/// person's outlying amount, or the only rows of a combination of features) has a leverage near
-/// 1: the fit passes through it, and the model gives that person's label away. A person with
-/// many rows in a cell of their own weighs 1 however many rows they have, so the bound is per
-/// person, not per row. With `n` rows the leverages add up to `p + 1`.
+/// Refuses fitted rows of which one person's weigh more than `most` together, within the rows
+/// of the person's own dataset (`owners[i]`: the people row `i` belongs to, as (dataset,
+/// person)); and rows whose features are collinear, where the fit has no single answer.
+///
+/// A row's weight is its leverage, `hᵢ = x̃ᵢᵀ (X̃ᵀX̃)⁺ x̃ᵢ` with `x̃ᵢ` the row's standardised
+/// features and a 1 for the intercept, summed over the rows of each person. A row far from the
+/// others in some direction (one person's outlying amount, or the only rows of a combination
+/// of features, however many there are) has a leverage near 1: the fit passes through it, and
+/// the model gives that person's label away. The leverage is taken within each dataset's rows
+/// (`X̃` its rows only; the pseudo-inverse where its rows span fewer directions than the
+/// features): another dataset's rows in the same cell, which their provider knows, would
+/// lower the person's share of the pooled fit without hiding anything from that provider. A
+/// person's rows within their dataset add up to at most the number of parameters, and all of
+/// a dataset's to its rank: every dataset needs well over `(features + 1) / most` people.
 fn bounded_leverage(
     standard: &Array2<f64>,
-    owners: &[&[Person]],
+    owners: &support::Rows<'_>,
     most: f64,
 ) -> Result<(), MlError> {
-    use linfa_linalg::cholesky::SolveC;
-    let n = standard.nrows() as f64;
-    let mut gram = standard.t().dot(standard);
-    let solved = gram
-        .solvec(&standard.t().to_owned())
-        .map_err(|_| MlError::Data("the features are collinear in the training rows".into()))?;
-    let mut people: std::collections::HashMap<Person, f64> = std::collections::HashMap::new();
+    use linfa_linalg::eigh::Eigh;
+    let (n, p) = standard.dim();
+    let width = p + 1;
+    let datasets = owners.datasets();
+    let values = standard
+        .as_slice()
+        .ok_or_else(|| MlError::Fit("standardised rows are not contiguous".into()))?;
+    // Each row with a 1 in front, into `x`.
+    let fill = |i: usize, x: &mut [f64]| {
+        x[0] = 1.0;
+        x[1..].copy_from_slice(&values[i * p..(i + 1) * p]);
+    };
+    // One pass: the pooled rows' X̃ᵀX̃ (upper triangle, row-major), and each dataset's.
+    let mut grams = vec![vec![0.0; width * width]; datasets + 1];
+    let add = |gram: &mut [f64], x: &[f64]| {
+        for a in 0..width {
+            let (xa, row) = (x[a], &mut gram[a * width..(a + 1) * width]);
+            for b in a..width {
+                row[b] += xa * x[b];
+            }
+        }
+    };
+    let mut x = vec![0.0; width];
+    for i in 0..n {
+        fill(i, &mut x);
+        add(&mut grams[datasets], &x);
+        let mut last = usize::MAX;
+        for (d, _) in owners.people(i) {
+            // A row counts once in a dataset, however many of its people it names there.
+            if d as usize != last {
+                add(&mut grams[d as usize], &x);
+                last = d as usize;
+            }
+        }
+    }
+    // The pseudo-inverse of a symmetric `gram` (upper triangle given), flat, and its rank;
+    // directions under a tolerance of the largest are none.
+    let pseudo_inverse = |gram: &[f64]| -> Result<(Vec<f64>, usize), MlError> {
+        let full =
+            Array2::from_shape_fn((width, width), |(a, b)| gram[a.min(b) * width + a.max(b)]);
+        let (values, vectors) = full
+            .eigh()
+            .map_err(|_| MlError::Data("the features' spread could not be measured".into()))?;
+        let largest = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let mut inverse = vec![0.0; width * width];
+        let mut rank = 0;
+        for (j, &v) in values.iter().enumerate() {
+            if v > largest * 1e-10 && v > 0.0 {
+                rank += 1;
+                let u = vectors.column(j);
+                for a in 0..width {
+                    for b in 0..width {
+                        inverse[a * width + b] += u[a] * u[b] / v;
+                    }
+                }
+            }
+        }
+        Ok((inverse, rank))
+    };
+    if pseudo_inverse(&grams[datasets])?.1 < width {
+        return Err(MlError::Data(
+            "the features are collinear in the training rows".into(),
+        ));
+    }
+    let inverses = grams[..datasets]
+        .iter()
+        .map(|g| pseudo_inverse(g).map(|(inverse, _)| inverse))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Each row's leverage within each dataset it belongs to, summed per person.
+    let slots = support::People::of(owners);
+    let mut sums = vec![0.0f64; slots.len()];
     let mut heaviest = 0.0f64;
-    for (i, (x, z)) in standard
-        .rows()
-        .into_iter()
-        .zip(solved.columns())
-        .enumerate()
-    {
-        let h = 1.0 / n + x.dot(&z);
-        for o in owners.get(i).copied().unwrap_or_default() {
-            let sum = people.entry(*o).or_default();
+    for i in 0..n {
+        fill(i, &mut x);
+        let mut last = (usize::MAX, 0.0);
+        for person in owners.people(i) {
+            let d = person.0 as usize;
+            if d != last.0 {
+                let inverse = &inverses[d];
+                let h: f64 = (0..width)
+                    .map(|a| {
+                        let row = &inverse[a * width..(a + 1) * width];
+                        x[a] * row.iter().zip(&x).map(|(m, v)| m * v).sum::<f64>()
+                    })
+                    .sum();
+                last = (d, h);
+            }
+            let h = last.1;
+            let sum = &mut sums[slots.slot(person)];
             *sum += h;
             heaviest = heaviest.max(*sum);
-        }
-        if !h.is_finite() {
-            heaviest = f64::INFINITY;
+            if !h.is_finite() {
+                heaviest = f64::INFINITY;
+            }
         }
     }
     if heaviest > most {
@@ -254,13 +322,23 @@ fn finite(set: &TrainingSet) -> Result<(), MlError> {
 /// `n` rows dealt at random into those held out to measure the model (a `share` of them) and
 /// those it is fitted on. The draw is made inside the enclave, afresh for every run.
 fn hold_out(n: usize, share: f64) -> Result<(Vec<usize>, Vec<usize>), MlError> {
+    use rand::Rng;
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| MlError::Fit(format!("no randomness: {e}")))?;
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut rand::rngs::StdRng::from_seed(seed));
-    let held = (n as f64 * share).round() as usize;
-    let trained = order.split_off(held);
-    Ok((order, trained))
+    let mut rng = rand::rngs::StdRng::from_seed(seed);
+    // Selection sampling: each row is held out with the chance that exactly `held` of the
+    // rows are, drawn in order, so that both lists come out in the rows' order.
+    let mut held = (n as f64 * share).round() as usize;
+    let (mut tested, mut trained) = (Vec::with_capacity(held), Vec::with_capacity(n - held));
+    for i in 0..n {
+        if rng.gen_range(0..n - i) < held {
+            tested.push(i);
+            held -= 1;
+        } else {
+            trained.push(i);
+        }
+    }
+    Ok((tested, trained))
 }
 
 /// A logistic fit on standardised features: the intercept and weights of the log-odds of 1.
@@ -272,12 +350,6 @@ fn logistic(
     // linfa takes the labels as classes; it calls the more frequent class "positive" and
     // models the log-odds of that one, whatever its value.
     let classes = y.mapv(|v| v == 1.0);
-    let ones = classes.iter().filter(|c| **c).count();
-    if ones == 0 || ones == classes.len() {
-        return Err(MlError::Data(
-            "the training rows hold one class only: a logistic model needs both".into(),
-        ));
-    }
     let fitted = linfa_logistic::LogisticRegression::default()
         .alpha(settings.l2)
         .max_iterations(settings.max_iterations)

@@ -61,11 +61,8 @@ pub fn fit_bounded_logistic(
             "a private fit needs a positive l2 penalty and rows per person".into(),
         ));
     }
-    if set.y.iter().any(|&y| y != 0.0 && y != 1.0) {
-        return Err(MlError::Data(
-            "a logistic model's label must be 0 or 1 (or a boolean)".into(),
-        ));
-    }
+    // A label is 1 or not (the other class): a refusal of another value, made on the exact
+    // rows, would tell that someone has it.
     let root = ((k + 1) as f64).sqrt();
     // Two more rows, all zeros, one of each class: their loss is a constant and its gradient
     // is zero, so the minimiser stays exactly the training rows'. They keep linfa fitting when
@@ -173,7 +170,7 @@ mod tests {
             features: vec!["amount".into(), "night".into()],
             x,
             y,
-            owners: Vec::new(),
+            owners: Default::default(),
         }
     }
 
@@ -261,7 +258,7 @@ mod tests {
                     features: base.features.clone(),
                     x,
                     y: Array1::from(y),
-                    owners: Vec::new(),
+                    owners: Default::default(),
                 };
                 let moved = fit_bounded_logistic(&with, &bounds, m, alpha, 500).unwrap();
                 let l2: f64 = moved
@@ -279,9 +276,13 @@ mod tests {
         }
     }
 
-    /// Rows of one class are fitted like any others (a refusal would tell the receivers).
+    /// Rows of one class are fitted like any others (a refusal would tell the receivers), and
+    /// so is a label other than 0 or 1: it is the other class.
     #[test]
     fn one_class_is_fitted_not_refused() {
+        let mut odd = set(200, 5);
+        odd.y[3] = 2.0;
+        fit_bounded_logistic(&odd, &[[0.0, 1000.0], [0.0, 1.0]], 1, 1.0, 100).unwrap();
         let mut s = set(200, 5);
         s.y.fill(0.0);
         let fit = fit_bounded_logistic(&s, &[[0.0, 1000.0], [0.0, 1.0]], 1, 1.0, 100).unwrap();

@@ -30,7 +30,7 @@ fn set(x: Array2<f64>, y: Array1<f64>) -> TrainingSet {
         features: vec!["a".into(), "b".into()],
         x,
         y,
-        owners: Vec::new(),
+        owners: Default::default(),
     }
 }
 
@@ -151,8 +151,9 @@ fn what_cannot_be_fitted_is_refused() {
         other => panic!("{other:?}"),
     };
     assert!(refused(set(x.clone(), zeros.clone()), Family::Logistic).contains("one class"));
+    // A label other than 1 is the other class, not a refusal of its own.
     let twos = Array1::from_elem(100, 2.0);
-    assert!(refused(set(x.clone(), twos), Family::Logistic).contains("0 or 1"));
+    assert!(refused(set(x.clone(), twos), Family::Logistic).contains("one class"));
     let mut constant = x.clone();
     constant.column_mut(1).fill(5.0);
     assert!(refused(set(constant, zeros.clone()), Family::Linear).contains("feature 2"));
@@ -161,9 +162,39 @@ fn what_cannot_be_fitted_is_refused() {
     assert!(refused(set(nan, zeros.clone()), Family::Linear).contains("finite"));
     let few = x.select(ndarray::Axis(0), &[0, 1, 2]);
     assert!(
-        refused(set(few, Array1::zeros(3)), Family::Linear)
+        refused(set(few.clone(), Array1::zeros(3)), Family::Linear)
             .contains("too few training rows to fit 3 parameters")
     );
+
+    // Under the people rules, each of these that depends on the rows is one and the same
+    // refusal, which says neither which count failed nor whether a side holds no one.
+    let mut constant = x.clone();
+    constant.column_mut(1).fill(5.0);
+    let ruled = |set: TrainingSet, family| {
+        let settings = Settings {
+            min_people: Some(1),
+            max_leverage: Some(1.0),
+            ..settings(family, 0.0)
+        };
+        train(&set, &settings).unwrap_err()
+    };
+    let labels = x.column(0).mapv(|v| f64::from(u8::from(v > 5.0)));
+    for (refused, family) in [
+        (
+            ruled(set(x.clone(), zeros.clone()), Family::Logistic),
+            "one class",
+        ),
+        (
+            ruled(set(constant, labels.clone()), Family::Linear),
+            "constant",
+        ),
+        (
+            ruled(set(few, Array1::zeros(3)), Family::Linear),
+            "few rows",
+        ),
+    ] {
+        assert_eq!(refused, crate::support::thin(1), "{family}");
+    }
 }
 
 /// The hat matrix's diagonal of `x` with an intercept, by Gauss-Jordan inversion of `RᵀR` on
@@ -252,4 +283,43 @@ fn a_row_that_weighs_more_than_allowed_is_refused() {
         assert!(refused.to_string().contains("leverage"), "{refused}");
         assert!(!refused.to_string().contains("1000000"), "{refused}");
     }
+}
+
+/// Another dataset's rows in a person's cell do not hide the person from that dataset's
+/// provider, who knows them: the leverage is taken within each dataset. Dataset 0 has 50
+/// people at 1 and one at 2 (a category coded 1/2, not 0/1); dataset 1 pads the cell at 2 with
+/// 100 people of its own. Pooled, the person weighs a hundredth of the fit; within their
+/// dataset, all of it, and the fit is refused. Without the padding person, it is fitted.
+#[test]
+fn a_padded_cell_still_weighs_as_its_own_datasets_person() {
+    let mut rows = Vec::new();
+    let mut owners = Vec::new();
+    for n in 0..50u32 {
+        rows.push((1.0, 100.0 + f64::from(n)));
+        owners.push(vec![(0, n)]);
+    }
+    for n in 0..100u32 {
+        rows.push((2.0, 0.0));
+        owners.push(vec![(1, n)]);
+    }
+    let fit = |rows: &[(f64, f64)], owners: &[Vec<Person>]| {
+        let set = TrainingSet {
+            features: vec!["f".into()],
+            x: Array2::from_shape_fn((rows.len(), 1), |(i, _)| rows[i].0),
+            y: rows.iter().map(|r| r.1).collect(),
+            owners: owners.iter().cloned().collect(),
+        };
+        train(
+            &set,
+            &Settings {
+                max_leverage: Some(0.1),
+                ..settings(Family::Linear, 0.0)
+            },
+        )
+    };
+    fit(&rows, &owners).expect("each dataset's people weigh little in it");
+    rows.push((2.0, 12_345.0));
+    owners.push(vec![(0, 50)]);
+    let refused = fit(&rows, &owners).unwrap_err();
+    assert!(refused.to_string().contains("leverage"), "{refused}");
 }

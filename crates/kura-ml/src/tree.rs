@@ -167,11 +167,6 @@ pub fn train_tree(
         ));
     }
     crate::finite(set)?;
-    if set.y.iter().any(|&y| y != 0.0 && y != 1.0) {
-        return Err(MlError::Data(
-            "a tree's label must be 0 or 1 (or a boolean)".into(),
-        ));
-    }
     if cuts.iter().any(|c| {
         c.is_empty() || c.iter().any(|v| !v.is_finite()) || c.windows(2).any(|w| w[0] >= w[1])
     }) {
@@ -179,9 +174,14 @@ pub fn train_tree(
             "each feature needs finite cut points in increasing order".into(),
         ));
     }
+    // The label is 1 or not: another value is not a refusal, which would tell that someone
+    // has it.
+    let labels = set.y.mapv(|v| f64::from(u8::from(v == 1.0)));
     let (tested, trained) = crate::hold_out(n, settings.holdout)?;
+    let each: crate::Owners = people.iter().map(|&p| [p]).collect();
+    crate::support::check_held_out(&each.of_rows(&tested), settings.min_units)?;
     let x = set.x.select(Axis(0), &trained);
-    let y = set.y.select(Axis(0), &trained);
+    let y = labels.select(Axis(0), &trained);
     let people: Vec<(u32, u32)> = trained.iter().map(|&r| people[r]).collect();
     let rows: Vec<usize> = (0..x.nrows()).collect();
     if !covers(&rows, &people, settings.min_units) {
@@ -215,7 +215,7 @@ pub fn train_tree(
             .into_iter()
             .map(|r| tree.predict(&r.to_vec()))
             .collect();
-        tree.metrics = crate::measure_binary(&predicted, &set.y.select(Axis(0), &tested));
+        tree.metrics = crate::measure_binary(&predicted, &labels.select(Axis(0), &tested));
     }
     Ok(tree)
 }
@@ -395,7 +395,7 @@ mod tests {
             features: vec!["amount".into(), "flag".into()],
             x,
             y,
-            owners: Vec::new(),
+            owners: Default::default(),
         };
         (set, people)
     }
@@ -557,7 +557,7 @@ mod tests {
     }
 
     #[test]
-    fn too_few_people_or_bad_labels_are_refused() {
+    fn too_few_people_or_bad_cuts_are_refused() {
         let (set, people) = rows(3, 200, 10, |_, _| 0.5);
         let refused = train_tree(&set, &people, &cuts(), &settings(11, 0.0)).unwrap_err();
         assert!(
@@ -568,12 +568,29 @@ mod tests {
             features: set.features.clone(),
             x: set.x.clone(),
             y: set.y.clone(),
-            owners: Vec::new(),
+            owners: Default::default(),
         };
+        // A label other than 1 is a 0, not a refusal that would tell someone has it.
         bad.y[0] = 2.0;
-        assert!(train_tree(&bad, &people, &cuts(), &settings(1, 0.0)).is_err());
+        let two = train_tree(&bad, &people, &cuts(), &settings(1, 0.0)).unwrap();
+        bad.y[0] = 0.0;
+        assert_eq!(
+            two,
+            train_tree(&bad, &people, &cuts(), &settings(1, 0.0)).unwrap()
+        );
         let unsorted = vec![vec![500.0, 100.0], vec![0.5]];
         assert!(train_tree(&set, &people, &unsorted, &settings(1, 0.0)).is_err());
+    }
+
+    /// Held-out rows of fewer than `min_units` people of a dataset give no measures: the
+    /// tree is refused, as a regression is.
+    #[test]
+    fn held_out_rows_of_few_people_are_refused() {
+        let (set, people) = rows(4, 60, 1, |_, _| 0.5);
+        // Two datasets of 30 people of one row each, a tenth held out: about 3 of each, under
+        // 20, while the rest cover 27.
+        let refused = train_tree(&set, &people, &cuts(), &settings(20, 0.1)).unwrap_err();
+        assert!(refused.to_string().contains("fewer than 20"), "{refused}");
     }
 
     /// Held-out rows measure the tree; the rates come from the others.

@@ -99,12 +99,18 @@ fn rows(
             owners.push(Some((d as u32, numbered.number(d, units.value(row)))));
         }
     }
-    let mut values = Vec::new();
+    let numbers = super::numbers(batches, columns)?;
+    let width = columns.len();
+    let mut values = Vec::with_capacity(numbers.values.len());
     let mut people = Vec::new();
-    for (numbers, owner) in super::numbers(batches, columns)?.into_iter().zip(owners) {
-        if let (Some(numbers), Some(owner)) = (numbers, owner) {
-            values.extend(numbers);
-            people.push(owner);
+    let mut at = 0;
+    for (kept, owner) in numbers.kept.iter().zip(owners) {
+        if *kept {
+            if let Some(owner) = owner {
+                values.extend_from_slice(&numbers.values[at..at + width]);
+                people.push(owner);
+            }
+            at += width;
         }
     }
     Ok((super::as_set(spec, values)?, people))
@@ -163,6 +169,6 @@ mod tests {
         };
         let (set, people) = rows(&batches, &spec, &[0, 1], 2).unwrap();
         assert_eq!(set.x.column(0).to_vec(), [1.0, 2.0, 5.0, 6.0]);
-        assert_eq!(people, [(0, 0), (0, 1), (1, 2), (1, 3)]);
+        assert_eq!(people, [(0, 0), (0, 1), (1, 0), (1, 1)]);
     }
 }

@@ -226,7 +226,7 @@ mod tests {
             features: vec!["a".into(), "b".into()],
             x,
             y,
-            owners: Vec::new(),
+            owners: Default::default(),
         }
     }
 

@@ -104,12 +104,6 @@ pub fn grow(
     if n != set.y.len() || p != cuts.len() || p == 0 {
         return Err(MlError::Data("features and labels differ in length".into()));
     }
-    crate::finite(set)?;
-    if set.y.iter().any(|&y| y != 0.0 && y != 1.0) {
-        return Err(MlError::Data(
-            "a tree's label must be 0 or 1 (or a boolean)".into(),
-        ));
-    }
     if settings.rows_per_person == 0
         || settings.max_depth == 0
         || !(settings.epsilon.is_finite() && settings.epsilon > 0.0)
@@ -121,8 +115,15 @@ pub fn grow(
     let bins: Vec<Vec<usize>> = set
         .x
         .axis_iter(Axis(0))
-        .map(|r| r.iter().zip(cuts).map(|(v, c)| bin(*v, c)).collect())
+        .map(|r| {
+            r.iter()
+                .zip(cuts)
+                // A value that is not a number goes above every cut, as the tree routes it.
+                .map(|(v, c)| if v.is_nan() { c.len() } else { bin(*v, c) })
+                .collect()
+        })
         .collect();
+    // Nothing here refuses what it reads: a label is 1 or not, any value has a bin.
     let labels: Vec<usize> = set.y.iter().map(|&y| usize::from(y == 1.0)).collect();
     let widths: Vec<usize> = cuts.iter().map(|c| c.len() + 1).collect();
     let epsilon = settings.epsilon / (settings.max_depth + 1) as f64;
@@ -297,7 +298,7 @@ mod tests {
             features: vec!["a".into(), "b".into()],
             x,
             y,
-            owners: Vec::new(),
+            owners: Default::default(),
         }
     }
 
@@ -356,6 +357,18 @@ mod tests {
             "{:?}",
             grown.rate_sd()
         );
+    }
+
+    /// Nothing read is refused: a label other than 1 is a 0, a value that is not a number
+    /// goes above every cut. A refusal made on the exact rows would tell, with no noise, that
+    /// someone has such a value.
+    #[test]
+    fn odd_values_are_grown_on_not_refused() {
+        let mut s = set(200, 5);
+        s.y[0] = 2.0;
+        s.x[[1, 0]] = f64::NAN;
+        s.x[[2, 1]] = f64::INFINITY;
+        grow(&s, &cuts(), &settings(2, 1.0), &mut laplace(6)).unwrap();
     }
 
     /// With few rows the noise hides any split: the tree is one leaf, not a refusal.
