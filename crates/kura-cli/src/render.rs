@@ -241,6 +241,12 @@ pub fn describe(event: &kura_ledger::Event) -> String {
             party,
             reason,
         } => format!("upload of {dataset} by {party} REFUSED: {reason}"),
+        E::BatchRefused {
+            dataset,
+            party,
+            batch,
+            reason,
+        } => format!("batch {batch} of {dataset} REFUSED at {party}'s key release: {reason}"),
         E::Run {
             run_id,
             analysis,

@@ -272,6 +272,8 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                 }
             }
             Event::UploadRefused { .. } => refused_uploads += 1,
+            // In the log for every party; the report counts runs and uploads.
+            Event::BatchRefused { .. } => {}
             Event::RunRefused { .. } => {
                 refused_runs += 1;
                 shuffle_deleted = None;

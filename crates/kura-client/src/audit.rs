@@ -230,6 +230,30 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                     return bad(format!("{party:?} is not a party"));
                 }
             }
+            Event::BatchRefused {
+                dataset,
+                party,
+                batch,
+                ..
+            } => {
+                if contract
+                    .dataset(dataset)
+                    .is_none_or(|d| &d.provider != party)
+                {
+                    return bad(format!(
+                        "batch of {dataset:?} refused at a release by {party:?}, who is not its \
+                         provider"
+                    ));
+                }
+                if !batches
+                    .get(dataset.as_str())
+                    .is_some_and(|b| b.contains(batch.as_str()))
+                {
+                    return bad(format!(
+                        "batch {batch:?} of {dataset:?} refused, never uploaded"
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -282,6 +306,7 @@ mod tests {
                 location: "local".into(),
                 object: format!("kura/c/ehr/{batch}.parquet"),
                 bytes: 1,
+                footer_sha256: String::new(),
                 key: kura_crypto::Sealed {
                     enc: vec![],
                     ct: vec![],

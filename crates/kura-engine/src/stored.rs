@@ -9,10 +9,18 @@
 //! that allow it are inside the encrypted footer); what it reads is authenticated module by
 //! module, so a changed, truncated or swapped file fails the query instead of answering it.
 //!
-//! [`FileWriter`] writes a batch; [`StoredFile::open`] checks one (key, AAD, schema) and reads
-//! what the planner needs from its footer; [`Stored`] is a dataset's files, registered in a
-//! session as a table whose every file is named, so a file the host hides fails the run
-//! rather than shrinking its input.
+//! Encryption alone does not make a file the enclave's: the Parquet reader accepts a plaintext
+//! footer even when handed decryption properties, and a file's key is known to its provider.
+//! So the writer records what it wrote ([`Written`]: the size, and a hash of the footer, which
+//! lists a hash of every column chunk), the upload's log entry keeps it, and every read is
+//! checked against it in one place, [`verified`]: the footer must be encrypted and hash to
+//! the value recorded, and every column chunk read must hash to the value its footer lists.
+//!
+//! [`FileWriter`] writes a batch; [`StoredFile::open`] checks one (size, footer, key, AAD,
+//! schema) and reads what the planner needs from its footer; [`Stored`] is a dataset's files,
+//! registered in a session as a table whose every file is named, so a file the host hides
+//! fails the run rather than shrinking its input; each scan reads through [`verified`]'s
+//! reader, in this process or on an executor.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -35,20 +43,21 @@ use datafusion::execution::parquet_encryption::EncryptionFactory;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use datafusion::parquet::arrow::async_reader::MetadataFetch;
 use datafusion::parquet::encryption::decrypt::FileDecryptionProperties;
 use datafusion::parquet::encryption::encrypt::FileEncryptionProperties;
-use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::physical_plan::ExecutionPlan;
 use kura_contract::Dataset;
 use kura_crypto::DataKey;
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncWriteExt;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::EngineError;
+
+mod verified;
+pub use verified::Written;
 
 /// Rows per row group of a stored file: the unit a filter can skip. Smaller groups prune
 /// more finely but carry more metadata and compress less.
@@ -67,6 +76,9 @@ const UPLOAD_PART: usize = 8 << 20;
 pub struct FileWriter {
     writer: ArrowWriter<Upload>,
     rows: u64,
+    /// The row groups whose column chunks are hashed, and their hashes, in order.
+    hashed: usize,
+    hashes: Vec<u8>,
 }
 
 impl std::fmt::Debug for FileWriter {
@@ -85,6 +97,9 @@ struct Upload {
     sink: object_store::buffered::BufWriter,
     pending: Vec<u8>,
     written: u64,
+    /// The bytes from `retained_from` on, kept until the column chunks in them are hashed.
+    retained: Vec<u8>,
+    retained_from: u64,
 }
 
 impl Upload {
@@ -100,6 +115,7 @@ impl Upload {
 impl Write for Upload {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.pending.extend_from_slice(buf);
+        self.retained.extend_from_slice(buf);
         self.written += buf.len() as u64;
         if self.pending.len() >= UPLOAD_PART {
             self.flush_pending()?;
@@ -151,9 +167,16 @@ impl FileWriter {
             path,
             pending: Vec::with_capacity(UPLOAD_PART),
             written: 0,
+            retained: Vec::new(),
+            retained_from: 0,
         };
         let writer = ArrowWriter::try_new(upload, schema, Some(properties)).map_err(storage)?;
-        Ok(Self { writer, rows: 0 })
+        Ok(Self {
+            writer,
+            rows: 0,
+            hashed: 0,
+            hashes: Vec::new(),
+        })
     }
 
     /// Rows written so far.
@@ -163,13 +186,45 @@ impl FileWriter {
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
         self.rows += batch.num_rows() as u64;
-        self.writer.write(batch).map_err(storage)
+        self.writer.write(batch).map_err(storage)?;
+        self.hash_flushed()
     }
 
-    /// Writes the footer and completes the object. Returns its size in bytes.
-    pub fn finish(self) -> Result<u64, EngineError> {
+    /// Hashes the column chunks of the row groups written since the last call, and lets go of
+    /// their bytes.
+    fn hash_flushed(&mut self) -> Result<(), EngineError> {
+        if self.writer.flushed_row_groups().len() == self.hashed {
+            return Ok(());
+        }
+        // The row groups' bytes pass through the writer's own buffer first.
+        self.writer.sync().map_err(storage)?;
+        let groups = &self.writer.flushed_row_groups()[self.hashed..];
+        let upload = self.writer.inner();
+        let end = verified::hash_chunks(
+            groups,
+            &upload.retained,
+            upload.retained_from,
+            &mut self.hashes,
+        )
+        .map_err(storage)?;
+        self.hashed += groups.len();
+        let upload = self.writer.inner_mut();
+        let done = usize::try_from(end - upload.retained_from).map_err(storage)?;
+        upload.retained.drain(..done);
+        upload.retained_from = end;
+        Ok(())
+    }
+
+    /// Writes the footer, which lists the column chunks' hashes, and completes the object.
+    /// Returns what was written: the size, and the footer's hash.
+    pub fn finish(mut self) -> Result<Written, EngineError> {
+        self.writer.flush().map_err(storage)?;
+        self.hash_flushed()?;
+        self.writer
+            .append_key_value_metadata(verified::chunks_entry(&self.hashes));
         let mut upload = self.writer.into_inner().map_err(storage)?;
         upload.flush_pending().map_err(storage)?;
+        let footer_sha256 = verified::footer_hash(&upload.retained).map_err(storage)?;
         let Upload {
             handle,
             mut sink,
@@ -177,7 +232,10 @@ impl FileWriter {
             ..
         } = upload;
         handle.block_on(sink.shutdown()).map_err(storage)?;
-        Ok(written)
+        Ok(Written {
+            bytes: written,
+            footer_sha256,
+        })
     }
 
     /// Gives the file up: the object is never completed.
@@ -196,8 +254,7 @@ pub struct StoredFile {
     pub path: Path,
     pub size: u64,
     pub rows: u64,
-    key: Arc<DataKey>,
-    aad: Vec<u8>,
+    file: FileKey,
     /// The columns of the file (the dataset's kept columns), each marked nullable only if the
     /// file holds a null in it.
     schema: SchemaRef,
@@ -221,13 +278,14 @@ fn decryption(key: &DataKey, aad: &[u8]) -> Result<Arc<FileDecryptionProperties>
 }
 
 impl StoredFile {
-    /// Reads and authenticates the footer of the file at `path` (of `size` bytes) with `key`
-    /// and `aad`, and checks that it holds columns of `dataset` in their declared types. A
-    /// wrong key, a file of another batch, a changed or missing object are refused here.
+    /// Reads and authenticates the footer of the file at `path` with `key` and `aad`, checks
+    /// it against what was `written` ([`verified`]), and checks that it holds columns of
+    /// `dataset` in their declared types. A wrong key, a file of another batch or a plaintext
+    /// one, a changed, truncated, extended or missing object are refused here.
     pub async fn open(
         store: Arc<dyn ObjectStore>,
         path: Path,
-        size: u64,
+        written: Written,
         key: DataKey,
         aad: Vec<u8>,
         dataset: &Dataset,
@@ -238,17 +296,16 @@ impl StoredFile {
                 dataset.name
             ))
         };
-        let fetch = Fetch {
-            store,
-            path: path.clone(),
+        let file = FileKey {
+            key: Arc::new(key),
+            aad,
+            written,
         };
-        let parquet = ParquetMetaDataReader::new()
-            .with_decryption_properties(Some(decryption(&key, &aad)?))
-            .load_and_finish(fetch, size)
+        let (parquet, _) = verified::open(store.as_ref(), &path, &file)
             .await
             .map_err(|e| refused(&e))?;
         let metadata = ArrowReaderMetadata::try_new(
-            Arc::new(parquet),
+            parquet,
             ArrowReaderOptions::new().with_skip_arrow_metadata(true),
         )
         .map_err(|e| refused(&e))?;
@@ -286,32 +343,10 @@ impl StoredFile {
         }
         Ok(Self {
             path,
-            size,
+            size: written.bytes,
             rows: u64::try_from(parquet.file_metadata().num_rows()).unwrap_or(0),
-            key: Arc::new(key),
-            aad,
+            file,
             schema: Arc::new(Schema::new(fields)),
-        })
-    }
-}
-
-/// Ranged reads of one object, for the footer.
-struct Fetch {
-    store: Arc<dyn ObjectStore>,
-    path: Path,
-}
-
-impl MetadataFetch for Fetch {
-    fn fetch(
-        &mut self,
-        range: std::ops::Range<u64>,
-    ) -> futures_util::future::BoxFuture<'_, datafusion::parquet::errors::Result<bytes::Bytes>>
-    {
-        Box::pin(async move {
-            self.store
-                .get_range(&self.path, range)
-                .await
-                .map_err(|e| datafusion::parquet::errors::ParquetError::External(Box::new(e)))
         })
     }
 }
@@ -382,13 +417,7 @@ impl Stored {
         Arc::new(Keys(
             self.files
                 .iter()
-                .map(|f| {
-                    let key = FileKey {
-                        key: f.key.clone(),
-                        aad: f.aad.clone(),
-                    };
-                    (f.path.to_string(), key)
-                })
+                .map(|f| (f.path.to_string(), f.file.clone()))
                 .collect(),
         ))
     }
@@ -405,11 +434,12 @@ impl Stored {
     }
 }
 
-/// The key and AAD of one stored file.
+/// The key and AAD of one stored file, and what the enclave wrote there.
 #[derive(Clone)]
 struct FileKey {
     key: Arc<DataKey>,
     aad: Vec<u8>,
+    written: Written,
 }
 
 /// The decryption keys of one table's files, by path, handed to the Parquet reader.
@@ -431,18 +461,18 @@ impl std::fmt::Debug for Access {
     }
 }
 
-/// [`Access`] on the wire (hex keys and AADs, by path).
+/// [`Access`] on the wire (by path: the hex key and AAD, the size and the footer's hash).
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AccessWire {
     origin: String,
-    files: Vec<(String, String, String)>,
+    files: Vec<(String, String, String, u64, String)>,
 }
 
 impl Drop for AccessWire {
     fn drop(&mut self) {
         self.origin.zeroize();
-        for (_, key, _) in &mut self.files {
+        for (_, key, ..) in &mut self.files {
             key.zeroize();
         }
     }
@@ -462,6 +492,8 @@ impl Access {
                         path.clone(),
                         hex::encode(k.key.as_bytes()),
                         hex::encode(&k.aad),
+                        k.written.bytes,
+                        hex::encode(k.written.footer_sha256),
                     )
                 })
                 .collect(),
@@ -473,15 +505,23 @@ impl Access {
         let bad = || EngineError::Storage("the keys of a stored dataset arrived malformed".into());
         let wire: AccessWire = serde_json::from_slice(bytes).map_err(|_| bad())?;
         let mut files = HashMap::new();
-        for (path, key, aad) in &wire.files {
+        for (path, key, aad, bytes, footer) in &wire.files {
             let key = Zeroizing::new(hex::decode(key).map_err(|_| bad())?);
             let key = DataKey::from_bytes(&key).map_err(|_| bad())?;
             let aad = hex::decode(aad).map_err(|_| bad())?;
+            let footer_sha256 = hex::decode(footer)
+                .ok()
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                .ok_or_else(bad)?;
             files.insert(
                 path.clone(),
                 FileKey {
                     key: Arc::new(key),
                     aad,
+                    written: Written {
+                        bytes: *bytes,
+                        footer_sha256,
+                    },
                 },
             );
         }
@@ -507,9 +547,10 @@ impl Access {
             .downcast_ref::<ParquetSource>()
             .ok_or_else(|| EngineError::Execution("not a scan of stored files".into()))?
             .clone()
-            .with_parquet_file_reader_factory(Arc::new(
-                datafusion::datasource::physical_plan::parquet::DefaultParquetFileReaderFactory::new(store),
-            ))
+            .with_parquet_file_reader_factory(Arc::new(verified::Factory {
+                store,
+                keys: self.keys.clone(),
+            }))
             .with_encryption_factory(self.keys.clone());
         let config = FileScanConfigBuilder::from(config.clone())
             .with_source(Arc::new(source))
@@ -589,8 +630,13 @@ impl TableProvider for StoredTable {
             global: state.config_options().execution.parquet.clone(),
             ..TableParquetOptions::default()
         };
+        let store = state.runtime_env().object_store(&self.url)?;
         let source = ParquetSource::new(self.schema.clone())
             .with_table_parquet_options(options)
+            .with_parquet_file_reader_factory(Arc::new(verified::Factory {
+                store,
+                keys: self.keys.clone(),
+            }))
             .with_encryption_factory(self.keys.clone());
         // Files are spread over the partitions; DataFusion's planner may split a large one
         // further by byte range (`repartition_file_scans`, files over 10 MiB by default).
@@ -641,7 +687,7 @@ pub(crate) mod tests {
         let key = DataKey::generate();
         let again = DataKey::from_bytes(key.as_bytes()).unwrap();
         let (s, p, aad) = (store.clone(), Path::from(path), path.as_bytes().to_vec());
-        let bytes = tokio::task::spawn_blocking(move || {
+        let written = tokio::task::spawn_blocking(move || {
             let handle = tokio::runtime::Handle::current();
             let mut w = FileWriter::create(handle, s, p, batch.schema(), &key, &aad)?;
             w.write(&batch)?;
@@ -651,9 +697,16 @@ pub(crate) mod tests {
         .unwrap()
         .unwrap();
         let aad = path.as_bytes().to_vec();
-        StoredFile::open(store.clone(), Path::from(path), bytes, again, aad, dataset)
-            .await
-            .unwrap()
+        StoredFile::open(
+            store.clone(),
+            Path::from(path),
+            written,
+            again,
+            aad,
+            dataset,
+        )
+        .await
+        .unwrap()
     }
 
     /// `held` as the service's store would keep it, in a local store over `dir`: each dataset
@@ -724,13 +777,16 @@ pub(crate) mod tests {
         let store: Arc<dyn ObjectStore> =
             Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
         let path = Path::from("kura/c/patients/0.parquet");
-        let size = bytes.len() as u64;
         let patients = c.dataset("patients").unwrap();
+        let Table::Stored(s) = &stored["patients"] else {
+            unreachable!()
+        };
+        let written = s.files[0].file.written;
         let open = |key: DataKey, aad: &str| {
             StoredFile::open(
                 store.clone(),
                 path.clone(),
-                size,
+                written,
                 key,
                 aad.as_bytes().to_vec(),
                 patients,
@@ -738,10 +794,7 @@ pub(crate) mod tests {
         };
         let err = open(DataKey::generate(), path.as_ref()).await.unwrap_err();
         assert!(matches!(err, EngineError::Storage(_)), "{err}");
-        let Table::Stored(s) = &stored["patients"] else {
-            unreachable!()
-        };
-        let key = DataKey::from_bytes(s.files[0].key.as_bytes()).unwrap();
+        let key = DataKey::from_bytes(s.files[0].file.key.as_bytes()).unwrap();
         // The right key, but the AAD of another batch: the file was swapped.
         let err = open(key, "kura/c/patients/1.parquet").await.unwrap_err();
         assert!(matches!(err, EngineError::Storage(_)), "{err}");
@@ -765,6 +818,201 @@ pub(crate) mod tests {
             matches!(err, EngineError::Runtime(m) if m.contains("a stored file")),
             "{err}"
         );
+    }
+
+    /// `bytes` (a stored file) with the first module of `column`'s first chunk decrypted and
+    /// sealed again under the file's key, with the AAD Parquet gives it and a new nonce: the
+    /// same length, and the same page once decrypted. The file's unique AAD part (8 bytes in the
+    /// plaintext crypto metadata ahead of the footer) is found by trying each place it could be.
+    #[cfg(test)]
+    fn reencrypt_first_module(bytes: &[u8], file: &FileKey, column: &str) -> Vec<u8> {
+        use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+        let mut reader = datafusion::parquet::file::metadata::ParquetMetaDataReader::new()
+            .with_decryption_properties(Some(decryption(&file.key, &file.aad).unwrap()));
+        reader
+            .try_parse(&bytes::Bytes::copy_from_slice(bytes))
+            .unwrap();
+        let metadata = reader.finish().unwrap();
+        let (j, chunk) = metadata.row_groups()[0]
+            .columns()
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.column_path().string() == column)
+            .unwrap();
+        let start = chunk.byte_range().0 as usize;
+        let len = u32::from_le_bytes(bytes[start..start + 4].try_into().unwrap()) as usize;
+        let module = &bytes[start + 4..start + 4 + len];
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, file.key.as_bytes()).unwrap());
+        let footer = bytes.len()
+            - 8
+            - u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap())
+                as usize;
+        for unique in bytes[footer..].windows(8).take(200) {
+            // A dictionary page header (module 5), or a data page header (4) with page 0.
+            for suffix in [
+                vec![5u8, 0, 0, j as u8, 0],
+                vec![4u8, 0, 0, j as u8, 0, 0, 0],
+            ] {
+                let aad = [file.aad.as_slice(), unique, &suffix].concat();
+                let mut sealed = module[12..].to_vec();
+                let nonce = Nonce::try_assume_unique_for_key(&module[..12]).unwrap();
+                let Ok(plain) = key.open_in_place(nonce, Aad::from(&aad), &mut sealed) else {
+                    continue;
+                };
+                let mut plain = plain.to_vec();
+                let mut fresh = [0u8; 12];
+                fresh.copy_from_slice(&module[..12]);
+                fresh[0] ^= 0xff;
+                key.seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key(fresh),
+                    Aad::from(&aad),
+                    &mut plain,
+                )
+                .unwrap();
+                let mut out = bytes.to_vec();
+                out[start + 4..start + 16].copy_from_slice(&fresh);
+                out[start + 16..start + 4 + len].copy_from_slice(&plain);
+                assert_ne!(out, bytes);
+                return out;
+            }
+        }
+        panic!("the module's AAD was not found");
+    }
+
+    /// A plaintext Parquet file of `batch`, padded (in its footer's key-value metadata) to
+    /// exactly `size` bytes: what a host that knows the columns can put where a batch was.
+    #[cfg(test)]
+    fn plaintext_of_size(batch: &RecordBatch, size: u64) -> Vec<u8> {
+        use datafusion::parquet::file::metadata::KeyValue;
+        let mut pad = 0usize;
+        for _ in 0..20 {
+            let mut out = Vec::new();
+            let mut w = ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+            w.write(batch).unwrap();
+            w.append_key_value_metadata(KeyValue::new("pad".into(), "x".repeat(pad)));
+            w.close().unwrap();
+            match (out.len() as u64).cmp(&size) {
+                std::cmp::Ordering::Equal => return out,
+                std::cmp::Ordering::Less => pad += (size - out.len() as u64) as usize,
+                std::cmp::Ordering::Greater => {
+                    pad -= (out.len() as u64 - size).min(pad as u64) as usize
+                }
+            }
+        }
+        panic!("no plaintext file of {size} bytes");
+    }
+
+    /// What a host (or a provider, who holds the key) may put where a stored batch was is
+    /// refused, both when the file is opened (at upload, or when its key is released after a
+    /// restart) and when a query reads it: a plaintext file of the same columns and size; the
+    /// file of another batch; the file truncated or extended; the file written again under the
+    /// same key and AAD with other rows; and the first module of a column chunk decrypted and
+    /// sealed again under the file's key and AAD (as its provider, who holds the key, could),
+    /// which Parquet's own authentication accepts: only the chunk's hash in the footer tells.
+    /// Every query fails in the fixed words.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_file_the_enclave_wrote_is_read() {
+        let c = crate::golden::contract();
+        let held = crate::golden::tables(&c);
+        let dir = tempfile::tempdir().unwrap();
+        let stored = at_rest(&c, &held, dir.path()).await;
+        let sql = "SELECT age_band, COUNT(*) AS n FROM patients GROUP BY age_band";
+        let answer = || {
+            let (c, t) = (c.clone(), stored.clone());
+            async move { crate::run_query(&c, sql, &t, None).await.map(|o| o.rows) }
+        };
+        answer().await.unwrap();
+        let Table::Stored(s) = &stored["patients"] else {
+            unreachable!()
+        };
+        let original = &s.files[0];
+        let file = dir.path().join("kura/c/patients/0.parquet");
+        let bytes = std::fs::read(&file).unwrap();
+        let patients = c.dataset("patients").unwrap();
+        let open = || {
+            StoredFile::open(
+                s.store.clone(),
+                original.path.clone(),
+                original.file.written,
+                DataKey::from_bytes(original.file.key.as_bytes()).unwrap(),
+                original.file.aad.clone(),
+                patients,
+            )
+        };
+        open().await.unwrap();
+
+        let table = held["patients"].batches();
+        let rows = concat_batches(&table[0].schema(), table).unwrap();
+        let half = rows.slice(0, rows.num_rows() / 2);
+        let other_batch = std::fs::read(dir.path().join("kura/c/patients/1.parquet")).unwrap();
+        let mut extended = bytes.clone();
+        extended.extend_from_slice(b"more");
+        // The same rows but one, written again under the file's own key and AAD.
+        let mut values: Vec<Option<i64>> = half
+            .column_by_name("birth_year")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .unwrap()
+            .iter()
+            .collect();
+        values[3] = values[4];
+        let mut columns = half.columns().to_vec();
+        let at = half.schema().index_of("birth_year").unwrap();
+        columns[at] = Arc::new(datafusion::arrow::array::Int64Array::from(values));
+        let forged = RecordBatch::try_new(half.schema(), columns).unwrap();
+        let rewritten = {
+            let scratch = tempfile::tempdir().unwrap();
+            let local: Arc<dyn ObjectStore> = Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(scratch.path()).unwrap(),
+            );
+            let key = DataKey::from_bytes(original.file.key.as_bytes()).unwrap();
+            let aad = original.file.aad.clone();
+            let forged = forged.clone();
+            let l = local.clone();
+            tokio::task::spawn_blocking(move || {
+                let handle = tokio::runtime::Handle::current();
+                let mut w = FileWriter::create(
+                    handle,
+                    l,
+                    Path::from("f.parquet"),
+                    forged.schema(),
+                    &key,
+                    &aad,
+                )?;
+                w.write(&forged)?;
+                w.finish()
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            std::fs::read(scratch.path().join("f.parquet")).unwrap()
+        };
+        let reencrypted = reencrypt_first_module(&bytes, &original.file, "age_band");
+        for (what, forged) in [
+            ("plaintext", plaintext_of_size(&half, bytes.len() as u64)),
+            ("another batch's file", other_batch),
+            ("truncated", bytes[..bytes.len() - 100].to_vec()),
+            ("extended", extended),
+            ("rewritten under its key", rewritten),
+            ("a module sealed again under its key", reencrypted),
+        ] {
+            std::fs::write(&file, &forged).unwrap();
+            let err = answer().await.unwrap_err();
+            assert!(
+                matches!(err, EngineError::Runtime(m) if m == crate::error::STORED_FILE_FAILED),
+                "{what}: {err}"
+            );
+            if what != "a module sealed again under its key" {
+                let refused = open().await.map(|_| ()).unwrap_err().to_string();
+                assert!(
+                    refused.contains("is not the file the enclave wrote"),
+                    "{what}: {refused}"
+                );
+            }
+        }
+        std::fs::write(&file, &bytes).unwrap();
+        answer().await.unwrap();
     }
 
     /// Row-group pruning on encrypted statistics: a filter that only the last of three row

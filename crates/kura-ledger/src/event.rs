@@ -61,6 +61,15 @@ pub enum Event {
         /// Every batch of the dataset the log records, by id.
         batches: Vec<String>,
     },
+    /// A stored batch was refused when its provider released its key: the file in the store is
+    /// not the one the enclave wrote (another size or footer, a plaintext file, a file of
+    /// another batch) or its key does not open it. Nothing of the dataset is opened.
+    BatchRefused {
+        dataset: String,
+        party: String,
+        batch: String,
+        reason: String,
+    },
     /// An upload was refused; nothing of it was kept.
     UploadRefused {
         dataset: String,
@@ -143,6 +152,12 @@ pub struct StoredBatch {
     pub object: String,
     /// The file's size in bytes.
     pub bytes: u64,
+    /// SHA-256 (hex) of the file's footer as the enclave wrote it (the encrypted footer, its
+    /// length and magic); the footer lists a hash of every column chunk. A file is read only
+    /// if it matches. Empty in entries written before it was recorded: such a batch cannot be
+    /// opened again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub footer_sha256: String,
     /// The file's key, HPKE-sealed to the provider with `kura_api::file_key_info`: only the
     /// provider can open it, to release it to a later enclave instance.
     pub key: kura_crypto::Sealed,
@@ -187,6 +202,7 @@ impl Event {
             Event::Upload { .. } => "upload",
             Event::UploadRefused { .. } => "upload_refused",
             Event::KeysReleased { .. } => "keys_released",
+            Event::BatchRefused { .. } => "batch_refused",
             Event::Run { .. } => "run",
             Event::RunRefused { .. } => "run_refused",
             Event::Release { .. } => "release",

@@ -39,7 +39,7 @@ pub(crate) async fn two_banks_train_a_model_and_each_receives_only_the_model() {
     let server = start(&contract, &dir.path().join("state")).await;
     let mut clients = vec![];
     for (name, dataset, accounts) in [
-        ("bank-a", "transactions_a", 60),
+        ("bank-a", "transactions_a", 150),
         ("bank-b", "transactions_b", 6),
     ] {
         let mut c = Client::new(&server.url(), contract.clone(), key_of(&parties, name)).unwrap();
@@ -57,9 +57,10 @@ pub(crate) async fn two_banks_train_a_model_and_each_receives_only_the_model() {
     assert!(reason.contains("fewer than 10 people"), "{reason}");
     assert!(clients[0].results(None).await.unwrap().is_empty());
 
-    // With 60 accounts each, both banks receive the same model.
+    // With 150 accounts each, both banks receive the same model: no account weighs more than
+    // a tenth of its bank's part of the fit.
     let path = dir.path().join("more_b.csv");
-    std::fs::write(&path, transactions("b", 60)).unwrap();
+    std::fs::write(&path, transactions("b", 150)).unwrap();
     clients[1].set_append(true);
     clients[1]
         .upload("transactions_b", &path, |_| {})

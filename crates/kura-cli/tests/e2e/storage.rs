@@ -153,6 +153,111 @@ pub(crate) async fn a_restart_loses_no_dataset_and_its_providers_release_the_key
     assert_nowhere(&room.state(), "young");
 }
 
+/// An ordinary, unencrypted Parquet file of `dataset`'s columns holding `csv`'s rows, padded
+/// (in its footer's key-value metadata) to exactly `size` bytes: what a host that knows the
+/// contract can put where a stored batch was.
+fn plaintext_parquet(dataset: &kura_contract::Dataset, csv: &str, size: u64) -> Vec<u8> {
+    use kura_engine::datafusion::parquet::arrow::ArrowWriter;
+    use kura_engine::datafusion::parquet::arrow::arrow_writer::ArrowWriterOptions;
+    use kura_engine::datafusion::parquet::file::metadata::KeyValue;
+    let batches =
+        kura_engine::load::load(dataset, kura_engine::UploadFormat::Csv, csv.as_bytes()).unwrap();
+    let mut pad = 0u64;
+    for _ in 0..20 {
+        let mut out = Vec::new();
+        let options = ArrowWriterOptions::new().with_skip_arrow_metadata(true);
+        let mut w =
+            ArrowWriter::try_new_with_options(&mut out, batches[0].schema(), options).unwrap();
+        for b in &batches {
+            w.write(b).unwrap();
+        }
+        w.append_key_value_metadata(KeyValue::new("pad".into(), "x".repeat(pad as usize)));
+        w.close().unwrap();
+        let len = out.len() as u64;
+        if len == size {
+            return out;
+        }
+        pad = (pad + size).saturating_sub(len);
+    }
+    panic!("no plaintext file of {size} bytes");
+}
+
+/// The attack of a host that puts its own plaintext rows where a stored batch was, padded to
+/// the recorded size: the next run fails in the fixed words instead of answering from them,
+/// and is logged; after a restart the provider's key release refuses the batch and logs it, so
+/// nothing of the dataset opens; the log verifies and shows both. With the file put back, the
+/// release and the answer are as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn a_hosts_plaintext_file_in_place_of_a_batch_is_never_read() {
+    let room = kept_room().await;
+    room.upload("hospital-a", "ehr").await.unwrap();
+    room.upload("fitness-b", "activity").await.unwrap();
+    let mut h = room.client("hospital-a").await;
+    let before = by_activity(&mut h).await;
+    let store = room.dir.join("state").join("store");
+    let ehr = parquet_files(&store)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("/ehr/"))
+        .unwrap();
+    let original = std::fs::read(&ehr).unwrap();
+    // Every patient of the host's choosing young and diabetic.
+    let mut csv = String::from("patient_id,age_band,diabetes\n");
+    for i in 0..20 {
+        writeln!(csv, "{PLANTED}{i:04},young,true").unwrap();
+    }
+    let dataset = room.contract.contract().dataset("ehr").unwrap().clone();
+    std::fs::write(
+        &ehr,
+        plaintext_parquet(&dataset, &csv, original.len() as u64),
+    )
+    .unwrap();
+
+    let (status, reason) = refused(h.run("by_activity").await);
+    assert_eq!(status, 409, "{reason}");
+    assert!(
+        reason.contains(kura_engine::error::STORED_FILE_FAILED),
+        "{reason}"
+    );
+    let refused_runs = events_of(&mut h)
+        .await
+        .iter()
+        .filter(|e| matches!(e, Event::RunRefused { .. }))
+        .count();
+    assert_eq!(refused_runs, 1);
+
+    let room = room.stop().await;
+    let again = start(&room.contract, &room.state()).await;
+    let mut h = room.client(&again.url(), "hospital-a");
+    h.attest().await.unwrap();
+    let (_, reason) = refused(h.release(&[]).await);
+    assert!(
+        reason.contains("is not the file the enclave wrote"),
+        "{reason}"
+    );
+    let events = events_of(&mut h).await;
+    assert!(
+        events.iter().any(|e| matches!(e,
+            Event::BatchRefused { dataset, party, reason, .. }
+                if dataset == "ehr" && party == "hospital-a"
+                    && reason.contains("footer is not encrypted"))),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::KeysReleased { dataset, .. } if dataset == "ehr"))
+    );
+
+    // The enclave's own file back: released and answered as before.
+    std::fs::write(&ehr, &original).unwrap();
+    assert_eq!(h.release(&[]).await.unwrap().len(), 1);
+    let mut f = room.client(&again.url(), "fitness-b");
+    f.attest().await.unwrap();
+    f.release(&[]).await.unwrap();
+    assert_eq!(by_activity(&mut h).await, before);
+    again.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 pub(crate) async fn a_deleted_dataset_is_gone_from_the_store_and_its_keys_are_never_released() {
     let room = room().await;

@@ -48,7 +48,20 @@ struct StoredDataset {
 struct Batch {
     id: String,
     object: String,
+    /// What the enclave wrote there: its size and footer hash (hex; empty if not recorded).
     bytes: u64,
+    footer_sha256: String,
+}
+
+impl Batch {
+    /// What was written, as the log recorded it; `None` for an entry that recorded no hash.
+    fn written(&self) -> Option<kura_engine::stored::Written> {
+        let footer_sha256 = hex::decode(&self.footer_sha256).ok()?.try_into().ok()?;
+        Some(kura_engine::stored::Written {
+            bytes: self.bytes,
+            footer_sha256,
+        })
+    }
 }
 
 impl StoredDataset {

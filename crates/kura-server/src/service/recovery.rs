@@ -68,6 +68,7 @@ pub(super) fn recover(
                     id: stored.batch.clone(),
                     object: stored.object.clone(),
                     bytes: stored.bytes,
+                    footer_sha256: stored.footer_sha256.clone(),
                 });
             }
             Event::Upload { dataset, .. } => {

@@ -100,16 +100,36 @@ impl Service {
                             batch.id
                         ))
                     })?;
+            let written = batch.written().ok_or_else(|| {
+                ServiceError::Refused(format!(
+                    "batch {} was logged without the hash of its file, so it cannot be \
+                     checked and is not opened",
+                    batch.id
+                ))
+            })?;
             let file = kura_engine::stored::StoredFile::open(
                 store.clone(),
                 object_store::path::Path::from(batch.object.as_str()),
-                batch.bytes,
+                written,
                 key,
                 kura_api::file_aad(contract_id, name, &batch.id),
                 dataset,
             )
-            .await
-            .map_err(|e| ServiceError::Refused(format!("batch {}: {e}", batch.id)))?;
+            .await;
+            let file = match file {
+                Ok(file) => file,
+                Err(e) => {
+                    // What the host put in the store is on the record, for every party.
+                    self.log(Event::BatchRefused {
+                        dataset: name.clone(),
+                        party: party.to_string(),
+                        batch: batch.id.clone(),
+                        reason: e.to_string(),
+                    })
+                    .await?;
+                    return Err(ServiceError::Refused(format!("batch {}: {e}", batch.id)));
+                }
+            };
             open.push(std::sync::Arc::new(file));
         }
         let batches: Vec<String> = held.batches.iter().map(|b| b.id.clone()).collect();

@@ -62,11 +62,12 @@ fn store_refused(_: &kura_engine::EngineError) -> ServiceError {
 
 /// Writes the batches that arrive on `pieces` into `writer`, and completes the file at the
 /// `None` that marks the end of the upload: if the sender stops before that, or a write fails,
-/// nothing is completed. Returns the rows and bytes written.
+/// nothing is completed. Returns the rows written and what was written (the size and the
+/// footer's hash).
 fn write_file(
     mut writer: kura_engine::stored::FileWriter,
     pieces: std::sync::mpsc::Receiver<Option<kura_engine::RecordBatch>>,
-) -> Result<(u64, u64), ServiceError> {
+) -> Result<(u64, kura_engine::stored::Written), ServiceError> {
     while let Ok(piece) = pieces.recv() {
         match piece {
             Some(batch) => {
@@ -79,7 +80,7 @@ fn write_file(
                 let rows = writer.rows();
                 return writer
                     .finish()
-                    .map(|bytes| (rows, bytes))
+                    .map(|written| (rows, written))
                     .map_err(|e| store_refused(&e));
             }
         }
@@ -448,8 +449,8 @@ impl Service {
                     .map_err(|_| ServiceError::Internal("the writing thread stopped".into()))?;
                 // A refusal of the file comes first; then whatever stopped the writer.
                 parsed?;
-                let (rows, bytes) = written?;
-                Ok::<_, ServiceError>((file_key, rows, bytes, people))
+                let (rows, written) = written?;
+                Ok::<_, ServiceError>((file_key, rows, written, people))
             })
         };
         let mut received = 0u64;
@@ -474,7 +475,7 @@ impl Service {
             }
         }
         drop(tx);
-        let (file_key, rows, bytes, people) = worker
+        let (file_key, rows, written, people) = worker
             .await
             // A panic's message could quote what it was parsing: the log gets no words of it.
             .map_err(|_| {
@@ -501,7 +502,7 @@ impl Service {
         let file = match kura_engine::stored::StoredFile::open(
             store.clone(),
             object.clone(),
-            bytes,
+            written,
             file_key,
             aad,
             &dataset,
@@ -552,7 +553,8 @@ impl Service {
                     batch: batch.clone(),
                     location: location.clone(),
                     object: object.to_string(),
-                    bytes,
+                    bytes: written.bytes,
+                    footer_sha256: hex::encode(written.footer_sha256),
                     key: sealed_key,
                 }),
             })
@@ -570,7 +572,8 @@ impl Service {
         held.batches.push(Batch {
             id: batch,
             object: object.to_string(),
-            bytes,
+            bytes: written.bytes,
+            footer_sha256: hex::encode(written.footer_sha256),
         });
         held.open.push(file);
         Ok(UploadResponse {

@@ -1,0 +1,308 @@
+//! Stored files read only as the enclave wrote them.
+//!
+//! Parquet's modular encryption authenticates each module under the file's key, but two
+//! things escape it. The Parquet reader accepts a file whose footer is plaintext even when it
+//! is handed decryption properties, so a host that writes an ordinary Parquet file where a
+//! batch was is read as if it were the batch. And whoever holds a file's key (its provider,
+//! who must be able to release it to a later start) can write other modules that authenticate
+//! under it. So the enclave records what it wrote, and every read is checked against that:
+//!
+//! - **The footer.** When it writes a file, the writer hashes each column chunk as it leaves
+//!   (SHA-256), puts the list in the footer's key-value metadata, and hashes the footer's last
+//!   bytes (the encrypted footer, its length and the `PARE` magic): [`Written`]. The upload's
+//!   log entry records that hash and the file's size. A reader fetches the footer with the
+//!   object's size, and goes on only if the size is the one written, the footer is encrypted
+//!   (`PARE`), its bytes hash to the recorded value, it decrypts with the batch's key and AAD,
+//!   and every column chunk is encrypted.
+//! - **Every column chunk.** A read of the file's data is served only in whole column chunks
+//!   whose bytes hash to the value the footer lists for them; a range that is not within one
+//!   column chunk is refused.
+//!
+//! [`open`] does the first for [`super::StoredFile::open`]; [`Reader`] is the file reader every
+//! scan of a stored table uses, in this process or on an executor ([`Factory`]).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::ParquetFileReaderFactory;
+use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore};
+
+use super::FileKey;
+
+/// The key under which the footer lists its column chunks' hashes.
+pub(super) const CHUNKS_KEY: &str = "kura.chunk_sha256";
+
+/// What the enclave recorded of a stored file when it wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The file's size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of its footer's last bytes: the encrypted footer, its length and the magic.
+    pub footer_sha256: [u8; 32],
+}
+
+/// How much of the end of a file the first read fetches: most footers fit.
+const FOOTER_HINT: u64 = 64 << 10;
+
+/// The fixed words of a refusal: a file that is not what the enclave wrote.
+fn not_written(path: &Path, what: &str) -> ParquetError {
+    ParquetError::General(format!(
+        "stored file {path} is not the file the enclave wrote: {what}"
+    ))
+}
+
+/// The hashes the footer lists, by the offset of each column chunk: (length, hash).
+pub(super) type Chunks = BTreeMap<u64, (u64, [u8; 32])>;
+
+/// Reads the footer of the file at `path`, checks it against `file` as the module says, and
+/// gives its metadata (decrypted with the file's key) and its column chunks' hashes.
+pub(super) async fn open(
+    store: &dyn ObjectStore,
+    path: &Path,
+    file: &FileKey,
+) -> Result<(Arc<ParquetMetaData>, Arc<Chunks>), ParquetError> {
+    let size = file.written.bytes;
+    let fetch = |range: Range<u64>| async move {
+        let got = store
+            .get_opts(
+                path,
+                GetOptions {
+                    range: Some(GetRange::Bounded(range)),
+                    ..GetOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        let object = got.meta.size;
+        let bytes = got
+            .bytes()
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        Ok::<_, ParquetError>((object, bytes))
+    };
+    if size < 12 {
+        return Err(not_written(path, "it is too small"));
+    }
+    let (object, mut tail) = fetch(size - size.min(FOOTER_HINT)..size).await?;
+    if object != size {
+        return Err(not_written(path, "its size is not the size written"));
+    }
+    let end = &tail[tail.len() - 8..];
+    if &end[4..] != b"PARE" {
+        return Err(not_written(path, "its footer is not encrypted"));
+    }
+    let footer = u64::from(u32::from_le_bytes(end[..4].try_into().expect("4 bytes"))) + 8;
+    if footer + 4 > size {
+        return Err(not_written(path, "its footer's length is impossible"));
+    }
+    if footer > tail.len() as u64 {
+        tail = fetch(size - footer..size).await?.1;
+    }
+    let footer_bytes = tail.slice(tail.len() - footer as usize..);
+    let hash = kura_crypto::sha256(&footer_bytes);
+    if hash != file.written.footer_sha256 {
+        return Err(not_written(path, "its footer is not the one written"));
+    }
+    let mut reader = ParquetMetaDataReader::new().with_decryption_properties(Some(
+        super::decryption(&file.key, &file.aad)
+            .map_err(|e| ParquetError::General(e.to_string()))?,
+    ));
+    reader.try_parse_sized(&footer_bytes, size)?;
+    let metadata = reader.finish()?;
+    let chunks = chunk_hashes(path, &metadata)?;
+    Ok((Arc::new(metadata), Arc::new(chunks)))
+}
+
+/// The column chunks of `metadata` and the hashes its footer lists for them, in the order
+/// written (row group by row group, column by column); every chunk must be encrypted.
+fn chunk_hashes(path: &Path, metadata: &ParquetMetaData) -> Result<Chunks, ParquetError> {
+    let listed = metadata
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == CHUNKS_KEY))
+        .and_then(|k| k.value.as_deref())
+        .and_then(|v| hex::decode(v).ok())
+        .ok_or_else(|| not_written(path, "its footer lists no column chunk hashes"))?;
+    let mut hashes = listed.chunks_exact(32);
+    let mut chunks = Chunks::new();
+    for group in metadata.row_groups() {
+        for column in group.columns() {
+            if column.crypto_metadata().is_none() {
+                return Err(not_written(path, "a column chunk is not encrypted"));
+            }
+            let hash = hashes
+                .next()
+                .ok_or_else(|| not_written(path, "a column chunk has no hash"))?;
+            let (start, len) = column.byte_range();
+            chunks.insert(start, (len, hash.try_into().expect("32 bytes")));
+        }
+    }
+    if hashes.next().is_some() || listed.len() % 32 != 0 {
+        return Err(not_written(path, "its footer lists other column chunks"));
+    }
+    Ok(chunks)
+}
+
+/// The hashes of a file's column chunks, for its footer: of the bytes `from` (the file's
+/// bytes from `offset` on) of each column chunk of `groups`.
+pub(super) fn hash_chunks(
+    groups: &[datafusion::parquet::file::metadata::RowGroupMetaData],
+    bytes: &[u8],
+    offset: u64,
+    out: &mut Vec<u8>,
+) -> Result<u64, ParquetError> {
+    let mut end = offset;
+    for group in groups {
+        for column in group.columns() {
+            let (start, len) = column.byte_range();
+            let at = start
+                .checked_sub(offset)
+                .and_then(|s| usize::try_from(s).ok())
+                .filter(|s| s + len as usize <= bytes.len())
+                .ok_or_else(|| ParquetError::General("a column chunk was not retained".into()))?;
+            out.extend_from_slice(&kura_crypto::sha256(&bytes[at..at + len as usize]));
+            end = end.max(start + len);
+        }
+    }
+    Ok(end)
+}
+
+/// The hash a reader checks of a file whose last bytes are `tail` (at least the footer, its
+/// length and the magic).
+pub(super) fn footer_hash(tail: &[u8]) -> Result<[u8; 32], ParquetError> {
+    let short = || ParquetError::General("the footer was not retained".into());
+    let end = tail.len().checked_sub(8).ok_or_else(short)?;
+    let length = u32::from_le_bytes(tail[end..end + 4].try_into().expect("4 bytes")) as usize;
+    let start = end.checked_sub(length).ok_or_else(short)?;
+    Ok(kura_crypto::sha256(&tail[start..]))
+}
+
+/// The footer entry listing `hashes`.
+pub(super) fn chunks_entry(hashes: &[u8]) -> KeyValue {
+    KeyValue::new(CHUNKS_KEY.to_string(), hex::encode(hashes))
+}
+
+/// The reader of one stored file in a scan.
+pub(super) struct Reader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    file: FileKey,
+    chunks: Option<Arc<Chunks>>,
+}
+
+impl Reader {
+    async fn chunks(&mut self) -> Result<Arc<Chunks>, ParquetError> {
+        if let Some(c) = &self.chunks {
+            return Ok(c.clone());
+        }
+        let (_, chunks) = open(self.store.as_ref(), &self.path, &self.file).await?;
+        self.chunks = Some(chunks.clone());
+        Ok(chunks)
+    }
+
+    /// `ranges`, each served from the whole column chunk it lies in, whose hash is checked.
+    async fn read(&mut self, ranges: Vec<Range<u64>>) -> Result<Vec<Bytes>, ParquetError> {
+        let chunks = self.chunks().await?;
+        let mut wanted: Vec<Range<u64>> = Vec::new();
+        let mut within = Vec::with_capacity(ranges.len());
+        for range in &ranges {
+            let (start, (len, _)) = chunks
+                .range(..=range.start)
+                .next_back()
+                .filter(|(start, (len, _))| range.end <= **start + *len)
+                .ok_or_else(|| not_written(&self.path, "a read outside its column chunks"))?;
+            let chunk = *start..*start + *len;
+            let index = match wanted.iter().position(|w| *w == chunk) {
+                Some(i) => i,
+                None => {
+                    wanted.push(chunk);
+                    wanted.len() - 1
+                }
+            };
+            within.push((index, range.start - start, range.end - start));
+        }
+        let fetched = self
+            .store
+            .get_ranges(&self.path, &wanted)
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        for (chunk, bytes) in wanted.iter().zip(&fetched) {
+            let (_, hash) = chunks[&chunk.start];
+            let got = kura_crypto::sha256(bytes);
+            if got != hash {
+                return Err(not_written(
+                    &self.path,
+                    "a column chunk is not the one written",
+                ));
+            }
+        }
+        Ok(within
+            .into_iter()
+            .map(|(i, from, to)| fetched[i].slice(from as usize..to as usize))
+            .collect())
+    }
+}
+
+impl AsyncFileReader for Reader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, ParquetError>> {
+        async move { Ok(self.read(vec![range]).await?.remove(0)) }.boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, Result<Vec<Bytes>, ParquetError>> {
+        self.read(ranges).boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, Result<Arc<ParquetMetaData>, ParquetError>> {
+        async move {
+            let (metadata, chunks) = open(self.store.as_ref(), &self.path, &self.file).await?;
+            self.chunks = Some(chunks);
+            Ok(metadata)
+        }
+        .boxed()
+    }
+}
+
+/// Makes a [`Reader`] for each stored file a scan opens.
+#[derive(Debug)]
+pub(super) struct Factory {
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) keys: Arc<super::Keys>,
+}
+
+impl ParquetFileReaderFactory for Factory {
+    fn create_reader(
+        &self,
+        _partition_index: usize,
+        file: PartitionedFile,
+        _metadata_size_hint: Option<usize>,
+        _metrics: &ExecutionPlanMetricsSet,
+    ) -> datafusion::common::Result<Box<dyn AsyncFileReader + Send>> {
+        let path = file.object_meta.location.clone();
+        let key = self.keys.0.get(path.as_ref()).cloned().ok_or_else(|| {
+            datafusion::error::DataFusionError::Execution(format!("no key for stored file {path}"))
+        })?;
+        Ok(Box::new(Reader {
+            store: self.store.clone(),
+            path,
+            file: key,
+            chunks: None,
+        }))
+    }
+}
