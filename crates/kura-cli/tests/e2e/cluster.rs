@@ -8,7 +8,7 @@ use kura_client::Client;
 use kura_ledger::Event;
 
 use super::cli::{Served, cli_setup_with, key_at, kura_home, serve_with};
-use super::storage::{by_activity, never_deleted};
+use super::storage::{by_activity, never_deleted, parquet_files, plaintext_parquet};
 
 /// What the host asks the cluster's processes to log: everything Ballista and DataFusion say,
 /// which they must not.
@@ -204,6 +204,53 @@ pub(crate) fn attested_executors_answer_as_one_node_would() {
             assert!(!text.contains(quoted), "{log} quotes {quoted}:\n{text}");
         }
     }
+}
+
+/// The executors read stored files only as the enclave wrote them: after the host puts a
+/// plaintext file of its own rows, of the same size, where the hospital's batch was, the
+/// cluster's run fails in the fixed words instead of answering from them, and is logged; with
+/// the file back, the answer is the one before.
+#[test]
+pub(crate) fn executors_never_read_a_file_the_enclave_did_not_write() {
+    let cluster = Coordinated::start(|_| {});
+    cluster.upload(&BOTH);
+    let _executors: Vec<Served> = ["e1", "e2"]
+        .iter()
+        .map(|name| cluster.executor(name).unwrap())
+        .collect();
+    let ehr = parquet_files(&cluster.dir().join("state"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("/ehr/"))
+        .unwrap();
+    let original = std::fs::read(&ehr).unwrap();
+    let mut csv = String::from("patient_id,age_band,diabetes\n");
+    for i in 0..20 {
+        csv.push_str(&format!("forged-{i:04},young,true\n"));
+    }
+    let dataset = cluster.contract.contract().dataset("ehr").unwrap().clone();
+    std::fs::write(
+        &ehr,
+        plaintext_parquet(&dataset, &csv, original.len() as u64),
+    )
+    .unwrap();
+    let (status, reason) = cluster.rt.block_on(async {
+        let mut h = cluster.client("hospital-a");
+        h.attest().await.unwrap();
+        super::common::refused(h.run("by_activity").await)
+    });
+    assert_eq!(status, 409, "{reason}");
+    assert!(
+        reason.contains(kura_engine::error::STORED_FILE_FAILED),
+        "{reason}"
+    );
+    let events = cluster.events();
+    assert!(
+        events.iter().any(|e| matches!(e, Event::RunRefused { .. })),
+        "{events:?}"
+    );
+    std::fs::write(&ehr, &original).unwrap();
+    let after = cluster.by_activity();
+    assert_eq!(after.len(), 2, "{after:?}");
 }
 
 /// A differentially private query on a cluster: planned and bounded on the coordinator, its

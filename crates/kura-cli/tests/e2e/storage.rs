@@ -48,7 +48,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The stored Parquet files under `dir`.
-fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     files(dir)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
@@ -156,7 +156,7 @@ pub(crate) async fn a_restart_loses_no_dataset_and_its_providers_release_the_key
 /// An ordinary, unencrypted Parquet file of `dataset`'s columns holding `csv`'s rows, padded
 /// (in its footer's key-value metadata) to exactly `size` bytes: what a host that knows the
 /// contract can put where a stored batch was.
-fn plaintext_parquet(dataset: &kura_contract::Dataset, csv: &str, size: u64) -> Vec<u8> {
+pub(crate) fn plaintext_parquet(dataset: &kura_contract::Dataset, csv: &str, size: u64) -> Vec<u8> {
     use kura_engine::datafusion::parquet::arrow::ArrowWriter;
     use kura_engine::datafusion::parquet::arrow::arrow_writer::ArrowWriterOptions;
     use kura_engine::datafusion::parquet::file::metadata::KeyValue;
