@@ -144,9 +144,20 @@ fn runtime() -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>, Engi
 
 pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionContext, EngineError> {
     let cores = cores();
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_information_schema(false)
         .with_target_partitions(cores);
+    // Which parts of a stored file a query fetches is the host's to see: it must not depend
+    // on the data. So no row group is skipped by its (encrypted) statistics, and no filter is
+    // pushed into a scan at run time from another table's rows (a join's keys, a top-k's
+    // bounds): every projected column chunk of every row group is read.
+    let options = config.options_mut();
+    options.execution.parquet.pruning = false;
+    options.execution.parquet.bloom_filter_on_read = false;
+    options.optimizer.enable_dynamic_filter_pushdown = false;
+    options.optimizer.enable_join_dynamic_filter_pushdown = false;
+    options.optimizer.enable_topk_dynamic_filter_pushdown = false;
+    options.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
     // What a cluster needs of the session: its settings, and how to read each stored dataset.
     let config = match COMPUTE.try_with(Arc::clone) {
         Ok(compute) => {

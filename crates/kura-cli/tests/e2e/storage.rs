@@ -239,7 +239,7 @@ pub(crate) async fn a_hosts_plaintext_file_in_place_of_a_batch_is_never_read() {
         events.iter().any(|e| matches!(e,
             Event::BatchRefused { dataset, party, reason, .. }
                 if dataset == "ehr" && party == "hospital-a"
-                    && reason.contains("footer is not encrypted"))),
+                    && reason == "the stored file is not the file the enclave wrote")),
         "{events:?}"
     );
     assert!(

@@ -36,7 +36,7 @@ use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
 use super::FileKey;
 
@@ -94,8 +94,9 @@ pub(super) async fn open(
     if size < 12 {
         return Err(not_written(path, "it is too small"));
     }
-    let (object, mut tail) = fetch(size - size.min(FOOTER_HINT)..size).await?;
-    if object != size {
+    let hint = size - size.min(FOOTER_HINT)..size;
+    let (object, mut tail) = fetch(hint.clone()).await?;
+    if object != size || tail.len() as u64 != hint.end - hint.start {
         return Err(not_written(path, "its size is not the size written"));
     }
     let end = &tail[tail.len() - 8..];
@@ -107,7 +108,11 @@ pub(super) async fn open(
         return Err(not_written(path, "its footer's length is impossible"));
     }
     if footer > tail.len() as u64 {
-        tail = fetch(size - footer..size).await?.1;
+        let (object, bytes) = fetch(size - footer..size).await?;
+        if object != size || bytes.len() as u64 != footer {
+            return Err(not_written(path, "its size is not the size written"));
+        }
+        tail = bytes;
     }
     let footer_bytes = tail.slice(tail.len() - footer as usize..);
     let hash = kura_crypto::sha256(&footer_bytes);
@@ -199,6 +204,8 @@ pub(super) struct Reader {
     path: Path,
     file: FileKey,
     chunks: Option<Arc<Chunks>>,
+    /// The scan's count of bytes read (`bytes_scanned`).
+    scanned: datafusion::physical_plan::metrics::Count,
 }
 
 impl Reader {
@@ -232,20 +239,24 @@ impl Reader {
             };
             within.push((index, range.start - start, range.end - start));
         }
-        let fetched = self
-            .store
-            .get_ranges(&self.path, &wanted)
-            .await
-            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        // One request per chunk, each checked for its length: a store that answers with fewer
+        // (or more) bytes than asked is refused, not sliced.
+        let fetched = futures_util::future::try_join_all(
+            wanted
+                .iter()
+                .map(|chunk| self.store.get_range(&self.path, chunk.clone())),
+        )
+        .await
+        .map_err(|e| ParquetError::External(Box::new(e)))?;
         for (chunk, bytes) in wanted.iter().zip(&fetched) {
             let (_, hash) = chunks[&chunk.start];
-            let got = kura_crypto::sha256(bytes);
-            if got != hash {
+            if bytes.len() as u64 != chunk.end - chunk.start || kura_crypto::sha256(bytes) != hash {
                 return Err(not_written(
                     &self.path,
                     "a column chunk is not the one written",
                 ));
             }
+            self.scanned.add(bytes.len());
         }
         Ok(within
             .into_iter()
@@ -289,12 +300,18 @@ pub(super) struct Factory {
 impl ParquetFileReaderFactory for Factory {
     fn create_reader(
         &self,
-        _partition_index: usize,
+        partition_index: usize,
         file: PartitionedFile,
         _metadata_size_hint: Option<usize>,
-        _metrics: &ExecutionPlanMetricsSet,
+        metrics: &ExecutionPlanMetricsSet,
     ) -> datafusion::common::Result<Box<dyn AsyncFileReader + Send>> {
         let path = file.object_meta.location.clone();
+        let scanned = datafusion::datasource::physical_plan::parquet::ParquetFileMetrics::new(
+            partition_index,
+            path.as_ref(),
+            metrics,
+        )
+        .bytes_scanned;
         let key = self.keys.0.get(path.as_ref()).cloned().ok_or_else(|| {
             datafusion::error::DataFusionError::Execution(format!("no key for stored file {path}"))
         })?;
@@ -303,6 +320,7 @@ impl ParquetFileReaderFactory for Factory {
             path,
             file: key,
             chunks: None,
+            scanned,
         }))
     }
 }

@@ -120,11 +120,17 @@ impl Service {
                 Ok(file) => file,
                 Err(e) => {
                     // What the host put in the store is on the record, for every party.
+                    // In fixed words: the store's own (a provider's server's) could be anything.
+                    let reason = if e.to_string().contains("is not the file the enclave wrote") {
+                        "the stored file is not the file the enclave wrote"
+                    } else {
+                        "the stored file could not be read or opened with its key"
+                    };
                     self.log(Event::BatchRefused {
                         dataset: name.clone(),
                         party: party.to_string(),
                         batch: batch.id.clone(),
-                        reason: e.to_string(),
+                        reason: reason.into(),
                     })
                     .await?;
                     return Err(ServiceError::Refused(format!("batch {}: {e}", batch.id)));
