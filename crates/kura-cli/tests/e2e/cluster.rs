@@ -8,7 +8,7 @@ use kura_client::Client;
 use kura_ledger::Event;
 
 use super::cli::{Served, cli_setup_with, key_at, kura_home, serve_with};
-use super::storage::{by_activity, never_deleted, parquet_files, plaintext_parquet};
+use super::storage::{by_activity, forge_ehr, never_deleted};
 
 /// What the host asks the cluster's processes to log: everything Ballista and DataFusion say,
 /// which they must not.
@@ -218,21 +218,7 @@ pub(crate) fn executors_never_read_a_file_the_enclave_did_not_write() {
         .iter()
         .map(|name| cluster.executor(name).unwrap())
         .collect();
-    let ehr = parquet_files(&cluster.dir().join("state"))
-        .into_iter()
-        .find(|p| p.to_string_lossy().contains("/ehr/"))
-        .unwrap();
-    let original = std::fs::read(&ehr).unwrap();
-    let mut csv = String::from("patient_id,age_band,diabetes\n");
-    for i in 0..20 {
-        csv.push_str(&format!("forged-{i:04},young,true\n"));
-    }
-    let dataset = cluster.contract.contract().dataset("ehr").unwrap().clone();
-    std::fs::write(
-        &ehr,
-        plaintext_parquet(&dataset, &csv, original.len() as u64),
-    )
-    .unwrap();
+    let (ehr, original) = forge_ehr(&cluster.dir().join("state"), cluster.contract.contract());
     let (status, reason) = cluster.rt.block_on(async {
         let mut h = cluster.client("hospital-a");
         h.attest().await.unwrap();

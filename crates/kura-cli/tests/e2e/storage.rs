@@ -48,7 +48,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The stored Parquet files under `dir`.
-pub(crate) fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     files(dir)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
@@ -156,7 +156,7 @@ pub(crate) async fn a_restart_loses_no_dataset_and_its_providers_release_the_key
 /// An ordinary, unencrypted Parquet file of `dataset`'s columns holding `csv`'s rows, padded
 /// (in its footer's key-value metadata) to exactly `size` bytes: what a host that knows the
 /// contract can put where a stored batch was.
-pub(crate) fn plaintext_parquet(dataset: &kura_contract::Dataset, csv: &str, size: u64) -> Vec<u8> {
+fn plaintext_parquet(dataset: &kura_contract::Dataset, csv: &str, size: u64) -> Vec<u8> {
     use kura_engine::datafusion::parquet::arrow::ArrowWriter;
     use kura_engine::datafusion::parquet::arrow::arrow_writer::ArrowWriterOptions;
     use kura_engine::datafusion::parquet::file::metadata::KeyValue;
@@ -182,6 +182,28 @@ pub(crate) fn plaintext_parquet(dataset: &kura_contract::Dataset, csv: &str, siz
     panic!("no plaintext file of {size} bytes");
 }
 
+/// The host's attack on the stored batch of `ehr` under `state`: a plaintext Parquet file of
+/// twenty patients of its choosing (young, diabetic) put in its place, of the same size.
+/// Returns the file's path and its original bytes, to put back.
+pub(crate) fn forge_ehr(state: &Path, contract: &kura_contract::Contract) -> (PathBuf, Vec<u8>) {
+    let ehr = parquet_files(state)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("/ehr/"))
+        .unwrap();
+    let original = std::fs::read(&ehr).unwrap();
+    let mut csv = String::from("patient_id,age_band,diabetes\n");
+    for i in 0..20 {
+        writeln!(csv, "{PLANTED}{i:04},young,true").unwrap();
+    }
+    let dataset = contract.dataset("ehr").unwrap();
+    std::fs::write(
+        &ehr,
+        plaintext_parquet(dataset, &csv, original.len() as u64),
+    )
+    .unwrap();
+    (ehr, original)
+}
+
 /// The attack of a host that puts its own plaintext rows where a stored batch was, padded to
 /// the recorded size: the next run fails in the fixed words instead of answering from them,
 /// and is logged; after a restart the provider's key release refuses the batch and logs it, so
@@ -194,23 +216,7 @@ pub(crate) async fn a_hosts_plaintext_file_in_place_of_a_batch_is_never_read() {
     room.upload("fitness-b", "activity").await.unwrap();
     let mut h = room.client("hospital-a").await;
     let before = by_activity(&mut h).await;
-    let store = room.dir.join("state").join("store");
-    let ehr = parquet_files(&store)
-        .into_iter()
-        .find(|p| p.to_string_lossy().contains("/ehr/"))
-        .unwrap();
-    let original = std::fs::read(&ehr).unwrap();
-    // Every patient of the host's choosing young and diabetic.
-    let mut csv = String::from("patient_id,age_band,diabetes\n");
-    for i in 0..20 {
-        writeln!(csv, "{PLANTED}{i:04},young,true").unwrap();
-    }
-    let dataset = room.contract.contract().dataset("ehr").unwrap().clone();
-    std::fs::write(
-        &ehr,
-        plaintext_parquet(&dataset, &csv, original.len() as u64),
-    )
-    .unwrap();
+    let (ehr, original) = forge_ehr(&room.dir.join("state"), room.contract.contract());
 
     let (status, reason) = refused(h.run("by_activity").await);
     assert_eq!(status, 409, "{reason}");

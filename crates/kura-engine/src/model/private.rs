@@ -148,16 +148,7 @@ pub(super) async fn train(
             )
         }
         ModelFamily::Tree => {
-            let cuts: Vec<Vec<f64>> = spec
-                .features
-                .iter()
-                .map(|f| {
-                    spec.cuts
-                        .get(f)
-                        .cloned()
-                        .ok_or_else(|| refuse(format!("no cut points for {f:?}")))
-                })
-                .collect::<Result<_, _>>()?;
+            let cuts = super::tree::cut_points(spec, "dp")?;
             let settings = kura_ml::private::tree::PrivateTreeSettings {
                 max_depth: spec.max_depth.unwrap_or(ModelSpec::DEFAULT_MAX_DEPTH) as usize,
                 rows_per_person: k as u64,

@@ -31,19 +31,7 @@ pub(super) async fn train(
     let unit = plan.schema().fields().len() - 2;
     let batches = super::collect(ctx, &plan).await?;
     let (set, people) = rows(&batches, spec, &columns, unit)?;
-    let cuts: Vec<Vec<f64>> = spec
-        .features
-        .iter()
-        .map(|f| {
-            spec.cuts
-                .get(f)
-                .cloned()
-                .ok_or_else(|| EngineError::Refused {
-                    rule: super::RULE,
-                    reason: format!("a tree needs cut points for {f:?}"),
-                })
-        })
-        .collect::<Result<_, _>>()?;
+    let cuts = cut_points(spec, super::RULE)?;
     let settings = kura_ml::tree::TreeSettings {
         max_depth: spec.max_depth.unwrap_or(ModelSpec::DEFAULT_MAX_DEPTH) as usize,
         min_units: usize::try_from(contract.output.min_group_size).unwrap_or(usize::MAX),
@@ -66,6 +54,26 @@ pub(super) async fn train(
         dp: None,
         onnx: Some(kura_ml::onnx::export_tree(&tree)),
     })
+}
+
+/// Each feature's cut points, in the order of the features (the contract requires them for
+/// every feature of a tree; a refusal names `rule`).
+pub(super) fn cut_points(
+    spec: &ModelSpec,
+    rule: &'static str,
+) -> Result<Vec<Vec<f64>>, EngineError> {
+    spec.features
+        .iter()
+        .map(|f| {
+            spec.cuts
+                .get(f)
+                .cloned()
+                .ok_or_else(|| EngineError::Refused {
+                    rule,
+                    reason: format!("a tree needs cut points for {f:?}"),
+                })
+        })
+        .collect()
 }
 
 /// The features and label of every row with none of them null and a person, and each such
