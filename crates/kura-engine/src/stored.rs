@@ -989,6 +989,22 @@ pub(crate) mod tests {
             std::fs::read(scratch.path().join("f.parquet")).unwrap()
         };
         let reencrypted = reencrypt_first_module(&bytes, &original.file, "age_band");
+        // The reader serves whole column chunks only: the writer keeps no page index, column
+        // index or bloom filter, which a reader would fetch from outside them.
+        let mut reader = datafusion::parquet::file::metadata::ParquetMetaDataReader::new()
+            .with_decryption_properties(Some(
+                decryption(&original.file.key, &original.file.aad).unwrap(),
+            ));
+        reader
+            .try_parse(&bytes::Bytes::copy_from_slice(&bytes))
+            .unwrap();
+        for group in reader.finish().unwrap().row_groups() {
+            for column in group.columns() {
+                assert!(column.column_index_offset().is_none(), "{column:?}");
+                assert!(column.offset_index_offset().is_none(), "{column:?}");
+                assert!(column.bloom_filter_offset().is_none(), "{column:?}");
+            }
+        }
         for (what, forged) in [
             ("plaintext", plaintext_of_size(&half, bytes.len() as u64)),
             ("another batch's file", other_batch),
