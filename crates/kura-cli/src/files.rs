@@ -35,6 +35,41 @@ pub fn write_identity(dir: &Path, name: &str, id: &SecretIdentity) -> Result<(Pa
     Ok((key_path, pub_path))
 }
 
+/// Writes `bytes` to `path`, readable and writable by its owner only (mode 0600 from the
+/// moment it exists, before a byte is written): a party's data, keys or results.
+#[cfg_attr(not(feature = "demo"), allow(dead_code))]
+pub fn write_private(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> Result<()> {
+    let (path, bytes) = (path.as_ref(), bytes.as_ref());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        // A file that existed keeps its mode through `open`: make it private too.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
+    }
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Creates the directory `path` (and its parents), the last open to its owner only (0700).
+#[cfg_attr(not(feature = "demo"), allow(dead_code))]
+pub fn private_dir(path: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
 /// that a failure never leaves a half-written file behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -155,4 +190,33 @@ pub fn save_head(contract_id: &str, party: &str, head: &kura_ledger::SignedTreeH
     let dir = path.parent().expect("has a parent");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_atomic(&path, &serde_json::to_vec(head)?)
+}
+
+#[cfg(all(test, unix))]
+mod private_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A party's files are its owner's alone from the start, whatever was there before or the
+    /// umask: a directory 0700, a file 0600.
+    #[test]
+    fn private_files_and_directories_are_the_owners_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a").join("data");
+        private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        let file = dir.join("rows.csv");
+        std::fs::write(&file, "open to all").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&file, b"patient,value\n").unwrap();
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(std::fs::read(&file).unwrap(), b"patient,value\n");
+        write_private(dir.join("new.csv"), b"x").unwrap();
+        assert_eq!(mode(&dir.join("new.csv")), 0o600);
+    }
 }

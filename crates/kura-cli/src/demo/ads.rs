@@ -58,8 +58,8 @@ pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<Truth> {
         let id = format!("{:016x}", SplitMix(!seed ^ i as u64).next());
         customer(&mut rng, &id, &mut customers)?;
     }
-    std::fs::write(dir.join("readers.csv"), readers)?;
-    std::fs::write(dir.join("customers.csv"), customers)?;
+    crate::files::write_private(dir.join("readers.csv"), readers)?;
+    crate::files::write_private(dir.join("customers.csv"), customers)?;
     Ok(truth)
 }
 

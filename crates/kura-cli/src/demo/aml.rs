@@ -75,7 +75,7 @@ pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<Planted> {
         }
     }
     for (bank, text) in BANKS.iter().zip(csv) {
-        std::fs::write(dir.join(format!("transfers_{bank}.csv")), text)?;
+        crate::files::write_private(dir.join(format!("transfers_{bank}.csv")), text)?;
     }
     Ok(planted)
 }

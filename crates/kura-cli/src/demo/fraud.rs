@@ -63,7 +63,7 @@ pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<()> {
                 i / 10
             )?;
         }
-        std::fs::write(dir.join(format!("transactions_{bank}.csv")), csv)?;
+        crate::files::write_private(dir.join(format!("transactions_{bank}.csv")), csv)?;
     }
     Ok(())
 }
@@ -214,7 +214,7 @@ fn generate_new(dir: &Path, rows: usize, seed: u64) -> Result<()> {
                 i / 5
             )?;
         }
-        std::fs::write(dir.join(format!("new_{bank}.csv")), csv)?;
+        crate::files::write_private(dir.join(format!("new_{bank}.csv")), csv)?;
     }
     Ok(())
 }
@@ -238,7 +238,7 @@ async fn score(args: &DemoArgs, onnx: &[u8]) -> Result<serde_json::Value> {
     ));
     let data = room.data()?;
     let model_path = data.join("fraud_model.onnx");
-    std::fs::write(&model_path, onnx)?;
+    crate::files::write_private(&model_path, onnx)?;
     generate_new(&data, (args.rows / 5).max(200), args.seed ^ 0x5c0e)?;
 
     let (running, mut clients, _) = room.enclave(&contract, &parties).await?;

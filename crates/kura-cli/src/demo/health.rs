@@ -55,8 +55,8 @@ pub fn generate(dir: &Path, people: usize, seed: u64) -> Result<()> {
         let band = (rng.next() % 4) as usize;
         writeln!(activity, "F{i:07},{}", STEPS_BANDS[band])?;
     }
-    std::fs::write(dir.join("ehr.csv"), ehr)?;
-    std::fs::write(dir.join("activity.csv"), activity)?;
+    crate::files::write_private(dir.join("ehr.csv"), ehr)?;
+    crate::files::write_private(dir.join("activity.csv"), activity)?;
     Ok(())
 }
 

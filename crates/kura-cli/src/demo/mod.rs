@@ -212,12 +212,12 @@ impl Room {
             public.push(key.public().to_text());
         }
         let path = self.root().join("contract.toml");
-        std::fs::write(&path, text(&public))?;
+        crate::files::write_private(&path, text(&public))?;
         for party in parties {
             let c = files::read_contract(&path)?;
             let id = files::read_identity(&self.keys().join(format!("{party}.key")))?;
             let (party, text) = kura_contract::sign(&c, &id)?;
-            std::fs::write(files::signature_path(&path, &party), text)?;
+            crate::files::write_private(files::signature_path(&path, &party), text)?;
         }
         let contract = files::read_signed_contract(&path)?;
         self.say(format!(
@@ -249,7 +249,7 @@ impl Room {
     /// The folder where the parties' plaintext files are generated.
     fn data(&self) -> Result<PathBuf> {
         let data = self.root().join("data");
-        std::fs::create_dir_all(&data)?;
+        files::private_dir(&data)?;
         Ok(data)
     }
 

@@ -61,7 +61,7 @@ pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<()> {
             DISTRICTS[district], PERIODS[period]
         )?;
     }
-    std::fs::write(dir.join("visits.csv"), csv)?;
+    crate::files::write_private(dir.join("visits.csv"), csv)?;
     Ok(())
 }
 
@@ -138,7 +138,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     let transparency = crate::report::build(clients[2].contract(), &report)?;
     let path = room.root().join("transparency.md");
-    std::fs::write(&path, crate::report::markdown(&transparency))?;
+    crate::files::write_private(&path, crate::report::markdown(&transparency))?;
     room.say(format!(
         "the transparency report, from the log the auditor verified: {}\n\n{}",
         path.display(),

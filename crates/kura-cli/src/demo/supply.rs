@@ -50,13 +50,13 @@ pub fn generate(dir: &Path, lots: usize, seed: u64) -> Result<()> {
             writeln!(steps, "{lot},{}", STEPS[step])?;
             writeln!(inspections, "{lot},{}", rng.unit() < rate)?;
         }
-        std::fs::write(dir.join(format!("steps_{s}.csv")), steps)?;
+        crate::files::write_private(dir.join(format!("steps_{s}.csv")), steps)?;
     }
     // Lots the maker made itself: inspected, in no supplier's records.
     for i in 0..lots / 10 {
         writeln!(inspections, "LM{i:07},{}", rng.unit() < 0.03)?;
     }
-    std::fs::write(dir.join("inspections.csv"), inspections)?;
+    crate::files::write_private(dir.join("inspections.csv"), inspections)?;
     Ok(())
 }
 

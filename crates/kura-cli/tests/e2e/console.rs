@@ -322,6 +322,10 @@ async fn console_refuses_other_hosts_missing_tokens_stray_files_and_unsigned_con
         .collect();
     assert!(!scratch.is_empty());
     for dir in scratch {
+        // Open to its owner only: an upload's plaintext waits there.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),
             0,

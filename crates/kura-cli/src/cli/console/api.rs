@@ -275,7 +275,13 @@ async fn upload(
         .path()
         .join(format!("{}.{ext}", kura_api::nonce()));
     let _remove = Remove(path.clone());
-    let mut file = tokio::fs::File::create(&path).await?;
+    // The plaintext in flight is its owner's alone from the first byte (0600, in a 0700
+    // directory), and never a file that was there before.
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(&path).await?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| bad_request(format!("the page's upload broke off: {e}")))?;

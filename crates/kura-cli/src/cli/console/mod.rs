@@ -168,10 +168,16 @@ pub(crate) async fn start(setup: Setup, port: u16) -> Result<Running> {
         ],
         progress: Progress::default(),
         warned: AtomicBool::new(false),
-        scratch: tempfile::Builder::new()
-            .prefix("kura-console-")
-            .tempdir()
-            .context("cannot create the console's scratch directory")?,
+        // The plaintext of an upload waits here: its owner's alone (0700), whatever the umask.
+        scratch: {
+            let mut builder = tempfile::Builder::new();
+            builder.prefix("kura-console-");
+            #[cfg(unix)]
+            builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+            builder
+                .tempdir()
+                .context("cannot create the console's scratch directory")?
+        },
     });
     let app = api::routes()
         .merge(assets())
