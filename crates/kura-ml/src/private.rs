@@ -22,6 +22,19 @@ use crate::{Family, MlError, Model, TrainingSet};
 pub mod linear;
 pub mod tree;
 
+/// `values` with Laplace noise of `scale` added to each, drawn from `rng` by the inverse of its
+/// distribution function. Never a release (the engine's noise is OpenDP's): what the noise
+/// estimates of post-processing, and tests, simulate.
+pub(crate) fn simulated_laplace(rng: &mut impl rand::Rng, values: &[f64], scale: f64) -> Vec<f64> {
+    values
+        .iter()
+        .map(|v| {
+            let u: f64 = rng.r#gen::<f64>() - 0.5;
+            v - scale * u.signum() * (1.0 - 2.0 * u.abs()).ln()
+        })
+        .collect()
+}
+
 /// How a private fit releases numbers: `values`, exact, come back with noise for an L1
 /// sensitivity of `sensitivity` (one person's rows move them by at most that much), spending
 /// `epsilon`. The engine gives OpenDP's Laplace mechanism, and counts what is spent.

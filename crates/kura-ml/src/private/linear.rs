@@ -14,7 +14,7 @@
 
 use linfa_linalg::cholesky::SolveC;
 use ndarray::{Array1, Array2};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 use crate::{Family, MlError, Model, TrainingSet};
 
@@ -172,14 +172,7 @@ impl Statistics {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let mut terms: Vec<Vec<f64>> = Vec::new();
         for _ in 0..draws {
-            let moved: Vec<f64> = noisy
-                .iter()
-                .map(|v| {
-                    // Laplace by the inverse of its distribution function.
-                    let u: f64 = rng.r#gen::<f64>() - 0.5;
-                    v - scale * u.signum() * (1.0 - 2.0 * u.abs()).ln()
-                })
-                .collect();
+            let moved = super::simulated_laplace(&mut rng, noisy, scale);
             if let Ok(m) = self.model(&moved, scale) {
                 let mut t = vec![m.intercept];
                 t.extend(m.coefficients.iter().map(|(_, c)| *c));
@@ -254,14 +247,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         let mut coefficient = Vec::new();
         for _ in 0..400 {
-            let noisy: Vec<f64> = s
-                .values
-                .iter()
-                .map(|v| {
-                    let u: f64 = rng.r#gen::<f64>() - 0.5;
-                    v - scale * u.signum() * (1.0 - 2.0 * u.abs()).ln()
-                })
-                .collect();
+            let noisy = crate::private::simulated_laplace(&mut rng, &s.values, scale);
             coefficient.push(s.model(&noisy, scale).unwrap().coefficients[0].1);
         }
         let mean = coefficient.iter().sum::<f64>() / 400.0;
