@@ -131,8 +131,11 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
     let y = labels.select(Axis(0), &trained);
     let fitted = set.owners.of_rows(&trained);
     let held = set.owners.of_rows(&tested);
+    // The fitted rows' people, numbered once for the support counts and the leverage bound.
+    let numbered = std::cell::OnceCell::new();
+    let people = || numbered.get_or_init(|| support::People::of(&fitted));
     if let Some(k) = settings.min_people {
-        support::check_fitted(x.view(), y.view(), &fitted, k)?;
+        support::check_fitted(x.view(), y.view(), &fitted, people(), k)?;
         support::check_held_out(&held, k)?;
     }
     let rows = trained.len();
@@ -146,7 +149,7 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
     let scale = Scale::of(&x).map_err(refuse)?;
     let standard = scale.apply(&x);
     if let Some(most) = settings.max_leverage {
-        bounded_leverage(&standard, &fitted, most).map_err(refuse)?;
+        bounded_leverage(&standard, &fitted, people(), most).map_err(refuse)?;
     }
     if settings.family == Family::Logistic {
         let ones = y.iter().filter(|v| **v == 1.0).count();
@@ -200,6 +203,7 @@ pub fn train(set: &TrainingSet, settings: &Settings) -> Result<Model, MlError> {
 fn bounded_leverage(
     standard: &Array2<f64>,
     owners: &support::Rows<'_>,
+    slots: &support::People,
     most: f64,
 ) -> Result<(), MlError> {
     use linfa_linalg::eigh::Eigh;
@@ -271,7 +275,6 @@ fn bounded_leverage(
         .map(|g| pseudo_inverse(g).map(|(inverse, _)| inverse))
         .collect::<Result<Vec<_>, _>>()?;
     // Each row's leverage within each dataset it belongs to, summed per person.
-    let slots = support::People::of(owners);
     let mut sums = vec![0.0f64; slots.len()];
     let mut heaviest = 0.0f64;
     for i in 0..n {

@@ -108,16 +108,16 @@ impl Rows<'_> {
     }
 }
 
-/// Refuses unless the rows `x` (with their people, `owners[i]` for row `i`), each side of every
+/// Refuses unless the rows `x` (with their people, `owners`, numbered in `people`), each side of every
 /// feature of `features` and each side of the labels `y` (0 and not 0) rest on at least `k`
 /// people of each dataset, as above. A refusal is [`thin`]'s, whichever count failed.
 pub(crate) fn check_fitted(
     x: ArrayView2<'_, f64>,
     y: ArrayView1<'_, f64>,
     owners: &Rows<'_>,
+    people: &People,
     k: usize,
 ) -> Result<(), MlError> {
-    let people = People::of(owners);
     let cover = people.cover(owners);
     // No rows at all is refused alike: a refusal must not tell no one from a few.
     if cover.iter().all(|&n| n == 0) || cover.iter().any(|&n| n > 0 && n < k) {
@@ -361,7 +361,8 @@ mod tests {
             let y = Array1::from(labels.to_vec());
             let all: Owners = owners.iter().cloned().collect();
             let every: Vec<usize> = (0..rows.len()).collect();
-            check_fitted(x.view(), y.view(), &all.of_rows(&every), k)
+            let view = all.of_rows(&every);
+            check_fitted(x.view(), y.view(), &view, &People::of(&view), k)
         };
         let labels: Vec<f64> = (0..rows.len()).map(|i| (i % 2) as f64).collect();
         check(&rows, &labels, &owners).expect("no dataset has a thin side");
