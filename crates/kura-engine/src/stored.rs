@@ -252,7 +252,6 @@ impl FileWriter {
 /// One stored file of a dataset, checked against its key: what a query needs to read it.
 pub struct StoredFile {
     pub path: Path,
-    pub size: u64,
     pub rows: u64,
     file: FileKey,
     /// The columns of the file (the dataset's kept columns), each marked nullable only if the
@@ -264,7 +263,7 @@ impl std::fmt::Debug for StoredFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoredFile")
             .field("path", &self.path)
-            .field("size", &self.size)
+            .field("size", &self.file.written.bytes)
             .field("rows", &self.rows)
             .finish_non_exhaustive()
     }
@@ -343,7 +342,6 @@ impl StoredFile {
         }
         Ok(Self {
             path,
-            size: written.bytes,
             rows: u64::try_from(parquet.file_metadata().num_rows()).unwrap_or(0),
             file,
             schema: Arc::new(Schema::new(fields)),
@@ -644,7 +642,10 @@ impl TableProvider for StoredTable {
         let mut groups = vec![Vec::new(); partitions.min(self.files.len()).max(1)];
         let n = groups.len();
         for (i, f) in self.files.iter().enumerate() {
-            groups[i % n].push(PartitionedFile::new(f.path.to_string(), f.size));
+            groups[i % n].push(PartitionedFile::new(
+                f.path.to_string(),
+                f.file.written.bytes,
+            ));
         }
         let rows: u64 = self.files.iter().map(|f| f.rows).sum();
         let statistics = Statistics::new_unknown(&self.schema).with_num_rows(Precision::Inexact(
