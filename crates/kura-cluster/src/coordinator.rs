@@ -191,6 +191,7 @@ impl Coordinator {
         let asked = self.executors().await.into_iter().map(|(metadata, _)| async move {
             let outcome = match crate::shuffle::ask_delete(
                 &self.membership,
+                &metadata.id,
                 &metadata.host,
                 metadata.port,
                 session,

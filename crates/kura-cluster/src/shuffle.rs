@@ -551,11 +551,23 @@ impl QueryStageExecutor for Stage {
             }
         }
         let mut written = Vec::new();
+        let mut failed = None;
         while let Some(done) = tasks.join_next().await {
-            let files =
-                done.map_err(|_| DataFusionError::Execution("a shuffle write failed".into()))??;
-            written.extend(files);
+            match done.map_err(|_| DataFusionError::Execution("a shuffle write failed".into())) {
+                Ok(Ok(files)) => written.extend(files),
+                Ok(Err(e)) | Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
         }
+        // However the stage ended (a join's empty side, a limit, an error), its stored scans
+        // are read to their end: what the host sees this executor fetch does not depend on
+        // the data ([`kura_engine::stored::read_through`]).
+        let through = kura_engine::stored::read_through(&self.input).await;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        through?;
         written.sort_by_key(|w| (w.partition_id, w.file_id));
         Ok(written)
     }
@@ -903,14 +915,17 @@ impl FlightService for Service {
 /// `membership` (which must be the coordinator's).
 pub async fn ask_delete(
     membership: &crate::tls::Membership,
+    executor: &str,
     host: &str,
     port: u16,
     session: &str,
 ) -> anyhow::Result<Deleted> {
+    // Only `executor`'s certificate answers: the host that redirects the address to another
+    // member gets a failed handshake, not a deletion record in the wrong name.
     let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{host}:{port}"))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(30))
-        .tls_config(membership.client())?;
+        .tls_config(membership.client_for(executor)?)?;
     let mut client = FlightServiceClient::new(endpoint.connect().await?);
     let mut answers = client
         .do_action(arrow_flight::Action {
@@ -1259,7 +1274,7 @@ mod tests {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let session = TaskContext::default().session_id();
-        let refused = ask_delete(&executor, "127.0.0.1", port, &session)
+        let refused = ask_delete(&executor, "executor-1", "127.0.0.1", port, &session)
             .await
             .unwrap_err();
         assert!(
@@ -1268,12 +1283,19 @@ mod tests {
         );
         assert_eq!(keys_held(&keys), written.len());
         let coordinator = authority.coordinator().unwrap();
-        let other = ask_delete(&coordinator, "127.0.0.1", port, "another")
+        // Only the executor named answers: an address that leads to another member (the host
+        // redirecting it) fails the handshake, so no deletion is recorded in a wrong name.
+        for name in ["executor-2", "Executor 1", ""] {
+            let wrong = ask_delete(&coordinator, name, "127.0.0.1", port, &session).await;
+            assert!(wrong.is_err(), "{name}: {wrong:?}");
+        }
+        assert_eq!(keys_held(&keys), written.len());
+        let other = ask_delete(&coordinator, "executor-1", "127.0.0.1", port, "another")
             .await
             .unwrap();
         assert_eq!(other, Deleted::default());
         assert_eq!(keys_held(&keys), written.len());
-        let deleted = ask_delete(&coordinator, "127.0.0.1", port, &session)
+        let deleted = ask_delete(&coordinator, "executor-1", "127.0.0.1", port, &session)
             .await
             .unwrap();
         assert_eq!(deleted.files, written.len() as u64);

@@ -19,6 +19,25 @@ use zeroize::Zeroizing;
 /// the authority, not from addresses the host assigns.
 pub const SERVER_NAME: &str = "kura-cluster";
 
+/// The name only `node`'s certificate carries besides [`SERVER_NAME`]: a client that must
+/// reach one node in particular (the coordinator asking an executor to delete a job's files)
+/// checks it, so a connection the host redirects to another member fails.
+pub fn node_name(node: &str) -> Result<String, TlsError> {
+    let label = !node.is_empty()
+        && node.len() <= 63
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !node.starts_with('-')
+        && !node.ends_with('-');
+    if !label {
+        return Err(TlsError(format!(
+            "{node:?} is not a node name (lowercase letters, digits and hyphens)"
+        )));
+    }
+    Ok(format!("{node}.{SERVER_NAME}"))
+}
+
 /// The common name of the coordinator's own certificate. The authority gives it to no other
 /// node, so a server of the cluster knows the coordinator among its clients
 /// ([`is_coordinator`]).
@@ -114,7 +133,8 @@ impl Authority {
 
     fn issue(&self, public_pem: &str, node: &str) -> Result<String, TlsError> {
         let public = SubjectPublicKeyInfo::from_pem(public_pem).map_err(tls)?;
-        let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(tls)?;
+        let mut params =
+            CertificateParams::new(vec![SERVER_NAME.to_string(), node_name(node)?]).map_err(tls)?;
         params.distinguished_name.push(DnType::CommonName, node);
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
@@ -180,6 +200,11 @@ impl Membership {
     /// (Ballista builds `http` ones) and would otherwise connect in the clear, so the endpoint is
     /// rebuilt as `https` with this membership's TLS. A server of the cluster refuses any
     /// connection without it in any case.
+    /// [`Membership::client`] that accepts only `node`'s certificate ([`node_name`]).
+    pub fn client_for(&self, node: &str) -> Result<ClientTlsConfig, TlsError> {
+        Ok(self.client().domain_name(node_name(node)?))
+    }
+
     pub fn endpoint_override(&self) -> EndpointOverrideFn {
         let tls = self.client();
         Arc::new(move |endpoint: Endpoint| {

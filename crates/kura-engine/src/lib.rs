@@ -114,7 +114,14 @@ async fn collect_counted(
 ) -> datafusion::error::Result<Vec<RecordBatch>> {
     match COMPUTE.try_with(Arc::clone) {
         Ok(compute) => compute.collect(plan, ctx).await,
-        Err(_) => datafusion::physical_plan::collect(plan, ctx.task_ctx()).await,
+        Err(_) => {
+            // However the plan ended, its scans are read to their end: what the host sees
+            // fetched does not depend on where the data stopped it ([`stored::read_through`]).
+            let out = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()).await;
+            let through = stored::read_through(&plan).await;
+            let out = out?;
+            through.map(|()| out)
+        }
     }
 }
 

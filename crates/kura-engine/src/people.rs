@@ -80,11 +80,20 @@ impl OneRowPerPerson {
             .table(self.dataset.as_str())
             .await?
             .select_columns(&[self.unit.as_str()])?;
-        let mut stream = units.execute_stream().await?;
+        let plan = units.create_physical_plan().await?;
+        let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())?;
+        let mut outcome = Ok(());
         while let Some(batch) = stream.next().await {
-            self.add(&batch?)?;
+            if let Err(e) = batch.map_err(EngineError::from).and_then(|b| self.add(&b)) {
+                outcome = Err(e);
+                break;
+            }
         }
-        Ok(())
+        drop(stream);
+        // A repeated person stops the reading early; the rest is read all the same, so the
+        // host does not see where in the held batches it was ([`crate::stored::read_through`]).
+        crate::stored::read_through(&plan).await?;
+        outcome
     }
 
     /// How many people have been seen.

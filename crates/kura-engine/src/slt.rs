@@ -301,6 +301,31 @@ async fn golden_queries_answer_the_same_from_encrypted_storage() {
     golden(true).await;
 }
 
+/// The golden tables at rest in encrypted files (their origin the directory's path), for other
+/// crates' tests to query (a cluster's).
+pub struct AtRest(Kura);
+
+impl std::fmt::Debug for AtRest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtRest").finish_non_exhaustive()
+    }
+}
+
+impl AtRest {
+    pub async fn new() -> Self {
+        AtRest(Kura::at_rest(false).await)
+    }
+
+    /// Runs `sql` ad hoc, through whatever [`crate::with_compute`] set: the number of rows
+    /// released, or the refusal.
+    pub async fn query(&self, sql: &str) -> Result<usize, String> {
+        crate::run_query(&self.0.contract, sql, &self.0.tables, None)
+            .await
+            .map(|out| out.rows.len())
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Every golden query, differentially private ones included, with its tables read from
 /// encrypted files in a local store whose origin is its directory's path, run by whatever
 /// [`crate::with_compute`] set (a cluster): the same rows and refusals as on one node. Returns

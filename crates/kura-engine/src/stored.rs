@@ -5,9 +5,10 @@
 //! modular encryption (AES-256-GCM, footer and every column encrypted with the file's own key,
 //! and an AAD prefix naming the file, which is not stored in it). The key never reaches the
 //! store: the caller keeps it, sealed to whoever must be able to release it again. A query
-//! reads only the columns it needs and skips row groups its filters rule out (the statistics
-//! that allow it are inside the encrypted footer); what it reads is authenticated module by
-//! module, so a changed, truncated or swapped file fails the query instead of answering it.
+//! reads only the columns it needs, but every chunk of them, whatever its filters and however
+//! it stops ([`read_through`]): which parts of a file are fetched is the host's to see, and must
+//! not depend on the data. What it reads is authenticated module by module, so a changed,
+//! truncated or swapped file fails the query instead of answering it.
 //!
 //! Encryption alone does not make a file the enclave's: the Parquet reader accepts a plaintext
 //! footer even when handed decryption properties, and a file's key is known to its provider.
@@ -56,8 +57,10 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::EngineError;
 
+#[cfg(any(test, feature = "golden"))]
+pub mod recording;
 mod verified;
-pub use verified::Written;
+pub use verified::{Written, read_through};
 
 /// Rows per row group of a stored file: the unit a filter can skip. Smaller groups prune
 /// more finely but carry more metadata and compress less.
@@ -545,13 +548,29 @@ impl Access {
             .downcast_ref::<ParquetSource>()
             .ok_or_else(|| EngineError::Execution("not a scan of stored files".into()))?
             .clone()
-            .with_parquet_file_reader_factory(Arc::new(verified::Factory {
-                store,
-                keys: self.keys.clone(),
-            }))
+            .with_parquet_file_reader_factory(Arc::new(verified::Factory))
             .with_encryption_factory(self.keys.clone());
+        // One record of what is read per file, shared by the byte ranges it is split into.
+        let mut served: HashMap<Path, Arc<verified::Served>> = HashMap::new();
+        let mut groups = Vec::with_capacity(config.file_groups.len());
+        for group in &config.file_groups {
+            let mut files = Vec::with_capacity(group.len());
+            for file in group.iter() {
+                let path = file.object_meta.location.clone();
+                let key = self.keys.0.get(path.as_ref()).ok_or_else(|| {
+                    EngineError::Execution(format!("no key for stored file {path}"))
+                })?;
+                let record = served
+                    .entry(path.clone())
+                    .or_insert_with(|| verified::Served::new(store.clone(), path, key.clone()))
+                    .clone();
+                files.push(file.clone().with_extension(record));
+            }
+            groups.push(FileGroup::new(files));
+        }
         let config = FileScanConfigBuilder::from(config.clone())
             .with_source(Arc::new(source))
+            .with_file_groups(groups)
             .build();
         Ok(DataSourceExec::from_data_source(config))
     }
@@ -631,10 +650,7 @@ impl TableProvider for StoredTable {
         let store = state.runtime_env().object_store(&self.url)?;
         let source = ParquetSource::new(self.schema.clone())
             .with_table_parquet_options(options)
-            .with_parquet_file_reader_factory(Arc::new(verified::Factory {
-                store,
-                keys: self.keys.clone(),
-            }))
+            .with_parquet_file_reader_factory(Arc::new(verified::Factory))
             .with_encryption_factory(self.keys.clone());
         // Files are spread over the partitions; DataFusion's planner may split a large one
         // further by byte range (`repartition_file_scans`, files over 10 MiB by default).
@@ -642,10 +658,11 @@ impl TableProvider for StoredTable {
         let mut groups = vec![Vec::new(); partitions.min(self.files.len()).max(1)];
         let n = groups.len();
         for (i, f) in self.files.iter().enumerate() {
-            groups[i % n].push(PartitionedFile::new(
-                f.path.to_string(),
-                f.file.written.bytes,
-            ));
+            let served = verified::Served::new(store.clone(), f.path.clone(), f.file.clone());
+            groups[i % n].push(
+                PartitionedFile::new(f.path.to_string(), f.file.written.bytes)
+                    .with_extension(served),
+            );
         }
         let rows: u64 = self.files.iter().map(|f| f.rows).sum();
         let statistics = Statistics::new_unknown(&self.schema).with_num_rows(Precision::Inexact(
@@ -1108,6 +1125,67 @@ pub(crate) mod tests {
         assert_eq!(read[0].0, rows, "rows the scan read");
         assert!(read[0].1 > 0);
         assert!(read.iter().all(|r| *r == read[0]), "{read:?}");
+    }
+
+    /// What a run fetches of the stored files is the same whether its join's build side is
+    /// empty or not, whether its `LIMIT` is met at once or never, and whether it fails on a
+    /// value or not: every scan is read to its end, whatever stops its consumer. (Before, an
+    /// empty build side left the probe side's files unread, and a met limit stopped a scan.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_run_fetches_does_not_depend_on_where_it_stopped() {
+        let c = crate::golden::contract();
+        let held = crate::golden::tables(&c);
+        let dir = tempfile::tempdir().unwrap();
+        let mut tables = at_rest(&c, &held, dir.path()).await;
+        let recording = Arc::new(recording::Recording::new(Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap(),
+        )));
+        for table in tables.values_mut() {
+            if let Table::Stored(s) = table {
+                s.store = recording.clone();
+            }
+        }
+        let ctx = crate::session(&c, &tables).unwrap();
+        // Each pair: the same plan, over rows that stop it early and rows that do not.
+        let pairs = [
+            (
+                "SELECT COUNT(*) FROM patients p JOIN claims c ON p.patient_id = c.patient_id \
+                 WHERE p.birth_year < {x}",
+                ["0", "3000"],
+            ),
+            (
+                "SELECT COUNT(*) FROM claims c JOIN patients p ON p.patient_id = c.patient_id \
+                 WHERE c.amount < {x}",
+                ["0", "100000"],
+            ),
+            (
+                "SELECT p.region FROM patients p WHERE p.birth_year > {x} LIMIT 1",
+                ["0", "3000"],
+            ),
+            (
+                "SELECT c.kind FROM claims c JOIN patients p ON p.patient_id = c.patient_id \
+                 WHERE p.bmi > {x} LIMIT 2",
+                ["0", "1000"],
+            ),
+        ];
+        for (template, values) in pairs {
+            let mut fetched = Vec::new();
+            for x in values {
+                let sql = template.replace("{x}", x);
+                let plan = ctx
+                    .sql(&sql)
+                    .await
+                    .unwrap()
+                    .create_physical_plan()
+                    .await
+                    .unwrap();
+                recording.take();
+                crate::collect_counted(plan, &ctx).await.unwrap();
+                fetched.push(recording.take());
+            }
+            assert!(!fetched[0].is_empty(), "{template}");
+            assert_eq!(fetched[0], fetched[1], "{template}");
+        }
     }
 
     /// A scan decoded without its keys reads, once they are attached again, exactly what the

@@ -21,20 +21,25 @@
 //! [`open`] does the first for [`super::StoredFile::open`]; [`Reader`] is the file reader every
 //! scan of a stored table uses, in this process or on an executor ([`Factory`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::physical_plan::parquet::ParquetFileReaderFactory;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
+use datafusion::physical_expr::utils::collect_columns;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
@@ -198,29 +203,206 @@ pub(super) fn chunks_entry(hashes: &[u8]) -> KeyValue {
     KeyValue::new(CHUNKS_KEY.to_string(), hex::encode(hashes))
 }
 
-/// The reader of one stored file in a scan.
-pub(super) struct Reader {
+/// What one scan has read of one stored file, and what it needs to read the rest.
+///
+/// Which parts of a file a scan fetches is the host's to see, so it must not depend on the
+/// data. Pruning is off and nothing is pushed into a scan at run time, but a scan's consumer
+/// can still stop early: a hash join whose build side is empty never polls its probe side,
+/// a `LIMIT` stops once it has its rows, an error stops everything. So each scan records the
+/// column chunks it served here (one record per file, shared by the readers of its byte
+/// ranges, attached to the scan's [`PartitionedFile`]), and once its run ends, whatever the
+/// end, [`read_through`] fetches and checks the rest: every run reads every projected column
+/// chunk of every file its plan names, each checked against its hash.
+pub(super) struct Served {
     store: Arc<dyn ObjectStore>,
     path: Path,
     file: FileKey,
-    chunks: Option<Arc<Chunks>>,
+    state: Mutex<ServedState>,
+}
+
+type Opened = (Arc<ParquetMetaData>, Arc<Chunks>);
+
+/// The footer's reading, spawned so that a reader dropped mid-way does not cut it short (and
+/// no one asks for it again).
+type Opening = Shared<BoxFuture<'static, Result<Opened, Arc<ParquetError>>>>;
+
+#[derive(Default)]
+struct ServedState {
+    opening: Option<Opening>,
+    /// The offsets of the column chunks asked for.
+    asked: HashSet<u64>,
+    /// Whether the run is over: from then on only [`read_through`] reads, and a reader still
+    /// alive (a dropped scan's task) asks for nothing.
+    ended: bool,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Served {
+    pub(super) fn new(store: Arc<dyn ObjectStore>, path: Path, file: FileKey) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            path,
+            file,
+            state: Mutex::default(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ServedState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The file's footer, read and checked ([`open`]) once per scan.
+    async fn opened(&self) -> Result<Opened, ParquetError> {
+        let opening = self
+            .state()
+            .opening
+            .get_or_insert_with(|| {
+                let (store, path, file) =
+                    (self.store.clone(), self.path.clone(), self.file.clone());
+                let task = tokio::spawn(async move {
+                    open(store.as_ref(), &path, &file).await.map_err(Arc::new)
+                });
+                async move {
+                    task.await.unwrap_or_else(|_| {
+                        Err(Arc::new(ParquetError::General(
+                            "a footer read failed".into(),
+                        )))
+                    })
+                }
+                .boxed()
+                .shared()
+            })
+            .clone();
+        opening.await.map_err(|e| match e.as_ref() {
+            ParquetError::General(message) => ParquetError::General(message.clone()),
+            other => ParquetError::General(other.to_string()),
+        })
+    }
+
+    /// Fetches the column chunk at `chunk` for a reader of the scan, recorded as asked for
+    /// before it is: a read cut short (its scan dropped by a `LIMIT`) is not asked for again,
+    /// which would show where it was cut. Once the run is over, nothing.
+    async fn fetch(&self, chunks: &Chunks, chunk: Range<u64>) -> Result<Bytes, ParquetError> {
+        {
+            let mut state = self.state();
+            if state.ended {
+                return Err(ParquetError::General(format!(
+                    "the scan of stored file {} has ended",
+                    self.path
+                )));
+            }
+            state.asked.insert(chunk.start);
+        }
+        self.checked(chunks, chunk).await
+    }
+
+    /// The column chunk at `chunk`, checked for its length and hash: a store that answers
+    /// with fewer (or more) bytes than asked is refused, not sliced.
+    async fn checked(&self, chunks: &Chunks, chunk: Range<u64>) -> Result<Bytes, ParquetError> {
+        let bytes = self
+            .store
+            .get_range(&self.path, chunk.clone())
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        let (_, hash) = chunks[&chunk.start];
+        if bytes.len() as u64 != chunk.end - chunk.start || kura_crypto::sha256(&bytes) != hash {
+            return Err(not_written(
+                &self.path,
+                "a column chunk is not the one written",
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Reads what the scan has not of the leaf columns under `columns` (the file's top-level
+    /// columns the scan projects or filters on), in every row group.
+    async fn rest(&self, columns: &HashSet<String>) -> Result<(), ParquetError> {
+        let (metadata, chunks) = self.opened().await?;
+        let schema = metadata.file_metadata().schema_descr();
+        let roots = schema.root_schema().get_fields();
+        let leaves: Vec<usize> = (0..schema.num_columns())
+            .filter(|&leaf| columns.contains(roots[schema.get_column_root_idx(leaf)].name()))
+            .collect();
+        let missing: Vec<Range<u64>> = {
+            let mut state = self.state();
+            state.ended = true;
+            let missing: Vec<Range<u64>> = metadata
+                .row_groups()
+                .iter()
+                .flat_map(|group| leaves.iter().map(|&leaf| group.column(leaf).byte_range()))
+                .filter(|(start, _)| !state.asked.contains(start))
+                .map(|(start, len)| start..start + len)
+                .collect();
+            state.asked.extend(missing.iter().map(|c| c.start));
+            missing
+        };
+        // A few at a time, each dropped once checked: the rest is read, not held.
+        futures_util::stream::iter(missing)
+            .map(|chunk| self.checked(&chunks, chunk))
+            .buffer_unordered(4)
+            .try_for_each(|_| futures_util::future::ready(Ok(())))
+            .await
+    }
+}
+
+/// Reads, for every scan of a stored file in `plan` (which has run, to its end or not), the
+/// column chunks it did not ([`Served`]); a chunk that is not the one written fails it.
+pub async fn read_through(plan: &Arc<dyn ExecutionPlan>) -> datafusion::error::Result<()> {
+    let mut scans: Vec<(Arc<Served>, HashSet<String>)> = Vec::new();
+    plan.apply(|node| {
+        let Some(config) = node
+            .downcast_ref::<DataSourceExec>()
+            .and_then(|exec| exec.data_source().downcast_ref::<FileScanConfig>())
+        else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        let fields = config.file_schema().fields();
+        let source = config.file_source();
+        let mut indices: Vec<usize> = match source.projection() {
+            Some(projection) => projection.column_indices(),
+            None => (0..fields.len()).collect(),
+        };
+        if let Some(filter) = source.filter() {
+            indices.extend(collect_columns(&filter).iter().map(|c| c.index()));
+        }
+        let columns: HashSet<String> = indices
+            .into_iter()
+            .filter_map(|i| fields.get(i).map(|f| f.name().clone()))
+            .collect();
+        for file in config.file_groups.iter().flat_map(|g| g.files()) {
+            if let Some(served) = file.extension::<Arc<Served>>() {
+                match scans.iter_mut().find(|(s, _)| Arc::ptr_eq(s, served)) {
+                    Some((_, known)) => known.extend(columns.iter().cloned()),
+                    None => scans.push((served.clone(), columns.clone())),
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    for (served, columns) in &scans {
+        served.rest(columns).await?;
+    }
+    Ok(())
+}
+
+/// The reader of one stored file in a scan.
+pub(super) struct Reader {
+    served: Arc<Served>,
     /// The scan's count of bytes read (`bytes_scanned`).
     scanned: datafusion::physical_plan::metrics::Count,
 }
 
 impl Reader {
-    async fn chunks(&mut self) -> Result<Arc<Chunks>, ParquetError> {
-        if let Some(c) = &self.chunks {
-            return Ok(c.clone());
-        }
-        let (_, chunks) = open(self.store.as_ref(), &self.path, &self.file).await?;
-        self.chunks = Some(chunks.clone());
-        Ok(chunks)
-    }
-
     /// `ranges`, each served from the whole column chunk it lies in, whose hash is checked.
     async fn read(&mut self, ranges: Vec<Range<u64>>) -> Result<Vec<Bytes>, ParquetError> {
-        let chunks = self.chunks().await?;
+        let (_, chunks) = self.served.opened().await?;
         let mut wanted: Vec<Range<u64>> = Vec::new();
         let mut within = Vec::with_capacity(ranges.len());
         for range in &ranges {
@@ -228,7 +410,9 @@ impl Reader {
                 .range(..=range.start)
                 .next_back()
                 .filter(|(start, (len, _))| range.end <= **start + *len)
-                .ok_or_else(|| not_written(&self.path, "a read outside its column chunks"))?;
+                .ok_or_else(|| {
+                    not_written(&self.served.path, "a read outside its column chunks")
+                })?;
             let chunk = *start..*start + *len;
             let index = match wanted.iter().position(|w| *w == chunk) {
                 Some(i) => i,
@@ -239,23 +423,14 @@ impl Reader {
             };
             within.push((index, range.start - start, range.end - start));
         }
-        // One request per chunk, each checked for its length: a store that answers with fewer
-        // (or more) bytes than asked is refused, not sliced.
+        // One request per chunk.
         let fetched = futures_util::future::try_join_all(
             wanted
                 .iter()
-                .map(|chunk| self.store.get_range(&self.path, chunk.clone())),
+                .map(|chunk| self.served.fetch(&chunks, chunk.clone())),
         )
-        .await
-        .map_err(|e| ParquetError::External(Box::new(e)))?;
-        for (chunk, bytes) in wanted.iter().zip(&fetched) {
-            let (_, hash) = chunks[&chunk.start];
-            if bytes.len() as u64 != chunk.end - chunk.start || kura_crypto::sha256(bytes) != hash {
-                return Err(not_written(
-                    &self.path,
-                    "a column chunk is not the one written",
-                ));
-            }
+        .await?;
+        for bytes in &fetched {
             self.scanned.add(bytes.len());
         }
         Ok(within
@@ -281,21 +456,13 @@ impl AsyncFileReader for Reader {
         &'a mut self,
         _options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, Result<Arc<ParquetMetaData>, ParquetError>> {
-        async move {
-            let (metadata, chunks) = open(self.store.as_ref(), &self.path, &self.file).await?;
-            self.chunks = Some(chunks);
-            Ok(metadata)
-        }
-        .boxed()
+        async move { Ok(self.served.opened().await?.0) }.boxed()
     }
 }
 
-/// Makes a [`Reader`] for each stored file a scan opens.
+/// Makes a [`Reader`] for each stored file a scan opens, from the file's [`Served`] record.
 #[derive(Debug)]
-pub(super) struct Factory {
-    pub(super) store: Arc<dyn ObjectStore>,
-    pub(super) keys: Arc<super::Keys>,
-}
+pub(super) struct Factory;
 
 impl ParquetFileReaderFactory for Factory {
     fn create_reader(
@@ -306,21 +473,15 @@ impl ParquetFileReaderFactory for Factory {
         metrics: &ExecutionPlanMetricsSet,
     ) -> datafusion::common::Result<Box<dyn AsyncFileReader + Send>> {
         let path = file.object_meta.location.clone();
+        let served = file.extension::<Arc<Served>>().cloned().ok_or_else(|| {
+            datafusion::error::DataFusionError::Execution(format!("no key for stored file {path}"))
+        })?;
         let scanned = datafusion::datasource::physical_plan::parquet::ParquetFileMetrics::new(
             partition_index,
             path.as_ref(),
             metrics,
         )
         .bytes_scanned;
-        let key = self.keys.0.get(path.as_ref()).cloned().ok_or_else(|| {
-            datafusion::error::DataFusionError::Execution(format!("no key for stored file {path}"))
-        })?;
-        Ok(Box::new(Reader {
-            store: self.store.clone(),
-            path,
-            file: key,
-            chunks: None,
-            scanned,
-        }))
+        Ok(Box::new(Reader { served, scanned }))
     }
 }
