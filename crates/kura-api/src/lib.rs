@@ -24,7 +24,8 @@ pub use call::{
 };
 pub use kura_contract::dp::{ColumnNoise, DpReport, GroupRelease};
 pub use response::{
-    Answer, RESPONSE_DOMAIN, ResponseBody, SignedResponse, evidence_request, request_hash,
+    Answer, JOIN_DOMAIN, RESPONSE_DOMAIN, ResponseBody, SignedResponse, evidence_request,
+    request_hash,
 };
 pub use result::{
     ResultTable, SealedResult, SignedResult, open_result, result_context, seal_result,

@@ -13,6 +13,10 @@ use crate::{ApiError, ErrorBody};
 /// Signature domain of answers.
 pub const RESPONSE_DOMAIN: &str = "response-v1";
 
+/// Signature domain of the coordinator's answers to executors joining its cluster (a
+/// challenge, an admission or a refusal): none of them can pass for an answer to a party.
+pub const JOIN_DOMAIN: &str = "cluster-join-v1";
+
 /// An answer as it travels: the exact JSON text of a [`ResponseBody`] and the enclave's
 /// signature over it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -53,12 +57,22 @@ pub fn evidence_request(nonce: &str) -> String {
 impl SignedResponse {
     /// The enclave's half: `answer` to the request whose hash is `request`, signed.
     pub fn sign<T: Serialize>(key: &SecretIdentity, request: &str, answer: Answer<T>) -> Self {
+        Self::sign_in(RESPONSE_DOMAIN, key, request, answer)
+    }
+
+    /// [`SignedResponse::sign`] in signature domain `domain`.
+    pub fn sign_in<T: Serialize>(
+        domain: &str,
+        key: &SecretIdentity,
+        request: &str,
+        answer: Answer<T>,
+    ) -> Self {
         let body = serde_json::to_string(&ResponseBody {
             request: request.to_string(),
             answer,
         })
         .expect("answers serialise");
-        let signature = b64::encode(key.sign(RESPONSE_DOMAIN, body.as_bytes()));
+        let signature = b64::encode(key.sign(domain, body.as_bytes()));
         Self { body, signature }
     }
 
@@ -69,8 +83,18 @@ impl SignedResponse {
         key: &PublicIdentity,
         request: &str,
     ) -> Result<Answer<T>, ApiError> {
+        self.open_in(RESPONSE_DOMAIN, key, request)
+    }
+
+    /// [`SignedResponse::open`] in signature domain `domain`.
+    pub fn open_in<T: DeserializeOwned>(
+        &self,
+        domain: &str,
+        key: &PublicIdentity,
+        request: &str,
+    ) -> Result<Answer<T>, ApiError> {
         let sig = b64::decode(&self.signature).map_err(|_| ApiError::ResponseSignature)?;
-        key.verify(RESPONSE_DOMAIN, self.body.as_bytes(), &sig)
+        key.verify(domain, self.body.as_bytes(), &sig)
             .map_err(|_| ApiError::ResponseSignature)?;
         let body: ResponseBody<T> = self.parse()?;
         if body.request != request {
@@ -97,6 +121,20 @@ mod tests {
         let signed = SignedResponse::sign(&enclave, &request, Answer::Ok(7u64));
         assert_eq!(
             signed.open::<u64>(enclave.public(), &request),
+            Ok(Answer::Ok(7))
+        );
+        // A join answer is no party's answer, nor the reverse.
+        let joined = SignedResponse::sign_in(JOIN_DOMAIN, &enclave, &request, Answer::Ok(7u64));
+        assert_eq!(
+            joined.open::<u64>(enclave.public(), &request),
+            Err(ApiError::ResponseSignature)
+        );
+        assert_eq!(
+            signed.open_in::<u64>(JOIN_DOMAIN, enclave.public(), &request),
+            Err(ApiError::ResponseSignature)
+        );
+        assert_eq!(
+            joined.open_in::<u64>(JOIN_DOMAIN, enclave.public(), &request),
             Ok(Answer::Ok(7))
         );
         // Another request's answer (a replay, or a swap between two requests).

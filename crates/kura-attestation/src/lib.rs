@@ -196,9 +196,20 @@ pub fn report_data_for(contract: &ContractId, enclave: &PublicIdentity) -> [u8; 
 }
 
 /// The report data a cluster executor of `contract` must present: SHA-512 over its own domain
-/// label (so that an executor's evidence never passes for a coordinator's), the contract id and
-/// the executor's TLS public key (PEM), which the coordinator's authority then certifies.
-pub fn executor_report_data(contract: &ContractId, tls_key_pem: &str) -> [u8; 64] {
+/// label (so that an executor's evidence never passes for a coordinator's), the contract id,
+/// the executor's TLS public key (PEM), which the coordinator's authority then certifies, and
+/// the coordinator's `challenge` for this join, which it accepts once: evidence captured from
+/// one join cannot be admitted again.
+pub fn executor_report_data(contract: &ContractId, tls_key_pem: &str, challenge: &str) -> [u8; 64] {
+    let mut bound = tls_key_pem.as_bytes().to_vec();
+    bound.push(0);
+    bound.extend_from_slice(challenge.as_bytes());
+    report_data(b"kura-executor-report-data-v2\0", contract, &bound)
+}
+
+/// The report data of an executor admitted before joins carried a challenge (v1), for
+/// auditing logs of that time only: a coordinator never admits it.
+fn executor_report_data_v1(contract: &ContractId, tls_key_pem: &str) -> [u8; 64] {
     report_data(
         b"kura-executor-report-data-v1\0",
         contract,
@@ -208,16 +219,22 @@ pub fn executor_report_data(contract: &ContractId, tls_key_pem: &str) -> [u8; 64
 
 /// Verifies a cluster executor's `evidence` and appraises it against the contract's
 /// `[enclave]` policy (the same policy as the coordinator's), and checks that it binds this
-/// contract and `tls_key_pem`, as of `at` (now when absent).
+/// contract, `tls_key_pem` and `challenge`, as of `at` (now when absent). An audit of a log
+/// written before joins carried challenges passes `None`.
 pub fn verify_executor(
     evidence: &Evidence,
     policy: &EnclavePolicy,
     contract: &ContractId,
     tls_key_pem: &str,
+    challenge: Option<&str>,
     at: Option<time::OffsetDateTime>,
 ) -> Result<Claims, AttestationError> {
     let claims = appraised(evidence, policy, at)?;
-    if claims.report_data != executor_report_data(contract, tls_key_pem) {
+    let bound = match challenge {
+        Some(challenge) => executor_report_data(contract, tls_key_pem, challenge),
+        None => executor_report_data_v1(contract, tls_key_pem),
+    };
+    if claims.report_data != bound {
         return Err(AttestationError::Binding);
     }
     Ok(claims)

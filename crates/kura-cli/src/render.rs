@@ -190,9 +190,14 @@ pub fn describe(event: &kura_ledger::Event) -> String {
         E::ExecutorRefused {
             reason,
             evidence_sha256,
+            unlogged_before,
         } => format!(
-            "an executor was REFUSED (evidence {}): {reason}",
-            &evidence_sha256[..evidence_sha256.len().min(16)]
+            "an executor was REFUSED (evidence {}): {reason}{}",
+            &evidence_sha256[..evidence_sha256.len().min(16)],
+            match unlogged_before {
+                0 => String::new(),
+                n => format!(" ({n} more refusals before it were not logged one by one)"),
+            }
         ),
         E::ShuffleDeleted {
             executors,

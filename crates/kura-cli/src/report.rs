@@ -196,7 +196,9 @@ pub fn build(contract: &Contract, audit: &AuditReport) -> Result<Transparency> {
                     .map(|c| hex::encode(c.measurement))
                     .unwrap_or_default(),
             }),
-            Event::ExecutorRefused { .. } => refused_executors += 1,
+            Event::ExecutorRefused {
+                unlogged_before, ..
+            } => refused_executors += 1 + unlogged_before,
             Event::ShuffleDeleted {
                 executors,
                 unreachable,

@@ -27,6 +27,8 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
     // The executors admitted since the latest start (a restart makes a new authority, so every
     // executor must join again).
     let mut executors: BTreeSet<&str> = BTreeSet::new();
+    let mut keys: BTreeSet<String> = BTreeSet::new();
+    let mut challenges: BTreeSet<&String> = BTreeSet::new();
     for b in bodies {
         let bad = |why: String| Err(format!("entry {} ({}): {why}", b.seq, b.event.kind()));
         let is_party = |p: &str| contract.party(p).is_some();
@@ -38,11 +40,13 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                     ));
                 }
                 executors.clear();
+                keys.clear();
             }
             Event::ExecutorJoined {
                 executor,
                 tls_key,
                 evidence,
+                challenge,
             } => {
                 let at = time::OffsetDateTime::parse(
                     &b.time,
@@ -54,6 +58,7 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                     &contract.enclave,
                     contract.id(),
                     tls_key,
+                    challenge.as_deref(),
                     at,
                 ) {
                     return bad(format!(
@@ -62,6 +67,20 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 }
                 if !executors.insert(executor) {
                     return bad(format!("executor {executor:?} admitted twice"));
+                }
+                let key: String = tls_key.split_whitespace().collect();
+                if !keys.insert(key) {
+                    return bad(format!(
+                        "executor {executor:?} admitted with a TLS key already admitted since \
+                         the last start"
+                    ));
+                }
+                if let Some(challenge) = challenge
+                    && !challenges.insert(challenge)
+                {
+                    return bad(format!(
+                        "executor {executor:?} admitted on a challenge already used"
+                    ));
                 }
             }
             Event::ExecutorRefused { .. } => {}
@@ -322,6 +341,60 @@ mod tests {
             party: party.into(),
             batches: batches.iter().map(|b| b.to_string()).collect(),
         }
+    }
+
+    /// An executor is admitted on evidence that binds its key and its join's challenge; a log
+    /// that admits one key twice in a start, or one challenge twice, is refused. After a
+    /// restart (a new authority) the same key may join again, on a new challenge.
+    #[test]
+    fn an_executor_key_or_challenge_is_admitted_once() {
+        use kura_attestation::simulated::SimulatedHardware;
+        let c = contract();
+        let hardware = SimulatedHardware::new();
+        let started = || Event::EnclaveStarted {
+            contract_id: c.id().to_string(),
+            enclave_key: String::new(),
+            evidence: hardware.issue(&[1; 48], &[0; 64], false),
+        };
+        let joined = |name: &str, key: &str, challenge: &str| Event::ExecutorJoined {
+            executor: name.into(),
+            tls_key: key.into(),
+            evidence: hardware.issue(
+                &[1; 48],
+                &kura_attestation::executor_report_data(c.id(), key, challenge),
+                false,
+            ),
+            challenge: Some(challenge.into()),
+        };
+        let ok = [
+            started(),
+            joined("e1", "KEY-1", "c1"),
+            joined("e2", "KEY-2", "c2"),
+            started(),
+            joined("e1", "KEY-1", "c3"),
+        ];
+        check_events(&c, &bodies(ok.to_vec())).unwrap();
+        let twice_key = [
+            started(),
+            joined("e1", "KEY-1", "c1"),
+            joined("e2", "KEY-1\n", "c2"),
+        ];
+        let e = check_events(&c, &bodies(twice_key.to_vec())).unwrap_err();
+        assert!(e.contains("TLS key already admitted"), "{e}");
+        let twice_challenge = [
+            started(),
+            joined("e1", "KEY-1", "c1"),
+            joined("e2", "KEY-2", "c1"),
+        ];
+        let e = check_events(&c, &bodies(twice_challenge.to_vec())).unwrap_err();
+        assert!(e.contains("challenge already used"), "{e}");
+        // Evidence that binds another challenge than the one recorded.
+        let mut swapped = joined("e1", "KEY-1", "c1");
+        if let Event::ExecutorJoined { challenge, .. } = &mut swapped {
+            *challenge = Some("c9".into());
+        }
+        let e = check_events(&c, &bodies(vec![started(), swapped])).unwrap_err();
+        assert!(e.contains("does not verify"), "{e}");
     }
 
     /// A release names every batch the log records for the dataset, comes from its provider,

@@ -30,12 +30,21 @@ pub enum Event {
         executor: String,
         tls_key: String,
         evidence: Evidence,
+        /// The coordinator's challenge for this join, which the evidence binds and which it
+        /// accepted once (absent in logs written before joins carried one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        challenge: Option<String>,
     },
-    /// An executor asked to join and was refused; it received nothing.
+    /// An executor asked to join and was refused; it received nothing. Refusals are logged at
+    /// a bounded rate, so that whoever can reach the join route cannot grow the log at will:
+    /// the ones that were not are counted in the next that is.
     ExecutorRefused {
         reason: String,
         /// SHA-256 (hex) of the evidence it presented.
         evidence_sha256: String,
+        /// Refusals since the last one logged that were not logged.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        unlogged_before: u64,
     },
     /// A dataset was accepted.
     Upload {
@@ -210,4 +219,8 @@ impl Event {
             Event::ShuffleDeleted { .. } => "shuffle_deleted",
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -23,6 +23,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route(routes::CALL, post(call))
         .route(routes::UPLOAD_STREAM, post(upload_stream))
         .route(kura_cluster::join::JOIN, post(join))
+        .route(kura_cluster::join::CHALLENGE, post(challenge))
         // Uploads stream; their size is limited by the service itself.
         .layer(DefaultBodyLimit::disable())
         .layer(
@@ -65,7 +66,12 @@ async fn evidence(
         ));
     }
     let request = request_hash(&evidence_request(&q.nonce));
-    Ok(signed(&s, &request, Ok(s.info().await)))
+    Ok(signed(
+        kura_api::RESPONSE_DOMAIN,
+        &s,
+        &request,
+        Ok(s.info().await),
+    ))
 }
 
 /// `POST /v1/cluster/join`: an executor's evidence and TLS key; answered, signed for this
@@ -81,12 +87,30 @@ async fn join(State(s): State<Arc<Service>>, body: Body) -> Response {
     };
     let request = request_hash(&body);
     let result = s.join(&body).await;
-    signed(&s, &request, result)
+    signed(kura_api::JOIN_DOMAIN, &s, &request, result)
 }
 
-/// `result` signed by the enclave as the answer to the request whose hash is `request`; a
-/// refusal keeps its status. Only for the unsealed evidence request.
+/// `POST /v1/cluster/challenge`: a challenge for one join, signed for this request.
+async fn challenge(State(s): State<Arc<Service>>, body: Body) -> Response {
+    const MAX_CHALLENGE: usize = 1 << 10;
+    let body = match axum::body::to_bytes(body, MAX_CHALLENGE).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => {
+            return ServiceError::BadRequest("a challenge request over 1 KiB".into())
+                .into_response();
+        }
+    };
+    let request = request_hash(&body);
+    let result = s.challenge(&body);
+    signed(kura_api::JOIN_DOMAIN, &s, &request, result)
+}
+
+/// `result` signed by the enclave in signature domain `domain` as the answer to the request
+/// whose hash is `request`; a refusal keeps its status. Only for the unsealed requests: the
+/// evidence request ([`kura_api::RESPONSE_DOMAIN`]) and a cluster join's
+/// ([`kura_api::JOIN_DOMAIN`]).
 fn signed<T: serde::Serialize>(
+    domain: &str,
     s: &Service,
     request: &str,
     result: Result<T, ServiceError>,
@@ -94,7 +118,12 @@ fn signed<T: serde::Serialize>(
     let (status, answer) = verdict(result);
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-        Json(SignedResponse::sign(s.identity(), request, answer)),
+        Json(SignedResponse::sign_in(
+            domain,
+            s.identity(),
+            request,
+            answer,
+        )),
     )
         .into_response()
 }

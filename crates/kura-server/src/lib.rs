@@ -149,13 +149,15 @@ pub async fn run_executor(config: ExecutorConfig) -> Result<(), ServiceError> {
     let key =
         kura_cluster::tls::NodeKey::generate().map_err(|e| ServiceError::Start(e.to_string()))?;
     let public = key.public_pem();
-    let report_data = kura_attestation::executor_report_data(contract.id(), &public);
-    let mut evidence = evidence::collect(config.platform, &report_data)?;
-    evidence.certs.extend(config.evidence_certs.iter().cloned());
     let (coordinator, admission) =
-        kura_cluster::join::join(&config.coordinator, &contract, &public, evidence)
-            .await
-            .map_err(|e| ServiceError::Start(e.to_string()))?;
+        kura_cluster::join::join(&config.coordinator, &contract, &public, |report_data| {
+            let mut evidence =
+                evidence::collect(config.platform, report_data).map_err(|e| e.to_string())?;
+            evidence.certs.extend(config.evidence_certs.iter().cloned());
+            Ok(evidence)
+        })
+        .await
+        .map_err(|e| ServiceError::Start(e.to_string()))?;
     tracing::info!(
         executor = %admission.executor,
         coordinator = %coordinator.key.fingerprint(),

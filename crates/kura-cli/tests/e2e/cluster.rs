@@ -417,13 +417,16 @@ fn own_measurement() -> Vec<u8> {
 }
 
 /// Executors whose evidence the contract does not accept (another measurement, debug, bound to
-/// another contract or to a coordinator's key, or not bound to the key they present) are refused
-/// with the reason, get no certificate, and are logged; one that passes is admitted and logged,
-/// and the log still verifies.
+/// another contract or to a coordinator's key, not bound to the key they present or to the
+/// challenge they answer) are refused with the reason and get no certificate; so is a join
+/// whose challenge this start never handed out, a join captured and sent again, and a TLS key
+/// already admitted. Refusals are logged at a bounded rate (the rest counted), one that passes
+/// is admitted and logged, and the log still verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 pub(crate) async fn executors_the_contract_does_not_accept_are_refused_and_logged() {
     use kura_attestation::simulated::SimulatedHardware;
     use kura_attestation::{executor_report_data, report_data_for};
+    use kura_cluster::join::{JoinError, JoinRequest, Joining};
 
     let measurement = own_measurement();
     let pin = format!(
@@ -455,103 +458,158 @@ pub(crate) async fn executors_the_contract_does_not_accept_are_refused_and_logge
     let id = contract.id();
     let tls = kura_cluster::tls::NodeKey::generate().unwrap().public_pem();
     let hardware = SimulatedHardware::new();
-    let bound = executor_report_data(id, &tls);
-    let cases = [
+    let joining = Joining::verify(&url, contract).await.unwrap();
+    let request = |challenge: &str, evidence| JoinRequest {
+        contract_id: id.to_string(),
+        tls_key: tls.clone(),
+        challenge: challenge.to_string(),
+        evidence,
+    };
+    let refused = |what: &str, answer: Result<_, JoinError>, expected: &str| match answer {
+        Err(JoinError::Refused(reason)) => {
+            assert!(reason.to_lowercase().contains(expected), "{what}: {reason}")
+        }
+        other => panic!("{what}: {other:?}"),
+    };
+    // Each case: what the evidence binds, given the challenge handed out, and its refusal.
+    type Binding<'a> = Box<dyn Fn(&str) -> ([u8; 64], Vec<u8>, bool) + 'a>;
+    let cases: Vec<(&str, Binding, &str)> = vec![
         (
             "another measurement",
-            hardware.issue(&[0xab; 48], &bound, false),
+            Box::new(|c| (executor_report_data(id, &tls, c), vec![0xab; 48], false)),
             "measurement",
         ),
         (
             "a debug enclave",
-            hardware.issue(&measurement, &bound, true),
+            Box::new(|c| (executor_report_data(id, &tls, c), measurement.clone(), true)),
             "debug",
         ),
         (
             "another contract",
-            hardware.issue(
-                &measurement,
-                &executor_report_data(other.contract.contract().id(), &tls),
-                false,
-            ),
+            Box::new(|c| {
+                let other = other.contract.contract().id();
+                (
+                    executor_report_data(other, &tls, c),
+                    measurement.clone(),
+                    false,
+                )
+            }),
             "does not bind",
         ),
         (
             "another TLS key",
-            hardware.issue(
-                &measurement,
-                &executor_report_data(
-                    id,
-                    &kura_cluster::tls::NodeKey::generate().unwrap().public_pem(),
-                ),
-                false,
-            ),
+            Box::new(|c| {
+                let key = kura_cluster::tls::NodeKey::generate().unwrap().public_pem();
+                (
+                    executor_report_data(id, &key, c),
+                    measurement.clone(),
+                    false,
+                )
+            }),
+            "does not bind",
+        ),
+        (
+            "another challenge",
+            Box::new(|_| {
+                (
+                    executor_report_data(id, &tls, &"0".repeat(64)),
+                    measurement.clone(),
+                    false,
+                )
+            }),
             "does not bind",
         ),
         (
             "a coordinator's binding",
-            hardware.issue(
-                &measurement,
-                &report_data_for(id, room.key("hospital-a").public()),
-                false,
-            ),
+            Box::new(|_| {
+                let bound = report_data_for(id, room.key("hospital-a").public());
+                (bound, measurement.clone(), false)
+            }),
             "does not bind",
         ),
     ];
-    for (what, evidence, expected) in cases {
-        match kura_cluster::join::join(&url, contract, &tls, evidence).await {
-            Err(kura_cluster::join::JoinError::Refused(reason)) => {
-                assert!(reason.to_lowercase().contains(expected), "{what}: {reason}")
-            }
-            other => panic!("{what}: {other:?}"),
-        }
+    for (what, binding, expected) in &cases {
+        let challenge = joining.challenge().await.unwrap();
+        let (bound, measured, debug) = binding(&challenge);
+        let evidence = hardware.issue(&measured, &bound, debug);
+        refused(
+            what,
+            joining.request(&request(&challenge, evidence)).await,
+            expected,
+        );
     }
-    let (coordinator, admission) = kura_cluster::join::join(
-        &url,
-        contract,
-        &tls,
-        hardware.issue(&measurement, &bound, false),
-    )
-    .await
-    .unwrap();
+    // A challenge this start never handed out.
+    let made_up = "1".repeat(64);
+    let evidence = hardware.issue(
+        &measurement,
+        &executor_report_data(id, &tls, &made_up),
+        false,
+    );
+    refused(
+        "a made-up challenge",
+        joining.request(&request(&made_up, evidence)).await,
+        "challenge",
+    );
+
+    let challenge = joining.challenge().await.unwrap();
+    let evidence = hardware.issue(
+        &measurement,
+        &executor_report_data(id, &tls, &challenge),
+        false,
+    );
+    let good = request(&challenge, evidence);
+    let admission = joining.request(&good).await.unwrap();
     assert_eq!(
-        coordinator.key.to_text(),
+        joining.coordinator.key.to_text(),
         super::common::raw_info(&url).await.enclave_key
     );
     assert!(admission.certificate.contains("BEGIN CERTIFICATE"));
+    // The same join again (captured on the wire): its challenge is spent.
+    refused("a replayed join", joining.request(&good).await, "challenge");
+    // The same key again, on a fresh challenge with evidence that binds it.
+    let again = kura_cluster::join::join(&url, contract, &tls, |bound| {
+        Ok(hardware.issue(&measurement, bound, false))
+    })
+    .await
+    .map(|(_, admission)| admission);
+    refused("a key already admitted", again, "already admitted");
 
     // An executor for another contract refuses this coordinator before it sends anything.
-    let refused = kura_cluster::join::join(
-        &url,
-        other.contract.contract(),
-        &tls,
-        hardware.issue(
-            &measurement,
-            &executor_report_data(other.contract.contract().id(), &tls),
-            false,
-        ),
-    )
-    .await
-    .unwrap_err();
+    let refused_coordinator =
+        kura_cluster::join::join(&url, other.contract.contract(), &tls, |_| {
+            panic!("no evidence is made for a coordinator of another contract")
+        })
+        .await
+        .unwrap_err();
     assert!(
-        matches!(refused, kura_cluster::join::JoinError::Coordinator(ref r) if r.contains("another contract")),
-        "{refused}"
+        matches!(refused_coordinator, JoinError::Coordinator(ref r) if r.contains("another contract")),
+        "{refused_coordinator}"
     );
 
     let mut h = Client::new(&url, room.contract.clone(), room.key("hospital-a")).unwrap();
     h.attest().await.unwrap();
     let events = super::common::events_of(&mut h).await;
-    let refusals: Vec<&String> = events
+    let refusals: Vec<(&String, u64)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::ExecutorRefused { reason, .. } => Some(reason),
+            Event::ExecutorRefused {
+                reason,
+                unlogged_before,
+                ..
+            } => Some((reason, *unlogged_before)),
             _ => None,
         })
         .collect();
-    assert_eq!(refusals.len(), 5, "{refusals:?}");
+    // Nine refusals, five logged at once (a sixth only if a minute went by); the rest wait to
+    // be counted in the next refusal logged.
+    let attempts = cases.len() + 3;
+    assert!(
+        (5..=6).contains(&refusals.len()) && refusals.len() < attempts,
+        "{refusals:?}"
+    );
     let joined = events
         .iter()
-        .filter(|e| matches!(e, Event::ExecutorJoined { executor, .. } if *executor == admission.executor))
+        .filter(|e| matches!(e, Event::ExecutorJoined { executor, challenge: Some(c), .. } if *executor == admission.executor && *c == challenge))
         .count();
     assert_eq!(joined, 1);
     server.shutdown().await.unwrap();
