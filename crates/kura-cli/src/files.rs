@@ -9,7 +9,8 @@ use kura_crypto::SecretIdentity;
 
 /// Writes `DIR/NAME.key` (mode 0600, never overwritten) and `DIR/NAME.pub`.
 pub fn write_identity(dir: &Path, name: &str, id: &SecretIdentity) -> Result<(PathBuf, PathBuf)> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // A folder it makes is its owner's alone (one that exists keeps its mode).
+    private_dir(dir)?;
     let key_path = dir.join(format!("{name}.key"));
     let pub_path = dir.join(format!("{name}.pub"));
     let mut options = std::fs::OpenOptions::new();
@@ -59,7 +60,6 @@ pub fn write_private(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> Result<
 }
 
 /// Creates the directory `path` (and its parents), the last open to its owner only (0700).
-#[cfg_attr(not(feature = "demo"), allow(dead_code))]
 pub fn private_dir(path: &Path) -> Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -188,7 +188,7 @@ pub fn load_head(contract_id: &str, party: &str) -> Result<Option<kura_ledger::S
 pub fn save_head(contract_id: &str, party: &str, head: &kura_ledger::SignedTreeHead) -> Result<()> {
     let path = head_path(contract_id, party)?;
     let dir = path.parent().expect("has a parent");
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    private_dir(dir)?;
     write_atomic(&path, &serde_json::to_vec(head)?)
 }
 

@@ -936,6 +936,78 @@ pub(crate) fn cli_drives_a_served_enclave() {
             .unwrap()
             .contains("shutting down")
     );
+
+    // Everything the parties' commands wrote (keys, signatures, results, tree heads) is their
+    // owner's alone, and so is a key folder `kura keys new` makes.
+    let new_keys = d.join("new-keys");
+    let out = kura(&[
+        "keys",
+        "new",
+        "--name",
+        "spare",
+        "--out",
+        new_keys.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = |p: &Path| {
+        // The test's own inputs, and the service's directory and log (the host's side).
+        ![
+            "contract.toml",
+            "ehr.csv",
+            "activity.csv",
+            "claims.csv",
+            "serve.log",
+            "state",
+        ]
+        .iter()
+        .any(|own| p.strip_prefix(d).is_ok_and(|r| r.starts_with(own)))
+    };
+    let written = private_modes(d, &theirs);
+    for want in [
+        "hospital-a.key",
+        "fitness-b.pub",
+        "out.csv",
+        "out.parquet",
+        "new-keys",
+    ] {
+        assert!(
+            written.iter().any(|p| p.ends_with(want)),
+            "{want}: {written:?}"
+        );
+    }
+    // Beside the vendors' public certificates that evidence checks cache.
+    let cache = kura_home().join("cache");
+    let heads = private_modes(kura_home(), &|p| !p.starts_with(&cache));
+    assert!(heads.iter().any(|p| p.ends_with("heads")), "{heads:?}");
+}
+
+/// Walks `root` and checks that every file `written` says the commands wrote (and every folder
+/// among them) is open to its owner alone (mode 0600 / 0700); returns what it checked.
+#[cfg(unix)]
+fn private_modes(root: &Path, written: &dyn Fn(&Path) -> bool) -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut checked = vec![];
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if !written(&path) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", path.display());
+            if meta.is_dir() {
+                pending.push(path.clone());
+            }
+            checked.push(path);
+        }
+    }
+    checked
 }
 
 /// What `kura` printed: exit code, stdout, stderr.
