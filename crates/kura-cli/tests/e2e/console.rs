@@ -53,28 +53,17 @@ fn room(scenario: &str, rows: &str, expect: Value) -> (Served, Value) {
 }
 
 /// The browser and its driver: Debian's chromium (or the one `KURA_CHROMIUM` names), node, and
-/// Playwright's core from npm (no browser download). What is missing is installed by
-/// `.ci/setup`, the same step `.ci/run` takes first (apt-get, so as root); without root it says
-/// what to install, and the test fails.
+/// Playwright's core from npm (no browser download). `.ci/setup` installs them (`.ci/run` runs it
+/// first); a test never installs anything, so without them this one fails and says so.
 fn browser() -> (String, std::path::PathBuf) {
     let chromium = std::env::var("KURA_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let node = Command::new("node").arg("--version").output().is_ok();
-    if !Path::new(&chromium).exists() || !node || !dir.join("node_modules/playwright-core").exists()
-    {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let out = Command::new("bash")
-            .arg(root.join(".ci/setup"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "the console test drives chromium through node and playwright-core; .ci/setup could \
-             not install them: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    assert!(Path::new(&chromium).exists(), "no browser at {chromium}");
+    assert!(
+        Path::new(&chromium).exists() && node && dir.join("node_modules/playwright-core").exists(),
+        "the console test drives {chromium} through node and playwright-core \
+         (tests/browser/node_modules): run .ci/setup (as root) to install them"
+    );
     (chromium, dir.join("console.mjs"))
 }
 
