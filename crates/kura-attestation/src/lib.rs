@@ -217,6 +217,22 @@ fn executor_report_data_v1(contract: &ContractId, tls_key_pem: &str) -> [u8; 64]
     )
 }
 
+/// What identifies an executor's TLS key (PEM): SHA-256 (hex) of the DER of its one `PUBLIC
+/// KEY` block, whatever the text around it or its line breaks; `None` if there is no such block.
+/// Two texts of one key compare equal.
+pub fn tls_key_id(pem: &str) -> Option<String> {
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    const END: &str = "-----END PUBLIC KEY-----";
+    let (_, rest) = pem.split_once(BEGIN)?;
+    let (body, after) = rest.split_once(END)?;
+    if after.contains(BEGIN) {
+        return None;
+    }
+    let body: String = body.split_whitespace().collect();
+    let der = kura_crypto::b64::decode(&body).ok()?;
+    Some(hex::encode(kura_crypto::sha256(&der)))
+}
+
 /// Verifies a cluster executor's `evidence` and appraises it against the contract's
 /// `[enclave]` policy (the same policy as the coordinator's), and checks that it binds this
 /// contract, `tls_key_pem` and `challenge`, as of `at` (now when absent). An audit of a log

@@ -29,6 +29,7 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
     let mut executors: BTreeSet<&str> = BTreeSet::new();
     let mut keys: BTreeSet<String> = BTreeSet::new();
     let mut challenges: BTreeSet<&String> = BTreeSet::new();
+    let mut challenged = false;
     for b in bodies {
         let bad = |why: String| Err(format!("entry {} ({}): {why}", b.seq, b.event.kind()));
         let is_party = |p: &str| contract.party(p).is_some();
@@ -48,6 +49,32 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 evidence,
                 challenge,
             } => {
+                let key = kura_attestation::tls_key_id(tls_key).unwrap_or_else(|| tls_key.clone());
+                if !keys.insert(key) {
+                    return bad(format!(
+                        "executor {executor:?} admitted with a TLS key already admitted since \
+                         the last start"
+                    ));
+                }
+                match challenge {
+                    Some(challenge) => {
+                        challenged = true;
+                        if !challenges.insert(challenge) {
+                            return bad(format!(
+                                "executor {executor:?} admitted on a challenge already used"
+                            ));
+                        }
+                    }
+                    // A log admits executors without a challenge only before its first
+                    // admission with one (logs older than challenges).
+                    None if challenged => {
+                        return bad(format!(
+                            "executor {executor:?} admitted without a challenge after admissions \
+                             with one"
+                        ));
+                    }
+                    None => {}
+                }
                 let at = time::OffsetDateTime::parse(
                     &b.time,
                     &time::format_description::well_known::Rfc3339,
@@ -67,20 +94,6 @@ pub fn check_events(contract: &Contract, bodies: &[EntryBody]) -> Result<(), Str
                 }
                 if !executors.insert(executor) {
                     return bad(format!("executor {executor:?} admitted twice"));
-                }
-                let key: String = tls_key.split_whitespace().collect();
-                if !keys.insert(key) {
-                    return bad(format!(
-                        "executor {executor:?} admitted with a TLS key already admitted since \
-                         the last start"
-                    ));
-                }
-                if let Some(challenge) = challenge
-                    && !challenges.insert(challenge)
-                {
-                    return bad(format!(
-                        "executor {executor:?} admitted on a challenge already used"
-                    ));
                 }
             }
             Event::ExecutorRefused { .. } => {}
@@ -366,30 +379,43 @@ mod tests {
             ),
             challenge: Some(challenge.into()),
         };
+        let pem =
+            |body: &str| format!("-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n");
+        let (one, two) = (pem("AAEC"), pem("AwQF"));
+        // The same key in other words: text before its block, other line breaks.
+        let one_again = "key:\n-----BEGIN PUBLIC KEY-----\r\nAA\nEC\r\n-----END PUBLIC KEY-----";
         let ok = [
             started(),
-            joined("e1", "KEY-1", "c1"),
-            joined("e2", "KEY-2", "c2"),
+            joined("e1", &one, "c1"),
+            joined("e2", &two, "c2"),
             started(),
-            joined("e1", "KEY-1", "c3"),
+            joined("e1", &one, "c3"),
         ];
         check_events(&c, &bodies(ok.to_vec())).unwrap();
         let twice_key = [
             started(),
-            joined("e1", "KEY-1", "c1"),
-            joined("e2", "KEY-1\n", "c2"),
+            joined("e1", &one, "c1"),
+            joined("e2", one_again, "c2"),
         ];
         let e = check_events(&c, &bodies(twice_key.to_vec())).unwrap_err();
         assert!(e.contains("TLS key already admitted"), "{e}");
         let twice_challenge = [
             started(),
-            joined("e1", "KEY-1", "c1"),
-            joined("e2", "KEY-2", "c1"),
+            joined("e1", &one, "c1"),
+            joined("e2", &two, "c1"),
         ];
         let e = check_events(&c, &bodies(twice_challenge.to_vec())).unwrap_err();
         assert!(e.contains("challenge already used"), "{e}");
+        // No challenge after admissions with one (the binding without is for older logs).
+        let mut unchallenged = joined("e2", &two, "c2");
+        if let Event::ExecutorJoined { challenge, .. } = &mut unchallenged {
+            *challenge = None;
+        }
+        let log = [started(), joined("e1", &one, "c1"), unchallenged];
+        let e = check_events(&c, &bodies(log.to_vec())).unwrap_err();
+        assert!(e.contains("without a challenge"), "{e}");
         // Evidence that binds another challenge than the one recorded.
-        let mut swapped = joined("e1", "KEY-1", "c1");
+        let mut swapped = joined("e1", &one, "c1");
         if let Event::ExecutorJoined { challenge, .. } = &mut swapped {
             *challenge = Some("c9".into());
         }

@@ -477,6 +477,22 @@ impl fmt::Display for Stage {
     }
 }
 
+/// Reads a stage's stored scans through ([`kura_engine::stored::read_through`]) when dropped
+/// while it still holds the stage's plan.
+struct ReadThrough(Option<Arc<dyn ExecutionPlan>>);
+
+impl Drop for ReadThrough {
+    fn drop(&mut self) {
+        if let Some(plan) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = kura_engine::stored::read_through(&plan).await;
+            });
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl QueryStageExecutor for Stage {
     async fn execute_query_stage(
@@ -496,6 +512,9 @@ impl QueryStageExecutor for Stage {
             job_dir: self.job_dir.clone(),
             keys: self.keys.clone(),
         };
+        // Should the stage be dropped before its end (Ballista cancels a job's running tasks
+        // when one fails), its scans are read through all the same.
+        let mut guard = ReadThrough(Some(self.input.clone()));
         let mut tasks = tokio::task::JoinSet::new();
         for local in 0..inputs {
             let mut stream = self.input.execute(local, context.clone())?;
@@ -563,6 +582,7 @@ impl QueryStageExecutor for Stage {
         // However the stage ended (a join's empty side, a limit, an error), its stored scans
         // are read to their end: what the host sees this executor fetch does not depend on
         // the data ([`kura_engine::stored::read_through`]).
+        guard.0 = None;
         let through = kura_engine::stored::read_through(&self.input).await;
         if let Some(e) = failed {
             return Err(e);

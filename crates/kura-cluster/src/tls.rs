@@ -196,15 +196,15 @@ impl Membership {
             .domain_name(SERVER_NAME)
     }
 
-    /// Ballista's hook for every endpoint it creates. tonic speaks TLS only to `https` URIs
-    /// (Ballista builds `http` ones) and would otherwise connect in the clear, so the endpoint is
-    /// rebuilt as `https` with this membership's TLS. A server of the cluster refuses any
-    /// connection without it in any case.
     /// [`Membership::client`] that accepts only `node`'s certificate ([`node_name`]).
     pub fn client_for(&self, node: &str) -> Result<ClientTlsConfig, TlsError> {
         Ok(self.client().domain_name(node_name(node)?))
     }
 
+    /// Ballista's hook for every endpoint it creates. tonic speaks TLS only to `https` URIs
+    /// (Ballista builds `http` ones) and would otherwise connect in the clear, so the endpoint is
+    /// rebuilt as `https` with this membership's TLS. A server of the cluster refuses any
+    /// connection without it in any case.
     pub fn endpoint_override(&self) -> EndpointOverrideFn {
         let tls = self.client();
         Arc::new(move |endpoint: Endpoint| {

@@ -125,6 +125,24 @@ async fn collect_counted(
     }
 }
 
+/// Reads the stored files `plans` would have read, without running them: a run that stops at
+/// a refusal or an error before them fetches what it would have fetched had it gone on
+/// ([`stored::read_through`]). On a cluster their jobs are not sent, and the host sees fewer
+/// of them: which one stopped the run shows (docs/THREAT_MODEL.md).
+async fn read_unrun<'a>(
+    ctx: &SessionContext,
+    plans: impl Iterator<Item = &'a datafusion::logical_expr::LogicalPlan>,
+) {
+    if COMPUTE.try_with(|_| ()).is_ok() {
+        return;
+    }
+    for plan in plans {
+        if let Ok(physical) = ctx.state().create_physical_plan(plan).await {
+            let _ = stored::read_through(&physical).await;
+        }
+    }
+}
+
 /// Runs `f` with every query it starts limited to `bytes` of operator memory. A query that
 /// needs more is refused ("needed more memory than the enclave allows"); nothing spills to
 /// disk, which is the host's, and the process and what it holds survive. Scoped to the task,
@@ -157,7 +175,8 @@ pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionCon
     // Which parts of a stored file a query fetches is the host's to see: it must not depend
     // on the data. So no row group is skipped by its (encrypted) statistics, and no filter is
     // pushed into a scan at run time from another table's rows (a join's keys, a top-k's
-    // bounds): every projected column chunk of every row group is read.
+    // bounds): every projected column chunk of every row group is read (and what a stopped
+    // run did not read is read after it: [`stored::read_through`]).
     let options = config.options_mut();
     options.execution.parquet.pruning = false;
     options.execution.parquet.bloom_filter_on_read = false;
@@ -165,6 +184,9 @@ pub(crate) fn session(contract: &Contract, tables: &Tables) -> Result<SessionCon
     options.optimizer.enable_join_dynamic_filter_pushdown = false;
     options.optimizer.enable_topk_dynamic_filter_pushdown = false;
     options.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    // Nor is the order of row groups chosen by their (decrypted) statistics, which a sort
+    // pushed into a scan would do: the order of the fetches would show where values lie.
+    options.optimizer.enable_sort_pushdown = false;
     // What a cluster needs of the session: its settings, and how to read each stored dataset.
     let config = match COMPUTE.try_with(Arc::clone) {
         Ok(compute) => {
@@ -491,18 +513,29 @@ async fn execute(
     let mut suppressed = 0;
     let mut cells = Vec::new();
     let mut released: Vec<Arc<dyn datafusion::datasource::TableProvider>> = Vec::new();
-    for counted in &guarded.counted {
-        let physical = physical_plan(ctx, counted, adhoc).await?;
-        let batches = collect_counted(physical, ctx)
-            .await
-            .map_err(error::runtime)?;
-        let groups = output::release(
-            &batches,
-            counted,
-            min_group_size,
-            overlap.as_deref(),
-            &mut cells,
-        )?;
+    for (i, counted) in guarded.counted.iter().enumerate() {
+        let step = async {
+            let physical = physical_plan(ctx, counted, adhoc).await?;
+            let batches = collect_counted(physical, ctx)
+                .await
+                .map_err(error::runtime)?;
+            output::release(
+                &batches,
+                counted,
+                min_group_size,
+                overlap.as_deref(),
+                &mut cells,
+            )
+        };
+        let groups = match step.await {
+            Ok(groups) => groups,
+            Err(e) => {
+                // The aggregations after the one that failed still read their files.
+                let rest = guarded.counted[i + 1..].iter().map(|c| &c.plan);
+                read_unrun(ctx, rest).await;
+                return Err(e);
+            }
+        };
         suppressed += groups.suppressed;
         released.push(Arc::new(MemTable::try_new(
             groups.schema,

@@ -574,10 +574,19 @@ async fn covered(
     learned: &[usize],
 ) -> Result<(), EngineError> {
     let k = contract.output.min_group_size;
-    for count in counts(plan, learned)? {
-        let guarded = crate::threshold::guard_coverage(count, contract)?;
+    let counts = counts(plan, learned)?;
+    for (i, count) in counts.iter().enumerate() {
+        let guarded = crate::threshold::guard_coverage(count.clone(), contract)?;
         let counted = crate::execute(ctx, guarded, k, false, None).await?;
         if counted.rows.is_empty() {
+            // The counts of the other datasets still read their files: the host does not see
+            // which dataset had too few people.
+            let mut rest = Vec::new();
+            for count in &counts[i + 1..] {
+                let guarded = crate::threshold::guard_coverage(count.clone(), contract)?;
+                rest.extend(guarded.counted.into_iter().map(|c| c.plan));
+            }
+            crate::read_unrun(ctx, rest.iter()).await;
             return Err(EngineError::Refused {
                 rule: RULE,
                 reason: format!(
@@ -1638,6 +1647,44 @@ mod tests {
             p([1800.0, 1.0, 1.0]) > p([50.0, 0.0, 0.0]) + 0.3,
             "{leaves:?}"
         );
+    }
+
+    /// A tree refused because its rows come from too few people of a dataset fetches the same
+    /// parts of the stored files as one that trains: the counts after the one that refused,
+    /// and the training rows, are read all the same ([`crate::read_unrun`]).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_tree_fetches_what_a_trained_one_fetches() {
+        use std::sync::Arc;
+
+        use crate::stored::recording::Recording;
+        let contract = |k: u64| {
+            tree_contract(|t| {
+                t.replace("holdout = 0.2", "holdout = 0.0")
+                    .replace("min_group_size = 10", &format!("min_group_size = {k}"))
+            })
+        };
+        let (csv, _) = banks([300, 200], 10);
+        let c = contract(10);
+        let dir = tempfile::tempdir().unwrap();
+        let mut at_rest = crate::stored::tests::at_rest(&c, &tables(&c, &csv), dir.path()).await;
+        let recording = Arc::new(Recording::new(Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap(),
+        )));
+        for table in at_rest.values_mut() {
+            if let crate::Table::Stored(s) = table {
+                s.store = recording.clone();
+            }
+        }
+        let mut fetched = vec![];
+        // 250 people of bank A clear k = 250; bank B's 200 do not.
+        for k in [10, 250] {
+            let c = contract(k);
+            let out = train(&c, &c.analyses[0], &at_rest).await;
+            assert_eq!(out.is_ok(), k == 10, "{k}: {:?}", out.err());
+            fetched.push(recording.take());
+        }
+        assert!(!fetched[0].is_empty());
+        assert_eq!(fetched[0], fetched[1]);
     }
 
     /// A tree needs one person per row and public cut points for every feature; both are

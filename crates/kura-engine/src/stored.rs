@@ -1137,15 +1137,30 @@ pub(crate) mod tests {
         let held = crate::golden::tables(&c);
         let dir = tempfile::tempdir().unwrap();
         let mut tables = at_rest(&c, &held, dir.path()).await;
-        let recording = Arc::new(recording::Recording::new(Arc::new(
-            object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap(),
-        )));
+        // Once as the store answers, once with every request held back on its way (a host that
+        // slows the store so that a run stops while requests are in flight).
+        for delay in [0, 30] {
+            let recording = Arc::new(recording::Recording::slow(
+                Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap(),
+                ),
+                std::time::Duration::from_millis(delay),
+            ));
+            fetches_do_not_depend_on_where_a_run_stopped(&c, &mut tables, recording).await;
+        }
+    }
+
+    async fn fetches_do_not_depend_on_where_a_run_stopped(
+        c: &Contract,
+        tables: &mut Tables,
+        recording: Arc<recording::Recording>,
+    ) {
         for table in tables.values_mut() {
             if let Table::Stored(s) = table {
                 s.store = recording.clone();
             }
         }
-        let ctx = crate::session(&c, &tables).unwrap();
+        let ctx = crate::session(c, tables).unwrap();
         // Each pair: the same plan, over rows that stop it early and rows that do not.
         let pairs = [
             (

@@ -26,8 +26,13 @@ pub(super) async fn train(
     datasets: BTreeSet<String>,
 ) -> Result<Output, EngineError> {
     let columns = super::learned_columns(contract, &plan, spec)?;
-    super::covered(contract, ctx, &plan, &columns).await?;
+    let covered = super::covered(contract, ctx, &plan, &columns).await;
     let plan = super::with_units(contract, &plan, super::RULE)?;
+    if let Err(e) = covered {
+        // Refused for want of people: the training rows' files are read all the same.
+        crate::read_unrun(ctx, std::iter::once(&plan)).await;
+        return Err(e);
+    }
     let unit = plan.schema().fields().len() - 2;
     let batches = super::collect(ctx, &plan).await?;
     let (set, people) = rows(&batches, spec, &columns, unit)?;

@@ -10,6 +10,9 @@ use object_store::path::Path;
 pub struct Recording {
     inner: Arc<dyn ObjectStore>,
     reads: std::sync::Mutex<Vec<String>>,
+    /// How long a request waits before it reaches the store (and is recorded): a host that
+    /// slows the store down, so that a run can stop while requests are still on their way.
+    delay: std::time::Duration,
 }
 
 impl std::fmt::Display for Recording {
@@ -20,9 +23,15 @@ impl std::fmt::Display for Recording {
 
 impl Recording {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self::slow(inner, std::time::Duration::ZERO)
+    }
+
+    /// [`Recording::new`], each request held back by `delay` before it reaches the store.
+    pub fn slow(inner: Arc<dyn ObjectStore>, delay: std::time::Duration) -> Self {
         Self {
             inner,
             reads: Default::default(),
+            delay,
         }
     }
 
@@ -58,6 +67,9 @@ impl ObjectStore for Recording {
         location: &Path,
         options: object_store::GetOptions,
     ) -> object_store::Result<object_store::GetResult> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         self.reads
             .lock()
             .unwrap()

@@ -218,6 +218,8 @@ pub(super) struct Served {
     path: Path,
     file: FileKey,
     state: Mutex<ServedState>,
+    /// Told whenever a chunk request settles.
+    settled: tokio::sync::Notify,
 }
 
 type Opened = (Arc<ParquetMetaData>, Arc<Chunks>);
@@ -234,6 +236,9 @@ struct ServedState {
     /// Whether the run is over: from then on only [`read_through`] reads, and a reader still
     /// alive (a dropped scan's task) asks for nothing.
     ended: bool,
+    /// Chunk requests under way, and the first that failed its check.
+    inflight: usize,
+    failed: Option<String>,
 }
 
 impl std::fmt::Debug for Served {
@@ -251,6 +256,7 @@ impl Served {
             path,
             file,
             state: Mutex::default(),
+            settled: tokio::sync::Notify::new(),
         })
     }
 
@@ -286,10 +292,16 @@ impl Served {
         })
     }
 
-    /// Fetches the column chunk at `chunk` for a reader of the scan, recorded as asked for
-    /// before it is: a read cut short (its scan dropped by a `LIMIT`) is not asked for again,
-    /// which would show where it was cut. Once the run is over, nothing.
-    async fn fetch(&self, chunks: &Chunks, chunk: Range<u64>) -> Result<Bytes, ParquetError> {
+    /// Fetches the column chunk at `chunk` for a reader of the scan. Once asked for, the
+    /// request runs to its end on a task of its own, whether or not the reader still waits
+    /// for it (its scan dropped by a `LIMIT`, an empty join side, an error): a request cut
+    /// short would show where the run stopped, by being missing or by being asked again. Once
+    /// the run is over, nothing.
+    async fn fetch(
+        self: &Arc<Self>,
+        chunks: Arc<Chunks>,
+        chunk: Range<u64>,
+    ) -> Result<Bytes, ParquetError> {
         {
             let mut state = self.state();
             if state.ended {
@@ -299,8 +311,43 @@ impl Served {
                 )));
             }
             state.asked.insert(chunk.start);
+            state.inflight += 1;
         }
-        self.checked(chunks, chunk).await
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let served = self.clone();
+        tokio::spawn(async move {
+            let got = served.checked(&chunks, chunk).await;
+            {
+                let mut state = served.state();
+                state.inflight -= 1;
+                if let Err(e) = &got {
+                    state.failed.get_or_insert_with(|| e.to_string());
+                }
+            }
+            served.settled.notify_waiters();
+            let _ = answer.send(got);
+        });
+        answered
+            .await
+            .map_err(|_| ParquetError::General("a column chunk read was lost".into()))?
+    }
+
+    /// Waits until no chunk request of a reader is under way; the first that failed its check.
+    async fn settle(&self) -> Result<(), ParquetError> {
+        loop {
+            let settled = self.settled.notified();
+            {
+                let mut state = self.state();
+                state.ended = true;
+                if state.inflight == 0 {
+                    return match &state.failed {
+                        Some(e) => Err(ParquetError::General(e.clone())),
+                        None => Ok(()),
+                    };
+                }
+            }
+            settled.await;
+        }
     }
 
     /// The column chunk at `chunk`, checked for its length and hash: a store that answers
@@ -325,6 +372,8 @@ impl Served {
     /// columns the scan projects or filters on), in every row group.
     async fn rest(&self, columns: &HashSet<String>) -> Result<(), ParquetError> {
         let (metadata, chunks) = self.opened().await?;
+        // The readers' requests first: each is checked, even if no reader waited for it.
+        self.settle().await?;
         let schema = metadata.file_metadata().schema_descr();
         let roots = schema.root_schema().get_fields();
         let leaves: Vec<usize> = (0..schema.num_columns())
@@ -332,7 +381,6 @@ impl Served {
             .collect();
         let missing: Vec<Range<u64>> = {
             let mut state = self.state();
-            state.ended = true;
             let missing: Vec<Range<u64>> = metadata
                 .row_groups()
                 .iter()
@@ -427,7 +475,7 @@ impl Reader {
         let fetched = futures_util::future::try_join_all(
             wanted
                 .iter()
-                .map(|chunk| self.served.fetch(&chunks, chunk.clone())),
+                .map(|chunk| self.served.fetch(chunks.clone(), chunk.clone())),
         )
         .await?;
         for bytes in &fetched {

@@ -72,9 +72,10 @@ impl Refusals {
     }
 }
 
-/// A TLS key (PEM) as compared: without line breaks or spaces.
+/// A TLS key (PEM) as compared: the hash of its DER ([`kura_attestation::tls_key_id`]), or the
+/// text itself when it has none (the authority refuses to certify it then).
 fn key_of(pem: &str) -> String {
-    pem.split_whitespace().collect()
+    kura_attestation::tls_key_id(pem).unwrap_or_else(|| pem.to_string())
 }
 
 /// Opens a dataset's store from its origin, for the cluster's codec.
