@@ -38,12 +38,16 @@ pub struct ResultTable {
     pub onnx: Option<String>,
 }
 
-/// The plaintext inside a sealed result: the table's exact JSON and the enclave's signature.
+/// The plaintext inside a sealed result: the table's exact JSON and the enclave's signature
+/// (Ed25519, and ML-DSA-65 beside it when the enclave key signs with one: both must verify).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignedResult {
     pub table: String,
     pub signature: String,
+    /// The ML-DSA-65 half (base64), from an enclave key that has one (`kura-pub-v3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pq_signature: Option<String>,
 }
 
 /// A result sealed to one receiver.
@@ -83,6 +87,9 @@ pub fn seal_result(
     let table_json = serde_json::to_string(table).map_err(|e| ApiError::Seal(e.to_string()))?;
     let signed = SignedResult {
         signature: b64::encode(enclave.sign(RESULT_DOMAIN, table_json.as_bytes())),
+        pq_signature: enclave
+            .sign_post_quantum(RESULT_DOMAIN, table_json.as_bytes())
+            .map(b64::encode),
         table: table_json,
     };
     let plaintext =
@@ -110,8 +117,12 @@ pub fn open_result(
     let signed: SignedResult =
         serde_json::from_slice(&plain).map_err(|e| ApiError::MalformedResult(e.to_string()))?;
     let sig = b64::decode(&signed.signature).map_err(|_| ApiError::ResultSignature)?;
+    let pq = match &signed.pq_signature {
+        Some(pq) => Some(b64::decode(pq).map_err(|_| ApiError::ResultSignature)?),
+        None => None,
+    };
     enclave
-        .verify(RESULT_DOMAIN, signed.table.as_bytes(), &sig)
+        .verify_hybrid(RESULT_DOMAIN, signed.table.as_bytes(), &sig, pq.as_deref())
         .map_err(|_| ApiError::ResultSignature)?;
     let table: ResultTable = serde_json::from_str(&signed.table)
         .map_err(|e| ApiError::MalformedResult(e.to_string()))?;
@@ -140,6 +151,46 @@ mod tests {
             suppressed_groups: 1,
             dp: None,
             onnx: None,
+        }
+    }
+
+    /// An enclave key that signs with ML-DSA-65 signs results with both halves, and a result
+    /// stripped of (or given another) post-quantum half does not open.
+    #[test]
+    fn a_post_quantum_enclave_s_result_needs_both_signatures() {
+        let (enclave, me) = (
+            SecretIdentity::generate_post_quantum(),
+            SecretIdentity::generate(),
+        );
+        let kem = kura_crypto::Kem::XWing;
+        let s = seal_result(&enclave, kem, "c", &table(), "r", me.public()).unwrap();
+        let opened = open_result(&me, kem, "r", enclave.public(), "c", "run-1", &s).unwrap();
+        assert_eq!(opened, table());
+        let info = result_context("c", "run-1", "r");
+        let plain = kura_crypto::open(&me, kem, &info, b"", &s).unwrap();
+        let signed: SignedResult = serde_json::from_slice(&plain).unwrap();
+        assert!(signed.pq_signature.is_some());
+        let other = SecretIdentity::generate_post_quantum();
+        for pq in [
+            None,
+            other
+                .sign_post_quantum(RESULT_DOMAIN, signed.table.as_bytes())
+                .map(b64::encode),
+        ] {
+            let edited = SignedResult {
+                pq_signature: pq,
+                ..signed.clone()
+            };
+            let resealed = kura_crypto::seal(
+                me.public(),
+                kem,
+                &info,
+                b"",
+                &serde_json::to_vec(&edited).unwrap(),
+            )
+            .unwrap();
+            let e = open_result(&me, kem, "r", enclave.public(), "c", "run-1", &resealed);
+            assert_eq!(e.unwrap_err(), ApiError::ResultSignature);
         }
     }
 
@@ -180,6 +231,7 @@ mod tests {
                 serde_json::to_string(&two).unwrap().as_bytes(),
             )),
             table: serde_json::to_string(&two).unwrap(),
+            pq_signature: None,
         };
         let swapped = kura_crypto::seal(
             me.public(),

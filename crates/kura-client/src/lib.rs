@@ -1153,6 +1153,7 @@ mod clock_tests {
         SignedTreeHead {
             body: serde_json::to_string(&head).unwrap(),
             signature: String::new(),
+            pq_signature: None,
         }
     }
 

@@ -27,12 +27,16 @@ pub struct TreeHead {
     pub enclave_key: String,
 }
 
-/// A tree head with the enclave's signature over its exact JSON text.
+/// A tree head with the enclave's signature over its exact JSON text: Ed25519, and ML-DSA-65
+/// beside it when the enclave key signs with one (a hybrid signature: both must verify).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignedTreeHead {
     pub body: String,
     pub signature: String,
+    /// The ML-DSA-65 half (base64), from an enclave key that has one (`kura-pub-v3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pq_signature: Option<String>,
 }
 
 fn broken(reason: impl Into<String>) -> LedgerError {
@@ -48,7 +52,11 @@ impl SignedTreeHead {
             return Err(broken("tree head is signed by another enclave key"));
         }
         let sig = b64::decode(&self.signature).map_err(|e| broken(e.to_string()))?;
-        key.verify(HEAD_DOMAIN, self.body.as_bytes(), &sig)
+        let pq = match &self.pq_signature {
+            Some(pq) => Some(b64::decode(pq).map_err(|e| broken(e.to_string()))?),
+            None => None,
+        };
+        key.verify_hybrid(HEAD_DOMAIN, self.body.as_bytes(), &sig, pq.as_deref())
             .map_err(|_| broken("tree head signature does not verify"))?;
         Ok(head)
     }

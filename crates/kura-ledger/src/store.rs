@@ -148,7 +148,15 @@ impl Ledger {
         };
         let body = serde_json::to_string(&head).expect("head serialises");
         let signature = b64::encode(self.signer.sign(HEAD_DOMAIN, body.as_bytes()));
-        SignedTreeHead { body, signature }
+        let pq_signature = self
+            .signer
+            .sign_post_quantum(HEAD_DOMAIN, body.as_bytes())
+            .map(b64::encode);
+        SignedTreeHead {
+            body,
+            signature,
+            pq_signature,
+        }
     }
 
     /// A receipt for entry `seq` under the current tree head.

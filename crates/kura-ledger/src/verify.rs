@@ -241,10 +241,12 @@ mod tests {
         assert!(verify_chain(&entries[1..], accept).is_err());
     }
 
+    /// Under an enclave key that signs with ML-DSA-65 (as every start's does), so each head
+    /// carries a hybrid signature.
     #[test]
     fn receipts_verify_for_every_entry_and_fail_when_altered() {
         let dir = tempfile::tempdir().unwrap();
-        let key = Arc::new(SecretIdentity::generate());
+        let key = Arc::new(SecretIdentity::generate_post_quantum());
         let mut l = Ledger::open(&dir.path().join("log"), key.clone()).unwrap();
         l.append(start(&key)).unwrap();
         for n in 0..20 {
@@ -271,11 +273,20 @@ mod tests {
             .tree_head
             .body
             .replace("\"size\":21", "\"size\":22");
+        // A head without its post-quantum half, or with another key's.
+        let mut classic_only = good.clone();
+        assert!(classic_only.tree_head.pq_signature.take().is_some());
+        let mut other_pq = good.clone();
+        other_pq.tree_head.pq_signature = SecretIdentity::generate_post_quantum()
+            .sign_post_quantum(crate::merkle::HEAD_DOMAIN, good.tree_head.body.as_bytes())
+            .map(b64::encode);
         for (name, r) in [
             ("edited", edited),
             ("moved", moved),
             ("other proof", other_proof),
             ("forged head", forged_head),
+            ("no post-quantum half", classic_only),
+            ("another post-quantum half", other_pq),
         ] {
             assert!(r.verify(key.public()).is_err(), "{name}");
         }

@@ -139,7 +139,9 @@ impl Service {
         let contract = config.contract.contract().clone();
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| ServiceError::Start(format!("cannot create state directory: {e}")))?;
-        let identity = Arc::new(SecretIdentity::generate());
+        // The enclave's key of this start. It also signs with ML-DSA-65: tree heads and results
+        // carry hybrid signatures, which outlast Ed25519 (the evidence binds both keys).
+        let identity = Arc::new(SecretIdentity::generate_post_quantum());
         let report_data = kura_attestation::report_data_for(contract.id(), identity.public());
         let mut evidence = crate::evidence::collect(config.platform, &report_data)?;
         evidence.certs.extend(config.evidence_certs.iter().cloned());
