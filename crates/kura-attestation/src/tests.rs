@@ -32,6 +32,26 @@ fn simulated_evidence_verifies_and_binds() {
     assert!(claims.signer.contains("NOT a hardware root of trust"));
 }
 
+/// Evidence that binds an enclave key with its ML-DSA-65 half does not pass for the same key
+/// without it (the v2 text of the same Ed25519, X25519 and X-Wing keys): the host cannot strip
+/// the post-quantum key from an attested enclave.
+#[test]
+fn a_hybrid_key_s_evidence_does_not_bind_its_classical_half() {
+    let contract = ContractId::of(b"contract bytes");
+    let enclave = SecretIdentity::generate_post_quantum();
+    let ev = SimulatedHardware::new().issue(
+        &[7u8; 48],
+        &report_data_for(&contract, enclave.public()),
+        false,
+    );
+    verify_enclave(&ev, &policy(vec![]), &contract, enclave.public()).unwrap();
+    let bytes = enclave.public().to_bytes();
+    let classical = kura_crypto::PublicIdentity::from_bytes(&bytes[..1280]).unwrap();
+    assert!(!classical.signs_post_quantum());
+    let e = verify_enclave(&ev, &policy(vec![]), &contract, &classical).unwrap_err();
+    assert!(matches!(e, AttestationError::Binding), "{e}");
+}
+
 #[test]
 fn simulated_evidence_is_refused_unless_the_contract_lists_it() {
     let (contract, enclave, ev) = setup(false);

@@ -237,6 +237,7 @@ impl Client {
         }
         let key = PublicIdentity::parse(&info.enclave_key)
             .map_err(|e| ClientError::Protocol(format!("enclave key: {e}")))?;
+        post_quantum(&key)?;
         let evidence = self.completed(&info.evidence).await?;
         let claims = kura_attestation::verify_enclave(
             &evidence,
@@ -733,6 +734,7 @@ impl Client {
         };
         let key = PublicIdentity::parse(signer)
             .map_err(|e| ClientError::Protocol(format!("the result's signer: {e}")))?;
+        post_quantum(&key)?;
         let contract_id = self.contract.id().as_str();
         self.check_receipt(enclave, start, 0, "an earlier start", |e| {
             matches!(e, Event::EnclaveStarted { contract_id: c, enclave_key, .. }
@@ -1137,6 +1139,20 @@ fn protocol(e: ApiError) -> ClientError {
     ClientError::Protocol(e.to_string())
 }
 
+/// Refuses an enclave key that does not also sign with ML-DSA-65: its tree heads and results
+/// would verify with Ed25519 alone, so an enclave build from before hybrid signatures, which a
+/// contract might still accept, would be a downgrade the host could choose.
+fn post_quantum(key: &PublicIdentity) -> Result<(), ClientError> {
+    if key.signs_post_quantum() {
+        return Ok(());
+    }
+    Err(ClientError::Protocol(
+        "the enclave's key does not sign with ML-DSA-65 (kura-pub-v3): its heads and results \
+         would rest on Ed25519 alone; this client accepts hybrid signatures only"
+            .into(),
+    ))
+}
+
 #[cfg(test)]
 mod clock_tests {
     use super::*;
@@ -1155,6 +1171,15 @@ mod clock_tests {
             signature: String::new(),
             pq_signature: None,
         }
+    }
+
+    /// An enclave key without an ML-DSA-65 half (a build from before hybrid signatures) is
+    /// refused, so its heads and results never verify on Ed25519 alone.
+    #[test]
+    fn only_an_enclave_key_that_signs_post_quantum_is_accepted() {
+        assert!(post_quantum(SecretIdentity::generate_post_quantum().public()).is_ok());
+        let e = post_quantum(SecretIdentity::generate().public()).unwrap_err();
+        assert!(e.to_string().contains("ML-DSA-65"), "{e}");
     }
 
     #[test]

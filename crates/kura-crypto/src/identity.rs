@@ -330,7 +330,7 @@ impl SecretIdentity {
             (body, 64)
         } else {
             return Err(CryptoError::Encoding(
-                "secret key must start with kura-key-v2: (or kura-key-v1:)",
+                "secret key must start with kura-key-v2: (or kura-key-v1:, kura-key-v3:)",
             ));
         };
         let raw = Zeroizing::new(b64::decode(body)?);
@@ -388,7 +388,8 @@ impl SecretIdentity {
 
     /// The secret text form. The caller must write it to a file only it can read.
     pub fn to_text(&self) -> Zeroizing<String> {
-        let mut raw = Zeroizing::new(Vec::with_capacity(96));
+        // Room for the longest form, so that no copy of the secrets is left by a reallocation.
+        let mut raw = Zeroizing::new(Vec::with_capacity(128));
         raw.extend_from_slice(self.signing.as_bytes());
         raw.extend_from_slice(&self.kem.to_bytes());
         let mut prefix = match &self.pq {
