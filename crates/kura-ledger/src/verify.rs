@@ -294,6 +294,24 @@ mod tests {
         assert!(good.verify(SecretIdentity::generate().public()).is_err());
     }
 
+    /// A head is signed once for a burst of requests, and afresh once the log grows or its
+    /// clock's floor moves.
+    #[test]
+    fn a_head_is_signed_again_only_when_the_log_or_its_clock_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(SecretIdentity::generate_post_quantum());
+        let mut l = Ledger::open(&dir.path().join("log"), key.clone()).unwrap();
+        l.append(start(&key)).unwrap();
+        let first = l.tree_head();
+        assert_eq!(l.tree_head(), first);
+        l.append(deletion(1)).unwrap();
+        let grown = l.tree_head();
+        assert_ne!(grown, first);
+        assert_eq!(grown.verify(key.public()).unwrap().size, 2);
+        l.observe(time::OffsetDateTime::now_utc() + time::Duration::hours(1));
+        assert_ne!(l.tree_head(), grown);
+    }
+
     #[test]
     fn consistency_holds_between_every_pair_of_heads_and_forks_are_caught() {
         let dir = tempfile::tempdir().unwrap();
