@@ -695,6 +695,19 @@ pub(crate) mod tests {
     use datafusion::arrow::compute::concat_batches;
     use kura_contract::Contract;
 
+    /// The physical plan of `sql` in `ctx`.
+    async fn physical(
+        ctx: &datafusion::prelude::SessionContext,
+        sql: &str,
+    ) -> Arc<dyn ExecutionPlan> {
+        ctx.sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap()
+    }
+
     /// One encrypted file of `batch` at `path` in `store`, opened again with its key.
     async fn write(
         store: &Arc<dyn ObjectStore>,
@@ -1103,13 +1116,7 @@ pub(crate) mod tests {
             ("birth_year < 0".to_string(), 0),
         ] {
             let sql = format!("SELECT COUNT(*) AS n FROM patients WHERE {filter}");
-            let plan = ctx
-                .sql(&sql)
-                .await
-                .unwrap()
-                .create_physical_plan()
-                .await
-                .unwrap();
+            let plan = physical(&ctx, &sql).await;
             let out = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
                 .await
                 .unwrap();
@@ -1187,13 +1194,7 @@ pub(crate) mod tests {
             let mut fetched = Vec::new();
             for x in values {
                 let sql = template.replace("{x}", x);
-                let plan = ctx
-                    .sql(&sql)
-                    .await
-                    .unwrap()
-                    .create_physical_plan()
-                    .await
-                    .unwrap();
+                let plan = physical(&ctx, &sql).await;
                 recording.take();
                 crate::collect_counted(plan, &ctx).await.unwrap();
                 fetched.push(recording.take());
@@ -1219,13 +1220,7 @@ pub(crate) mod tests {
         }
         let ctx = crate::session(&c, &tables).unwrap();
         let sql = "SELECT COUNT(*) FROM patients p JOIN claims c ON p.patient_id = c.patient_id";
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = physical(&ctx, sql).await;
         let scans: HashMap<String, Access> = c
             .datasets
             .iter()

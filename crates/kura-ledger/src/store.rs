@@ -28,8 +28,8 @@ pub struct Ledger {
     /// clock never goes behind it, whatever the host does to the guest clock.
     floor: OffsetDateTime,
     /// The last head signed, and when: reused for [`HEAD_REUSE`] while the log and its clock's
-    /// floor stay as they were. A head costs an Ed25519 and an ML-DSA-65 signature (about
-    /// 0.2 ms), made while the service holds the log; a flood of evidence requests or a long
+    /// floor stay as they were. A head costs an Ed25519 and an ML-DSA-65 signature (0.2 to
+    /// 0.6 ms), made while the service holds the log; a flood of evidence requests or a long
     /// listing of receipts would otherwise sign one each.
     head: std::sync::Mutex<Option<(std::time::Instant, SignedTreeHead)>>,
 }

@@ -988,24 +988,16 @@ pub(crate) fn cli_drives_a_served_enclave() {
 /// Walks `root` and checks that every file `written` says the commands wrote (and every folder
 /// among them) is open to its owner alone (mode 0600 / 0700); returns what it checked.
 #[cfg(unix)]
-fn private_modes(root: &Path, written: &dyn Fn(&Path) -> bool) -> Vec<std::path::PathBuf> {
+fn private_modes(root: &Path, written: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let mut checked = vec![];
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if !written(&path) {
-                continue;
-            }
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            let mode = meta.permissions().mode() & 0o777;
-            assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", path.display());
-            if meta.is_dir() {
-                pending.push(path.clone());
-            }
-            checked.push(path);
-        }
+    let checked: Vec<PathBuf> = entries(root).into_iter().filter(|p| written(p)).collect();
+    for path in &checked {
+        let mode = std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", path.display());
     }
     checked
 }

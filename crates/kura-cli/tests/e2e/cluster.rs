@@ -184,7 +184,7 @@ pub(crate) fn attested_executors_answer_as_one_node_would() {
     }
     for name in ["e1", "e2"] {
         let work = cluster.dir().join(format!("{name}-work"));
-        let left: Vec<_> = walk(&work);
+        let left: Vec<_> = super::common::files(&work);
         assert!(left.is_empty(), "{name} kept {left:?}");
     }
     // Asked for everything, the processes still log no line of Ballista's or DataFusion's:
@@ -281,7 +281,7 @@ pub(crate) fn a_differentially_private_query_runs_on_the_executors() {
         }
         other => panic!("the run's entry follows {other:?}"),
     }
-    assert!(walk(&cluster.dir().join("e1-work")).is_empty());
+    assert!(super::common::files(&cluster.dir().join("e1-work")).is_empty());
 }
 
 /// A list analysis on a cluster: the executors join the datasets and read each party's privacy
@@ -394,20 +394,6 @@ fn ran_on(events: &[Event], count: usize) {
         "the run's entry follows {:?}",
         events[at - 1]
     );
-}
-
-/// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = vec![];
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 /// SHA-384 of this test binary: the simulated measurement of a service started in this process.

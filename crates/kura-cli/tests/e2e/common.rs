@@ -348,3 +348,23 @@ pub(crate) fn raw_reason(text: &str) -> String {
     }
     serde_json::from_str::<kura_api::ErrorBody>(text).map_or(text.to_string(), |e| e.reason)
 }
+
+/// Every file and folder under `dir` (none if it is missing).
+pub(crate) fn entries(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.push(path.clone());
+            out.extend(entries(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Every file under `dir` (none if it is missing).
+pub(crate) fn files(dir: &Path) -> Vec<PathBuf> {
+    entries(dir).into_iter().filter(|p| !p.is_dir()).collect()
+}

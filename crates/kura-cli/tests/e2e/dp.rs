@@ -155,7 +155,7 @@ pub(crate) fn cli_budget_shows_what_dp_queries_spent() {
     // changed, and its pages no longer decrypt.
     let store = d.join("state").join("store");
     let mut damaged = 0;
-    for entry in walk(&store) {
+    for entry in files(&store) {
         if entry.extension().is_some_and(|e| e == "parquet") {
             let mut bytes = std::fs::read(&entry).unwrap();
             let middle = bytes.len() / 3;
@@ -179,18 +179,4 @@ pub(crate) fn cli_budget_shows_what_dp_queries_spent() {
     assert_eq!(code, Some(0), "{err}");
 
     drop(served);
-}
-
-/// Every file under `dir`.
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }

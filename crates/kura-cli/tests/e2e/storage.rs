@@ -30,23 +30,6 @@ fn plant(dir: &Path) {
     std::fs::write(dir.join("activity.csv"), act).unwrap();
 }
 
-/// Every file under `dir`.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 /// The stored Parquet files under `dir`.
 fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     files(dir)
